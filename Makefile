@@ -1,0 +1,41 @@
+# Two commands do all set-up on a fresh machine with Python 3.11 and make:
+#   make demo   create .venv, install obsflow, run the demo ingest into ./data/store
+#   make test   create .venv, install obsflow with test tools, lint, type-check, run the tests
+PYTHON ?= $(shell command -v python3.11 || command -v python3.12 || command -v python3)
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+
+.PHONY: demo test lint typecheck pytest test-slow bench clean
+
+$(STAMP): pyproject.toml
+	@test -n "$(PYTHON)" || { echo "need python3.11 (or 3.12) on PATH"; exit 1; }
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[test]'
+	@touch $@
+
+demo: $(STAMP)
+	$(BIN)/obsflow demo --store ./data/store
+
+lint: $(STAMP)
+	$(BIN)/ruff check connectors flows tests benchmarks
+	$(BIN)/ruff format --check connectors flows tests benchmarks
+
+typecheck: $(STAMP)
+	$(BIN)/mypy
+
+# pytest exits 5 when it collected no test: make treats that, like any failure, as an error.
+pytest: $(STAMP)
+	$(BIN)/python -m pytest -q -m "not slow"
+
+test: lint typecheck pytest
+
+test-slow: $(STAMP)
+	$(BIN)/python -m pytest -q -m slow
+
+bench: $(STAMP)
+	$(BIN)/python benchmarks/bench_ingest.py
+
+clean:
+	rm -rf $(VENV) data/store .pytest_cache .mypy_cache .ruff_cache .hypothesis

@@ -1,0 +1,1 @@
+"""Everything that touches the outside world: record formats, stores, sources and sinks."""

@@ -1,0 +1,30 @@
+"""The unit that sources emit: a columnar micro-batch of raw input rows and where it came from."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import pyarrow as pa
+
+from connectors.schema import REJECT_SCHEMA
+
+DEFAULT_BATCH_ROWS = 65_536
+
+
+@dataclass(frozen=True)
+class RawBatch:
+    """Raw rows as read, before validation.
+
+    ``offset`` is the record number of the first row in ``origin``. ``rejects`` holds records
+    the reader itself could not parse (malformed lines), already in ``REJECT_SCHEMA``;
+    ``records`` counts every input record the batch accounts for (rows + rejects).
+    """
+
+    origin: str
+    offset: int
+    table: pa.Table
+    rejects: pa.Table = field(default_factory=REJECT_SCHEMA.empty_table)
+
+    @property
+    def records(self) -> int:
+        return int(self.table.num_rows + self.rejects.num_rows)

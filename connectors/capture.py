@@ -1,0 +1,254 @@
+"""The capture: an append-only, partitioned reading log under ``<store>/captures/<name>/``.
+
+Layout::
+
+    captures/<name>/_capture.json               name, partition count (fixed at creation)
+    captures/<name>/_state/part-0003.json       per-partition bookkeeping (next seq per source)
+    captures/<name>/part-0003/<run>-<chunk>.parquet   readings, READING_SCHEMA, arrival order
+
+Plain ``pandas.read_parquet(<store>/captures/<name>)`` returns every reading exactly once:
+pyarrow skips names starting with ``_`` or ``.``, which is where bookkeeping and temporary
+objects live. A source's readings always land in one partition (a stable crc32 of its id), so
+its order is kept and replay can run partitions in parallel.
+"""
+
+from __future__ import annotations
+
+import re
+import secrets
+import zlib
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from connectors.errors import CaptureExistsError, ConfigError, StoreError
+from connectors.ids import check_name
+from connectors.schema import READING_SCHEMA
+from connectors.store import Store
+
+FORMAT_VERSION = 1
+DEFAULT_PARTITIONS = 4
+MAX_PARTITIONS = 1024
+_FILE_RE = re.compile(r"^(?P<run>[A-Za-z0-9_-]+)-(?P<chunk>\d{6})\.parquet$")
+
+
+def new_run_id() -> str:
+    """A sortable, unique run id: UTC time plus random hex."""
+    return datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ") + "-" + secrets.token_hex(3)
+
+
+def capture_dir(name: str) -> str:
+    return f"captures/{check_name(name, kind='capture name')}"
+
+
+def part_dir(name: str, part: int) -> str:
+    return f"{capture_dir(name)}/part-{part:04d}"
+
+
+@dataclass(frozen=True)
+class CaptureMeta:
+    name: str
+    partitions: int
+    created: str
+    format: int = FORMAT_VERSION
+
+
+def open_capture(
+    store: Store, name: str, *, partitions: int | None = None, create: bool = False
+) -> CaptureMeta:
+    """Read a capture's metadata; with ``create``, make the capture if it is new.
+
+    The partition count is fixed at creation; asking for another count is an error rather
+    than a silent reshuffle of where sources live.
+    """
+    rel = f"{capture_dir(name)}/_capture.json"
+    if store.exists(rel):
+        meta = CaptureMeta(**store.read_json(rel))
+        if partitions is not None and partitions != meta.partitions:
+            raise CaptureExistsError(
+                f"capture {name!r} has {meta.partitions} partitions, not {partitions}; "
+                "leave out --partitions or use a new capture name"
+            )
+        return meta
+    if not create:
+        raise StoreError(f"no capture {name!r} in {store.uri()}")
+    n = DEFAULT_PARTITIONS if partitions is None else partitions
+    if not 1 <= n <= MAX_PARTITIONS:
+        raise ConfigError(f"--partitions must be 1..{MAX_PARTITIONS}, not {n}")
+    meta = CaptureMeta(name=name, partitions=n, created=datetime.now(UTC).isoformat())
+    store.write_json(rel, meta.__dict__)
+    return meta
+
+
+def list_captures(store: Store) -> list[str]:
+    return [n for n in store.listdir("captures") if store.exists(f"captures/{n}/_capture.json")]
+
+
+def partition_of(sources: pa.Array | pa.ChunkedArray, partitions: int) -> np.ndarray:
+    """Capture partition of each reading: crc32 of its source id, hashed once per distinct id."""
+    encoded = pc.dictionary_encode(sources)
+    if isinstance(encoded, pa.ChunkedArray):
+        encoded = encoded.combine_chunks()
+    per_id = np.array(
+        [zlib.crc32(s.encode()) % partitions for s in encoded.dictionary.to_pylist()],
+        dtype=np.int64,
+    )
+    return (
+        per_id[encoded.indices.to_numpy(zero_copy_only=False)]
+        if len(per_id)
+        else np.zeros(0, np.int64)
+    )
+
+
+def split_by_partition(table: pa.Table, partitions: int) -> list[tuple[int, pa.Table]]:
+    """Split a reading table into per-partition tables, keeping row order inside each."""
+    if table.num_rows == 0:
+        return []
+    parts = partition_of(table.column("source"), partitions)
+    present = np.unique(parts)
+    if present.size == 1:
+        return [(int(present[0]), table)]
+    return [(int(p), table.filter(pa.array(parts == p))) for p in present]
+
+
+def assign_seq(table: pa.Table, next_seq: dict[str, int]) -> pa.Table:
+    """Fill null seq numbers in arrival order per source, continuing from ``next_seq``.
+
+    ``next_seq`` is updated in place to one past the largest seq seen per source, including
+    seq numbers the input supplied, so numbers never go backwards.
+    """
+    seq = table.column("seq")
+    encoded = pc.dictionary_encode(table.column("source")).combine_chunks()
+    ids = encoded.dictionary.to_pylist()
+    codes = encoded.indices.to_numpy(zero_copy_only=False)
+    missing = np.asarray(seq.is_null().to_numpy(zero_copy_only=False), dtype=bool)
+    values = seq.fill_null(-1).to_numpy().copy()
+    if missing.any():
+        idx = np.flatnonzero(missing)
+        c = codes[idx]
+        order = np.argsort(c, kind="stable")  # stable: keeps arrival order within a source
+        in_order = c[order]
+        rank = np.empty(idx.size, dtype=np.int64)
+        rank[order] = np.arange(idx.size) - np.searchsorted(in_order, in_order, side="left")
+        start = np.array([next_seq.get(s, 0) for s in ids], dtype=np.int64)
+        values[idx] = start[c] + rank
+    top = np.full(len(ids), -1, dtype=np.int64)
+    np.maximum.at(top, codes, values)
+    for i, s in enumerate(ids):
+        next_seq[s] = max(next_seq.get(s, 0), int(top[i]) + 1)
+    return table.set_column(table.schema.get_field_index("seq"), "seq", pa.array(values))
+
+
+class PartitionWriter:
+    """Writes one capture partition's files; buffers rows into objects of ``target_rows``.
+
+    File names are deterministic per (run, chunk), so a resumed run rewrites exactly the
+    objects it had not committed, and ``discard_after`` removes objects written after the
+    last snapshot (orphans of a crash).
+    """
+
+    def __init__(
+        self,
+        store: Store,
+        capture: str,
+        part: int,
+        run_id: str,
+        *,
+        chunk: int = 0,
+        next_seq: dict[str, int] | None = None,
+        target_rows: int = 1 << 20,
+    ) -> None:
+        self.store, self.capture, self.part, self.run_id = store, capture, part, run_id
+        self.chunk = chunk
+        self.target_rows = target_rows
+        self.next_seq: dict[str, int] = dict(next_seq) if next_seq is not None else self._load_seq()
+        self._buffer: list[pa.Table] = []
+        self._buffered = 0
+
+    @property
+    def _state_rel(self) -> str:
+        return f"{capture_dir(self.capture)}/_state/part-{self.part:04d}.json"
+
+    def _load_seq(self) -> dict[str, int]:
+        if not self.store.exists(self._state_rel):
+            return {}
+        state: dict[str, Any] = self.store.read_json(self._state_rel)
+        return {str(k): int(v) for k, v in state.get("next_seq", {}).items()}
+
+    def append(self, table: pa.Table) -> pa.Table:
+        """Assign seq where missing, buffer, flush when full; returns the rows as captured."""
+        table = assign_seq(table, self.next_seq).cast(READING_SCHEMA)
+        self._buffer.append(table)
+        self._buffered += table.num_rows
+        if self._buffered >= self.target_rows:
+            self.flush()
+        return table
+
+    def flush(self) -> None:
+        """Write buffered rows as the next chunk object, then record the seq bookkeeping."""
+        if not self._buffer:
+            return
+        table = pa.concat_tables(self._buffer)
+        rel = f"{part_dir(self.capture, self.part)}/{self.run_id}-{self.chunk:06d}.parquet"
+        self.store.write_parquet(rel, table)
+        self.chunk += 1
+        self._buffer, self._buffered = [], 0
+        self.store.write_json(self._state_rel, {"next_seq": self.next_seq})
+
+    def discard_after(self, chunk: int) -> int:
+        """Delete this run's objects numbered ``chunk`` or later; returns how many."""
+        removed = 0
+        for name in self.store.listdir(part_dir(self.capture, self.part)):
+            m = _FILE_RE.match(name)
+            if m and m["run"] == self.run_id and int(m["chunk"]) >= chunk:
+                self.store.delete(f"{part_dir(self.capture, self.part)}/{name}")
+                removed += 1
+        return removed
+
+
+def read_capture(store: Store, name: str, **kwargs: Any) -> pa.Table:
+    """The whole capture as one table (a plain Parquet read of its folder)."""
+    return store.read_parquet(capture_dir(name), schema=READING_SCHEMA, **kwargs)
+
+
+@dataclass(frozen=True)
+class CaptureInfo:
+    name: str
+    partitions: int
+    files: int
+    rows: int
+    bytes: int
+    sources: int
+    first: str | None
+    last: str | None
+    created: str
+
+
+def capture_info(store: Store, name: str) -> CaptureInfo:
+    """Summary of a capture from Parquet footers plus one read of the source column."""
+    meta = open_capture(store, name)
+    files = [
+        f
+        for f in store.walk_files(capture_dir(name))
+        if f.endswith(".parquet") and not any(p.startswith(("_", ".")) for p in f.split("/"))
+    ]
+    rows = size = 0
+    for rel in files:
+        with store.fs.open(store.path(rel), "rb") as fh:
+            rows += pq.ParquetFile(fh).metadata.num_rows
+        size += int(store.fs.size(store.path(rel)))
+    first = last = None
+    sources = 0
+    if rows:
+        t = read_capture(store, name, columns=["source", "time"])
+        sources = pc.count_distinct(t.column("source")).as_py()
+        mm = pc.min_max(t.column("time"))
+        first, last = mm["min"].as_py().isoformat(), mm["max"].as_py().isoformat()
+    return CaptureInfo(
+        name, meta.partitions, len(files), rows, size, sources, first, last, meta.created
+    )

@@ -1,0 +1,31 @@
+"""The obsflow error hierarchy.
+
+One root, ``ObsflowError``; each subclass also inherits the built-in exception it resembles,
+so ``except ValueError`` keeps working for callers that do not know obsflow.
+"""
+
+from __future__ import annotations
+
+
+class ObsflowError(Exception):
+    """Root of every error obsflow raises on purpose."""
+
+
+class SchemaError(ObsflowError, ValueError):
+    """Input does not fit the reading schema (a column, a type, an id)."""
+
+    def __init__(self, message: str, *, field: str | None = None) -> None:
+        super().__init__(message)
+        self.field = field
+
+
+class ConfigError(ObsflowError, ValueError):
+    """A command-line option, URL or definition file is invalid."""
+
+
+class StoreError(ObsflowError, OSError):
+    """The store cannot be read or written as asked."""
+
+
+class CaptureExistsError(StoreError, FileExistsError):
+    """A capture exists with settings that differ from the ones asked for."""

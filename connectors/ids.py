@@ -1,0 +1,52 @@
+"""Identifier rules: what may become part of a path, an object key or a series name.
+
+Source and channel ids follow ``[A-Za-z0-9._:-]{1,128}``; names of captures and views, which
+become folder names, follow the stricter ``[A-Za-z0-9_-]{1,64}`` (no dots, so no ``..``).
+"""
+
+from __future__ import annotations
+
+import re
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from connectors.errors import SchemaError
+
+ID_PATTERN = r"^[A-Za-z0-9._:-]{1,128}$"
+NAME_PATTERN = r"^[A-Za-z0-9_-]{1,64}$"
+_ID_RE = re.compile(ID_PATTERN)
+_NAME_RE = re.compile(NAME_PATTERN)
+
+
+def _explain(value: str, allowed: str, limit: int) -> str:
+    if not value:
+        return "is empty"
+    if len(value) > limit:
+        return f"is {len(value)} characters long (at most {limit})"
+    bad = sorted({c for c in value if not re.fullmatch(allowed, c)})
+    return "has " + ", ".join(repr(c) for c in bad[:5])
+
+
+def check_id(value: object, *, kind: str = "source id") -> str:
+    """Return ``value`` if it is a valid source/channel id, else raise ``SchemaError``."""
+    if not isinstance(value, str) or not _ID_RE.fullmatch(value):
+        shown = repr(value)[:80]
+        why = _explain(value, r"[A-Za-z0-9._:-]", 128) if isinstance(value, str) else "not text"
+        raise SchemaError(f"{kind} {shown} {why} — use [A-Za-z0-9._:-]{{1,128}}", field=kind)
+    return value
+
+
+def check_name(value: object, *, kind: str = "name") -> str:
+    """Return ``value`` if it is a valid capture/view name, else raise ``SchemaError``."""
+    if not isinstance(value, str) or not _NAME_RE.fullmatch(value):
+        shown = repr(value)[:80]
+        why = _explain(value, r"[A-Za-z0-9_-]", 64) if isinstance(value, str) else "not text"
+        raise SchemaError(f"{kind} {shown} {why} — use [A-Za-z0-9_-]{{1,64}}", field=kind)
+    return value
+
+
+def valid_ids(values: pa.Array | pa.ChunkedArray) -> pa.Array | pa.ChunkedArray:
+    """Vectorized check: a boolean array, true where the id is valid (null counts as invalid)."""
+    ok = pc.match_substring_regex(values, ID_PATTERN)
+    return pc.fill_null(ok, False)

@@ -1,0 +1,333 @@
+"""The reading schema, defined once, and the vectorized normalizer that enforces it.
+
+A *reading* is one observation; batches of readings travel as Arrow tables with
+``READING_SCHEMA``. ``normalize`` turns a raw input batch (any column names, any reasonable
+types) into a valid reading table plus a table of rejected rows with reason codes. It works on
+whole columns; only rejected rows (the rare path) are touched one by one, to render their raw
+form for the dead-letter store.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from connectors.errors import ConfigError
+from connectors.ids import valid_ids
+
+TIME_TYPE = pa.timestamp("ns", tz="UTC")
+
+READING_SCHEMA = pa.schema(
+    [
+        pa.field("source", pa.string(), nullable=False),
+        pa.field("seq", pa.int64(), nullable=False),
+        pa.field("time", TIME_TYPE, nullable=False),
+        pa.field("channel", pa.string(), nullable=False),
+        pa.field("value", pa.float64(), nullable=True),
+    ]
+)
+"""One row per reading. ``value`` NaN and null both mean missing."""
+
+REJECT_SCHEMA = pa.schema(
+    [
+        pa.field("origin", pa.string()),
+        pa.field("row", pa.int64()),
+        pa.field("reason", pa.string()),
+        pa.field("message", pa.string()),
+        pa.field("raw", pa.string()),
+    ]
+)
+"""A rejected input record: where it came from, why, and its raw form as JSON."""
+
+FIELDS = ("source", "seq", "time", "channel", "value")
+REQUIRED = ("source", "time", "value")
+DEFAULT_CHANNEL = "value"
+TIME_UNITS = {"ns": 1, "us": 1_000, "ms": 1_000_000, "s": 1_000_000_000}
+_I64_MAX = np.iinfo(np.int64).max
+
+
+@dataclass(frozen=True)
+class InputSpec:
+    """How to read a raw input table as readings.
+
+    ``mapping`` maps a reading field to the input column holding it (``source -> source_id``);
+    ``time_unit`` is the unit of integer/float epoch times.
+    """
+
+    mapping: Mapping[str, str] = field(default_factory=dict)
+    time_unit: str = "ns"
+
+    def __post_init__(self) -> None:
+        unknown = sorted(set(self.mapping) - set(FIELDS))
+        if unknown:
+            raise ConfigError(
+                f"--map names unknown field(s) {unknown}; fields are {', '.join(FIELDS)}"
+            )
+        if self.time_unit not in TIME_UNITS:
+            raise ConfigError(f"time unit {self.time_unit!r} — use one of ns, us, ms, s")
+
+    def column(self, name: str) -> str:
+        """Input column that holds reading field ``name``."""
+        return self.mapping.get(name, name)
+
+    @classmethod
+    def parse_map(cls, text: str | None, time_unit: str = "ns") -> InputSpec:
+        """Build from ``"source=source_id,time=event_time"`` (the CLI's ``--map``)."""
+        mapping: dict[str, str] = {}
+        for part in (text or "").split(","):
+            if not part.strip():
+                continue
+            target, sep, src = part.partition("=")
+            if not sep or not target.strip() or not src.strip():
+                raise ConfigError(f"--map entry {part!r} is not field=column")
+            mapping[target.strip()] = src.strip()
+        return cls(mapping=mapping, time_unit=time_unit)
+
+
+@dataclass(frozen=True)
+class Normalized:
+    """The result of normalizing one raw batch."""
+
+    readings: pa.Table  # READING_SCHEMA, but seq may be null where the input had none
+    rejects: pa.Table  # REJECT_SCHEMA
+
+
+class _Rejector:
+    """Collects per-row reason codes; the first reason found for a row wins."""
+
+    def __init__(self, n: int) -> None:
+        self.ok = np.ones(n, dtype=bool)
+        self.reason = np.full(n, "", dtype=object)
+        self.detail: dict[str, str] = {}
+
+    def reject(self, bad: np.ndarray, reason: str, what: str) -> None:
+        new = bad & self.ok
+        if new.any():
+            self.reason[new] = reason
+            self.detail.setdefault(reason, what)
+            self.ok &= ~bad
+
+
+def _np_bool(arr: pa.Array | pa.ChunkedArray) -> np.ndarray:
+    return np.asarray(pc.fill_null(arr, False).to_numpy(zero_copy_only=False), dtype=bool)
+
+
+def _scale_to_ns(raw: np.ndarray, known: np.ndarray, factor: int) -> tuple[np.ndarray, np.ndarray]:
+    """Multiply epoch integers by ``factor``; rows that would overflow int64 ns become invalid."""
+    limit = _I64_MAX // factor
+    ok = known & (np.abs(np.where(known, raw, 0)) <= limit)
+    return np.where(ok, raw, 0) * factor, ok
+
+
+def parse_times(column: pa.ChunkedArray, time_unit: str) -> tuple[np.ndarray, np.ndarray]:
+    """Parse any supported time column to (int64 ns since epoch UTC, valid mask).
+
+    Timestamps (naive means UTC), dates, ISO-8601 strings, and integer or float epochs in
+    ``time_unit`` are supported; anything unparseable or outside the ns range is invalid.
+    """
+    typ = column.type
+    n = len(column)
+    if pa.types.is_timestamp(typ) or pa.types.is_date(typ):
+        if pa.types.is_date(typ):
+            column = column.cast(pa.timestamp("s"))
+            typ = column.type
+        known = ~np.asarray(column.is_null().to_numpy(zero_copy_only=False), dtype=bool)
+        raw = column.cast(pa.int64()).fill_null(0).to_numpy()
+        return _scale_to_ns(raw, known, TIME_UNITS[typ.unit])
+    if pa.types.is_integer(typ):
+        if pa.types.is_unsigned_integer(typ):
+            too_big = _np_bool(pc.greater(column, _I64_MAX))
+            column = pc.if_else(too_big, None, column)
+        known = ~np.asarray(column.is_null().to_numpy(zero_copy_only=False), dtype=bool)
+        raw = column.cast(pa.int64()).fill_null(0).to_numpy()
+        return _scale_to_ns(raw, known, TIME_UNITS[time_unit])
+    if pa.types.is_floating(typ):
+        f = column.cast(pa.float64()).fill_null(np.nan).to_numpy() * TIME_UNITS[time_unit]
+        ok = np.isfinite(f) & (np.abs(f) < 9.2e18)
+        return np.where(ok, np.round(np.where(ok, f, 0.0)), 0).astype(np.int64), ok
+    if pa.types.is_string(typ) or pa.types.is_large_string(typ):
+        column = pc.utf8_trim_whitespace(column.cast(pa.string()))
+        digits = _np_bool(pc.match_substring_regex(column, r"^-?[0-9]{1,19}$"))
+        series = pd.Series(column.to_numpy(zero_copy_only=False), dtype=object)
+        parsed = pd.to_datetime(
+            series.where(~digits, None), utc=True, format="ISO8601", errors="coerce"
+        )
+        unit = np.datetime_data(parsed.dtype.base)[0]  # pandas may pick s/ms/us/ns resolution
+        known = ~parsed.isna().to_numpy()
+        ns, ok = _scale_to_ns(_as_int(parsed), known, TIME_UNITS[unit])
+        if digits.any():  # text epochs, as CSV and JSON hold them
+            eps, eps_ok = _scale_to_ns(*_digits_to_int(column, digits), TIME_UNITS[time_unit])
+            ns, ok = np.where(digits, eps, ns), np.where(digits, eps_ok, ok)
+        return ns, ok
+    return np.zeros(n, dtype=np.int64), np.zeros(n, dtype=bool)
+
+
+def _as_int(parsed: pd.Series) -> np.ndarray:
+    """Epoch integers (in the series' own unit) of a tz-aware datetime series; NaT -> 0."""
+    values = parsed.dt.tz_localize(None).to_numpy()
+    return np.where(parsed.isna().to_numpy(), 0, values.view(np.int64))
+
+
+def _digits_to_int(column: pa.Array, digits: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Exact int64 of strings of up to 19 digits (split in two halves so nothing overflows)."""
+    text = pc.if_else(pa.array(digits), column, "0")
+    neg = _np_bool(pc.starts_with(text, "-"))
+    text = pc.utf8_ltrim(text, characters="-")
+    length = pc.utf8_length(text).to_numpy(zero_copy_only=False)
+    low = pc.utf8_slice_codeunits(text, -9).cast(pa.int64()).to_numpy(zero_copy_only=False)
+    head = pc.utf8_slice_codeunits(text, 0, -9)
+    high = (
+        pc.if_else(pa.array(length > 9), head, "0").cast(pa.int64()).to_numpy(zero_copy_only=False)
+    )
+    ok = digits & (high <= _I64_MAX // 10**9)
+    high = np.where(ok, high, 0)
+    value = high * 10**9 + low
+    ok &= value >= 0  # the final add can still wrap for the last few values
+    return np.where(neg, -value, value), ok
+
+
+def _parse_float(column: pa.ChunkedArray) -> tuple[np.ndarray, np.ndarray]:
+    """Values as float64 and a mask of rows whose value is unusable (unparseable or ±inf)."""
+    typ = column.type
+    n = len(column)
+    if pa.types.is_floating(typ) or pa.types.is_integer(typ) or pa.types.is_decimal(typ):
+        values = column.cast(pa.float64()).fill_null(np.nan).to_numpy()
+        return values, np.isinf(values)
+    if pa.types.is_null(typ):
+        return np.full(n, np.nan), np.zeros(n, dtype=bool)
+    if pa.types.is_string(typ) or pa.types.is_large_string(typ):
+        text = pc.utf8_trim_whitespace(column)
+        blank = _np_bool(pc.equal(text, "")) | np.asarray(
+            text.is_null().to_numpy(zero_copy_only=False), dtype=bool
+        )
+        series = pd.Series(text.to_numpy(zero_copy_only=False), dtype=object)
+        values = pd.to_numeric(series.where(~blank, None), errors="coerce").to_numpy(
+            dtype=np.float64, na_value=np.nan
+        )
+        lowered = pc.ascii_lower(text)
+        spelled_nan = _np_bool(pc.is_in(lowered, pa.array(["nan", "null", "none", "na"])))
+        bad = (np.isnan(values) & ~blank & ~spelled_nan) | np.isinf(values)
+        return values, bad
+    return np.full(n, np.nan), np.ones(n, dtype=bool)
+
+
+def _parse_seq(column: pa.ChunkedArray) -> tuple[pa.Array, np.ndarray]:
+    """Sequence numbers as int64 and a mask of rows whose seq is unusable."""
+    if pa.types.is_integer(column.type):
+        known = ~np.asarray(column.is_null().to_numpy(zero_copy_only=False), dtype=bool)
+        if pa.types.is_unsigned_integer(column.type):
+            known &= ~_np_bool(pc.greater(column, _I64_MAX))
+        raw = pc.if_else(pa.array(known), column, 0).cast(pa.int64(), safe=False).to_numpy()
+        bad = ~known | (raw < 0)
+        return pa.array(np.where(bad, 0, raw)), bad
+    s, bad = _parse_float(column)
+    bad = bad | np.isnan(s) | (s < 0) | (s != np.floor(s)) | (s >= 2.0**63)
+    return pa.array(np.where(bad, 0, s).astype(np.int64)), bad
+
+
+def _raw_rows(table: pa.Table, rows: np.ndarray) -> list[str]:
+    """JSON text of the given rows exactly as read (only used for rejected rows)."""
+    picked = table.take(pa.array(rows, type=pa.int64()))
+    return [json.dumps(r, default=str, ensure_ascii=False) for r in picked.to_pylist()]
+
+
+def _lookup(table: pa.Table, name: str) -> tuple[pa.ChunkedArray | None, str | None]:
+    """Column ``name`` and, if it cannot be used as is, the reason why."""
+    hits = [i for i, n in enumerate(table.column_names) if n == name]
+    if not hits:
+        return None, None
+    if len(hits) > 1:
+        return None, f"column {name!r} appears {len(hits)} times"
+    return table.column(hits[0]), None
+
+
+def normalize(table: pa.Table, spec: InputSpec, *, origin: str, offset: int) -> Normalized:
+    """Validate and convert one raw batch. Never raises for bad rows: they become rejects.
+
+    ``origin`` names the input (file URL) and ``offset`` is the row number of the batch's first
+    row in it, so each reject says exactly where it came from.
+    """
+    n = table.num_rows
+    rej = _Rejector(n)
+    cols: dict[str, Any] = {}
+    for name in FIELDS:
+        col, problem = _lookup(table, spec.column(name))
+        if problem:
+            rej.reject(np.ones(n, dtype=bool), "bad_schema", problem)
+        elif col is None and name in REQUIRED:
+            have = ", ".join(table.column_names) or "none"
+            rej.reject(
+                np.ones(n, dtype=bool),
+                "missing_field",
+                f"no column {spec.column(name)!r} for field {name!r} (columns: {have}); "
+                f"use --map {name}=COLUMN",
+            )
+        cols[name] = col
+
+    for name in ("source", "channel"):
+        col = cols[name]
+        if col is None:
+            continue
+        if not (pa.types.is_string(col.type) or pa.types.is_large_string(col.type)):
+            col = col.cast(pa.string()) if pa.types.is_integer(col.type) else None
+        if col is None:
+            rej.reject(np.ones(n, dtype=bool), "bad_id", f"{name} column is not text")
+            continue
+        col = col.cast(pa.string())
+        cols[name] = col
+        rej.reject(
+            ~_np_bool(valid_ids(col)), "bad_id", f"{name} id must match [A-Za-z0-9._:-]{{1,128}}"
+        )
+
+    times = np.zeros(n, dtype=np.int64)
+    if cols["time"] is not None:
+        times, ok = parse_times(cols["time"], spec.time_unit)
+        rej.reject(~ok, "bad_time", "time is missing, unparseable or outside the ns range")
+
+    values = np.full(n, np.nan)
+    if cols["value"] is not None:
+        values, bad = _parse_float(cols["value"])
+        rej.reject(bad, "bad_value", "value is not a finite number")
+
+    seq: pa.Array = pa.nulls(n, pa.int64())
+    if cols["seq"] is not None:
+        seq, bad = _parse_seq(cols["seq"])
+        rej.reject(bad, "bad_seq", "seq must be a non-negative integer")
+
+    keep = pa.array(rej.ok)
+    source = cols["source"] if cols["source"] is not None else pa.nulls(n, pa.string())
+    channel = cols["channel"]
+    if channel is None:
+        channel = pa.repeat(DEFAULT_CHANNEL, n).cast(pa.string())
+    readings = pa.table(
+        {
+            "source": source,
+            "seq": seq,
+            "time": pa.array(times, type=pa.int64()).cast(TIME_TYPE),
+            "channel": channel,
+            "value": pa.array(values, type=pa.float64(), from_pandas=False),
+        }
+    ).filter(keep)
+
+    bad_rows = np.flatnonzero(~rej.ok)
+    if bad_rows.size == 0:
+        return Normalized(readings, REJECT_SCHEMA.empty_table())
+    reasons = rej.reason[bad_rows]
+    rejects = pa.table(
+        {
+            "origin": pa.array([origin] * bad_rows.size, pa.string()),
+            "row": pa.array(bad_rows + offset, pa.int64()),
+            "reason": pa.array(reasons.tolist(), pa.string()),
+            "message": pa.array([rej.detail[r] for r in reasons], pa.string()),
+            "raw": pa.array(_raw_rows(table, bad_rows), pa.string()),
+        },
+        schema=REJECT_SCHEMA,
+    )
+    return Normalized(readings, rejects)

@@ -1,0 +1,1 @@
+"""obsflow dataflows and stream logic: ingest, windows, the CLI that runs them."""

@@ -1,0 +1,220 @@
+"""The ``obsflow`` command: the friendly front door to the dataflows.
+
+Each sub-command builds the same flows that ``python -m bytewax.run`` would run, runs them in
+this process with N workers, and prints a run summary. Errors in what the user asked for exit
+with status 2 and a one-line message saying what to do; bad *records* never stop a run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from collections.abc import Sequence
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.csv as pacsv
+import pyarrow.parquet as pq
+from bytewax.dataflow import Dataflow
+from bytewax.run import cli_main
+
+from connectors.capture import capture_info, list_captures, new_run_id
+from connectors.errors import ConfigError, ObsflowError
+from connectors.files import format_of
+from connectors.schema import TIME_UNITS, InputSpec
+from connectors.simulator import SimSpec, generate
+from connectors.store import DEFAULT_STORE, Store
+from flows import ingest
+
+EPOCH = timedelta(seconds=2)
+
+
+def run_flow(flow: Dataflow, workers: int) -> None:
+    """Run a dataflow here with ``workers`` worker threads."""
+    if workers < 1:
+        raise ConfigError(f"--workers must be at least 1, not {workers}")
+    cli_main(flow, workers_per_process=workers, epoch_interval=EPOCH)
+
+
+def _finish_summary(store: Store, run_id: str, started: float, path: str | None,
+                    quiet: bool) -> dict[str, Any]:
+    """Complete the run summary the flow wrote, print it, and copy it to ``--summary``."""
+    rel = f"runs/{run_id}.json"
+    if not store.exists(rel):
+        raise ObsflowError(f"the run ended without a summary ({store.uri(rel)} is missing)")
+    summary: dict[str, Any] = store.read_json(rel)
+    elapsed = time.monotonic() - started
+    summary["seconds"] = round(elapsed, 3)
+    summary["readings_per_s"] = round(summary["input"] / elapsed) if elapsed > 0 else None
+    store.write_json(rel, summary)
+    if path:
+        Path(path).write_text(json.dumps(summary, indent=2, sort_keys=True) + "\n")
+    if not quiet:
+        ok = "adds up" if summary["balanced"] else "DOES NOT ADD UP"
+        lines = [
+            f"run {run_id}: {summary['input']:,} input = {summary['accepted']:,} accepted"
+            f" + {summary['rejected']:,} rejected + {summary['duplicates']:,} duplicates ({ok})",
+            f"  {elapsed:.2f} s, {summary['readings_per_s'] or 0:,} readings/s",
+        ]
+        for reason, n in summary.get("rejected_by_reason", {}).items():
+            lines.append(f"  rejected {reason}: {n:,}")
+        if summary["rejected"]:
+            lines.append(f"  dead letters: {store.uri('deadletter/' + run_id)}")
+        lines.append(f"  summary: {store.uri(rel)}")
+        print("\n".join(lines), file=sys.stderr)
+    return summary
+
+
+def cmd_ingest(args: argparse.Namespace) -> int:
+    config = ingest.IngestConfig(
+        inputs=tuple(args.inputs),
+        store=args.store,
+        capture=args.capture,
+        spec=InputSpec.parse_map(args.map, args.time_unit),
+        partitions=args.partitions,
+        run_id=new_run_id(),
+        batch_rows=args.batch_rows,
+        progress=not args.quiet,
+    )
+    started = time.monotonic()
+    run_flow(ingest.build_flow(config), args.workers)
+    summary = _finish_summary(Store(args.store), config.run_id, started, args.summary, args.quiet)
+    return 0 if summary["balanced"] else 1
+
+
+def write_table(table: pa.Table, out: str) -> None:
+    """Write a reading table to a local file in the format its extension names."""
+    fmt = format_of(out)
+    Path(out).parent.mkdir(parents=True, exist_ok=True)
+    if fmt == "parquet":
+        pq.write_table(table, out)
+    elif fmt == "csv":
+        pacsv.write_csv(table, out)
+    else:
+        table.to_pandas().to_json(out, orient="records", lines=True, date_format="iso",
+                                  date_unit="ns")
+
+
+def cmd_simulate(args: argparse.Namespace) -> int:
+    spec = SimSpec.from_strings({
+        "sources": args.sources, "channels": args.channels, "rate": args.rate,
+        "duration": args.duration, "start": args.start, "seed": args.seed,
+    })
+    table = generate(spec)
+    write_table(table, args.out)
+    print(f"wrote {table.num_rows:,} readings of {spec.sources} sources × "
+          f"{len(spec.channels)} channels to {args.out}", file=sys.stderr)
+    return 0
+
+
+def cmd_capture(args: argparse.Namespace) -> int:
+    store = Store(args.store)
+    if args.action == "list":
+        names = list_captures(store)
+        if not names:
+            print(f"no captures in {store.uri()}", file=sys.stderr)
+        for name in names:
+            print(name)
+        return 0
+    if not args.name:
+        raise ConfigError("capture info needs a capture NAME")
+    info = capture_info(store, args.name)
+    if args.json:
+        print(json.dumps(info.__dict__, indent=2))
+    else:
+        width = max(len(k) for k in info.__dict__)
+        for key, value in info.__dict__.items():
+            shown = f"{value:,}" if isinstance(value, int) else value
+            print(f"{key:<{width}}  {shown}")
+        print(f"{'path':<{width}}  {store.uri('captures/' + info.name)}")
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    store = Store(args.store)
+    for folder in ("captures/demo", "deadletter"):
+        store.delete(folder, recursive=True)  # the demo starts from scratch each time
+    url = f"sim://?sources=4&rate=10&duration={args.duration}&seed=7"
+    print(f"demo: simulating 4 instruments × 2 channels at 10 Hz for {args.duration} "
+          f"of event time ({url})", file=sys.stderr)
+    config = ingest.IngestConfig(inputs=(url,), store=args.store, capture="demo",
+                                 run_id=new_run_id(), progress=False)
+    started = time.monotonic()
+    run_flow(ingest.build_flow(config), args.workers)
+    summary = _finish_summary(store, config.run_id, started, None, quiet=False)
+    info = capture_info(store, "demo")
+    print(f"\ncapture 'demo': {info.rows:,} readings from {info.sources} sources, "
+          f"{info.first} .. {info.last}\n  in {store.uri('captures/demo')} "
+          f"({info.files} Parquet files, {info.partitions} partitions)\n"
+          f"Try:  .venv/bin/obsflow capture info demo --store {args.store}", file=sys.stderr)
+    return 0 if summary["balanced"] else 1
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="obsflow", description=__doc__.splitlines()[0])
+    sub = p.add_subparsers(dest="command", required=True)
+
+    def store_opt(sp: argparse.ArgumentParser) -> None:
+        sp.add_argument("--store", default=DEFAULT_STORE,
+                        help=f"store URL: a folder, s3://bucket/prefix or memory:// "
+                             f"(default {DEFAULT_STORE})")
+
+    sp = sub.add_parser("ingest", help="ingest files or a sim:// URL into a capture")
+    sp.add_argument("inputs", nargs="+", metavar="INPUT",
+                    help="Parquet/CSV/JSONL files (by extension) or one sim:// URL")
+    store_opt(sp)
+    sp.add_argument("--capture", default="default", help="capture name (default: default)")
+    sp.add_argument("--map", help="rename input columns: source=source_id,time=event_time")
+    sp.add_argument("--time-unit", default="ns", choices=list(TIME_UNITS),
+                    help="unit of integer epoch times (default ns)")
+    sp.add_argument("--partitions", type=int,
+                    help="capture partitions, fixed at creation (default 4)")
+    sp.add_argument("--workers", type=int, default=1, help="worker threads (default 1)")
+    sp.add_argument("--batch-rows", type=int, default=65_536, help=argparse.SUPPRESS)
+    sp.add_argument("--summary", metavar="FILE", help="also write the JSON run summary here")
+    sp.add_argument("-q", "--quiet", action="store_true", help="no progress or summary lines")
+    sp.set_defaults(func=cmd_ingest)
+
+    sp = sub.add_parser("simulate", help="write simulated instrument readings to a file")
+    sp.add_argument("out", metavar="OUT", help="output file: .parquet, .csv or .jsonl")
+    sp.add_argument("--sources", type=int, default=4)
+    sp.add_argument("--channels", default="temperature,pressure")
+    sp.add_argument("--rate", type=float, default=10.0, help="Hz per channel (default 10)")
+    sp.add_argument("--duration", default="60s", help="event time span (default 60s)")
+    sp.add_argument("--start", default="2026-01-01T00:00:00Z", help="ISO-8601 start time")
+    sp.add_argument("--seed", type=int, default=0)
+    sp.set_defaults(func=cmd_simulate)
+
+    sp = sub.add_parser("capture", help="list captures or describe one")
+    sp.add_argument("action", choices=["list", "info"])
+    sp.add_argument("name", nargs="?")
+    store_opt(sp)
+    sp.add_argument("--json", action="store_true", help="info as JSON")
+    sp.set_defaults(func=cmd_capture)
+
+    sp = sub.add_parser("demo", help="simulate instruments and ingest them into ./data/store")
+    store_opt(sp)
+    sp.add_argument("--duration", default="60s")
+    sp.add_argument("--workers", type=int, default=1)
+    sp.set_defaults(func=cmd_demo)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    try:
+        code: int = args.func(args)
+    except ObsflowError as exc:
+        print(f"obsflow: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,223 @@
+"""Ingest: input files or simulated instruments -> a capture (and, later, views).
+
+Input: ``RawBatch`` micro-batches from ``FileSource``/``SimSource`` (or a ``TestingSource``).
+Output: the capture ``<store>/captures/<name>/``, rejected records in ``<store>/deadletter/``,
+and a run summary ``<store>/runs/<run>.json``.
+Guarantee: every input record is accounted for once: accepted, rejected (kept with a reason)
+or a duplicate; ``input == accepted + rejected + duplicates``.
+
+Run it with ``obsflow ingest ...`` or ``python -m bytewax.run "flows.ingest:build_flow(
+inputs=['x.parquet'], store='./data/store', capture='demo')"``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import bytewax.operators as op
+import pyarrow as pa
+import pyarrow.compute as pc
+from bytewax.dataflow import Dataflow
+from bytewax.inputs import Source
+from bytewax.operators import StatefulBatchLogic, StatefulLogic
+from bytewax.outputs import Sink
+
+from connectors.batch import DEFAULT_BATCH_ROWS, RawBatch
+from connectors.capture import PartitionWriter, new_run_id, open_capture, split_by_partition
+from connectors.errors import ConfigError
+from connectors.files import FileSource
+from connectors.ids import check_name
+from connectors.schema import InputSpec, normalize
+from connectors.simulator import SimSource
+from connectors.sinks import ChunkSink
+from connectors.store import DEFAULT_STORE, Store
+from flows.summary import SUMMARY_KEY, Counts, SummarySink, SummaryState, fold_counts
+
+
+@dataclass(frozen=True)
+class IngestConfig:
+    """Everything an ingest run needs; plain data, validated on construction."""
+
+    inputs: tuple[str, ...]
+    store: str = DEFAULT_STORE
+    capture: str = "default"
+    spec: InputSpec = field(default_factory=InputSpec)
+    partitions: int | None = None
+    run_id: str = field(default_factory=new_run_id)
+    batch_rows: int = DEFAULT_BATCH_ROWS
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        check_name(self.capture, kind="capture name")
+        check_name(self.run_id, kind="run id")
+
+
+def source_for(inputs: Iterable[str], batch_rows: int = DEFAULT_BATCH_ROWS) -> Source[RawBatch]:
+    """A simulator for one ``sim://`` URL, else a file source over all inputs."""
+    urls = list(inputs)
+    sims = [u for u in urls if u.startswith("sim://")]
+    if sims:
+        if len(urls) != 1:
+            raise ConfigError("a sim:// input cannot be combined with other inputs")
+        return SimSource(sims[0])
+    return FileSource(urls, batch_rows=batch_rows)
+
+
+# -- per-batch logic (pure; tested without Bytewax) -----------------------------------------
+
+
+def normalize_batch(spec: InputSpec, batch: RawBatch) -> tuple[pa.Table, pa.Table, Counts]:
+    """Validate a raw batch: (readings, rejects, counts delta for input and rejected)."""
+    result = normalize(batch.table, spec, origin=batch.origin, offset=batch.offset)
+    rejects = (
+        pa.concat_tables([batch.rejects, result.rejects])
+        if batch.rejects.num_rows
+        else result.rejects
+    )
+    reasons: dict[str, int] = {}
+    if rejects.num_rows:
+        vc = pc.value_counts(rejects.column("reason"))
+        reasons = {str(r["values"]): int(r["counts"]) for r in vc.to_pylist()}
+    return (
+        result.readings,
+        rejects,
+        Counts(input=batch.records, rejected=rejects.num_rows, reasons=reasons),
+    )
+
+
+# -- stateful steps -----------------------------------------------------------------------------
+
+CaptureState = tuple[int, str, int, dict[str, int]]  # (partition, run, next chunk, next seq)
+PartTable = tuple[int, pa.Table]  # (capture partition, readings)
+
+
+class CaptureLogic(StatefulBatchLogic[PartTable, pa.Table, CaptureState]):
+    """Owns one capture partition: assigns seq numbers and appends readings to its files.
+
+    Emits the rows as captured, so everything downstream sees exactly the capture's content.
+    Bytewax builds the logic without telling it its key, so the partition number travels with
+    each item and the writer is made on the first batch (or from the resume state).
+    """
+
+    def __init__(
+        self, store: Store, capture: str, run_id: str, resume: CaptureState | None
+    ) -> None:
+        self.store, self.capture, self.run_id = store, capture, run_id
+        self.writer: PartitionWriter | None = None
+        if resume is not None:
+            part, run, chunk, next_seq = resume
+            self.writer = PartitionWriter(store, capture, part, run, chunk=chunk, next_seq=next_seq)
+            self.writer.discard_after(chunk)  # objects written after the snapshot: orphans
+
+    def on_batch(self, values: list[PartTable]) -> tuple[Iterable[pa.Table], bool]:
+        if self.writer is None:
+            self.writer = PartitionWriter(self.store, self.capture, values[0][0], self.run_id)
+        return [self.writer.append(t) for _, t in values if t.num_rows], self.RETAIN
+
+    def on_eof(self) -> tuple[Iterable[pa.Table], bool]:
+        if self.writer is not None:
+            self.writer.flush()
+        return [], self.RETAIN
+
+    def snapshot(self) -> CaptureState:
+        w = self.writer
+        assert w is not None  # Bytewax snapshots only logics that have seen an item
+        w.flush()  # the snapshot says "chunks < n are durable": make it true
+        return (w.part, w.run_id, w.chunk, dict(w.next_seq))
+
+
+class SummarizeLogic(StatefulLogic[Counts, Counts, SummaryState]):
+    """Folds all count deltas; emits the total once, at end of input."""
+
+    def __init__(self, label: str, progress: bool, resume: SummaryState | None) -> None:
+        self.label, self.progress = label, progress
+        self.state = resume or SummaryState()
+
+    def on_item(self, value: Counts) -> tuple[Iterable[Counts], bool]:
+        self.state, _ = fold_counts(self.state, value, label=self.label, progress=self.progress)
+        return [], self.RETAIN
+
+    def on_eof(self) -> tuple[Iterable[Counts], bool]:
+        return [self.state.counts], self.RETAIN
+
+    def snapshot(self) -> SummaryState:
+        return SummaryState(self.state.counts, self.state.started, self.state.last_print)
+
+
+def add_summary(
+    flow_counts: op.Stream[Counts],
+    store: Store,
+    run_id: str,
+    label: str,
+    progress: bool,
+    sink: Sink[Any] | None,
+    **extra: Any,
+) -> None:
+    """Fold count deltas into the run summary and write it."""
+    keyed = op.key_on("key_counts", flow_counts, lambda _c: SUMMARY_KEY)
+    totals = op.stateful("summarize", keyed, lambda s: SummarizeLogic(label, progress, s))
+    op.output("write_summary", totals, sink or SummarySink(store, run_id, **extra))
+
+
+def build_flow(
+    config: IngestConfig | None = None,
+    *,
+    source: Source[RawBatch] | None = None,
+    sink: Sink[Any] | None = None,
+    **options: Any,
+) -> Dataflow:
+    """The ingest dataflow. ``options`` build an ``IngestConfig`` when ``config`` is not given.
+
+    ``source`` replaces the input (tests feed a ``TestingSource`` of ``RawBatch``); ``sink``
+    receives the final ``("run", Counts)`` summary instead of the store's ``runs/`` folder.
+    """
+    if config is None:
+        if "inputs" in options:
+            options["inputs"] = tuple(options["inputs"])
+        if isinstance(options.get("map"), str) or "time_unit" in options:
+            options["spec"] = InputSpec.parse_map(
+                options.pop("map", None), options.pop("time_unit", "ns")
+            )
+        config = IngestConfig(**options)
+    store = Store(config.store)
+    meta = open_capture(store, config.capture, partitions=config.partitions, create=True)
+    spec, run_id = config.spec, config.run_id
+
+    flow = Dataflow("ingest")
+    raw = op.input("read_inputs", flow, source or source_for(config.inputs, config.batch_rows))
+    # RawBatch
+    checked = op.map("normalize", raw, lambda b: normalize_batch(spec, b))
+    # (readings, rejects, Counts)
+    routed = op.flat_map(
+        "route_to_partitions",
+        checked,
+        lambda r: [(f"{p:04d}", (p, t)) for p, t in split_by_partition(r[0], meta.partitions)],
+    )
+    # ("0003", (3, readings of the sources in capture partition 3))
+    captured = op.stateful_batch(
+        "capture", routed, lambda s: CaptureLogic(store, config.capture, run_id, s)
+    )
+    # ("0003", rows as written to the capture)
+    rejects = op.filter_map(
+        "take_rejects", checked, lambda r: ("0", r[1]) if r[1].num_rows else None
+    )
+    op.output("write_deadletters", rejects, ChunkSink(store, "deadletter", run_id))
+
+    counts = op.merge(
+        "merge_counts",
+        op.map("count_input", checked, lambda r: r[2]),
+        op.map("count_accepted", captured, lambda kv: Counts(accepted=kv[1].num_rows)),
+    )
+    add_summary(
+        counts,
+        store,
+        run_id,
+        "ingest",
+        config.progress,
+        sink,
+        capture=config.capture,
+        store_url=store.uri(),
+    )
+    return flow

@@ -1,0 +1,123 @@
+"""Run accounting: counts that every step reports, merged into one run summary.
+
+Every run must add up: ``input == accepted + rejected + duplicates``. Steps emit ``Counts``
+deltas; ``summarize`` folds them on one key (so one worker sees them all), prints progress on
+stderr, and emits the final summary at end of input, which ``SummarySink`` writes to
+``<store>/runs/<run>.json``.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from bytewax.outputs import DynamicSink, StatelessSinkPartition
+
+from connectors.store import Store
+
+SUMMARY_KEY = "run"
+
+
+def _add_maps(a: dict[str, int], b: dict[str, int]) -> dict[str, int]:
+    out = dict(a)
+    for k, v in b.items():
+        out[k] = out.get(k, 0) + v
+    return out
+
+
+@dataclass(frozen=True)
+class Counts:
+    """Additive counters of a run (or a delta of one)."""
+
+    input: int = 0
+    accepted: int = 0
+    rejected: int = 0
+    duplicates: int = 0
+    late: dict[str, int] = field(default_factory=dict)
+    view_rows: dict[str, int] = field(default_factory=dict)
+    reasons: dict[str, int] = field(default_factory=dict)
+
+    def __add__(self, other: Counts) -> Counts:
+        return Counts(
+            self.input + other.input,
+            self.accepted + other.accepted,
+            self.rejected + other.rejected,
+            self.duplicates + other.duplicates,
+            _add_maps(self.late, other.late),
+            _add_maps(self.view_rows, other.view_rows),
+            _add_maps(self.reasons, other.reasons),
+        )
+
+    @property
+    def balanced(self) -> bool:
+        return self.input == self.accepted + self.rejected + self.duplicates
+
+
+@dataclass
+class SummaryState:
+    counts: Counts = field(default_factory=Counts)
+    started: float = field(default_factory=time.monotonic)
+    last_print: float = 0.0
+
+
+def fold_counts(
+    state: SummaryState | None, delta: Counts, *, label: str, progress: bool, every: float = 2.0
+) -> tuple[SummaryState, Counts]:
+    """Add a delta; print a progress line at most every ``every`` seconds of wall time."""
+    state = state or SummaryState()
+    state.counts = state.counts + delta
+    now = time.monotonic()
+    if progress and now - state.last_print >= every:
+        state.last_print = now
+        c = state.counts
+        rate = c.input / max(now - state.started, 1e-9)
+        print(
+            f"[{label}] {c.input:,} read · {c.accepted:,} accepted · {c.rejected:,} rejected"
+            f" · {c.duplicates:,} duplicates · {rate:,.0f} readings/s",
+            file=sys.stderr,
+            flush=True,
+        )
+    return state, state.counts
+
+
+def summary_dict(counts: Counts, **extra: Any) -> dict[str, Any]:
+    """The JSON run summary."""
+    return {
+        "input": counts.input,
+        "accepted": counts.accepted,
+        "rejected": counts.rejected,
+        "duplicates": counts.duplicates,
+        "balanced": counts.balanced,
+        "rejected_by_reason": dict(sorted(counts.reasons.items())),
+        "late": dict(sorted(counts.late.items())),
+        "views": {k: {"rows": v} for k, v in sorted(counts.view_rows.items())},
+        **extra,
+    }
+
+
+class _SummaryPartition(StatelessSinkPartition[tuple[str, Counts]]):
+    def __init__(self, store: Store, run_id: str, extra: dict[str, Any]) -> None:
+        self._store, self._run, self._extra = store, run_id, extra
+
+    def write_batch(self, items: list[tuple[str, Counts]]) -> None:
+        for _key, counts in items:
+            doc = summary_dict(
+                counts,
+                run=self._run,
+                finished=datetime.now().astimezone().isoformat(),
+                **self._extra,
+            )
+            self._store.write_json(f"runs/{self._run}.json", doc)
+
+
+class SummarySink(DynamicSink[tuple[str, Counts]]):
+    """Writes the final summary to ``<store>/runs/<run>.json``."""
+
+    def __init__(self, store: Store, run_id: str, **extra: Any) -> None:
+        self.store, self.run_id, self.extra = store, run_id, extra
+
+    def build(self, step_id: str, worker_index: int, worker_count: int) -> _SummaryPartition:
+        return _SummaryPartition(self.store, self.run_id, self.extra)
