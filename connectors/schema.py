@@ -159,7 +159,7 @@ def parse_times(column: pa.ChunkedArray, time_unit: str) -> tuple[np.ndarray, np
         parsed = pd.to_datetime(
             series.where(~digits, None), utc=True, format="ISO8601", errors="coerce"
         )
-        unit = np.datetime_data(parsed.dtype.base)[0]  # pandas may pick s/ms/us/ns resolution
+        unit = parsed.dt.unit  # pandas may pick s/ms/us/ns resolution
         known = ~parsed.isna().to_numpy()
         ns, ok = _scale_to_ns(_as_int(parsed), known, TIME_UNITS[unit])
         if digits.any():  # text epochs, as CSV and JSON hold them

@@ -33,7 +33,7 @@ _CHANNEL_BASE = {"temperature": (12.0, 0.8), "pressure": (1013.0, 2.0), "salinit
 
 
 def parse_duration(text: str) -> float:
-    """Seconds in ``"500ms"``, ``"10s"``, ``"1m"``, ``"1h"``, ``"1d"`` (a bare number is seconds)."""
+    """Seconds in ``"500ms"``, ``"10s"``, ``"1m"``, ``"1h"``, ``"1d"``; a bare number is seconds."""
     t = text.strip().lower()
     for unit in sorted(_UNITS, key=len, reverse=True):
         if t.endswith(unit):
@@ -79,7 +79,7 @@ class SimSpec:
     @property
     def samples(self) -> int:
         """Samples per channel per source."""
-        return int(round(self.duration * self.rate))
+        return round(self.duration * self.rate)
 
     @property
     def readings(self) -> int:

@@ -37,11 +37,12 @@ def run_flow(flow: Dataflow, workers: int) -> None:
     """Run a dataflow here with ``workers`` worker threads."""
     if workers < 1:
         raise ConfigError(f"--workers must be at least 1, not {workers}")
-    cli_main(flow, workers_per_process=workers, epoch_interval=EPOCH)
+    cli_main(flow, workers_per_process=workers, epoch_interval=EPOCH)  # type: ignore[no-untyped-call]
 
 
-def _finish_summary(store: Store, run_id: str, started: float, path: str | None,
-                    quiet: bool) -> dict[str, Any]:
+def _finish_summary(
+    store: Store, run_id: str, started: float, path: str | None, quiet: bool
+) -> dict[str, Any]:
     """Complete the run summary the flow wrote, print it, and copy it to ``--summary``."""
     rel = f"runs/{run_id}.json"
     if not store.exists(rel):
@@ -95,19 +96,29 @@ def write_table(table: pa.Table, out: str) -> None:
     elif fmt == "csv":
         pacsv.write_csv(table, out)
     else:
-        table.to_pandas().to_json(out, orient="records", lines=True, date_format="iso",
-                                  date_unit="ns")
+        table.to_pandas().to_json(
+            out, orient="records", lines=True, date_format="iso", date_unit="ns"
+        )
 
 
 def cmd_simulate(args: argparse.Namespace) -> int:
-    spec = SimSpec.from_strings({
-        "sources": args.sources, "channels": args.channels, "rate": args.rate,
-        "duration": args.duration, "start": args.start, "seed": args.seed,
-    })
+    spec = SimSpec.from_strings(
+        {
+            "sources": args.sources,
+            "channels": args.channels,
+            "rate": args.rate,
+            "duration": args.duration,
+            "start": args.start,
+            "seed": args.seed,
+        }
+    )
     table = generate(spec)
     write_table(table, args.out)
-    print(f"wrote {table.num_rows:,} readings of {spec.sources} sources × "
-          f"{len(spec.channels)} channels to {args.out}", file=sys.stderr)
+    print(
+        f"wrote {table.num_rows:,} readings of {spec.sources} sources x "
+        f"{len(spec.channels)} channels to {args.out}",
+        file=sys.stderr,
+    )
     return 0
 
 
@@ -139,18 +150,25 @@ def cmd_demo(args: argparse.Namespace) -> int:
     for folder in ("captures/demo", "deadletter"):
         store.delete(folder, recursive=True)  # the demo starts from scratch each time
     url = f"sim://?sources=4&rate=10&duration={args.duration}&seed=7"
-    print(f"demo: simulating 4 instruments × 2 channels at 10 Hz for {args.duration} "
-          f"of event time ({url})", file=sys.stderr)
-    config = ingest.IngestConfig(inputs=(url,), store=args.store, capture="demo",
-                                 run_id=new_run_id(), progress=False)
+    print(
+        f"demo: simulating 4 instruments x 2 channels at 10 Hz for {args.duration} "
+        f"of event time ({url})",
+        file=sys.stderr,
+    )
+    config = ingest.IngestConfig(
+        inputs=(url,), store=args.store, capture="demo", run_id=new_run_id(), progress=False
+    )
     started = time.monotonic()
     run_flow(ingest.build_flow(config), args.workers)
     summary = _finish_summary(store, config.run_id, started, None, quiet=False)
     info = capture_info(store, "demo")
-    print(f"\ncapture 'demo': {info.rows:,} readings from {info.sources} sources, "
-          f"{info.first} .. {info.last}\n  in {store.uri('captures/demo')} "
-          f"({info.files} Parquet files, {info.partitions} partitions)\n"
-          f"Try:  .venv/bin/obsflow capture info demo --store {args.store}", file=sys.stderr)
+    print(
+        f"\ncapture 'demo': {info.rows:,} readings from {info.sources} sources, "
+        f"{info.first} .. {info.last}\n  in {store.uri('captures/demo')} "
+        f"({info.files} Parquet files, {info.partitions} partitions)\n"
+        f"Try:  .venv/bin/obsflow capture info demo --store {args.store}",
+        file=sys.stderr,
+    )
     return 0 if summary["balanced"] else 1
 
 
@@ -159,20 +177,31 @@ def parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
 
     def store_opt(sp: argparse.ArgumentParser) -> None:
-        sp.add_argument("--store", default=DEFAULT_STORE,
-                        help=f"store URL: a folder, s3://bucket/prefix or memory:// "
-                             f"(default {DEFAULT_STORE})")
+        sp.add_argument(
+            "--store",
+            default=DEFAULT_STORE,
+            help=f"store URL: a folder, s3://bucket/prefix or memory:// (default {DEFAULT_STORE})",
+        )
 
     sp = sub.add_parser("ingest", help="ingest files or a sim:// URL into a capture")
-    sp.add_argument("inputs", nargs="+", metavar="INPUT",
-                    help="Parquet/CSV/JSONL files (by extension) or one sim:// URL")
+    sp.add_argument(
+        "inputs",
+        nargs="+",
+        metavar="INPUT",
+        help="Parquet/CSV/JSONL files (by extension) or one sim:// URL",
+    )
     store_opt(sp)
     sp.add_argument("--capture", default="default", help="capture name (default: default)")
     sp.add_argument("--map", help="rename input columns: source=source_id,time=event_time")
-    sp.add_argument("--time-unit", default="ns", choices=list(TIME_UNITS),
-                    help="unit of integer epoch times (default ns)")
-    sp.add_argument("--partitions", type=int,
-                    help="capture partitions, fixed at creation (default 4)")
+    sp.add_argument(
+        "--time-unit",
+        default="ns",
+        choices=list(TIME_UNITS),
+        help="unit of integer epoch times (default ns)",
+    )
+    sp.add_argument(
+        "--partitions", type=int, help="capture partitions, fixed at creation (default 4)"
+    )
     sp.add_argument("--workers", type=int, default=1, help="worker threads (default 1)")
     sp.add_argument("--batch-rows", type=int, default=65_536, help=argparse.SUPPRESS)
     sp.add_argument("--summary", metavar="FILE", help="also write the JSON run summary here")

@@ -19,7 +19,7 @@ from typing import Any
 import bytewax.operators as op
 import pyarrow as pa
 import pyarrow.compute as pc
-from bytewax.dataflow import Dataflow
+from bytewax.dataflow import Dataflow, Stream
 from bytewax.inputs import Source
 from bytewax.operators import StatefulBatchLogic, StatefulLogic
 from bytewax.outputs import Sink
@@ -147,7 +147,7 @@ class SummarizeLogic(StatefulLogic[Counts, Counts, SummaryState]):
 
 
 def add_summary(
-    flow_counts: op.Stream[Counts],
+    flow_counts: Stream[Counts],
     store: Store,
     run_id: str,
     label: str,

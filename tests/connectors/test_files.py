@@ -66,9 +66,11 @@ def test_csv_reads_every_column_as_text_and_rejects_malformed_lines(tmp_path: Pa
 
 def test_jsonl_falls_back_line_by_line_only_for_bad_blocks(tmp_path: Path) -> None:
     path = tmp_path / "x.jsonl"
-    path.write_text('{"source":"a","time":1,"value":2}\n{"source":"b","time":"x","value":"y"}\n'
-                    "not json\n[1]\n"
-                    '{"source":"c","time":3,"value":null}\n')
+    path.write_text(
+        '{"source":"a","time":1,"value":2}\n{"source":"b","time":"x","value":"y"}\n'
+        "not json\n[1]\n"
+        '{"source":"c","time":3,"value":null}\n'
+    )
     batches, pos = drain(FileSource([str(path)]), str(path))
     table = pa.concat_tables([b.table for b in batches], promote_options="default")
     rejects = pa.concat_tables([b.rejects for b in batches])

@@ -21,13 +21,15 @@ def norm(table: pa.Table, **spec: object):
 
 
 def test_valid_table_passes_through_unchanged() -> None:
-    t = pa.table({
-        "source": ["buoy-1", "buoy.2:a"],
-        "time": pa.array([0, 1_700_000_000_000_000_000], pa.timestamp("ns", "UTC")),
-        "channel": ["temp", "temp"],
-        "value": [1.5, None],
-        "seq": [7, 8],
-    })
+    t = pa.table(
+        {
+            "source": ["buoy-1", "buoy.2:a"],
+            "time": pa.array([0, 1_700_000_000_000_000_000], pa.timestamp("ns", "UTC")),
+            "channel": ["temp", "temp"],
+            "value": [1.5, None],
+            "seq": [7, 8],
+        }
+    )
     r = norm(t)
     assert r.rejects.num_rows == 0
     assert r.readings.schema.names == READING_SCHEMA.names
@@ -62,7 +64,13 @@ def test_channel_defaults_to_value_and_seq_is_left_for_the_capture() -> None:
     ],
 )
 def test_bad_rows_are_rejected_with_a_reason_and_their_raw_form(bad: dict, reason: str) -> None:
-    good = {"source": "ok", "time": "2024-01-01T00:00:00Z", "channel": "c", "value": "1", "seq": "1"}
+    good = {
+        "source": "ok",
+        "time": "2024-01-01T00:00:00Z",
+        "channel": "c",
+        "value": "1",
+        "seq": "1",
+    }
     row = {**good, **bad}
     t = pa.table({k: pa.array([good[k], row[k]], pa.string()) for k in good})
     r = norm(t)
@@ -81,8 +89,10 @@ def test_missing_required_column_rejects_every_row_and_says_how_to_map() -> None
 
 
 def test_duplicate_column_is_a_schema_reject() -> None:
-    t = pa.Table.from_arrays([pa.array(["a"]), pa.array(["b"]), pa.array([1]), pa.array([1.0])],
-                             names=["source", "source", "time", "value"])
+    t = pa.Table.from_arrays(
+        [pa.array(["a"]), pa.array(["b"]), pa.array([1]), pa.array([1.0])],
+        names=["source", "source", "time", "value"],
+    )
     assert norm(t).rejects.column("reason").to_pylist() == ["bad_schema"]
 
 
@@ -103,7 +113,9 @@ def test_bad_map_and_time_unit_are_config_errors() -> None:
         InputSpec(time_unit="days")
 
 
-@pytest.mark.parametrize(("unit", "factor"), [("ns", 1), ("us", 10**3), ("ms", 10**6), ("s", 10**9)])
+@pytest.mark.parametrize(
+    ("unit", "factor"), [("ns", 1), ("us", 10**3), ("ms", 10**6), ("s", 10**9)]
+)
 def test_integer_epochs_in_every_unit(unit: str, factor: int) -> None:
     col = pa.chunked_array([pa.array([0, 1_455_494_400, -3], pa.int64())])
     ns, ok = parse_times(col, unit)
@@ -112,15 +124,22 @@ def test_integer_epochs_in_every_unit(unit: str, factor: int) -> None:
 
 
 def test_epochs_that_overflow_nanoseconds_are_invalid() -> None:
-    ns, ok = parse_times(pa.chunked_array([pa.array([10**10, 9 * 10**9], pa.int64())]), "s")
+    _, ok = parse_times(pa.chunked_array([pa.array([10**10, 9 * 10**9], pa.int64())]), "s")
     assert ok.tolist() == [False, True]
 
 
 def test_naive_timestamps_mean_utc_and_aware_ones_are_converted() -> None:
-    naive = pa.chunked_array([pa.array([pd.Timestamp("2020-01-01 12:00").to_datetime64()],
-                                       pa.timestamp("us"))])
-    aware = pa.chunked_array([pa.array([pd.Timestamp("2020-01-01 13:00", tz="Europe/Paris")],
-                                       pa.timestamp("ms", tz="Europe/Paris"))])
+    naive = pa.chunked_array(
+        [pa.array([pd.Timestamp("2020-01-01 12:00").to_datetime64()], pa.timestamp("us"))]
+    )
+    aware = pa.chunked_array(
+        [
+            pa.array(
+                [pd.Timestamp("2020-01-01 13:00", tz="Europe/Paris")],
+                pa.timestamp("ms", tz="Europe/Paris"),
+            )
+        ]
+    )
     expected = pd.Timestamp("2020-01-01 12:00", tz="UTC").value
     assert parse_times(naive, "ns")[0].tolist() == [expected]
     assert parse_times(aware, "ns")[0].tolist() == [expected]
@@ -134,8 +153,12 @@ def test_epoch_text_parses_exactly_like_the_integer(n: int) -> None:
     assert ns.tolist() == [n]
 
 
-@given(st.datetimes(min_value=pd.Timestamp("1700-01-01").to_pydatetime(),
-                    max_value=pd.Timestamp("2260-01-01").to_pydatetime()))
+@given(
+    st.datetimes(
+        min_value=pd.Timestamp("1700-01-01").to_pydatetime(),
+        max_value=pd.Timestamp("2260-01-01").to_pydatetime(),
+    )
+)
 @settings(max_examples=200)
 def test_iso_text_parses_like_pandas(dt: object) -> None:
     ts = pd.Timestamp(dt)

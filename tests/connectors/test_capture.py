@@ -1,0 +1,108 @@
+"""Capture bookkeeping: partitioning, seq assignment, partition files."""
+
+from __future__ import annotations
+
+import zlib
+
+import numpy as np
+import pyarrow as pa
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from connectors.capture import (
+    PartitionWriter,
+    assign_seq,
+    open_capture,
+    partition_of,
+    read_capture,
+    split_by_partition,
+)
+from connectors.errors import CaptureExistsError, StoreError
+from connectors.schema import TIME_TYPE
+from connectors.store import Store
+
+
+def readings(sources: list[str], seq: list[int | None] | None = None) -> pa.Table:
+    n = len(sources)
+    return pa.table(
+        {
+            "source": pa.array(sources, pa.string()),
+            "seq": pa.array(seq if seq is not None else [None] * n, pa.int64()),
+            "time": pa.array(np.arange(n), pa.int64()).cast(TIME_TYPE),
+            "channel": pa.array(["c"] * n),
+            "value": pa.array(np.arange(n, dtype=float)),
+        }
+    )
+
+
+def test_partition_is_a_stable_crc32_of_the_source() -> None:
+    ids = ["a", "b", "NERACOOS.B01.SBE37", "a"]
+    got = partition_of(pa.array(ids), 7)
+    assert got.tolist() == [zlib.crc32(s.encode()) % 7 for s in ids]
+
+
+@given(st.lists(st.sampled_from(["a", "b", "c", "d", "e"]), min_size=1, max_size=60))
+def test_split_keeps_every_row_once_in_order_and_one_partition_per_source(ids: list[str]) -> None:
+    t = readings(ids)
+    parts = split_by_partition(t, 3)
+    back = pa.concat_tables([p for _, p in parts])
+    assert sorted(back.column("value").to_pylist()) == list(range(len(ids)))
+    for p, sub in parts:
+        assert set(partition_of(sub.column("source"), 3).tolist()) == {p}
+        values = sub.column("value").to_pylist()
+        assert values == sorted(values)  # arrival order kept
+
+
+@given(
+    st.lists(
+        st.tuples(st.sampled_from(["a", "b", "c"]), st.one_of(st.none(), st.integers(0, 50))),
+        max_size=40,
+    )
+)
+def test_assign_seq_numbers_missing_rows_in_arrival_order(
+    rows: list[tuple[str, int | None]],
+) -> None:
+    start = {"a": 100}
+    nxt = dict(start)
+    out = assign_seq(readings([s for s, _ in rows], [q for _, q in rows]), nxt)
+    got = out.column("seq").to_pylist()
+    counters = dict(start)
+    for (src, given_seq), seq in zip(rows, got, strict=True):
+        if given_seq is None:
+            assert seq == counters.get(src, 0)
+            counters[src] = counters.get(src, 0) + 1
+        else:
+            assert seq == given_seq
+    for src in {s for s, _ in rows}:  # next_seq is past every seq seen, never backwards
+        seen = [q for (s, _), q in zip(rows, got, strict=True) if s == src]
+        assert nxt[src] == max([*seen, start.get(src, 0) - 1]) + 1
+
+
+def test_partition_count_is_fixed_at_creation(tmp_path) -> None:
+    store = Store(str(tmp_path))
+    with pytest.raises(StoreError, match="no capture"):
+        open_capture(store, "c")
+    assert open_capture(store, "c", partitions=3, create=True).partitions == 3
+    assert open_capture(store, "c").partitions == 3
+    with pytest.raises(CaptureExistsError, match="has 3 partitions, not 5"):
+        open_capture(store, "c", partitions=5, create=True)
+
+
+def test_writer_buffers_names_chunks_and_discards_orphans(tmp_path) -> None:
+    store = Store(str(tmp_path))
+    open_capture(store, "c", partitions=1, create=True)
+    w = PartitionWriter(store, "c", 0, "run1", target_rows=3)
+    w.append(readings(["a", "a"]))
+    assert store.listdir("captures/c/part-0000") == []  # still buffered
+    w.append(readings(["a", "b"]))
+    w.append(readings(["b"]))
+    w.flush()
+    assert store.listdir("captures/c/part-0000") == ["run1-000000.parquet", "run1-000001.parquet"]
+    assert read_capture(store, "c").num_rows == 5
+    # a later writer of the same capture continues the seq numbers
+    w2 = PartitionWriter(store, "c", 0, "run2")
+    assert w2.append(readings(["a"])).column("seq").to_pylist() == [3]
+    # resuming run1 from a snapshot taken after chunk 0 removes chunk 1
+    assert w.discard_after(1) == 1
+    assert store.listdir("captures/c/part-0000") == ["run1-000000.parquet"]

@@ -1,0 +1,194 @@
+"""The ingest dataflow, end to end on real files and stores."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pyarrow as pa
+import pytest
+from bytewax.testing import TestingSink, TestingSource, run_main
+
+from connectors.batch import RawBatch
+from connectors.schema import InputSpec
+from flows.cli import main, run_flow
+from flows.ingest import IngestConfig, build_flow, normalize_batch
+from flows.summary import Counts
+from tests.conftest import BUOY, BUOY_MAP, ROOT, sorted_frame
+
+
+def read_dir(path: Path) -> pd.DataFrame:
+    return pd.read_parquet(path)
+
+
+def test_buoy_sample_is_accounted_for_row_by_row(tmp_path: Path) -> None:
+    summary = tmp_path / "summary.json"
+    code = main(
+        [
+            "ingest",
+            str(BUOY),
+            "--store",
+            str(tmp_path / "store"),
+            "--capture",
+            "buoy",
+            "--map",
+            BUOY_MAP,
+            "--summary",
+            str(summary),
+            "-q",
+        ]
+    )
+    assert code == 0
+    src = pd.read_parquet(BUOY)
+    cap = read_dir(tmp_path / "store" / "captures" / "buoy")
+    s = json.loads(summary.read_text())
+    assert (s["input"], s["accepted"], s["rejected"], s["duplicates"]) == (19_226, 19_226, 0, 0)
+    assert s["capture"] == "buoy"
+    assert len(cap) == len(src) == 19_226
+    # Every input row is in the capture with its time and value (arrival order, seq 0..n-1).
+    cap = cap.sort_values("seq").reset_index(drop=True)
+    assert cap["seq"].tolist() == list(range(len(src)))
+    assert (cap["time"].astype("int64").to_numpy() == src["event_time"].to_numpy()).all()
+    assert (cap["value"].to_numpy() == src["value"].to_numpy()).all()
+    assert (cap["source"] == src["source_id"]).all()
+    assert (cap["channel"] == src["channel"]).all()
+    # The sample's conflicting pair at 2017-03-21 16:30 UTC is kept whole until dedup exists.
+    t = pd.Timestamp("2017-03-21 16:30", tz="UTC")
+    pair = cap[cap["time"] == t]
+    assert len(pair) == 2
+    assert pair["value"].nunique() == 2
+
+
+def test_bad_ids_and_times_are_counted_and_kept_not_fatal(tmp_path: Path) -> None:
+    csv = tmp_path / "mixed.csv"
+    csv.write_text(
+        "source,time,value\n"
+        "good-1,2024-01-01T00:00:00Z,1.0\n"
+        "../escape,2024-01-01T00:00:01Z,2.0\n"
+        "good-1,not-a-time,3.0\n"
+        "good-2,1704067200000000000,4.0\n"
+        ",2024-01-01T00:00:02Z,5.0\n"
+        "good-2,2024-01-01T00:00:03Z,\n"
+    )
+    summary = tmp_path / "s.json"
+    store = tmp_path / "store"
+    assert (
+        main(
+            [
+                "ingest",
+                str(csv),
+                "--store",
+                str(store),
+                "--capture",
+                "c",
+                "--summary",
+                str(summary),
+                "-q",
+            ]
+        )
+        == 0
+    )
+    s = json.loads(summary.read_text())
+    assert (s["input"], s["accepted"], s["rejected"]) == (6, 3, 3)
+    assert s["input"] == s["accepted"] + s["rejected"] + s["duplicates"]
+    assert s["rejected_by_reason"] == {"bad_id": 2, "bad_time": 1}
+    dead = pd.read_parquet(store / "deadletter")
+    assert sorted(dead["reason"]) == ["bad_id", "bad_id", "bad_time"]
+    assert set(dead["origin"]) == {str(csv)}
+    assert {json.loads(r)["source"] for r in dead["raw"]} == {"../escape", "good-1", None}
+    assert not (store / "captures" / "c" / "..").resolve().joinpath("escape").exists()
+    cap = read_dir(store / "captures" / "c")
+    assert sorted(cap["value"].fillna(-1)) == [-1.0, 1.0, 4.0]  # empty value = missing, kept
+
+
+def test_one_and_two_workers_write_the_same_capture(tmp_path: Path) -> None:
+    url = "sim://?sources=6&rate=200&duration=60s&seed=11"
+    frames = []
+    for workers in (1, 2):
+        store = tmp_path / f"w{workers}"
+        cfg = IngestConfig(
+            inputs=(url,), store=str(store), capture="c", progress=False, run_id=f"r{workers}"
+        )
+        run_flow(build_flow(cfg), workers)
+        frames.append(sorted_frame(read_dir(store / "captures" / "c")))
+        # each source lives in exactly one partition folder
+        owners = {}
+        for f in (store / "captures" / "c").glob("part-*/*.parquet"):
+            for src in pd.read_parquet(f, columns=["source"])["source"].unique():
+                assert owners.setdefault(src, f.parent.name) == f.parent.name
+    pd.testing.assert_frame_equal(frames[0], frames[1])
+    assert len(frames[0]) > 100_000
+
+
+def test_reingest_into_an_existing_capture_keeps_seq_increasing(tmp_path: Path) -> None:
+    csv = tmp_path / "a.csv"
+    csv.write_text("source,time,value\ns,1,1\ns,2,2\n")
+    for run in ("r1", "r2"):
+        run_main(
+            build_flow(
+                IngestConfig(
+                    inputs=(str(csv),), store=str(tmp_path), capture="c", progress=False, run_id=run
+                )
+            )
+        )
+    cap = read_dir(tmp_path / "captures" / "c")
+    assert sorted(cap["seq"]) == [0, 1, 2, 3]
+
+
+def test_flow_accepts_a_testing_source_and_sink(tmp_path: Path) -> None:
+    batch = RawBatch(
+        "mem", 0, pa.table({"source": ["a", "b/"], "time": [1, 2], "value": [1.0, 2.0]})
+    )
+    out: list = []
+    flow = build_flow(
+        IngestConfig(inputs=("unused.csv",), store="memory://t-flow", capture="c", progress=False),
+        source=TestingSource([batch, batch]),
+        sink=TestingSink(out),
+    )
+    run_main(flow)
+    assert out == [("run", Counts(input=4, accepted=2, rejected=2, reasons={"bad_id": 2}))]
+
+
+def test_normalize_batch_counts_reader_and_schema_rejects() -> None:
+    from connectors.files import _malformed
+
+    batch = RawBatch(
+        "f",
+        0,
+        pa.table({"source": ["a"], "time": ["x"], "value": ["1"]}),
+        _malformed("f", [(3, "bad line", "a,b")]),
+    )
+    readings, rejects, counts = normalize_batch(InputSpec(), batch)
+    assert readings.num_rows == 0
+    assert counts == Counts(input=2, rejected=2, reasons={"malformed": 1, "bad_time": 1})
+    assert rejects.num_rows == 2
+
+
+def test_bytewax_run_module_runs_the_flow(tmp_path: Path) -> None:
+    store = tmp_path / "store"
+    expr = (
+        f"flows.ingest:build_flow(inputs=['{BUOY}'], store='{store}', capture='bw', "
+        f"map='{BUOY_MAP}', progress=False)"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-m", "bytewax.run", expr, "-w", "2"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert len(read_dir(store / "captures" / "bw")) == 19_226
+
+
+def test_cli_errors_are_one_line_and_exit_2(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["ingest", "x.xlsx", "--store", str(tmp_path)]) == 2
+    assert "use .parquet, .csv or .jsonl" in capsys.readouterr().err
+    assert main(["ingest", "a.csv", "--store", str(tmp_path), "--capture", "../up"]) == 2
+    assert "capture name '../up'" in capsys.readouterr().err
+    assert main(["capture", "info", "nope", "--store", str(tmp_path)]) == 2
