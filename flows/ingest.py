@@ -1,8 +1,9 @@
-"""Ingest: input files or simulated instruments -> a capture (and, later, views).
+"""Ingest: input files or simulated instruments -> a capture and windowed views.
 
 Input: ``RawBatch`` micro-batches from ``FileSource``/``SimSource`` (or a ``TestingSource``).
-Output: the capture ``<store>/captures/<name>/``, rejected records in ``<store>/deadletter/``,
-and a run summary ``<store>/runs/<run>.json``.
+Output: the capture ``<store>/captures/<name>/``, each view's final rows in
+``<store>/views/<view>/`` (late readings in ``<store>/late/<view>/``), rejected records in
+``<store>/deadletter/``, and a run summary ``<store>/runs/<run>.json``.
 Guarantee: every input record is accounted for once: accepted, rejected (kept with a reason)
 or a duplicate; ``input == accepted + rejected + duplicates``.
 
@@ -34,6 +35,8 @@ from connectors.simulator import SimSource
 from connectors.sinks import ChunkSink
 from connectors.store import DEFAULT_STORE, Store
 from flows.summary import SUMMARY_KEY, Counts, SummarySink, SummaryState, fold_counts
+from flows.viewdef import DEFAULT_VIEWS, ViewDef, load_views
+from flows.viewstep import add_view
 
 
 @dataclass(frozen=True)
@@ -48,6 +51,7 @@ class IngestConfig:
     run_id: str = field(default_factory=new_run_id)
     batch_rows: int = DEFAULT_BATCH_ROWS
     progress: bool = True
+    views: tuple[ViewDef, ...] = DEFAULT_VIEWS
 
     def __post_init__(self) -> None:
         check_name(self.capture, kind="capture name")
@@ -93,7 +97,7 @@ CaptureState = tuple[int, str, int, dict[str, int]]  # (partition, run, next chu
 PartTable = tuple[int, pa.Table]  # (capture partition, readings)
 
 
-class CaptureLogic(StatefulBatchLogic[PartTable, pa.Table, CaptureState]):
+class CaptureLogic(StatefulBatchLogic[PartTable, PartTable, CaptureState]):
     """Owns one capture partition: assigns seq numbers and appends readings to its files.
 
     Emits the rows as captured, so everything downstream sees exactly the capture's content.
@@ -111,12 +115,13 @@ class CaptureLogic(StatefulBatchLogic[PartTable, pa.Table, CaptureState]):
             self.writer = PartitionWriter(store, capture, part, run, chunk=chunk, next_seq=next_seq)
             self.writer.discard_after(chunk)  # objects written after the snapshot: orphans
 
-    def on_batch(self, values: list[PartTable]) -> tuple[Iterable[pa.Table], bool]:
+    def on_batch(self, values: list[PartTable]) -> tuple[Iterable[PartTable], bool]:
         if self.writer is None:
             self.writer = PartitionWriter(self.store, self.capture, values[0][0], self.run_id)
-        return [self.writer.append(t) for _, t in values if t.num_rows], self.RETAIN
+        w = self.writer
+        return [(w.part, w.append(t)) for _, t in values if t.num_rows], self.RETAIN
 
-    def on_eof(self) -> tuple[Iterable[pa.Table], bool]:
+    def on_eof(self) -> tuple[Iterable[PartTable], bool]:
         if self.writer is not None:
             self.writer.flush()
         return [], self.RETAIN
@@ -176,6 +181,8 @@ def build_flow(
     if config is None:
         if "inputs" in options:
             options["inputs"] = tuple(options["inputs"])
+        if isinstance(options.get("views"), str):
+            options["views"] = load_views(options["views"])
         if isinstance(options.get("map"), str) or "time_unit" in options:
             options["spec"] = InputSpec.parse_map(
                 options.pop("map", None), options.pop("time_unit", "ns")
@@ -199,7 +206,7 @@ def build_flow(
     captured = op.stateful_batch(
         "capture", routed, lambda s: CaptureLogic(store, config.capture, run_id, s)
     )
-    # ("0003", rows as written to the capture)
+    # ("0003", (3, rows as written to the capture))
     rejects = op.filter_map(
         "take_rejects", checked, lambda r: ("0", r[1]) if r[1].num_rows else None
     )
@@ -208,7 +215,18 @@ def build_flow(
     counts = op.merge(
         "merge_counts",
         op.map("count_input", checked, lambda r: r[2]),
-        op.map("count_accepted", captured, lambda kv: Counts(accepted=kv[1].num_rows)),
+        op.map("count_accepted", captured, lambda kv: Counts(accepted=kv[1][1].num_rows)),
+        *(
+            add_view(
+                captured,
+                v,
+                store=store,
+                capture=config.capture,
+                run_id=run_id,
+                partitions=meta.partitions,
+            )
+            for v in config.views
+        ),
     )
     add_summary(
         counts,

@@ -1,0 +1,125 @@
+"""View storage: ``<store>/views/<name>/`` holds a view's current final rows as plain Parquet.
+
+Layout::
+
+    views/<name>/_view.json                     definition, its hash, the capture it reads
+    views/<name>/_state/part-0003.parquet       per-series watermark and closed frontier
+    views/<name>/<run>/part-0003-<chunk>.parquet   rows: source, channel, window_start,
+                                                window_end, one column per aggregate, lineage
+
+``pandas.read_parquet("<store>/views/<name>")`` returns the rows and nothing else.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.dataset as ds
+
+from connectors.errors import ConfigError, StoreError
+from connectors.ids import check_name
+from connectors.store import Store
+
+
+def view_dir(name: str) -> str:
+    return f"views/{check_name(name, kind='view name')}"
+
+
+def state_path(name: str, part: int) -> str:
+    return f"{view_dir(name)}/_state/part-{part:04d}.parquet"
+
+
+def ensure_view(
+    store: Store, name: str, definition: dict[str, Any], view_hash: str, capture: str
+) -> None:
+    """Record a view's definition, or check that the stored one is the same."""
+    rel = f"{view_dir(name)}/_view.json"
+    doc = {"name": name, "definition": definition, "hash": view_hash, "capture": capture}
+    if store.exists(rel):
+        old = store.read_json(rel)
+        if old.get("hash") != view_hash or old.get("capture") != capture:
+            raise ConfigError(
+                f"view {name!r} exists with definition {old.get('hash')} over capture "
+                f"{old.get('capture')!r}; this run defines {view_hash} over {capture!r}. "
+                "Replay the capture to rebuild it (obsflow replay) or use a new view name"
+            )
+        return
+    store.write_json(rel, doc)
+
+
+def list_views(store: Store) -> list[dict[str, Any]]:
+    out = []
+    for name in store.listdir("views"):
+        rel = f"views/{name}/_view.json"
+        if store.exists(rel):
+            out.append(store.read_json(rel))
+    return out
+
+
+def view_meta(store: Store, name: str) -> dict[str, Any]:
+    rel = f"{view_dir(name)}/_view.json"
+    if not store.exists(rel):
+        raise StoreError(f"no view {name!r} in {store.uri()}")
+    meta: dict[str, Any] = store.read_json(rel)
+    return meta
+
+
+def _ts(text: str | None, what: str) -> pa.Scalar | None:
+    if text is None:
+        return None
+    try:
+        ts = pd.Timestamp(text)
+    except ValueError:
+        raise ConfigError(f"{what} {text!r} is not an ISO-8601 time") from None
+    ts = ts.tz_localize("UTC") if ts.tzinfo is None else ts.tz_convert("UTC")
+    return pa.scalar(ts.value, pa.timestamp("ns", tz="UTC"))
+
+
+def window_filter(
+    *,
+    sources: list[str] | None = None,
+    channels: list[str] | None = None,
+    start: str | None = None,
+    until: str | None = None,
+    time_column: str = "window_start",
+) -> ds.Expression | None:
+    """A pushed-down Parquet filter: series and ``[start, until)`` on ``time_column``."""
+    parts: list[ds.Expression] = []
+    if sources:
+        parts.append(pc.field("source").isin(sources))
+    if channels:
+        parts.append(pc.field("channel").isin(channels))
+    if (lo := _ts(start, "--from")) is not None:
+        parts.append(pc.field(time_column) >= lo)
+    if (hi := _ts(until, "--until")) is not None:
+        parts.append(pc.field(time_column) < hi)
+    if not parts:
+        return None
+    expr = parts[0]
+    for p in parts[1:]:
+        expr = expr & p
+    return expr
+
+
+def read_view(
+    store: Store,
+    name: str,
+    *,
+    filter: ds.Expression | None = None,
+    columns: list[str] | None = None,
+) -> pa.Table:
+    """A view's rows, with the filter pushed down to Parquet, sorted by series and window."""
+    view_meta(store, name)
+    dataset = ds.dataset(
+        store.path(view_dir(name)),
+        filesystem=store.fs,
+        format="parquet",
+        exclude_invalid_files=False,
+        ignore_prefixes=[".", "_"],
+    )
+    table = dataset.to_table(filter=filter, columns=columns)
+    keys = [k for k in ("source", "channel", "window_start") if k in table.column_names]
+    return table.sort_by([(k, "ascending") for k in keys]) if keys else table
