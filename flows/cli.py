@@ -16,6 +16,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
 import pyarrow as pa
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
@@ -28,9 +29,25 @@ from connectors.files import format_of
 from connectors.schema import TIME_UNITS, InputSpec
 from connectors.simulator import SimSpec, generate
 from connectors.store import DEFAULT_STORE, Store
+from connectors.views import list_views, read_view, window_filter
 from flows import ingest
+from flows.viewdef import DEFAULT_VIEWS, ViewDef, load_views
 
 EPOCH = timedelta(seconds=2)
+DEMO_VIEWS = (
+    ViewDef(
+        "demo_10s",
+        "tumbling",
+        size=10 * 10**9,
+        aggregates=("count", "mean", "min", "max", "std", "p90"),
+    ),
+    ViewDef(
+        "demo_1m",
+        "tumbling",
+        size=60 * 10**9,
+        aggregates=("count", "mean", "min", "max", "std", "first", "last"),
+    ),
+)
 
 
 def run_flow(flow: Dataflow, workers: int) -> None:
@@ -63,6 +80,12 @@ def _finish_summary(
         ]
         for reason, n in summary.get("rejected_by_reason", {}).items():
             lines.append(f"  rejected {reason}: {n:,}")
+        for view, v in summary.get("views", {}).items():
+            late = summary.get("late", {}).get(view, 0)
+            lines.append(
+                f"  view {view}: {v['rows']:,} rows, {late:,} late readings"
+                f" -> {store.uri('views/' + view)}"
+            )
         if summary["rejected"]:
             lines.append(f"  dead letters: {store.uri('deadletter/' + run_id)}")
         lines.append(f"  summary: {store.uri(rel)}")
@@ -80,6 +103,7 @@ def cmd_ingest(args: argparse.Namespace) -> int:
         run_id=new_run_id(),
         batch_rows=args.batch_rows,
         progress=not args.quiet,
+        views=load_views(args.views) if args.views else DEFAULT_VIEWS,
     )
     started = time.monotonic()
     run_flow(ingest.build_flow(config), args.workers)
@@ -145,9 +169,64 @@ def cmd_capture(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_views(args: argparse.Namespace) -> int:
+    store = Store(args.store)
+    if args.action == "list":
+        metas = list_views(store)
+        if not metas:
+            print(f"no views in {store.uri()}", file=sys.stderr)
+        for m in metas:
+            d = m["definition"]
+            shape = {
+                "tumbling": f"size {_dur(d['size'])}",
+                "hopping": f"size {_dur(d['size'])} step {_dur(d['step'])}",
+                "session": f"gap {_dur(d['gap'])}",
+            }[d["kind"]]
+            print(
+                f"{m['name']:<20} {d['kind']:<9} {shape:<20} lateness {_dur(d['lateness']):<6}"
+                f" {','.join(d['aggregates']):<40} capture {m['capture']}  hash {m['hash']}"
+            )
+        return 0
+    if not args.name:
+        raise ConfigError("views show needs a view NAME")
+    expr = window_filter(
+        sources=args.source, channels=args.channel, start=args.start, until=args.until
+    )
+    table = read_view(store, args.name, filter=expr)
+    frame = table.drop_columns(
+        [c for c in ("run", "capture", "view_hash") if c in table.column_names]
+    ).to_pandas()
+    if frame.empty:
+        print(f"view {args.name!r}: no rows match", file=sys.stderr)
+        return 0
+    shown = frame if args.limit <= 0 else frame.head(args.limit)
+    with pd.option_context("display.width", 200, "display.max_columns", 50):
+        print(shown.to_string(index=False, float_format=lambda v: f"{v:.6g}"))
+    if len(shown) < len(frame):
+        print(f"... {len(frame) - len(shown):,} more rows (--limit 0 shows all)", file=sys.stderr)
+    return 0
+
+
+def _dur(ns: int) -> str:
+    for unit, size in (
+        ("d", 86_400 * 10**9),
+        ("h", 3_600 * 10**9),
+        ("m", 60 * 10**9),
+        ("s", 10**9),
+        ("ms", 10**6),
+    ):
+        if ns and ns % size == 0:
+            return f"{ns // size}{unit}"
+    return f"{ns}ns"
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     store = Store(args.store)
-    for folder in ("captures/demo", "deadletter"):
+    for folder in (
+        "captures/demo",
+        "deadletter",
+        *(f"{d}/{v.name}" for v in DEMO_VIEWS for d in ("views", "late")),
+    ):
         store.delete(folder, recursive=True)  # the demo starts from scratch each time
     url = f"sim://?sources=4&rate=10&duration={args.duration}&seed=7"
     print(
@@ -156,7 +235,12 @@ def cmd_demo(args: argparse.Namespace) -> int:
         file=sys.stderr,
     )
     config = ingest.IngestConfig(
-        inputs=(url,), store=args.store, capture="demo", run_id=new_run_id(), progress=False
+        inputs=(url,),
+        store=args.store,
+        capture="demo",
+        run_id=new_run_id(),
+        progress=False,
+        views=DEMO_VIEWS,
     )
     started = time.monotonic()
     run_flow(ingest.build_flow(config), args.workers)
@@ -166,7 +250,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
         f"\ncapture 'demo': {info.rows:,} readings from {info.sources} sources, "
         f"{info.first} .. {info.last}\n  in {store.uri('captures/demo')} "
         f"({info.files} Parquet files, {info.partitions} partitions)\n"
-        f"Try:  .venv/bin/obsflow capture info demo --store {args.store}",
+        f"views: {', '.join(v.name for v in DEMO_VIEWS)} in {store.uri('views')}\n"
+        f"Try:  .venv/bin/obsflow views show demo_10s --store {args.store} --source sim-000",
         file=sys.stderr,
     )
     return 0 if summary["balanced"] else 1
@@ -203,6 +288,11 @@ def parser() -> argparse.ArgumentParser:
         "--partitions", type=int, help="capture partitions, fixed at creation (default 4)"
     )
     sp.add_argument("--workers", type=int, default=1, help="worker threads (default 1)")
+    sp.add_argument(
+        "--views",
+        metavar="FILE",
+        help="TOML view definitions (default: per-minute stats of every series)",
+    )
     sp.add_argument("--batch-rows", type=int, default=65_536, help=argparse.SUPPRESS)
     sp.add_argument("--summary", metavar="FILE", help="also write the JSON run summary here")
     sp.add_argument("-q", "--quiet", action="store_true", help="no progress or summary lines")
@@ -224,6 +314,17 @@ def parser() -> argparse.ArgumentParser:
     store_opt(sp)
     sp.add_argument("--json", action="store_true", help="info as JSON")
     sp.set_defaults(func=cmd_capture)
+
+    sp = sub.add_parser("views", help="list views or show a view's rows")
+    sp.add_argument("action", choices=["list", "show"])
+    sp.add_argument("name", nargs="?")
+    store_opt(sp)
+    sp.add_argument("--source", action="append", help="only this source (repeatable)")
+    sp.add_argument("--channel", action="append", help="only this channel (repeatable)")
+    sp.add_argument("--from", dest="start", metavar="TIME", help="windows starting at or after")
+    sp.add_argument("--until", metavar="TIME", help="windows starting before")
+    sp.add_argument("--limit", type=int, default=50, help="rows to print (0 = all)")
+    sp.set_defaults(func=cmd_views)
 
     sp = sub.add_parser("demo", help="simulate instruments and ingest them into ./data/store")
     store_opt(sp)

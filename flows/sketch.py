@@ -1,15 +1,18 @@
-"""A mergeable quantile sketch with relative-error guarantee (the DDSketch idea), vectorized.
+"""Bounded-memory quantiles for many windows at once: exact while small, then binned.
 
-Values are counted in logarithmic bins: a bin covers ``(m·γ^(i-1), m·γ^i]`` with
-``γ = (1+α)/(1-α)``, so any value in a bin is within relative error ``α`` of the bin's
-representative. Quantile ``q`` is answered with the representative of the bin holding the
-element of rank ``⌊q·(n-1)⌋`` — so the answer is within ``α`` (1 %) relative of pandas'
-``quantile(q, interpolation="lower")``. Values with ``|x| < MIN_VALUE`` share one zero bin.
+Each window keeps its distinct values with their counts, so its quantiles are *exact* while it
+holds at most ``CAP`` distinct values. Past that, the window switches to equal-width bins of
+width ``2**level``, with the level chosen from the window's own spread: at most ``CAP/2 + 1``
+bins, so memory per window stays under ``CAP`` entries whatever the number of readings. Bins
+of different windows nest (their widths are powers of two), so windows merge exactly.
 
-Memory per window is its number of non-empty bins, at most ``MAX_BINS``: when a window would
-exceed it, its lowest bins are merged (only the lowest quantiles then lose the guarantee).
-Many windows' sketches are held together as sparse (row, key, count) arrays, so adding a batch
-or merging windows is a sort and a segmented sum, never a Python loop over values.
+Quantile ``q`` is the element of rank ``⌊q·(n-1)⌋``, i.e. pandas'
+``quantile(q, interpolation="lower")``: exactly, or for a binned window within half a bin,
+which is at most ``(max - min) / 1024`` of that window. Unlike a relative-error sketch, the bound
+follows the data's spread, not its offset: a pressure of 1013 ± 2 hPa stays precise.
+
+Windows' entries live together as sparse (row, value, count) arrays, so adding a batch or
+merging windows is a sort and a segmented sum, never a Python loop over values.
 """
 
 from __future__ import annotations
@@ -18,98 +21,96 @@ from dataclasses import dataclass
 
 import numpy as np
 
-ALPHA = 0.01
-GAMMA = (1 + ALPHA) / (1 - ALPHA)
-_LOG_GAMMA = float(np.log(GAMMA))
-MIN_VALUE = 1e-9
-MAX_BINS = 2048
-
-
-def bin_keys(values: np.ndarray) -> np.ndarray:
-    """Order-preserving integer bin key of each (finite) value; 0 is the zero bin."""
-    mag = np.abs(values)
-    big = mag >= MIN_VALUE
-    idx = np.zeros(values.shape, dtype=np.int64)
-    idx[big] = np.ceil(np.log(mag[big] / MIN_VALUE) / _LOG_GAMMA).astype(np.int64) + 1
-    return np.where(values < 0, -idx, idx)
-
-
-def bin_values(keys: np.ndarray) -> np.ndarray:
-    """Representative value of each bin key (within ALPHA of every value in the bin)."""
-    i = np.abs(keys) - 1
-    mag = MIN_VALUE * 2.0 * np.power(GAMMA, i.astype(np.float64)) / (GAMMA + 1.0)
-    return np.where(keys == 0, 0.0, np.sign(keys) * mag)
+CAP = 2048
+EXACT = -(2**20)  # the level of a window that still holds exact values
 
 
 @dataclass
 class Sketches:
-    """Sparse bin counts of many windows: entry j adds ``count[j]`` to bin ``key[j]`` of
-    window ``row[j]``. After ``compact`` entries are sorted by (row, key) and unique."""
+    """Entries (``row[j]``, ``val[j]``, ``count[j]``) plus the level of each window row.
+
+    An entry's ``val`` is the value itself (exact window) or its bin's lower edge.
+    After ``compact`` entries are sorted by (row, val) and unique.
+    """
 
     row: np.ndarray
-    key: np.ndarray
+    val: np.ndarray
     count: np.ndarray
+    level: np.ndarray  # per window row
 
     @classmethod
-    def empty(cls) -> Sketches:
+    def empty(cls, n_rows: int = 0) -> Sketches:
         z = np.zeros(0, dtype=np.int64)
-        return cls(z, z.copy(), z.copy())
+        return cls(z, np.zeros(0), z.copy(), np.full(n_rows, EXACT, dtype=np.int64))
 
     @classmethod
-    def of_values(cls, rows: np.ndarray, values: np.ndarray) -> Sketches:
-        """One entry per non-missing value."""
+    def of_values(cls, rows: np.ndarray, values: np.ndarray, n_rows: int) -> Sketches:
+        """One entry per non-missing value; windows 0..n_rows-1 start exact."""
         ok = ~np.isnan(values)
         return cls(
-            rows[ok].astype(np.int64), bin_keys(values[ok]), np.ones(int(ok.sum()), dtype=np.int64)
+            rows[ok].astype(np.int64),
+            values[ok],
+            np.ones(int(ok.sum()), dtype=np.int64),
+            np.full(n_rows, EXACT, np.int64),
         )
 
     def __len__(self) -> int:
         return int(self.row.size)
 
-    def remap(self, new_row: np.ndarray) -> Sketches:
-        """Move entries to other window numbers (``new_row[old]``), then merge duplicates."""
-        return Sketches(new_row[self.row], self.key, self.count).compact()
+    @staticmethod
+    def concat(a: Sketches, b: Sketches) -> Sketches:
+        """Windows of ``b`` are numbered after those of ``a``."""
+        return Sketches(
+            np.concatenate([a.row, b.row + a.level.size]),
+            np.concatenate([a.val, b.val]),
+            np.concatenate([a.count, b.count]),
+            np.concatenate([a.level, b.level]),
+        )
 
     def select(self, keep_rows: np.ndarray) -> Sketches:
         """Only the windows flagged in ``keep_rows``, renumbered 0..k-1 in order."""
         new_index = np.cumsum(keep_rows) - 1
         mask = keep_rows[self.row]
-        return Sketches(new_index[self.row[mask]], self.key[mask], self.count[mask])
-
-    @staticmethod
-    def concat(a: Sketches, b: Sketches, b_offset: int) -> Sketches:
         return Sketches(
-            np.concatenate([a.row, b.row + b_offset]),
-            np.concatenate([a.key, b.key]),
-            np.concatenate([a.count, b.count]),
+            new_index[self.row[mask]], self.val[mask], self.count[mask], self.level[keep_rows]
         )
 
+    def remap(self, new_row: np.ndarray, n_rows: int) -> Sketches:
+        """Merge window ``i`` into window ``new_row[i]`` (0..n_rows-1)."""
+        level = np.full(n_rows, EXACT, dtype=np.int64)
+        np.maximum.at(level, new_row, self.level)
+        row = new_row[self.row]
+        return Sketches(row, _floor_to(self.val, level[row]), self.count, level).compact()
+
     def compact(self) -> Sketches:
+        """Merge equal entries, then bin every window that holds more than CAP entries."""
         if len(self) == 0:
             return self
-        order = np.lexsort((self.key, self.row))
-        row, key = self.row[order], self.key[order]
-        brk = np.r_[True, (row[1:] != row[:-1]) | (key[1:] != key[:-1])]
-        starts = np.flatnonzero(brk)
-        out = Sketches(row[starts], key[starts], np.add.reduceat(self.count[order], starts))
-        return out._collapse()
+        out = self._merge_equal()
+        sizes = np.bincount(out.row, minlength=out.level.size)
+        if sizes.max() <= CAP:
+            return out
+        big = sizes > CAP
+        lo = np.full(out.level.size, np.inf)
+        hi = np.full(out.level.size, -np.inf)
+        np.minimum.at(lo, out.row, out.val)
+        np.maximum.at(hi, out.row, out.val)
+        level = out.level.copy()
+        level[big] = np.maximum(level[big], _level_for(lo[big], hi[big]))
+        val = _floor_to(out.val, level[out.row])
+        return Sketches(out.row, val, out.count, level)._merge_equal()
 
-    def _collapse(self) -> Sketches:
-        """Merge each window's lowest bins so that no window holds more than MAX_BINS."""
-        brk = np.r_[True, self.row[1:] != self.row[:-1]]
-        first = np.flatnonzero(brk)
-        sizes = np.diff(np.r_[first, len(self)])
-        if sizes.max() <= MAX_BINS:
-            return self
-        group = np.cumsum(brk) - 1
-        rank = np.arange(len(self)) - first[group]
-        excess = (sizes - MAX_BINS)[group]  # >0 only in windows that are too big
-        floor_key = self.key[first[group] + np.maximum(excess, 0)]
-        key = np.where(rank < excess, floor_key, self.key)
-        return Sketches(self.row, key, self.count).compact()
+    def _merge_equal(self) -> Sketches:
+        order = np.lexsort((self.val, self.row))
+        row, val = self.row[order], self.val[order]
+        starts = np.flatnonzero(np.r_[True, (row[1:] != row[:-1]) | (val[1:] != val[:-1])])
+        return Sketches(
+            row[starts], val[starts], np.add.reduceat(self.count[order], starts), self.level
+        )
 
-    def quantiles(self, n_rows: int, q: float) -> np.ndarray:
-        """Quantile ``q`` of each window 0..n_rows-1 (NaN for an empty window)."""
+    def quantiles(self, q: float) -> np.ndarray:
+        """Quantile ``q`` of every window (NaN for a window without values)."""
+        n_rows = self.level.size
         out = np.full(n_rows, np.nan)
         if len(self) == 0:
             return out
@@ -119,5 +120,30 @@ class Sketches:
         has = totals > 0
         target = before[has] + np.floor(q * (totals[has] - 1)).astype(np.int64)
         idx = np.searchsorted(cum, target, side="right")
-        out[has] = bin_values(self.key[idx])
+        level = self.level[has]
+        half_bin = np.where(level == EXACT, 0.0, np.ldexp(0.5, np.maximum(level, -1000)))
+        out[has] = self.val[idx] + half_bin
         return out
+
+
+def _level_for(lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
+    """Smallest power-of-two bin width giving at most CAP/2 + 1 bins over [lo, hi].
+
+    The width also stays above 2**-60 of the magnitude, so bin numbers fit in a float's
+    integer range.
+    """
+    spread = np.maximum(hi - lo, np.finfo(np.float64).tiny)
+    by_spread = np.ceil(np.log2(spread / (CAP // 2)))
+    by_size = np.ceil(np.log2(np.maximum(np.abs(lo), np.abs(hi)) + np.finfo(np.float64).tiny)) - 52
+    return np.maximum(by_spread, by_size).astype(np.int64)
+
+
+def _floor_to(val: np.ndarray, level: np.ndarray) -> np.ndarray:
+    """Lower edge of the bin of width ``2**level`` holding each value (exact rows unchanged)."""
+    binned = level != EXACT
+    if not binned.any():
+        return val
+    out = val.copy()
+    lv = level[binned]
+    out[binned] = np.ldexp(np.floor(np.ldexp(val[binned], -lv)), lv)
+    return out

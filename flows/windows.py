@@ -297,7 +297,7 @@ class WindowKernel:
                 rows, start, end = rows[live], start[live], end[live]
             fresh = singletons(sid[rows], t[rows], seq[rows], val[rows], start, end)
             sketch = (
-                Sketches.of_values(np.arange(rows.size), val[rows])
+                Sketches.of_values(np.arange(rows.size), val[rows], rows.size)
                 if self._quantiles
                 else Sketches.empty()
             )
@@ -309,7 +309,6 @@ class WindowKernel:
         return self._emit(final_only=False)
 
     def _merge(self, fresh: Partials, sketch: Sketches) -> None:
-        offset = len(self.open)
         both = Partials.concat(self.open, fresh)
         if self.view.kind == "session":
             group, n = group_sessions(both.sid, both.start, both.tmax, self.view.gap)
@@ -319,7 +318,7 @@ class WindowKernel:
         if self.view.kind == "session":
             self.open.end = self.open.tmax + self.view.gap
         if self._quantiles:
-            self.sketch = Sketches.concat(self.sketch, sketch, offset).remap(group)
+            self.sketch = Sketches.concat(self.sketch, sketch).remap(group, n)
 
     def _emit(self, *, final_only: bool) -> pa.Table:
         p = self.open
@@ -372,6 +371,6 @@ class WindowKernel:
                 data, mask = values[agg]
                 cols[agg] = pa.array(data, pa.float64(), mask=mask)
             else:
-                q = sketch.quantiles(len(p), self._quantiles[agg])[order]
+                q = sketch.quantiles(self._quantiles[agg])[order]
                 cols[agg] = pa.array(q, pa.float64(), mask=empty)
         return pa.table(cols)

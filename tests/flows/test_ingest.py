@@ -150,8 +150,14 @@ def test_flow_accepts_a_testing_source_and_sink(tmp_path: Path) -> None:
     )
     run_main(flow)
     # both valid readings fall in one window of the default per-minute view
-    assert out == [("run", Counts(input=4, accepted=2, rejected=2, reasons={"bad_id": 2},
-                                  view_rows={"stats_1m": 1}))]
+    assert out == [
+        (
+            "run",
+            Counts(
+                input=4, accepted=2, rejected=2, reasons={"bad_id": 2}, view_rows={"stats_1m": 1}
+            ),
+        )
+    ]
 
 
 def test_normalize_batch_counts_reader_and_schema_rejects() -> None:

@@ -1,0 +1,223 @@
+"""Views end to end: the buoy sample against pandas, worker counts, CLI, late output."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from connectors.store import Store
+from connectors.views import read_view, window_filter
+from flows.cli import main, run_flow
+from flows.ingest import IngestConfig, build_flow
+from flows.viewdef import ViewDef, parse_views
+from tests.conftest import BUOY, BUOY_MAP
+
+DAILY = """
+[[view]]
+name = "daily"
+kind = "tumbling"
+size = "1d"
+aggregates = ["count", "mean", "min", "max", "std"]
+"""
+
+
+def test_buoy_daily_view_equals_pandas_resample(tmp_path: Path) -> None:
+    views = tmp_path / "views.toml"
+    views.write_text(DAILY)
+    summary = tmp_path / "s.json"
+    store = tmp_path / "store"
+    assert (
+        main(
+            [
+                "ingest",
+                str(BUOY),
+                "--store",
+                str(store),
+                "--capture",
+                "buoy",
+                "--map",
+                BUOY_MAP,
+                "--views",
+                str(views),
+                "--summary",
+                str(summary),
+                "-q",
+            ]
+        )
+        == 0
+    )
+    got = pd.read_parquet(store / "views" / "daily").sort_values("window_start")
+    src = pd.read_parquet(BUOY)
+    src["time"] = pd.to_datetime(src["event_time"], utc=True)
+    want = src.set_index("time")["value"].resample("1D").agg(["count", "mean", "min", "max", "std"])
+    want = want[want["count"] > 0]  # resample fills the gaps; a view has rows only for data
+    assert got["window_start"].tolist() == want.index.tolist()
+    assert (got["window_end"] - got["window_start"]).eq(pd.Timedelta("1D")).all()
+    assert got["count"].tolist() == want["count"].tolist()
+    assert got["min"].tolist() == want["min"].tolist()
+    assert got["max"].tolist() == want["max"].tolist()
+    np.testing.assert_allclose(got["mean"], want["mean"], rtol=1e-12)
+    np.testing.assert_allclose(got["std"], want["std"], rtol=1e-9)
+    s = json.loads(summary.read_text())
+    assert s["views"] == {"daily": {"rows": len(want)}}
+    assert s["late"] == {}
+
+
+def test_one_and_two_workers_write_identical_view_rows(tmp_path: Path) -> None:
+    views = parse_views("""
+[[view]]
+name = "t10s"
+size = "10s"
+aggregates = ["count", "sum", "mean", "min", "max", "std", "var", "first", "last", "p50", "p99"]
+[[view]]
+name = "hop"
+kind = "hopping"
+size = "30s"
+step = "10s"
+[[view]]
+name = "sess"
+kind = "session"
+gap = "2s"
+""")
+    url = "sim://?sources=5&channels=temperature,pressure,salinity&rate=20&duration=5m&seed=3"
+    results = []
+    for workers in (1, 2):
+        store = tmp_path / f"w{workers}"
+        run_flow(
+            build_flow(
+                IngestConfig(
+                    inputs=(url,), store=str(store), capture="c", progress=False, views=views
+                )
+            ),
+            workers,
+        )
+        results.append(
+            {v.name: read_view(Store(str(store)), v.name).drop_columns(["run"]) for v in views}
+        )
+    for v in views:
+        one, two = results[0][v.name], results[1][v.name]
+        assert one.num_rows > 0
+        assert one.equals(two), v.name
+
+
+def test_late_readings_go_to_the_late_output_and_stay_in_the_capture(tmp_path: Path) -> None:
+    csv = tmp_path / "late.csv"
+    csv.write_text(
+        "source,time,value\n"
+        "s,2024-01-01T00:00:05Z,1\n"
+        "s,2024-01-01T00:00:25Z,2\n"
+        "s,2024-01-01T00:00:03Z,3\n"  # its window [0,10) closed when 25 arrived
+        "s,2024-01-01T00:00:21Z,4\n"
+    )  # within the 5 s lateness of 25
+    views = tmp_path / "v.toml"
+    views.write_text(
+        '[[view]]\nname = "t10"\nsize = "10s"\nlateness = "5s"\naggregates = ["count", "sum"]\n'
+    )
+    summary = tmp_path / "s.json"
+    store = tmp_path / "store"
+    assert (
+        main(
+            [
+                "ingest",
+                str(csv),
+                "--store",
+                str(store),
+                "--views",
+                str(views),
+                "--summary",
+                str(summary),
+                "-q",
+            ]
+        )
+        == 0
+    )
+    s = json.loads(summary.read_text())
+    assert s["late"] == {"t10": 1}
+    assert s["accepted"] == 4  # late readings are still in the capture
+    late = pd.read_parquet(store / "late" / "t10")
+    assert late["value"].tolist() == [3.0]
+    assert set(late["view"]) == {"t10"}
+    rows = pd.read_parquet(store / "views" / "t10").sort_values("window_start")
+    assert rows[["count", "sum"]].values.tolist() == [[1, 1.0], [2, 6.0]]
+
+
+def test_a_view_with_another_definition_is_refused(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    csv = tmp_path / "a.csv"
+    csv.write_text("source,time,value\ns,1,1\n")
+    for size, code in (("10s", 0), ("20s", 2)):
+        views = tmp_path / "v.toml"
+        views.write_text(f'[[view]]\nname = "v"\nsize = "{size}"\n')
+        assert (
+            main(["ingest", str(csv), "--store", str(tmp_path / "st"), "--views", str(views), "-q"])
+            == code
+        )
+    assert "view 'v' exists with definition" in capsys.readouterr().err
+
+
+def test_views_list_and_show(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    store = str(tmp_path / "store")
+    assert main(["demo", "--store", store, "--duration", "30s"]) == 0
+    capsys.readouterr()
+    assert main(["views", "list", "--store", store]) == 0
+    listed = capsys.readouterr().out
+    assert "demo_10s" in listed and "tumbling" in listed and "size 10s" in listed
+    assert (
+        main(
+            [
+                "views",
+                "show",
+                "demo_10s",
+                "--store",
+                store,
+                "--source",
+                "sim-001",
+                "--channel",
+                "pressure",
+                "--from",
+                "2026-01-01T00:00:10Z",
+                "--until",
+                "2026-01-01T00:00:30",
+                "--limit",
+                "0",
+            ]
+        )
+        == 0
+    )
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert lines[0].split()[:4] == ["source", "channel", "window_start", "window_end"]
+    assert len(lines) == 3  # header + windows starting at :10 and :20
+    assert all(line.startswith("sim-001 pressure 2026-01-01 00:00:") for line in lines[1:])
+    assert main(["views", "show", "nope", "--store", store]) == 2
+
+
+def test_window_filter_matches_filtering_in_pandas(tmp_path: Path) -> None:
+    store = Store(str(tmp_path))
+    run_flow(
+        build_flow(
+            IngestConfig(
+                inputs=("sim://?sources=3&rate=5&duration=10m&seed=2",),
+                store=str(tmp_path),
+                capture="c",
+                progress=False,
+                views=(ViewDef("m", "tumbling", size=60 * 10**9),),
+            )
+        ),
+        1,
+    )
+    full = read_view(store, "m").to_pandas()
+    expr = window_filter(
+        sources=["sim-002"], start="2026-01-01T00:03:00Z", until="2026-01-01T00:07:00Z"
+    )
+    part = read_view(store, "m", filter=expr).to_pandas()
+    lo, hi = pd.Timestamp("2026-01-01T00:03:00Z"), pd.Timestamp("2026-01-01T00:07:00Z")
+    want = full[
+        (full["source"] == "sim-002") & (full["window_start"] >= lo) & (full["window_start"] < hi)
+    ].reset_index(drop=True)
+    assert len(want) == 8  # 4 minutes x 2 channels
+    pd.testing.assert_frame_equal(part.reset_index(drop=True), want)
