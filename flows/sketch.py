@@ -129,13 +129,14 @@ class Sketches:
 def _level_for(lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
     """Smallest power-of-two bin width giving at most CAP/2 + 1 bins over [lo, hi].
 
-    The width also stays above 2**-60 of the magnitude, so bin numbers fit in a float's
-    integer range.
+    The width also stays above 2**-52 of the magnitude, so bin numbers stay exact integers
+    in a float64.
     """
-    spread = np.maximum(hi - lo, np.finfo(np.float64).tiny)
-    by_spread = np.ceil(np.log2(spread / (CAP // 2)))
-    by_size = np.ceil(np.log2(np.maximum(np.abs(lo), np.abs(hi)) + np.finfo(np.float64).tiny)) - 52
-    return np.maximum(by_spread, by_size).astype(np.int64)
+    tiny = np.finfo(np.float64).tiny
+    by_spread = np.ceil(np.log2(np.maximum(hi - lo, tiny) / (CAP // 2)))
+    by_size = np.ceil(np.log2(np.maximum(np.abs(lo), np.abs(hi)) + tiny)) - 52
+    level: np.ndarray = np.maximum(by_spread, by_size).astype(np.int64)
+    return level
 
 
 def _floor_to(val: np.ndarray, level: np.ndarray) -> np.ndarray:

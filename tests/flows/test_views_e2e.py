@@ -166,7 +166,9 @@ def test_views_list_and_show(tmp_path: Path, capsys: pytest.CaptureFixture[str])
     capsys.readouterr()
     assert main(["views", "list", "--store", store]) == 0
     listed = capsys.readouterr().out
-    assert "demo_10s" in listed and "tumbling" in listed and "size 10s" in listed
+    assert "demo_10s" in listed
+    assert "tumbling" in listed
+    assert "size 10s" in listed
     assert (
         main(
             [

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from fractions import Fraction
 
 import numpy as np
@@ -40,7 +41,7 @@ def run_kernel(
     table = to_table(df)
     bounds = sorted({0, len(df), *[c for c in cuts if 0 < c < len(df)]})
     rows, late = [], []
-    for lo, hi in zip(bounds, bounds[1:], strict=False):
+    for lo, hi in itertools.pairwise(bounds):
         r, lt = kernel.process(table.slice(lo, hi - lo))
         rows.append(r)
         late.append(lt)
@@ -214,7 +215,7 @@ def test_series_state_carries_a_view_across_runs() -> None:
     assert first.finish()["count"].to_pylist() == [1]  # [0,10) was final; [10,20) at the end
     second = WindowKernel(view)
     second.restore_series(first.series_state())
-    rows, late = second.process(
+    _, late = second.process(
         to_table(
             pd.DataFrame(
                 {
