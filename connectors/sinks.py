@@ -50,13 +50,15 @@ class _ChunkPartition(StatefulSinkPartition[pa.Table, SinkState]):
     def _flush(self) -> None:
         if not self._buffer:
             return
-        table = pa.concat_tables(self._buffer, promote_options="default")
+        buffer, self._buffer, self._rows = self._buffer, [], 0
+        # Taken before writing: if the write fails, close() (which Bytewax also calls while
+        # unwinding from that error) must not fail again, or the process aborts.
+        table = pa.concat_tables(buffer, promote_options="default")
         table = table.append_column("run", pa.repeat(self._run, table.num_rows).cast(pa.string()))
         self._store.write_parquet(
             f"{self._dir}/part-{self._part:04d}-{self._chunk:06d}.parquet", table
         )
         self._chunk += 1
-        self._buffer, self._rows = [], 0
 
     def snapshot(self) -> SinkState:
         # Rows buffered here are not in the snapshot, so they must be durable first.

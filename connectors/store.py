@@ -8,6 +8,7 @@ never part of a repr, and a pickled ``Store`` holds nothing but its URL.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import os
@@ -37,7 +38,9 @@ def _memory(path: str) -> tuple[Any, str]:
 def _s3(path: str) -> tuple[Any, str]:
     # s3fs reads keys and region from the environment itself; the endpoint is passed
     # explicitly so that older botocore releases that ignore AWS_ENDPOINT_URL still work.
-    kwargs: dict[str, Any] = {"skip_instance_cache": True}
+    # No listings cache: other writers (processes, other Store objects) change the bucket, and
+    # a stale listing makes exists() miss new objects and size() report old sizes.
+    kwargs: dict[str, Any] = {"skip_instance_cache": True, "use_listings_cache": False}
     endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
     if endpoint:
         kwargs["client_kwargs"] = {"endpoint_url": endpoint}
@@ -92,6 +95,16 @@ class Store:
     def __hash__(self) -> int:
         return hash(self.url)
 
+    @contextlib.contextmanager
+    def _backend(self, action: str, rel: str) -> Iterator[None]:
+        """Turn any backend failure (OSError, botocore errors s3fs passes on) into StoreError."""
+        try:
+            yield
+        except (StoreError, FileNotFoundError):
+            raise
+        except Exception as exc:
+            raise StoreError(f"cannot {action} {self.uri(rel)}: {exc}") from exc
+
     # paths -----------------------------------------------------------------------------
 
     def path(self, rel: str = "") -> str:
@@ -110,7 +123,7 @@ class Store:
     def write_bytes(self, rel: str, data: bytes) -> None:
         """Write an object atomically: readers see the old object or the whole new one."""
         path = self.path(rel)
-        try:
+        with self._backend("write", rel):
             if self.scheme == "file":
                 # Temp names start with '.', so dataset readers skip them if we die mid-write.
                 tmp = posixpath.join(posixpath.dirname(path), f".tmp-{uuid.uuid4().hex}")
@@ -118,27 +131,34 @@ class Store:
                 os.replace(tmp, path)
             else:
                 self.fs.pipe_file(path, data)  # an S3 PUT is atomic
-        except OSError as exc:
-            raise StoreError(f"cannot write {self.uri(rel)}: {exc}") from exc
 
     def read_bytes(self, rel: str, *, max_bytes: int | None = None) -> bytes:
         """Read a whole object; with ``max_bytes``, refuse larger objects before reading."""
         path = self.path(rel)
-        if max_bytes is not None:
+        with self._backend("read", rel):
+            if max_bytes is None:
+                whole: bytes = self.fs.cat_file(path)
+                return whole
             size = self.fs.size(path)
             if size > max_bytes:
                 raise StoreError(f"{self.uri(rel)} is {size} bytes, more than {max_bytes}")
-        data: bytes = self.fs.cat_file(path)
+            # Never more than the limit, even if the object grew since its size was read.
+            data: bytes = self.fs.cat_file(path, start=0, end=max_bytes + 1)
+        if len(data) > max_bytes:
+            raise StoreError(f"{self.uri(rel)} is more than {max_bytes} bytes")
         return data
 
     def exists(self, rel: str) -> bool:
-        return bool(self.fs.exists(self.path(rel)))
+        path = self.path(rel)
+        with self._backend("check", rel):
+            return bool(self.fs.exists(path))
 
     def listdir(self, rel: str = "") -> list[str]:
         """Names (not paths) directly under ``rel``; empty if it does not exist."""
         path = self.path(rel)
         try:
-            entries = self.fs.ls(path, detail=False, refresh=True)
+            with self._backend("list", rel):
+                entries = self.fs.ls(path, detail=False, refresh=True)
         except FileNotFoundError:
             return []
         names = sorted(posixpath.basename(str(e).rstrip("/")) for e in entries)
@@ -147,16 +167,27 @@ class Store:
     def walk_files(self, rel: str = "") -> Iterator[str]:
         """Store-relative paths of every object under ``rel``."""
         base = self.path(rel)
-        if not self.fs.exists(base):
-            return
-        self.fs.invalidate_cache(base)
-        for path in sorted(self.fs.find(base)):
+        with self._backend("list", rel):
+            if not self.fs.exists(base):
+                return
+            self.fs.invalidate_cache(base)
+            found = sorted(self.fs.find(base))
+        for path in found:
             yield posixpath.relpath("/" + str(path).lstrip("/"), "/" + self.root.lstrip("/"))
+
+    def copy(self, src: str, dst: str) -> None:
+        """Copy one object within the store (server-side where the backend can)."""
+        if self.scheme == "file":
+            self.write_bytes(dst, self.read_bytes(src))  # keeps the atomic-rename guarantee
+        else:
+            with self._backend("copy", dst):
+                self.fs.copy(self.path(src), self.path(dst))
 
     def delete(self, rel: str, *, recursive: bool = False) -> None:
         path = self.path(rel)
-        if self.fs.exists(path):
-            self.fs.rm(path, recursive=recursive)
+        with self._backend("delete", rel):
+            if self.fs.exists(path):
+                self.fs.rm(path, recursive=recursive)
 
     # structured ------------------------------------------------------------------------
 
@@ -176,4 +207,6 @@ class Store:
 
     def read_parquet(self, rel: str, **kwargs: Any) -> pa.Table:
         """Read a Parquet file or folder (files starting with '_' or '.' are skipped)."""
-        return pq.read_table(self.path(rel), filesystem=self.fs, **kwargs)
+        path = self.path(rel)
+        with self._backend("read", rel):
+            return pq.read_table(path, filesystem=self.fs, **kwargs)

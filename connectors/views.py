@@ -28,8 +28,9 @@ def view_dir(name: str) -> str:
     return f"views/{check_name(name, kind='view name')}"
 
 
-def state_path(name: str, part: int) -> str:
-    return f"{view_dir(name)}/_state/part-{part:04d}.parquet"
+def state_path(name: str, part: int, root: str = "views") -> str:
+    """Per-series state of a view's partition (``root`` is ``views`` or a staging folder)."""
+    return f"{root}/{check_name(name, kind='view name')}/_state/part-{part:04d}.parquet"
 
 
 def ensure_view(

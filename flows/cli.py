@@ -341,6 +341,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ObsflowError as exc:
         print(f"obsflow: error: {exc}", file=sys.stderr)
         return 2
+    except Exception as exc:
+        # Errors inside a running dataflow come back wrapped by Bytewax: report our own.
+        cause = exc.__cause__
+        while cause is not None and not isinstance(cause, ObsflowError):
+            cause = cause.__cause__
+        if cause is None:
+            raise
+        print(f"obsflow: error: {cause}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         return 130
     return code
