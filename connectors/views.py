@@ -33,12 +33,17 @@ def state_path(name: str, part: int, root: str = "views") -> str:
     return f"{root}/{check_name(name, kind='view name')}/_state/part-{part:04d}.parquet"
 
 
+def view_doc(name: str, definition: dict[str, Any], view_hash: str, capture: str) -> dict[str, Any]:
+    """The ``_view.json`` document: which definition over which capture made the rows."""
+    return {"name": name, "definition": definition, "hash": view_hash, "capture": capture}
+
+
 def ensure_view(
     store: Store, name: str, definition: dict[str, Any], view_hash: str, capture: str
 ) -> None:
     """Record a view's definition, or check that the stored one is the same."""
     rel = f"{view_dir(name)}/_view.json"
-    doc = {"name": name, "definition": definition, "hash": view_hash, "capture": capture}
+    doc = view_doc(name, definition, view_hash, capture)
     if store.exists(rel):
         old = store.read_json(rel)
         if old.get("hash") != view_hash or old.get("capture") != capture:
@@ -124,3 +129,57 @@ def read_view(
     table = dataset.to_table(filter=filter, columns=columns)
     keys = [k for k in ("source", "channel", "window_start") if k in table.column_names]
     return table.sort_by([(k, "ascending") for k in keys]) if keys else table
+
+
+# -- replacing views after a replay --------------------------------------------------------
+#
+# A replay writes each view into staging/<run>/{views,late}/<name>/. Only when the whole run
+# succeeded does it write staging/<run>/_commit.json; from then on the swap is a redo-able
+# action: copy the staged objects in, delete the old ones, record the new definition, drop the
+# staging folder. Interrupted before the marker, the old views are untouched; interrupted
+# during the swap, the next command that opens the store finishes it (``finish_commits``).
+
+
+def stage_commit(store: Store, run_id: str, docs: list[dict[str, Any]]) -> None:
+    """Declare a replay's staged views complete, then swap them in."""
+    store.write_json(
+        f"staging/{check_name(run_id, kind='run id')}/_commit.json", {"run": run_id, "views": docs}
+    )
+    apply_commit(store, run_id)
+
+
+def apply_commit(store: Store, run_id: str) -> None:
+    """Swap in the views staged by ``run_id`` (idempotent: safe to repeat after a crash)."""
+    stage = f"staging/{check_name(run_id, kind='run id')}"
+    marker = store.read_json(f"{stage}/_commit.json")
+    for doc in marker["views"]:
+        name = check_name(doc["name"], kind="view name")
+        for kind in ("views", "late"):
+            src, dst = f"{stage}/{kind}/{name}", f"{kind}/{name}"
+            new = {f[len(src) + 1 :] for f in store.walk_files(src)}
+            for rel in sorted(new):
+                store.copy(f"{src}/{rel}", f"{dst}/{rel}")
+            keep = {rel.split("/")[0] for rel in new} | {"_view.json"}
+            for child in store.listdir(dst):  # old runs' folders, whole
+                if child not in keep:
+                    store.delete(f"{dst}/{child}", recursive=True)
+            for rel in [f[len(dst) + 1 :] for f in store.walk_files(dst)]:
+                if rel not in new and rel != "_view.json":  # stale objects in kept folders
+                    store.delete(f"{dst}/{rel}")
+        store.write_json(f"views/{name}/_view.json", doc)
+    store.delete(stage, recursive=True)
+
+
+def finish_commits(store: Store) -> list[str]:
+    """Complete swaps interrupted by a crash; drop staging left by replays that never finished.
+
+    Assumes one writer per store at a time (as the capture does).
+    """
+    done = []
+    for run in store.listdir("staging"):
+        if store.exists(f"staging/{run}/_commit.json"):
+            apply_commit(store, run)
+            done.append(run)
+        else:
+            store.delete(f"staging/{run}", recursive=True)
+    return done

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import socket
+import subprocess
 import sys
 import time
 from collections.abc import Sequence
@@ -29,8 +31,8 @@ from connectors.files import format_of
 from connectors.schema import TIME_UNITS, InputSpec
 from connectors.simulator import SimSpec, generate
 from connectors.store import DEFAULT_STORE, Store
-from connectors.views import list_views, read_view, window_filter
-from flows import ingest
+from connectors.views import finish_commits, list_views, read_view, window_filter
+from flows import ingest, replay
 from flows.viewdef import DEFAULT_VIEWS, ViewDef, load_views
 
 EPOCH = timedelta(seconds=2)
@@ -109,6 +111,80 @@ def cmd_ingest(args: argparse.Namespace) -> int:
     run_flow(ingest.build_flow(config), args.workers)
     summary = _finish_summary(Store(args.store), config.run_id, started, args.summary, args.quiet)
     return 0 if summary["balanced"] else 1
+
+
+def cmd_replay(args: argparse.Namespace) -> int:
+    store = Store(args.store)
+    for run in finish_commits(store):
+        print(f"finished swapping in the views of interrupted replay {run}", file=sys.stderr)
+    views = load_views(args.views) if args.views else replay.stored_views(store, args.capture)
+    config = replay.ReplayConfig(
+        capture=args.capture,
+        views=views,
+        store=args.store,
+        sources=tuple(args.source or ()),
+        start=args.start,
+        until=args.until,
+        speed=replay.parse_speed(args.speed),
+        run_id=args.commit or new_run_id(),
+        progress=not args.quiet,
+    )
+    config.spec  # noqa: B018 - validates times and speed before anything runs
+    started = time.monotonic()
+    if not args.commit:
+        if args.processes > 1:
+            run_processes(config, args.views, args.processes, args.workers)
+        else:
+            run_flow(replay.build_flow(config), args.workers)
+    replay.commit(config)
+    summary = _finish_summary(store, config.run_id, started, args.summary, args.quiet)
+    return 0 if summary["balanced"] else 1
+
+
+def run_processes(
+    config: replay.ReplayConfig, views_file: str | None, processes: int, workers: int
+) -> None:
+    """Run the replay as a Bytewax cluster of local processes (as on several hosts)."""
+    addresses = ";".join(f"127.0.0.1:{free_port()}" for _ in range(processes))
+    options = {
+        "store": config.store,
+        "capture": config.capture,
+        "views": views_file,
+        "sources": list(config.sources),
+        "start": config.start,
+        "until": config.until,
+        "speed": config.speed,
+        "run_id": config.run_id,
+        "progress": config.progress,
+    }
+    expr = "flows.replay:build_flow(" + ", ".join(f"{k}={v!r}" for k, v in options.items()) + ")"
+    procs = [
+        subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "bytewax.run",
+                expr,
+                "-w",
+                str(workers),
+                "-i",
+                str(i),
+                "-a",
+                addresses,
+            ]
+        )
+        for i in range(processes)
+    ]
+    codes = [p.wait() for p in procs]
+    if any(codes):
+        raise ObsflowError(f"replay process exit codes {codes}; the previous views are intact")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
 
 
 def write_table(table: pa.Table, out: str) -> None:
@@ -314,6 +390,35 @@ def parser() -> argparse.ArgumentParser:
     store_opt(sp)
     sp.add_argument("--json", action="store_true", help="info as JSON")
     sp.set_defaults(func=cmd_capture)
+
+    sp = sub.add_parser("replay", help="rebuild views from a capture (full speed or paced)")
+    store_opt(sp)
+    sp.add_argument("--capture", required=True, help="capture to replay")
+    sp.add_argument(
+        "--views",
+        metavar="FILE",
+        help="TOML view definitions (default: the views built from this capture)",
+    )
+    sp.add_argument("--from", dest="start", metavar="ISO", help="readings at or after this time")
+    sp.add_argument("--until", metavar="ISO", help="readings before this time")
+    sp.add_argument("--source", action="append", help="only this source (repeatable)")
+    sp.add_argument(
+        "--speed",
+        default="max",
+        help="max (default) or X times the original event-time rate (1 = real time)",
+    )
+    sp.add_argument("--workers", type=int, default=1, help="worker threads per process")
+    sp.add_argument(
+        "--processes", type=int, default=1, help="run as a Bytewax cluster of N local processes"
+    )
+    sp.add_argument(
+        "--commit",
+        metavar="RUN",
+        help="only swap in the views staged by RUN (after a bytewax.run cluster run)",
+    )
+    sp.add_argument("--summary", metavar="FILE", help="also write the JSON run summary here")
+    sp.add_argument("-q", "--quiet", action="store_true", help="no progress or summary lines")
+    sp.set_defaults(func=cmd_replay)
 
     sp = sub.add_parser("views", help="list views or show a view's rows")
     sp.add_argument("action", choices=["list", "show"])

@@ -20,9 +20,9 @@ from typing import Any
 import bytewax.operators as op
 import pyarrow as pa
 import pyarrow.compute as pc
-from bytewax.dataflow import Dataflow, Stream
+from bytewax.dataflow import Dataflow
 from bytewax.inputs import Source
-from bytewax.operators import StatefulBatchLogic, StatefulLogic
+from bytewax.operators import StatefulBatchLogic
 from bytewax.outputs import Sink
 
 from connectors.batch import DEFAULT_BATCH_ROWS, RawBatch
@@ -34,7 +34,7 @@ from connectors.schema import InputSpec, normalize
 from connectors.simulator import SimSource
 from connectors.sinks import ChunkSink
 from connectors.store import DEFAULT_STORE, Store
-from flows.summary import SUMMARY_KEY, Counts, SummarySink, SummaryState, fold_counts
+from flows.summary import Counts, add_summary
 from flows.viewdef import DEFAULT_VIEWS, ViewDef, load_views
 from flows.viewstep import add_view
 
@@ -131,39 +131,6 @@ class CaptureLogic(StatefulBatchLogic[PartTable, PartTable, CaptureState]):
         assert w is not None  # Bytewax snapshots only logics that have seen an item
         w.flush()  # the snapshot says "chunks < n are durable": make it true
         return (w.part, w.run_id, w.chunk, dict(w.next_seq))
-
-
-class SummarizeLogic(StatefulLogic[Counts, Counts, SummaryState]):
-    """Folds all count deltas; emits the total once, at end of input."""
-
-    def __init__(self, label: str, progress: bool, resume: SummaryState | None) -> None:
-        self.label, self.progress = label, progress
-        self.state = resume or SummaryState()
-
-    def on_item(self, value: Counts) -> tuple[Iterable[Counts], bool]:
-        self.state, _ = fold_counts(self.state, value, label=self.label, progress=self.progress)
-        return [], self.RETAIN
-
-    def on_eof(self) -> tuple[Iterable[Counts], bool]:
-        return [self.state.counts], self.RETAIN
-
-    def snapshot(self) -> SummaryState:
-        return SummaryState(self.state.counts, self.state.started, self.state.last_print)
-
-
-def add_summary(
-    flow_counts: Stream[Counts],
-    store: Store,
-    run_id: str,
-    label: str,
-    progress: bool,
-    sink: Sink[Any] | None,
-    **extra: Any,
-) -> None:
-    """Fold count deltas into the run summary and write it."""
-    keyed = op.key_on("key_counts", flow_counts, lambda _c: SUMMARY_KEY)
-    totals = op.stateful("summarize", keyed, lambda s: SummarizeLogic(label, progress, s))
-    op.output("write_summary", totals, sink or SummarySink(store, run_id, **extra))
 
 
 def build_flow(

@@ -10,11 +10,15 @@ from __future__ import annotations
 
 import sys
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from bytewax.outputs import DynamicSink, StatelessSinkPartition
+import bytewax.operators as op
+from bytewax.dataflow import Stream
+from bytewax.operators import StatefulLogic
+from bytewax.outputs import DynamicSink, Sink, StatelessSinkPartition
 
 from connectors.store import Store
 
@@ -64,7 +68,13 @@ class SummaryState:
 
 
 def fold_counts(
-    state: SummaryState | None, delta: Counts, *, label: str, progress: bool, every: float = 2.0
+    state: SummaryState | None,
+    delta: Counts,
+    *,
+    label: str,
+    progress: bool,
+    total: int | None = None,
+    every: float = 2.0,
 ) -> tuple[SummaryState, Counts]:
     """Add a delta; print a progress line at most every ``every`` seconds of wall time."""
     state = state or SummaryState()
@@ -74,9 +84,13 @@ def fold_counts(
         state.last_print = now
         c = state.counts
         rate = c.input / max(now - state.started, 1e-9)
+        eta = ""
+        if total:
+            left = max(total - c.input, 0) / max(rate, 1e-9)
+            eta = f" · {min(c.input / total, 1):.0%} · ETA {left:,.0f} s"
         print(
             f"[{label}] {c.input:,} read · {c.accepted:,} accepted · {c.rejected:,} rejected"
-            f" · {c.duplicates:,} duplicates · {rate:,.0f} readings/s",
+            f" · {c.duplicates:,} duplicates · {rate:,.0f} readings/s{eta}",
             file=sys.stderr,
             flush=True,
         )
@@ -121,3 +135,42 @@ class SummarySink(DynamicSink[tuple[str, Counts]]):
 
     def build(self, step_id: str, worker_index: int, worker_count: int) -> _SummaryPartition:
         return _SummaryPartition(self.store, self.run_id, self.extra)
+
+
+class SummarizeLogic(StatefulLogic[Counts, Counts, SummaryState]):
+    """Folds all count deltas; emits the total once, at end of input."""
+
+    def __init__(
+        self, label: str, progress: bool, total: int | None, resume: SummaryState | None
+    ) -> None:
+        self.label, self.progress, self.total = label, progress, total
+        self.state = resume or SummaryState()
+
+    def on_item(self, value: Counts) -> tuple[Iterable[Counts], bool]:
+        self.state, _ = fold_counts(
+            self.state, value, label=self.label, progress=self.progress, total=self.total
+        )
+        return [], self.RETAIN
+
+    def on_eof(self) -> tuple[Iterable[Counts], bool]:
+        return [self.state.counts], self.RETAIN
+
+    def snapshot(self) -> SummaryState:
+        return SummaryState(self.state.counts, self.state.started, self.state.last_print)
+
+
+def add_summary(
+    flow_counts: Stream[Counts],
+    store: Store,
+    run_id: str,
+    label: str,
+    progress: bool,
+    sink: Sink[Any] | None,
+    total: int | None = None,
+    **extra: Any,
+) -> None:
+    """Fold count deltas into the run summary and write it (``total`` input rows, if known,
+    gives progress a percentage and an ETA)."""
+    keyed = op.key_on("key_counts", flow_counts, lambda _c: SUMMARY_KEY)
+    totals = op.stateful("summarize", keyed, lambda s: SummarizeLogic(label, progress, total, s))
+    op.output("write_summary", totals, sink or SummarySink(store, run_id, **extra))

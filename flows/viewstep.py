@@ -36,6 +36,20 @@ class ViewState:
     kernel: WindowKernel
 
 
+@dataclass(frozen=True)
+class ViewTarget:
+    """Where a view's outputs go. Ingest appends to the live view and continues its per-series
+    state; a replay writes a fresh view into a staging folder that is swapped in on success."""
+
+    views_root: str = "views"
+    late_root: str = "late"
+    restore: bool = True
+
+    @classmethod
+    def staging(cls, run_id: str) -> ViewTarget:
+        return cls(f"staging/{run_id}/views", f"staging/{run_id}/late", restore=False)
+
+
 class ViewLogic(StatefulBatchLogic[PartTable, ViewOut, ViewState]):
     """Windows of one view over one capture partition."""
 
@@ -44,17 +58,16 @@ class ViewLogic(StatefulBatchLogic[PartTable, ViewOut, ViewState]):
         store: Store,
         view: ViewDef,
         lineage: dict[str, str],
+        target: ViewTarget,
         resume: ViewState | None,
-        *,
-        persist: bool,
     ) -> None:
-        self.store, self.view, self.lineage, self.persist = store, view, lineage, persist
+        self.store, self.view, self.lineage, self.target = store, view, lineage, target
         self.state = resume
 
     def _start(self, part: int) -> ViewState:
         kernel = WindowKernel(self.view)
-        rel = state_path(self.view.name, part)
-        if self.persist and self.store.exists(rel):
+        rel = state_path(self.view.name, part, self.target.views_root)
+        if self.target.restore and self.store.exists(rel):
             kernel.restore_series(pq.read_table(io.BytesIO(self.store.read_bytes(rel))))
         return ViewState(part, kernel)
 
@@ -79,10 +92,10 @@ class ViewLogic(StatefulBatchLogic[PartTable, ViewOut, ViewState]):
         if self.state is None:
             return [], self.RETAIN
         rows = self.state.kernel.finish()
-        if self.persist:
-            buf = io.BytesIO()
-            pq.write_table(self.state.kernel.series_state(), buf)
-            self.store.write_bytes(state_path(self.view.name, self.state.part), buf.getvalue())
+        buf = io.BytesIO()
+        pq.write_table(self.state.kernel.series_state(), buf)
+        rel = state_path(self.view.name, self.state.part, self.target.views_root)
+        self.store.write_bytes(rel, buf.getvalue())
         return ([("rows", self._label(rows))] if rows.num_rows else []), self.RETAIN
 
     def snapshot(self) -> ViewState:
@@ -98,16 +111,17 @@ def add_view(
     capture: str,
     run_id: str,
     partitions: int,
-    persist: bool = True,
+    target: ViewTarget = ViewTarget(),
 ) -> Stream[Counts]:
     """Window ``captured`` readings into ``view``; write rows and late readings; return counts."""
-    ensure_view(store, view.name, view.definition, view.hash, capture)
+    if target.restore:  # appending to the live view: its definition must not have changed
+        ensure_view(store, view.name, view.definition, view.hash, capture)
     lineage = {"capture": capture, "view_hash": view.hash}
     name = view.name
     out = op.stateful_batch(
         f"window_{name}",
         captured,
-        lambda s: ViewLogic(store, view, lineage, s, persist=persist),
+        lambda s: ViewLogic(store, view, lineage, target, s),
     )
     # ("0003", ("rows" | "late", table))
     rows = op.filter_map(
@@ -118,10 +132,9 @@ def add_view(
         out,
         lambda kv: (kv[0], _late_rows(kv[1][1], name)) if kv[1][0] == "late" else None,
     )
-    op.output(
-        f"write_view_{name}", rows, ChunkSink(store, f"views/{name}", run_id, partitions=partitions)
-    )
-    op.output(f"write_late_{name}", late, ChunkSink(store, f"late/{name}", run_id))
+    views_sink = ChunkSink(store, f"{target.views_root}/{name}", run_id, partitions=partitions)
+    op.output(f"write_view_{name}", rows, views_sink)
+    op.output(f"write_late_{name}", late, ChunkSink(store, f"{target.late_root}/{name}", run_id))
     return op.map(f"count_{name}", out, lambda kv: _count(name, kv[1]))
 
 
