@@ -33,7 +33,7 @@ from connectors.simulator import SimSpec, generate
 from connectors.store import DEFAULT_STORE, Store
 from connectors.views import finish_commits, list_views, read_view, window_filter
 from flows import ingest, replay
-from flows.viewdef import DEFAULT_VIEWS, ViewDef, load_views
+from flows.viewdef import ViewDef, load_views
 
 EPOCH = timedelta(seconds=2)
 DEMO_VIEWS = (
@@ -105,7 +105,7 @@ def cmd_ingest(args: argparse.Namespace) -> int:
         run_id=new_run_id(),
         batch_rows=args.batch_rows,
         progress=not args.quiet,
-        views=load_views(args.views) if args.views else DEFAULT_VIEWS,
+        views=load_views(args.views) if args.views else None,
     )
     started = time.monotonic()
     run_flow(ingest.build_flow(config), args.workers)

@@ -35,7 +35,7 @@ from connectors.simulator import SimSource
 from connectors.sinks import ChunkSink
 from connectors.store import DEFAULT_STORE, Store
 from flows.summary import Counts, add_summary
-from flows.viewdef import DEFAULT_VIEWS, ViewDef, load_views
+from flows.viewdef import ViewDef, default_views, load_views
 from flows.viewstep import add_view
 
 
@@ -51,7 +51,7 @@ class IngestConfig:
     run_id: str = field(default_factory=new_run_id)
     batch_rows: int = DEFAULT_BATCH_ROWS
     progress: bool = True
-    views: tuple[ViewDef, ...] = DEFAULT_VIEWS
+    views: tuple[ViewDef, ...] | None = None  # None: default_views(capture)
 
     def __post_init__(self) -> None:
         check_name(self.capture, kind="capture name")
@@ -192,7 +192,7 @@ def build_flow(
                 run_id=run_id,
                 partitions=meta.partitions,
             )
-            for v in config.views
+            for v in (config.views if config.views is not None else default_views(config.capture))
         ),
     )
     add_summary(

@@ -161,12 +161,14 @@ def load_views(path: str | Path) -> tuple[ViewDef, ...]:
     return parse_views(p.read_text(), origin=str(p))
 
 
-DEFAULT_VIEWS = (
-    ViewDef(
-        "stats_1m",
-        "tumbling",
-        size=60 * 10**9,
-        aggregates=("count", "mean", "min", "max", "std", "first", "last"),
-    ),
-)
-"""What ingest builds without ``--views``: per-minute statistics of every series."""
+def default_views(capture: str) -> tuple[ViewDef, ...]:
+    """What ingest builds without ``--views``: per-minute statistics of every series, in a
+    view named after the capture (``<capture>_1m``) so captures do not share it."""
+    return (
+        ViewDef(
+            f"{capture}_1m"[-64:],
+            "tumbling",
+            size=60 * 10**9,
+            aggregates=("count", "mean", "min", "max", "std", "first", "last"),
+        ),
+    )

@@ -153,9 +153,7 @@ def test_flow_accepts_a_testing_source_and_sink(tmp_path: Path) -> None:
     assert out == [
         (
             "run",
-            Counts(
-                input=4, accepted=2, rejected=2, reasons={"bad_id": 2}, view_rows={"stats_1m": 1}
-            ),
+            Counts(input=4, accepted=2, rejected=2, reasons={"bad_id": 2}, view_rows={"c_1m": 1}),
         )
     ]
 
