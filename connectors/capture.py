@@ -14,6 +14,9 @@ its order is kept and replay can run partitions in parallel.
 
 from __future__ import annotations
 
+import copy
+import io
+import json
 import re
 import secrets
 import zlib
@@ -26,9 +29,10 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from connectors.dedup import DEFAULT_HORIZON, Deduper
 from connectors.errors import CaptureExistsError, ConfigError, StoreError
 from connectors.ids import check_name
-from connectors.schema import READING_SCHEMA
+from connectors.schema import READING_SCHEMA, REJECT_SCHEMA
 from connectors.store import Store
 
 FORMAT_VERSION = 1
@@ -144,12 +148,35 @@ def assign_seq(table: pa.Table, next_seq: dict[str, int]) -> pa.Table:
     return table.set_column(table.schema.get_field_index("seq"), "seq", pa.array(values))
 
 
+ORIGIN_COLUMNS = ("_origin", "_row")
+"""Where each reading came from; travels with readings up to the capture, is not stored."""
+
+
+@dataclass
+class WriterState:
+    """Everything a capture partition needs to resume exactly (a Bytewax snapshot)."""
+
+    part: int
+    run_id: str
+    chunk: int
+    next_seq: dict[str, int]
+    dedup: Deduper
+
+
+@dataclass(frozen=True)
+class Appended:
+    rows: pa.Table  # READING_SCHEMA: the readings as captured
+    conflicts: pa.Table  # REJECT_SCHEMA: same identity as a kept reading, other content
+    duplicates: int
+
+
 class PartitionWriter:
-    """Writes one capture partition's files; buffers rows into objects of ``target_rows``.
+    """Writes one capture partition: dedup, seq numbers, and buffered Parquet objects.
 
     File names are deterministic per (run, chunk), so a resumed run rewrites exactly the
     objects it had not committed, and ``discard_after`` removes objects written after the
-    last snapshot (orphans of a crash).
+    last snapshot (orphans of a crash). Seq and dedup bookkeeping is also saved under
+    ``_state/`` so that a later run of the same capture continues it.
     """
 
     def __init__(
@@ -159,35 +186,67 @@ class PartitionWriter:
         part: int,
         run_id: str,
         *,
-        chunk: int = 0,
-        next_seq: dict[str, int] | None = None,
+        horizon: int = DEFAULT_HORIZON,
+        resume: WriterState | None = None,
         target_rows: int = 1 << 20,
     ) -> None:
-        self.store, self.capture, self.part, self.run_id = store, capture, part, run_id
-        self.chunk = chunk
+        self.store, self.capture, self.part = store, capture, part
         self.target_rows = target_rows
-        self.next_seq: dict[str, int] = dict(next_seq) if next_seq is not None else self._load_seq()
+        if resume is None:
+            resume = WriterState(part, run_id, 0, self._load_seq(), self._load_dedup(horizon))
+        self.state = resume
         self._buffer: list[pa.Table] = []
         self._buffered = 0
 
     @property
-    def _state_rel(self) -> str:
-        return f"{capture_dir(self.capture)}/_state/part-{self.part:04d}.json"
+    def run_id(self) -> str:
+        return self.state.run_id
+
+    @property
+    def chunk(self) -> int:
+        return self.state.chunk
+
+    @property
+    def next_seq(self) -> dict[str, int]:
+        return self.state.next_seq
+
+    def _state_rel(self, suffix: str) -> str:
+        return f"{capture_dir(self.capture)}/_state/part-{self.part:04d}{suffix}"
 
     def _load_seq(self) -> dict[str, int]:
-        if not self.store.exists(self._state_rel):
+        rel = self._state_rel(".json")
+        if not self.store.exists(rel):
             return {}
-        state: dict[str, Any] = self.store.read_json(self._state_rel)
+        state: dict[str, Any] = self.store.read_json(rel)
         return {str(k): int(v) for k, v in state.get("next_seq", {}).items()}
 
-    def append(self, table: pa.Table) -> pa.Table:
-        """Assign seq where missing, buffer, flush when full; returns the rows as captured."""
-        table = assign_seq(table, self.next_seq).cast(READING_SCHEMA)
-        self._buffer.append(table)
-        self._buffered += table.num_rows
-        if self._buffered >= self.target_rows:
-            self.flush()
-        return table
+    def _load_dedup(self, horizon: int) -> Deduper:
+        rel = self._state_rel(".dedup.parquet")
+        if horizon <= 0 or not self.store.exists(rel):
+            return Deduper(horizon=horizon)
+        return Deduper.from_table(pq.read_table(io.BytesIO(self.store.read_bytes(rel))), horizon)
+
+    def append(self, table: pa.Table) -> Appended:
+        """Drop duplicates, set conflicts aside, number and buffer the rest."""
+        origin = {c: table.column(c) for c in ORIGIN_COLUMNS if c in table.column_names}
+        readings = table.drop_columns(list(origin))
+        accept, conflict = self.state.dedup.check(readings)
+        n_accept, n_conflict = int(accept.sum()), int(conflict.sum())
+        conflicts = REJECT_SCHEMA.empty_table()
+        if n_conflict:
+            conflicts = conflict_rejects(
+                readings.filter(pa.array(conflict)),
+                {c: v.filter(pa.array(conflict)) for c, v in origin.items()},
+            )
+        if n_accept < readings.num_rows:
+            readings = readings.filter(pa.array(accept))
+        rows = assign_seq(readings, self.state.next_seq).cast(READING_SCHEMA)
+        if rows.num_rows:
+            self._buffer.append(rows)
+            self._buffered += rows.num_rows
+            if self._buffered >= self.target_rows:
+                self.flush()
+        return Appended(rows, conflicts, table.num_rows - n_accept - n_conflict)
 
     def flush(self) -> None:
         """Write buffered rows as the next chunk object, then record the seq bookkeeping."""
@@ -196,9 +255,22 @@ class PartitionWriter:
         table = pa.concat_tables(self._buffer)
         rel = f"{part_dir(self.capture, self.part)}/{self.run_id}-{self.chunk:06d}.parquet"
         self.store.write_parquet(rel, table)
-        self.chunk += 1
+        self.state.chunk += 1
         self._buffer, self._buffered = [], 0
-        self.store.write_json(self._state_rel, {"next_seq": self.next_seq})
+        self.store.write_json(self._state_rel(".json"), {"next_seq": self.state.next_seq})
+
+    def close(self) -> None:
+        """Flush, and save the dedup memory for the next run of this capture."""
+        self.flush()
+        if self.state.dedup.horizon > 0:
+            buf = io.BytesIO()
+            pq.write_table(self.state.dedup.to_table(), buf)
+            self.store.write_bytes(self._state_rel(".dedup.parquet"), buf.getvalue())
+
+    def snapshot(self) -> WriterState:
+        """Flush (so "chunks below n are durable" is true), then copy the state."""
+        self.flush()
+        return copy.deepcopy(self.state)
 
     def discard_after(self, chunk: int) -> int:
         """Delete this run's objects numbered ``chunk`` or later; returns how many."""
@@ -209,6 +281,31 @@ class PartitionWriter:
                 self.store.delete(f"{part_dir(self.capture, self.part)}/{name}")
                 removed += 1
         return removed
+
+
+def conflict_rejects(readings: pa.Table, origin: dict[str, pa.ChunkedArray]) -> pa.Table:
+    """Dead-letter rows for readings that conflict with an earlier reading's identity."""
+    n = readings.num_rows
+    raws = []
+    for r in readings.to_pylist():  # rare path: one dict per conflicting reading
+        r["time"] = r["time"].isoformat() if r["time"] is not None else None
+        raws.append(json.dumps(r, default=str))
+    return pa.table(
+        {
+            "origin": origin["_origin"].cast(pa.string())
+            if "_origin" in origin
+            else pa.nulls(n, pa.string()),
+            "row": origin["_row"] if "_row" in origin else pa.nulls(n, pa.int64()),
+            "reason": pa.repeat("conflict", n).cast(pa.string()),
+            "message": pa.repeat(
+                "same identity as an earlier reading (source and seq, or source, "
+                "channel and time) with other content; the first one was kept",
+                n,
+            ).cast(pa.string()),
+            "raw": pa.array(raws, pa.string()),
+        },
+        schema=REJECT_SCHEMA,
+    )
 
 
 def read_capture(store: Store, name: str, **kwargs: Any) -> pa.Table:

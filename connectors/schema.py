@@ -97,6 +97,7 @@ class Normalized:
 
     readings: pa.Table  # READING_SCHEMA, but seq may be null where the input had none
     rejects: pa.Table  # REJECT_SCHEMA
+    rows: np.ndarray  # record number (offset + position) of each reading, for dead letters
 
 
 class _Rejector:
@@ -318,7 +319,7 @@ def normalize(table: pa.Table, spec: InputSpec, *, origin: str, offset: int) -> 
 
     bad_rows = np.flatnonzero(~rej.ok)
     if bad_rows.size == 0:
-        return Normalized(readings, REJECT_SCHEMA.empty_table())
+        return Normalized(readings, REJECT_SCHEMA.empty_table(), np.flatnonzero(rej.ok) + offset)
     reasons = rej.reason[bad_rows]
     rejects = pa.table(
         {
@@ -330,4 +331,4 @@ def normalize(table: pa.Table, spec: InputSpec, *, origin: str, offset: int) -> 
         },
         schema=REJECT_SCHEMA,
     )
-    return Normalized(readings, rejects)
+    return Normalized(readings, rejects, np.flatnonzero(rej.ok) + offset)

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import bytewax.operators as op
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 from bytewax.dataflow import Dataflow
@@ -26,7 +27,14 @@ from bytewax.operators import StatefulBatchLogic
 from bytewax.outputs import Sink
 
 from connectors.batch import DEFAULT_BATCH_ROWS, RawBatch
-from connectors.capture import PartitionWriter, new_run_id, open_capture, split_by_partition
+from connectors.capture import (
+    PartitionWriter,
+    WriterState,
+    new_run_id,
+    open_capture,
+    split_by_partition,
+)
+from connectors.dedup import DEFAULT_HORIZON
 from connectors.errors import ConfigError
 from connectors.files import FileSource
 from connectors.ids import check_name
@@ -52,6 +60,7 @@ class IngestConfig:
     batch_rows: int = DEFAULT_BATCH_ROWS
     progress: bool = True
     views: tuple[ViewDef, ...] | None = None  # None: default_views(capture)
+    dedup_horizon: int = DEFAULT_HORIZON  # ns of event time; 0 turns deduplication off
 
     def __post_init__(self) -> None:
         check_name(self.capture, kind="capture name")
@@ -73,32 +82,60 @@ def source_for(inputs: Iterable[str], batch_rows: int = DEFAULT_BATCH_ROWS) -> S
 
 
 def normalize_batch(spec: InputSpec, batch: RawBatch) -> tuple[pa.Table, pa.Table, Counts]:
-    """Validate a raw batch: (readings, rejects, counts delta for input and rejected)."""
+    """Validate a raw batch: (readings with origin columns, rejects, counts delta)."""
     result = normalize(batch.table, spec, origin=batch.origin, offset=batch.offset)
     rejects = (
         pa.concat_tables([batch.rejects, result.rejects])
         if batch.rejects.num_rows
         else result.rejects
     )
-    reasons: dict[str, int] = {}
-    if rejects.num_rows:
-        vc = pc.value_counts(rejects.column("reason"))
-        reasons = {str(r["values"]): int(r["counts"]) for r in vc.to_pylist()}
+    n = result.readings.num_rows
+    readings = result.readings.append_column(
+        "_origin",
+        pa.DictionaryArray.from_arrays(pa.array(np.zeros(n, np.int32)), pa.array([batch.origin])),
+    ).append_column("_row", pa.array(result.rows, pa.int64()))
     return (
-        result.readings,
+        readings,
         rejects,
-        Counts(input=batch.records, rejected=rejects.num_rows, reasons=reasons),
+        Counts(input=batch.records, rejected=rejects.num_rows, reasons=reason_counts(rejects)),
     )
+
+
+def reason_counts(rejects: pa.Table) -> dict[str, int]:
+    if rejects.num_rows == 0:
+        return {}
+    vc = pc.value_counts(rejects.column("reason"))
+    return {str(r["values"]): int(r["counts"]) for r in vc.to_pylist()}
 
 
 # -- stateful steps -----------------------------------------------------------------------------
 
-CaptureState = tuple[int, str, int, dict[str, int]]  # (partition, run, next chunk, next seq)
 PartTable = tuple[int, pa.Table]  # (capture partition, readings)
 
 
-class CaptureLogic(StatefulBatchLogic[PartTable, PartTable, CaptureState]):
-    """Owns one capture partition: assigns seq numbers and appends readings to its files.
+@dataclass(frozen=True)
+class Captured:
+    """What the capture step did with one batch of a partition."""
+
+    part: int
+    rows: pa.Table  # as written to the capture
+    conflicts: pa.Table  # REJECT_SCHEMA
+    duplicates: int
+
+    @property
+    def counts(self) -> Counts:
+        n = self.conflicts.num_rows
+        return Counts(
+            accepted=self.rows.num_rows,
+            duplicates=self.duplicates,
+            rejected=n,
+            reasons={"conflict": n} if n else {},
+        )
+
+
+class CaptureLogic(StatefulBatchLogic[PartTable, Captured, WriterState]):
+    """Owns one capture partition: drops duplicates, sets conflicts aside, numbers readings and
+    appends them to the partition's files.
 
     Emits the rows as captured, so everything downstream sees exactly the capture's content.
     Bytewax builds the logic without telling it its key, so the partition number travels with
@@ -106,31 +143,33 @@ class CaptureLogic(StatefulBatchLogic[PartTable, PartTable, CaptureState]):
     """
 
     def __init__(
-        self, store: Store, capture: str, run_id: str, resume: CaptureState | None
+        self, store: Store, capture: str, run_id: str, horizon: int, resume: WriterState | None
     ) -> None:
-        self.store, self.capture, self.run_id = store, capture, run_id
+        self.store, self.capture, self.run_id, self.horizon = store, capture, run_id, horizon
         self.writer: PartitionWriter | None = None
         if resume is not None:
-            part, run, chunk, next_seq = resume
-            self.writer = PartitionWriter(store, capture, part, run, chunk=chunk, next_seq=next_seq)
-            self.writer.discard_after(chunk)  # objects written after the snapshot: orphans
+            self.writer = PartitionWriter(store, capture, resume.part, resume.run_id, resume=resume)
+            self.writer.discard_after(resume.chunk)  # objects written after the snapshot
 
-    def on_batch(self, values: list[PartTable]) -> tuple[Iterable[PartTable], bool]:
+    def on_batch(self, values: list[PartTable]) -> tuple[Iterable[Captured], bool]:
         if self.writer is None:
-            self.writer = PartitionWriter(self.store, self.capture, values[0][0], self.run_id)
-        w = self.writer
-        return [(w.part, w.append(t)) for _, t in values if t.num_rows], self.RETAIN
+            self.writer = PartitionWriter(
+                self.store, self.capture, values[0][0], self.run_id, horizon=self.horizon
+            )
+        out = []
+        for part, table in values:
+            a = self.writer.append(table)
+            out.append(Captured(part, a.rows, a.conflicts, a.duplicates))
+        return out, self.RETAIN
 
-    def on_eof(self) -> tuple[Iterable[PartTable], bool]:
+    def on_eof(self) -> tuple[Iterable[Captured], bool]:
         if self.writer is not None:
-            self.writer.flush()
+            self.writer.close()
         return [], self.RETAIN
 
-    def snapshot(self) -> CaptureState:
-        w = self.writer
-        assert w is not None  # Bytewax snapshots only logics that have seen an item
-        w.flush()  # the snapshot says "chunks < n are durable": make it true
-        return (w.part, w.run_id, w.chunk, dict(w.next_seq))
+    def snapshot(self) -> WriterState:
+        assert self.writer is not None  # Bytewax snapshots only logics that have seen an item
+        return self.writer.snapshot()
 
 
 def build_flow(
@@ -170,19 +209,33 @@ def build_flow(
         lambda r: [(f"{p:04d}", (p, t)) for p, t in split_by_partition(r[0], meta.partitions)],
     )
     # ("0003", (3, readings of the sources in capture partition 3))
-    captured = op.stateful_batch(
-        "capture", routed, lambda s: CaptureLogic(store, config.capture, run_id, s)
+    outcome = op.stateful_batch(
+        "capture",
+        routed,
+        lambda s: CaptureLogic(store, config.capture, run_id, config.dedup_horizon, s),
+    )
+    # ("0003", Captured(3, rows as written, conflicts, duplicates))
+    captured = op.filter_map(
+        "take_captured",
+        outcome,
+        lambda kv: (kv[0], (kv[1].part, kv[1].rows)) if kv[1].rows.num_rows else None,
     )
     # ("0003", (3, rows as written to the capture))
-    rejects = op.filter_map(
-        "take_rejects", checked, lambda r: ("0", r[1]) if r[1].num_rows else None
+    rejects = op.merge(
+        "merge_rejects",
+        op.filter_map("take_rejects", checked, lambda r: ("0", r[1]) if r[1].num_rows else None),
+        op.filter_map(
+            "take_conflicts",
+            outcome,
+            lambda kv: ("0", kv[1].conflicts) if kv[1].conflicts.num_rows else None,
+        ),
     )
     op.output("write_deadletters", rejects, ChunkSink(store, "deadletter", run_id))
 
     counts = op.merge(
         "merge_counts",
         op.map("count_input", checked, lambda r: r[2]),
-        op.map("count_accepted", captured, lambda kv: Counts(accepted=kv[1][1].num_rows)),
+        op.map("count_captured", outcome, lambda kv: kv[1].counts),
         *(
             add_view(
                 captured,

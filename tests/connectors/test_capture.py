@@ -23,13 +23,13 @@ from connectors.schema import TIME_TYPE
 from connectors.store import Store
 
 
-def readings(sources: list[str], seq: list[int | None] | None = None) -> pa.Table:
+def readings(sources: list[str], seq: list[int | None] | None = None, start: int = 0) -> pa.Table:
     n = len(sources)
     return pa.table(
         {
             "source": pa.array(sources, pa.string()),
             "seq": pa.array(seq if seq is not None else [None] * n, pa.int64()),
-            "time": pa.array(np.arange(n), pa.int64()).cast(TIME_TYPE),
+            "time": pa.array(np.arange(start, start + n), pa.int64()).cast(TIME_TYPE),
             "channel": pa.array(["c"] * n),
             "value": pa.array(np.arange(n, dtype=float)),
         }
@@ -95,14 +95,14 @@ def test_writer_buffers_names_chunks_and_discards_orphans(tmp_path) -> None:
     w = PartitionWriter(store, "c", 0, "run1", target_rows=3)
     w.append(readings(["a", "a"]))
     assert store.listdir("captures/c/part-0000") == []  # still buffered
-    w.append(readings(["a", "b"]))
-    w.append(readings(["b"]))
+    w.append(readings(["a", "b"], start=2))
+    w.append(readings(["b"], start=4))
     w.flush()
     assert store.listdir("captures/c/part-0000") == ["run1-000000.parquet", "run1-000001.parquet"]
     assert read_capture(store, "c").num_rows == 5
     # a later writer of the same capture continues the seq numbers
     w2 = PartitionWriter(store, "c", 0, "run2")
-    assert w2.append(readings(["a"])).column("seq").to_pylist() == [3]
+    assert w2.append(readings(["a"], start=9)).rows.column("seq").to_pylist() == [3]
     # resuming run1 from a snapshot taken after chunk 0 removes chunk 1
     assert w.discard_after(1) == 1
     assert store.listdir("captures/c/part-0000") == ["run1-000000.parquet"]

@@ -45,21 +45,26 @@ def test_buoy_sample_is_accounted_for_row_by_row(tmp_path: Path) -> None:
     src = pd.read_parquet(BUOY)
     cap = read_dir(tmp_path / "store" / "captures" / "buoy")
     s = json.loads(summary.read_text())
-    assert (s["input"], s["accepted"], s["rejected"], s["duplicates"]) == (19_226, 19_226, 0, 0)
+    # The sample holds two values at 2017-03-21 16:30 UTC (rows 19209 and 19210): same
+    # identity (source, channel, time), other content. The first stays; the second is a
+    # conflict, kept in the dead letters with its raw form and origin.
+    assert (s["input"], s["accepted"], s["rejected"], s["duplicates"]) == (19_226, 19_225, 1, 0)
+    assert s["rejected_by_reason"] == {"conflict": 1}
     assert s["capture"] == "buoy"
-    assert len(cap) == len(src) == 19_226
-    # Every input row is in the capture with its time and value (arrival order, seq 0..n-1).
+    dead = pd.read_parquet(tmp_path / "store" / "deadletter")
+    assert dead[["origin", "row", "reason"]].values.tolist() == [[str(BUOY), 19210, "conflict"]]
+    assert json.loads(dead["raw"][0])["value"] == 4.289
+    # Every other input row is in the capture with its time and value, in arrival order.
+    kept = src.drop(index=19210).reset_index(drop=True)
     cap = cap.sort_values("seq").reset_index(drop=True)
-    assert cap["seq"].tolist() == list(range(len(src)))
-    assert (cap["time"].astype("int64").to_numpy() == src["event_time"].to_numpy()).all()
-    assert (cap["value"].to_numpy() == src["value"].to_numpy()).all()
-    assert (cap["source"] == src["source_id"]).all()
-    assert (cap["channel"] == src["channel"]).all()
-    # The sample's conflicting pair at 2017-03-21 16:30 UTC is kept whole until dedup exists.
-    t = pd.Timestamp("2017-03-21 16:30", tz="UTC")
-    pair = cap[cap["time"] == t]
-    assert len(pair) == 2
-    assert pair["value"].nunique() == 2
+    assert len(cap) == len(kept) == 19_225
+    assert cap["seq"].tolist() == list(range(len(kept)))
+    assert (cap["time"].astype("int64").to_numpy() == kept["event_time"].to_numpy()).all()
+    assert (cap["value"].to_numpy() == kept["value"].to_numpy()).all()
+    assert (cap["source"] == kept["source_id"]).all()
+    assert (cap["channel"] == kept["channel"]).all()
+    pair = cap[cap["time"] == pd.Timestamp("2017-03-21 16:30", tz="UTC")]
+    assert pair["value"].tolist() == [4.276]
 
 
 def test_bad_ids_and_times_are_counted_and_kept_not_fatal(tmp_path: Path) -> None:
@@ -123,19 +128,28 @@ def test_one_and_two_workers_write_the_same_capture(tmp_path: Path) -> None:
     assert len(frames[0]) > 100_000
 
 
-def test_reingest_into_an_existing_capture_keeps_seq_increasing(tmp_path: Path) -> None:
-    csv = tmp_path / "a.csv"
-    csv.write_text("source,time,value\ns,1,1\ns,2,2\n")
-    for run in ("r1", "r2"):
+def test_later_runs_continue_seq_numbers_and_skip_what_is_already_captured(
+    tmp_path: Path,
+) -> None:
+    first, second = tmp_path / "a.csv", tmp_path / "b.csv"
+    first.write_text("source,time,value\ns,1,1\ns,2,2\n")
+    second.write_text("source,time,value\ns,2,2\ns,3,3\ns,4,4\n")  # (s, 2) again
+    summaries = []
+    for run, csv in (("r1", first), ("r2", second), ("r3", second)):
+        out: list = []
         run_main(
             build_flow(
                 IngestConfig(
                     inputs=(str(csv),), store=str(tmp_path), capture="c", progress=False, run_id=run
-                )
+                ),
+                sink=TestingSink(out),
             )
         )
-    cap = read_dir(tmp_path / "captures" / "c")
-    assert sorted(cap["seq"]) == [0, 1, 2, 3]
+        summaries.append(out[0][1])
+    assert [(c.accepted, c.duplicates) for c in summaries] == [(2, 0), (2, 1), (0, 3)]
+    cap = read_dir(tmp_path / "captures" / "c").sort_values("seq")
+    assert cap["seq"].tolist() == [0, 1, 2, 3]
+    assert cap["value"].tolist() == [1.0, 2.0, 3.0, 4.0]
 
 
 def test_flow_accepts_a_testing_source_and_sink(tmp_path: Path) -> None:
@@ -149,11 +163,18 @@ def test_flow_accepts_a_testing_source_and_sink(tmp_path: Path) -> None:
         sink=TestingSink(out),
     )
     run_main(flow)
-    # both valid readings fall in one window of the default per-minute view
+    # the same batch twice: its valid reading is accepted once, then counted as a duplicate
     assert out == [
         (
             "run",
-            Counts(input=4, accepted=2, rejected=2, reasons={"bad_id": 2}, view_rows={"c_1m": 1}),
+            Counts(
+                input=4,
+                accepted=1,
+                rejected=2,
+                duplicates=1,
+                reasons={"bad_id": 2},
+                view_rows={"c_1m": 1},
+            ),
         )
     ]
 
@@ -187,7 +208,7 @@ def test_bytewax_run_module_runs_the_flow(tmp_path: Path) -> None:
         timeout=120,
     )
     assert proc.returncode == 0, proc.stderr
-    assert len(read_dir(store / "captures" / "bw")) == 19_226
+    assert len(read_dir(store / "captures" / "bw")) == 19_225  # one conflict set aside
 
 
 def test_cli_errors_are_one_line_and_exit_2(
