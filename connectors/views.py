@@ -170,13 +170,16 @@ def apply_commit(store: Store, run_id: str) -> None:
     store.delete(stage, recursive=True)
 
 
-def finish_commits(store: Store) -> list[str]:
-    """Complete swaps interrupted by a crash; drop staging left by replays that never finished.
+def finish_commits(store: Store, keep: str | None = None) -> list[str]:
+    """Complete swaps interrupted by a crash; drop staging left by replays that never finished
+    (except ``keep``, the run being resumed from a recovery directory).
 
     Assumes one writer per store at a time (as the capture does).
     """
     done = []
     for run in store.listdir("staging"):
+        if run == keep:
+            continue
         if store.exists(f"staging/{run}/_commit.json"):
             apply_commit(store, run)
             done.append(run)

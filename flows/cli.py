@@ -9,12 +9,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import socket
 import subprocess
 import sys
 import time
 from collections.abc import Sequence
-from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -22,20 +20,18 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
-from bytewax.dataflow import Dataflow
-from bytewax.run import cli_main
 
 from connectors.capture import capture_info, list_captures, new_run_id
 from connectors.errors import ConfigError, ObsflowError
 from connectors.files import format_of
 from connectors.schema import TIME_UNITS, InputSpec
-from connectors.simulator import SimSpec, generate
+from connectors.simulator import SimSpec, generate, parse_duration
 from connectors.store import DEFAULT_STORE, Store
 from connectors.views import finish_commits, list_views, read_view, window_filter
 from flows import ingest, replay
+from flows.runner import Recovery, free_port, run_flow
 from flows.viewdef import ViewDef, load_views
 
-EPOCH = timedelta(seconds=2)
 DEMO_VIEWS = (
     ViewDef(
         "demo_10s",
@@ -50,13 +46,6 @@ DEMO_VIEWS = (
         aggregates=("count", "mean", "min", "max", "std", "first", "last"),
     ),
 )
-
-
-def run_flow(flow: Dataflow, workers: int) -> None:
-    """Run a dataflow here with ``workers`` worker threads."""
-    if workers < 1:
-        raise ConfigError(f"--workers must be at least 1, not {workers}")
-    cli_main(flow, workers_per_process=workers, epoch_interval=EPOCH)  # type: ignore[no-untyped-call]
 
 
 def _finish_summary(
@@ -95,27 +84,37 @@ def _finish_summary(
     return summary
 
 
+def recovery_of(args: argparse.Namespace) -> Recovery | None:
+    if not args.recovery:
+        return None
+    return Recovery(Path(args.recovery), args.snapshot_interval)
+
+
 def cmd_ingest(args: argparse.Namespace) -> int:
+    recovery = recovery_of(args)
     config = ingest.IngestConfig(
         inputs=tuple(args.inputs),
         store=args.store,
         capture=args.capture,
         spec=InputSpec.parse_map(args.map, args.time_unit),
         partitions=args.partitions,
-        run_id=new_run_id(),
+        run_id=recovery.run_id("ingest") if recovery else new_run_id(),
         batch_rows=args.batch_rows,
         progress=not args.quiet,
         views=load_views(args.views) if args.views else None,
+        dedup_horizon=round(parse_duration(args.dedup_horizon) * 1e9),
     )
     started = time.monotonic()
-    run_flow(ingest.build_flow(config), args.workers)
+    run_flow(ingest.build_flow(config), args.workers, recovery)
     summary = _finish_summary(Store(args.store), config.run_id, started, args.summary, args.quiet)
     return 0 if summary["balanced"] else 1
 
 
 def cmd_replay(args: argparse.Namespace) -> int:
     store = Store(args.store)
-    for run in finish_commits(store):
+    recovery = recovery_of(args)
+    run_id = args.commit or (recovery.run_id("replay") if recovery else new_run_id())
+    for run in finish_commits(store, keep=run_id):
         print(f"finished swapping in the views of interrupted replay {run}", file=sys.stderr)
     views = load_views(args.views) if args.views else replay.stored_views(store, args.capture)
     config = replay.ReplayConfig(
@@ -126,7 +125,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
         start=args.start,
         until=args.until,
         speed=replay.parse_speed(args.speed),
-        run_id=args.commit or new_run_id(),
+        run_id=run_id,
         progress=not args.quiet,
     )
     config.spec  # noqa: B018 - validates times and speed before anything runs
@@ -135,7 +134,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
         if args.processes > 1:
             run_processes(config, args.views, args.processes, args.workers)
         else:
-            run_flow(replay.build_flow(config), args.workers)
+            run_flow(replay.build_flow(config), args.workers, recovery)
     replay.commit(config)
     summary = _finish_summary(store, config.run_id, started, args.summary, args.quiet)
     return 0 if summary["balanced"] else 1
@@ -178,13 +177,6 @@ def run_processes(
     codes = [p.wait() for p in procs]
     if any(codes):
         raise ObsflowError(f"replay process exit codes {codes}; the previous views are intact")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 def write_table(table: pa.Table, out: str) -> None:
@@ -333,6 +325,22 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0 if summary["balanced"] else 1
 
 
+def recovery_opts(sp: argparse.ArgumentParser) -> None:
+    sp.add_argument(
+        "--recovery",
+        metavar="DIR",
+        help="local recovery directory: snapshots state; rerun the same command to "
+        "resume after a crash",
+    )
+    sp.add_argument(
+        "--snapshot-interval",
+        type=float,
+        default=10.0,
+        metavar="SECONDS",
+        help="seconds between recovery snapshots (default 10)",
+    )
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="obsflow", description=__doc__.splitlines()[0])
     sub = p.add_subparsers(dest="command", required=True)
@@ -372,6 +380,12 @@ def parser() -> argparse.ArgumentParser:
     sp.add_argument("--batch-rows", type=int, default=65_536, help=argparse.SUPPRESS)
     sp.add_argument("--summary", metavar="FILE", help="also write the JSON run summary here")
     sp.add_argument("-q", "--quiet", action="store_true", help="no progress or summary lines")
+    sp.add_argument(
+        "--dedup-horizon",
+        default="10m",
+        help="how long (event time) identities are remembered; 0 turns dedup off",
+    )
+    recovery_opts(sp)
     sp.set_defaults(func=cmd_ingest)
 
     sp = sub.add_parser("simulate", help="write simulated instrument readings to a file")
@@ -418,6 +432,7 @@ def parser() -> argparse.ArgumentParser:
     )
     sp.add_argument("--summary", metavar="FILE", help="also write the JSON run summary here")
     sp.add_argument("-q", "--quiet", action="store_true", help="no progress or summary lines")
+    recovery_opts(sp)
     sp.set_defaults(func=cmd_replay)
 
     sp = sub.add_parser("views", help="list views or show a view's rows")

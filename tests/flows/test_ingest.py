@@ -14,8 +14,9 @@ from bytewax.testing import TestingSink, TestingSource, run_main
 
 from connectors.batch import RawBatch
 from connectors.schema import InputSpec
-from flows.cli import main, run_flow
+from flows.cli import main
 from flows.ingest import IngestConfig, build_flow, normalize_batch
+from flows.runner import run_flow
 from flows.summary import Counts
 from tests.conftest import BUOY, BUOY_MAP, ROOT, sorted_frame
 

@@ -19,8 +19,9 @@ import pytest
 from connectors.capture_source import partition_files
 from connectors.store import Store
 from connectors.views import read_view
-from flows.cli import main, run_flow
+from flows.cli import main
 from flows.ingest import IngestConfig, build_flow
+from flows.runner import run_flow
 from flows.viewdef import ViewDef, parse_views
 from tests.conftest import ROOT
 from tests.flows.oracle import expected_rows

@@ -11,8 +11,9 @@ import pytest
 
 from connectors.store import Store
 from connectors.views import read_view, window_filter
-from flows.cli import main, run_flow
+from flows.cli import main
 from flows.ingest import IngestConfig, build_flow
+from flows.runner import run_flow
 from flows.viewdef import ViewDef, parse_views
 from tests.conftest import BUOY, BUOY_MAP
 
