@@ -15,6 +15,7 @@ its order is kept and replay can run partitions in parallel.
 from __future__ import annotations
 
 import copy
+import hashlib
 import io
 import json
 import re
@@ -188,7 +189,7 @@ class PartitionWriter:
         *,
         horizon: int = DEFAULT_HORIZON,
         resume: WriterState | None = None,
-        target_rows: int = 1 << 20,
+        target_rows: int = 1 << 18,
     ) -> None:
         self.store, self.capture, self.part = store, capture, part
         self.target_rows = target_rows
@@ -349,3 +350,41 @@ def capture_info(store: Store, name: str) -> CaptureInfo:
     return CaptureInfo(
         name, meta.partitions, len(files), rows, size, sources, first, last, meta.created
     )
+
+
+# -- inputs already captured ---------------------------------------------------------------
+
+
+def input_fingerprint(url: str) -> str:
+    """sha256 of an input's bytes (of the URL itself for a ``sim://`` input)."""
+    from connectors.files import open_input  # files imports bytewax sources: keep this lazy
+
+    h = hashlib.sha256()
+    if url.startswith("sim://"):
+        h.update(url.encode())
+        return h.hexdigest()
+    try:
+        with open_input(url) as f:
+            while chunk := f.read(1 << 20):
+                h.update(chunk)
+    except FileNotFoundError:
+        raise ConfigError(f"input {url!r} does not exist") from None
+    return h.hexdigest()
+
+
+def captured_inputs(store: Store, capture: str) -> dict[str, dict[str, Any]]:
+    """Fingerprint -> record of every input a finished run ingested into ``capture``."""
+    folder = f"{capture_dir(capture)}/_inputs"
+    return {
+        n.removesuffix(".json"): store.read_json(f"{folder}/{n}")
+        for n in store.listdir(folder)
+        if n.endswith(".json")
+    }
+
+
+def record_inputs(store: Store, capture: str, fingerprints: dict[str, str], run_id: str) -> None:
+    """Remember that a finished run ingested these inputs (url -> fingerprint)."""
+    for url, fp in fingerprints.items():
+        store.write_json(
+            f"{capture_dir(capture)}/_inputs/{fp}.json", {"input": url, "run": run_id, "sha256": fp}
+        )

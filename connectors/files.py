@@ -76,7 +76,8 @@ def _malformed(origin: str, rows: list[tuple[int, str, str]]) -> pa.Table:
 def _read_parquet(
     f: BinaryIO, batch_rows: int
 ) -> Iterator[tuple[pa.Table, list[tuple[int, str, str]]]]:
-    for rb in pq.ParquetFile(f).iter_batches(batch_size=batch_rows):
+    # pre_buffer=False: stream row groups instead of buffering the whole file in memory.
+    for rb in pq.ParquetFile(f, pre_buffer=False).iter_batches(batch_size=batch_rows):
         yield pa.Table.from_batches([rb]), []
 
 

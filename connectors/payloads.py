@@ -12,6 +12,10 @@ zstd, with a byte shuffle for multi-byte items, is kept only where it saves at l
 ``PayloadRef`` records sha256, raw and stored size, codec, dtype and shape; payloads up to the
 inline limit are not written at all and travel in the capture (codec "inline").
 
+Create-only writes: on S3 a conditional PUT (``If-None-Match: *``; 412 means it exists); in a
+local folder a temp file, fsync, then ``os.link`` (atomic, never replaces); on ``memory://``
+exists-then-write under a process-wide lock. Transient errors are retried with backoff.
+
 Reads are bounded and verified: ``PayloadStore.get`` reads at most ``stored_size + 1`` bytes,
 refuses declared sizes beyond ``max_payload_bytes`` before any read, decompresses into a buffer
 of exactly the declared raw size (a decompression bomb fails instead of growing), and checks
@@ -304,33 +308,50 @@ def payloads_to_arrow(items: Sequence[Payload | PayloadRef | None]) -> pa.Table:
     )
 
 
-def payloads_from_arrow(data: pa.Table | pa.RecordBatch | pa.StructArray) -> list[Payload | None]:
-    """Payloads of the rows of a table with the ``payload_*`` columns (or a ``REF_TYPE`` array).
+def refs_to_arrow(refs: Sequence[PayloadRef | None]) -> pa.StructArray:
+    """The references as one ``REF_TYPE`` struct column (``None``: null)."""
+    table = payloads_to_arrow(refs)
+    columns = [table.column(f.name).combine_chunks() for f in REF_FIELDS]
+    mask = pa.array([r is None for r in refs], pa.bool_())
+    return pa.StructArray.from_arrays(columns, fields=list(REF_FIELDS), mask=mask)
 
-    Rows whose ``payload_sha256`` is null have no payload (``None``). Every reference is
-    validated; a bad one raises ``PayloadRefError`` naming its row.
+
+def refs_from_arrow(data: pa.Table | pa.RecordBatch | pa.StructArray) -> list[PayloadRef | None]:
+    """References of the rows of a table with the ``payload_*`` columns (or a ``REF_TYPE`` array).
+
+    Rows whose ``payload_sha256`` is null have none (``None``). Every reference is validated;
+    a bad one raises ``PayloadRefError`` naming its row.
     """
     if isinstance(data, pa.StructArray | pa.ChunkedArray):
         data = pa.Table.from_struct_array(data)
-    names = set(data.schema.names)
-    missing = [n for n in _REF_NAMES if n not in names]
+    missing = [n for n in _REF_NAMES if n not in data.schema.names]
     if missing:
         raise PayloadRefError(f"payload columns {missing} are missing")
-    cols = [data.column(n).to_pylist() for n in _REF_NAMES]
-    inline: list[Any] = (
-        data.column(INLINE_FIELD.name).to_pylist()
-        if INLINE_FIELD.name in names
-        else [None] * data.num_rows
-    )
-    out: list[Payload | None] = []
-    for row, (sha, raw, stored, codec, dtype, shape, blob) in enumerate(
-        zip(*cols, inline, strict=True)
-    ):
-        if sha is None:
+    out: list[PayloadRef | None] = []
+    columns = [data.column(n).to_pylist() for n in _REF_NAMES]
+    for row, values in enumerate(zip(*columns, strict=True)):
+        if values[0] is None:
             out.append(None)
             continue
         try:
-            out.append(Payload(PayloadRef(sha, raw, stored, codec, dtype, shape), blob))
+            out.append(PayloadRef(*values))
+        except PayloadError as exc:
+            raise type(exc)(f"row {row}: {exc}") from exc
+    return out
+
+
+def payloads_from_arrow(data: pa.Table | pa.RecordBatch) -> list[Payload | None]:
+    """Payloads of the rows of a ``PAYLOAD_SCHEMA`` table: references plus inline bytes."""
+    refs = refs_from_arrow(data)
+    inline: list[Any] = (
+        data.column(INLINE_FIELD.name).to_pylist()
+        if INLINE_FIELD.name in data.schema.names
+        else [None] * data.num_rows
+    )
+    out: list[Payload | None] = []
+    for row, (ref, blob) in enumerate(zip(refs, inline, strict=True)):
+        try:
+            out.append(None if ref is None else Payload(ref, blob))
         except PayloadError as exc:
             raise type(exc)(f"row {row}: {exc}") from exc
     return out
@@ -382,6 +403,18 @@ def _compress(raw: NDArray[np.uint8], codec: str, width: int, level: int) -> pa.
     return _zstd(level).compress(body)
 
 
+def _trial_size(block: NDArray[np.uint8], codec: str, width: int, level: int) -> int:
+    """Compressed size of a sample block under a codec.
+
+    Byte planes are compressed one by one: in a whole payload each plane fills zstd blocks
+    (128 KiB) of its own, with their own entropy tables, which a small mixed block would hide.
+    """
+    if codec != CODEC_ZSTD_SHUFFLE:
+        return int(_compress(block, codec, width, level).size)
+    planes = _shuffle(block, width).reshape(width, -1)
+    return sum(int(_zstd(level).compress(plane).size) for plane in planes)
+
+
 def _sample(raw: NDArray[np.uint8]) -> list[NDArray[np.uint8]]:
     """Up to three aligned 64 KiB blocks (start, middle, end): the whole array if small."""
     n = raw.size
@@ -402,8 +435,9 @@ def encode_payload(
     """The stored object (header + body) for raw bytes, and its codec.
 
     Candidates (zstd; zstd on byte planes when items are wider than a byte) are measured on a
-    sample of up to 192 KiB; the best is applied to the whole payload and kept only if that saves
-    at least ``min_saving`` of the raw size. Deterministic: the same bytes give the same object.
+    sample of up to 192 KiB; the best, if the sample promises enough, is applied to the whole
+    payload and kept only if that saves at least ``min_saving`` of the raw size. Deterministic:
+    the same bytes and item size give the same object.
     """
     n = raw.size
     codec, width, body = CODEC_NONE, 1, None
@@ -413,7 +447,7 @@ def encode_payload(
         options = [(CODEC_ZSTD, 1)]
         if itemsize > 1:
             options.append((CODEC_ZSTD_SHUFFLE, itemsize))
-        sizes = [sum(_compress(b, c, w, level).size for b in blocks) for c, w in options]
+        sizes = [sum(_trial_size(b, c, w, level) for b in blocks) for c, w in options]
         best = int(np.argmin(sizes))
         if sizes[best] <= (1 - min_saving) * total:
             candidate = _compress(raw, *options[best], level)
@@ -699,7 +733,7 @@ class PayloadStore:
                 f"array of {arr.nbytes} bytes is larger than max_payload_bytes "
                 f"({self.max_payload_bytes})"
             )
-        return np.ascontiguousarray(arr, dtype=arr.dtype.newbyteorder("<")), name
+        return np.asarray(arr, dtype=arr.dtype.newbyteorder("<"), order="C"), name
 
     def encode(self, array: NDArray[Any]) -> tuple[bytes, str]:
         """The object ``put`` would store for ``array`` (header + body) and its codec."""

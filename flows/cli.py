@@ -21,15 +21,25 @@ import pyarrow as pa
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
-from connectors.capture import capture_info, list_captures, new_run_id
+from connectors.capture import (
+    capture_info,
+    captured_inputs,
+    input_fingerprint,
+    list_captures,
+    new_run_id,
+    record_inputs,
+)
+from connectors.deadletters import count_by_run_and_reason, read_deadletters
 from connectors.errors import ConfigError, ObsflowError
 from connectors.files import format_of
+from connectors.ids import check_name
 from connectors.schema import TIME_UNITS, InputSpec
 from connectors.simulator import SimSpec, generate, parse_duration
 from connectors.store import DEFAULT_STORE, Store
 from connectors.views import finish_commits, list_views, read_view, window_filter
 from flows import ingest, replay
 from flows.runner import Recovery, free_port, run_flow
+from flows.summary import Counts, summary_dict
 from flows.viewdef import ViewDef, load_views
 
 DEMO_VIEWS = (
@@ -92,13 +102,37 @@ def recovery_of(args: argparse.Namespace) -> Recovery | None:
 
 def cmd_ingest(args: argparse.Namespace) -> int:
     recovery = recovery_of(args)
+    store = Store(args.store)
+    check_name(args.capture, kind="capture name")
+    ingest.source_for(args.inputs)  # validates the inputs' formats before reading anything
+    run_id = recovery.run_id("ingest") if recovery else new_run_id()
+    fingerprints = {url: input_fingerprint(url) for url in dict.fromkeys(args.inputs)}
+    # Inputs a finished run already captured are skipped; a resumed run (same run id) is not.
+    known = {
+        fp: doc
+        for fp, doc in captured_inputs(store, args.capture).items()
+        if doc.get("run") != run_id
+    }
+    inputs = [u for u, fp in fingerprints.items() if fp not in known]
+    for url in (u for u in fingerprints if u not in inputs):
+        print(
+            f"skipping {url}: the same content is already in capture {args.capture!r} "
+            f"(run {known[fingerprints[url]]['run']})",
+            file=sys.stderr,
+        )
+    if not inputs:
+        print("nothing to ingest", file=sys.stderr)
+        if args.summary:
+            doc = summary_dict(Counts(), capture=args.capture, skipped_inputs=list(fingerprints))
+            Path(args.summary).write_text(json.dumps(doc, indent=2, sort_keys=True) + "\n")
+        return 0
     config = ingest.IngestConfig(
-        inputs=tuple(args.inputs),
+        inputs=tuple(inputs),
         store=args.store,
         capture=args.capture,
         spec=InputSpec.parse_map(args.map, args.time_unit),
         partitions=args.partitions,
-        run_id=recovery.run_id("ingest") if recovery else new_run_id(),
+        run_id=run_id,
         batch_rows=args.batch_rows,
         progress=not args.quiet,
         views=load_views(args.views) if args.views else None,
@@ -106,7 +140,8 @@ def cmd_ingest(args: argparse.Namespace) -> int:
     )
     started = time.monotonic()
     run_flow(ingest.build_flow(config), args.workers, recovery)
-    summary = _finish_summary(Store(args.store), config.run_id, started, args.summary, args.quiet)
+    summary = _finish_summary(store, config.run_id, started, args.summary, args.quiet)
+    record_inputs(store, args.capture, {u: fingerprints[u] for u in inputs}, config.run_id)
     return 0 if summary["balanced"] else 1
 
 
@@ -270,6 +305,24 @@ def cmd_views(args: argparse.Namespace) -> int:
     shown = frame if args.limit <= 0 else frame.head(args.limit)
     with pd.option_context("display.width", 200, "display.max_columns", 50):
         print(shown.to_string(index=False, float_format=lambda v: f"{v:.6g}"))
+    if len(shown) < len(frame):
+        print(f"... {len(frame) - len(shown):,} more rows (--limit 0 shows all)", file=sys.stderr)
+    return 0
+
+
+def cmd_deadletters(args: argparse.Namespace) -> int:
+    store = Store(args.store)
+    table = read_deadletters(store, run=args.run, reason=args.reason)
+    if table.num_rows == 0:
+        print(f"no dead letters in {store.uri('deadletter')}", file=sys.stderr)
+        return 0
+    if args.action == "list":
+        print(count_by_run_and_reason(table).to_pandas().to_string(index=False))
+        return 0
+    frame = table.to_pandas()
+    shown = frame if args.limit <= 0 else frame.head(args.limit)
+    with pd.option_context("display.width", 250, "display.max_colwidth", 80):
+        print(shown.to_string(index=False))
     if len(shown) < len(frame):
         print(f"... {len(frame) - len(shown):,} more rows (--limit 0 shows all)", file=sys.stderr)
     return 0
@@ -445,6 +498,14 @@ def parser() -> argparse.ArgumentParser:
     sp.add_argument("--until", metavar="TIME", help="windows starting before")
     sp.add_argument("--limit", type=int, default=50, help="rows to print (0 = all)")
     sp.set_defaults(func=cmd_views)
+
+    sp = sub.add_parser("deadletters", help="rejected records: counts by run and reason, or rows")
+    sp.add_argument("action", choices=["list", "show"])
+    store_opt(sp)
+    sp.add_argument("--run", help="only this run")
+    sp.add_argument("--reason", help="only this reason code (bad_id, bad_time, conflict, ...)")
+    sp.add_argument("--limit", type=int, default=50, help="rows to print (0 = all)")
+    sp.set_defaults(func=cmd_deadletters)
 
     sp = sub.add_parser("demo", help="simulate instruments and ingest them into ./data/store")
     store_opt(sp)

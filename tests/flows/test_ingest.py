@@ -219,4 +219,6 @@ def test_cli_errors_are_one_line_and_exit_2(
     assert "use .parquet, .csv or .jsonl" in capsys.readouterr().err
     assert main(["ingest", "a.csv", "--store", str(tmp_path), "--capture", "../up"]) == 2
     assert "capture name '../up'" in capsys.readouterr().err
+    assert main(["ingest", str(tmp_path / "nope.csv"), "--store", str(tmp_path)]) == 2
+    assert "nope.csv' does not exist" in capsys.readouterr().err
     assert main(["capture", "info", "nope", "--store", str(tmp_path)]) == 2

@@ -151,9 +151,9 @@ def test_late_readings_go_to_the_late_output_and_stay_in_the_capture(tmp_path: P
 def test_a_view_with_another_definition_is_refused(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    csv = tmp_path / "a.csv"
-    csv.write_text("source,time,value\ns,1,1\n")
-    for size, code in (("10s", 0), ("20s", 2)):
+    for i, (size, code) in enumerate((("10s", 0), ("20s", 2))):
+        csv = tmp_path / f"{i}.csv"  # new data each time: a known input would be skipped
+        csv.write_text(f"source,time,value\ns,{i},1\n")
         views = tmp_path / "v.toml"
         views.write_text(f'[[view]]\nname = "v"\nsize = "{size}"\n')
         assert (

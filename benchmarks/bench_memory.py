@@ -1,0 +1,136 @@
+"""Peak memory of obsflow ingest as the input grows: state is per open window, not per reading.
+
+Runs the same job as ``bench_ingest.py`` (1 s and 1 min tumbling views, count/mean/min/max/std)
+over 1, 2, 4 and 8 million simulated readings, each size in a fresh child process, and prints
+each run's peak RSS (``VmHWM``). Inputs are single Parquet files written with 64k-row row groups
+and obsflow's file source reads them in 64k-row batches, so it never needs the whole input.
+For contrast, pandas (``read_parquet`` + the same two groupbys) holds everything at once.
+
+Run: ``.venv/bin/python benchmarks/bench_memory.py [--sizes 1M,2M,4M,8M] [--workers N]
+[--no-pandas]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import (
+    OUT,
+    emit,
+    input_path,
+    pandas_views,
+    peak_rss_mb,
+    rss_mb,
+    run_child,
+    run_obsflow,
+    write_readings,
+)
+
+ARROW_BYTES_PER_READING = 37  # source/channel offsets + short strings, seq, time, value
+FLAT_RATIO = 1.25  # "flat": the largest run's peak RSS is at most this times the smallest's
+
+
+def parse_size(text: str) -> int:
+    """``"8M"`` -> 8_000_000, ``"500k"`` -> 500_000, ``"1000"`` -> 1000."""
+    t = text.strip().lower()
+    scale = {"k": 10**3, "m": 10**6}.get(t[-1:], 1)
+    return int(float(t.rstrip("km")) * scale)
+
+
+def child_pandas(path: str) -> dict[str, Any]:
+    """pandas reference: read everything, then both groupbys."""
+    base = rss_mb()
+    started = time.perf_counter()
+    frame = pd.read_parquet(path)
+    pandas_views(frame)
+    return {
+        "seconds": time.perf_counter() - started,
+        "peak_rss_mb": peak_rss_mb(),
+        "rss_before_mb": base,
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--sizes", default="1M,2M,4M,8M", help="input sizes (default 1M,2M,4M,8M)")
+    p.add_argument("--workers", type=int, default=1, help="Bytewax workers (default 1)")
+    p.add_argument("--sources", type=int, default=8, help="simulated instruments (default 8)")
+    p.add_argument("--rate", type=float, default=50.0, help="Hz per channel (default 50)")
+    p.add_argument("--no-pandas", action="store_true", help="skip the pandas reference runs")
+    p.add_argument("--child", choices=["obsflow", "pandas"], help=argparse.SUPPRESS)
+    p.add_argument("--input", help=argparse.SUPPRESS)
+    p.add_argument("--store", help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+
+    if args.child == "obsflow":
+        emit(run_obsflow([args.input], Path(args.store), args.workers))
+        return 0
+    if args.child == "pandas":
+        emit(child_pandas(args.input))
+        return 0
+
+    sizes = [parse_size(s) for s in args.sizes.split(",") if s.strip()]
+    script = str(Path(__file__).resolve())
+    store = OUT / "store-memory"
+    print(
+        f"obsflow ingest, views w1s + w1m, {args.workers} worker(s); "
+        f"{args.sources} sources x 2 channels at {args.rate:g} Hz; one child process per run"
+    )
+    results: list[tuple[int, dict[str, Any], dict[str, Any] | None]] = []
+    for n in sizes:
+        path = input_path(n, sources=args.sources, rate=args.rate)
+        write_readings(path, n, sources=args.sources, rate=args.rate)
+        print(f"running {n:,} readings ...", flush=True)
+        common = ["--input", str(path), "--workers", str(args.workers)]
+        obs = run_child(script, ["--child", "obsflow", "--store", str(store), *common])
+        shutil.rmtree(store, ignore_errors=True)
+        if obs["accepted"] != n or not obs["balanced"]:
+            print(f"  run did not accept all readings: {obs}")
+            return 1
+        ref = None if args.no_pandas else run_child(script, ["--child", "pandas", *common])
+        results.append((n, obs, ref))
+
+    print()
+    head = (
+        f"{'readings':>11} {'seconds':>8} {'readings/s':>11} {'RSS before':>11} "
+        f"{'peak RSS':>9} {'vs first':>8}   {'pandas peak':>11} {'vs first':>8}"
+    )
+    print(head)
+    print("-" * len(head))
+    first_obs = results[0][1]["peak_rss_mb"]
+    first_pd = results[0][2]["peak_rss_mb"] if results[0][2] else None
+    for n, obs, ref in results:
+        pd_cols = (
+            f"{ref['peak_rss_mb']:>7.0f} MiB {ref['peak_rss_mb'] / first_pd:>7.2f}x"
+            if ref and first_pd
+            else f"{'-':>11} {'-':>8}"
+        )
+        print(
+            f"{n:>11,} {obs['seconds']:>8.2f} {n / obs['seconds']:>11,.0f} "
+            f"{obs['rss_before_mb']:>7.0f} MiB {obs['peak_rss_mb']:>5.0f} MiB "
+            f"{obs['peak_rss_mb'] / first_obs:>7.2f}x   {pd_cols}"
+        )
+
+    (n0, o0, _), (n1, o1, _) = results[0], results[-1]
+    ratio = o1["peak_rss_mb"] / o0["peak_rss_mb"]
+    per_reading = (o1["peak_rss_mb"] - o0["peak_rss_mb"]) * 2**20 / max(n1 - n0, 1)
+    flat = ratio <= FLAT_RATIO
+    print(
+        f"\nobsflow peak RSS {n1 / n0:.0f}x the input: {o0['peak_rss_mb']:.0f} -> "
+        f"{o1['peak_rss_mb']:.0f} MiB ({ratio:.2f}x), {per_reading:.1f} bytes per extra reading "
+        f"(holding readings would cost >= {ARROW_BYTES_PER_READING} bytes each as Arrow)"
+    )
+    print(f"flat (largest <= {FLAT_RATIO}x smallest): {'YES' if flat else 'NO'}")
+    return 0 if flat else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
