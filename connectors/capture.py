@@ -33,6 +33,7 @@ import pyarrow.parquet as pq
 from connectors.dedup import DEFAULT_HORIZON, Deduper
 from connectors.errors import CaptureExistsError, ConfigError, StoreError
 from connectors.ids import check_name
+from connectors.payloads import PAYLOAD_SCHEMA
 from connectors.schema import READING_SCHEMA, REJECT_SCHEMA
 from connectors.store import Store
 
@@ -149,8 +150,21 @@ def assign_seq(table: pa.Table, next_seq: dict[str, int]) -> pa.Table:
     return table.set_column(table.schema.get_field_index("seq"), "seq", pa.array(values))
 
 
-ORIGIN_COLUMNS = ("_origin", "_row")
-"""Where each reading came from; travels with readings up to the capture, is not stored."""
+ORIGIN_COLUMNS = ("_origin", "_row", "_parent_seq")
+"""Where each reading came from (and, for a feature derived from a payload, the payload
+reading's seq); travels with readings up to the capture, is not stored."""
+
+CAPTURE_SCHEMA = pa.schema([*READING_SCHEMA, *PAYLOAD_SCHEMA])
+"""Capture objects: the reading schema plus payload references (null without a payload).
+Every object has every column, so a plain folder read always sees the payload columns."""
+
+
+def conform(table: pa.Table) -> pa.Table:
+    """Readings in ``CAPTURE_SCHEMA``: missing payload columns added as nulls."""
+    for field in PAYLOAD_SCHEMA:
+        if field.name not in table.column_names:
+            table = table.append_column(field, pa.nulls(table.num_rows, field.type))
+    return table.select(CAPTURE_SCHEMA.names).cast(CAPTURE_SCHEMA)
 
 
 @dataclass
@@ -241,7 +255,10 @@ class PartitionWriter:
             )
         if n_accept < readings.num_rows:
             readings = readings.filter(pa.array(accept))
-        rows = assign_seq(readings, self.state.next_seq).cast(READING_SCHEMA)
+        if "_parent_seq" in origin:  # a derived feature numbered like its payload reading
+            parent = origin["_parent_seq"].filter(pa.array(accept))
+            readings = readings.set_column(1, "seq", pc.coalesce(readings.column("seq"), parent))
+        rows = conform(assign_seq(readings, self.state.next_seq))
         if rows.num_rows:
             self._buffer.append(rows)
             self._buffered += rows.num_rows
@@ -309,9 +326,11 @@ def conflict_rejects(readings: pa.Table, origin: dict[str, pa.ChunkedArray]) -> 
     )
 
 
-def read_capture(store: Store, name: str, **kwargs: Any) -> pa.Table:
-    """The whole capture as one table (a plain Parquet read of its folder)."""
-    return store.read_parquet(capture_dir(name), schema=READING_SCHEMA, **kwargs)
+def read_capture(store: Store, name: str, *, payloads: bool = False, **kwargs: Any) -> pa.Table:
+    """The whole capture as one table (a plain Parquet read of its folder); with ``payloads``
+    the payload reference columns too."""
+    schema = CAPTURE_SCHEMA if payloads else READING_SCHEMA
+    return store.read_parquet(capture_dir(name), schema=schema, **kwargs)
 
 
 @dataclass(frozen=True)

@@ -142,7 +142,7 @@ class _CapturePartition(StatefulSourcePartition[ReplayBatch, Position]):
         return keep
 
     def _restrict(self, table: pa.Table) -> pa.Table:
-        table = table.cast(READING_SCHEMA)
+        table = table.select(READING_SCHEMA.names).cast(READING_SCHEMA)
         spec = self._spec
         mask = None
         if spec.sources:

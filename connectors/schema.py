@@ -49,6 +49,8 @@ REJECT_SCHEMA = pa.schema(
 FIELDS = ("source", "seq", "time", "channel", "value")
 REQUIRED = ("source", "time", "value")
 DEFAULT_CHANNEL = "value"
+PAYLOAD_INPUTS = ("payload", "payload_dtype", "payload_shape")
+"""Optional input columns of an array payload (list column, or binary with dtype and shape)."""
 TIME_UNITS = {"ns": 1, "us": 1_000, "ms": 1_000_000, "s": 1_000_000_000}
 _I64_MAX = np.iinfo(np.int64).max
 
@@ -236,6 +238,8 @@ def _parse_seq(column: pa.ChunkedArray) -> tuple[pa.Array, np.ndarray]:
 def _raw_rows(table: pa.Table, rows: np.ndarray) -> list[str]:
     """JSON text of the given rows exactly as read (only used for rejected rows)."""
     picked = table.take(pa.array(rows, type=pa.int64()))
+    if "payload" in picked.column_names:  # an array can be megabytes: keep the record readable
+        picked = picked.drop_columns(["payload"])
     return [json.dumps(r, default=str, ensure_ascii=False) for r in picked.to_pylist()]
 
 
@@ -315,7 +319,12 @@ def normalize(table: pa.Table, spec: InputSpec, *, origin: str, offset: int) -> 
             "channel": channel,
             "value": pa.array(values, type=pa.float64(), from_pandas=False),
         }
-    ).filter(keep)
+    )
+    for name in PAYLOAD_INPUTS:  # raw payloads travel on, to be offloaded by the next step
+        col, problem = _lookup(table, name)
+        if col is not None:
+            readings = readings.append_column(f"_{name}", col)
+    readings = readings.filter(keep)
 
     bad_rows = np.flatnonzero(~rej.ok)
     if bad_rows.size == 0:

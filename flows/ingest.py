@@ -38,10 +38,12 @@ from connectors.dedup import DEFAULT_HORIZON
 from connectors.errors import ConfigError
 from connectors.files import FileSource
 from connectors.ids import check_name
+from connectors.payloads import PayloadStore
 from connectors.schema import InputSpec, normalize
 from connectors.simulator import SimSource
 from connectors.sinks import ChunkSink
 from connectors.store import DEFAULT_STORE, Store
+from flows.payloadstep import offload_batch
 from flows.summary import Counts, add_summary
 from flows.viewdef import ViewDef, default_views, load_views
 from flows.viewstep import add_view
@@ -61,6 +63,8 @@ class IngestConfig:
     progress: bool = True
     views: tuple[ViewDef, ...] | None = None  # None: default_views(capture)
     dedup_horizon: int = DEFAULT_HORIZON  # ns of event time; 0 turns deduplication off
+    payloads: PayloadStore | None = None  # where payloads go; None: inputs have none
+    features: tuple[str, ...] = ()  # scalar features derived from each payload
 
     def __post_init__(self) -> None:
         check_name(self.capture, kind="capture name")
@@ -98,6 +102,35 @@ def normalize_batch(spec: InputSpec, batch: RawBatch) -> tuple[pa.Table, pa.Tabl
         readings,
         rejects,
         Counts(input=batch.records, rejected=rejects.num_rows, reasons=reason_counts(rejects)),
+    )
+
+
+def offload(
+    store: PayloadStore, features: tuple[str, ...], checked: tuple[pa.Table, pa.Table, Counts]
+) -> tuple[pa.Table, pa.Table, Counts]:
+    """Offload a normalized batch's payloads (see ``flows.payloadstep``); count what it did."""
+    readings, rejects, counts = checked
+    n_payloads = (
+        int(readings.column("_payload").null_count * -1 + readings.num_rows)
+        if "_payload" in readings.column_names
+        else 0
+    )
+    before = readings.num_rows
+    out, bad = offload_batch(readings, store, features)
+    derived = out.num_rows - (before - bad.num_rows)
+    if bad.num_rows:
+        rejects = pa.concat_tables([rejects, bad])
+    return (
+        out,
+        rejects,
+        counts
+        + Counts(
+            input=derived,
+            derived=derived,
+            rejected=bad.num_rows,
+            reasons=reason_counts(bad),
+            payloads=n_payloads - bad.num_rows,
+        ),
     )
 
 
@@ -203,6 +236,10 @@ def build_flow(
     # RawBatch
     checked = op.map("normalize", raw, lambda b: normalize_batch(spec, b))
     # (readings, rejects, Counts)
+    if config.payloads is not None:
+        pstore, features = config.payloads, config.features
+        checked = op.map("offload_payloads", checked, lambda r: offload(pstore, features, r))
+        # (readings with payload references [+ derived features], rejects, Counts)
     routed = op.flat_map(
         "route_to_partitions",
         checked,

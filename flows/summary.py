@@ -43,6 +43,8 @@ class Counts:
     late: dict[str, int] = field(default_factory=dict)
     view_rows: dict[str, int] = field(default_factory=dict)
     reasons: dict[str, int] = field(default_factory=dict)
+    derived: int = 0  # readings derived from payloads (also counted in input)
+    payloads: int = 0  # payloads offloaded to the payload store (or kept inline)
 
     def __add__(self, other: Counts) -> Counts:
         return Counts(
@@ -53,6 +55,8 @@ class Counts:
             _add_maps(self.late, other.late),
             _add_maps(self.view_rows, other.view_rows),
             _add_maps(self.reasons, other.reasons),
+            self.derived + other.derived,
+            self.payloads + other.payloads,
         )
 
     @property
@@ -104,6 +108,8 @@ def summary_dict(counts: Counts, **extra: Any) -> dict[str, Any]:
         "accepted": counts.accepted,
         "rejected": counts.rejected,
         "duplicates": counts.duplicates,
+        "derived": counts.derived,
+        "payloads": counts.payloads,
         "balanced": counts.balanced,
         "rejected_by_reason": dict(sorted(counts.reasons.items())),
         "late": dict(sorted(counts.late.items())),

@@ -108,7 +108,7 @@ def compare_with_local(case: Case, s3_url: str, tmp_path: Path) -> None:
     assert remote.read_json(f"runs/{s_s3['run']}.json") == s_s3
 
     # Identical capture contents: rows (read back from S3 through the project's reader)...
-    local_cap = sorted_frame(pd.read_parquet(local_dir / "captures" / name))
+    local_cap = sorted_frame(read_capture(Store(str(local_dir)), name).to_pandas())
     s3_cap = sorted_frame(read_capture(remote, name).to_pandas())
     assert len(s3_cap) == case.accepted
     pd.testing.assert_frame_equal(s3_cap, local_cap)

@@ -342,7 +342,11 @@ def test_a_killed_replay_leaves_the_previous_views_intact(tmp_path: Path) -> Non
         cwd=ROOT,
         env={**os.environ, "PYTHONPATH": str(ROOT)},
     )
-    time.sleep(3)  # a paced replay of 30 s at 3x is mid-way: some staged rows exist
+    # A paced replay of 30 s at 3x takes 10 s: kill it once it has staged some rows.
+    deadline = time.monotonic() + 30
+    while not any(p.is_file() for p in (tmp_path / "staging").rglob("*.parquet")):
+        assert time.monotonic() < deadline, "the replay staged nothing in 30 s"
+        time.sleep(0.05)
     assert proc.poll() is None
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
