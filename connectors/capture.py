@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
 from connectors.dedup import DEFAULT_HORIZON, Deduper
@@ -330,7 +331,14 @@ def read_capture(store: Store, name: str, *, payloads: bool = False, **kwargs: A
     """The whole capture as one table (a plain Parquet read of its folder); with ``payloads``
     the payload reference columns too."""
     schema = CAPTURE_SCHEMA if payloads else READING_SCHEMA
-    return store.read_parquet(capture_dir(name), schema=schema, **kwargs)
+    dataset = ds.dataset(
+        store.path(capture_dir(name)),
+        filesystem=store.fs,
+        format="parquet",
+        schema=schema,
+        ignore_prefixes=[".", "_"],
+    )
+    return dataset.to_table(**kwargs)
 
 
 @dataclass(frozen=True)

@@ -62,6 +62,8 @@ class SimSpec:
     seed: int = 0
     spike_prob: float = 0.001
     gap_prob: float = 0.05  # chance that a block has a gap
+    payloads: tuple[str, ...] = ()  # e.g. ("frame:512x512:uint16", "waveform:4096:float32")
+    payload_rate: float = 1.0  # payloads per second per source and payload channel
 
     def __post_init__(self) -> None:
         if not 1 <= self.sources <= 100_000:
@@ -75,6 +77,15 @@ class SimSpec:
         if self.readings > MAX_READINGS:
             raise ConfigError(f"that is {self.readings:,} readings; the limit is {MAX_READINGS:,}")
         self.start_ns  # noqa: B018 - validates the start time now, not in a worker
+        for p in self.payload_specs:
+            if p.name in self.channels:
+                raise ConfigError(f"payload channel {p.name!r} is also a scalar channel")
+        if self.payloads and not (0 < self.payload_rate <= 1e4):
+            raise ConfigError(f"payload_rate must be in (0, 1e4] Hz, not {self.payload_rate}")
+
+    @property
+    def payload_specs(self) -> tuple[PayloadSpec, ...]:
+        return tuple(PayloadSpec.parse(p) for p in self.payloads)
 
     @property
     def samples(self) -> int:
@@ -131,8 +142,10 @@ class SimSpec:
                     out[key] = float(text)
                 elif key == "duration":
                     out[key] = parse_duration(text)
-                elif key == "channels":
+                elif key in ("channels", "payloads"):
                     out[key] = tuple(c.strip() for c in text.split(",") if c.strip())
+                elif key == "payload_rate":
+                    out[key] = float(text)
                 else:
                     out[key] = text
         except ValueError as exc:
@@ -158,7 +171,7 @@ def generate_block(spec: SimSpec, source: int, block: int) -> pa.Table:
     k = k[keep]
     t_s = k / spec.rate
     time_ns = spec.start_ns + np.round(t_s * 1e9).astype(np.int64)
-    n_ch = len(spec.channels)
+    n_ch = len(spec.channels) + len(spec.payloads)  # payload channels take the last residues
     cols: dict[str, list[np.ndarray]] = {"seq": [], "time": [], "channel": [], "value": []}
     for c, name in enumerate(spec.channels):
         base, scale = _CHANNEL_BASE.get(name, (0.0, 1.0))
@@ -195,10 +208,112 @@ def generate_block(spec: SimSpec, source: int, block: int) -> pa.Table:
     )
 
 
+def generate_payload_block(spec: SimSpec, source: int, block: int) -> pa.Table | None:
+    """Payload readings of one source in the event-time span of scalar block ``block``.
+
+    Each payload channel gets its own seq residue (after the scalar channels), so seq numbers
+    stay unique per source. Frames are Poisson counts around a drifting spot; waveforms a
+    noisy damped sine.
+    """
+    specs = spec.payload_specs
+    if not specs:
+        return None
+    lo = block * BLOCK_SAMPLES / spec.rate
+    hi = min(spec.samples, (block + 1) * BLOCK_SAMPLES) / spec.rate
+    j = np.arange(
+        math.ceil(lo * spec.payload_rate - 1e-9), math.ceil(hi * spec.payload_rate - 1e-9)
+    )
+    if j.size == 0:
+        return None
+    n_ch = len(spec.channels) + len(specs)
+    tables = []
+    for c, p in enumerate(specs):
+        arrays = [
+            p.make(np.random.default_rng([spec.seed, source, int(k), 7 + c]), int(k)) for k in j
+        ]
+        times = spec.start_ns + np.round(j / spec.payload_rate * 1e9).astype(np.int64)
+        tables.append(
+            pa.table(
+                {
+                    "source": pa.array([spec.source_id(source)] * j.size, pa.string()),
+                    "seq": pa.array(j * n_ch + len(spec.channels) + c, pa.int64()),
+                    "time": pa.array(times).cast(TIME_TYPE),
+                    "channel": pa.array([p.name] * j.size, pa.string()),
+                    "value": pa.nulls(j.size, pa.float64()),
+                    # Raw little-endian bytes with dtype and shape: one column type for all.
+                    "payload": pa.array(
+                        [a.astype(a.dtype.newbyteorder("<")).tobytes() for a in arrays],
+                        pa.large_binary(),
+                    ),
+                    "payload_dtype": pa.array([p.dtype] * j.size, pa.string()),
+                    "payload_shape": pa.array([list(p.shape)] * j.size, pa.list_(pa.int64())),
+                }
+            )
+        )
+    return pa.concat_tables(tables, promote_options="default")
+
+
+def sim_block(spec: SimSpec, source: int, block: int) -> pa.Table:
+    """Scalar and payload readings of one block."""
+    scalars = generate_block(spec, source, block)
+    payloads = generate_payload_block(spec, source, block)
+    return (
+        scalars
+        if payloads is None
+        else pa.concat_tables([scalars, payloads], promote_options="default")
+    )
+
+
+@dataclass(frozen=True)
+class PayloadSpec:
+    """``name:shape:dtype``, e.g. ``frame:512x512:uint16`` or ``waveform:4096:float32``."""
+
+    name: str
+    shape: tuple[int, ...]
+    dtype: str
+
+    @classmethod
+    def parse(cls, text: str) -> PayloadSpec:
+        parts = text.split(":")
+        if len(parts) != 3:
+            raise ConfigError(f"payload {text!r} — use name:shape:dtype, e.g. frame:512x512:uint16")
+        name, shape_text, dtype = parts
+        check_id(name, kind="payload channel")
+        try:
+            shape = tuple(int(x) for x in shape_text.split("x"))
+        except ValueError:
+            raise ConfigError(f"payload shape {shape_text!r} — use e.g. 512x512") from None
+        if dtype not in ("uint8", "uint16", "int16", "int32", "float32", "float64"):
+            raise ConfigError(
+                f"payload dtype {dtype!r} — use uint8, uint16, int16, int32, float32 or float64"
+            )
+        size = math.prod(shape) * np.dtype(dtype).itemsize
+        if not shape or min(shape) < 1 or size > 256 << 20:
+            raise ConfigError(f"payload shape {shape} must be positive and at most 256 MiB")
+        return cls(name, shape, dtype)
+
+    def make(self, rng: np.random.Generator, k: int) -> np.ndarray:
+        if np.issubdtype(np.dtype(self.dtype), np.integer):
+            grid = np.indices(self.shape, dtype=np.float32)
+            center = [
+                (0.3 + 0.4 * ((k * 0.07 + 0.2 * i) % 1.0)) * n for i, n in enumerate(self.shape)
+            ]
+            r2 = sum((g - c) ** 2 for g, c in zip(grid, center, strict=True))
+            lam = 20.0 + 200.0 * np.exp(-r2 / (2 * (0.05 * max(self.shape)) ** 2))
+            top = np.iinfo(np.dtype(self.dtype)).max
+            frame: np.ndarray = np.minimum(rng.poisson(lam), top).astype(self.dtype)
+            return frame
+        t = np.arange(math.prod(self.shape), dtype=np.float64) / 1000.0
+        wave = np.sin(2 * np.pi * (5 + k % 7) * t) * np.exp(-t) + rng.normal(0, 0.05, t.size)
+        out: np.ndarray = wave.reshape(self.shape).astype(self.dtype)
+        return out
+
+
 def generate(spec: SimSpec) -> pa.Table:
     """The whole simulation as one table (for ``obsflow simulate`` and tests)."""
     return pa.concat_tables(
-        [generate_block(spec, s, b) for s in range(spec.sources) for b in range(spec.blocks)]
+        [sim_block(spec, s, b) for s in range(spec.sources) for b in range(spec.blocks)],
+        promote_options="default",
     )
 
 
@@ -211,7 +326,7 @@ class _SimPartition(StatefulSourcePartition[RawBatch, int]):
     def next_batch(self) -> list[RawBatch]:
         if self._block >= self._spec.blocks:
             raise StopIteration
-        table = generate_block(self._spec, self._source, self._block)
+        table = sim_block(self._spec, self._source, self._block)
         origin = f"{self._url}#{self._spec.source_id(self._source)}"
         batch = RawBatch(origin, self._block * BLOCK_SAMPLES * len(self._spec.channels), table)
         self._block += 1

@@ -126,6 +126,8 @@ def read_view(
         exclude_invalid_files=False,
         ignore_prefixes=[".", "_"],
     )
+    if not dataset.files:  # a view without rows yet: nothing to filter
+        return pa.table({})
     table = dataset.to_table(filter=filter, columns=columns)
     keys = [k for k in ("source", "channel", "window_start") if k in table.column_names]
     return table.sort_by([(k, "ascending") for k in keys]) if keys else table

@@ -16,8 +16,10 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
@@ -27,12 +29,14 @@ from connectors.capture import (
     input_fingerprint,
     list_captures,
     new_run_id,
+    read_capture,
     record_inputs,
 )
 from connectors.deadletters import count_by_run_and_reason, read_deadletters
 from connectors.errors import ConfigError, ObsflowError
 from connectors.files import format_of
 from connectors.ids import check_name
+from connectors.payloads import PAYLOAD_SCHEMA, PayloadStore, check_sha256
 from connectors.schema import TIME_UNITS, InputSpec
 from connectors.simulator import SimSpec, generate, parse_duration
 from connectors.store import DEFAULT_STORE, Store
@@ -137,6 +141,8 @@ def cmd_ingest(args: argparse.Namespace) -> int:
         progress=not args.quiet,
         views=load_views(args.views) if args.views else None,
         dedup_horizon=round(parse_duration(args.dedup_horizon) * 1e9),
+        inline_limit=args.inline_limit,
+        features=tuple(f for f in (args.features or "").split(",") if f),
     )
     started = time.monotonic()
     run_flow(ingest.build_flow(config), args.workers, recovery)
@@ -237,6 +243,8 @@ def cmd_simulate(args: argparse.Namespace) -> int:
             "duration": args.duration,
             "start": args.start,
             "seed": args.seed,
+            "payloads": ",".join(args.payload or []),
+            "payload_rate": args.payload_rate,
         }
     )
     table = generate(spec)
@@ -249,8 +257,57 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_payload(args: argparse.Namespace) -> int:
+    store = Store(args.store)
+    sha = check_sha256(args.sha256)
+    captures = [args.capture] if args.capture else list_captures(store)
+    for name in captures:
+        rows = (
+            read_capture(store, name, payloads=True, filter=pc.field("payload_sha256") == sha)
+            .slice(0, 1)
+            .to_pylist()
+        )
+        if rows:
+            array = PayloadStore(store).fetch(rows[0])  # bounded read, size and sha256 verified
+            np.save(args.out, array, allow_pickle=False)
+            print(
+                f"{sha}: {array.dtype} {array.shape} (from capture {name!r}) -> {args.out}",
+                file=sys.stderr,
+            )
+            return 0
+    raise ObsflowError(
+        f"no reading in {', '.join(captures) or 'any capture'} refers to payload {sha}"
+    )
+
+
+def cmd_verify(store: Store, name: str) -> int:
+    table = read_capture(
+        store, name, payloads=True, columns=[f.name for f in PAYLOAD_SCHEMA]
+    ).filter(pc.is_valid(pc.field("payload_sha256")))
+    pstore = PayloadStore(store)
+    seen: set[str] = set()
+    problems = 0
+    for row in table.to_pylist():  # one per payload reference, not per reading
+        if row["payload_sha256"] in seen:
+            continue
+        seen.add(row["payload_sha256"])
+        problem = pstore.verify(row)
+        if problem:
+            problems += 1
+            print(f"{row['payload_sha256']}: {problem}")
+    print(
+        f"capture {name!r}: {len(seen):,} payloads checked, {problems:,} dangling or corrupt",
+        file=sys.stderr,
+    )
+    return 1 if problems else 0
+
+
 def cmd_capture(args: argparse.Namespace) -> int:
     store = Store(args.store)
+    if args.action == "verify":
+        if not args.name:
+            raise ConfigError("capture verify needs a capture NAME")
+        return cmd_verify(store, args.name)
     if args.action == "list":
         names = list_captures(store)
         if not names:
@@ -434,6 +491,18 @@ def parser() -> argparse.ArgumentParser:
     sp.add_argument("--summary", metavar="FILE", help="also write the JSON run summary here")
     sp.add_argument("-q", "--quiet", action="store_true", help="no progress or summary lines")
     sp.add_argument(
+        "--inline-limit",
+        type=int,
+        default=64 * 1024,
+        metavar="BYTES",
+        help="payloads up to this size stay in the capture (default 65536)",
+    )
+    sp.add_argument(
+        "--features",
+        metavar="F,F",
+        help="scalar channels derived from each payload: mean,max,min,sum,std,rms",
+    )
+    sp.add_argument(
         "--dedup-horizon",
         default="10m",
         help="how long (event time) identities are remembered; 0 turns dedup off",
@@ -449,10 +518,27 @@ def parser() -> argparse.ArgumentParser:
     sp.add_argument("--duration", default="60s", help="event time span (default 60s)")
     sp.add_argument("--start", default="2026-01-01T00:00:00Z", help="ISO-8601 start time")
     sp.add_argument("--seed", type=int, default=0)
+    sp.add_argument(
+        "--payload",
+        action="append",
+        metavar="NAME:SHAPE:DTYPE",
+        help="add array payloads, e.g. frame:512x512:uint16 (repeatable; Parquet only)",
+    )
+    sp.add_argument(
+        "--payload-rate", type=float, default=1.0, help="payloads per second per source (default 1)"
+    )
     sp.set_defaults(func=cmd_simulate)
 
-    sp = sub.add_parser("capture", help="list captures or describe one")
-    sp.add_argument("action", choices=["list", "info"])
+    sp = sub.add_parser("payload", help="fetch a payload array by its sha256")
+    sp.add_argument("action", choices=["get"])
+    sp.add_argument("sha256")
+    store_opt(sp)
+    sp.add_argument("--capture", help="capture to look the reference up in (default: all)")
+    sp.add_argument("-o", "--out", required=True, help="output .npy file")
+    sp.set_defaults(func=cmd_payload)
+
+    sp = sub.add_parser("capture", help="list captures, describe one, or verify its payloads")
+    sp.add_argument("action", choices=["list", "info", "verify"])
     sp.add_argument("name", nargs="?")
     store_opt(sp)
     sp.add_argument("--json", action="store_true", help="info as JSON")

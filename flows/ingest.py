@@ -38,11 +38,12 @@ from connectors.dedup import DEFAULT_HORIZON
 from connectors.errors import ConfigError
 from connectors.files import FileSource
 from connectors.ids import check_name
-from connectors.payloads import PayloadStore
+from connectors.payloads import INLINE_LIMIT, PayloadStore
 from connectors.schema import InputSpec, normalize
 from connectors.simulator import SimSource
 from connectors.sinks import ChunkSink
 from connectors.store import DEFAULT_STORE, Store
+from flows.features import check_features
 from flows.payloadstep import offload_batch
 from flows.summary import Counts, add_summary
 from flows.viewdef import ViewDef, default_views, load_views
@@ -63,7 +64,7 @@ class IngestConfig:
     progress: bool = True
     views: tuple[ViewDef, ...] | None = None  # None: default_views(capture)
     dedup_horizon: int = DEFAULT_HORIZON  # ns of event time; 0 turns deduplication off
-    payloads: PayloadStore | None = None  # where payloads go; None: inputs have none
+    inline_limit: int = INLINE_LIMIT  # payloads up to this many bytes stay in the capture
     features: tuple[str, ...] = ()  # scalar features derived from each payload
 
     def __post_init__(self) -> None:
@@ -236,10 +237,10 @@ def build_flow(
     # RawBatch
     checked = op.map("normalize", raw, lambda b: normalize_batch(spec, b))
     # (readings, rejects, Counts)
-    if config.payloads is not None:
-        pstore, features = config.payloads, config.features
-        checked = op.map("offload_payloads", checked, lambda r: offload(pstore, features, r))
-        # (readings with payload references [+ derived features], rejects, Counts)
+    pstore = PayloadStore(store, inline_limit=config.inline_limit)
+    features = check_features(config.features) if config.features else ()
+    checked = op.map("offload_payloads", checked, lambda r: offload(pstore, features, r))
+    # (readings with payload references [+ derived features], rejects, Counts)
     routed = op.flat_map(
         "route_to_partitions",
         checked,

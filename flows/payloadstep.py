@@ -114,6 +114,7 @@ def offload_batch(
         keep[list(bad)] = False
         out = out.filter(pa.array(keep))
     if features and arrays:
+        out = out.append_column("_parent_seq", pa.nulls(out.num_rows, pa.int64()))
         out = pa.concat_tables([out, _feature_rows(readings, rows, arrays, features, out.schema)])
     return out, rejects
 
@@ -149,8 +150,12 @@ def _feature_rows(
     for field in schema:
         if field.name not in table.column_names:
             table = table.append_column(field, pa.nulls(n, field.type))
-    table = table.select(schema.names)
-    return table.append_column("_parent_seq", readings.column("seq").take(take))
+    table = table.set_column(
+        table.schema.get_field_index("_parent_seq"),
+        "_parent_seq",
+        readings.column("seq").take(take),
+    )
+    return table.select(schema.names)
 
 
 def _rejects(readings: pa.Table, bad: dict[int, tuple[str, str]]) -> pa.Table:

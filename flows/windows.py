@@ -12,10 +12,13 @@ final once the watermark reaches its end plus one more gap: until then a reading
 (``time + gap > watermark``) could still extend it. At end of input every window is final.
 
 Everything is computed per batch with sorts and segmented reductions over "partials" (one row
-per (series, window) partial aggregate): a batch becomes one partial per reading, merged with
-the open windows by (series, window), using Chan's parallel update for mean and variance and a
-shift by each window's minimum for precision, so data like 1e9 ± 0.001 keeps its variance.
-Processing a batch gives exactly what processing its readings one at a time would.
+per (series, window) partial aggregate). A batch's on-time readings are sorted by (series, time)
+and reduced to one partial per run that lands in the same windows: a (series, step) bucket for
+tumbling/hopping (fanned out to the bucket's windows), a run of readings less than a gap apart
+for sessions. Those few partials are merged with the open windows by (series, window), using
+Chan's parallel update for mean and variance on offsets from a reference data value of each
+window, so data like 1e9 ± 0.001 keeps its variance. Processing a batch gives exactly what
+processing its readings one at a time would.
 """
 
 from __future__ import annotations
@@ -23,7 +26,6 @@ from __future__ import annotations
 from dataclasses import dataclass, fields
 
 import numpy as np
-import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
@@ -34,6 +36,7 @@ from flows.viewdef import ViewDef
 I64_MIN = np.iinfo(np.int64).min
 I64_MAX = np.iinfo(np.int64).max
 NO_TIME = I64_MIN // 2  # "nothing seen yet"; far from overflow when a lateness is subtracted
+PAIR_TABLE_MAX = 1 << 20  # largest (sources × channels) dictionary product mapped by a table
 
 
 @dataclass
@@ -105,6 +108,89 @@ def singletons(
     )
 
 
+def reduce_runs(
+    sid: np.ndarray,
+    t: np.ndarray,
+    seq: np.ndarray | None,
+    v: np.ndarray,
+    starts: np.ndarray,
+    *,
+    need: frozenset[str],
+) -> Partials:
+    """One partial per run ``[starts[i], starts[i+1])`` of readings sorted by (series, time).
+
+    Within a run, equal times must be in arrival order (a stable sort), so ties of (time, seq)
+    resolve as they would reading by reading. ``start``/``end`` are the run's first and last
+    time; the caller sets them to its windows. ``need`` names the aggregates to compute (the
+    others are left as neutral placeholders): "first_last" (needs ``seq``), "min", "max",
+    "moments" (ref and mu), "spread" (m2).
+    """
+    m, g = t.size, starts.size
+    lens = np.diff(np.r_[starts, m])
+    ends = starts + lens - 1
+    ok = ~np.isnan(v)
+    all_ok = bool(ok.all())
+    if seq is not None and "first_last" in need and g < m:
+        same = np.repeat(np.arange(g), lens)
+        tied = (t[1:] == t[:-1]) & (seq[1:] < seq[:-1]) & (same[1:] == same[:-1])
+        if tied.any():  # order each run by (time, seq); stable, so exact ties keep arrival order
+            perm = np.lexsort((seq, t, same))
+            t, seq, v, ok = t[perm], seq[perm], v[perm], ok[perm]
+    n = lens.astype(np.int64) if all_ok else np.add.reduceat(ok, starts, dtype=np.int64)
+    vmin = np.full(g, np.nan)
+    vmax = np.full(g, np.nan)
+    ref, mu, m2 = np.zeros(g), np.zeros(g), np.zeros(g)
+    if need & {"min", "moments"}:
+        vmin = np.fmin.reduceat(v, starts)  # NaN only for a run without values
+    if "max" in need:
+        vmax = np.fmax.reduceat(v, starts)
+    if "moments" in need:
+        # Two passes on offsets from the run's smallest value (a data value): differences of
+        # nearby floats are exact, so a large common offset costs no precision.
+        ref = np.where(n > 0, vmin, 0.0)
+        off = v - np.repeat(ref, lens)
+        if not all_ok:
+            off = np.where(ok, off, 0.0)
+        mu = np.add.reduceat(off, starts) / np.maximum(n, 1)
+        if "spread" in need:
+            dev = off - np.repeat(mu, lens)
+            if not all_ok:
+                dev = np.where(ok, dev, 0.0)
+            m2 = np.add.reduceat(dev * dev, starts)
+    out = Partials(
+        sid=sid[starts],
+        start=t[starts],
+        end=t[ends],
+        tmax=t[ends],
+        n=n,
+        ref=ref,
+        mu=mu,
+        m2=m2,
+        vmin=vmin,
+        vmax=vmax,
+        ft=np.full(g, I64_MAX),
+        fs=np.zeros(g, np.int64),
+        fv=np.full(g, np.nan),
+        lt=np.full(g, I64_MIN),
+        ls=np.zeros(g, np.int64),
+        lv=np.full(g, np.nan),
+    )
+    if seq is not None and "first_last" in need:
+        first, last = starts, ends
+        if not all_ok:  # first and last non-missing position of each run
+            pos = np.arange(m)
+            first = np.minimum.reduceat(np.where(ok, pos, m - 1), starts)
+            last = np.maximum.reduceat(np.where(ok, pos, 0), starts)
+        has = n > 0
+        out.ft = np.where(has, t[first], I64_MAX)
+        out.fs = np.where(has, seq[first], 0)
+        out.fv = np.where(has, v[first], np.nan)
+        out.lt = np.where(has, t[last], I64_MIN)
+        out.ls = np.where(has, seq[last], 0)
+        out.lv = np.where(has, v[last], np.nan)
+    return out
+
+
 def reduce_groups(p: Partials, group: np.ndarray, n_groups: int, *, first_last: bool) -> Partials:
     """Merge partials with equal ``group`` (0..n_groups-1, any order) into one row each."""
     order = np.argsort(group, kind="stable")
@@ -163,6 +249,19 @@ def group_by_window(sid: np.ndarray, start: np.ndarray) -> tuple[np.ndarray, int
     return g, int(brk.sum())
 
 
+def running_max(values: np.ndarray, new_segment: np.ndarray) -> np.ndarray:
+    """Running maximum of ``values`` restarting where ``new_segment`` is set (at 0 too)."""
+    if values.size < 2 or bool(((values[1:] >= values[:-1]) | new_segment[1:]).all()):
+        return values  # already non-decreasing within every segment: the common case
+    seg = np.cumsum(new_segment) - 1
+    uniq, rank = np.unique(values, return_inverse=True)
+    # Segments come in increasing order, so seg·|uniq| + rank only grows from one segment to
+    # the next and a plain running max of it never crosses a segment boundary.
+    key = seg * uniq.size + rank.ravel()
+    out: np.ndarray = uniq[np.maximum.accumulate(key) - seg * uniq.size]
+    return out
+
+
 def group_sessions(
     sid: np.ndarray, start: np.ndarray, tmax: np.ndarray, gap: int
 ) -> tuple[np.ndarray, int]:
@@ -172,12 +271,44 @@ def group_sessions(
     order = np.lexsort((start, sid))
     s, st, tm = sid[order], start[order], tmax[order]
     new_series = np.r_[True, s[1:] != s[:-1]]
-    reach = pd.Series(tm).groupby(s).cummax().to_numpy()  # latest time so far in the series
+    reach = running_max(tm, new_series)  # latest time so far in the series
     prev_reach = np.r_[I64_MIN, reach[:-1]]
     brk = new_series | (st >= prev_reach + gap)
     g = np.empty(sid.size, dtype=np.int64)
     g[order] = np.cumsum(brk) - 1
     return g, int(brk.sum())
+
+
+def _array(col: pa.ChunkedArray) -> pa.Array:
+    return col.chunk(0) if col.num_chunks == 1 else col.combine_chunks()
+
+
+_ENCODED: list[tuple[tuple[object, ...], pa.Array, pa.Array]] = []  # (key, array, encoding)
+ENCODED_KEEP = 8
+
+
+def _encode(col: pa.ChunkedArray) -> pa.Array:
+    """Dictionary encoding of a string column, shared by the kernels of every view.
+
+    Each view sees the same batches, and hashing the strings was a third of a kernel's time, so
+    the last few encodings are kept, found by the identity of the column's buffers. The cache
+    holds the array itself: its buffers (immutable) stay alive, so while an entry is kept no
+    other array can have the same addresses.
+    """
+    arr = _array(col)
+    key = (
+        str(arr.type),
+        arr.offset,
+        len(arr),
+        *((b.address, b.size) if b is not None else None for b in arr.buffers()),
+    )
+    for k, _, encoded in tuple(_ENCODED):
+        if k == key:
+            return encoded
+    encoded = pc.dictionary_encode(arr)
+    _ENCODED.append((key, arr, encoded))
+    del _ENCODED[:-ENCODED_KEEP]
+    return encoded
 
 
 class WindowKernel:
@@ -196,24 +327,65 @@ class WindowKernel:
         self.closed = np.zeros(0, dtype=np.int64)  # windows ending at or before are final
         self.open = Partials.empty()
         self.sketch = Sketches.empty()
-        self._first_last = bool({"first", "last"} & set(view.aggregates))
+        aggs = set(view.aggregates)
+        self._first_last = bool({"first", "last"} & aggs)
         self._quantiles = view.quantiles
+        need = {"first_last"} if self._first_last else set()
+        need |= aggs & {"min", "max"}
+        if aggs & {"sum", "mean", "std", "var"}:
+            need.add("moments")
+        if aggs & {"std", "var"}:
+            need.add("spread")
+        self._need = frozenset(need)
+        # step: width of the buckets a batch is reduced to (every reading of a bucket is in
+        # the same windows); fan: windows per bucket.
+        self._step = view.step if view.kind == "hopping" else view.size
+        self._fan = view.size // view.step if view.kind == "hopping" else 1
+        # Series ids of the last batch's dictionaries: entry s·|channels| + c is the id of
+        # (source s, channel c), -1 until seen. Batches usually repeat the same dictionaries.
+        self._dicts: tuple[pa.Array, pa.Array] | None = None
+        self._pair_sid = np.zeros(0, dtype=np.int64)
+        self._name_cols: tuple[pa.Array, pa.Array] | None = None
 
     # series bookkeeping ----------------------------------------------------------------------
 
     def _series_ids(self, source: pa.ChunkedArray, channel: pa.ChunkedArray) -> np.ndarray:
-        src = pc.dictionary_encode(source).combine_chunks()
-        ch = pc.dictionary_encode(channel).combine_chunks()
+        src, ch = _encode(source), _encode(channel)
         s_codes = src.indices.to_numpy(zero_copy_only=False).astype(np.int64)
         c_codes = ch.indices.to_numpy(zero_copy_only=False).astype(np.int64)
-        pair = s_codes * max(len(ch.dictionary), 1) + c_codes
-        uniq, inverse = np.unique(pair, return_inverse=True)
-        s_names, c_names = src.dictionary.to_pylist(), ch.dictionary.to_pylist()
-        width = max(len(c_names), 1)
-        ids = np.empty(uniq.size, dtype=np.int64)
-        for i, code in enumerate(uniq.tolist()):  # once per distinct series in the batch
+        width = max(len(ch.dictionary), 1)
+        pair: np.ndarray = s_codes * width + c_codes
+        cached = self._dicts
+        if (
+            cached is None
+            or not cached[0].equals(src.dictionary)
+            or not cached[1].equals(ch.dictionary)
+        ):
+            size = max(len(src.dictionary), 1) * width
+            self._dicts = None
+            if size > PAIR_TABLE_MAX:  # too many combinations for a table: look up each pair
+                uniq, inverse = np.unique(pair, return_inverse=True)
+                ids = self._lookup(uniq, src.dictionary, ch.dictionary, width)
+                return ids[inverse.ravel()]
+            self._dicts = (src.dictionary, ch.dictionary)
+            self._pair_sid = np.full(size, -1, dtype=np.int64)
+        sid: np.ndarray = self._pair_sid[pair]
+        missing = sid < 0
+        if missing.any():  # series new to this dictionary (once per series and dictionary)
+            codes = np.unique(pair[missing])
+            self._pair_sid[codes] = self._lookup(codes, src.dictionary, ch.dictionary, width)
+            sid = self._pair_sid[pair]
+        return sid
+
+    def _lookup(
+        self, codes: np.ndarray, sources: pa.Array, channels: pa.Array, width: int
+    ) -> np.ndarray:
+        """Series ids of pair codes (ascending, so new series are numbered in code order)."""
+        s_names, c_names = sources.to_pylist(), channels.to_pylist()
+        ids = np.empty(codes.size, dtype=np.int64)
+        for i, code in enumerate(codes.tolist()):
             ids[i] = self._series_id((s_names[code // width], c_names[code % width]))
-        return ids[inverse]
+        return ids
 
     def _series_id(self, key: tuple[str, str]) -> int:
         sid = self.series.get(key)
@@ -243,66 +415,161 @@ class WindowKernel:
             }
         )
 
-    # windows ----------------------------------------------------------------------------------
+    # lateness ----------------------------------------------------------------------------------
 
-    def _assign(self, t: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """(row index, window start, window end) of every window of every reading."""
-        v = self.view
-        rows = np.arange(t.size)
-        if v.kind == "tumbling":
-            start = np.floor_divide(t, v.size) * v.size
-            return rows, start, start + v.size
-        if v.kind == "hopping":
-            k = v.size // v.step
-            last = np.floor_divide(t, v.step) * v.step
-            start = (last[None, :] - (np.arange(k) * v.step)[:, None]).ravel()
-            return np.tile(rows, k), start, start + v.size
-        return rows, t, t + v.gap  # session: a reading starts as its own session
+    def _by_series(self, sid: np.ndarray, t: np.ndarray) -> tuple[np.ndarray | None, np.ndarray]:
+        """(order by series, time, arrival — None when that is arrival order; running max of
+        time per series at each reading in arrival order)."""
+        in_order = t.size < 2 or bool((t[1:] >= t[:-1]).all())
+        if in_order and sid.min() == sid.max():
+            return None, t  # in time order: the running max is the time itself
+        # A stable sort by series keeps arrival order within each; narrow keys sort by radix.
+        key = sid.astype(np.uint16) if len(self.names) <= 1 << 16 else sid
+        order = np.argsort(key, kind="stable")
+        if in_order:
+            return order, t
+        ts, s = t[order], sid[order]
+        run = running_max(ts, np.r_[True, s[1:] != s[:-1]])
+        if run is ts:  # in time order within each series
+            return order, t
+        seen = np.empty_like(t)
+        seen[order] = run
+        return np.lexsort((t, sid)), seen
 
-    def _late(self, sid: np.ndarray, t: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """(late flags, watermark) of each reading at its arrival, in arrival order.
+    def _late(
+        self, sid: np.ndarray, t: np.ndarray, seen: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """(late flags, watermark) of each reading at its arrival.
 
-        The watermark includes the reading itself, which never makes it late: each of its
-        windows ends after its own time.
+        The watermark includes the reading itself (``seen`` is the series' running max), which
+        never makes it late: each of its windows ends after its own time.
         """
         v = self.view
-        seen = pd.Series(t).groupby(sid).cummax().to_numpy()
         wm = np.maximum(self.maxt[sid], seen) - v.lateness
         late: np.ndarray
         if v.kind == "session":
             late = (t + v.gap <= wm) | (t < self.closed[sid])
         else:
-            step = v.size if v.kind == "tumbling" else v.step
-            latest_end = np.floor_divide(t, step) * step + v.size
+            latest_end = np.floor_divide(t, self._step) * self._step + v.size
             late = latest_end <= np.maximum(wm, self.closed[sid])
         return late, wm
+
+    def _all_live(self, sid: np.ndarray, t: np.ndarray, wm: np.ndarray) -> bool:
+        """Whether every (on-time) reading of a hopping view arrived before any of its windows
+        was final: its earliest-ending window ends where its step bucket ends."""
+        if self.view.kind != "hopping":
+            return True
+        bucket_end = (np.floor_divide(t, self._step) + 1) * self._step
+        return bool((bucket_end > np.maximum(wm, self.closed[sid])).all())
+
+    # batches -----------------------------------------------------------------------------------
 
     def process(self, batch: pa.Table) -> tuple[pa.Table, pa.Table]:
         """Add a batch of readings; returns (rows of windows now final, late readings)."""
         if batch.num_rows == 0:
             return self._rows(Partials.empty(), Sketches.empty()), batch
         sid = self._series_ids(batch.column("source"), batch.column("channel"))
-        t = batch.column("time").combine_chunks().cast(pa.int64()).to_numpy()
-        late, wm = self._late(sid, t)
-        np.maximum.at(self.maxt, sid, t)
-        keep = ~late
-        late_rows = batch.filter(pa.array(late)) if late.any() else batch.slice(0, 0)
-        if keep.any():
-            seq = batch.column("seq").combine_chunks().to_numpy()
-            val = batch.column("value").combine_chunks().fill_null(np.nan).to_numpy()
-            sid, t, seq, val, wm = sid[keep], t[keep], seq[keep], val[keep], wm[keep]
-            rows, start, end = self._assign(t)
-            if self.view.kind == "hopping":  # skip the windows that were final at arrival
-                live = end > np.maximum(wm, self.closed[sid])[rows]
-                rows, start, end = rows[live], start[live], end[live]
-            fresh = singletons(sid[rows], t[rows], seq[rows], val[rows], start, end)
-            sketch = (
-                Sketches.of_values(np.arange(rows.size), val[rows], rows.size)
-                if self._quantiles
-                else Sketches.empty()
-            )
-            self._merge(fresh, sketch)
+        t = _array(batch.column("time")).cast(pa.int64()).to_numpy()
+        order, seen = self._by_series(sid, t)
+        s, ts = (sid, t) if order is None else (sid[order], t[order])
+        heads = np.flatnonzero(np.r_[True, s[1:] != s[:-1]])
+        all_live = True
+        if seen is t:
+            # In time order per series, lateness and liveness only grow with time from each
+            # series' first reading on, so checking those first readings settles the batch.
+            hs, ht = s[heads], ts[heads]
+            head_late, head_wm = self._late(hs, ht, ht)
+            fast = not head_late.any() and self._all_live(hs, ht, head_wm)
+        else:
+            fast = False
+        late_rows, wm = batch.slice(0, 0), t
+        if fast:
+            tails = np.r_[heads[1:], ts.size] - 1  # each series' latest reading
+            self.maxt[s[heads]] = np.maximum(self.maxt[s[heads]], ts[tails])
+        else:
+            late, wm = self._late(sid, t, seen)
+            np.maximum.at(self.maxt, sid, t)
+            if late.any():
+                late_rows = batch.filter(pa.array(late))
+                order = np.flatnonzero(~late) if order is None else order[~late[order]]
+                s, ts = sid[order], t[order]
+            on_time = np.arange(t.size) if order is None else np.sort(order)  # arrival order
+            all_live = self._all_live(sid[on_time], t[on_time], wm[on_time])
+        if ts.size:
+            values = _array(batch.column("value"))
+            val = (values.fill_null(np.nan) if values.null_count else values).to_numpy()
+            seq = None
+            if self._first_last or not all_live:
+                seq = _array(batch.column("seq")).to_numpy()
+            if not all_live:
+                assert seq is not None
+                self._add_readings(sid, t, seq, val, wm, on_time)
+            elif order is None:
+                self._add_runs(s, ts, seq, val)
+            else:
+                self._add_runs(s, ts, None if seq is None else seq[order], val[order])
         return self._emit(final_only=True), late_rows
+
+    def _add_runs(
+        self, s: np.ndarray, t: np.ndarray, seq: np.ndarray | None, x: np.ndarray
+    ) -> None:
+        """Reduce on-time readings (sorted by series, time, arrival) to one partial per run
+        sharing its windows, fan runs out to their windows, merge those with the open windows."""
+        v = self.view
+        if v.kind == "session":
+            brk = t[1:] >= t[:-1] + v.gap
+        else:
+            b = np.floor_divide(t, self._step)
+            brk = b[1:] != b[:-1]
+        starts = np.flatnonzero(np.r_[True, brk | (s[1:] != s[:-1])])
+        runs = reduce_runs(s, t, seq, x, starts, need=self._need)
+        if v.kind == "session":
+            runs.end = runs.tmax + v.gap
+        else:
+            runs.start = np.floor_divide(runs.start, self._step) * self._step
+            runs.end = runs.start + v.size
+        k, g = self._fan, len(runs)
+        if k > 1:  # a hopping bucket is in k windows, starting 0..k-1 steps before it
+            runs = runs.take(np.tile(np.arange(g), k))
+            runs.start = runs.start - np.repeat(np.arange(k) * self._step, g)
+            runs.end = runs.start + v.size
+        sketch = Sketches.empty()
+        if self._quantiles:
+            rows = np.repeat(np.arange(g), np.diff(np.r_[starts, t.size]))
+            rows = (rows[None, :] + (np.arange(k) * g)[:, None]).ravel()
+            sketch = Sketches.of_values(rows, np.tile(x, k), len(runs))
+        self._merge(runs, sketch)
+
+    def _add_readings(
+        self,
+        sid: np.ndarray,
+        t: np.ndarray,
+        seq: np.ndarray,
+        val: np.ndarray,
+        wm: np.ndarray,
+        keep: np.ndarray,
+    ) -> None:
+        """Hopping readings ``keep`` (in arrival order), some arriving after one of their
+        windows was final: one partial per (reading, window still open at its arrival).
+
+        Only readings out of order by more than the lateness, yet not late, take this path.
+        """
+        v = self.view
+        sid, t, seq, val, wm = sid[keep], t[keep], seq[keep], val[keep], wm[keep]
+        k = self._fan
+        last = np.floor_divide(t, v.step) * v.step
+        rows = np.tile(np.arange(t.size), k)
+        start = (last[None, :] - (np.arange(k) * v.step)[:, None]).ravel()
+        end = start + v.size
+        live = end > np.maximum(wm, self.closed[sid])[rows]
+        rows, start, end = rows[live], start[live], end[live]
+        fresh = singletons(sid[rows], t[rows], seq[rows], val[rows], start, end)
+        sketch = (
+            Sketches.of_values(np.arange(rows.size), val[rows], rows.size)
+            if self._quantiles
+            else Sketches.empty()
+        )
+        self._merge(fresh, sketch)
 
     def finish(self) -> pa.Table:
         """End of input: every open window is final."""
@@ -344,9 +611,15 @@ class WindowKernel:
         """View rows in canonical order (series, window start)."""
         order = np.lexsort((p.start, p.sid))
         n = p.n[order]
+        if self._name_cols is None or len(self._name_cols[0]) != len(self.names):
+            self._name_cols = (
+                pa.array([s for s, _ in self.names], pa.string()),
+                pa.array([c for _, c in self.names], pa.string()),
+            )
+        sids = pa.array(p.sid[order], pa.int64())
         cols: dict[str, pa.Array] = {
-            "source": pa.array([self.names[s][0] for s in p.sid[order]], pa.string()),
-            "channel": pa.array([self.names[s][1] for s in p.sid[order]], pa.string()),
+            "source": self._name_cols[0].take(sids),
+            "channel": self._name_cols[1].take(sids),
             "window_start": pa.array(p.start[order]).cast(TIME_TYPE),
             "window_end": pa.array(p.end[order]).cast(TIME_TYPE),
         }
