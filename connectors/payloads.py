@@ -158,6 +158,9 @@ def payload_key(sha256: str) -> str:
 
 
 def _int(value: object, what: str) -> int:
+    # pandas turns an integer column with nulls into floats: accept integral floats from rows.
+    if isinstance(value, float | np.floating) and float(value).is_integer():
+        value = int(value)
     if isinstance(value, bool) or not isinstance(value, int | np.integer):
         raise PayloadRefError(f"payload {what} {value!r} is not an integer")
     return int(value)
