@@ -94,7 +94,8 @@ def check_store(path: Path, url: str, tmp_path: Path) -> None:
     want = originals(path)
     frames = [k for k, a in want.items() if a.nbytes > 64 * 1024]
     assert len(frames) == 8
-    assert s["payloads"] == 16 and s["derived"] == 32  # 8 frames + 8 waves; 2 features each
+    assert s["payloads"] == 16  # 8 frames + 8 waves
+    assert s["derived"] == 32  # 2 features each
     assert s["input"] == s["accepted"] + s["rejected"] + s["duplicates"]
     cap = read_capture(store, "frames", payloads=True).to_pandas()
     refs = cap[cap["payload_sha256"].notna()]
@@ -157,7 +158,7 @@ def test_corrupt_and_truncated_objects_are_caught(
         assert rel.rsplit("/", 1)[1] in report.out
     cap = read_capture(store, "frames", payloads=True).to_pandas()
     row = cap[cap["payload_sha256"] == flipped.rsplit("/", 1)[1]].iloc[0].to_dict()
-    with pytest.raises(PayloadCorruptError, match="sha256|decompress"):
+    with pytest.raises(PayloadCorruptError, match=r"sha256|decompress"):
         PayloadStore(store).fetch(row)
     out = tmp_path / "x.npy"
     assert main(["payload", "get", cut.rsplit("/", 1)[1], "--store", url, "-o", str(out)]) == 2
