@@ -49,8 +49,16 @@ REJECT_SCHEMA = pa.schema(
 FIELDS = ("source", "seq", "time", "channel", "value")
 REQUIRED = ("source", "time", "value")
 DEFAULT_CHANNEL = "value"
-PAYLOAD_INPUTS = ("payload", "payload_dtype", "payload_shape")
-"""Optional input columns of an array payload (list column, or binary with dtype and shape)."""
+PAYLOAD_INPUTS = (
+    "payload",
+    "payload_dtype",
+    "payload_shape",
+    "chunk_id",
+    "chunk_index",
+    "chunk_count",
+)
+"""Optional input columns of an array payload (list column, or binary with dtype and shape),
+possibly one chunk of it (Pulsar-style: chunk_id, chunk_index, chunk_count)."""
 TIME_UNITS = {"ns": 1, "us": 1_000, "ms": 1_000_000, "s": 1_000_000_000}
 _I64_MAX = np.iinfo(np.int64).max
 

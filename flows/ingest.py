@@ -43,6 +43,7 @@ from connectors.schema import InputSpec, normalize
 from connectors.simulator import SimSource
 from connectors.sinks import ChunkSink
 from connectors.store import DEFAULT_STORE, Store
+from flows.chunkstep import ChunkLogic, Step
 from flows.features import check_features
 from flows.payloadstep import offload_batch
 from flows.summary import Counts, add_summary
@@ -66,6 +67,7 @@ class IngestConfig:
     dedup_horizon: int = DEFAULT_HORIZON  # ns of event time; 0 turns deduplication off
     inline_limit: int = INLINE_LIMIT  # payloads up to this many bytes stay in the capture
     features: tuple[str, ...] = ()  # scalar features derived from each payload
+    chunk_expiry: int = 60 * 10**9  # ns of event time a chunk set may stay incomplete
 
     def __post_init__(self) -> None:
         check_name(self.capture, kind="capture name")
@@ -106,25 +108,21 @@ def normalize_batch(spec: InputSpec, batch: RawBatch) -> tuple[pa.Table, pa.Tabl
     )
 
 
-def offload(
-    store: PayloadStore, features: tuple[str, ...], checked: tuple[pa.Table, pa.Table, Counts]
-) -> tuple[pa.Table, pa.Table, Counts]:
-    """Offload a normalized batch's payloads (see ``flows.payloadstep``); count what it did."""
-    readings, rejects, counts = checked
-    n_payloads = (
-        int(readings.column("_payload").null_count * -1 + readings.num_rows)
-        if "_payload" in readings.column_names
-        else 0
-    )
+def offload(store: PayloadStore, features: tuple[str, ...], step: Step) -> Step:
+    """Offload a partition batch's payloads (see ``flows.payloadstep``); count what it did."""
+    readings = step.readings
+    if readings.num_rows == 0 or "_payload" not in readings.column_names:
+        return step
+    n_payloads = readings.num_rows - readings.column("_payload").null_count
     before = readings.num_rows
     out, bad = offload_batch(readings, store, features)
     derived = out.num_rows - (before - bad.num_rows)
-    if bad.num_rows:
-        rejects = pa.concat_tables([rejects, bad])
-    return (
+    rejects = pa.concat_tables([step.rejects, bad]) if bad.num_rows else step.rejects
+    return Step(
+        step.part,
         out,
         rejects,
-        counts
+        step.counts
         + Counts(
             input=derived,
             derived=derived,
@@ -239,17 +237,28 @@ def build_flow(
     # (readings, rejects, Counts)
     pstore = PayloadStore(store, inline_limit=config.inline_limit)
     features = check_features(config.features) if config.features else ()
-    checked = op.map("offload_payloads", checked, lambda r: offload(pstore, features, r))
-    # (readings with payload references [+ derived features], rejects, Counts)
     routed = op.flat_map(
         "route_to_partitions",
         checked,
         lambda r: [(f"{p:04d}", (p, t)) for p, t in split_by_partition(r[0], meta.partitions)],
     )
     # ("0003", (3, readings of the sources in capture partition 3))
+    assembled = op.stateful_batch(
+        "reassemble_chunks", routed, lambda s: ChunkLogic(pstore, config.chunk_expiry, s)
+    )
+    # ("0003", Step(3, readings with chunk sets joined, rejects, Counts))
+    prepared = op.map(
+        "offload_payloads", assembled, lambda kv: (kv[0], offload(pstore, features, kv[1]))
+    )
+    # ("0003", Step(3, readings with payload references [+ derived features], rejects, Counts))
+    ready = op.filter_map(
+        "take_ready",
+        prepared,
+        lambda kv: (kv[0], (kv[1].part, kv[1].readings)) if kv[1].readings.num_rows else None,
+    )
     outcome = op.stateful_batch(
         "capture",
-        routed,
+        ready,
         lambda s: CaptureLogic(store, config.capture, run_id, config.dedup_horizon, s),
     )
     # ("0003", Captured(3, rows as written, conflicts, duplicates))
@@ -263,6 +272,11 @@ def build_flow(
         "merge_rejects",
         op.filter_map("take_rejects", checked, lambda r: ("0", r[1]) if r[1].num_rows else None),
         op.filter_map(
+            "take_step_rejects",
+            prepared,
+            lambda kv: ("0", kv[1].rejects) if kv[1].rejects.num_rows else None,
+        ),
+        op.filter_map(
             "take_conflicts",
             outcome,
             lambda kv: ("0", kv[1].conflicts) if kv[1].conflicts.num_rows else None,
@@ -273,6 +287,7 @@ def build_flow(
     counts = op.merge(
         "merge_counts",
         op.map("count_input", checked, lambda r: r[2]),
+        op.map("count_prepared", prepared, lambda kv: kv[1].counts),
         op.map("count_captured", outcome, lambda kv: kv[1].counts),
         *(
             add_view(

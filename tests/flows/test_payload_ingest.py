@@ -195,3 +195,75 @@ def test_bad_payloads_are_dead_letters(tmp_path: Path) -> None:
     dead = pd.read_parquet(tmp_path / "st" / "deadletter").sort_values("row")
     assert dead["reason"].tolist() == ["bad_payload", "bad_payload", "oversize"]
     assert dead["row"].tolist() == [1, 2, 3]
+
+
+def test_chunked_payloads_reassemble_in_any_order_and_incomplete_sets_are_kept(
+    tmp_path: Path,
+) -> None:
+    rng = np.random.default_rng(3)
+    arrays = {cid: rng.integers(0, 4000, size=(64, 50), dtype=np.uint16) for cid in "ABC"}
+    counts = {"A": 4, "B": 3, "C": 3}
+    rows = []
+    for k, cid in enumerate("ABC"):
+        raw = arrays[cid].tobytes()
+        pieces = np.array_split(np.frombuffer(raw, np.uint8), counts[cid])
+        order = rng.permutation(counts[cid])
+        for i in order:
+            if cid == "C" and i == 1:
+                continue  # C never completes
+            rows.append(
+                {
+                    "source": "det",
+                    "seq": 10 * k + int(i),
+                    "time": 1_000 + k,
+                    "channel": "frame",
+                    "value": None,
+                    "payload": pieces[i].tobytes(),
+                    "payload_dtype": "uint16",
+                    "payload_shape": [64, 50],
+                    "chunk_id": cid,
+                    "chunk_index": int(i),
+                    "chunk_count": counts[cid],
+                }
+            )
+    rows.insert(3, {"source": "det", "seq": 100, "time": 900, "channel": "temp", "value": 1.5})
+    rows.append({"source": "det", "seq": 101, "time": 2_000, "channel": "temp", "value": 2.5})
+    path = tmp_path / "chunks.parquet"
+    pq.write_table(pa.Table.from_pylist(rows), path)
+    summary = tmp_path / "s.json"
+    url = str(tmp_path / "st")
+    assert (
+        main(
+            [
+                "ingest",
+                str(path),
+                "--store",
+                url,
+                "--inline-limit",
+                "0",
+                "--summary",
+                str(summary),
+                "-q",
+            ]
+        )
+        == 0
+    )
+    s = json.loads(summary.read_text())
+    # 11 input rows; 7 chunks joined into 2 readings: 6 records = 4 accepted + 2 rejected.
+    assert (s["input"], s["accepted"], s["rejected"], s["duplicates"]) == (6, 4, 2, 0)
+    assert s["rejected_by_reason"] == {"chunk_expired": 2}
+    store = Store(url)
+    cap = read_capture(store, "default", payloads=True).to_pandas()
+    frames = cap[cap["channel"] == "frame"].sort_values("seq")
+    assert frames["seq"].tolist() == [0, 10]  # the reading takes chunk 0's fields
+    pstore = PayloadStore(store)
+    for cid, row in zip("AB", frames.to_dict("records"), strict=True):
+        np.testing.assert_array_equal(pstore.fetch(row), arrays[cid])
+    dead = pd.read_parquet(tmp_path / "st" / "deadletter").sort_values("row")
+    assert dead["reason"].tolist() == ["chunk_expired", "chunk_expired"]
+    kept = [json.loads(r) for r in dead["raw"]]
+    assert sorted(k["chunk_index"] for k in kept) == [0, 2]
+    assert all(k["chunk_id"] == "C" for k in kept)
+    pieces = np.array_split(np.frombuffer(arrays["C"].tobytes(), np.uint8), 3)
+    for k in kept:  # the incomplete set's chunks are kept, byte for byte
+        np.testing.assert_array_equal(pstore.fetch(k), pieces[k["chunk_index"]])
