@@ -117,7 +117,7 @@ def split_by_partition(table: pa.Table, partitions: int) -> list[tuple[int, pa.T
     if table.num_rows == 0:
         return []
     parts = partition_of(table.column("source"), partitions)
-    present = np.unique(parts)
+    present = np.flatnonzero(np.bincount(parts, minlength=partitions))
     if present.size == 1:
         return [(int(present[0]), table)]
     return [(int(p), table.filter(pa.array(parts == p))) for p in present]

@@ -150,6 +150,14 @@ class Deduper:
         self, name: tuple[str, str], keys: np.ndarray, contents: np.ndarray, times: np.ndarray
     ) -> tuple[np.ndarray, np.ndarray]:
         known = self.spaces.setdefault(name, _Keys())
+        top = int(times.max())
+        self.maxt[name] = max(self.maxt.get(name, top), top)
+        if keys.size and bool(np.all(keys[1:] > keys[:-1])) and (
+            known.keys.size == 0 or keys[0] > known.keys[-1]
+        ):  # the usual stream: new keys, in order: all accepted, nothing to look up
+            known.add(keys, contents, times)
+            known.prune(self.maxt[name] - self.horizon)
+            return np.ones(keys.size, bool), np.zeros(keys.size, bool)
         uniq, first, inverse = np.unique(keys, return_index=True, return_inverse=True)
         kept = contents[first]
         found = np.zeros(uniq.size, bool)
@@ -162,8 +170,6 @@ class Deduper:
         is_first[first] = True
         accept = is_first & ~found[inverse]
         conflict = ~accept & (contents != kept[inverse])
-        top = int(times.max())
-        self.maxt[name] = max(self.maxt.get(name, top), top)
         new = np.flatnonzero(accept)
         by_key = new[np.argsort(keys[new], kind="stable")]
         known.add(keys[by_key], contents[by_key], times[by_key])

@@ -48,5 +48,10 @@ def check_name(value: object, *, kind: str = "name") -> str:
 
 def valid_ids(values: pa.Array | pa.ChunkedArray) -> pa.Array | pa.ChunkedArray:
     """Vectorized check: a boolean array, true where the id is valid (null counts as invalid)."""
-    ok = pc.match_substring_regex(values, ID_PATTERN)
+    # Ids repeat: run the regex once per distinct value, then map back through the indices.
+    enc = pc.dictionary_encode(values)
+    if isinstance(enc, pa.ChunkedArray):
+        enc = enc.combine_chunks()
+    per_value = pc.fill_null(pc.match_substring_regex(enc.dictionary, ID_PATTERN), False)
+    ok = pc.take(per_value, enc.indices)
     return pc.fill_null(ok, False)
