@@ -6,7 +6,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test lint typecheck pytest test-slow bench clean
+.PHONY: demo test lint typecheck pytest test-slow bench notebooks clean
 
 $(STAMP): pyproject.toml
 	@test -n "$(PYTHON)" || { echo "need python3.11 (or 3.12) on PATH"; exit 1; }
@@ -36,6 +36,11 @@ test-slow: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_ingest.py
+
+# Jupyter Lab on notebooks/ (they open ./data/store: run `make demo` first, or set OBSFLOW_STORE).
+notebooks: $(STAMP)
+	$(BIN)/python -m pip install --quiet -e '.[notebooks]'
+	$(BIN)/jupyter lab notebooks/
 
 clean:
 	rm -rf $(VENV) data/store .pytest_cache .mypy_cache .ruff_cache .hypothesis

@@ -32,6 +32,7 @@ from __future__ import annotations
 import re
 import time
 from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import fields
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
@@ -43,6 +44,7 @@ import pyarrow.dataset as ds
 from numpy.typing import NDArray
 
 from connectors.capture import (
+    CaptureInfo,
     capture_info,
     captured_inputs,
     input_fingerprint,
@@ -85,6 +87,10 @@ LATE_SCHEMA = pa.schema(
 )
 _VIEW_FILE = re.compile(r"^part-(?P<part>\d{4})-\d{6}\.parquet$")
 _PAYLOAD_INTS = ("payload_raw_size", "payload_stored_size")
+_RUN_COLUMNS = (
+    *("run", "mode", "capture", "input", "accepted", "rejected", "duplicates", "late"),
+    *("balanced", "views", "seconds", "readings_per_s", "finished"),
+)
 
 
 def open_store(url: str | Store = DEFAULT_STORE, *, demo: bool = False) -> Explorer:
@@ -150,17 +156,15 @@ def _visible(rel: str) -> bool:
 
 def _view_schema(definition: Mapping[str, Any]) -> pa.Schema:
     """The columns of a view's rows (for an empty result)."""
-    fields = [
+    cols = [
         pa.field("source", pa.string()),
         pa.field("channel", pa.string()),
         pa.field("window_start", TIME_TYPE),
         pa.field("window_end", TIME_TYPE),
     ]
     for agg in definition.get("aggregates", ()):
-        fields.append(pa.field(agg, pa.int64() if agg == "count" else pa.float64()))
-    return pa.schema(
-        [*fields, *(pa.field(c, pa.string()) for c in ("capture", "view_hash", "run"))]
-    )
+        cols.append(pa.field(agg, pa.int64() if agg == "count" else pa.float64()))
+    return pa.schema([*cols, *(pa.field(c, pa.string()) for c in ("capture", "view_hash", "run"))])
 
 
 def view_defs(views: ViewsLike) -> tuple[ViewDef, ...]:
@@ -215,20 +219,7 @@ class Explorer:
     def captures(self) -> pd.DataFrame:
         """One row per capture: partitions, files, rows, bytes, sources, first and last time."""
         rows = [capture_info(self.store, name).__dict__ for name in self.capture_names()]
-        frame = pd.DataFrame(
-            rows,
-            columns=[
-                "name",
-                "partitions",
-                "files",
-                "rows",
-                "bytes",
-                "sources",
-                "first",
-                "last",
-                "created",
-            ],
-        )
+        frame = pd.DataFrame(rows, columns=[f.name for f in fields(CaptureInfo)])
         for col in ("first", "last", "created"):
             frame[col] = pd.to_datetime(frame[col], utc=True, format="ISO8601")
         return frame
@@ -414,47 +405,18 @@ class Explorer:
         return doc
 
     def runs(self) -> pd.DataFrame:
-        """One row per run, in the order they finished: counts, late readings (total), views, timing."""
+        """One row per run, in the order they finished: counts, late readings, views, timing."""
         rows = []
         for n in self.store.listdir("runs"):
-            if not n.endswith(".json"):
-                continue
-            doc = self.store.read_json(f"runs/{n}")
-            rows.append(
-                {
-                    "run": doc.get("run", n.removesuffix(".json")),
-                    "mode": doc.get("mode", "ingest"),
-                    "capture": doc.get("capture"),
-                    "input": doc.get("input"),
-                    "accepted": doc.get("accepted"),
-                    "rejected": doc.get("rejected"),
-                    "duplicates": doc.get("duplicates"),
-                    "late": sum(doc.get("late", {}).values()),
-                    "balanced": doc.get("balanced"),
-                    "views": ",".join(doc.get("views", {})),
-                    "seconds": doc.get("seconds"),
-                    "readings_per_s": doc.get("readings_per_s"),
-                    "finished": doc.get("finished"),
-                }
-            )
-        frame = pd.DataFrame(
-            rows,
-            columns=[
-                "run",
-                "mode",
-                "capture",
-                "input",
-                "accepted",
-                "rejected",
-                "duplicates",
-                "late",
-                "balanced",
-                "views",
-                "seconds",
-                "readings_per_s",
-                "finished",
-            ],
-        )
+            if n.endswith(".json"):
+                doc = self.store.read_json(f"runs/{n}")
+                row = {k: doc.get(k) for k in _RUN_COLUMNS}
+                row["run"] = doc.get("run", n.removesuffix(".json"))
+                row["mode"] = doc.get("mode", "ingest")
+                row["late"] = sum(doc.get("late", {}).values())
+                row["views"] = ",".join(doc.get("views", {}))
+                rows.append(row)
+        frame = pd.DataFrame(rows, columns=list(_RUN_COLUMNS))
         frame["finished"] = pd.to_datetime(frame["finished"], utc=True, format="ISO8601")
         return frame.sort_values(["finished", "run"], kind="stable").reset_index(drop=True)
 
@@ -710,9 +672,10 @@ def _finish(
     import matplotlib.dates as mdates
 
     channels = sorted(frame["channel"].unique()) if "channel" in frame else []
-    if ylabel is None:
+    if ylabel is None and not ax.get_ylabel():  # a later plot on the axes keeps its label
         ylabel = unit_label(str(channels[0])) if len(channels) == 1 else value
-    ax.set_ylabel(ylabel)
+    if ylabel is not None:
+        ax.set_ylabel(ylabel)
     ax.set_xlabel("time (UTC)")
     locator = mdates.AutoDateLocator()  # type: ignore[no-untyped-call]
     ax.xaxis.set_major_locator(locator)
@@ -753,11 +716,35 @@ def plot_windows(
     ax = _axes(ax)
     groups = frame.groupby(by, sort=True)
     for key, group in groups:
-        x = _naive_utc(group["window_start"] + (group["window_end"] - group["window_start"]) / 2)
-        (line,) = ax.plot(x, group[value], label=_label(label, key, groups.ngroups), **style)
-        if low is not None and high is not None:
-            ax.fill_between(x, group[low], group[high], color=line.get_color(), alpha=0.2)
+        group = group.sort_values("window_start")
+        start = _naive_utc(group["window_start"]).to_numpy()
+        end = _naive_utc(group["window_end"]).to_numpy()
+        # Break the line where the next window does not follow on, so gaps stay visible.
+        after = np.append(end[:-1] < start[1:], False)
+        mid = start + (end - start) / 2
+        x, y = _broken(mid, group[value].to_numpy(dtype=np.float64), after)
+        (line,) = ax.plot(x, y, label=_label(label, key, groups.ngroups), **style)
+        if low is None or high is None:
+            continue
+        lo = group[low].to_numpy(dtype=np.float64)
+        hi = group[high].to_numpy(dtype=np.float64)
+        if (end[:-1] > start[1:]).any():  # overlapping (hopping) windows: band at midpoints
+            bx, blo, bhi = mid, lo, hi
+        else:  # each window's band spans exactly the window
+            edges = np.column_stack([start, end]).ravel()
+            bx, blo = _broken(edges, np.repeat(lo, 2), after, 2)
+            _, bhi = _broken(edges, np.repeat(hi, 2), after, 2)
+        ax.fill_between(bx, blo, bhi, color=line.get_color(), alpha=0.2, lw=0)
     return _finish(ax, frame, value, ylabel, title)
+
+
+def _broken(
+    x: NDArray[Any], y: NDArray[np.float64], after: NDArray[np.bool_], per: int = 1
+) -> tuple[NDArray[Any], NDArray[np.float64]]:
+    """``x`` (times) and ``y`` with a NaT/NaN point after each item (of ``per`` points) flagged
+    in ``after``: matplotlib breaks lines and bands there."""
+    at = (np.flatnonzero(after) + 1) * per
+    return np.insert(x, at, np.datetime64("NaT")), np.insert(y, at, np.nan)
 
 
 def plot_readings(
