@@ -10,6 +10,7 @@ reads all runs at once; every row carries its ``run``.
 from __future__ import annotations
 
 import re
+import sys
 
 import pyarrow as pa
 from bytewax.outputs import FixedPartitionedSink, StatefulSinkPartition
@@ -66,7 +67,19 @@ class _ChunkPartition(StatefulSinkPartition[pa.Table, SinkState]):
         return (self._run, self._chunk)
 
     def close(self) -> None:
-        self._flush()
+        # Bytewax also calls close() while unwinding from another step's error, from a
+        # destructor: an exception here aborts the whole process. Rows still buffered belong
+        # to the epoch after the last snapshot, which a resumed run writes again, so saying so
+        # loses nothing.
+        rows = self._rows
+        try:
+            self._flush()
+        except Exception as exc:  # reported, never silent
+            print(
+                f"obsflow: warning: {self._dir}: {rows} buffered rows not written "
+                f"({exc}); a resumed run writes them",
+                file=sys.stderr,
+            )
 
 
 class ChunkSink(FixedPartitionedSink[pa.Table, SinkState]):
