@@ -38,6 +38,7 @@ FORMATS = {
     ".json": "jsonl",
 }
 MAX_LINE_BYTES = 1 << 20  # a JSON line longer than this is rejected, not parsed
+MAX_BATCH_BYTES = 64 << 20  # Parquet batches hold about this many bytes at most (payload rows)
 
 
 def format_of(url: str) -> str:
@@ -77,7 +78,12 @@ def _read_parquet(
     f: BinaryIO, batch_rows: int
 ) -> Iterator[tuple[pa.Table, list[tuple[int, str, str]]]]:
     # pre_buffer=False: stream row groups instead of buffering the whole file in memory.
-    for rb in pq.ParquetFile(f, pre_buffer=False).iter_batches(batch_size=batch_rows):
+    pf = pq.ParquetFile(f, pre_buffer=False)
+    md = pf.metadata
+    raw_bytes = sum(md.row_group(g).total_byte_size for g in range(md.num_row_groups))
+    if md.num_rows and raw_bytes > MAX_BATCH_BYTES:  # wide rows (payloads): fewer per batch
+        batch_rows = max(1, min(batch_rows, MAX_BATCH_BYTES * md.num_rows // raw_bytes))
+    for rb in pf.iter_batches(batch_size=batch_rows):
         yield pa.Table.from_batches([rb]), []
 
 

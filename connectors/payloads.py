@@ -714,7 +714,10 @@ class PayloadStore:
             head = self._retrying(
                 "read", rel, lambda: self._read_object(rel, HEADER_SIZE), missing_ok=True
             )
-        except FileNotFoundError:
+        except FileNotFoundError as exc:
+            # The exception refers to itself through its traceback; left alone, that cycle
+            # keeps the frames holding the payload alive until the garbage collector runs.
+            exc.__traceback__ = None
             return None
         where = self.store.uri(rel)
         header = _parse_header(head, where)

@@ -332,7 +332,8 @@ def normalize(table: pa.Table, spec: InputSpec, *, origin: str, offset: int) -> 
         col, problem = _lookup(table, name)
         if col is not None:
             readings = readings.append_column(f"_{name}", col)
-    readings = readings.filter(keep)
+    if not rej.ok.all():  # a filter copies every column, payloads included
+        readings = readings.filter(keep)
 
     bad_rows = np.flatnonzero(~rej.ok)
     if bad_rows.size == 0:

@@ -8,12 +8,12 @@ never part of a repr, and a pickled ``Store`` holds nothing but its URL.
 S3 faults: transient failures (connection refused or reset, timeouts, 5xx, throttling) are
 retried. The store retries the whole operation with jittered exponential backoff (0.2 s
 doubling up to 5 s) until the operation has spent ``OBSFLOW_S3_RETRY_SECONDS`` (default 30;
-connect and read timeouts scale with it); inside each attempt s3fs tries a call twice when
-the connection fails (0.1 s apart), and botocore's own retries are off so that the layers do
-not multiply. Then it raises ``StoreError`` ("cannot write s3://b/k: store unreachable after N
-attempts over T s: <reason>"). Every operation is idempotent (a PUT of the same object twice
-leaves the same object), so retrying whole operations is safe. Credentials never appear in
-the messages.
+connect and read timeouts scale with it) or made ``AWS_MAX_ATTEMPTS`` attempts, if that is set.
+Inside each attempt s3fs tries a call twice when the connection fails (0.1 s apart);
+botocore's own retries are off so that the layers do not multiply. Then it raises
+``StoreError`` ("cannot write s3://b/k: store unreachable after N attempts over T s:
+<reason>"). Every operation is idempotent (a PUT of the same object twice leaves the same
+object), so retrying whole operations is safe. Credentials never appear in the messages.
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ import math
 import os
 import posixpath
 import random
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -70,6 +71,13 @@ _TRANSIENT_CODES = frozenset(
 # Environment variables whose values must never show in a message.
 _SECRET_VARS = ("AWS_SECRET_ACCESS_KEY", "AWS_ACCESS_KEY_ID", "AWS_SESSION_TOKEN")
 
+# Stores (endpoint, bucket) that an operation of this process gave up on. Until one of their
+# operations succeeds again, each operation gets a single attempt: once a run is failing
+# because the store is down, what it does on the way out (sinks flushing on close, other
+# workers) must not each wait out the whole retry budget.
+_GAVE_UP: set[tuple[str, str]] = set()
+_GAVE_UP_LOCK = threading.Lock()
+
 
 @dataclass(frozen=True)
 class RetryPolicy:
@@ -77,30 +85,39 @@ class RetryPolicy:
 
     ``seconds`` bounds the time an operation spends retrying: no attempt starts after it, the
     last one starts right at it (so an operation fails after at most ``seconds`` plus one
-    attempt, which the connect and read timeouts bound). Waits double from ``first_delay`` up
-    to ``max_delay``, each jittered down by up to half so that workers do not retry in step.
-    ``seconds=0`` makes one attempt.
+    attempt, which the connect and read timeouts bound). ``attempts``, when set, also caps the
+    number of attempts. Waits double from ``first_delay`` up to ``max_delay``, each jittered
+    down by up to half so that workers do not retry in step. ``seconds=0`` makes one attempt.
     """
 
     seconds: float = DEFAULT_RETRY_SECONDS
+    attempts: int | None = None
     first_delay: float = 0.2
     max_delay: float = 5.0
 
     @classmethod
     def from_env(cls) -> RetryPolicy:
+        """``OBSFLOW_S3_RETRY_SECONDS`` (default 30) and, if set, the standard
+        ``AWS_MAX_ATTEMPTS``, which obsflow applies per store operation."""
+        seconds = DEFAULT_RETRY_SECONDS
         text = os.environ.get(RETRY_SECONDS_ENV, "").strip()
-        if not text:
-            return cls()
-        try:
-            seconds = float(text)
-        except ValueError:
-            seconds = math.nan
-        if not (math.isfinite(seconds) and seconds >= 0):
-            raise ConfigError(
-                f"{RETRY_SECONDS_ENV}={text!r}: use a number of seconds >= 0 (default "
-                f"{DEFAULT_RETRY_SECONDS:g}; 0 turns obsflow's own S3 retries off)"
-            )
-        return cls(seconds=seconds)
+        if text:
+            try:
+                seconds = float(text)
+            except ValueError:
+                seconds = math.nan
+            if not (math.isfinite(seconds) and seconds >= 0):
+                raise ConfigError(
+                    f"{RETRY_SECONDS_ENV}={text!r}: use a number of seconds >= 0 (default "
+                    f"{DEFAULT_RETRY_SECONDS:g}; 0 turns obsflow's own S3 retries off)"
+                )
+        attempts = None
+        text = os.environ.get("AWS_MAX_ATTEMPTS", "").strip()
+        if text:
+            if not text.isdigit() or int(text) < 1:
+                raise ConfigError(f"AWS_MAX_ATTEMPTS={text!r}: use a whole number >= 1")
+            attempts = int(text)
+        return cls(seconds=seconds, attempts=attempts)
 
     def delay(self, attempt: int) -> float:
         """Seconds to wait after failed attempt number ``attempt`` (1, 2, ...)."""
@@ -108,20 +125,13 @@ class RetryPolicy:
         return ceiling * random.uniform(0.5, 1.0)
 
     def client_config(self) -> dict[str, Any]:
-        """botocore ``Config`` arguments: timeouts scaled to the budget, no retries of its own
-        (the store's loop does them, with a deadline).
-
-        ``AWS_RETRY_MODE`` and ``AWS_MAX_ATTEMPTS`` still win when set, as botocore documents.
-        """
-        retries: dict[str, Any] = {}
-        if not os.environ.get("AWS_RETRY_MODE"):
-            retries["mode"] = "standard"
-        if not os.environ.get("AWS_MAX_ATTEMPTS"):
-            retries["total_max_attempts"] = 1
+        """botocore ``Config`` arguments: timeouts scaled to the budget, and no retries of
+        botocore's own, which would multiply the store's (explicit settings beat the
+        ``AWS_MAX_ATTEMPTS`` and ``AWS_RETRY_MODE`` variables there)."""
         return {
             "connect_timeout": min(5.0, max(1.0, self.seconds / 6)),
             "read_timeout": min(15.0, max(2.0, self.seconds / 3)),
-            "retries": retries,
+            "retries": {"mode": "standard", "total_max_attempts": 1},
         }
 
 
@@ -241,6 +251,8 @@ class Store:
         # Only remote stores retry: a local disk error does not go away by waiting.
         self.retry: RetryPolicy | None = RetryPolicy.from_env() if scheme == "s3" else None
         self.fs, self.root = BACKENDS[scheme](rest)
+        endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
+        self._endpoint = (endpoint or "", self.root.split("/", 1)[0])
 
     def __repr__(self) -> str:
         return f"Store({self.url!r})"
@@ -266,7 +278,7 @@ class Store:
         while True:
             attempt += 1
             try:
-                return fn()
+                result = fn()
             except (StoreError, FileNotFoundError):
                 raise
             except Exception as exc:
@@ -274,11 +286,14 @@ class Store:
                 if policy is None or not _transient(exc):
                     raise StoreError(f"cannot {action} {self.uri(rel)}: {_reason(exc)}") from exc
                 elapsed = time.monotonic() - started
-                if elapsed >= policy.seconds:
+                earlier = self._endpoint in _GAVE_UP
+                if elapsed >= policy.seconds or attempt == policy.attempts or earlier:
+                    with _GAVE_UP_LOCK:
+                        _GAVE_UP.add(self._endpoint)
                     raise StoreError(
                         f"cannot {action} {self.uri(rel)}: store unreachable after {attempt} "
-                        f"attempt{'s' if attempt > 1 else ''} over {elapsed:.1f} s: "
-                        f"{_reason(exc)}"
+                        f"attempt{'s' if attempt > 1 else ''} over {elapsed:.1f} s"
+                        f"{' (and earlier operations)' if earlier else ''}: {_reason(exc)}"
                     ) from exc
                 (log.warning if attempt == 1 else log.debug)(
                     "%s %s failed (%s); retrying for up to %.0f s",
@@ -289,6 +304,11 @@ class Store:
                 )
                 # The last attempt starts at the deadline, not a backoff before it.
                 time.sleep(min(policy.delay(attempt), policy.seconds - elapsed))
+            else:
+                if _GAVE_UP and self._endpoint in _GAVE_UP:
+                    with _GAVE_UP_LOCK:
+                        _GAVE_UP.discard(self._endpoint)  # it answers again: full retries
+                return result
 
     # paths -----------------------------------------------------------------------------
 
