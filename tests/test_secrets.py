@@ -1,0 +1,308 @@
+"""No credentials in logs, error messages, reprs or pickled flow objects.
+
+Issue 6, must-show 5. Every test puts a distinctive secret key and access key id in the AWS
+environment and looks for their bytes wherever obsflow could show or keep them: reprs of the
+objects a run is made of, their pickles (what Bytewax ships and snapshots), the CLI's output on
+success and on failure, the recovery snapshots, the store's own files, exception messages and
+tracebacks, and DEBUG logging of a run that meets faults (so that obsflow's own retry messages
+are among the logs).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+import pickle
+import secrets
+import subprocess
+import sys
+import time
+import traceback
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from bytewax.dataflow import Dataflow
+from bytewax.inputs import Source
+from bytewax.outputs import Sink
+
+from connectors.capture_source import CaptureSource, ReplaySpec
+from connectors.errors import StoreError
+from connectors.files import FileSource
+from connectors.simulator import SimSource
+from connectors.sinks import ChunkSink
+from connectors.store import RETRY_SECONDS_ENV, Store
+from flows import ingest, replay
+from flows.cli import main
+from flows.summary import SummarySink
+from flows.viewdef import ViewDef
+from tests import s3servers
+from tests.conftest import ROOT, TEST_KEY, TEST_SECRET, create_bucket, point_aws_env
+from tests.faultproxy import FaultProxy
+
+SECRET = "obsflow-TOPSECRET-" + secrets.token_hex(12)
+ACCESS_KEY = "obsflow-ACCESSKEY-" + secrets.token_hex(6)
+SIM = "sim://?sources=3&channels=temperature,pressure&rate=50&duration=3m&seed=5"
+VIEWS = (ViewDef("s10", "tumbling", size=10 * 10**9, aggregates=("count", "mean")),)
+
+
+def leaks(blob: str | bytes, *words: str) -> list[str]:
+    """Which of ``words`` occur in ``blob`` (as UTF-8 bytes for bytes)."""
+    data = blob if isinstance(blob, bytes) else blob.encode()
+    return [w for w in words if w.encode() in data]
+
+
+def assert_clean(blob: str | bytes, what: str, *extra: str) -> None:
+    found = leaks(blob, SECRET, ACCESS_KEY, *extra)
+    assert not found, f"{what} shows {found}"
+
+
+@pytest.fixture
+def secret_env(moto_server: s3servers.MotoServer, monkeypatch: pytest.MonkeyPatch) -> str:
+    """A fresh bucket on moto (which takes any credentials), with the distinctive credentials
+    in the AWS environment; the bucket's name."""
+    bucket = create_bucket(moto_server.endpoint_url, TEST_KEY, TEST_SECRET)
+    point_aws_env(monkeypatch, moto_server.endpoint_url, ACCESS_KEY, SECRET)
+    return bucket
+
+
+@pytest.fixture
+def faulty(
+    moto_server: s3servers.MotoServer, secret_env: str, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[FaultProxy]:
+    """Route the AWS environment through a proxy that resets and throttles some requests."""
+    with FaultProxy((s3servers.HOST, moto_server.port)) as proxy:
+        monkeypatch.setenv("AWS_ENDPOINT_URL", proxy.endpoint_url)
+        proxy.reset_next(3, when="request")
+        proxy.reset_next(2, when="response")
+        proxy.fail_next(3, status=503)
+        yield proxy
+
+
+def flow_parts(flow: Dataflow) -> list[Source[object] | Sink[object]]:
+    """Every Source and Sink in a built dataflow, however deeply nested."""
+    found: list[Source[object] | Sink[object]] = []
+    todo = list(flow.substeps)
+    while todo:
+        step = todo.pop()
+        todo += getattr(step, "substeps", [])
+        for f in dataclasses.fields(step):
+            value = getattr(step, f.name)
+            if isinstance(value, Source | Sink):
+                found.append(value)
+    return found
+
+
+# --- reprs and pickles ----------------------------------------------------------------------------
+
+
+def test_reprs_and_pickles_of_what_a_flow_is_made_of_hold_no_credentials(
+    secret_env: str, tmp_path: Path
+) -> None:
+    url = f"s3://{secret_env}/obsflow"
+    store = Store(url)
+    store.write_bytes("probe", b"x")  # the filesystem now has a session with the credentials
+    for obj in (store, store.fs, store.fs.storage_options, store.retry):
+        assert_clean(repr(obj), f"repr of {type(obj).__name__}")
+        assert_clean(str(obj), f"str of {type(obj).__name__}")
+    assert_clean(pickle.dumps(store), "pickled Store")
+    assert pickle.loads(pickle.dumps(store)) == store
+
+    icfg = ingest.IngestConfig(inputs=(SIM,), store=url, capture="c", views=VIEWS)
+    rcfg = replay.ReplayConfig(capture="c", views=VIEWS, store=url)
+    for cfg in (icfg, rcfg, rcfg.spec):
+        assert_clean(repr(cfg), f"repr of {type(cfg).__name__}")
+        assert_clean(pickle.dumps(cfg), f"pickled {type(cfg).__name__}")
+
+    # A bytewax 0.21 Dataflow cannot be pickled at all (the @operator decorator re-creates the
+    # step classes, and steps hold lambdas), and Bytewax never pickles one: every process builds
+    # its own. What it could ship are the sources and sinks, so each one is pickled here.
+    # (Their snapshots are what Bytewax does pickle: see the recovery check below.)
+    flows = [ingest.build_flow(icfg), replay.build_flow(rcfg)]
+    with pytest.raises((pickle.PicklingError, AttributeError, TypeError)):
+        pickle.dumps(flows[0])
+    parts: list[object] = [p for f in flows for p in flow_parts(f)]
+    kinds = {type(p) for p in parts}
+    assert {SimSource, ChunkSink, SummarySink, CaptureSource} <= kinds, kinds
+    parts += [
+        FileSource([str(tmp_path / "in.parquet"), f"{url}/in.csv"]),
+        SimSource(SIM),
+        CaptureSource(store, ReplaySpec("c")),
+        ChunkSink(store, "deadletter", "r1"),
+        SummarySink(store, "r1", store_url=store.uri()),
+    ]
+    for part in parts:
+        assert_clean(repr(part), f"repr of {type(part).__name__}")
+        blob = pickle.dumps(part)
+        assert_clean(blob, f"pickled {type(part).__name__}")
+        pickle.loads(blob)  # and it comes back (rebuilt from the URL, credentials from the env)
+
+
+# --- a whole run ----------------------------------------------------------------------------------
+
+
+def test_a_successful_s3_ingest_shows_and_keeps_no_credentials(
+    faulty: FaultProxy, secret_env: str, tmp_path: Path
+) -> None:
+    url = f"s3://{secret_env}/obsflow"
+    recovery = tmp_path / "recovery"
+    cmd = [sys.executable, "-m", "flows.cli", "ingest", SIM, "--store", url, "--capture", "c"]
+    cmd += ["--summary", str(tmp_path / "summary.json"), "--recovery", str(recovery)]
+    cmd += ["--snapshot-interval", "0.2"]  # progress and summary lines stay on: no -q
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert faulty.stats().faults >= 5  # the run met the faults: retry messages were printed
+    assert "retrying" in proc.stderr
+    assert_clean(proc.stdout, "ingest stdout")
+    assert_clean(proc.stderr, "ingest stderr")
+    assert_clean((tmp_path / "summary.json").read_bytes(), "the run summary")
+    # Bytewax's recovery partitions hold pickled snapshots of every source, sink and state.
+    files = [p for p in recovery.rglob("*") if p.is_file()]
+    assert any(p.suffix == ".sqlite3" for p in files)
+    for path in files:
+        assert_clean(path.read_bytes(), f"recovery file {path.name}")
+    # Everything the run put in the store.
+    store = Store(url)
+    rels = list(store.walk_files())
+    assert any(r.startswith("captures/c/") for r in rels)
+    for rel in rels:
+        assert_clean(store.read_bytes(rel), f"store object {rel}")
+
+
+def test_debug_logs_of_a_run_hold_no_secret(
+    faulty: FaultProxy,
+    secret_env: str,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    url = f"s3://{secret_env}/obsflow"
+    noisy = ("botocore", "aiobotocore", "s3fs", "fsspec", "obsflow")
+    before = {n: (logging.getLogger(n).level, list(logging.getLogger(n).handlers)) for n in noisy}
+    with caplog.at_level(logging.DEBUG):
+        code = main(["ingest", SIM, "--store", url, "--capture", "c", "-q"])
+        assert main(["capture", "info", "c", "--store", url]) == 0
+        assert main(["views", "list", "--store", url]) == 0
+    assert code == 0
+    assert faulty.stats().faults >= 5
+    out, err = capsys.readouterr()
+    assert_clean(out + err, "CLI output")
+
+    records = caplog.records
+    ours = [r for r in records if r.name.startswith("obsflow")]
+    assert any("retrying" in r.getMessage() for r in ours), "obsflow logged no retry"
+    assert any(r.name.startswith("s3fs") for r in records)
+    assert any(r.name.startswith("botocore") for r in records)
+    for r in records:
+        text = r.getMessage() + (r.exc_text or "") + repr(r.args)
+        # The secret key is never logged, by anyone (signing only uses it in an HMAC).
+        assert_clean(text.replace(ACCESS_KEY, ""), f"log record of {r.name}")
+        # botocore's own DEBUG output shows the access key id in the Authorization header it
+        # sends; that is botocore's business, and obsflow never turns botocore DEBUG on.
+        # obsflow's, s3fs's and fsspec's records must not show it.
+        if not r.name.startswith(("botocore", "aiobotocore", "urllib3")):
+            assert_clean(text, f"log record of {r.name}")
+    after = {n: (logging.getLogger(n).level, list(logging.getLogger(n).handlers)) for n in noisy}
+    assert after == before  # obsflow did not set levels or add handlers
+
+
+def test_obsflow_never_turns_botocore_debug_logging_on(secret_env: str) -> None:
+    store = Store(f"s3://{secret_env}/obsflow")
+    store.write_bytes("k", b"v")
+    for name in ("botocore", "aiobotocore", "s3fs", "obsflow", "obsflow.store"):
+        logger = logging.getLogger(name)
+        assert logger.level == logging.NOTSET, (name, logger.level)
+        assert logger.getEffectiveLevel() > logging.DEBUG, name
+        added = [h for h in logger.handlers if not isinstance(h, logging.NullHandler)]
+        assert not added, (name, added)
+
+
+# --- failures -------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("wrong", ["secret", "access_key"])
+def test_wrong_credentials_on_seaweedfs_fail_cleanly_without_showing_them(
+    seaweed: s3servers.SeaweedServer,
+    seaweed_env: str,
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+    wrong: str,
+) -> None:
+    url = f"s3://{seaweed_env}/obsflow"
+    if wrong == "secret":
+        monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", SECRET)
+    else:
+        monkeypatch.setenv("AWS_ACCESS_KEY_ID", ACCESS_KEY)
+    real = (seaweed.secret_key, seaweed.access_key)
+
+    # In this process: the error, its repr and its whole traceback (botocore's error included).
+    started = time.monotonic()
+    with pytest.raises(StoreError) as info:
+        Store(url).write_bytes("k", b"v")
+    assert time.monotonic() - started < 5  # refused credentials are not retried for 30 s
+    full = "".join(traceback.format_exception(info.value))
+    for text, what in ((str(info.value), "message"), (repr(info.value), "repr"), (full, "tb")):
+        assert_clean(text, f"the StoreError's {what}", *real)
+
+    # Through the CLI: a clean one-line error, no credentials.
+    proc = subprocess.run(
+        [sys.executable, "-m", "flows.cli", "ingest", SIM, "--store", url, "-q"],
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.startswith("obsflow: error: cannot "), proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert_clean(proc.stdout + proc.stderr, "CLI output", *real)
+
+
+def test_an_unreachable_endpoint_fails_cleanly_without_showing_credentials(
+    secret_env: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    port = s3servers.free_port()  # nothing listens there
+    monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://{s3servers.HOST}:{port}")
+    monkeypatch.setenv(RETRY_SECONDS_ENV, "1")
+    url = f"s3://{secret_env}/obsflow"
+    with pytest.raises(StoreError, match="store unreachable after") as info:
+        Store(url).read_bytes("k")
+    assert_clean("".join(traceback.format_exception(info.value)), "the traceback")
+    proc = subprocess.run(
+        [sys.executable, "-m", "flows.cli", "ingest", SIM, "--store", url, "-q"],
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 2, proc.stderr
+    assert "store unreachable after" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert_clean(proc.stdout + proc.stderr, "CLI output")
+
+
+@pytest.mark.parametrize("transient", [False, True])
+def test_a_backend_message_that_echoes_a_credential_is_masked(
+    secret_env: str, monkeypatch: pytest.MonkeyPatch, transient: bool
+) -> None:
+    monkeypatch.setenv(RETRY_SECONDS_ENV, "0.3")
+    store = Store(f"s3://{secret_env}/obsflow")
+    kind = ConnectionResetError if transient else OSError
+
+    def echo(*args: object, **kwargs: object) -> None:
+        raise kind(f"denied for key {ACCESS_KEY} with secret {SECRET}")
+
+    monkeypatch.setattr(store.fs, "pipe_file", echo)
+    with pytest.raises(StoreError) as info:
+        store.write_bytes("k", b"v")
+    message = str(info.value)
+    assert "denied for key *** with secret ***" in message
+    assert_clean(message, "the StoreError")
+    assert ("store unreachable" in message) is transient
+    assert json.dumps(message)  # one line of plain text
+    assert "\n" not in message
