@@ -21,7 +21,7 @@ import json
 import re
 import secrets
 import zlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
@@ -162,9 +162,9 @@ Every object has every column, so a plain folder read always sees the payload co
 
 def conform(table: pa.Table) -> pa.Table:
     """Readings in ``CAPTURE_SCHEMA``: missing payload columns added as nulls."""
-    for field in PAYLOAD_SCHEMA:
-        if field.name not in table.column_names:
-            table = table.append_column(field, pa.nulls(table.num_rows, field.type))
+    for column_field in PAYLOAD_SCHEMA:
+        if column_field.name not in table.column_names:
+            table = table.append_column(column_field, pa.nulls(table.num_rows, column_field.type))
     return table.select(CAPTURE_SCHEMA.names).cast(CAPTURE_SCHEMA)
 
 
@@ -177,6 +177,7 @@ class WriterState:
     chunk: int
     next_seq: dict[str, int]
     dedup: Deduper
+    start_seq: dict[str, int] = field(default_factory=dict)  # next_seq when the run began
 
 
 @dataclass(frozen=True)
@@ -209,7 +210,16 @@ class PartitionWriter:
         self.store, self.capture, self.part = store, capture, part
         self.target_rows = target_rows
         if resume is None:
-            resume = WriterState(part, run_id, 0, self._load_seq(), self._load_dedup(horizon))
+            # A run restarted without a snapshot (it crashed before its first one) must not see
+            # its own earlier attempt: roll the bookkeeping back to where that attempt began
+            # and remove the objects it wrote.
+            next_seq, restarted = self._load_seq(run_id)
+            resume = WriterState(
+                part, run_id, 0, next_seq, self._load_dedup(horizon, run_id), dict(next_seq)
+            )
+            if restarted:
+                self.state = resume
+                self.discard_after(0)
         self.state = resume
         self._buffer: list[pa.Table] = []
         self._buffered = 0
@@ -229,18 +239,28 @@ class PartitionWriter:
     def _state_rel(self, suffix: str) -> str:
         return f"{capture_dir(self.capture)}/_state/part-{self.part:04d}{suffix}"
 
-    def _load_seq(self) -> dict[str, int]:
+    def _load_seq(self, run_id: str) -> tuple[dict[str, int], bool]:
+        """(next seq per source before ``run_id`` began, whether ``run_id`` already wrote)."""
         rel = self._state_rel(".json")
         if not self.store.exists(rel):
-            return {}
+            return {}, False
         state: dict[str, Any] = self.store.read_json(rel)
-        return {str(k): int(v) for k, v in state.get("next_seq", {}).items()}
+        mine = state.get("run") == run_id
+        seq = state.get("start_seq", {}) if mine else state.get("next_seq", {})
+        return {str(k): int(v) for k, v in seq.items()}, mine
 
-    def _load_dedup(self, horizon: int) -> Deduper:
-        rel = self._state_rel(".dedup.parquet")
-        if horizon <= 0 or not self.store.exists(rel):
+    def _load_dedup(self, horizon: int, run_id: str) -> Deduper:
+        """The dedup memory of the runs before ``run_id`` (never its own earlier attempt)."""
+        if horizon <= 0:
             return Deduper(horizon=horizon)
-        return Deduper.from_table(pq.read_table(io.BytesIO(self.store.read_bytes(rel))), horizon)
+        for suffix in (".dedup.parquet", ".dedup.prev.parquet"):
+            rel = self._state_rel(suffix)
+            if self.store.exists(rel):
+                table = pq.read_table(io.BytesIO(self.store.read_bytes(rel)))
+                meta = table.schema.metadata or {}
+                if meta.get(b"run", b"").decode() != run_id:
+                    return Deduper.from_table(table, horizon)
+        return Deduper(horizon=horizon)
 
     def append(self, table: pa.Table) -> Appended:
         """Drop duplicates, set conflicts aside, number and buffer the rest."""
@@ -276,15 +296,28 @@ class PartitionWriter:
         self.store.write_parquet(rel, table)
         self.state.chunk += 1
         self._buffer, self._buffered = [], 0
-        self.store.write_json(self._state_rel(".json"), {"next_seq": self.state.next_seq})
+        self.store.write_json(
+            self._state_rel(".json"),
+            {
+                "next_seq": self.state.next_seq,
+                "run": self.run_id,
+                "start_seq": self.state.start_seq,
+            },
+        )
 
     def close(self) -> None:
         """Flush, and save the dedup memory for the next run of this capture."""
         self.flush()
         if self.state.dedup.horizon > 0:
+            rel, prev = self._state_rel(".dedup.parquet"), self._state_rel(".dedup.prev.parquet")
+            if self.store.exists(rel):
+                old = pq.read_table(io.BytesIO(self.store.read_bytes(rel))).schema.metadata or {}
+                if old.get(b"run", b"").decode() != self.run_id:  # keep the pre-run memory
+                    self.store.copy(rel, prev)
+            table = self.state.dedup.to_table().replace_schema_metadata({"run": self.run_id})
             buf = io.BytesIO()
-            pq.write_table(self.state.dedup.to_table(), buf)
-            self.store.write_bytes(self._state_rel(".dedup.parquet"), buf.getvalue())
+            pq.write_table(table, buf)
+            self.store.write_bytes(rel, buf.getvalue())
 
     def snapshot(self) -> WriterState:
         """Flush (so "chunks below n are durable" is true), then copy the state."""

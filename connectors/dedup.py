@@ -152,8 +152,10 @@ class Deduper:
         known = self.spaces.setdefault(name, _Keys())
         top = int(times.max())
         self.maxt[name] = max(self.maxt.get(name, top), top)
-        if keys.size and bool(np.all(keys[1:] > keys[:-1])) and (
-            known.keys.size == 0 or keys[0] > known.keys[-1]
+        if (
+            keys.size
+            and bool(np.all(keys[1:] > keys[:-1]))
+            and (known.keys.size == 0 or keys[0] > known.keys[-1])
         ):  # the usual stream: new keys, in order: all accepted, nothing to look up
             known.add(keys, contents, times)
             known.prune(self.maxt[name] - self.horizon)

@@ -106,3 +106,26 @@ def test_writer_buffers_names_chunks_and_discards_orphans(tmp_path) -> None:
     # resuming run1 from a snapshot taken after chunk 0 removes chunk 1
     assert w.discard_after(1) == 1
     assert store.listdir("captures/c/part-0000") == ["run1-000000.parquet"]
+
+
+def test_a_run_restarted_without_a_snapshot_rolls_back_its_first_attempt(tmp_path) -> None:
+    store = Store(str(tmp_path))
+    open_capture(store, "c", partitions=1, create=True)
+    first = PartitionWriter(store, "c", 0, "r1")
+    first.append(readings(["a", "a"]))
+    first.close()
+    # Run r2 gets as far as writing its objects, seq and dedup bookkeeping, then dies before
+    # Bytewax took any snapshot: restarting it starts from scratch under the same run id.
+    attempt = PartitionWriter(store, "c", 0, "r2")
+    assert attempt.append(readings(["a", "b"], start=5)).rows.column("seq").to_pylist() == [2, 0]
+    attempt.close()
+    again = PartitionWriter(store, "c", 0, "r2")
+    assert store.listdir("captures/c/part-0000") == ["r1-000000.parquet"]  # attempt removed
+    out = again.append(readings(["a", "b"], start=5))
+    assert out.duplicates == 0  # not mistaken for its own earlier attempt
+    assert out.rows.column("seq").to_pylist() == [2, 0]  # the same numbers as the attempt
+    again.close()
+    assert read_capture(store, "c").num_rows == 4
+    # A later run still sees r1's and r2's readings as already captured.
+    later = PartitionWriter(store, "c", 0, "r3")
+    assert later.append(readings(["a", "b"], start=5)).duplicates == 2
