@@ -118,8 +118,10 @@ def compare_with_local(case: Case, s3_url: str, tmp_path: Path) -> None:
     states = [p for p in local.walk_files(f"captures/{name}/_state")]
     assert states
     for rel in states:
-        if rel.endswith(".json"):  # next seq per source
-            assert remote.read_json(rel) == local.read_json(rel)
+        if rel.endswith(".json"):  # next seq per source (and the run that wrote it)
+            r, lo = remote.read_json(rel), local.read_json(rel)
+            assert (r.pop("run"), lo.pop("run")) == (s_s3["run"], s_local["run"])
+            assert r == lo
         else:  # the dedup memory
             assert remote.read_parquet(rel).equals(local.read_parquet(rel))
 
