@@ -23,6 +23,7 @@ processing its readings one at a time would.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, fields
 
 import numpy as np
@@ -36,7 +37,7 @@ from flows.viewdef import ViewDef
 I64_MIN = np.iinfo(np.int64).min
 I64_MAX = np.iinfo(np.int64).max
 NO_TIME = I64_MIN // 2  # "nothing seen yet"; far from overflow when a lateness is subtracted
-PAIR_TABLE_MAX = 1 << 20  # largest (sources × channels) dictionary product mapped by a table
+PAIR_TABLE_MAX = 1 << 14  # largest (sources × channels) dictionary product mapped by a table
 
 
 @dataclass
@@ -78,116 +79,68 @@ class Partials:
         return Partials(i, i, i, i, i, f, f, f, f, f, i, i, f, i, i, f)
 
 
-def singletons(
-    sid: np.ndarray,
-    t: np.ndarray,
-    seq: np.ndarray,
-    v: np.ndarray,
-    start: np.ndarray,
-    end: np.ndarray,
-) -> Partials:
-    """One partial per reading (already assigned to a window)."""
-    ok = ~np.isnan(v)
-    return Partials(
-        sid=sid,
-        start=start,
-        end=end,
-        tmax=t,
-        n=ok.astype(np.int64),
-        ref=np.where(ok, v, 0.0),
-        mu=np.zeros(v.size),
-        m2=np.zeros(v.size),
-        vmin=v,
-        vmax=v,
-        ft=np.where(ok, t, I64_MAX),
-        fs=seq,
-        fv=v,
-        lt=np.where(ok, t, I64_MIN),
-        ls=seq,
-        lv=v,
-    )
-
-
 def reduce_runs(
     sid: np.ndarray,
     t: np.ndarray,
     seq: np.ndarray | None,
     v: np.ndarray,
     starts: np.ndarray,
-    *,
     need: frozenset[str],
 ) -> Partials:
-    """One partial per run ``[starts[i], starts[i+1])`` of readings sorted by (series, time).
+    """One partial per run ``[starts[i], starts[i+1])`` of readings sorted by (series, time),
+    equal times in arrival order, so (time, seq) ties resolve as reading by reading would.
 
-    Within a run, equal times must be in arrival order (a stable sort), so ties of (time, seq)
-    resolve as they would reading by reading. ``start``/``end`` are the run's first and last
-    time; the caller sets them to its windows. ``need`` names the aggregates to compute (the
-    others are left as neutral placeholders): "first_last" (needs ``seq``), "min", "max",
-    "moments" (ref and mu), "spread" (m2).
+    ``start``/``end`` are the run's first and last time; the caller sets them. Only the fields
+    in ``need`` are computed ("first_last" (needs ``seq``), "min", "max", "moments" (ref, mu),
+    "spread" (m2)); the others are neutral placeholders no view row reads.
     """
     m, g = t.size, starts.size
     lens = np.diff(np.r_[starts, m])
     ends = starts + lens - 1
     ok = ~np.isnan(v)
     all_ok = bool(ok.all())
-    if seq is not None and "first_last" in need and g < m:
+    if "first_last" not in need:
+        seq = None
+    if seq is not None and g < m:
         same = np.repeat(np.arange(g), lens)
         tied = (t[1:] == t[:-1]) & (seq[1:] < seq[:-1]) & (same[1:] == same[:-1])
-        if tied.any():  # order each run by (time, seq); stable, so exact ties keep arrival order
+        if tied.any():  # order runs by (time, seq); stable, so exact ties keep arrival order
             perm = np.lexsort((seq, t, same))
             t, seq, v, ok = t[perm], seq[perm], v[perm], ok[perm]
     n = lens.astype(np.int64) if all_ok else np.add.reduceat(ok, starts, dtype=np.int64)
-    vmin = np.full(g, np.nan)
-    vmax = np.full(g, np.nan)
-    ref, mu, m2 = np.zeros(g), np.zeros(g), np.zeros(g)
-    if need & {"min", "moments"}:
-        vmin = np.fmin.reduceat(v, starts)  # NaN only for a run without values
-    if "max" in need:
-        vmax = np.fmax.reduceat(v, starts)
+    nan, zero = np.full(g, np.nan), np.zeros(g)
+    vmin = np.fmin.reduceat(v, starts) if need & {"min", "moments"} else nan  # NaN: no values
+    vmax = np.fmax.reduceat(v, starts) if "max" in need else nan
+    ref, mu, m2 = zero, zero, zero
     if "moments" in need:
         # Two passes on offsets from the run's smallest value (a data value): differences of
         # nearby floats are exact, so a large common offset costs no precision.
         ref = np.where(n > 0, vmin, 0.0)
-        off = v - np.repeat(ref, lens)
+        off = np.repeat(ref, lens)  # in place from here on: fewer big temporaries
+        np.subtract(v, off, out=off)
         if not all_ok:
-            off = np.where(ok, off, 0.0)
+            off[~ok] = 0.0
         mu = np.add.reduceat(off, starts) / np.maximum(n, 1)
         if "spread" in need:
-            dev = off - np.repeat(mu, lens)
+            dev = np.repeat(mu, lens)
+            np.subtract(off, dev, out=dev)
             if not all_ok:
-                dev = np.where(ok, dev, 0.0)
-            m2 = np.add.reduceat(dev * dev, starts)
+                dev[~ok] = 0.0
+            m2 = np.add.reduceat(np.square(dev, out=dev), starts)
+    lo, hi, z = np.full(g, I64_MIN), np.full(g, I64_MAX), np.zeros(g, np.int64)
     out = Partials(
-        sid=sid[starts],
-        start=t[starts],
-        end=t[ends],
-        tmax=t[ends],
-        n=n,
-        ref=ref,
-        mu=mu,
-        m2=m2,
-        vmin=vmin,
-        vmax=vmax,
-        ft=np.full(g, I64_MAX),
-        fs=np.zeros(g, np.int64),
-        fv=np.full(g, np.nan),
-        lt=np.full(g, I64_MIN),
-        ls=np.zeros(g, np.int64),
-        lv=np.full(g, np.nan),
+        sid[starts], t[starts], t[ends], t[ends], n, ref, mu, m2, vmin, vmax, hi, z, nan, lo, z, nan
     )
-    if seq is not None and "first_last" in need:
+    if seq is not None:
         first, last = starts, ends
         if not all_ok:  # first and last non-missing position of each run
             pos = np.arange(m)
             first = np.minimum.reduceat(np.where(ok, pos, m - 1), starts)
             last = np.maximum.reduceat(np.where(ok, pos, 0), starts)
         has = n > 0
-        out.ft = np.where(has, t[first], I64_MAX)
-        out.fs = np.where(has, seq[first], 0)
-        out.fv = np.where(has, v[first], np.nan)
-        out.lt = np.where(has, t[last], I64_MIN)
-        out.ls = np.where(has, seq[last], 0)
-        out.lv = np.where(has, v[last], np.nan)
+        out.ft, out.lt = np.where(has, t[first], I64_MAX), np.where(has, t[last], I64_MIN)
+        out.fs, out.ls = np.where(has, seq[first], 0), np.where(has, seq[last], 0)
+        out.fv, out.lv = np.where(has, v[first], np.nan), np.where(has, v[last], np.nan)
     return out
 
 
@@ -249,17 +202,37 @@ def group_by_window(sid: np.ndarray, start: np.ndarray) -> tuple[np.ndarray, int
     return g, int(brk.sum())
 
 
+def rising(values: np.ndarray, new_segment: np.ndarray) -> bool:
+    """Whether ``values`` never decrease within a segment (segments start where flagged)."""
+    return values.size < 2 or bool(((values[1:] >= values[:-1]) | new_segment[1:]).all())
+
+
+def segment_keys(
+    values: np.ndarray, new_segment: np.ndarray
+) -> tuple[np.ndarray, Callable[[np.ndarray], np.ndarray]]:
+    """(Integer keys ordered like (segment, value), decoder from key back to value).
+
+    Segments are numbered in array order, so a running max of the keys never crosses a
+    segment boundary. Keys are seg·span + (value − min) when that cannot overflow, else
+    seg·n + the value's rank.
+    """
+    seg = np.cumsum(new_segment) - 1
+    lo = int(values.min())
+    span = int(values.max()) - lo + 1
+    if (int(seg[-1]) + 1) * span <= I64_MAX:
+        off = seg * span
+        return off + (values - lo), lambda k: (k - off) + lo
+    uniq, rank = np.unique(values, return_inverse=True)
+    off = seg * uniq.size
+    return off + rank.ravel(), lambda k: np.asarray(uniq[k - off])
+
+
 def running_max(values: np.ndarray, new_segment: np.ndarray) -> np.ndarray:
     """Running maximum of ``values`` restarting where ``new_segment`` is set (at 0 too)."""
-    if values.size < 2 or bool(((values[1:] >= values[:-1]) | new_segment[1:]).all()):
-        return values  # already non-decreasing within every segment: the common case
-    seg = np.cumsum(new_segment) - 1
-    uniq, rank = np.unique(values, return_inverse=True)
-    # Segments come in increasing order, so seg·|uniq| + rank only grows from one segment to
-    # the next and a plain running max of it never crosses a segment boundary.
-    key = seg * uniq.size + rank.ravel()
-    out: np.ndarray = uniq[np.maximum.accumulate(key) - seg * uniq.size]
-    return out
+    if rising(values, new_segment):
+        return values  # the common case
+    keys, decode = segment_keys(values, new_segment)
+    return decode(np.maximum.accumulate(keys))
 
 
 def group_sessions(
@@ -330,13 +303,12 @@ class WindowKernel:
         aggs = set(view.aggregates)
         self._first_last = bool({"first", "last"} & aggs)
         self._quantiles = view.quantiles
-        need = {"first_last"} if self._first_last else set()
-        need |= aggs & {"min", "max"}
-        if aggs & {"sum", "mean", "std", "var"}:
-            need.add("moments")
-        if aggs & {"std", "var"}:
-            need.add("spread")
-        self._need = frozenset(need)
+        self._need = frozenset(
+            (aggs & {"min", "max"})
+            | ({"first_last"} if self._first_last else set())
+            | ({"moments"} if aggs & {"sum", "mean", "std", "var"} else set())
+            | ({"spread"} if aggs & {"std", "var"} else set())
+        )
         # step: width of the buckets a batch is reduced to (every reading of a bucket is in
         # the same windows); fan: windows per bucket.
         self._step = view.step if view.kind == "hopping" else view.size
@@ -344,34 +316,40 @@ class WindowKernel:
         # Series ids of the last batch's dictionaries: entry s·|channels| + c is the id of
         # (source s, channel c), -1 until seen. Batches usually repeat the same dictionaries.
         self._dicts: tuple[pa.Array, pa.Array] | None = None
-        self._pair_sid = np.zeros(0, dtype=np.int64)
+        self._pair_sid = np.zeros(0, dtype=np.int32)
         self._name_cols: tuple[pa.Array, pa.Array] | None = None
 
     # series bookkeeping ----------------------------------------------------------------------
 
     def _series_ids(self, source: pa.ChunkedArray, channel: pa.ChunkedArray) -> np.ndarray:
         src, ch = _encode(source), _encode(channel)
-        s_codes = src.indices.to_numpy(zero_copy_only=False).astype(np.int64)
-        c_codes = ch.indices.to_numpy(zero_copy_only=False).astype(np.int64)
         width = max(len(ch.dictionary), 1)
-        pair: np.ndarray = s_codes * width + c_codes
+        size = max(len(src.dictionary), 1) * width
+        # (source, channel) pair codes; int32 when they fit a table, to halve the copies
+        pair: np.ndarray = np.multiply(
+            src.indices.to_numpy(zero_copy_only=False),
+            width,
+            dtype=np.int32 if size <= PAIR_TABLE_MAX else np.int64,
+        )
+        pair += ch.indices.to_numpy(zero_copy_only=False)
         cached = self._dicts
         if (
             cached is None
             or not cached[0].equals(src.dictionary)
             or not cached[1].equals(ch.dictionary)
         ):
-            size = max(len(src.dictionary), 1) * width
             self._dicts = None
             if size > PAIR_TABLE_MAX:  # too many combinations for a table: look up each pair
                 uniq, inverse = np.unique(pair, return_inverse=True)
                 ids = self._lookup(uniq, src.dictionary, ch.dictionary, width)
                 return ids[inverse.ravel()]
+            channels, get = ch.dictionary.to_pylist(), self.series.get
+            known = [get((s, c), -1) for s in src.dictionary.to_pylist() for c in channels]
+            self._pair_sid = np.array(known, dtype=np.int32)
             self._dicts = (src.dictionary, ch.dictionary)
-            self._pair_sid = np.full(size, -1, dtype=np.int64)
         sid: np.ndarray = self._pair_sid[pair]
         missing = sid < 0
-        if missing.any():  # series new to this dictionary (once per series and dictionary)
+        if missing.any():  # series first seen in this batch
             codes = np.unique(pair[missing])
             self._pair_sid[codes] = self._lookup(codes, src.dictionary, ch.dictionary, width)
             sid = self._pair_sid[pair]
@@ -429,12 +407,14 @@ class WindowKernel:
         if in_order:
             return order, t
         ts, s = t[order], sid[order]
-        run = running_max(ts, np.r_[True, s[1:] != s[:-1]])
-        if run is ts:  # in time order within each series
+        new_series = np.r_[True, s[1:] != s[:-1]]
+        if rising(ts, new_series):  # in time order within each series
             return order, t
+        keys, decode = segment_keys(ts, new_series)
         seen = np.empty_like(t)
-        seen[order] = run
-        return np.lexsort((t, sid)), seen
+        seen[order] = decode(np.maximum.accumulate(keys))
+        # Keys order by (series, time); a stable sort keeps arrival order among equal times.
+        return order[np.argsort(keys, kind="stable")], seen
 
     def _late(
         self, sid: np.ndarray, t: np.ndarray, seen: np.ndarray
@@ -454,13 +434,14 @@ class WindowKernel:
             late = latest_end <= np.maximum(wm, self.closed[sid])
         return late, wm
 
-    def _all_live(self, sid: np.ndarray, t: np.ndarray, wm: np.ndarray) -> bool:
-        """Whether every (on-time) reading of a hopping view arrived before any of its windows
-        was final: its earliest-ending window ends where its step bucket ends."""
+    def _partly_live(self, s: np.ndarray, t: np.ndarray, wm: np.ndarray) -> np.ndarray | None:
+        """Hopping readings (on time) that arrived after one of their windows was final, or None
+        when there are none: a reading's earliest-ending window ends where its step bucket ends.
+        """
         if self.view.kind != "hopping":
-            return True
-        bucket_end = (np.floor_divide(t, self._step) + 1) * self._step
-        return bool((bucket_end > np.maximum(wm, self.closed[sid])).all())
+            return None
+        partly = (np.floor_divide(t, self._step) + 1) * self._step <= np.maximum(wm, self.closed[s])
+        return partly if partly.any() else None
 
     # batches -----------------------------------------------------------------------------------
 
@@ -472,57 +453,62 @@ class WindowKernel:
         t = _array(batch.column("time")).cast(pa.int64()).to_numpy()
         order, seen = self._by_series(sid, t)
         s, ts = (sid, t) if order is None else (sid[order], t[order])
-        heads = np.flatnonzero(np.r_[True, s[1:] != s[:-1]])
-        all_live = True
-        if seen is t:
-            # In time order per series, lateness and liveness only grow with time from each
-            # series' first reading on, so checking those first readings settles the batch.
-            hs, ht = s[heads], ts[heads]
-            head_late, head_wm = self._late(hs, ht, ht)
-            fast = not head_late.any() and self._all_live(hs, ht, head_wm)
-        else:
-            fast = False
-        late_rows, wm = batch.slice(0, 0), t
-        if fast:
-            tails = np.r_[heads[1:], ts.size] - 1  # each series' latest reading
-            self.maxt[s[heads]] = np.maximum(self.maxt[s[heads]], ts[tails])
-        else:
+        late_rows, wm = batch.slice(0, 0), None
+        if not (seen is t and self._settled(s, ts)):  # the watermark at each arrival
             late, wm = self._late(sid, t, seen)
             np.maximum.at(self.maxt, sid, t)
             if late.any():
                 late_rows = batch.filter(pa.array(late))
                 order = np.flatnonzero(~late) if order is None else order[~late[order]]
                 s, ts = sid[order], t[order]
-            on_time = np.arange(t.size) if order is None else np.sort(order)  # arrival order
-            all_live = self._all_live(sid[on_time], t[on_time], wm[on_time])
         if ts.size:
             values = _array(batch.column("value"))
             val = (values.fill_null(np.nan) if values.null_count else values).to_numpy()
-            seq = None
-            if self._first_last or not all_live:
-                seq = _array(batch.column("seq")).to_numpy()
-            if not all_live:
-                assert seq is not None
-                self._add_readings(sid, t, seq, val, wm, on_time)
-            elif order is None:
-                self._add_runs(s, ts, seq, val)
-            else:
-                self._add_runs(s, ts, None if seq is None else seq[order], val[order])
+            seq = _array(batch.column("seq")).to_numpy()
+            by = slice(None) if order is None else order  # (series, time, arrival) order
+            x, q = val[by], seq[by] if self._first_last else None
+            partly = None if wm is None else self._partly_live(s, ts, wm[by])
+            if partly is None:
+                self._merge(*self._runs(s, ts, q, x))
+            else:  # rare: those readings join only some of their windows
+                assert wm is not None
+                rest = ~partly
+                runs, sketch = self._runs(
+                    s[rest], ts[rest], None if q is None else q[rest], x[rest]
+                )
+                a = np.sort(np.arange(t.size)[by][partly])  # arrival order
+                more, more_sketch = self._singles(sid[a], t[a], seq[a], val[a], wm[a])
+                self._merge(Partials.concat(runs, more), Sketches.concat(sketch, more_sketch))
         return self._emit(final_only=True), late_rows
 
-    def _add_runs(
+    def _settled(self, s: np.ndarray, ts: np.ndarray) -> bool:
+        """For readings in time order per series (``s``, ``ts`` sorted by series, time): whether
+        none is late or partly live. Both only get less likely with time, so each series' first
+        reading decides. If so, advance ``maxt`` as ``_late`` would have."""
+        heads = np.flatnonzero(np.r_[True, s[1:] != s[:-1]])
+        hs, ht = s[heads], ts[heads]
+        late, wm = self._late(hs, ht, ht)
+        if late.any() or self._partly_live(hs, ht, wm) is not None:
+            return False
+        tails = np.r_[heads[1:], ts.size] - 1  # each series' latest reading
+        self.maxt[hs] = np.maximum(self.maxt[hs], ts[tails])
+        return True
+
+    def _runs(
         self, s: np.ndarray, t: np.ndarray, seq: np.ndarray | None, x: np.ndarray
-    ) -> None:
-        """Reduce on-time readings (sorted by series, time, arrival) to one partial per run
-        sharing its windows, fan runs out to their windows, merge those with the open windows."""
+    ) -> tuple[Partials, Sketches]:
+        """Partials of on-time readings sorted by (series, time, arrival): one per run sharing
+        its windows, fanned out to those windows (hopping)."""
         v = self.view
+        if t.size == 0:
+            return Partials.empty(), Sketches.empty()
         if v.kind == "session":
             brk = t[1:] >= t[:-1] + v.gap
         else:
             b = np.floor_divide(t, self._step)
             brk = b[1:] != b[:-1]
         starts = np.flatnonzero(np.r_[True, brk | (s[1:] != s[:-1])])
-        runs = reduce_runs(s, t, seq, x, starts, need=self._need)
+        runs = reduce_runs(s, t, seq, x, starts, self._need)
         if v.kind == "session":
             runs.end = runs.tmax + v.gap
         else:
@@ -533,43 +519,27 @@ class WindowKernel:
             runs = runs.take(np.tile(np.arange(g), k))
             runs.start = runs.start - np.repeat(np.arange(k) * self._step, g)
             runs.end = runs.start + v.size
-        sketch = Sketches.empty()
-        if self._quantiles:
-            rows = np.repeat(np.arange(g), np.diff(np.r_[starts, t.size]))
-            rows = (rows[None, :] + (np.arange(k) * g)[:, None]).ravel()
-            sketch = Sketches.of_values(rows, np.tile(x, k), len(runs))
-        self._merge(runs, sketch)
+        if not self._quantiles:
+            return runs, Sketches.empty()
+        rows = np.repeat(np.arange(g), np.diff(np.r_[starts, t.size]))
+        rows = (rows[None, :] + (np.arange(k) * g)[:, None]).ravel()
+        return runs, Sketches.of_values(rows, np.tile(x, k), len(runs))
 
-    def _add_readings(
-        self,
-        sid: np.ndarray,
-        t: np.ndarray,
-        seq: np.ndarray,
-        val: np.ndarray,
-        wm: np.ndarray,
-        keep: np.ndarray,
-    ) -> None:
-        """Hopping readings ``keep`` (in arrival order), some arriving after one of their
-        windows was final: one partial per (reading, window still open at its arrival).
-
-        Only readings out of order by more than the lateness, yet not late, take this path.
-        """
-        v = self.view
-        sid, t, seq, val, wm = sid[keep], t[keep], seq[keep], val[keep], wm[keep]
-        k = self._fan
-        last = np.floor_divide(t, v.step) * v.step
+    def _singles(
+        self, sid: np.ndarray, t: np.ndarray, seq: np.ndarray, x: np.ndarray, wm: np.ndarray
+    ) -> tuple[Partials, Sketches]:
+        """Partials of hopping readings in arrival order: one per (reading, window still open at
+        its arrival). Listed after the runs, whose tied readings arrived earlier."""
+        k, step = self._fan, self._step
         rows = np.tile(np.arange(t.size), k)
-        start = (last[None, :] - (np.arange(k) * v.step)[:, None]).ravel()
-        end = start + v.size
-        live = end > np.maximum(wm, self.closed[sid])[rows]
-        rows, start, end = rows[live], start[live], end[live]
-        fresh = singletons(sid[rows], t[rows], seq[rows], val[rows], start, end)
-        sketch = (
-            Sketches.of_values(np.arange(rows.size), val[rows], rows.size)
-            if self._quantiles
-            else Sketches.empty()
-        )
-        self._merge(fresh, sketch)
+        start = (np.floor_divide(t, step) * step - (np.arange(k) * step)[:, None]).ravel()
+        live = start + self.view.size > np.maximum(wm, self.closed[sid])[rows]
+        rows, start = rows[live], start[live]
+        one = reduce_runs(sid[rows], t[rows], seq[rows], x[rows], np.arange(rows.size), self._need)
+        one.start, one.end = start, start + self.view.size
+        if not self._quantiles:
+            return one, Sketches.empty()
+        return one, Sketches.of_values(np.arange(rows.size), x[rows], rows.size)
 
     def finish(self) -> pa.Table:
         """End of input: every open window is final."""

@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 
 from connectors.schema import TIME_TYPE
 from flows.viewdef import ViewDef
-from flows.windows import WindowKernel
+from flows.windows import WindowKernel, running_max
 from tests.flows.oracle import expected_rows
 
 MS = 1_000_000
@@ -271,3 +271,196 @@ def test_negative_times_align_to_the_epoch(kind: str) -> None:
     got, _ = run_kernel(view, df, [])
     want, _ = expected_rows(df, view)
     assert got["window_start"].tolist() == want["window_start"].tolist()
+
+
+# -- the batch pre-reduction: ties, partly live readings, many series, shared batches ----------
+
+
+@st.composite
+def readings_with_ties(draw: st.DrawFn) -> pd.DataFrame:
+    """Few times and seq numbers, so (time, seq) ties between readings of a series are common."""
+    n = draw(st.integers(1, 40))
+    rows = draw(
+        st.lists(
+            st.tuples(
+                st.sampled_from([("a", "x"), ("b", "x")]),
+                st.integers(-3, 8),
+                st.integers(0, 3),
+                values,
+            ),
+            min_size=n,
+            max_size=n,
+        )
+    )
+    return pd.DataFrame(
+        {
+            "source": [r[0][0] for r in rows],
+            "channel": [r[0][1] for r in rows],
+            "time": np.array([r[1] for r in rows], dtype=np.int64) * MS,
+            "seq": [r[2] for r in rows],
+            "value": [r[3] for r in rows],
+        }
+    )
+
+
+@given(view=views(), df=readings_with_ties(), data=st.data())
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+def test_time_and_seq_ties_resolve_by_arrival_like_the_oracle(
+    view: ViewDef, df: pd.DataFrame, data: st.DataObject
+) -> None:
+    # first/last: the smallest/largest (time, seq); among equal ones the first/last to arrive.
+    order = data.draw(st.permutations(range(len(df))))
+    df = df.iloc[list(order)].reset_index(drop=True)
+    cuts = data.draw(st.lists(st.integers(0, len(df)), max_size=5))
+    want, late = expected_rows(df, view)
+    kernel = WindowKernel(view)
+    table = to_table(df).append_column("rid", pa.array(np.arange(len(df))))
+    bounds = sorted({0, len(df), *[c for c in cuts if 0 < c < len(df)]})
+    rows, late_ids = [], []
+    for lo, hi in itertools.pairwise(bounds):
+        r, lt = kernel.process(table.slice(lo, hi - lo))
+        rows.append(r)
+        late_ids += lt["rid"].to_pylist()
+    rows.append(kernel.finish())
+    got = pa.concat_tables(rows).to_pandas()
+    for c in ("window_start", "window_end"):
+        got[c] = got[c].astype("int64")
+    got = got.sort_values(["source", "channel", "window_start"]).reset_index(drop=True)
+    assert sorted(late_ids) == np.flatnonzero(late.to_numpy()).tolist()
+    assert_rows_match(got, want, view, df["value"])
+
+
+def test_a_hopping_reading_after_some_of_its_windows_joins_only_the_open_ones() -> None:
+    # t=2 moves the watermark to 2: of t=1's windows [-2,2) [-1,3) [0,4) [1,5) the first is
+    # final, so t=1 (not late) joins the other three; the t=1 readings of one batch split
+    # between the batch's runs (the first, on time) and per-reading partials.
+    view = ViewDef(
+        "v", "hopping", size=4 * MS, step=MS, aggregates=("count", "first", "last", "p50")
+    )
+    df = pd.DataFrame(
+        {
+            "source": "s",
+            "channel": "c",
+            "time": [1 * MS, 0, 2 * MS, 1 * MS, 3 * MS],
+            "seq": [5, 0, 2, 5, 3],
+            "value": [10.0, 1.0, 2.0, 11.0, 3.0],
+        }
+    )
+    want, late = expected_rows(df, view)
+    assert not late.any()
+    for cuts in ([], [1], [2], [3], [1, 3]):
+        got, got_late = run_kernel(view, df, cuts)
+        assert len(got_late) == 0
+        assert_rows_match(got, want, view, df["value"])
+    got, _ = run_kernel(view, df, [])
+    by_start = got.set_index("window_start")[["count", "first", "last"]]
+    assert by_start.loc[-2 * MS].tolist() == [2, 1.0, 10.0]  # without the second t=1
+    assert by_start.loc[MS].tolist() == [4, 10.0, 3.0]  # the (time, seq) tie: first to arrive
+
+
+@pytest.mark.parametrize("kind", ["hopping", "session"])
+def test_std_of_large_offset_data_is_right_for_hopping_and_session_windows(kind: str) -> None:
+    rng = np.random.default_rng(1)
+    n = 20_000
+    x = 1e9 + rng.normal(0, 0.001, n)
+    df = pd.DataFrame(
+        {"source": "s", "channel": "c", "time": np.arange(n) * 1000, "seq": np.arange(n)}
+    ).assign(value=x)
+    aggs = ("count", "mean", "std")
+    view = (
+        ViewDef("v", "session", gap=10**9, aggregates=aggs)
+        if kind == "session"
+        else ViewDef("v", "hopping", size=2 * 10**9, step=10**9, aggregates=aggs)
+    )
+    got, _ = run_kernel(view, df, list(range(0, n, 1777)))
+    exact = [Fraction(v) for v in x]
+    mean = sum(exact) / n
+    std = float(sum((v - mean) ** 2 for v in exact) / (n - 1)) ** 0.5
+    assert got["count"].tolist() == [n] * len(got)  # every window holds every reading
+    assert (abs(got["std"] - std) / std < 1e-6).all()
+    assert (abs(got["mean"] - float(mean)) <= 1e-12 * float(mean)).all()
+
+
+def test_batches_with_more_source_channel_combinations_than_the_id_table() -> None:
+    rng = np.random.default_rng(2)
+    n = 600
+    df = pd.DataFrame(
+        {
+            "source": [f"s{i}" for i in rng.integers(0, 150, n)],
+            "channel": [f"c{i}" for i in rng.integers(0, 120, n)],  # 18,000 combinations
+            "time": rng.integers(0, 20, n) * MS,
+            "value": rng.normal(size=n),
+        }
+    )
+    df["seq"] = df.groupby("source").cumcount()
+    view = ViewDef("v", "tumbling", size=5 * MS, lateness=30 * MS, aggregates=ALL_AGGS)
+    want, _ = expected_rows(df, view)
+    got, late = run_kernel(view, df, [100, 350])
+    assert len(late) == 0
+    assert_rows_match(got, want, view, df["value"])
+
+
+def test_views_sharing_batches_give_the_rows_of_separate_runs() -> None:
+    # Kernels of several views see the same batch objects (the string encodings are shared).
+    rng = np.random.default_rng(3)
+    n = 400
+    df = pd.DataFrame(
+        {
+            "source": rng.choice(["a", "b", "c"], n),
+            "channel": rng.choice(["x", "y"], n),
+            "time": np.sort(rng.integers(0, 200, n)) * MS,
+            "seq": np.arange(n),
+            "value": rng.normal(size=n),
+        }
+    )
+    views_ = [
+        ViewDef("t", "tumbling", size=7 * MS, aggregates=ALL_AGGS),
+        ViewDef("h", "hopping", size=6 * MS, step=2 * MS, aggregates=ALL_AGGS),
+        ViewDef("s", "session", gap=3 * MS, aggregates=ALL_AGGS),
+    ]
+    table = to_table(df)
+    kernels = [WindowKernel(v) for v in views_]
+    rows: list[list[pa.Table]] = [[] for _ in views_]
+    for lo in range(0, n, 64):
+        batch = table.slice(lo, 64)
+        for k, out in zip(kernels, rows, strict=True):
+            out.append(k.process(batch)[0])
+    for view, k, out in zip(views_, kernels, rows, strict=True):
+        got = pa.concat_tables([*out, k.finish()]).to_pandas()
+        for c in ("window_start", "window_end"):
+            got[c] = got[c].astype("int64")
+        got = got.sort_values(["source", "channel", "window_start"]).reset_index(drop=True)
+        want, _ = expected_rows(df, view)
+        assert_rows_match(got, want, view, df["value"])
+
+
+def test_out_of_order_times_spanning_most_of_the_int64_range() -> None:
+    # The per-series running max of such times cannot use offsets from the minimum.
+    big = 4 * 10**18
+    df = pd.DataFrame(
+        {
+            "source": ["a", "b", "a", "b", "a", "b"],
+            "channel": "x",
+            "time": [-big + 5 * MS, big + 2 * MS, -big, big, -big + 9 * MS, big + 1],
+            "seq": [0, 0, 1, 1, 2, 2],
+            "value": [1.0, 2.0, 3.0, 4.0, 5.0, 6.0],
+        }
+    )
+    view = ViewDef("v", "tumbling", size=4 * MS, lateness=10 * MS, aggregates=ALL_AGGS)
+    want, late = expected_rows(df, view)
+    got, got_late = run_kernel(view, df, [])
+    assert len(got_late) == late.sum()
+    assert_rows_match(got, want, view, df["value"])
+
+
+def test_running_max_restarts_at_each_segment() -> None:
+    rng = np.random.default_rng(4)
+    for scale in (10, 2**62):
+        values = rng.integers(-scale, scale, 300, dtype=np.int64)
+        new = rng.random(300) < 0.1
+        new[0] = True
+        want, best = [], 0
+        for v, s in zip(values.tolist(), new.tolist(), strict=True):
+            best = v if s else max(best, v)
+            want.append(best)
+        assert running_max(values, new).tolist() == want
