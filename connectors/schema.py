@@ -137,6 +137,19 @@ def _scale_to_ns(raw: np.ndarray, known: np.ndarray, factor: int) -> tuple[np.nd
     return np.where(ok, raw, 0) * factor, ok
 
 
+def to_utc(value: object, what: str = "time") -> pd.Timestamp:
+    """One time (ISO-8601 text, datetime, Timestamp) as UTC; naive means UTC."""
+    try:
+        ts = pd.Timestamp(value)  # type: ignore[arg-type]
+    except (ValueError, TypeError):
+        raise ConfigError(
+            f"{what} {value!r} is not a time — use ISO-8601, e.g. 2026-01-01T00:00Z"
+        ) from None
+    if pd.isna(ts):
+        raise ConfigError(f"{what} {value!r} is not a time")
+    return ts.tz_localize("UTC") if ts.tzinfo is None else ts.tz_convert("UTC")
+
+
 def parse_times(column: pa.ChunkedArray, time_unit: str) -> tuple[np.ndarray, np.ndarray]:
     """Parse any supported time column to (int64 ns since epoch UTC, valid mask).
 

@@ -14,13 +14,13 @@ from __future__ import annotations
 
 from typing import Any
 
-import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.dataset as ds
 
 from connectors.errors import ConfigError, StoreError
 from connectors.ids import check_name
+from connectors.schema import TIME_TYPE, to_utc
 from connectors.store import Store
 
 
@@ -74,14 +74,7 @@ def view_meta(store: Store, name: str) -> dict[str, Any]:
 
 
 def _ts(text: str | None, what: str) -> pa.Scalar | None:
-    if text is None:
-        return None
-    try:
-        ts = pd.Timestamp(text)
-    except ValueError:
-        raise ConfigError(f"{what} {text!r} is not an ISO-8601 time") from None
-    ts = ts.tz_localize("UTC") if ts.tzinfo is None else ts.tz_convert("UTC")
-    return pa.scalar(ts.value, pa.timestamp("ns", tz="UTC"))
+    return None if text is None else pa.scalar(to_utc(text, what).value, TIME_TYPE)
 
 
 def window_filter(

@@ -58,7 +58,7 @@ from connectors.deadletters import read_deadletters
 from connectors.errors import ConfigError, StoreError
 from connectors.ids import check_name
 from connectors.payloads import Payload, PayloadRef, PayloadStore
-from connectors.schema import READING_SCHEMA, TIME_TYPE, InputSpec
+from connectors.schema import READING_SCHEMA, TIME_TYPE, InputSpec, to_utc
 from connectors.simulator import parse_duration
 from connectors.store import DEFAULT_STORE, Store
 from connectors.views import finish_commits, list_views, view_dir, view_meta
@@ -114,15 +114,7 @@ def _names(value: Names, what: str) -> list[str] | None:
 
 def utc(value: TimeLike, what: str = "time") -> pd.Timestamp:
     """A time as a UTC timestamp; naive times and ISO strings without an offset mean UTC."""
-    try:
-        ts = pd.Timestamp(value)
-    except (ValueError, TypeError):
-        raise ConfigError(
-            f"{what} {value!r} is not a time — use ISO-8601, e.g. 2026-01-01T00:00Z"
-        ) from None
-    if pd.isna(ts):
-        raise ConfigError(f"{what} {value!r} is not a time")
-    return ts.tz_localize("UTC") if ts.tzinfo is None else ts.tz_convert("UTC")
+    return to_utc(value, what)
 
 
 def row_filter(

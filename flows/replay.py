@@ -18,7 +18,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import bytewax.operators as op
-import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 from bytewax.dataflow import Dataflow
@@ -29,6 +28,7 @@ from connectors.capture import new_run_id, open_capture, partition_of
 from connectors.capture_source import CaptureSource, ReplayBatch, ReplaySpec, partition_files
 from connectors.errors import ConfigError
 from connectors.ids import check_name
+from connectors.schema import to_utc
 from connectors.store import DEFAULT_STORE, Store
 from connectors.views import list_views, stage_commit, view_doc
 from flows.summary import Counts, add_summary
@@ -38,14 +38,7 @@ from flows.viewstep import ViewTarget, add_view
 
 def parse_time(text: str | None, what: str) -> int | None:
     """ISO-8601 (naive = UTC) to ns since the epoch."""
-    if text is None:
-        return None
-    try:
-        ts = pd.Timestamp(text)
-    except ValueError:
-        raise ConfigError(f"{what} {text!r} is not an ISO-8601 time") from None
-    ts = ts.tz_localize("UTC") if ts.tzinfo is None else ts.tz_convert("UTC")
-    return int(ts.value)
+    return None if text is None else int(to_utc(text, what).value)
 
 
 def parse_speed(text: str | float | None) -> float | None:
