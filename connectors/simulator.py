@@ -321,7 +321,6 @@ class _SimPartition(StatefulSourcePartition[RawBatch, int]):
     def __init__(self, url: str, spec: SimSpec, source: int, resume: int | None) -> None:
         self._url, self._spec, self._source = url, spec, source
         self._block = resume or 0
-        self._offset = 0
 
     def next_batch(self) -> list[RawBatch]:
         if self._block >= self._spec.blocks:

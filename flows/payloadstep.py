@@ -18,7 +18,6 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 from numpy.typing import NDArray
 
 from connectors.payloads import (
@@ -184,10 +183,4 @@ def _rejects(readings: pa.Table, bad: dict[int, tuple[str, str]]) -> pa.Table:
             "raw": pa.array(raws, pa.string()),
         },
         schema=REJECT_SCHEMA,
-    )
-
-
-def has_payloads(table: pa.Table) -> bool:
-    return "payload_sha256" in table.column_names and bool(
-        pc.any(pc.is_valid(table.column("payload_sha256"))).as_py()
     )
