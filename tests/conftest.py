@@ -26,6 +26,20 @@ def buoy() -> Path:
     return BUOY
 
 
+CRASH_VIEWS = """
+[[view]]
+name = "s10"
+size = "10s"
+aggregates = ["count", "mean", "min", "max", "std", "first", "last", "p50"]
+[[view]]
+name = "sess"
+kind = "session"
+gap = "50ms"
+aggregates = ["count", "sum"]
+"""
+"""Views the crash and fault tests rebuild and compare: a tumbling and a session view."""
+
+
 def sorted_frame(df: pd.DataFrame, keys: list[str] | None = None) -> pd.DataFrame:
     """A frame in a canonical row order, for comparing outputs regardless of arrival order."""
     keys = keys or ["source", "channel", "time", "seq"]

@@ -14,20 +14,10 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from tests.conftest import ROOT, sorted_frame
+from tests.conftest import CRASH_VIEWS, ROOT, sorted_frame
 
 SIM = "sim://?sources=6&channels=temperature,pressure&rate=1000&duration=120s&seed=9"
-VIEWS = """
-[[view]]
-name = "s10"
-size = "10s"
-aggregates = ["count", "mean", "min", "max", "std", "first", "last", "p50"]
-[[view]]
-name = "sess"
-kind = "session"
-gap = "50ms"
-aggregates = ["count", "sum"]
-"""
+VIEWS = CRASH_VIEWS
 
 
 def ingest_cmd(store: Path, views: Path, recovery: Path | None) -> list[str]:

@@ -30,22 +30,12 @@ import pytest
 from connectors.errors import ConfigError, StoreError
 from connectors.store import RETRY_SECONDS_ENV, RetryPolicy, Store
 from tests import s3servers
-from tests.conftest import ROOT, TEST_KEY, TEST_SECRET, create_bucket, sorted_frame
+from tests.conftest import CRASH_VIEWS, ROOT, TEST_KEY, TEST_SECRET, create_bucket, sorted_frame
 from tests.faultproxy import FaultProxy
 
 # 4 sources x 2 channels x 1000 Hz x 60 s: ~480,000 readings, 8 capture partitions.
 SIM = "sim://?sources=4&channels=temperature,pressure&rate=1000&duration=60s&seed=11"
-VIEWS = """
-[[view]]
-name = "s10"
-size = "10s"
-aggregates = ["count", "mean", "min", "max", "std", "first", "last", "p50"]
-[[view]]
-name = "sess"
-kind = "session"
-gap = "50ms"
-aggregates = ["count", "sum"]
-"""
+VIEWS = CRASH_VIEWS
 VIEW_NAMES = ("s10", "sess")
 
 
