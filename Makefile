@@ -22,7 +22,12 @@ lint: $(STAMP)
 	$(BIN)/ruff check connectors flows tests benchmarks
 	$(BIN)/ruff format --check connectors flows tests benchmarks
 
+# mypy cannot follow setuptools' editable import hook, so it reads the packages through
+# symlinks named as they are installed: .build/typecheck/obsflow/{connectors,flows}.
 typecheck: $(STAMP)
+	@mkdir -p .build/typecheck/obsflow
+	@ln -sfn ../../../connectors .build/typecheck/obsflow/connectors
+	@ln -sfn ../../../flows .build/typecheck/obsflow/flows
 	$(BIN)/mypy
 
 # pytest exits 5 when it collected no test: make treats that, like any failure, as an error.
@@ -43,4 +48,4 @@ notebooks: $(STAMP)
 	$(BIN)/jupyter lab notebooks/
 
 clean:
-	rm -rf $(VENV) data/store .pytest_cache .mypy_cache .ruff_cache .hypothesis
+	rm -rf $(VENV) .build data/store .pytest_cache .mypy_cache .ruff_cache .hypothesis

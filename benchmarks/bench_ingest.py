@@ -4,7 +4,7 @@ All three read the same Parquet file of simulated readings (8 instruments x 2 ch
 event-time order) and compute the same two views: 1 s and 1 min tumbling windows per
 (source, channel) with count/mean/min/max/std.
 
-- obsflow: ``flows.ingest`` end to end (read, validate, capture write, both views written).
+- obsflow: ``obsflow.flows.ingest`` end to end (read, validate, capture write, both views written).
 - pandas: ``read_parquet`` + for each window ``floor`` the time and ``groupby().agg()``.
 - bytewax per-item: one Python item per reading, ``key_on`` (source, channel), two
   ``fold_window`` steps (``EventClock`` on the reading's time with no wait and a frozen system
@@ -240,7 +240,7 @@ def child_bytewax(path: str, limit: int, workers: int, batch_rows: int) -> dict[
 
     base = rss_mb()
     started = time.perf_counter()
-    # What flows.cli.run_flow does, without importing the project into the baseline's process.
+    # What run_flow does, without importing the project into the baseline's process.
     cli_main(flow, workers_per_process=workers, epoch_interval=timedelta(seconds=2))  # type: ignore[no-untyped-call]
     seconds = time.perf_counter() - started
     peak = peak_rss_mb()

@@ -2,10 +2,10 @@
 
 The capture is built once (and reused) by ingesting the simulated input file of
 ``bench_ingest.py`` (8 instruments x 2 channels at 50 Hz, 4M readings by default) into a local
-store under ``benchmarks/out/`` with ``flows.ingest`` and no views. Then, in interleaved rounds,
+store under ``benchmarks/out/`` with ``flows.ingest``, no views. Then, in interleaved rounds,
 each in its own child process:
 
-- obsflow: ``flows.replay.build_flow(ReplayConfig(capture, views=(w1s, w1m), ...))`` run with
+- obsflow: ``replay.build_flow(ReplayConfig(capture, views=(w1s, w1m), ...))`` run with
   ``run_flow``, then ``commit`` (the staged views swapped into ``views/``): end to end, from
   reading the capture's Parquet objects to the committed view rows and the run summary.
 - pandas: ``pd.read_parquet(<store>/captures/<name>, columns=[source, channel, time, value])``
@@ -81,8 +81,8 @@ def capture_readings(store: Path) -> int:
 
 def child_build(path: str, store: str, workers: int) -> dict[str, Any]:
     """Ingest the input file into a fresh store as capture ``CAPTURE``, with no views."""
-    from flows.ingest import IngestConfig, build_flow
-    from flows.runner import run_flow
+    from obsflow.flows.ingest import IngestConfig, build_flow
+    from obsflow.flows.runner import run_flow
 
     shutil.rmtree(store, ignore_errors=True)
     config = IngestConfig(inputs=(path,), store=store, capture=CAPTURE, progress=False, views=())
@@ -95,8 +95,8 @@ def child_build(path: str, store: str, workers: int) -> dict[str, Any]:
 
 def child_obsflow(store: str, workers: int) -> dict[str, Any]:
     """Time replay + commit of the capture into the two views."""
-    from flows.replay import ReplayConfig, build_flow, commit
-    from flows.runner import run_flow
+    from obsflow.flows.replay import ReplayConfig, build_flow, commit
+    from obsflow.flows.runner import run_flow
 
     base = rss_mb()
     config = ReplayConfig(capture=CAPTURE, views=views(), store=store, progress=False)

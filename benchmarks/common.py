@@ -26,8 +26,8 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:  # run as a plain script from anywhere: import the project
     sys.path.insert(0, str(ROOT))
 
-from connectors.simulator import SimSpec, generate_block  # noqa: E402
-from flows.viewdef import ViewDef  # noqa: E402
+from obsflow.connectors.simulator import SimSpec, generate_block  # noqa: E402
+from obsflow.flows.viewdef import ViewDef  # noqa: E402
 
 OUT = ROOT / "benchmarks" / "out"
 AGGREGATES = ("count", "mean", "min", "max", "std")
@@ -165,8 +165,8 @@ def run_obsflow(inputs: list[str], store: Path, workers: int) -> dict[str, Any]:
     Runs in the calling process (call it from a child). Returns seconds, peak RSS and the run
     summary's counts.
     """
-    from flows.cli import run_flow
-    from flows.ingest import IngestConfig, build_flow
+    from obsflow.flows.cli import run_flow
+    from obsflow.flows.ingest import IngestConfig, build_flow
 
     shutil.rmtree(store, ignore_errors=True)
     base = rss_mb()

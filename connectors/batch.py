@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 
 import pyarrow as pa
 
-from connectors.schema import REJECT_SCHEMA
+from obsflow.connectors.schema import REJECT_SCHEMA
 
 DEFAULT_BATCH_ROWS = 65_536
 

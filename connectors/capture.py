@@ -31,12 +31,12 @@ import pyarrow.compute as pc
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
-from connectors.dedup import DEFAULT_HORIZON, Deduper
-from connectors.errors import CaptureExistsError, ConfigError, StoreError
-from connectors.ids import check_name
-from connectors.payloads import PAYLOAD_SCHEMA
-from connectors.schema import READING_SCHEMA, REJECT_SCHEMA
-from connectors.store import Store
+from obsflow.connectors.dedup import DEFAULT_HORIZON, Deduper
+from obsflow.connectors.errors import CaptureExistsError, ConfigError, StoreError
+from obsflow.connectors.ids import check_name
+from obsflow.connectors.payloads import PAYLOAD_SCHEMA
+from obsflow.connectors.schema import READING_SCHEMA, REJECT_SCHEMA
+from obsflow.connectors.store import Store
 
 FORMAT_VERSION = 1
 DEFAULT_PARTITIONS = 4
@@ -417,7 +417,7 @@ def capture_info(store: Store, name: str) -> CaptureInfo:
 
 def input_fingerprint(url: str) -> str:
     """sha256 of an input's bytes (of the URL itself for a ``sim://`` input)."""
-    from connectors.files import open_input  # files imports bytewax sources: keep this lazy
+    from obsflow.connectors.files import open_input  # files imports bytewax sources: keep this lazy
 
     h = hashlib.sha256()
     if url.startswith("sim://"):

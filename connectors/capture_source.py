@@ -23,11 +23,11 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
 
-from connectors.capture import capture_dir, open_capture, partition_of
-from connectors.errors import ConfigError
-from connectors.ids import check_id
-from connectors.schema import READING_SCHEMA
-from connectors.store import Store
+from obsflow.connectors.capture import capture_dir, open_capture, partition_of
+from obsflow.connectors.errors import ConfigError
+from obsflow.connectors.ids import check_id
+from obsflow.connectors.schema import READING_SCHEMA
+from obsflow.connectors.store import Store
 
 PACE_TICK = 0.05  # seconds of wall time per paced slice
 ReplayBatch = tuple[int, pa.Table]  # (capture partition, readings)

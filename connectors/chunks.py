@@ -33,7 +33,7 @@ from typing import Any
 
 import pyarrow as pa
 
-from connectors.errors import ConfigError, SchemaError
+from obsflow.connectors.errors import ConfigError, SchemaError
 
 CHUNK_FIELDS = ("source", "chunk_id", "chunk_index", "chunk_count", "time", "data")
 REASON_EXPIRED = "chunk_expired"

@@ -11,9 +11,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.dataset as ds
 
-from connectors.ids import check_name
-from connectors.schema import REJECT_SCHEMA
-from connectors.store import Store
+from obsflow.connectors.ids import check_name
+from obsflow.connectors.schema import REJECT_SCHEMA
+from obsflow.connectors.store import Store
 
 SCHEMA = REJECT_SCHEMA.append(pa.field("run", pa.string()))
 

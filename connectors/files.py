@@ -24,10 +24,10 @@ import pyarrow.json as pajson
 import pyarrow.parquet as pq
 from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
 
-from connectors.batch import DEFAULT_BATCH_ROWS, RawBatch
-from connectors.errors import ConfigError
-from connectors.schema import REJECT_SCHEMA
-from connectors.store import BACKENDS
+from obsflow.connectors.batch import DEFAULT_BATCH_ROWS, RawBatch
+from obsflow.connectors.errors import ConfigError
+from obsflow.connectors.schema import REJECT_SCHEMA
+from obsflow.connectors.store import BACKENDS
 
 FORMATS = {
     ".parquet": "parquet",

@@ -11,7 +11,7 @@ import re
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from connectors.errors import SchemaError
+from obsflow.connectors.errors import SchemaError
 
 ID_PATTERN = r"^[A-Za-z0-9._:-]{1,128}$"
 NAME_PATTERN = r"^[A-Za-z0-9_-]{1,64}$"

@@ -43,8 +43,8 @@ import numpy as np
 import pyarrow as pa
 from numpy.typing import NDArray
 
-from connectors.errors import ConfigError, ObsflowError, StoreError
-from connectors.store import Store
+from obsflow.connectors.errors import ConfigError, ObsflowError, StoreError
+from obsflow.connectors.store import Store
 
 T = TypeVar("T")
 R = TypeVar("R")

@@ -19,8 +19,8 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from connectors.errors import ConfigError
-from connectors.ids import valid_ids
+from obsflow.connectors.errors import ConfigError
+from obsflow.connectors.ids import valid_ids
 
 TIME_TYPE = pa.timestamp("ns", tz="UTC")
 

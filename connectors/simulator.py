@@ -21,10 +21,10 @@ import pandas as pd
 import pyarrow as pa
 from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
 
-from connectors.batch import RawBatch
-from connectors.errors import ConfigError
-from connectors.ids import check_id
-from connectors.schema import TIME_TYPE
+from obsflow.connectors.batch import RawBatch
+from obsflow.connectors.errors import ConfigError
+from obsflow.connectors.ids import check_id
+from obsflow.connectors.schema import TIME_TYPE
 
 BLOCK_SAMPLES = 16_384  # samples per channel per generated block
 MAX_READINGS = 10**10  # refuse absurd requests before generating anything

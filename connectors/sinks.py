@@ -15,8 +15,8 @@ import sys
 import pyarrow as pa
 from bytewax.outputs import FixedPartitionedSink, StatefulSinkPartition
 
-from connectors.ids import check_name
-from connectors.store import Store
+from obsflow.connectors.ids import check_name
+from obsflow.connectors.store import Store
 
 _CHUNK_RE = re.compile(r"^part-(?P<part>\d{4})-(?P<chunk>\d{6})\.parquet$")
 SinkState = tuple[str, int]  # (run id, next chunk number)

@@ -36,7 +36,7 @@ import fsspec
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from connectors.errors import ConfigError, StoreError
+from obsflow.connectors.errors import ConfigError, StoreError
 
 DEFAULT_STORE = "./data/store"
 RETRY_SECONDS_ENV = "OBSFLOW_S3_RETRY_SECONDS"

@@ -18,10 +18,10 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.dataset as ds
 
-from connectors.errors import ConfigError, StoreError
-from connectors.ids import check_name
-from connectors.schema import TIME_TYPE, to_utc
-from connectors.store import Store
+from obsflow.connectors.errors import ConfigError, StoreError
+from obsflow.connectors.ids import check_name
+from obsflow.connectors.schema import TIME_TYPE, to_utc
+from obsflow.connectors.store import Store
 
 
 def view_dir(name: str) -> str:

@@ -23,10 +23,10 @@ import numpy as np
 import pyarrow as pa
 from bytewax.operators import StatefulBatchLogic
 
-from connectors.chunks import ChunkAssembler, ChunkOutput, IncompleteSet
-from connectors.payloads import PayloadStore
-from connectors.schema import REJECT_SCHEMA, TIME_TYPE
-from flows.summary import Counts
+from obsflow.connectors.chunks import ChunkAssembler, ChunkOutput, IncompleteSet
+from obsflow.connectors.payloads import PayloadStore
+from obsflow.connectors.schema import REJECT_SCHEMA, TIME_TYPE
+from obsflow.flows.summary import Counts
 
 CHUNK_COLUMNS = ("_chunk_id", "_chunk_index", "_chunk_count")
 PartTable = tuple[int, pa.Table]

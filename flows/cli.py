@@ -23,7 +23,7 @@ import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
-from connectors.capture import (
+from obsflow.connectors.capture import (
     capture_info,
     captured_inputs,
     input_fingerprint,
@@ -32,19 +32,19 @@ from connectors.capture import (
     read_capture,
     record_inputs,
 )
-from connectors.deadletters import count_by_run_and_reason, read_deadletters
-from connectors.errors import ConfigError, ObsflowError
-from connectors.files import format_of
-from connectors.ids import check_name
-from connectors.payloads import PAYLOAD_SCHEMA, PayloadStore, check_sha256
-from connectors.schema import TIME_UNITS, InputSpec
-from connectors.simulator import SimSpec, generate, parse_duration
-from connectors.store import DEFAULT_STORE, Store
-from connectors.views import finish_commits, list_views, read_view, window_filter
-from flows import ingest, replay
-from flows.runner import Recovery, free_port, run_flow
-from flows.summary import Counts, summary_dict
-from flows.viewdef import ViewDef, load_views
+from obsflow.connectors.deadletters import count_by_run_and_reason, read_deadletters
+from obsflow.connectors.errors import ConfigError, ObsflowError
+from obsflow.connectors.files import format_of
+from obsflow.connectors.ids import check_name
+from obsflow.connectors.payloads import PAYLOAD_SCHEMA, PayloadStore, check_sha256
+from obsflow.connectors.schema import TIME_UNITS, InputSpec
+from obsflow.connectors.simulator import SimSpec, generate, parse_duration
+from obsflow.connectors.store import DEFAULT_STORE, Store
+from obsflow.connectors.views import finish_commits, list_views, read_view, window_filter
+from obsflow.flows import ingest, replay
+from obsflow.flows.runner import Recovery, free_port, run_flow
+from obsflow.flows.summary import Counts, summary_dict
+from obsflow.flows.viewdef import ViewDef, load_views
 
 DEMO_VIEWS = (
     ViewDef(
@@ -197,7 +197,11 @@ def run_processes(
         "run_id": config.run_id,
         "progress": config.progress,
     }
-    expr = "flows.replay:build_flow(" + ", ".join(f"{k}={v!r}" for k, v in options.items()) + ")"
+    expr = (
+        "obsflow.flows.replay:build_flow("
+        + ", ".join(f"{k}={v!r}" for k, v in options.items())
+        + ")"
+    )
     procs = [
         subprocess.Popen(
             [

@@ -9,7 +9,7 @@ that name already belongs to ``connectors.store.Store``, the byte-level store ev
 uses, so the notebook API is ``open_store``/``Explorer`` and the byte store is
 ``Explorer.store``.)
 
-    >>> from flows.explore import open_store
+    >>> from obsflow.flows.explore import open_store
     >>> s = open_store("data/store")
     >>> s.view_names()
     ['demo_10s', 'demo_1m']
@@ -24,7 +24,7 @@ late readings on ``time``. Times are UTC: naive inputs mean UTC, and timestamp c
 as ``datetime64[ns, UTC]``.
 
 Payload arrays are fetched by reference and verified (size and sha256) by
-``connectors.payloads.PayloadStore``; a mismatch raises ``PayloadCorruptError``.
+``obsflow.connectors.payloads.PayloadStore``; a mismatch raises ``PayloadCorruptError``.
 """
 
 from __future__ import annotations
@@ -43,7 +43,7 @@ import pyarrow.compute as pc
 import pyarrow.dataset as ds
 from numpy.typing import NDArray
 
-from connectors.capture import (
+from obsflow.connectors.capture import (
     CaptureInfo,
     capture_info,
     captured_inputs,
@@ -53,17 +53,17 @@ from connectors.capture import (
     partition_of,
     record_inputs,
 )
-from connectors.capture_source import partition_files
-from connectors.deadletters import read_deadletters
-from connectors.errors import ConfigError, StoreError
-from connectors.ids import check_name
-from connectors.payloads import Payload, PayloadRef, PayloadStore
-from connectors.schema import READING_SCHEMA, TIME_TYPE, InputSpec, to_utc
-from connectors.simulator import parse_duration
-from connectors.store import DEFAULT_STORE, Store
-from connectors.views import finish_commits, list_views, view_dir, view_meta
-from flows.summary import Counts, summary_dict
-from flows.viewdef import ViewDef, load_views, parse_views
+from obsflow.connectors.capture_source import partition_files
+from obsflow.connectors.deadletters import read_deadletters
+from obsflow.connectors.errors import ConfigError, StoreError
+from obsflow.connectors.ids import check_name
+from obsflow.connectors.payloads import Payload, PayloadRef, PayloadStore
+from obsflow.connectors.schema import READING_SCHEMA, TIME_TYPE, InputSpec, to_utc
+from obsflow.connectors.simulator import parse_duration
+from obsflow.connectors.store import DEFAULT_STORE, Store
+from obsflow.connectors.views import finish_commits, list_views, view_dir, view_meta
+from obsflow.flows.summary import Counts, summary_dict
+from obsflow.flows.viewdef import ViewDef, load_views, parse_views
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
@@ -188,7 +188,7 @@ class Explorer:
     """Read-mostly access to one store for notebooks and scripts (see the module docstring).
 
     Cheap to build; opens nothing until asked. ``store`` is the underlying
-    ``connectors.store.Store``, ``payload_store`` its ``PayloadStore``.
+    ``obsflow.connectors.store.Store``, ``payload_store`` its ``PayloadStore``.
     """
 
     def __init__(self, url: str | Store = DEFAULT_STORE) -> None:
@@ -461,7 +461,7 @@ class Explorer:
 
     def demo(self, duration: str = "60s") -> None:
         """Run ``obsflow demo`` into this store (replaces its ``demo`` capture and views)."""
-        from flows.cli import main
+        from obsflow.flows.cli import main
 
         if main(["demo", "--store", self.url, "--duration", duration]) != 0:
             raise StoreError(f"obsflow demo into {self.store.uri()} failed")
@@ -485,9 +485,9 @@ class Explorer:
         objects, TOML text or a TOML file path. ``map`` names input columns
         (``"source=source_id,time=event_time"``).
         """
-        from flows import ingest
-        from flows.cli import _finish_summary
-        from flows.runner import run_flow
+        from obsflow.flows import ingest
+        from obsflow.flows.cli import _finish_summary
+        from obsflow.flows.runner import run_flow
 
         urls = list(dict.fromkeys([inputs] if isinstance(inputs, str) else inputs))
         check_name(capture, kind="capture name")
@@ -530,9 +530,9 @@ class Explorer:
         already built from the capture). The new views replace the old ones only when the
         whole replay succeeds. ``speed`` None is as fast as possible, 1 the original pace.
         """
-        from flows import replay
-        from flows.cli import _finish_summary
-        from flows.runner import run_flow
+        from obsflow.flows import replay
+        from obsflow.flows.cli import _finish_summary
+        from obsflow.flows.runner import run_flow
 
         finish_commits(self.store)
         defs = replay.stored_views(self.store, capture) if views is None else view_defs(views)

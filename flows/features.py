@@ -24,8 +24,8 @@ import numpy as np
 import pyarrow as pa
 from numpy.typing import NDArray
 
-from connectors.errors import ConfigError
-from connectors.ids import check_id
+from obsflow.connectors.errors import ConfigError
+from obsflow.connectors.ids import check_id
 
 FEATURES = ("mean", "min", "max", "sum", "std", "var", "rms", "count")
 DEFAULT_FEATURES = ("mean", "max", "sum", "std", "rms")

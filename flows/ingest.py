@@ -7,7 +7,7 @@ Output: the capture ``<store>/captures/<name>/``, each view's final rows in
 Guarantee: every input record is accounted for once: accepted, rejected (kept with a reason)
 or a duplicate; ``input == accepted + rejected + duplicates``.
 
-Run it with ``obsflow ingest ...`` or ``python -m bytewax.run "flows.ingest:build_flow(
+Run it with ``obsflow ingest ...`` or ``python -m bytewax.run "obsflow.flows.ingest:build_flow(
 inputs=['x.parquet'], store='./data/store', capture='demo')"``.
 """
 
@@ -26,29 +26,29 @@ from bytewax.inputs import Source
 from bytewax.operators import StatefulBatchLogic
 from bytewax.outputs import Sink
 
-from connectors.batch import DEFAULT_BATCH_ROWS, RawBatch
-from connectors.capture import (
+from obsflow.connectors.batch import DEFAULT_BATCH_ROWS, RawBatch
+from obsflow.connectors.capture import (
     PartitionWriter,
     WriterState,
     new_run_id,
     open_capture,
     split_by_partition,
 )
-from connectors.dedup import DEFAULT_HORIZON
-from connectors.errors import ConfigError
-from connectors.files import FileSource
-from connectors.ids import check_name
-from connectors.payloads import INLINE_LIMIT, PayloadStore
-from connectors.schema import InputSpec, normalize
-from connectors.simulator import SimSource
-from connectors.sinks import ChunkSink
-from connectors.store import DEFAULT_STORE, Store
-from flows.chunkstep import ChunkLogic, Step
-from flows.features import check_features
-from flows.payloadstep import offload_batch
-from flows.summary import Counts, add_summary
-from flows.viewdef import ViewDef, default_views, load_views
-from flows.viewstep import add_view
+from obsflow.connectors.dedup import DEFAULT_HORIZON
+from obsflow.connectors.errors import ConfigError
+from obsflow.connectors.files import FileSource
+from obsflow.connectors.ids import check_name
+from obsflow.connectors.payloads import INLINE_LIMIT, PayloadStore
+from obsflow.connectors.schema import InputSpec, normalize
+from obsflow.connectors.simulator import SimSource
+from obsflow.connectors.sinks import ChunkSink
+from obsflow.connectors.store import DEFAULT_STORE, Store
+from obsflow.flows.chunkstep import ChunkLogic, Step
+from obsflow.flows.features import check_features
+from obsflow.flows.payloadstep import offload_batch
+from obsflow.flows.summary import Counts, add_summary
+from obsflow.flows.viewdef import ViewDef, default_views, load_views
+from obsflow.flows.viewstep import add_view
 
 
 @dataclass(frozen=True)
@@ -109,7 +109,7 @@ def normalize_batch(spec: InputSpec, batch: RawBatch) -> tuple[pa.Table, pa.Tabl
 
 
 def offload(store: PayloadStore, features: tuple[str, ...], step: Step) -> Step:
-    """Offload a partition batch's payloads (see ``flows.payloadstep``); count what it did."""
+    """Offload a partition batch's payloads (``flows.payloadstep``); count what it did."""
     readings = step.readings
     if readings.num_rows == 0 or "_payload" not in readings.column_names:
         return step

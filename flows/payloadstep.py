@@ -2,7 +2,7 @@
 
 Input: a normalized reading table whose rows may carry a raw payload in ``_payload`` (an Arrow
 list of numbers, or binary with ``_payload_dtype`` and ``_payload_shape``). Output: the same
-readings with the ``payload_*`` reference columns (``connectors.payloads.PAYLOAD_SCHEMA``), the
+readings with the ``payload_*`` reference columns (``PAYLOAD_SCHEMA``), the
 objects already durable in ``<store>/payloads/`` (``offload_many`` returns only then), plus
 optional derived scalar readings ``<channel>.<feature>`` per payload, and rejects for payloads
 that are malformed (``bad_payload``) or too large (``oversize``).
@@ -20,7 +20,7 @@ import numpy as np
 import pyarrow as pa
 from numpy.typing import NDArray
 
-from connectors.payloads import (
+from obsflow.connectors.payloads import (
     PayloadError,
     PayloadStore,
     PayloadTooLargeError,
@@ -28,8 +28,8 @@ from connectors.payloads import (
     numpy_dtype,
     payloads_to_arrow,
 )
-from connectors.schema import REJECT_SCHEMA
-from flows.features import derive_features
+from obsflow.connectors.schema import REJECT_SCHEMA
+from obsflow.flows.features import derive_features
 
 RAW_COLUMNS = ("_payload", "_payload_dtype", "_payload_shape")
 

@@ -7,7 +7,7 @@ Guarantee: the same capture and definitions give the same rows, for any worker o
 count and any speed; an interrupted replay leaves the previous views intact.
 
 Run it with ``obsflow replay ...`` or, e.g. on two processes,
-``python -m bytewax.run "flows.replay:build_flow(store='s3://b/p', capture='c',
+``python -m bytewax.run "obsflow.flows.replay:build_flow(store='s3://b/p', capture='c',
 views='views.toml', run_id='r1')" -i 0 -a "h1:2101;h2:2101"`` on each host, then
 ``obsflow replay --commit r1`` once.
 """
@@ -24,16 +24,21 @@ from bytewax.dataflow import Dataflow
 from bytewax.inputs import Source
 from bytewax.outputs import Sink
 
-from connectors.capture import new_run_id, open_capture, partition_of
-from connectors.capture_source import CaptureSource, ReplayBatch, ReplaySpec, partition_files
-from connectors.errors import ConfigError
-from connectors.ids import check_name
-from connectors.schema import to_utc
-from connectors.store import DEFAULT_STORE, Store
-from connectors.views import list_views, stage_commit, view_doc
-from flows.summary import Counts, add_summary
-from flows.viewdef import ViewDef, load_views
-from flows.viewstep import ViewTarget, add_view
+from obsflow.connectors.capture import new_run_id, open_capture, partition_of
+from obsflow.connectors.capture_source import (
+    CaptureSource,
+    ReplayBatch,
+    ReplaySpec,
+    partition_files,
+)
+from obsflow.connectors.errors import ConfigError
+from obsflow.connectors.ids import check_name
+from obsflow.connectors.schema import to_utc
+from obsflow.connectors.store import DEFAULT_STORE, Store
+from obsflow.connectors.views import list_views, stage_commit, view_doc
+from obsflow.flows.summary import Counts, add_summary
+from obsflow.flows.viewdef import ViewDef, load_views
+from obsflow.flows.viewstep import ViewTarget, add_view
 
 
 def parse_time(text: str | None, what: str) -> int | None:

@@ -19,9 +19,9 @@ from bytewax.dataflow import Dataflow
 from bytewax.recovery import RecoveryConfig, init_db_dir
 from bytewax.run import cli_main
 
-from connectors.capture import new_run_id
-from connectors.errors import ConfigError
-from connectors.ids import check_name
+from obsflow.connectors.capture import new_run_id
+from obsflow.connectors.errors import ConfigError
+from obsflow.connectors.ids import check_name
 
 EPOCH = timedelta(seconds=2)
 _RUN_FILE = "obsflow-run.json"

@@ -20,7 +20,7 @@ from bytewax.dataflow import Stream
 from bytewax.operators import StatefulLogic
 from bytewax.outputs import DynamicSink, Sink, StatelessSinkPartition
 
-from connectors.store import Store
+from obsflow.connectors.store import Store
 
 SUMMARY_KEY = "run"
 

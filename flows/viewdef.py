@@ -22,9 +22,9 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from connectors.errors import ConfigError
-from connectors.ids import NAME_PATTERN
-from connectors.simulator import parse_duration
+from obsflow.connectors.errors import ConfigError
+from obsflow.connectors.ids import NAME_PATTERN
+from obsflow.connectors.simulator import parse_duration
 
 KINDS = ("tumbling", "hopping", "session")
 SIMPLE_AGGREGATES = ("count", "sum", "mean", "min", "max", "std", "var", "first", "last")

@@ -3,7 +3,7 @@
 Input: ``("0003", (3, readings))`` items, keyed by capture partition (all series of a source
 live in one partition, so each partition's windows are independent). Output: view rows to
 ``<store>/views/<name>/``, late readings to ``<store>/late/<name>/``, and count deltas.
-Pure event time: the kernel (``flows.windows``) never reads the wall clock.
+Pure event time: the kernel (``obsflow.flows.windows``) never reads the wall clock.
 """
 
 from __future__ import annotations
@@ -19,12 +19,12 @@ import pyarrow.parquet as pq
 from bytewax.dataflow import Stream
 from bytewax.operators import StatefulBatchLogic
 
-from connectors.sinks import ChunkSink
-from connectors.store import Store
-from connectors.views import ensure_view, state_path
-from flows.summary import Counts
-from flows.viewdef import ViewDef
-from flows.windows import WindowKernel
+from obsflow.connectors.sinks import ChunkSink
+from obsflow.connectors.store import Store
+from obsflow.connectors.views import ensure_view, state_path
+from obsflow.flows.summary import Counts
+from obsflow.flows.viewdef import ViewDef
+from obsflow.flows.windows import WindowKernel
 
 PartTable = tuple[int, pa.Table]
 ViewOut = tuple[str, pa.Table]  # ("rows" | "late", table)

@@ -30,9 +30,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from connectors.schema import TIME_TYPE
-from flows.sketch import Sketches
-from flows.viewdef import ViewDef
+from obsflow.connectors.schema import TIME_TYPE
+from obsflow.flows.sketch import Sketches
+from obsflow.flows.viewdef import ViewDef
 
 I64_MIN = np.iinfo(np.int64).min
 I64_MAX = np.iinfo(np.int64).max

@@ -28,16 +28,16 @@ from bytewax.dataflow import Dataflow
 from bytewax.inputs import Source
 from bytewax.outputs import Sink
 
-from connectors.capture_source import CaptureSource, ReplaySpec
-from connectors.errors import StoreError
-from connectors.files import FileSource
-from connectors.simulator import SimSource
-from connectors.sinks import ChunkSink
-from connectors.store import RETRY_SECONDS_ENV, Store
-from flows import ingest, replay
-from flows.cli import main
-from flows.summary import SummarySink
-from flows.viewdef import ViewDef
+from obsflow.connectors.capture_source import CaptureSource, ReplaySpec
+from obsflow.connectors.errors import StoreError
+from obsflow.connectors.files import FileSource
+from obsflow.connectors.simulator import SimSource
+from obsflow.connectors.sinks import ChunkSink
+from obsflow.connectors.store import RETRY_SECONDS_ENV, Store
+from obsflow.flows import ingest, replay
+from obsflow.flows.cli import main
+from obsflow.flows.summary import SummarySink
+from obsflow.flows.viewdef import ViewDef
 from tests import s3servers
 from tests.conftest import ROOT, TEST_KEY, TEST_SECRET, create_bucket, point_aws_env
 from tests.faultproxy import FaultProxy
@@ -148,7 +148,17 @@ def test_a_successful_s3_ingest_shows_and_keeps_no_credentials(
 ) -> None:
     url = f"s3://{secret_env}/obsflow"
     recovery = tmp_path / "recovery"
-    cmd = [sys.executable, "-m", "flows.cli", "ingest", SIM, "--store", url, "--capture", "c"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "obsflow.flows.cli",
+        "ingest",
+        SIM,
+        "--store",
+        url,
+        "--capture",
+        "c",
+    ]
     cmd += ["--summary", str(tmp_path / "summary.json"), "--recovery", str(recovery)]
     cmd += ["--snapshot-interval", "0.2"]  # progress and summary lines stay on: no -q
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
@@ -249,7 +259,7 @@ def test_wrong_credentials_on_seaweedfs_fail_cleanly_without_showing_them(
 
     # Through the CLI: a clean one-line error, no credentials.
     proc = subprocess.run(
-        [sys.executable, "-m", "flows.cli", "ingest", SIM, "--store", url, "-q"],
+        [sys.executable, "-m", "obsflow.flows.cli", "ingest", SIM, "--store", url, "-q"],
         cwd=ROOT,
         env={**os.environ, "PYTHONPATH": str(ROOT)},
         capture_output=True,
@@ -273,7 +283,7 @@ def test_an_unreachable_endpoint_fails_cleanly_without_showing_credentials(
         Store(url).read_bytes("k")
     assert_clean("".join(traceback.format_exception(info.value)), "the traceback")
     proc = subprocess.run(
-        [sys.executable, "-m", "flows.cli", "ingest", SIM, "--store", url, "-q"],
+        [sys.executable, "-m", "obsflow.flows.cli", "ingest", SIM, "--store", url, "-q"],
         cwd=ROOT,
         env={**os.environ, "PYTHONPATH": str(ROOT)},
         capture_output=True,

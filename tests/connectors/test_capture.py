@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from connectors.capture import (
+from obsflow.connectors.capture import (
     PartitionWriter,
     assign_seq,
     open_capture,
@@ -18,9 +18,9 @@ from connectors.capture import (
     read_capture,
     split_by_partition,
 )
-from connectors.errors import CaptureExistsError, StoreError
-from connectors.schema import TIME_TYPE
-from connectors.store import Store
+from obsflow.connectors.errors import CaptureExistsError, StoreError
+from obsflow.connectors.schema import TIME_TYPE
+from obsflow.connectors.store import Store
 
 
 def readings(sources: list[str], seq: list[int | None] | None = None, start: int = 0) -> pa.Table:

@@ -12,7 +12,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from connectors.chunks import (
+from obsflow.connectors.chunks import (
     REASON_CONFLICT,
     REASON_EXPIRED,
     REASON_INCONSISTENT,
@@ -21,8 +21,8 @@ from connectors.chunks import (
     ChunkAssembler,
     ChunkOutput,
 )
-from connectors.errors import SchemaError
-from connectors.schema import TIME_TYPE
+from obsflow.connectors.errors import SchemaError
+from obsflow.connectors.schema import TIME_TYPE
 
 S = 1_000_000_000
 

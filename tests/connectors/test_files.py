@@ -8,9 +8,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from connectors.batch import RawBatch
-from connectors.errors import ConfigError
-from connectors.files import FileSource, format_of
+from obsflow.connectors.batch import RawBatch
+from obsflow.connectors.errors import ConfigError
+from obsflow.connectors.files import FileSource, format_of
 
 
 def drain(source: FileSource, part: str, resume: int | None = None) -> tuple[list[RawBatch], int]:

@@ -23,8 +23,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from connectors.errors import StoreError
-from connectors.payloads import (
+from obsflow.connectors.errors import StoreError
+from obsflow.connectors.payloads import (
     CODEC_INLINE,
     CODEC_NONE,
     CODEC_ZSTD,
@@ -53,7 +53,7 @@ from connectors.payloads import (
     refs_from_arrow,
     refs_to_arrow,
 )
-from connectors.store import Store
+from obsflow.connectors.store import Store
 
 RNG = np.random.default_rng(5)
 BIG_FRAME = RNG.poisson(100, (2048, 1024)).astype(np.uint16)  # 4 MiB detector frame of counts

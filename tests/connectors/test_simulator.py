@@ -6,8 +6,8 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from connectors.errors import ConfigError, ObsflowError
-from connectors.simulator import BLOCK_SAMPLES, SimSource, SimSpec, generate, parse_duration
+from obsflow.connectors.errors import ConfigError, ObsflowError
+from obsflow.connectors.simulator import BLOCK_SAMPLES, SimSource, SimSpec, generate, parse_duration
 
 
 def test_durations() -> None:

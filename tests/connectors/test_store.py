@@ -13,8 +13,8 @@ from typing import Any
 import pyarrow as pa
 import pytest
 
-from connectors.errors import ConfigError, StoreError
-from connectors.store import Store
+from obsflow.connectors.errors import ConfigError, StoreError
+from obsflow.connectors.store import Store
 from tests.conftest import TEST_SECRET
 
 

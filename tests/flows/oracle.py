@@ -8,7 +8,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from flows.viewdef import ViewDef
+from obsflow.flows.viewdef import ViewDef
 
 
 def split_late(df: pd.DataFrame, view: ViewDef) -> tuple[pd.DataFrame, pd.Series]:

@@ -15,11 +15,11 @@ import pandas as pd
 import pytest
 from fsspec.implementations.local import LocalFileSystem
 
-from connectors.errors import ConfigError
-from connectors.payloads import PayloadCorruptError, payloads_to_arrow
-from connectors.simulator import SimSpec, generate
-from flows.cli import main
-from flows.explore import (
+from obsflow.connectors.errors import ConfigError
+from obsflow.connectors.payloads import PayloadCorruptError, payloads_to_arrow
+from obsflow.connectors.simulator import SimSpec, generate
+from obsflow.flows.cli import main
+from obsflow.flows.explore import (
     Explorer,
     compare_views,
     find_gaps,
@@ -29,7 +29,7 @@ from flows.explore import (
     plot_windows,
     utc,
 )
-from flows.viewdef import ViewDef
+from obsflow.flows.viewdef import ViewDef
 from tests.conftest import ROOT
 
 BIG_VIEWS = """

@@ -10,7 +10,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from flows.cli import main
+from obsflow.flows.cli import main
 
 GOOD_CSV = [f"good{i},2024-01-01T00:00:{i:02d}Z,{i}.5,temp,{i},ok-csv-{i}" for i in range(10)]
 # (line, expected reason); every line names itself in its note column (or its text).

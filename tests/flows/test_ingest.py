@@ -12,12 +12,12 @@ import pyarrow as pa
 import pytest
 from bytewax.testing import TestingSink, TestingSource, run_main
 
-from connectors.batch import RawBatch
-from connectors.schema import InputSpec
-from flows.cli import main
-from flows.ingest import IngestConfig, build_flow, normalize_batch
-from flows.runner import run_flow
-from flows.summary import Counts
+from obsflow.connectors.batch import RawBatch
+from obsflow.connectors.schema import InputSpec
+from obsflow.flows.cli import main
+from obsflow.flows.ingest import IngestConfig, build_flow, normalize_batch
+from obsflow.flows.runner import run_flow
+from obsflow.flows.summary import Counts
 from tests.conftest import BUOY, BUOY_MAP, ROOT, sorted_frame
 
 
@@ -181,7 +181,7 @@ def test_flow_accepts_a_testing_source_and_sink(tmp_path: Path) -> None:
 
 
 def test_normalize_batch_counts_reader_and_schema_rejects() -> None:
-    from connectors.files import _malformed
+    from obsflow.connectors.files import _malformed
 
     batch = RawBatch(
         "f",
@@ -198,7 +198,7 @@ def test_normalize_batch_counts_reader_and_schema_rejects() -> None:
 def test_bytewax_run_module_runs_the_flow(tmp_path: Path) -> None:
     store = tmp_path / "store"
     expr = (
-        f"flows.ingest:build_flow(inputs=['{BUOY}'], store='{store}', capture='bw', "
+        f"obsflow.flows.ingest:build_flow(inputs=['{BUOY}'], store='{store}', capture='bw', "
         f"map='{BUOY_MAP}', progress=False)"
     )
     proc = subprocess.run(

@@ -20,9 +20,9 @@ from typing import Any
 import pandas as pd
 import pytest
 
-from connectors.capture import read_capture
-from connectors.store import Store
-from flows.cli import main
+from obsflow.connectors.capture import read_capture
+from obsflow.connectors.store import Store
+from obsflow.flows.cli import main
 from tests import s3servers
 from tests.conftest import BUOY, BUOY_MAP, ROOT, sorted_frame
 
@@ -185,7 +185,7 @@ def test_wrong_secret_on_seaweedfs_is_a_clean_error_without_the_secret(
     csv.write_text(MIXED_CSV)
     url = f"s3://{seaweed_env}/obsflow"
     proc = subprocess.run(
-        [sys.executable, "-m", "flows.cli", "ingest", str(csv), "--store", url, "-q"],
+        [sys.executable, "-m", "obsflow.flows.cli", "ingest", str(csv), "--store", url, "-q"],
         cwd=ROOT,
         env=env,
         capture_output=True,

@@ -11,10 +11,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from connectors.capture import read_capture
-from connectors.payloads import PayloadCorruptError, PayloadStore, payload_key
-from connectors.store import Store
-from flows.cli import main
+from obsflow.connectors.capture import read_capture
+from obsflow.connectors.payloads import PayloadCorruptError, PayloadStore, payload_key
+from obsflow.connectors.store import Store
+from obsflow.flows.cli import main
 
 FRAME = "frame:1024x2048:uint16"  # 4 MiB per frame
 

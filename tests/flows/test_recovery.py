@@ -24,7 +24,7 @@ def ingest_cmd(store: Path, views: Path, recovery: Path | None) -> list[str]:
     cmd = [
         sys.executable,
         "-m",
-        "flows.cli",
+        "obsflow.flows.cli",
         "ingest",
         SIM,
         "--store",

@@ -16,13 +16,13 @@ import pandas as pd
 import pyarrow as pa
 import pytest
 
-from connectors.capture_source import partition_files
-from connectors.store import Store
-from connectors.views import read_view
-from flows.cli import main
-from flows.ingest import IngestConfig, build_flow
-from flows.runner import run_flow
-from flows.viewdef import ViewDef, parse_views
+from obsflow.connectors.capture_source import partition_files
+from obsflow.connectors.store import Store
+from obsflow.connectors.views import read_view
+from obsflow.flows.cli import main
+from obsflow.flows.ingest import IngestConfig, build_flow
+from obsflow.flows.runner import run_flow
+from obsflow.flows.viewdef import ViewDef, parse_views
 from tests.conftest import ROOT
 from tests.flows.oracle import expected_rows
 from tests.flows.test_windows import assert_rows_match
@@ -327,7 +327,7 @@ def test_a_killed_replay_leaves_the_previous_views_intact(tmp_path: Path) -> Non
         [
             sys.executable,
             "-m",
-            "flows.cli",
+            "obsflow.flows.cli",
             "replay",
             "--store",
             str(tmp_path),

@@ -27,8 +27,8 @@ import pandas as pd
 import pyarrow as pa
 import pytest
 
-from connectors.errors import ConfigError, StoreError
-from connectors.store import RETRY_SECONDS_ENV, RetryPolicy, Store
+from obsflow.connectors.errors import ConfigError, StoreError
+from obsflow.connectors.store import RETRY_SECONDS_ENV, RetryPolicy, Store
 from tests import s3servers
 from tests.conftest import CRASH_VIEWS, ROOT, TEST_KEY, TEST_SECRET, create_bucket, sorted_frame
 from tests.faultproxy import FaultProxy
@@ -46,7 +46,7 @@ def ingest_cmd(store: str, views: Path, summary: Path, *extra: str) -> list[str]
     return [
         sys.executable,
         "-m",
-        "flows.cli",
+        "obsflow.flows.cli",
         "ingest",
         SIM,
         "--store",
@@ -565,10 +565,10 @@ import pyarrow as pa
 import bytewax.operators as op
 from bytewax.dataflow import Dataflow
 from bytewax.testing import TestingSource
-from connectors.errors import StoreError
-from connectors.sinks import ChunkSink
-from connectors.store import Store
-from flows.runner import run_flow
+from obsflow.connectors.errors import StoreError
+from obsflow.connectors.sinks import ChunkSink
+from obsflow.connectors.store import Store
+from obsflow.flows.runner import run_flow
 
 DOWN = False
 

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from connectors.errors import ConfigError
-from flows.viewdef import ViewDef, load_views, parse_views, quantile_of
+from obsflow.connectors.errors import ConfigError
+from obsflow.flows.viewdef import ViewDef, load_views, parse_views, quantile_of
 
 GOOD = """
 [[view]]

@@ -9,12 +9,12 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from connectors.store import Store
-from connectors.views import read_view, window_filter
-from flows.cli import main
-from flows.ingest import IngestConfig, build_flow
-from flows.runner import run_flow
-from flows.viewdef import ViewDef, parse_views
+from obsflow.connectors.store import Store
+from obsflow.connectors.views import read_view, window_filter
+from obsflow.flows.cli import main
+from obsflow.flows.ingest import IngestConfig, build_flow
+from obsflow.flows.runner import run_flow
+from obsflow.flows.viewdef import ViewDef, parse_views
 from tests.conftest import BUOY, BUOY_MAP
 
 DAILY = """

@@ -12,9 +12,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from connectors.schema import TIME_TYPE
-from flows.viewdef import ViewDef
-from flows.windows import WindowKernel, running_max
+from obsflow.connectors.schema import TIME_TYPE
+from obsflow.flows.viewdef import ViewDef
+from obsflow.flows.windows import WindowKernel, running_max
 from tests.flows.oracle import expected_rows
 
 MS = 1_000_000
