@@ -1,60 +1,47 @@
 """The capture: an append-only, partitioned reading log under ``<store>/captures/<name>/``.
 
-Layout::
-
-    captures/<name>/_capture.json               name, partition count (fixed at creation)
-    captures/<name>/_state/part-0003.json       per-partition bookkeeping (next seq per source)
-    captures/<name>/part-0003/<run>-<chunk>.parquet   readings, READING_SCHEMA, arrival order
-
-Plain ``pandas.read_parquet(<store>/captures/<name>)`` returns every reading exactly once:
-pyarrow skips names starting with ``_`` or ``.``, which is where bookkeeping and temporary
-objects live. A source's readings always land in one partition (a stable crc32 of its id), so
-its order is kept and replay can run partitions in parallel.
+Objects are ``captures/<name>/part-0003/<run>-<chunk>.parquet`` (``CAPTURE_SCHEMA``, arrival
+order); a plain read of the folder returns every committed reading exactly once, since a run's
+objects only move there when it commits (``connectors.commits``). Bookkeeping (partition count,
+next seq numbers, dedup memory, inputs already captured) lives under
+``_obsflow/captures/<name>/``. A source's readings always land in one partition (a stable
+crc32 of its id), so its order is kept and replay can run partitions in parallel.
 """
 
 from __future__ import annotations
 
 import copy
 import hashlib
-import io
 import json
-import re
 import secrets
-import zlib
-from dataclasses import dataclass, field
+from collections.abc import Iterable
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.dataset as ds
-import pyarrow.parquet as pq
 
+from obsflow.connectors import layout
+from obsflow.connectors.commits import head
 from obsflow.connectors.dedup import DEFAULT_HORIZON, Deduper
 from obsflow.connectors.errors import CaptureExistsError, ConfigError, StoreError
-from obsflow.connectors.ids import check_name
-from obsflow.connectors.payloads import PAYLOAD_SCHEMA
-from obsflow.connectors.schema import READING_SCHEMA, REJECT_SCHEMA
+from obsflow.connectors.partitions import assign_seq, conform
+from obsflow.connectors.schema import REJECT_SCHEMA
 from obsflow.connectors.store import Store
 
 FORMAT_VERSION = 1
 DEFAULT_PARTITIONS = 4
 MAX_PARTITIONS = 1024
-_FILE_RE = re.compile(r"^(?P<run>[A-Za-z0-9_-]+)-(?P<chunk>\d{6})\.parquet$")
+
+ORIGIN_COLUMNS = ("_origin", "_row", "_parent_seq")
+"""Where each reading came from (and, for a feature derived from a payload, the payload
+reading's seq); travels with readings up to the capture, is not stored."""
 
 
 def new_run_id() -> str:
-    """A sortable, unique run id: UTC time plus random hex."""
+    """A unique run id: UTC time plus random hex (its order means nothing: commits order)."""
     return datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ") + "-" + secrets.token_hex(3)
-
-
-def capture_dir(name: str) -> str:
-    return f"captures/{check_name(name, kind='capture name')}"
-
-
-def part_dir(name: str, part: int) -> str:
-    return f"{capture_dir(name)}/part-{part:04d}"
 
 
 @dataclass(frozen=True)
@@ -65,107 +52,48 @@ class CaptureMeta:
     format: int = FORMAT_VERSION
 
 
-def open_capture(
-    store: Store, name: str, *, partitions: int | None = None, create: bool = False
-) -> CaptureMeta:
-    """Read a capture's metadata; with ``create``, make the capture if it is new.
+def open_capture(store: Store, name: str) -> CaptureMeta:
+    """A capture's metadata (``StoreError`` if there is no such capture)."""
+    rel = layout.capture_doc(name)
+    try:
+        return CaptureMeta(**store.read_json(rel))
+    except FileNotFoundError:
+        raise StoreError(
+            f"no capture {name!r} in {store.uri()} (captures: "
+            f"{', '.join(list_captures(store)) or 'none'})"
+        ) from None
 
-    The partition count is fixed at creation; asking for another count is an error rather
-    than a silent reshuffle of where sources live.
-    """
-    rel = f"{capture_dir(name)}/_capture.json"
-    if store.exists(rel):
-        meta = CaptureMeta(**store.read_json(rel))
+
+def capture_exists(store: Store, name: str) -> bool:
+    return store.exists(layout.capture_doc(name))
+
+
+def planned_capture(store: Store, name: str, partitions: int | None) -> CaptureMeta:
+    """The capture a run writes: the existing one (its partition count is fixed), or a new one
+    with ``partitions`` (default 4), created when the run commits."""
+    if capture_exists(store, name):
+        meta = open_capture(store, name)
         if partitions is not None and partitions != meta.partitions:
             raise CaptureExistsError(
                 f"capture {name!r} has {meta.partitions} partitions, not {partitions}; "
                 "leave out --partitions or use a new capture name"
             )
         return meta
-    if not create:
-        raise StoreError(f"no capture {name!r} in {store.uri()}")
     n = DEFAULT_PARTITIONS if partitions is None else partitions
     if not 1 <= n <= MAX_PARTITIONS:
         raise ConfigError(f"--partitions must be 1..{MAX_PARTITIONS}, not {n}")
-    meta = CaptureMeta(name=name, partitions=n, created=datetime.now(UTC).isoformat())
-    store.write_json(rel, meta.__dict__)
-    return meta
+    return CaptureMeta(name=name, partitions=n, created=datetime.now(UTC).isoformat())
+
+
+def stage_capture_doc(store: Store, run: str, meta: CaptureMeta) -> None:
+    """Stage a new capture's document (moved into place by the run's commit)."""
+    if not capture_exists(store, meta.name):
+        store.write_json(layout.staged(run, layout.capture_doc(meta.name)), meta.__dict__)
 
 
 def list_captures(store: Store) -> list[str]:
-    return [n for n in store.listdir("captures") if store.exists(f"captures/{n}/_capture.json")]
-
-
-def partition_of(sources: pa.Array | pa.ChunkedArray, partitions: int) -> np.ndarray:
-    """Capture partition of each reading: crc32 of its source id, hashed once per distinct id."""
-    encoded = pc.dictionary_encode(sources)
-    if isinstance(encoded, pa.ChunkedArray):
-        encoded = encoded.combine_chunks()
-    per_id = np.array(
-        [zlib.crc32(s.encode()) % partitions for s in encoded.dictionary.to_pylist()],
-        dtype=np.int64,
-    )
-    return (
-        per_id[encoded.indices.to_numpy(zero_copy_only=False)]
-        if len(per_id)
-        else np.zeros(0, np.int64)
-    )
-
-
-def split_by_partition(table: pa.Table, partitions: int) -> list[tuple[int, pa.Table]]:
-    """Split a reading table into per-partition tables, keeping row order inside each."""
-    if table.num_rows == 0:
-        return []
-    parts = partition_of(table.column("source"), partitions)
-    present = np.flatnonzero(np.bincount(parts, minlength=partitions))
-    if present.size == 1:
-        return [(int(present[0]), table)]
-    return [(int(p), table.filter(pa.array(parts == p))) for p in present]
-
-
-def assign_seq(table: pa.Table, next_seq: dict[str, int]) -> pa.Table:
-    """Fill null seq numbers in arrival order per source, continuing from ``next_seq``.
-
-    ``next_seq`` is updated in place to one past the largest seq seen per source, including
-    seq numbers the input supplied, so numbers never go backwards.
-    """
-    seq = table.column("seq")
-    encoded = pc.dictionary_encode(table.column("source")).combine_chunks()
-    ids = encoded.dictionary.to_pylist()
-    codes = encoded.indices.to_numpy(zero_copy_only=False)
-    missing = np.asarray(seq.is_null().to_numpy(zero_copy_only=False), dtype=bool)
-    values = seq.fill_null(-1).to_numpy().copy()
-    if missing.any():
-        idx = np.flatnonzero(missing)
-        c = codes[idx]
-        order = np.argsort(c, kind="stable")  # stable: keeps arrival order within a source
-        in_order = c[order]
-        rank = np.empty(idx.size, dtype=np.int64)
-        rank[order] = np.arange(idx.size) - np.searchsorted(in_order, in_order, side="left")
-        start = np.array([next_seq.get(s, 0) for s in ids], dtype=np.int64)
-        values[idx] = start[c] + rank
-    top = np.full(len(ids), -1, dtype=np.int64)
-    np.maximum.at(top, codes, values)
-    for i, s in enumerate(ids):
-        next_seq[s] = max(next_seq.get(s, 0), int(top[i]) + 1)
-    return table.set_column(table.schema.get_field_index("seq"), "seq", pa.array(values))
-
-
-ORIGIN_COLUMNS = ("_origin", "_row", "_parent_seq")
-"""Where each reading came from (and, for a feature derived from a payload, the payload
-reading's seq); travels with readings up to the capture, is not stored."""
-
-CAPTURE_SCHEMA = pa.schema([*READING_SCHEMA, *PAYLOAD_SCHEMA])
-"""Capture objects: the reading schema plus payload references (null without a payload).
-Every object has every column, so a plain folder read always sees the payload columns."""
-
-
-def conform(table: pa.Table) -> pa.Table:
-    """Readings in ``CAPTURE_SCHEMA``: missing payload columns added as nulls."""
-    for column_field in PAYLOAD_SCHEMA:
-        if column_field.name not in table.column_names:
-            table = table.append_column(column_field, pa.nulls(table.num_rows, column_field.type))
-    return table.select(CAPTURE_SCHEMA.names).cast(CAPTURE_SCHEMA)
+    folder = f"{layout.META}/captures"
+    return [n for n in store.listdir(folder) if store.exists(layout.capture_doc(n))]
 
 
 @dataclass
@@ -177,23 +105,23 @@ class WriterState:
     chunk: int
     next_seq: dict[str, int]
     dedup: Deduper
-    start_seq: dict[str, int] = field(default_factory=dict)  # next_seq when the run began
 
 
 @dataclass(frozen=True)
 class Appended:
-    rows: pa.Table  # READING_SCHEMA: the readings as captured
+    rows: pa.Table  # CAPTURE_SCHEMA: the readings as captured
     conflicts: pa.Table  # REJECT_SCHEMA: same identity as a kept reading, other content
     duplicates: int
+    origins: dict[str, int]  # readings accepted per input (its ``_origin``)
 
 
 class PartitionWriter:
-    """Writes one capture partition: dedup, seq numbers, and buffered Parquet objects.
+    """Writes one capture partition of one run: dedup, seq numbers, buffered Parquet objects.
 
-    File names are deterministic per (run, chunk), so a resumed run rewrites exactly the
-    objects it had not committed, and ``discard_after`` removes objects written after the
-    last snapshot (orphans of a crash). Seq and dedup bookkeeping is also saved under
-    ``_state/`` so that a later run of the same capture continues it.
+    Objects go to the run's staging folder under deterministic names per (run, chunk), so a
+    resumed run rewrites exactly the objects it had not snapshotted (``discard_after`` removes
+    the rest). Seq and dedup bookkeeping start from the capture's committed state and are
+    staged at ``close``: the run's commit moves objects and bookkeeping in together.
     """
 
     def __init__(
@@ -210,16 +138,11 @@ class PartitionWriter:
         self.store, self.capture, self.part = store, capture, part
         self.target_rows = target_rows
         if resume is None:
-            # A run restarted without a snapshot (it crashed before its first one) must not see
-            # its own earlier attempt: roll the bookkeeping back to where that attempt began
-            # and remove the objects it wrote.
-            next_seq, restarted = self._load_seq(run_id)
-            resume = WriterState(
-                part, run_id, 0, next_seq, self._load_dedup(horizon, run_id), dict(next_seq)
-            )
-            if restarted:
-                self.state = resume
-                self.discard_after(0)
+            resume = WriterState(part, run_id, 0, self._load_seq(), self._load_dedup(horizon))
+            # A run restarted before its first snapshot starts over: drop what the earlier
+            # attempt staged for this partition.
+            self.state = resume
+            self.discard_after(0)
         self.state = resume
         self._buffer: list[pa.Table] = []
         self._buffered = 0
@@ -236,31 +159,24 @@ class PartitionWriter:
     def next_seq(self) -> dict[str, int]:
         return self.state.next_seq
 
-    def _state_rel(self, suffix: str) -> str:
-        return f"{capture_dir(self.capture)}/_state/part-{self.part:04d}{suffix}"
+    def _load_seq(self) -> dict[str, int]:
+        """Next seq number per source, as the capture's last commit left it."""
+        rel = layout.capture_state(self.capture, self.part, ".json")
+        try:
+            state: dict[str, Any] = self.store.read_json(rel)
+        except FileNotFoundError:
+            return {}
+        return {str(k): int(v) for k, v in state.get("next_seq", {}).items()}
 
-    def _load_seq(self, run_id: str) -> tuple[dict[str, int], bool]:
-        """(next seq per source before ``run_id`` began, whether ``run_id`` already wrote)."""
-        rel = self._state_rel(".json")
-        if not self.store.exists(rel):
-            return {}, False
-        state: dict[str, Any] = self.store.read_json(rel)
-        mine = state.get("run") == run_id
-        seq = state.get("start_seq", {}) if mine else state.get("next_seq", {})
-        return {str(k): int(v) for k, v in seq.items()}, mine
-
-    def _load_dedup(self, horizon: int, run_id: str) -> Deduper:
-        """The dedup memory of the runs before ``run_id`` (never its own earlier attempt)."""
+    def _load_dedup(self, horizon: int) -> Deduper:
+        """The dedup memory the capture's last commit left."""
         if horizon <= 0:
             return Deduper(horizon=horizon)
-        for suffix in (".dedup.parquet", ".dedup.prev.parquet"):
-            rel = self._state_rel(suffix)
-            if self.store.exists(rel):
-                table = pq.read_table(io.BytesIO(self.store.read_bytes(rel)))
-                meta = table.schema.metadata or {}
-                if meta.get(b"run", b"").decode() != run_id:
-                    return Deduper.from_table(table, horizon)
-        return Deduper(horizon=horizon)
+        rel = layout.capture_state(self.capture, self.part, ".dedup.parquet")
+        try:
+            return Deduper.from_table(self.store.read_parquet(rel), horizon)
+        except FileNotFoundError:
+            return Deduper(horizon=horizon)
 
     def append(self, table: pa.Table) -> Appended:
         """Drop duplicates, set conflicts aside, number and buffer the rest."""
@@ -276,6 +192,10 @@ class PartitionWriter:
             )
         if n_accept < readings.num_rows:
             readings = readings.filter(pa.array(accept))
+        origins = {}
+        if "_origin" in origin and n_accept:
+            counts = pc.value_counts(origin["_origin"].filter(pa.array(accept)).cast(pa.string()))
+            origins = {str(c["values"]): int(c["counts"]) for c in counts.to_pylist()}
         if "_parent_seq" in origin:  # a derived feature numbered like its payload reading
             parent = origin["_parent_seq"].filter(pa.array(accept))
             readings = readings.set_column(1, "seq", pc.coalesce(readings.column("seq"), parent))
@@ -285,39 +205,32 @@ class PartitionWriter:
             self._buffered += rows.num_rows
             if self._buffered >= self.target_rows:
                 self.flush()
-        return Appended(rows, conflicts, table.num_rows - n_accept - n_conflict)
+        return Appended(rows, conflicts, table.num_rows - n_accept - n_conflict, origins)
+
+    def _object(self, chunk: int) -> str:
+        return layout.staged(
+            self.run_id, layout.capture_object(self.capture, self.part, self.run_id, chunk)
+        )
 
     def flush(self) -> None:
-        """Write buffered rows as the next chunk object, then record the seq bookkeeping."""
+        """Write buffered rows as the next chunk object (in the run's staging folder)."""
         if not self._buffer:
             return
         table = pa.concat_tables(self._buffer)
-        rel = f"{part_dir(self.capture, self.part)}/{self.run_id}-{self.chunk:06d}.parquet"
-        self.store.write_parquet(rel, table)
+        self.store.write_parquet(self._object(self.chunk), table)
         self.state.chunk += 1
         self._buffer, self._buffered = [], 0
-        self.store.write_json(
-            self._state_rel(".json"),
-            {
-                "next_seq": self.state.next_seq,
-                "run": self.run_id,
-                "start_seq": self.state.start_seq,
-            },
-        )
 
     def close(self) -> None:
-        """Flush, and save the dedup memory for the next run of this capture."""
+        """Flush, and stage the seq numbers and dedup memory for the next run."""
         self.flush()
+        self.store.write_json(
+            layout.staged(self.run_id, layout.capture_state(self.capture, self.part, ".json")),
+            {"next_seq": self.state.next_seq, "run": self.run_id},
+        )
         if self.state.dedup.horizon > 0:
-            rel, prev = self._state_rel(".dedup.parquet"), self._state_rel(".dedup.prev.parquet")
-            if self.store.exists(rel):
-                old = pq.read_table(io.BytesIO(self.store.read_bytes(rel))).schema.metadata or {}
-                if old.get(b"run", b"").decode() != self.run_id:  # keep the pre-run memory
-                    self.store.copy(rel, prev)
-            table = self.state.dedup.to_table().replace_schema_metadata({"run": self.run_id})
-            buf = io.BytesIO()
-            pq.write_table(table, buf)
-            self.store.write_bytes(rel, buf.getvalue())
+            rel = layout.capture_state(self.capture, self.part, ".dedup.parquet")
+            self.store.write_parquet(layout.staged(self.run_id, rel), self.state.dedup.to_table())
 
     def snapshot(self) -> WriterState:
         """Flush (so "chunks below n are durable" is true), then copy the state."""
@@ -325,12 +238,13 @@ class PartitionWriter:
         return copy.deepcopy(self.state)
 
     def discard_after(self, chunk: int) -> int:
-        """Delete this run's objects numbered ``chunk`` or later; returns how many."""
+        """Delete this run's staged objects numbered ``chunk`` or later; returns how many."""
+        folder = layout.staged(self.run_id, layout.capture_part_dir(self.capture, self.part))
         removed = 0
-        for name in self.store.listdir(part_dir(self.capture, self.part)):
-            m = _FILE_RE.match(name)
+        for name in self.store.listdir(folder):
+            m = layout.CAPTURE_OBJECT_RE.match(name)
             if m and m["run"] == self.run_id and int(m["chunk"]) >= chunk:
-                self.store.delete(f"{part_dir(self.capture, self.part)}/{name}")
+                self.store.delete(f"{folder}/{name}")
                 removed += 1
         return removed
 
@@ -360,18 +274,16 @@ def conflict_rejects(readings: pa.Table, origin: dict[str, pa.ChunkedArray]) -> 
     )
 
 
-def read_capture(store: Store, name: str, *, payloads: bool = False, **kwargs: Any) -> pa.Table:
-    """The whole capture as one table (a plain Parquet read of its folder); with ``payloads``
-    the payload reference columns too."""
-    schema = CAPTURE_SCHEMA if payloads else READING_SCHEMA
-    dataset = ds.dataset(
-        store.path(capture_dir(name)),
-        filesystem=store.fs,
-        format="parquet",
-        schema=schema,
-        ignore_prefixes=[".", "_"],
-    )
-    return dataset.to_table(**kwargs)
+def capture_files(store: Store, name: str, parts: list[int] | None = None) -> list[str]:
+    """Store-relative paths of a capture's objects (of some partitions), sorted by name."""
+    meta = open_capture(store, name)
+    wanted = range(meta.partitions) if parts is None else parts
+    return [
+        f"{layout.capture_part_dir(name, p)}/{n}"
+        for p in wanted
+        for n in store.listdir(layout.capture_part_dir(name, p))
+        if layout.visible(n)
+    ]
 
 
 @dataclass(frozen=True)
@@ -385,31 +297,58 @@ class CaptureInfo:
     first: str | None
     last: str | None
     created: str
+    commits: int = 0
 
 
 def capture_info(store: Store, name: str) -> CaptureInfo:
     """Summary of a capture from Parquet footers plus one read of the source column."""
     meta = open_capture(store, name)
-    files = [
-        f
-        for f in store.walk_files(capture_dir(name))
-        if f.endswith(".parquet") and not any(p.startswith(("_", ".")) for p in f.split("/"))
-    ]
-    rows = size = 0
-    for rel in files:
-        with store.fs.open(store.path(rel), "rb") as fh:
-            rows += pq.ParquetFile(fh).metadata.num_rows
-        size += int(store.fs.size(store.path(rel)))
-    first = last = None
+    files = capture_files(store, name)
+    footers = [store.parquet_metadata(rel) for rel in files]
+    rows = sum(md.num_rows for md in footers)
+    size = sum(store.size(rel) for rel in files)
+    span = time_span(footers)
     sources = 0
     if rows:
-        t = read_capture(store, name, columns=["source", "time"])
+        t = store.scan(files, columns=["source"])
         sources = pc.count_distinct(t.column("source")).as_py()
-        mm = pc.min_max(t.column("time"))
-        first, last = mm["min"].as_py().isoformat(), mm["max"].as_py().isoformat()
+    first, last = (_iso(span[0]), _iso(span[1])) if span is not None else (None, None)
     return CaptureInfo(
-        name, meta.partitions, len(files), rows, size, sources, first, last, meta.created
+        name,
+        meta.partitions,
+        len(files),
+        rows,
+        size,
+        sources,
+        first,
+        last,
+        meta.created,
+        head(store, name),
     )
+
+
+def _iso(ns: int) -> str:
+    return str(pa.scalar(ns, pa.timestamp("ns", tz="UTC")).as_py().isoformat())
+
+
+def time_span(footers: Iterable[Any]) -> tuple[int, int] | None:
+    """(min, max) event time in ns of Parquet objects, from their footers' statistics."""
+    lo = hi = None
+    for md in footers:
+        col = md.schema.to_arrow_schema().get_field_index("time")
+        for g in range(md.num_row_groups):
+            st = md.row_group(g).column(col).statistics
+            if st is None or not st.has_min_max:
+                continue
+            mn, mx = ns_of(st.min), ns_of(st.max)
+            lo = mn if lo is None else min(lo, mn)
+            hi = mx if hi is None else max(hi, mx)
+    return None if lo is None or hi is None else (lo, hi)
+
+
+def ns_of(value: object) -> int:
+    """A footer statistic of the time column as ns since the epoch."""
+    return int(pa.scalar(value, pa.timestamp("ns", tz="UTC")).cast(pa.int64()).as_py())
 
 
 # -- inputs already captured ---------------------------------------------------------------
@@ -417,7 +356,7 @@ def capture_info(store: Store, name: str) -> CaptureInfo:
 
 def input_fingerprint(url: str) -> str:
     """sha256 of an input's bytes (of the URL itself for a ``sim://`` input)."""
-    from obsflow.connectors.files import open_input  # files imports bytewax sources: keep this lazy
+    from obsflow.connectors.files import open_input  # files imports bytewax: keep this lazy
 
     h = hashlib.sha256()
     if url.startswith("sim://"):
@@ -433,8 +372,8 @@ def input_fingerprint(url: str) -> str:
 
 
 def captured_inputs(store: Store, capture: str) -> dict[str, dict[str, Any]]:
-    """Fingerprint -> record of every input a finished run ingested into ``capture``."""
-    folder = f"{capture_dir(capture)}/_inputs"
+    """Fingerprint -> record of every input a committed run captured into ``capture``."""
+    folder = layout.inputs_dir(capture)
     return {
         n.removesuffix(".json"): store.read_json(f"{folder}/{n}")
         for n in store.listdir(folder)
@@ -442,9 +381,8 @@ def captured_inputs(store: Store, capture: str) -> dict[str, dict[str, Any]]:
     }
 
 
-def record_inputs(store: Store, capture: str, fingerprints: dict[str, str], run_id: str) -> None:
-    """Remember that a finished run ingested these inputs (url -> fingerprint)."""
-    for url, fp in fingerprints.items():
-        store.write_json(
-            f"{capture_dir(capture)}/_inputs/{fp}.json", {"input": url, "run": run_id, "sha256": fp}
-        )
+def stage_inputs(store: Store, capture: str, run: str, records: dict[str, dict[str, Any]]) -> None:
+    """Stage records of inputs this run captured (fingerprint -> record), for its commit."""
+    for fp, record in records.items():
+        rel = f"{layout.inputs_dir(capture)}/{fp}.json"
+        store.write_json(layout.staged(run, rel), {**record, "run": run, "sha256": fp})

@@ -1,13 +1,15 @@
 """The capture as a Bytewax source: replay a reading log exactly as it was captured.
 
-One Bytewax partition per capture partition; each reads its Parquet objects in stored order
-(run id, then chunk: the order readings arrived in) as micro-batches. ``snapshot()`` is the
-exact read position (object index, batch index), so a resumed replay neither skips nor repeats.
+One Bytewax partition per capture partition; each reads its objects in capture order — commit
+by commit, each commit's objects in the order they were written — as micro-batches, and after
+each commit a ``Boundary`` saying what the commit declared (the end of a run, windows closed
+by hand), so that the window operator repeats the decisions ingest made at that point.
+``snapshot()`` is the exact read position, so a resumed replay neither skips nor repeats.
 
 Optional restrictions: sources (only their partitions are read), an event-time range
-``[start, until)`` (row groups outside it are skipped using Parquet statistics), and pacing:
-with ``speed`` set, readings are released at ``speed`` times the original event-time rate,
-measured from the capture's first reading (or ``start``).
+``[start, until)`` (row groups outside it are skipped using Parquet statistics), commits up to
+``upto``, and pacing: with ``speed`` set, readings are released at ``speed`` times the
+original event-time rate, measured from the capture's first reading (or ``start``).
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import itertools
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -23,53 +26,63 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
 
-from obsflow.connectors.capture import capture_dir, open_capture, partition_of
+from obsflow.connectors.capture import ns_of, open_capture, time_span
+from obsflow.connectors.commits import Commit, capture_objects, read_log
 from obsflow.connectors.errors import ConfigError
 from obsflow.connectors.ids import check_id
+from obsflow.connectors.partitions import partition_of, partitions_of
 from obsflow.connectors.schema import READING_SCHEMA
 from obsflow.connectors.store import Store
 
 PACE_TICK = 0.05  # seconds of wall time per paced slice
-ReplayBatch = tuple[int, pa.Table]  # (capture partition, readings)
-Position = tuple[int, int]  # (object index, batch index within the object)
 
 
-def partition_files(store: Store, capture: str, part: int) -> list[str]:
-    """Store-relative paths of one partition's objects, in stored (arrival) order."""
-    folder = f"{capture_dir(capture)}/part-{part:04d}"
-    return [
-        f"{folder}/{n}"
-        for n in store.listdir(folder)
-        if n.endswith(".parquet") and not n.startswith((".", "_"))
-    ]
+@dataclass(frozen=True)
+class Boundary:
+    """The end of one commit's readings in a partition, and what the commit declared."""
+
+    commit: int
+    end_of_run: bool
+    close: tuple[dict[str, Any], ...] = ()
+
+
+ReplayBatch = tuple[int, pa.Table | Boundary]  # (capture partition, readings or a boundary)
+Position = tuple[int, int, int]  # (commit index, object index, batch index within the object)
+
+
+@dataclass(frozen=True)
+class Segment:
+    """One commit's share of a partition: its objects, then its boundary."""
+
+    objects: tuple[str, ...]
+    boundary: Boundary
+
+
+def plan(log: list[Commit], capture: str, part: int, partitions: int) -> list[Segment]:
+    """The segments a partition replays, in commit order."""
+    out = []
+    for entry in log:
+        objects = tuple(entry.parts(capture).get(part, ()))
+        close = tuple(
+            c
+            for c in entry.close
+            if not c.get("sources") or part in partitions_of(list(c["sources"]), partitions)
+        )
+        if objects or close:
+            out.append(Segment(objects, Boundary(entry.n, entry.end_of_run, close)))
+    return out
 
 
 def time_range(store: Store, capture: str) -> tuple[int, int] | None:
     """(min, max) event time of a capture in ns, from Parquet footers only."""
-    lo, hi = None, None
-    meta = open_capture(store, capture)
-    for part in range(meta.partitions):
-        for rel in partition_files(store, capture, part):
-            with store.fs.open(store.path(rel), "rb") as fh:
-                md = pq.ParquetFile(fh).metadata
-            col = md.schema.to_arrow_schema().get_field_index("time")
-            for g in range(md.num_row_groups):
-                st = md.row_group(g).column(col).statistics
-                if st is None or not st.has_min_max:
-                    continue
-                mn, mx = _ns(st.min), _ns(st.max)
-                lo = mn if lo is None else min(lo, mn)
-                hi = mx if hi is None else max(hi, mx)
-    return None if lo is None or hi is None else (lo, hi)
-
-
-def _ns(value: object) -> int:
-    return int(pa.scalar(value, pa.timestamp("ns", tz="UTC")).cast(pa.int64()).as_py())
+    objects = capture_objects(store, capture).values()
+    return time_span(store.parquet_metadata(rel) for rels in objects for rel in rels)
 
 
 @dataclass(frozen=True)
 class ReplaySpec:
-    """What to replay. Times are ns since the epoch, UTC; ``speed`` None means max speed."""
+    """What to replay. Times are ns since the epoch, UTC; ``speed`` None means max speed;
+    ``upto`` is the last commit read (None: all)."""
 
     capture: str
     sources: tuple[str, ...] = ()
@@ -77,6 +90,7 @@ class ReplaySpec:
     until: int | None = None
     speed: float | None = None
     batch_rows: int = 65_536
+    upto: int | None = None
 
     def __post_init__(self) -> None:
         for s in self.sources:
@@ -93,34 +107,36 @@ class _CapturePartition(StatefulSourcePartition[ReplayBatch, Position]):
         store: Store,
         spec: ReplaySpec,
         part: int,
-        files: list[str],
+        segments: list[Segment],
         resume: Position | None,
         pace_origin: int | None,
     ) -> None:
-        self._store, self._spec, self._part, self._files = store, spec, part, files
-        self._pos: Position = resume or (0, 0)
-        self._batches = self._iterate()
+        self._store, self._spec, self._part, self._segments = store, spec, part, segments
+        self._pos: Position = resume or (0, 0, 0)
+        self._items = self._iterate()
         self._origin = pace_origin or 0  # event time paced from (only used with a speed)
         self._speed = spec.speed or 1.0
         self._wall0 = datetime.now(UTC)
-        self._pending: list[pa.Table] = []
+        self._pending: list[pa.Table | Boundary] = []
         self._due: datetime | None = None
 
-    def _iterate(self) -> Iterator[tuple[Position, pa.Table]]:
-        start_file, start_batch = self._pos
-        for i in range(start_file, len(self._files)):
-            with self._store.fs.open(self._store.path(self._files[i]), "rb") as fh:
-                pf = pq.ParquetFile(fh)
+    def _iterate(self) -> Iterator[tuple[Position, pa.Table | Boundary]]:
+        first_seg, first_obj, first_batch = self._pos
+        for s in range(first_seg, len(self._segments)):
+            seg = self._segments[s]
+            start_obj = first_obj if s == first_seg else 0
+            for i in range(start_obj, len(seg.objects)):
+                skip = first_batch if (s, i) == (first_seg, first_obj) else 0
+                pf = pq.ParquetFile(
+                    self._store.arrow_fs.open_input_file(self._store.path(seg.objects[i]))
+                )
                 groups = self._row_groups(pf)
-                if not groups:
-                    continue
-                for b, rb in enumerate(
-                    pf.iter_batches(batch_size=self._spec.batch_rows, row_groups=groups)
-                ):
-                    if i == start_file and b < start_batch:
-                        continue
-                    yield (i, b + 1), self._restrict(pa.Table.from_batches([rb]))
-            start_batch = 0
+                if groups:
+                    batches = pf.iter_batches(batch_size=self._spec.batch_rows, row_groups=groups)
+                    for b, rb in enumerate(batches):
+                        if b >= skip:
+                            yield (s, i, b + 1), self._restrict(pa.Table.from_batches([rb]))
+            yield (s + 1, 0, 0), seg.boundary
 
     def _row_groups(self, pf: pq.ParquetFile) -> list[int]:
         """Row groups that can hold readings in [start, until) (by footer statistics)."""
@@ -133,8 +149,8 @@ class _CapturePartition(StatefulSourcePartition[ReplayBatch, Position]):
                 st is not None
                 and st.has_min_max
                 and (
-                    (spec.start is not None and _ns(st.max) < spec.start)
-                    or (spec.until is not None and _ns(st.min) >= spec.until)
+                    (spec.start is not None and ns_of(st.max) < spec.start)
+                    or (spec.until is not None and ns_of(st.min) >= spec.until)
                 )
             ):
                 continue
@@ -158,10 +174,10 @@ class _CapturePartition(StatefulSourcePartition[ReplayBatch, Position]):
 
     def next_batch(self) -> list[ReplayBatch]:
         if self._spec.speed is None:
-            for pos, table in self._batches:
+            for pos, item in self._items:
                 self._pos = pos
-                if table.num_rows:
-                    return [(self._part, table)]
+                if isinstance(item, Boundary) or item.num_rows:
+                    return [(self._part, item)]
             raise StopIteration
         return self._paced()
 
@@ -169,20 +185,25 @@ class _CapturePartition(StatefulSourcePartition[ReplayBatch, Position]):
         """Release slices of about PACE_TICK wall seconds when their time has come."""
         now = datetime.now(UTC)
         while not self._pending:
-            item = next(self._batches, None)
+            item = next(self._items, None)
             if item is None:
                 raise StopIteration
-            self._pos, table = item
-            self._pending = self._slices(table)
+            self._pos, data = item
+            self._pending = [data] if isinstance(data, Boundary) else self._slices(data)
+        head = self._pending[0]
+        if isinstance(head, Boundary):
+            self._pending.pop(0)
+            return [(self._part, head)]
         if self._due is None:
-            self._due = self._due_of(self._pending[0])
+            self._due = self._due_of(head)
         if now < self._due:
             return []
-        slice_ = self._pending.pop(0)
-        self._due = self._due_of(self._pending[0]) if self._pending else None
-        return [(self._part, slice_)]
+        self._pending.pop(0)
+        nxt = self._pending[0] if self._pending else None
+        self._due = self._due_of(nxt) if isinstance(nxt, pa.Table) else None
+        return [(self._part, head)]
 
-    def _slices(self, table: pa.Table) -> list[pa.Table]:
+    def _slices(self, table: pa.Table) -> list[pa.Table | Boundary]:
         if table.num_rows == 0:
             return []
         reach = np.maximum.accumulate(table.column("time").cast(pa.int64()).to_numpy())
@@ -221,11 +242,17 @@ class CaptureSource(FixedPartitionedSource[ReplayBatch, Position]):
         self, step_id: str, for_part: str, resume_state: Position | None
     ) -> _CapturePartition:
         part = int(for_part)
+        meta = open_capture(self.store, self.spec.capture)
+        log = [
+            c
+            for c in read_log(self.store, self.spec.capture)
+            if self.spec.upto is None or c.n <= self.spec.upto
+        ]
         origin = None
         if self.spec.speed is not None:
             origin = self.spec.start
             if origin is None:
                 span = time_range(self.store, self.spec.capture)
                 origin = span[0] if span else 0
-        files = partition_files(self.store, self.spec.capture, part)
-        return _CapturePartition(self.store, self.spec, part, files, resume_state, origin)
+        segments = plan(log, self.spec.capture, part, meta.partitions)
+        return _CapturePartition(self.store, self.spec, part, segments, resume_state, origin)

@@ -28,22 +28,21 @@ def _explain(value: str, allowed: str, limit: int) -> str:
     return "has " + ", ".join(repr(c) for c in bad[:5])
 
 
+def _check(value: object, rule: re.Pattern[str], chars: str, limit: int, kind: str) -> str:
+    if not isinstance(value, str) or not rule.fullmatch(value):
+        why = _explain(value, chars, limit) if isinstance(value, str) else "not text"
+        raise SchemaError(f"{kind} {repr(value)[:80]} {why} — use {chars}{{1,{limit}}}", field=kind)
+    return value
+
+
 def check_id(value: object, *, kind: str = "source id") -> str:
     """Return ``value`` if it is a valid source/channel id, else raise ``SchemaError``."""
-    if not isinstance(value, str) or not _ID_RE.fullmatch(value):
-        shown = repr(value)[:80]
-        why = _explain(value, r"[A-Za-z0-9._:-]", 128) if isinstance(value, str) else "not text"
-        raise SchemaError(f"{kind} {shown} {why} — use [A-Za-z0-9._:-]{{1,128}}", field=kind)
-    return value
+    return _check(value, _ID_RE, "[A-Za-z0-9._:-]", 128, kind)
 
 
 def check_name(value: object, *, kind: str = "name") -> str:
     """Return ``value`` if it is a valid capture/view name, else raise ``SchemaError``."""
-    if not isinstance(value, str) or not _NAME_RE.fullmatch(value):
-        shown = repr(value)[:80]
-        why = _explain(value, r"[A-Za-z0-9_-]", 64) if isinstance(value, str) else "not text"
-        raise SchemaError(f"{kind} {shown} {why} — use [A-Za-z0-9_-]{{1,64}}", field=kind)
-    return value
+    return _check(value, _NAME_RE, "[A-Za-z0-9_-]", 64, kind)
 
 
 def valid_ids(values: pa.Array | pa.ChunkedArray) -> pa.Array | pa.ChunkedArray:

@@ -87,6 +87,10 @@ class InputSpec:
         """Input column that holds reading field ``name``."""
         return self.mapping.get(name, name)
 
+    def signature(self) -> dict[str, Any]:
+        """What shapes the readings read from an input (recorded with inputs captured)."""
+        return {"map": dict(sorted(self.mapping.items())), "time_unit": self.time_unit}
+
     @classmethod
     def parse_map(cls, text: str | None, time_unit: str = "ns") -> InputSpec:
         """Build from ``"source=source_id,time=event_time"`` (the CLI's ``--map``)."""

@@ -1,189 +1,51 @@
 """The store: one URL (local folder, ``s3://bucket/prefix`` or ``memory://``) for all outputs.
 
-Everything goes through fsspec, so the same code serves every backend. A small registry maps a
+Everything goes through fsspec, so the same code serves every backend, and every operation
+goes through ``Store._call``: transient failures of a remote store are retried under one
+budget (``connectors.retry``), and every failure becomes a ``StoreError`` that names the action
+and the object, never a credential. That includes reads: Parquet scans use a pyarrow
+filesystem whose opens and ranged reads go through the same retries. A small registry maps a
 URL scheme to a backend factory. S3 endpoint and credentials come only from the standard AWS
 environment (``AWS_ENDPOINT_URL``, ``AWS_ACCESS_KEY_ID``, ...): they are never passed in code,
 never part of a repr, and a pickled ``Store`` holds nothing but its URL.
 
-S3 faults: transient failures (connection refused or reset, timeouts, 5xx, throttling) are
-retried. The store retries the whole operation with jittered exponential backoff (0.2 s
-doubling up to 5 s) until the operation has spent ``OBSFLOW_S3_RETRY_SECONDS`` (default 30;
-connect and read timeouts scale with it) or made ``AWS_MAX_ATTEMPTS`` attempts, if that is set.
 Inside each attempt s3fs tries a call twice when the connection fails (0.1 s apart);
-botocore's own retries are off so that the layers do not multiply. Then it raises
-``StoreError`` ("cannot write s3://b/k: store unreachable after N attempts over T s:
-<reason>"). Every operation is idempotent (a PUT of the same object twice leaves the same
-object), so retrying whole operations is safe. Credentials never appear in the messages.
+botocore's own retries are off so that the layers do not multiply. Every operation is
+idempotent (a PUT of the same object twice leaves the same object; create-only writes report
+"already there"), so retrying whole operations is safe.
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import io
 import json
 import logging
-import math
 import os
 import posixpath
-import random
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator, Sequence
+from functools import partial
 from typing import Any, TypeVar
 
 import fsspec
 import pyarrow as pa
+import pyarrow.dataset as ds
+import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from obsflow.connectors.errors import ConfigError, StoreError
+from obsflow.connectors.retry import GaveUp, RetryPolicy, http_error, reason, transient
 
 DEFAULT_STORE = "./data/store"
-RETRY_SECONDS_ENV = "OBSFLOW_S3_RETRY_SECONDS"
-DEFAULT_RETRY_SECONDS = 30.0
 
 log = logging.getLogger("obsflow.store")
 T = TypeVar("T")
-
-# S3 error codes that mean "try again later" (besides any HTTP 5xx status).
-_TRANSIENT_CODES = frozenset(
-    {
-        "InternalError",
-        "ServiceUnavailable",
-        "SlowDown",
-        "Throttling",
-        "ThrottlingException",
-        "ThrottledException",
-        "RequestThrottled",
-        "RequestThrottledException",
-        "TooManyRequests",
-        "TooManyRequestsException",
-        "RequestLimitExceeded",
-        "RequestTimeout",
-        "RequestTimeoutException",
-        "BandwidthLimitExceeded",
-        "PriorRequestNotComplete",
-        "EC2ThrottledException",
-        "ProvisionedThroughputExceededException",
-        "TransactionInProgressException",
-    }
-)
-# Environment variables whose values must never show in a message.
-_SECRET_VARS = ("AWS_SECRET_ACCESS_KEY", "AWS_ACCESS_KEY_ID", "AWS_SESSION_TOKEN")
-
-# Stores (endpoint, bucket) that an operation of this process gave up on. Until one of their
-# operations succeeds again, each operation gets a single attempt: once a run is failing
-# because the store is down, what it does on the way out (sinks flushing on close, other
-# workers) must not each wait out the whole retry budget.
-_GAVE_UP: set[tuple[str, str]] = set()
-_GAVE_UP_LOCK = threading.Lock()
-
-
-@dataclass(frozen=True)
-class RetryPolicy:
-    """How long an S3 operation keeps retrying transient failures, and how.
-
-    ``seconds`` bounds the time an operation spends retrying: no attempt starts after it, the
-    last one starts right at it (so an operation fails after at most ``seconds`` plus one
-    attempt, which the connect and read timeouts bound). ``attempts``, when set, also caps the
-    number of attempts. Waits double from ``first_delay`` up to ``max_delay``, each jittered
-    down by up to half so that workers do not retry in step. ``seconds=0`` makes one attempt.
-    """
-
-    seconds: float = DEFAULT_RETRY_SECONDS
-    attempts: int | None = None
-    first_delay: float = 0.2
-    max_delay: float = 5.0
-
-    @classmethod
-    def from_env(cls) -> RetryPolicy:
-        """``OBSFLOW_S3_RETRY_SECONDS`` (default 30) and, if set, the standard
-        ``AWS_MAX_ATTEMPTS``, which obsflow applies per store operation."""
-        seconds = DEFAULT_RETRY_SECONDS
-        text = os.environ.get(RETRY_SECONDS_ENV, "").strip()
-        if text:
-            try:
-                seconds = float(text)
-            except ValueError:
-                seconds = math.nan
-            if not (math.isfinite(seconds) and seconds >= 0):
-                raise ConfigError(
-                    f"{RETRY_SECONDS_ENV}={text!r}: use a number of seconds >= 0 (default "
-                    f"{DEFAULT_RETRY_SECONDS:g}; 0 turns obsflow's own S3 retries off)"
-                )
-        attempts = None
-        text = os.environ.get("AWS_MAX_ATTEMPTS", "").strip()
-        if text:
-            if not text.isdigit() or int(text) < 1:
-                raise ConfigError(f"AWS_MAX_ATTEMPTS={text!r}: use a whole number >= 1")
-            attempts = int(text)
-        return cls(seconds=seconds, attempts=attempts)
-
-    def delay(self, attempt: int) -> float:
-        """Seconds to wait after failed attempt number ``attempt`` (1, 2, ...)."""
-        ceiling = min(self.max_delay, self.first_delay * 2.0 ** min(attempt - 1, 30))
-        return ceiling * random.uniform(0.5, 1.0)
-
-    def client_config(self) -> dict[str, Any]:
-        """botocore ``Config`` arguments: timeouts scaled to the budget, and no retries of
-        botocore's own, which would multiply the store's (explicit settings beat the
-        ``AWS_MAX_ATTEMPTS`` and ``AWS_RETRY_MODE`` variables there)."""
-        return {
-            "connect_timeout": min(5.0, max(1.0, self.seconds / 6)),
-            "read_timeout": min(15.0, max(2.0, self.seconds / 3)),
-            "retries": {"mode": "standard", "total_max_attempts": 1},
-        }
-
-
-def _transient(exc: BaseException) -> bool:
-    """Whether a failure (or anything in its cause chain) is worth retrying."""
-    import aiohttp
-    import botocore.exceptions as bx  # type: ignore[import-untyped]
-    from botocore.parsers import ResponseParserError  # type: ignore[import-untyped]
-
-    seen: set[int] = set()
-    todo: list[BaseException | None] = [exc]
-    while todo:
-        e = todo.pop()
-        if e is None or id(e) in seen or len(seen) > 20:
-            continue
-        seen.add(id(e))
-        if isinstance(
-            e,
-            ConnectionError  # refused, reset, aborted, broken pipe
-            | TimeoutError  # socket, asyncio and fsspec timeouts
-            | aiohttp.ClientConnectionError
-            | aiohttp.ClientPayloadError
-            | bx.HTTPClientError  # botocore's connection, connect- and read-timeout errors
-            | bx.IncompleteReadError
-            | bx.ResponseStreamingError
-            | ResponseParserError,  # what some throttling answers (invalid XML) give
-        ):
-            return True
-        if isinstance(e, bx.ClientError):
-            response = getattr(e, "response", None) or {}
-            status = response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0
-            code = str(response.get("Error", {}).get("Code", ""))
-            return status >= 500 or status in (408, 429) or code in _TRANSIENT_CODES
-        if isinstance(e, PermissionError | FileNotFoundError | FileExistsError):
-            return False
-        todo += [e.__cause__, e.__context__]
-    return False
-
-
-def _reason(exc: BaseException) -> str:
-    """A one-line description of a backend failure, with credentials masked."""
-    text = " ".join(str(exc).split()) or type(exc).__name__
-    return redact(text)
-
-
-def redact(text: str) -> str:
-    """``text`` with the values of the AWS credential variables replaced by ``***``."""
-    for name in _SECRET_VARS:
-        value = os.environ.get(name, "")
-        if len(value) >= 4:
-            text = text.replace(value, "***")
-    return text
+_MEMORY_LOCK = threading.Lock()  # memory:// is process-wide; makes exists+write atomic
+_NO_HARDLINK = {errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EXDEV, errno.ENOSYS}
 
 
 def _local(path: str) -> tuple[Any, str]:
@@ -210,8 +72,8 @@ def _s3(path: str) -> tuple[Any, str]:
         kwargs["client_kwargs"] = {"endpoint_url": endpoint}
     fs = fsspec.filesystem("s3", **kwargs)
     # s3fs retries connection errors and SlowDown itself, 5 times by default: keep one quick
-    # retry (a stale pooled connection; reads streamed through fs.open get no other) without
-    # multiplying the store's attempts or stretching one attempt beyond the store's budget.
+    # retry (a stale pooled connection) without multiplying the store's attempts or stretching
+    # one attempt beyond the store's budget.
     fs.retries = 2
     return fs, path.strip("/")
 
@@ -230,6 +92,41 @@ def _check_rel(rel: str) -> str:
     if rel.startswith("/") or any(p in ("", ".", "..") for p in parts) or "\\" in rel:
         raise StoreError(f"path {rel!r} would leave the store")
     return rel
+
+
+def _create_local(path: str, data: bytes) -> bool:
+    """Write a new file atomically, never replacing one: temp file, fsync, hard link."""
+    folder = os.path.dirname(path)
+    os.makedirs(folder, exist_ok=True)
+    if os.path.exists(path):
+        return False
+    tmp = os.path.join(folder, f".tmp-{uuid.uuid4().hex}")
+    try:
+        with open(tmp, "xb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())  # the bytes are on disk before the name exists
+        try:
+            os.link(tmp, path)  # atomic and create-only: FileExistsError if another won
+        except FileExistsError:
+            return False
+        except OSError as exc:
+            if exc.errno not in _NO_HARDLINK:
+                raise
+            # No hard links here: a rename is still atomic for readers, and two racing writers
+            # of one key both write a complete object with the same bytes.
+            if os.path.exists(path):
+                return False
+            os.replace(tmp, path)
+        return True
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+
+
+def _precondition_failed(exc: BaseException) -> bool:
+    status, code = http_error(exc)
+    return isinstance(exc, FileExistsError) or status == 412 or code == "PreconditionFailed"
 
 
 class Store:
@@ -253,6 +150,7 @@ class Store:
         self.fs, self.root = BACKENDS[scheme](rest)
         endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
         self._endpoint = (endpoint or "", self.root.split("/", 1)[0])
+        self._arrow_fs: pafs.FileSystem | None = None
 
     def __repr__(self) -> str:
         return f"Store({self.url!r})"
@@ -270,8 +168,9 @@ class Store:
     def _call(self, action: str, rel: str, fn: Callable[[], T]) -> T:
         """Run one backend operation; retry transient failures; turn failures into StoreError.
 
-        ``FileNotFoundError`` and ``StoreError`` pass through unchanged; everything else (OSError,
-        the botocore errors s3fs passes on) becomes a ``StoreError`` naming the action and path.
+        ``FileNotFoundError``, ``FileExistsError`` and ``StoreError`` pass through unchanged;
+        everything else (OSError, the botocore errors s3fs passes on) becomes a ``StoreError``
+        naming the action and path.
         """
         started = time.monotonic()
         attempt = 0
@@ -279,35 +178,32 @@ class Store:
             attempt += 1
             try:
                 result = fn()
-            except (StoreError, FileNotFoundError):
+            except (StoreError, FileNotFoundError, FileExistsError):
                 raise
             except Exception as exc:
                 policy = self.retry
-                if policy is None or not _transient(exc):
-                    raise StoreError(f"cannot {action} {self.uri(rel)}: {_reason(exc)}") from exc
+                if policy is None or not transient(exc):
+                    raise StoreError(f"cannot {action} {self.uri(rel)}: {reason(exc)}") from exc
                 elapsed = time.monotonic() - started
-                earlier = self._endpoint in _GAVE_UP
+                earlier = GaveUp.has(self._endpoint)
                 if elapsed >= policy.seconds or attempt == policy.attempts or earlier:
-                    with _GAVE_UP_LOCK:
-                        _GAVE_UP.add(self._endpoint)
+                    GaveUp.add(self._endpoint)
                     raise StoreError(
                         f"cannot {action} {self.uri(rel)}: store unreachable after {attempt} "
                         f"attempt{'s' if attempt > 1 else ''} over {elapsed:.1f} s"
-                        f"{' (and earlier operations)' if earlier else ''}: {_reason(exc)}"
+                        f"{' (and earlier operations)' if earlier else ''}: {reason(exc)}"
                     ) from exc
                 (log.warning if attempt == 1 else log.debug)(
                     "%s %s failed (%s); retrying for up to %.0f s",
                     action,
                     self.uri(rel),
-                    _reason(exc),
+                    reason(exc),
                     policy.seconds,
                 )
                 # The last attempt starts at the deadline, not a backoff before it.
                 time.sleep(min(policy.delay(attempt), policy.seconds - elapsed))
             else:
-                if _GAVE_UP and self._endpoint in _GAVE_UP:
-                    with _GAVE_UP_LOCK:
-                        _GAVE_UP.discard(self._endpoint)  # it answers again: full retries
+                GaveUp.discard(self._endpoint)  # it answers again: full retries
                 return result
 
     # paths -----------------------------------------------------------------------------
@@ -317,6 +213,10 @@ class Store:
         if not rel:
             return self.root
         return posixpath.join(self.root, _check_rel(rel))
+
+    def rel(self, path: str) -> str:
+        """The store-relative path of a backend path under the root."""
+        return posixpath.relpath("/" + str(path).lstrip("/"), "/" + self.root.lstrip("/"))
 
     def uri(self, rel: str = "") -> str:
         """A URL for a store-relative path, for messages and for users."""
@@ -340,6 +240,37 @@ class Store:
 
         self._call("write", rel, write)
 
+    def create(self, rel: str, data: bytes) -> bool:
+        """Write an object only if it does not exist yet; False if it does (never replaces).
+
+        S3: a conditional PUT (``If-None-Match: *``; 412 means it exists). A local folder: a
+        temp file, fsync, then a hard link (atomic, create-only). ``memory://``: exists, then
+        write, under a process-wide lock.
+        """
+        path = self.path(rel)
+
+        def create() -> bool:
+            if self.scheme == "file":
+                return _create_local(path, data)
+            if self.scheme == "s3":
+                bucket, key, _ = self.fs.split_path(path)
+                try:
+                    self.fs.call_s3(
+                        "put_object", Bucket=bucket, Key=key, Body=data, IfNoneMatch="*"
+                    )
+                except Exception as exc:
+                    if _precondition_failed(exc):
+                        return False
+                    raise
+                return True
+            with _MEMORY_LOCK:
+                if self.fs.exists(path):
+                    return False
+                self.fs.pipe_file(path, data)
+            return True
+
+        return self._call("write", rel, create)
+
     def read_bytes(self, rel: str, *, max_bytes: int | None = None) -> bytes:
         """Read a whole object; with ``max_bytes``, refuse larger objects before reading."""
         path = self.path(rel)
@@ -359,12 +290,30 @@ class Store:
             raise StoreError(f"{self.uri(rel)} is more than {max_bytes} bytes")
         return data
 
+    def read_range(self, rel: str, start: int, end: int) -> bytes:
+        """Bytes ``[start, end)`` of an object (fewer at its end); one ranged read."""
+        path = self.path(rel)
+
+        def read() -> bytes:
+            if self.scheme == "file":
+                with open(path, "rb") as f:
+                    f.seek(start)
+                    return f.read(max(0, end - start))
+            data: bytes = self.fs.cat_file(path, start=start, end=end)
+            return bytes(data[: max(0, end - start)])
+
+        return self._call("read", rel, read)
+
+    def size(self, rel: str) -> int:
+        path = self.path(rel)
+        return int(self._call("check", rel, lambda: self.fs.size(path)))
+
     def exists(self, rel: str) -> bool:
         path = self.path(rel)
         return self._call("check", rel, lambda: bool(self.fs.exists(path)))
 
     def listdir(self, rel: str = "") -> list[str]:
-        """Names (not paths) directly under ``rel``; empty if it does not exist."""
+        """Names (not paths) directly under ``rel``, sorted; empty if it does not exist."""
         path = self.path(rel)
         try:
             entries = self._call("list", rel, lambda: self.fs.ls(path, detail=False, refresh=True))
@@ -374,7 +323,7 @@ class Store:
         return [n for n in names if n]
 
     def walk_files(self, rel: str = "") -> Iterator[str]:
-        """Store-relative paths of every object under ``rel``."""
+        """Store-relative paths of every object under ``rel``, sorted."""
         base = self.path(rel)
 
         def find() -> list[str]:
@@ -384,7 +333,7 @@ class Store:
             return sorted(self.fs.find(base))
 
         for path in self._call("list", rel, find):
-            yield posixpath.relpath("/" + str(path).lstrip("/"), "/" + self.root.lstrip("/"))
+            yield self.rel(path)
 
     def copy(self, src: str, dst: str) -> None:
         """Copy one object within the store (server-side where the backend can)."""
@@ -393,6 +342,27 @@ class Store:
         else:
             src_path, dst_path = self.path(src), self.path(dst)
             self._call("copy", dst, lambda: self.fs.copy(src_path, dst_path))
+
+    def move(self, src: str, dst: str) -> None:
+        """Move one object, replacing ``dst`` atomically (a rename locally; copy and delete on
+        S3). Safe to repeat: a move whose source is gone but whose target exists is done."""
+        src_path, dst_path = self.path(src), self.path(dst)
+
+        def move() -> None:
+            if not self.fs.exists(src_path):
+                if self.fs.exists(dst_path):
+                    return  # an earlier attempt got through
+                raise FileNotFoundError(src_path)
+            if self.scheme == "file":
+                os.makedirs(posixpath.dirname(dst_path), exist_ok=True)
+                os.replace(src_path, dst_path)
+            elif self.scheme == "s3":
+                self.fs.copy(src_path, dst_path)
+                self.fs.rm(src_path)
+            else:
+                self.fs.mv(src_path, dst_path)
+
+        self._call("move", dst, move)
 
     def delete(self, rel: str, *, recursive: bool = False) -> None:
         path = self.path(rel)
@@ -406,30 +376,142 @@ class Store:
     # structured ------------------------------------------------------------------------
 
     def write_json(self, rel: str, obj: Any) -> None:
-        self.write_bytes(rel, (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode())
+        self.write_bytes(rel, json_bytes(obj))
+
+    def create_json(self, rel: str, obj: Any) -> bool:
+        """``create`` of a JSON document: False if the object already exists."""
+        return self.create(rel, json_bytes(obj))
 
     def read_json(self, rel: str, *, max_bytes: int = 16 << 20) -> Any:
         return json.loads(self.read_bytes(rel, max_bytes=max_bytes))
 
     def write_parquet(self, rel: str, table: pa.Table) -> int:
         """Write a table as one Parquet object (atomically); returns its size in bytes."""
-        buf = io.BytesIO()
-        # Dictionary pages only for text (ids repeat); numbers rarely do, and skipping them is
-        # a third faster with smaller files.
-        text = [
-            f.name
-            for f in table.schema
-            if pa.types.is_string(f.type) or pa.types.is_large_string(f.type)
-        ]
-        pq.write_table(table, buf, compression="zstd", row_group_size=1 << 20, use_dictionary=text)
-        data = buf.getvalue()
+        data = parquet_bytes(table)
         self.write_bytes(rel, data)
         return len(data)
 
     def read_parquet(self, rel: str, **kwargs: Any) -> pa.Table:
-        """Read a Parquet file or folder (files starting with '_' or '.' are skipped)."""
-        path = self.path(rel)
-        table: pa.Table = self._call(
-            "read", rel, lambda: pq.read_table(path, filesystem=self.fs, **kwargs)
-        )
-        return table
+        """Read one Parquet object whole (bookkeeping and small objects)."""
+        data = self.read_bytes(rel)
+        return self._call("read", rel, lambda: pq.read_table(io.BytesIO(data), **kwargs))
+
+    def parquet_metadata(self, rel: str) -> pq.FileMetaData:
+        """The footer of a Parquet object (a couple of ranged reads)."""
+        return self._call(
+            "read", rel, lambda: pq.ParquetFile(self.arrow_fs.open_input_file(self.path(rel)))
+        ).metadata
+
+    def scan(
+        self,
+        rels: Sequence[str],
+        *,
+        schema: pa.Schema | None = None,
+        columns: Sequence[str] | None = None,
+        filter: ds.Expression | None = None,
+        unify: bool = False,
+    ) -> pa.Table:
+        """Rows of Parquet objects ``rels``, with the filter pushed down (row groups skipped by
+        their statistics) and only ``columns`` read. ``schema`` reads every object under one
+        schema (missing columns as nulls); ``unify`` derives it from the objects' own schemas
+        (objects written by different versions may differ in optional columns)."""
+        if not rels:
+            empty = (schema or pa.schema([])).empty_table()
+            return empty.select(list(columns)) if columns is not None else empty
+
+        def scan() -> pa.Table:
+            dataset = ds.dataset(
+                [self.path(r) for r in rels], filesystem=self.arrow_fs, format="parquet"
+            )
+            wanted = schema
+            if wanted is None and unify:
+                wanted = pa.unify_schemas([f.physical_schema for f in dataset.get_fragments()])
+            if wanted is not None:
+                dataset = dataset.replace_schema(wanted)
+            return dataset.to_table(
+                columns=None if columns is None else list(columns), filter=filter
+            )
+
+        return self._call("read", rels[0].rsplit("/", 1)[0], scan)
+
+    @property
+    def arrow_fs(self) -> pafs.FileSystem:
+        """A pyarrow filesystem over the store's backend whose reads retry like ``_call``."""
+        if self._arrow_fs is None:
+            if self.scheme == "file":
+                self._arrow_fs = pafs.LocalFileSystem()
+            else:
+                self._arrow_fs = pafs.PyFileSystem(_RetryingHandler(self))
+        return self._arrow_fs
+
+
+def json_bytes(obj: Any) -> bytes:
+    return (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode()
+
+
+def parquet_bytes(table: pa.Table) -> bytes:
+    """A table as one Parquet object: zstd, dictionary pages for text columns only (ids repeat;
+    numbers rarely do, and skipping them is a third faster with smaller files)."""
+    buf = io.BytesIO()
+    text = [
+        f.name
+        for f in table.schema
+        if pa.types.is_string(f.type) or pa.types.is_large_string(f.type)
+    ]
+    pq.write_table(table, buf, compression="zstd", row_group_size=1 << 20, use_dictionary=text)
+    return buf.getvalue()
+
+
+class _RangeReader(io.RawIOBase):
+    """A read-only file over one object whose every read is a retried ranged read."""
+
+    def __init__(self, store: Store, rel: str, size: int) -> None:
+        self._store, self._rel, self._size, self._pos = store, rel, size, 0
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        base = {io.SEEK_SET: 0, io.SEEK_CUR: self._pos, io.SEEK_END: self._size}[whence]
+        self._pos = max(0, base + offset)
+        return self._pos
+
+    def tell(self) -> int:
+        return self._pos
+
+    def readinto(self, buffer: Any) -> int:
+        view = memoryview(buffer).cast("B")
+        end = min(self._size, self._pos + len(view))
+        if end <= self._pos:
+            return 0
+        data = self._store.read_range(self._rel, self._pos, end)
+        view[: len(data)] = data
+        self._pos += len(data)
+        return len(data)
+
+
+class _RetryingHandler(pafs.FSSpecHandler):  # type: ignore[misc]
+    """pyarrow's fsspec bridge with opens, stats and reads going through ``Store._call``."""
+
+    def __init__(self, store: Store) -> None:
+        super().__init__(store.fs)
+        self._store = store
+
+    def get_file_info(self, paths: list[str]) -> list[pafs.FileInfo]:
+        infos = []
+        for path in paths:
+            rel = self._store.rel(path)
+            try:
+                info = self._store._call("check", rel, partial(self.fs.info, path))
+            except FileNotFoundError:
+                infos.append(pafs.FileInfo(path, pafs.FileType.NotFound))
+            else:
+                infos.append(self._create_file_info(path, info))
+        return infos
+
+    def open_input_file(self, path: str) -> pa.PythonFile:
+        rel = self._store.rel(path)
+        return pa.PythonFile(_RangeReader(self._store, rel, self._store.size(rel)), mode="r")

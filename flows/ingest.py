@@ -1,53 +1,63 @@
 """Ingest: input files or simulated instruments -> a capture and windowed views.
 
 Input: ``RawBatch`` micro-batches from ``FileSource``/``SimSource`` (or a ``TestingSource``).
-Output: the capture ``<store>/captures/<name>/``, each view's final rows in
-``<store>/views/<view>/`` (late readings in ``<store>/late/<view>/``), rejected records in
-``<store>/deadletter/``, and a run summary ``<store>/runs/<run>.json``.
+Output, staged and committed together when the run ends (``flows.finish``): the capture's new
+objects under ``<store>/captures/<name>/``, each view's rows in ``<store>/views/<view>/`` (late
+readings in ``<store>/late/<view>/``), rejected records in ``<store>/deadletter/``, and a run
+summary ``<store>/runs/<run>.json``.
 Guarantee: every input record is accounted for once: accepted, rejected (kept with a reason)
-or a duplicate; ``input == accepted + rejected + duplicates``.
+or a duplicate; ``input == accepted + rejected + duplicates``; exactly once with recovery.
 
-Run it with ``obsflow ingest ...`` or ``python -m bytewax.run "obsflow.flows.ingest:build_flow(
-inputs=['x.parquet'], store='./data/store', capture='demo')"``.
+``build_flow`` only builds the graph; it writes nothing. Run it with ``obsflow ingest ...``,
+from Python with ``obsflow.flows.jobs.ingest``, or with ``python -m bytewax.run
+"obsflow.flows.ingest:build_flow(inputs=['x.parquet'], store='./data/store', capture='demo',
+run_id='r1')" -w 2`` (give every process the same ``run_id``).
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 import bytewax.operators as op
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-from bytewax.dataflow import Dataflow
+from bytewax.dataflow import Dataflow, Stream
 from bytewax.inputs import Source
-from bytewax.operators import StatefulBatchLogic
 from bytewax.outputs import Sink
 
+from obsflow.connectors import layout
 from obsflow.connectors.batch import DEFAULT_BATCH_ROWS, RawBatch
-from obsflow.connectors.capture import (
-    PartitionWriter,
-    WriterState,
-    new_run_id,
-    open_capture,
-    split_by_partition,
-)
+from obsflow.connectors.capture import capture_exists, new_run_id, planned_capture
+from obsflow.connectors.commits import read_log
 from obsflow.connectors.dedup import DEFAULT_HORIZON
 from obsflow.connectors.errors import ConfigError
 from obsflow.connectors.files import FileSource
 from obsflow.connectors.ids import check_name
-from obsflow.connectors.payloads import INLINE_LIMIT, PayloadStore
+from obsflow.connectors.partitions import split_by_partition
+from obsflow.connectors.payload_format import INLINE_LIMIT
+from obsflow.connectors.payloads import PayloadStore
 from obsflow.connectors.schema import InputSpec, normalize
 from obsflow.connectors.simulator import SimSource
-from obsflow.connectors.sinks import ChunkSink
 from obsflow.connectors.store import DEFAULT_STORE, Store
+from obsflow.connectors.views import check_view, view_doc
+from obsflow.flows.capturestep import CaptureLogic
 from obsflow.flows.chunkstep import ChunkLogic, Step
 from obsflow.flows.features import check_features
+from obsflow.flows.finish import Finish
+from obsflow.flows.logstep import add_log
 from obsflow.flows.payloadstep import offload_batch
+from obsflow.flows.runner import check_cluster_run_id
 from obsflow.flows.summary import Counts, add_summary
-from obsflow.flows.viewdef import ViewDef, default_views, load_views
+from obsflow.flows.viewdef import (
+    ViewDef,
+    default_views,
+    stored_views,
+    views_option,
+    with_lateness,
+)
 from obsflow.flows.viewstep import add_view
 
 
@@ -63,15 +73,53 @@ class IngestConfig:
     run_id: str = field(default_factory=new_run_id)
     batch_rows: int = DEFAULT_BATCH_ROWS
     progress: bool = True
-    views: tuple[ViewDef, ...] | None = None  # None: default_views(capture)
+    views: tuple[ViewDef, ...] | None = None  # None: the capture's views (see planned_views)
+    lateness: int | None = None  # ns; overrides the views' lateness
     dedup_horizon: int = DEFAULT_HORIZON  # ns of event time; 0 turns deduplication off
     inline_limit: int = INLINE_LIMIT  # payloads up to this many bytes stay in the capture
     features: tuple[str, ...] = ()  # scalar features derived from each payload
     chunk_expiry: int = 60 * 10**9  # ns of event time a chunk set may stay incomplete
+    base: int | None = None  # the capture's last commit when the run was prepared
+    fingerprints: tuple[tuple[str, str], ...] = ()  # (input, sha256) known before the run
 
     def __post_init__(self) -> None:
         check_name(self.capture, kind="capture name")
         check_name(self.run_id, kind="run id")
+
+    @classmethod
+    def from_options(cls, **options: Any) -> IngestConfig:
+        """A config from ``build_flow``'s keyword arguments, as ``bytewax.run`` passes them:
+        ``views`` may be a TOML path or a list of definitions, ``map`` as on the command line
+        (``"source=id,time=t"``) or a dict."""
+        check_cluster_run_id(options)
+        for name in ("inputs", "features"):
+            if name in options:
+                options[name] = tuple(options[name])
+        options["views"] = views_option(options.get("views"))
+        if "fingerprints" in options:
+            options["fingerprints"] = tuple(tuple(x) for x in options["fingerprints"])
+        if "map" in options or "time_unit" in options:
+            mapping, unit = options.pop("map", None), options.pop("time_unit", "ns")
+            options["spec"] = (
+                InputSpec(mapping=mapping, time_unit=unit)
+                if isinstance(mapping, dict)
+                else InputSpec.parse_map(mapping, unit)
+            )
+        return cls(**options)
+
+    def options(self) -> dict[str, Any]:
+        """``build_flow`` keyword arguments that rebuild this config, literals only (what
+        ``python -m bytewax.run`` accepts)."""
+        out = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "spec"}
+        out.update(
+            inputs=list(self.inputs),
+            map=dict(self.spec.mapping),
+            time_unit=self.spec.time_unit,
+            views=None if self.views is None else [v.definition for v in self.views],
+            features=list(self.features),
+            fingerprints=[list(x) for x in self.fingerprints],
+        )
+        return out
 
 
 def source_for(inputs: Iterable[str], batch_rows: int = DEFAULT_BATCH_ROWS) -> Source[RawBatch]:
@@ -140,68 +188,60 @@ def reason_counts(rejects: pa.Table) -> dict[str, int]:
     return {str(r["values"]): int(r["counts"]) for r in vc.to_pylist()}
 
 
-# -- stateful steps -----------------------------------------------------------------------------
-
-PartTable = tuple[int, pa.Table]  # (capture partition, readings)
-
-
-@dataclass(frozen=True)
-class Captured:
-    """What the capture step did with one batch of a partition."""
-
-    part: int
-    rows: pa.Table  # as written to the capture
-    conflicts: pa.Table  # REJECT_SCHEMA
-    duplicates: int
-
-    @property
-    def counts(self) -> Counts:
-        n = self.conflicts.num_rows
-        return Counts(
-            accepted=self.rows.num_rows,
-            duplicates=self.duplicates,
-            rejected=n,
-            reasons={"conflict": n} if n else {},
-        )
+DEMO_VIEWS = (
+    ViewDef(
+        "demo_10s",
+        "tumbling",
+        size=10 * 10**9,
+        aggregates=("count", "mean", "min", "max", "std", "p90"),
+    ),
+    ViewDef(
+        "demo_1m",
+        "tumbling",
+        size=60 * 10**9,
+        aggregates=("count", "mean", "min", "max", "std", "first", "last"),
+    ),
+)
 
 
-class CaptureLogic(StatefulBatchLogic[PartTable, Captured, WriterState]):
-    """Owns one capture partition: drops duplicates, sets conflicts aside, numbers readings and
-    appends them to the partition's files.
+def demo_config(store: str, duration: str = "60s") -> IngestConfig:
+    """What ``obsflow demo`` ingests: 4 simulated instruments into capture ``demo``."""
+    url = f"sim://?sources=4&rate=10&duration={duration}&seed=7"
+    return IngestConfig(
+        inputs=(url,), store=store, capture="demo", progress=False, views=DEMO_VIEWS
+    )
 
-    Emits the rows as captured, so everything downstream sees exactly the capture's content.
-    Bytewax builds the logic without telling it its key, so the partition number travels with
-    each item and the writer is made on the first batch (or from the resume state).
+
+def planned_views(
+    store: Store, config: IngestConfig
+) -> tuple[tuple[ViewDef, ...], tuple[dict[str, Any], ...]]:
+    """The views a run builds, and the ``view.json`` documents of those that are new.
+
+    Into a new capture: those given (default ``<capture>_1m``). Into an existing one: those
+    given and every view already built from it, so that no view falls behind its capture; a
+    view new to a capture that holds readings is refused (it would start in the middle of the
+    data: a replay builds it). ``lateness`` applies to all of them.
     """
-
-    def __init__(
-        self, store: Store, capture: str, run_id: str, horizon: int, resume: WriterState | None
-    ) -> None:
-        self.store, self.capture, self.run_id, self.horizon = store, capture, run_id, horizon
-        self.writer: PartitionWriter | None = None
-        if resume is not None:
-            self.writer = PartitionWriter(store, capture, resume.part, resume.run_id, resume=resume)
-            self.writer.discard_after(resume.chunk)  # objects written after the snapshot
-
-    def on_batch(self, values: list[PartTable]) -> tuple[Iterable[Captured], bool]:
-        if self.writer is None:
-            self.writer = PartitionWriter(
-                self.store, self.capture, values[0][0], self.run_id, horizon=self.horizon
-            )
-        out = []
-        for part, table in values:
-            a = self.writer.append(table)
-            out.append(Captured(part, a.rows, a.conflicts, a.duplicates))
-        return out, self.RETAIN
-
-    def on_eof(self) -> tuple[Iterable[Captured], bool]:
-        if self.writer is not None:
-            self.writer.close()
-        return [], self.RETAIN
-
-    def snapshot(self) -> WriterState:
-        assert self.writer is not None  # Bytewax snapshots only logics that have seen an item
-        return self.writer.snapshot()
+    if not capture_exists(store, config.capture):
+        views = config.views if config.views is not None else default_views(config.capture)
+    else:
+        given = config.views or ()
+        names = {v.name for v in given}
+        views = (*given, *(v for v in stored_views(store, config.capture) if v.name not in names))
+    views = with_lateness(views, config.lateness)
+    new = tuple(
+        doc
+        for doc in (view_doc(v.name, v.definition, v.hash, config.capture) for v in views)
+        if not check_view(store, doc)
+    )
+    held = sum(c.rows for c in read_log(store, config.capture)) if new else 0
+    if held:
+        raise ConfigError(
+            f"view {new[0]['name']!r} is new, and capture {config.capture!r} already holds "
+            f"{held:,} readings: build it over them first with `obsflow replay --capture "
+            f"{config.capture} --views FILE`; later ingests then keep it current"
+        )
+    return views, new
 
 
 def build_flow(
@@ -214,21 +254,25 @@ def build_flow(
     """The ingest dataflow. ``options`` build an ``IngestConfig`` when ``config`` is not given.
 
     ``source`` replaces the input (tests feed a ``TestingSource`` of ``RawBatch``); ``sink``
-    receives the final ``("run", Counts)`` summary instead of the store's ``runs/`` folder.
+    receives the final ``("run", Counts)`` instead of the run's finish (no commit then).
     """
-    if config is None:
-        if "inputs" in options:
-            options["inputs"] = tuple(options["inputs"])
-        if isinstance(options.get("views"), str):
-            options["views"] = load_views(options["views"])
-        if isinstance(options.get("map"), str) or "time_unit" in options:
-            options["spec"] = InputSpec.parse_map(
-                options.pop("map", None), options.pop("time_unit", "ns")
-            )
-        config = IngestConfig(**options)
+    config = config or IngestConfig.from_options(**options)
     store = Store(config.store)
-    meta = open_capture(store, config.capture, partitions=config.partitions, create=True)
+    meta = planned_capture(store, config.capture, config.partitions)
     spec, run_id = config.spec, config.run_id
+    views, new_views = planned_views(store, config)
+    known = dict(config.fingerprints)
+    finish = Finish(
+        store=config.store,
+        capture=config.capture,
+        run=run_id,
+        kind="ingest",
+        base=config.base,
+        capture_meta=None if capture_exists(store, config.capture) else meta,
+        views=new_views,
+        inputs={u: (known.get(u), spec.signature()) for u in config.inputs},
+        extra={"mode": "ingest"},
+    )
 
     flow = Dataflow("ingest")
     raw = op.input("read_inputs", flow, source or source_for(config.inputs, config.batch_rows))
@@ -251,64 +295,46 @@ def build_flow(
         "offload_payloads", assembled, lambda kv: (kv[0], offload(pstore, features, kv[1]))
     )
     # ("0003", Step(3, readings with payload references [+ derived features], rejects, Counts))
-    ready = op.filter_map(
-        "take_ready",
-        prepared,
-        lambda kv: (kv[0], (kv[1].part, kv[1].readings)) if kv[1].readings.num_rows else None,
-    )
+    ready = _take("take_ready", prepared, "readings")
     outcome = op.stateful_batch(
         "capture",
         ready,
         lambda s: CaptureLogic(store, config.capture, run_id, config.dedup_horizon, s),
     )
-    # ("0003", Captured(3, rows as written, conflicts, duplicates))
-    captured = op.filter_map(
-        "take_captured",
-        outcome,
-        lambda kv: (kv[0], (kv[1].part, kv[1].rows)) if kv[1].rows.num_rows else None,
-    )
-    # ("0003", (3, rows as written to the capture))
+    # ("0003", Captured(3, rows as written, conflicts, duplicates, accepted per input))
+    captured = _take("take_captured", outcome, "rows")
+    # ("0003", (3, rows as written to the capture, ids dictionary-encoded))
     rejects = op.merge(
         "merge_rejects",
-        op.filter_map("take_rejects", checked, lambda r: ("0", r[1]) if r[1].num_rows else None),
-        op.filter_map(
-            "take_step_rejects",
-            prepared,
-            lambda kv: ("0", kv[1].rejects) if kv[1].rejects.num_rows else None,
-        ),
-        op.filter_map(
-            "take_conflicts",
-            outcome,
-            lambda kv: ("0", kv[1].conflicts) if kv[1].conflicts.num_rows else None,
-        ),
+        op.filter_map("take_rejects", checked, lambda r: ("0000", r[1]) if r[1].num_rows else None),
+        _take("take_step_rejects", prepared, "rejects", log=True),
+        _take("take_conflicts", outcome, "conflicts", log=True),
     )
-    op.output("write_deadletters", rejects, ChunkSink(store, "deadletter", run_id))
+    # ("0000", rejected records): one dead-letter log per run
+    written = add_log(rejects, store, "deadletter", run_id, layout.DEADLETTER_SCHEMA)
 
     counts = op.merge(
         "merge_counts",
         op.map("count_input", checked, lambda r: r[2]),
         op.map("count_prepared", prepared, lambda kv: kv[1].counts),
         op.map("count_captured", outcome, lambda kv: kv[1].counts),
-        *(
-            add_view(
-                captured,
-                v,
-                store=store,
-                capture=config.capture,
-                run_id=run_id,
-                partitions=meta.partitions,
-            )
-            for v in (config.views if config.views is not None else default_views(config.capture))
-        ),
+        written,
+        *(add_view(captured, v, store=store, capture=config.capture, run_id=run_id) for v in views),
     )
-    add_summary(
-        counts,
-        store,
-        run_id,
-        "ingest",
-        config.progress,
-        sink,
-        capture=config.capture,
-        store_url=store.uri(),
-    )
+    add_summary(counts, "ingest", config.progress, sink or finish)
     return flow
+
+
+def _take(
+    step_id: str, results: Stream[tuple[str, Any]], table: str, *, log: bool = False
+) -> Stream[tuple[str, Any]]:
+    """The non-empty ``table`` of each partition step's result: ``("0003", (3, table))``, or
+    with ``log`` ``("0000", table)`` for the run's one dead-letter log."""
+
+    def take(kv: tuple[str, Any]) -> tuple[str, Any] | None:
+        rows = getattr(kv[1], table)
+        if not rows.num_rows:
+            return None
+        return ("0000", rows) if log else (kv[0], (kv[1].part, rows))
+
+    return op.filter_map(step_id, results, take)

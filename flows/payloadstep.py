@@ -20,14 +20,14 @@ import numpy as np
 import pyarrow as pa
 from numpy.typing import NDArray
 
-from obsflow.connectors.payloads import (
+from obsflow.connectors.payload_format import (
     PayloadError,
-    PayloadStore,
     PayloadTooLargeError,
     array_from_bytes,
     numpy_dtype,
     payloads_to_arrow,
 )
+from obsflow.connectors.payloads import PayloadStore
 from obsflow.connectors.schema import REJECT_SCHEMA
 from obsflow.flows.features import derive_features
 

@@ -1,47 +1,51 @@
 """Replay: rebuild views from a capture, deterministically, at full speed or paced.
 
-Input: the capture ``<store>/captures/<name>/`` read by ``CaptureSource`` in stored order.
-Output: each listed view rebuilt in ``<store>/staging/<run>/`` and swapped into
-``<store>/views/<view>/`` (and ``late/<view>/``) only when the run succeeds; a run summary.
-Guarantee: the same capture and definitions give the same rows, for any worker or process
-count and any speed; an interrupted replay leaves the previous views intact.
+Input: the capture read by ``CaptureSource`` in capture order (commit by commit), with each
+commit's boundary so that windows become final exactly where they did during ingest.
+Output, staged and committed when the run ends: the views it rebuilds (rows, late readings,
+window state) and a run summary.
+Guarantee: the same capture and definitions give the same rows — the rows ingest built — for
+any worker or process count and any speed; an interrupted replay changes nothing.
 
-Run it with ``obsflow replay ...`` or, e.g. on two processes,
-``python -m bytewax.run "obsflow.flows.replay:build_flow(store='s3://b/p', capture='c',
-views='views.toml', run_id='r1')" -i 0 -a "h1:2101;h2:2101"`` on each host, then
-``obsflow replay --commit r1`` once.
+Three ways: a full replay rebuilds each view whole (its old rows are dropped at the commit); a
+filtered replay (``sources``, ``start``/``until``) recomputes only the rows of windows of those
+sources overlapping the range, from everything the capture holds on them, and leaves every
+other row as it was; ``as_name`` builds a new view from only the readings of the slice.
+
+``build_flow`` only builds the graph; it writes nothing. Run it with ``obsflow replay ...``,
+from Python with ``obsflow.flows.jobs.replay``, or on several processes with ``python -m
+bytewax.run "obsflow.flows.replay:build_flow(store='s3://b/p', capture='c',
+views='views.toml', run_id='r1')" -i 0 -a "h1:2101;h2:2101"`` on each host.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
 import bytewax.operators as op
 import pyarrow as pa
-import pyarrow.parquet as pq
 from bytewax.dataflow import Dataflow
 from bytewax.inputs import Source
 from bytewax.outputs import Sink
 
-from obsflow.connectors.capture import new_run_id, open_capture, partition_of
-from obsflow.connectors.capture_source import (
-    CaptureSource,
-    ReplayBatch,
-    ReplaySpec,
-    partition_files,
-)
+from obsflow.connectors.capture import new_run_id, open_capture
+from obsflow.connectors.capture_source import Boundary, CaptureSource, ReplayBatch, ReplaySpec
+from obsflow.connectors.commits import read_log
 from obsflow.connectors.errors import ConfigError
 from obsflow.connectors.ids import check_name
+from obsflow.connectors.partitions import partitions_of
 from obsflow.connectors.schema import to_utc
 from obsflow.connectors.store import DEFAULT_STORE, Store
-from obsflow.connectors.views import list_views, stage_commit, view_doc
+from obsflow.connectors.views import Scope, check_view, view_doc
+from obsflow.flows.finish import Finish
+from obsflow.flows.runner import check_cluster_run_id
 from obsflow.flows.summary import Counts, add_summary
-from obsflow.flows.viewdef import ViewDef, load_views
+from obsflow.flows.viewdef import ViewDef, stored_views, views_option
 from obsflow.flows.viewstep import ViewTarget, add_view
 
 
-def parse_time(text: str | None, what: str) -> int | None:
+def parse_time(text: object, what: str) -> int | None:
     """ISO-8601 (naive = UTC) to ns since the epoch."""
     return None if text is None else int(to_utc(text, what).value)
 
@@ -54,15 +58,6 @@ def parse_speed(text: str | float | None) -> float | None:
         return float(text)
     except ValueError:
         raise ConfigError(f"--speed {text!r} — use max or a positive number like 1 or 10") from None
-
-
-def stored_views(store: Store, capture: str) -> tuple[ViewDef, ...]:
-    """The definitions of the views currently built from ``capture``."""
-    return tuple(
-        ViewDef(**{**m["definition"], "aggregates": tuple(m["definition"]["aggregates"])})
-        for m in list_views(store)
-        if m.get("capture") == capture
-    )
 
 
 @dataclass(frozen=True)
@@ -79,6 +74,8 @@ class ReplayConfig:
     run_id: str = field(default_factory=new_run_id)
     progress: bool = True
     batch_rows: int = 65_536
+    as_name: str | None = None  # build the slice as a new view of this name
+    base: int | None = None  # the capture's last commit when the run was prepared
 
     def __post_init__(self) -> None:
         check_name(self.capture, kind="capture name")
@@ -88,33 +85,98 @@ class ReplayConfig:
         names = [v.name for v in self.views]
         if len(set(names)) != len(names):
             raise ConfigError(f"view names must be unique, got {names}")
+        if self.as_name is not None:
+            check_name(self.as_name, kind="view name")
+            if len(self.views) != 1:
+                raise ConfigError(
+                    f"--as names one view, but {len(self.views)} are replayed: {names}"
+                )
+
+    @classmethod
+    def from_options(cls, **options: Any) -> ReplayConfig:
+        """A config from ``build_flow``'s keyword arguments (``views`` may be a TOML path and
+        defaults to the views already built from the capture)."""
+        check_cluster_run_id(options)
+        views = views_option(options.get("views"))
+        if views is None:
+            views = stored_views(Store(options.get("store", DEFAULT_STORE)), options["capture"])
+        options["views"] = views
+        if "sources" in options:
+            options["sources"] = tuple(options["sources"] or ())
+        options["speed"] = parse_speed(options.get("speed"))
+        return cls(**options)
+
+    def options(self) -> dict[str, Any]:
+        """``build_flow`` keyword arguments that rebuild this config, literals only."""
+        out = {f.name: getattr(self, f.name) for f in fields(self)}
+        out.update(views=[v.definition for v in self.views], sources=list(self.sources))
+        return out
+
+    @property
+    def filtered(self) -> bool:
+        return bool(self.sources) or self.start is not None or self.until is not None
+
+    @property
+    def in_place(self) -> bool:
+        """A filtered replay into the views themselves: only rows in the slice change."""
+        return self.filtered and self.as_name is None
+
+    @property
+    def slice(self) -> dict[str, Any] | None:
+        """What a view built by ``as_name`` holds (recorded in its ``view.json``)."""
+        if self.as_name is None or not self.filtered:
+            return None
+        return {"sources": list(self.sources), "start": self.start, "until": self.until}
+
+    @property
+    def targets(self) -> tuple[ViewDef, ...]:
+        """The views written: the replayed ones, or the one renamed by ``as_name``."""
+        if self.as_name is None:
+            return self.views
+        return (replace(self.views[0], name=self.as_name),)
 
     @property
     def spec(self) -> ReplaySpec:
+        # In place, windows of the slice are recomputed from all the sources' readings, so
+        # that they come out as a full replay would make them.
+        start, until = parse_time(self.start, "--from"), parse_time(self.until, "--until")
+        if start is not None and until is not None and until <= start:
+            raise ConfigError("--until must be later than --from")
         return ReplaySpec(
             self.capture,
             self.sources,
-            parse_time(self.start, "--from"),
-            parse_time(self.until, "--until"),
+            None if self.in_place else start,
+            None if self.in_place else until,
             self.speed,
             self.batch_rows,
+            self.base,
         )
 
+    @property
+    def target(self) -> ViewTarget:
+        if self.in_place:
+            scope = Scope(
+                self.sources, parse_time(self.start, "--from"), parse_time(self.until, "--until")
+            )
+            return ViewTarget(scope=scope, end_at_eof=False)
+        return ViewTarget(fresh=True, end_at_eof=False)
 
-def capture_rows(store: Store, capture: str, sources: tuple[str, ...] = ()) -> int:
-    """Readings in a capture (or in the partitions of ``sources``), from Parquet footers."""
-    meta = open_capture(store, capture)
-    parts = (
-        set(partition_of(pa.array(sources), meta.partitions).tolist())
-        if sources
-        else set(range(meta.partitions))
+
+def capture_rows(store: Store, config: ReplayConfig) -> int:
+    """Readings the replay reads (before time restrictions), from the commit log."""
+    log = read_log(store, config.capture)
+    if not config.sources:
+        return sum(c.rows for c in log if config.base is None or c.n <= config.base)
+    meta = open_capture(store, config.capture)
+    wanted = set(partitions_of(list(config.sources), meta.partitions))
+    return sum(
+        store.parquet_metadata(rel).num_rows
+        for c in log
+        if config.base is None or c.n <= config.base
+        for part, rels in c.parts(config.capture).items()
+        if part in wanted
+        for rel in rels
     )
-    rows = 0
-    for p in sorted(parts):
-        for rel in partition_files(store, capture, p):
-            with store.fs.open(store.path(rel), "rb") as fh:
-                rows += pq.ParquetFile(fh).metadata.num_rows
-    return rows
 
 
 def build_flow(
@@ -124,69 +186,54 @@ def build_flow(
     sink: Sink[Any] | None = None,
     **options: Any,
 ) -> Dataflow:
-    """The replay dataflow. ``options`` build a ``ReplayConfig`` when ``config`` is not given;
-    ``views`` may be a TOML path, and defaults to the views already built from the capture."""
-    if config is None:
-        store = Store(options.get("store", DEFAULT_STORE))
-        views = options.get("views")
-        if views is None:
-            views = stored_views(store, options["capture"])
-        elif isinstance(views, str):
-            views = load_views(views)
-        options["views"] = tuple(views)
-        if "sources" in options:
-            options["sources"] = tuple(options["sources"])
-        options["speed"] = parse_speed(options.get("speed"))
-        config = ReplayConfig(**options)
+    """The replay dataflow. ``options`` build a ``ReplayConfig`` when ``config`` is not given."""
+    config = config or ReplayConfig.from_options(**options)
     store = Store(config.store)
-    meta = open_capture(store, config.capture)
-    spec = config.spec
-    target = ViewTarget.staging(config.run_id)
+    open_capture(store, config.capture)
+    spec, target = config.spec, config.target
+    docs = tuple(
+        view_doc(v.name, v.definition, v.hash, config.capture, sliced=config.slice)
+        for v in config.targets
+    )
+    if config.in_place:
+        for doc in docs:  # rows are only replaced by the same definition's rows
+            if not check_view(store, doc):
+                raise ConfigError(
+                    f"view {doc['name']!r} does not exist: a filtered replay recomputes rows of "
+                    "an existing view; give --as NAME to build the slice as a new view"
+                )
+    finish = Finish(
+        store=config.store,
+        capture=config.capture,
+        run=config.run_id,
+        kind="replay",
+        base=config.base,
+        views=() if config.in_place else docs,
+        replaced_views=() if config.in_place else tuple(d["name"] for d in docs),
+        extra={"mode": "replay", "views_replayed": [d["name"] for d in docs]},
+    )
 
     flow = Dataflow("replay")
-    batches = op.input("read_capture", flow, source or CaptureSource(store, spec))
-    # (3, readings of capture partition 3, in stored order)
-    keyed = op.map("key_by_partition", batches, lambda pt: (f"{pt[0]:04d}", pt))
-    # ("0003", (3, readings))
+    items = op.input("read_capture", flow, source or CaptureSource(store, spec))
+    # (3, readings of capture partition 3 | Boundary), in capture order
+    keyed = op.map("key_by_partition", items, lambda pt: (f"{pt[0]:04d}", pt))
+    # ("0003", (3, readings | Boundary))
     counts = op.merge(
         "merge_counts",
-        op.map(
-            "count_read", batches, lambda pt: Counts(input=pt[1].num_rows, accepted=pt[1].num_rows)
-        ),
+        op.map("count_read", items, _count_read),
         *(
             add_view(
-                keyed,
-                v,
-                store=store,
-                capture=config.capture,
-                run_id=config.run_id,
-                partitions=meta.partitions,
-                target=target,
+                keyed, v, store=store, capture=config.capture, run_id=config.run_id, target=target
             )
-            for v in config.views
+            for v in config.targets
         ),
     )
-    total = capture_rows(store, config.capture, config.sources) if config.progress else None
-    add_summary(
-        counts,
-        store,
-        config.run_id,
-        "replay",
-        config.progress,
-        sink,
-        total=total,
-        capture=config.capture,
-        store_url=store.uri(),
-        mode="replay",
-        views_replayed=[v.name for v in config.views],
-    )
+    total = capture_rows(store, config) if config.progress else None
+    add_summary(counts, "replay", config.progress, sink or finish, total=total)
     return flow
 
 
-def commit(config: ReplayConfig) -> None:
-    """Swap the staged views of a finished replay into place."""
-    stage_commit(
-        Store(config.store),
-        config.run_id,
-        [view_doc(v.name, v.definition, v.hash, config.capture) for v in config.views],
-    )
+def _count_read(item: tuple[int, pa.Table | Boundary]) -> Counts:
+    data = item[1]
+    n = 0 if isinstance(data, Boundary) else data.num_rows
+    return Counts(input=n, accepted=n)

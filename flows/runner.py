@@ -10,10 +10,13 @@ run: same object names, same summary.
 from __future__ import annotations
 
 import json
+import os
 import socket
+import sys
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 from bytewax.dataflow import Dataflow
 from bytewax.recovery import RecoveryConfig, init_db_dir
@@ -38,27 +41,55 @@ class Recovery:
         if not self.snapshot_interval > 0:
             raise ConfigError("--snapshot-interval must be a positive number of seconds")
 
+    def _doc(self) -> dict[str, Any]:
+        path = self.directory / _RUN_FILE
+        return json.loads(path.read_text()) if path.exists() else {}
+
+    def _save(self, doc: dict[str, Any]) -> None:
+        self.directory.mkdir(parents=True, exist_ok=True)
+        (self.directory / _RUN_FILE).write_text(json.dumps(doc))
+
     def run_id(self, command: str) -> str:
         """The run id of the interrupted run to resume, or a new one recorded for next time."""
-        path = self.directory / _RUN_FILE
-        if path.exists():
-            doc = json.loads(path.read_text())
+        doc = self._doc()
+        if doc:
             if doc.get("command") != command:
                 raise ConfigError(
                     f"recovery directory {str(self.directory)!r} belongs to an "
                     f"'{doc.get('command')}' run; use another directory"
                 )
             return check_name(doc["run"], kind="run id")
-        self.directory.mkdir(parents=True, exist_ok=True)
         run = new_run_id()
-        path.write_text(json.dumps({"command": command, "run": run}))
+        self._save({"command": command, "run": run})
         return run
+
+    def base(self, head: int) -> int:
+        """The capture's last commit when the run began: ``head`` the first time, then what
+        was recorded (a resumed run commits on the capture it started from, or not at all)."""
+        doc = self._doc()
+        if "base" not in doc:
+            doc["base"] = head
+            self._save(doc)
+        return int(doc["base"])
 
     def config(self, workers: int) -> RecoveryConfig:
         """Bytewax's recovery config; creates the recovery partitions on first use."""
         if not any(self.directory.glob("*.sqlite3")):
             init_db_dir(self.directory, max(1, workers))  # type: ignore[no-untyped-call]
         return RecoveryConfig(str(self.directory))  # type: ignore[no-untyped-call]
+
+
+def check_cluster_run_id(options: dict[str, Any]) -> None:
+    """Under ``python -m bytewax.run -i/-a`` every process builds the dataflow itself: a run id
+    drawn at random would differ between them, so one must be given."""
+    in_cluster = "BYTEWAX_ADDRESSES" in os.environ or any(
+        a in ("-a", "--addresses") or a.startswith("--addresses=") for a in sys.argv
+    )
+    if in_cluster and not options.get("run_id"):
+        raise ConfigError(
+            "with several processes (bytewax.run -a), pass the same run_id='...' to every "
+            "process: each one builds the dataflow and they must agree on the run"
+        )
 
 
 def run_flow(flow: Dataflow, workers: int, recovery: Recovery | None = None) -> None:

@@ -20,6 +20,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+import pyarrow as pa
 
 CAP = 2048
 EXACT = -(2**20)  # the level of a window that still holds exact values
@@ -56,6 +57,27 @@ class Sketches:
 
     def __len__(self) -> int:
         return int(self.row.size)
+
+    def to_table(self) -> pa.Table:
+        """Entries and levels, exactly (levels as a column of their own length)."""
+        return pa.table(
+            {
+                "row": pa.array(np.r_[self.row, -np.arange(1, self.level.size + 1)]),
+                "val": pa.array(np.r_[self.val, np.zeros(self.level.size)]),
+                "count": pa.array(np.r_[self.count, self.level]),
+            }
+        )
+
+    @classmethod
+    def from_table(cls, table: pa.Table, n_rows: int) -> Sketches:
+        """Inverse of ``to_table`` (rows ``< 0`` carry the levels of windows 0..n_rows-1)."""
+        row = table.column("row").to_numpy()
+        val = table.column("val").to_numpy()
+        count = table.column("count").to_numpy()
+        entries = row >= 0
+        level = np.full(n_rows, EXACT, np.int64)
+        level[-row[~entries] - 1] = count[~entries]
+        return cls(row[entries].copy(), val[entries].copy(), count[entries].copy(), level)
 
     @staticmethod
     def concat(a: Sketches, b: Sketches) -> Sketches:

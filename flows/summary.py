@@ -2,25 +2,22 @@
 
 Every run must add up: ``input == accepted + rejected + duplicates``. Steps emit ``Counts``
 deltas; ``summarize`` folds them on one key (so one worker sees them all), prints progress on
-stderr, and emits the final summary at end of input, which ``SummarySink`` writes to
-``<store>/runs/<run>.json``.
+stderr, and at end of input hands the totals to the run's finish (``flows.finish``), which
+commits the run and writes ``<store>/runs/<run>.json``.
 """
 
 from __future__ import annotations
 
 import sys
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from datetime import datetime
 from typing import Any
 
 import bytewax.operators as op
 from bytewax.dataflow import Stream
 from bytewax.operators import StatefulLogic
 from bytewax.outputs import DynamicSink, Sink, StatelessSinkPartition
-
-from obsflow.connectors.store import Store
 
 SUMMARY_KEY = "run"
 
@@ -41,10 +38,12 @@ class Counts:
     rejected: int = 0
     duplicates: int = 0
     late: dict[str, int] = field(default_factory=dict)
-    view_rows: dict[str, int] = field(default_factory=dict)
+    view_rows: dict[str, int] = field(default_factory=dict)  # final rows written, per view
     reasons: dict[str, int] = field(default_factory=dict)
     derived: int = 0  # readings derived from payloads (also counted in input)
     payloads: int = 0  # payloads offloaded to the payload store (or kept inline)
+    provisional: dict[str, int] = field(default_factory=dict)  # open windows' rows, per view
+    origins: dict[str, int] = field(default_factory=dict)  # readings accepted, per input
 
     def __add__(self, other: Counts) -> Counts:
         return Counts(
@@ -57,6 +56,8 @@ class Counts:
             _add_maps(self.reasons, other.reasons),
             self.derived + other.derived,
             self.payloads + other.payloads,
+            _add_maps(self.provisional, other.provisional),
+            _add_maps(self.origins, other.origins),
         )
 
     @property
@@ -68,7 +69,7 @@ class Counts:
 class SummaryState:
     counts: Counts = field(default_factory=Counts)
     started: float = field(default_factory=time.monotonic)
-    last_print: float = 0.0
+    last_print: float = field(default_factory=time.monotonic)  # first line after `every`
 
 
 def fold_counts(
@@ -113,34 +114,32 @@ def summary_dict(counts: Counts, **extra: Any) -> dict[str, Any]:
         "balanced": counts.balanced,
         "rejected_by_reason": dict(sorted(counts.reasons.items())),
         "late": dict(sorted(counts.late.items())),
-        "views": {k: {"rows": v} for k, v in sorted(counts.view_rows.items())},
+        "views": {
+            k: {"rows": counts.view_rows.get(k, 0), "provisional": counts.provisional.get(k, 0)}
+            for k in sorted({*counts.view_rows, *counts.provisional})
+        },
         **extra,
     }
 
 
-class _SummaryPartition(StatelessSinkPartition[tuple[str, Counts]]):
-    def __init__(self, store: Store, run_id: str, extra: dict[str, Any]) -> None:
-        self._store, self._run, self._extra = store, run_id, extra
+class _FinishPartition(StatelessSinkPartition[tuple[str, Counts]]):
+    def __init__(self, finish: Callable[[Counts], Any]) -> None:
+        self._finish = finish
 
     def write_batch(self, items: list[tuple[str, Counts]]) -> None:
         for _key, counts in items:
-            doc = summary_dict(
-                counts,
-                run=self._run,
-                finished=datetime.now().astimezone().isoformat(),
-                **self._extra,
-            )
-            self._store.write_json(f"runs/{self._run}.json", doc)
+            self._finish(counts)
 
 
-class SummarySink(DynamicSink[tuple[str, Counts]]):
-    """Writes the final summary to ``<store>/runs/<run>.json``."""
+class FinishSink(DynamicSink[tuple[str, Counts]]):
+    """Hands the run's final counts to ``finish`` (which commits the run and writes its
+    summary): it arrives once, after every step upstream has written all it had."""
 
-    def __init__(self, store: Store, run_id: str, **extra: Any) -> None:
-        self.store, self.run_id, self.extra = store, run_id, extra
+    def __init__(self, finish: Callable[[Counts], Any]) -> None:
+        self.finish = finish
 
-    def build(self, step_id: str, worker_index: int, worker_count: int) -> _SummaryPartition:
-        return _SummaryPartition(self.store, self.run_id, self.extra)
+    def build(self, step_id: str, worker_index: int, worker_count: int) -> _FinishPartition:
+        return _FinishPartition(self.finish)
 
 
 class SummarizeLogic(StatefulLogic[Counts, Counts, SummaryState]):
@@ -167,16 +166,15 @@ class SummarizeLogic(StatefulLogic[Counts, Counts, SummaryState]):
 
 def add_summary(
     flow_counts: Stream[Counts],
-    store: Store,
-    run_id: str,
     label: str,
     progress: bool,
-    sink: Sink[Any] | None,
+    finish: Callable[[Counts], Any] | Sink[Any],
     total: int | None = None,
-    **extra: Any,
 ) -> None:
-    """Fold count deltas into the run summary and write it (``total`` input rows, if known,
-    gives progress a percentage and an ETA)."""
+    """Fold count deltas into the run's totals and hand them to ``finish`` at the end (a
+    ``Sink`` receives ``("run", Counts)`` instead). ``total`` input rows, if known, gives
+    progress a percentage and an ETA."""
     keyed = op.key_on("key_counts", flow_counts, lambda _c: SUMMARY_KEY)
     totals = op.stateful("summarize", keyed, lambda s: SummarizeLogic(label, progress, total, s))
-    op.output("write_summary", totals, sink or SummarySink(store, run_id, **extra))
+    sink = finish if isinstance(finish, Sink) else FinishSink(finish)
+    op.output("finish_run", totals, sink)

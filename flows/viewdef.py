@@ -18,13 +18,15 @@ import hashlib
 import json
 import re
 import tomllib
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
 from obsflow.connectors.errors import ConfigError
 from obsflow.connectors.ids import NAME_PATTERN
 from obsflow.connectors.simulator import parse_duration
+from obsflow.connectors.store import Store
+from obsflow.connectors.views import list_views
 
 KINDS = ("tumbling", "hopping", "session")
 SIMPLE_AGGREGATES = ("count", "sum", "mean", "min", "max", "std", "var", "first", "last")
@@ -76,6 +78,11 @@ class ViewDef:
         d = self.definition
         d.pop("name")
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
+
+    @classmethod
+    def from_definition(cls, d: dict[str, Any]) -> ViewDef:
+        """The inverse of ``definition`` (durations in ns), e.g. from a view's document."""
+        return cls(**{**d, "aggregates": tuple(d["aggregates"])})
 
     @classmethod
     def from_dict(cls, raw: dict[str, Any]) -> ViewDef:
@@ -161,6 +168,18 @@ def load_views(path: str | Path) -> tuple[ViewDef, ...]:
     return parse_views(p.read_text(), origin=str(p))
 
 
+def views_option(value: object) -> tuple[ViewDef, ...] | None:
+    """Views given to ``build_flow``: a TOML path, definitions (dicts, as ``ViewDef.definition``
+    gives them) or ``ViewDef`` objects; None stays None."""
+    if value is None:
+        return None
+    if isinstance(value, str | Path):
+        return load_views(value)
+    if not isinstance(value, list | tuple):
+        raise ConfigError(f"views must be a TOML path or a list of definitions, not {value!r}")
+    return tuple(v if isinstance(v, ViewDef) else ViewDef.from_definition(v) for v in value)
+
+
 def default_views(capture: str) -> tuple[ViewDef, ...]:
     """What ingest builds without ``--views``: per-minute statistics of every series, in a
     view named after the capture (``<capture>_1m``) so captures do not share it."""
@@ -172,3 +191,20 @@ def default_views(capture: str) -> tuple[ViewDef, ...]:
             aggregates=("count", "mean", "min", "max", "std", "first", "last"),
         ),
     )
+
+
+def stored_views(store: Store, capture: str) -> tuple[ViewDef, ...]:
+    """The definitions of the views built from the whole of ``capture``: the views its runs
+    keep current (a slice built by ``replay --as`` is not one of them)."""
+    return tuple(
+        ViewDef.from_definition(m["definition"])
+        for m in list_views(store)
+        if m.get("capture") == capture and not m.get("slice")
+    )
+
+
+def with_lateness(views: tuple[ViewDef, ...], lateness: int | None) -> tuple[ViewDef, ...]:
+    """``views`` with their lateness (ns) replaced, as ``--lateness`` asks; None keeps it."""
+    if lateness is None:
+        return views
+    return tuple(replace(v, lateness=lateness) for v in views)

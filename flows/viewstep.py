@@ -1,150 +1,210 @@
 """The window operator: one ``stateful_batch`` step per view over the captured readings.
 
-Input: ``("0003", (3, readings))`` items, keyed by capture partition (all series of a source
-live in one partition, so each partition's windows are independent). Output: view rows to
-``<store>/views/<name>/``, late readings to ``<store>/late/<name>/``, and count deltas.
-Pure event time: the kernel (``obsflow.flows.windows``) never reads the wall clock.
+Input: ``("0003", (3, readings | Boundary))`` items, keyed by capture partition (all series of
+a source live in one partition, so each partition's windows are independent). The step owns
+the partition's window kernel (``flows.windows``) and writes the view rows itself
+(``connectors.views.SegmentWriter``, staged for the run's commit), so that what it snapshots
+is exactly what it wrote. Output: ``("late", readings)`` for the late-readings writer and, at
+the end, ``("counts", Counts)``. Pure event time: nothing here reads the wall clock.
 """
 
 from __future__ import annotations
 
 import copy
-import io
 from collections.abc import Iterable
 from dataclasses import dataclass
 
 import bytewax.operators as op
+import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 from bytewax.dataflow import Stream
 from bytewax.operators import StatefulBatchLogic
 
-from obsflow.connectors.sinks import ChunkSink
+from obsflow.connectors import layout
+from obsflow.connectors.capture_source import Boundary
 from obsflow.connectors.store import Store
-from obsflow.connectors.views import ensure_view, state_path
+from obsflow.connectors.views import (
+    Scope,
+    SegmentWriter,
+    WriterState,
+    load_state,
+    segment_span,
+    stage_state,
+)
+from obsflow.flows.logstep import add_log
 from obsflow.flows.summary import Counts
 from obsflow.flows.viewdef import ViewDef
 from obsflow.flows.windows import WindowKernel
 
-PartTable = tuple[int, pa.Table]
-ViewOut = tuple[str, pa.Table]  # ("rows" | "late", table)
+FLUSH_ROWS = 200_000
+"""Final rows a view step holds before it writes them (staged) without waiting for a snapshot."""
+PartItem = tuple[int, pa.Table | Boundary]
+ViewOut = tuple[str, pa.Table | Counts]  # ("late", readings) or ("counts", Counts)
+
+
+@dataclass(frozen=True)
+class ViewTarget:
+    """How a view step writes. Ingest continues the committed view (its rows and window
+    state) and ends the run at end of input. A replay rebuilds it: ``fresh`` (whole, from
+    nothing), or only the rows inside ``scope`` (a filtered replay, which keeps the view's
+    window state and late readings as they are); its boundaries carry the runs' ends."""
+
+    fresh: bool = False
+    scope: Scope | None = None
+    end_at_eof: bool = True
+
+    @property
+    def keeps_state(self) -> bool:
+        return self.scope is None
 
 
 @dataclass
 class ViewState:
     part: int
     kernel: WindowKernel
+    writer: WriterState
 
 
-@dataclass(frozen=True)
-class ViewTarget:
-    """Where a view's outputs go. Ingest appends to the live view and continues its per-series
-    state; a replay writes a fresh view into a staging folder that is swapped in on success."""
-
-    views_root: str = "views"
-    late_root: str = "late"
-    restore: bool = True
-
-    @classmethod
-    def staging(cls, run_id: str) -> ViewTarget:
-        return cls(f"staging/{run_id}/views", f"staging/{run_id}/late", restore=False)
-
-
-class ViewLogic(StatefulBatchLogic[PartTable, ViewOut, ViewState]):
+class ViewLogic(StatefulBatchLogic[PartItem, ViewOut, ViewState]):
     """Windows of one view over one capture partition."""
 
     def __init__(
         self,
         store: Store,
         view: ViewDef,
+        run: str,
         lineage: dict[str, str],
         target: ViewTarget,
         resume: ViewState | None,
     ) -> None:
-        self.store, self.view, self.lineage, self.target = store, view, lineage, target
-        self.state = resume
+        self.store, self.view, self.run, self.lineage, self.target = (
+            store,
+            view,
+            run,
+            lineage,
+            target,
+        )
+        self.state: ViewState | None = None
+        self.writer: SegmentWriter | None = None
+        if resume is not None:
+            self._open(resume.part, resume.kernel, resume.writer)
 
-    def _start(self, part: int) -> ViewState:
-        kernel = WindowKernel(self.view)
-        rel = state_path(self.view.name, part, self.target.views_root)
-        if self.target.restore and self.store.exists(rel):
-            kernel.restore_series(pq.read_table(io.BytesIO(self.store.read_bytes(rel))))
-        return ViewState(part, kernel)
+    def _open(self, part: int, kernel: WindowKernel, writer: WriterState | None) -> None:
+        self.writer = SegmentWriter(
+            self.store,
+            self.view.name,
+            part,
+            self.run,
+            span=segment_span(self.view.definition),
+            schema=layout.view_schema(self.view.aggregates),
+            lineage=self.lineage,
+            fresh=self.target.fresh,
+            scope=self.target.scope,
+            state=writer,
+        )
+        self.state = ViewState(part, kernel, self.writer.state)
 
-    def _label(self, rows: pa.Table) -> pa.Table:
-        for key, value in self.lineage.items():
-            rows = rows.append_column(key, pa.repeat(value, rows.num_rows).cast(pa.string()))
-        return rows
+    def _start(self, part: int) -> None:
+        committed = {} if self.target.fresh else load_state(self.store, self.view.name, part)
+        kernel = (
+            WindowKernel.from_state(self.view, committed)
+            if committed and self.target.keeps_state
+            else WindowKernel(self.view)
+        )
+        self._open(part, kernel, None)
+        assert self.writer is not None
+        if committed:  # its open windows are the provisional rows the view holds now
+            starts = committed["open"].column("start").to_numpy() if "open" in committed else []
+            self.writer.note_base_provisional(np.asarray(starts, np.int64))
 
-    def on_batch(self, values: list[PartTable]) -> tuple[Iterable[ViewOut], bool]:
+    def on_batch(self, values: list[PartItem]) -> tuple[Iterable[ViewOut], bool]:
         if self.state is None:
-            self.state = self._start(values[0][0])
-        out: list[ViewOut] = []
-        for _, table in values:
-            rows, late = self.state.kernel.process(table)
-            if rows.num_rows:
-                out.append(("rows", self._label(rows)))
-            if late.num_rows:
+            self._start(values[0][0])
+        assert self.state is not None
+        assert self.writer is not None
+        kernel, out = self.state.kernel, []
+        for _, item in values:
+            if isinstance(item, Boundary):
+                self._boundary(item)
+                continue
+            rows, late = kernel.process(item)
+            self.writer.add_final(rows)
+            if late.num_rows and self.target.keeps_state:
                 out.append(("late", late))
+        if self.writer.pending >= FLUSH_ROWS:  # a long run's memory stays bounded
+            self.writer.flush()
         return out, self.RETAIN
 
+    def _boundary(self, b: Boundary) -> None:
+        """Repeat what a commit declared: the end of a run, windows closed by hand."""
+        assert self.state is not None
+        assert self.writer is not None
+        kernel = self.state.kernel
+        if b.end_of_run:
+            self.writer.add_final(kernel.finalize())
+        for event in b.close:
+            if event.get("view") not in (None, self.view.name):
+                continue
+            sources = event.get("sources")
+            mask = None
+            if sources:
+                mask = np.array([s in sources for s, _ in kernel.names], dtype=bool)
+            self.writer.add_final(kernel.close(mask, event.get("until")))
+
     def on_eof(self) -> tuple[Iterable[ViewOut], bool]:
-        if self.state is None:
+        if self.state is None or self.writer is None:
             return [], self.RETAIN
-        rows = self.state.kernel.finish()
-        buf = io.BytesIO()
-        pq.write_table(self.state.kernel.series_state(), buf)
-        rel = state_path(self.view.name, self.state.part, self.target.views_root)
-        self.store.write_bytes(rel, buf.getvalue())
-        return ([("rows", self._label(rows))] if rows.num_rows else []), self.RETAIN
+        kernel = self.state.kernel
+        if self.target.end_at_eof:
+            self.writer.add_final(kernel.finalize())
+        self.writer.flush(provisional=kernel.open_rows())
+        if self.target.keeps_state:
+            stage_state(self.store, self.run, self.view.name, self.state.part, kernel.state())
+        counts = Counts(
+            view_rows={self.view.name: self.writer.state.rows},
+            provisional={self.view.name: self.writer.state.provisional},
+        )
+        return [("counts", counts)], self.RETAIN
 
     def snapshot(self) -> ViewState:
         assert self.state is not None
+        assert self.writer is not None
+        self.writer.flush()  # rows up to here are staged: the snapshot may rely on them
         return copy.deepcopy(self.state)
 
 
 def add_view(
-    captured: Stream[tuple[str, PartTable]],
+    captured: Stream[tuple[str, PartItem]],
     view: ViewDef,
     *,
     store: Store,
     capture: str,
     run_id: str,
-    partitions: int,
     target: ViewTarget = ViewTarget(),
 ) -> Stream[Counts]:
     """Window ``captured`` readings into ``view``; write rows and late readings; return counts."""
-    if target.restore:  # appending to the live view: its definition must not have changed
-        ensure_view(store, view.name, view.definition, view.hash, capture)
     lineage = {"capture": capture, "view_hash": view.hash}
     name = view.name
     out = op.stateful_batch(
         f"window_{name}",
         captured,
-        lambda s: ViewLogic(store, view, lineage, target, s),
+        lambda s: ViewLogic(store, view, run_id, lineage, target, s),
     )
-    # ("0003", ("rows" | "late", table))
-    rows = op.filter_map(
-        f"take_rows_{name}", out, lambda kv: (kv[0], kv[1][1]) if kv[1][0] == "rows" else None
-    )
+    # ("0003", ("late", readings) | ("counts", Counts))
     late = op.filter_map(
         f"take_late_{name}",
         out,
         lambda kv: (kv[0], _late_rows(kv[1][1], name)) if kv[1][0] == "late" else None,
     )
-    views_sink = ChunkSink(store, f"{target.views_root}/{name}", run_id, partitions=partitions)
-    op.output(f"write_view_{name}", rows, views_sink)
-    op.output(f"write_late_{name}", late, ChunkSink(store, f"{target.late_root}/{name}", run_id))
-    return op.map(f"count_{name}", out, lambda kv: _count(name, kv[1]))
+    late_counts = add_log(late, store, layout.late_dir(name), run_id, layout.LATE_SCHEMA, name)
+    counts = op.filter_map(
+        f"take_counts_{name}", out, lambda kv: kv[1][1] if kv[1][0] == "counts" else None
+    )
+    return op.merge(f"merge_counts_{name}", counts, late_counts)
 
 
-def _late_rows(table: pa.Table, view: str) -> pa.Table:
-    table = table.append_column("view", pa.repeat(view, table.num_rows).cast(pa.string()))
-    return table.append_column("reason", pa.repeat("late", table.num_rows).cast(pa.string()))
-
-
-def _count(view: str, item: ViewOut) -> Counts:
-    kind, table = item
-    if kind == "rows":
-        return Counts(view_rows={view: table.num_rows})
-    return Counts(late={view: table.num_rows})
+def _late_rows(table: pa.Table | Counts, view: str) -> pa.Table:
+    assert isinstance(table, pa.Table)
+    n = table.num_rows
+    table = table.append_column("view", pa.repeat(view, n).cast(pa.string()))
+    return table.append_column("reason", pa.repeat("late", n).cast(pa.string()))

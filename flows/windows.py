@@ -1,328 +1,231 @@
-"""The event-time window kernel: pure numpy, no Bytewax, tested against pandas.
+"""The event-time window kernel: pure numpy, no Bytewax, no wall clock, tested against pandas.
 
-``WindowKernel`` holds the open windows of every series (source, channel) in one capture
-partition and consumes reading batches. Per series, the watermark is the largest event time
-seen minus the view's lateness. A reading is *late* when every window it belongs to is already
-final; it goes to the late output and changes no window. Windows are epoch-aligned:
-tumbling ``[k·size, (k+1)·size)``, hopping ``[k·step, k·step + size)``; a session is a run of
-readings less than ``gap`` apart, its window ``[first, last + gap)``.
+``WindowKernel`` holds the open windows of every series (source, channel) of one capture
+partition for one view. Windows are epoch-aligned: tumbling ``[k·size, (k+1)·size)``, hopping
+``[k·step, k·step + size)``; a session is a run of readings less than ``gap`` apart, its window
+``[first, last + gap)``. What differs between the kinds is a small policy object
+(``FixedWindows``, ``Sessions``): which windows a reading joins, when a window may be final,
+how partials merge.
 
-Finality. A tumbling/hopping window is final once the watermark reaches its end. A session is
-final once the watermark reaches its end plus one more gap: until then a reading that is not late
-(``time + gap > watermark``) could still extend it. At end of input every window is final.
+Finality. The watermark of a series is its largest event time minus the view's lateness. A
+window becomes final when the watermark passes its finality time (its end; for a session one
+gap later, since an on-time reading could still extend it) at the end of a run (``finalize``),
+or when the data is declared complete (``close``). Inside a run a window stays open longer:
+until the watermark passes it by the view's *hold* as well (1024 windows, or gaps, of event
+time), so that disorder inside one input never makes a reading late, while memory stays
+bounded per series. The end of a run is not the end of the data: what is still open stays
+open, is saved with the view, and the next run continues it. Each series keeps a frontier,
+the watermark at its last run end: every window before it is final. A reading all of whose
+windows are final when it arrives is *late*: returned apart, it changes nothing.
 
-Everything is computed per batch with sorts and segmented reductions over "partials" (one row
-per (series, window) partial aggregate). A batch's on-time readings are sorted by (series, time)
-and reduced to one partial per run that lands in the same windows: a (series, step) bucket for
-tumbling/hopping (fanned out to the bucket's windows), a run of readings less than a gap apart
-for sessions. Those few partials are merged with the open windows by (series, window), using
-Chan's parallel update for mean and variance on offsets from a reference data value of each
-window, so data like 1e9 ± 0.001 keeps its variance. Processing a batch gives exactly what
-processing its readings one at a time would.
+A batch's on-time readings are sorted by (series, time, arrival) and reduced to one partial per
+run that lands in the same windows (a series x step bucket, fanned out to the bucket's
+windows; a run of readings less than a gap apart for sessions); those few partials are merged
+with the open windows (``flows.partials``). The result never depends on how readings are cut
+into batches.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 
 from obsflow.connectors.schema import TIME_TYPE
+from obsflow.flows.partials import (
+    I64_MAX,
+    I64_MIN,
+    Partials,
+    group_by_window,
+    group_sessions,
+    reduce_groups,
+    reduce_runs,
+    rising,
+    segment_keys,
+)
 from obsflow.flows.sketch import Sketches
 from obsflow.flows.viewdef import ViewDef
 
-I64_MIN = np.iinfo(np.int64).min
-I64_MAX = np.iinfo(np.int64).max
-NO_TIME = I64_MIN // 2  # "nothing seen yet"; far from overflow when a lateness is subtracted
+HOLD_WINDOWS = 1024
+"""Inside a run, windows stay open until the watermark passes them by this many windows (step
+or gap) more than the lateness: the disorder one input may have without late readings."""
+NO_TIME = I64_MIN  # "nothing seen yet": before any time (durations are subtracted by _minus)
 PAIR_TABLE_MAX = 1 << 14  # largest (sources × channels) dictionary product mapped by a table
 
 
-@dataclass
-class Partials:
-    """Struct of arrays, one row per (series, window) partial aggregate."""
+@dataclass(frozen=True)
+class FixedWindows:
+    """Tumbling (``step == size``) and hopping windows: each reading is in ``size // step``
+    windows, the ones starting 0..k-1 steps before its step bucket."""
 
-    sid: np.ndarray  # series id
-    start: np.ndarray  # window start, ns
-    end: np.ndarray  # window end, ns (sessions: last reading + gap)
-    tmax: np.ndarray  # latest reading time in the partial (sessions grow from it)
-    n: np.ndarray  # non-missing values
-    ref: np.ndarray  # a data value of the window (0 when n == 0): the mean is ref + mu
-    mu: np.ndarray  # mean minus ref; keeping the two apart keeps full precision at 1e9 ± 1e-3
-    m2: np.ndarray  # sum of squared deviations from the mean
-    vmin: np.ndarray  # NaN when n == 0
-    vmax: np.ndarray
-    ft: np.ndarray  # (time, seq) of the first non-missing value; I64_MAX when none
-    fs: np.ndarray
-    fv: np.ndarray
-    lt: np.ndarray  # (time, seq) of the last non-missing value; I64_MIN when none
-    ls: np.ndarray
-    lv: np.ndarray
+    size: int
+    step: int
 
-    def __len__(self) -> int:
-        return int(self.sid.size)
+    @property
+    def fan(self) -> int:
+        return self.size // self.step
 
-    def take(self, idx: np.ndarray) -> Partials:
-        return Partials(*(getattr(self, f.name)[idx] for f in fields(self)))
+    @property
+    def hold(self) -> int:
+        return HOLD_WINDOWS * self.step
 
-    @staticmethod
-    def concat(a: Partials, b: Partials) -> Partials:
-        return Partials(
-            *(np.concatenate([getattr(a, f.name), getattr(b, f.name)]) for f in fields(Partials))
+    def late(self, t: np.ndarray, wm: np.ndarray) -> np.ndarray:
+        """Readings whose every window ends at or before the watermark at their arrival."""
+        ends: np.ndarray = np.floor_divide(t, self.step) * self.step + self.size
+        return ends <= wm
+
+    def partly(self, t: np.ndarray, wm: np.ndarray) -> np.ndarray | None:
+        """Readings (on time) some of whose windows were final at their arrival, or None when
+        there are none: a reading's earliest-ending window ends where its step bucket ends."""
+        if self.fan == 1:
+            return None
+        partly: np.ndarray = (np.floor_divide(t, self.step) + 1) * self.step <= wm
+        return partly if partly.any() else None
+
+    def windows_of(self, t: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(reading index, window start) of every window of every reading."""
+        rows = np.tile(np.arange(t.size), self.fan)
+        start = (
+            np.floor_divide(t, self.step) * self.step - (np.arange(self.fan) * self.step)[:, None]
         )
+        return rows, start.ravel()
 
-    @staticmethod
-    def empty() -> Partials:
-        i, f = np.zeros(0, np.int64), np.zeros(0, np.float64)
-        return Partials(i, i, i, i, i, f, f, f, f, f, i, i, f, i, i, f)
+    def run_breaks(self, t: np.ndarray) -> np.ndarray:
+        b = np.floor_divide(t, self.step)
+        breaks: np.ndarray = b[1:] != b[:-1]
+        return breaks
+
+    def place(self, runs: Partials) -> tuple[Partials, np.ndarray]:
+        """Runs fanned out to their windows: (partials, index of the run of each)."""
+        runs.start = np.floor_divide(runs.start, self.step) * self.step
+        g, k = len(runs), self.fan
+        which = np.tile(np.arange(g), k)
+        if k > 1:
+            runs = runs.take(which)
+            runs.start = runs.start - np.repeat(np.arange(k) * self.step, g)
+        runs.end = runs.start + self.size
+        return runs, which
+
+    def group(self, p: Partials) -> tuple[np.ndarray, int]:
+        return group_by_window(p.sid, p.start)
+
+    def settle(self, p: Partials) -> None:
+        """Fix derived fields after a merge (nothing for fixed windows)."""
+
+    def final_time(self, p: Partials) -> np.ndarray:
+        """The watermark at which each window may become final."""
+        return p.end
 
 
-def reduce_runs(
-    sid: np.ndarray,
-    t: np.ndarray,
-    seq: np.ndarray | None,
-    v: np.ndarray,
-    starts: np.ndarray,
-    need: frozenset[str],
-) -> Partials:
-    """One partial per run ``[starts[i], starts[i+1])`` of readings sorted by (series, time),
-    equal times in arrival order, so (time, seq) ties resolve as reading by reading would.
+@dataclass(frozen=True)
+class Sessions:
+    """Session windows: readings less than ``gap`` apart, window ``[first, last + gap)``."""
 
-    ``start``/``end`` are the run's first and last time; the caller sets them. Only the fields
-    in ``need`` are computed ("first_last" (needs ``seq``), "min", "max", "moments" (ref, mu),
-    "spread" (m2)); the others are neutral placeholders no view row reads.
-    """
-    m, g = t.size, starts.size
-    lens = np.diff(np.r_[starts, m])
-    ends = starts + lens - 1
-    ok = ~np.isnan(v)
-    all_ok = bool(ok.all())
-    if "first_last" not in need:
-        seq = None
-    if seq is not None and g < m:
-        same = np.repeat(np.arange(g), lens)
-        tied = (t[1:] == t[:-1]) & (seq[1:] < seq[:-1]) & (same[1:] == same[:-1])
-        if tied.any():  # order runs by (time, seq); stable, so exact ties keep arrival order
-            perm = np.lexsort((seq, t, same))
-            t, seq, v, ok = t[perm], seq[perm], v[perm], ok[perm]
-    n = lens.astype(np.int64) if all_ok else np.add.reduceat(ok, starts, dtype=np.int64)
-    nan, zero = np.full(g, np.nan), np.zeros(g)
-    vmin = np.fmin.reduceat(v, starts) if need & {"min", "moments"} else nan  # NaN: no values
-    vmax = np.fmax.reduceat(v, starts) if "max" in need else nan
-    ref, mu, m2 = zero, zero, zero
-    if "moments" in need:
-        # Two passes on offsets from the run's smallest value (a data value): differences of
-        # nearby floats are exact, so a large common offset costs no precision.
-        ref = np.where(n > 0, vmin, 0.0)
-        off = np.repeat(ref, lens)  # in place from here on: fewer big temporaries
-        np.subtract(v, off, out=off)
-        if not all_ok:
-            off[~ok] = 0.0
-        mu = np.add.reduceat(off, starts) / np.maximum(n, 1)
-        if "spread" in need:
-            dev = np.repeat(mu, lens)
-            np.subtract(off, dev, out=dev)
-            if not all_ok:
-                dev[~ok] = 0.0
-            m2 = np.add.reduceat(np.square(dev, out=dev), starts)
-    lo, hi, z = np.full(g, I64_MIN), np.full(g, I64_MAX), np.zeros(g, np.int64)
-    out = Partials(
-        sid[starts], t[starts], t[ends], t[ends], n, ref, mu, m2, vmin, vmax, hi, z, nan, lo, z, nan
-    )
-    if seq is not None:
-        first, last = starts, ends
-        if not all_ok:  # first and last non-missing position of each run
-            pos = np.arange(m)
-            first = np.minimum.reduceat(np.where(ok, pos, m - 1), starts)
-            last = np.maximum.reduceat(np.where(ok, pos, 0), starts)
-        has = n > 0
-        out.ft, out.lt = np.where(has, t[first], I64_MAX), np.where(has, t[last], I64_MIN)
-        out.fs, out.ls = np.where(has, seq[first], 0), np.where(has, seq[last], 0)
-        out.fv, out.lv = np.where(has, v[first], np.nan), np.where(has, v[last], np.nan)
+    gap: int
+    fan: int = 1
+
+    @property
+    def hold(self) -> int:
+        return HOLD_WINDOWS * self.gap
+
+    def late(self, t: np.ndarray, wm: np.ndarray) -> np.ndarray:
+        """A reading at ``t`` could only join sessions final by ``t + gap``."""
+        return t + self.gap <= wm
+
+    def partly(self, t: np.ndarray, wm: np.ndarray) -> np.ndarray | None:
+        return None
+
+    def windows_of(self, t: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        return np.arange(t.size), t
+
+    def run_breaks(self, t: np.ndarray) -> np.ndarray:
+        return t[1:] >= t[:-1] + self.gap
+
+    def place(self, runs: Partials) -> tuple[Partials, np.ndarray]:
+        runs.end = runs.tmax + self.gap
+        return runs, np.arange(len(runs))
+
+    def group(self, p: Partials) -> tuple[np.ndarray, int]:
+        return group_sessions(p.sid, p.start, p.tmax, self.gap)
+
+    def settle(self, p: Partials) -> None:
+        p.end = p.tmax + self.gap
+
+    def final_time(self, p: Partials) -> np.ndarray:
+        return p.end + self.gap
+
+
+Policy = FixedWindows | Sessions
+
+
+def policy_for(view: ViewDef) -> Policy:
+    if view.kind == "session":
+        return Sessions(view.gap)
+    return FixedWindows(view.size, view.step if view.kind == "hopping" else view.size)
+
+
+def _minus(t: np.ndarray, duration: int) -> np.ndarray:
+    """``t - duration`` (``duration >= 0``, any size) saturating at the smallest int64: times
+    before 1897, "nothing seen yet" and holds of long windows must not wrap around."""
+    if duration > I64_MAX:
+        return np.full_like(t, I64_MIN)
+    out: np.ndarray = np.maximum(t, I64_MIN + duration) - duration
     return out
 
 
-def reduce_groups(p: Partials, group: np.ndarray, n_groups: int, *, first_last: bool) -> Partials:
-    """Merge partials with equal ``group`` (0..n_groups-1, any order) into one row each."""
-    order = np.argsort(group, kind="stable")
-    q = p.take(order)
-    g = group[order]
-    starts = np.flatnonzero(np.r_[True, g[1:] != g[:-1]])
-    n = np.add.reduceat(q.n, starts)
-    vmin = np.fmin.reduceat(q.vmin, starts)
-    vmax = np.fmax.reduceat(q.vmax, starts)
-    # Chan's merge, computed on offsets from one reference value per group (the smallest
-    # partial reference, itself a data value): differences of nearby floats are exact.
-    has = q.n > 0
-    ref = np.fmin.reduceat(np.where(has, q.ref, np.nan), starts)
-    ref = np.where(np.isnan(ref), 0.0, ref)
-    offset = np.where(has, (q.ref - ref[g]) + q.mu, 0.0)
-    mu = np.add.reduceat(q.n * offset, starts) / np.maximum(n, 1)
-    dev = np.where(has, offset - mu[g], 0.0)
-    m2 = np.add.reduceat(q.m2, starts) + np.add.reduceat(q.n * dev * dev, starts)
-    out = Partials(
-        sid=q.sid[starts],
-        start=np.minimum.reduceat(q.start, starts),
-        end=np.maximum.reduceat(q.end, starts),
-        tmax=np.maximum.reduceat(q.tmax, starts),
-        n=n,
-        ref=ref,
-        mu=mu,
-        m2=m2,
-        vmin=vmin,
-        vmax=vmax,
-        ft=q.ft[starts],
-        fs=q.fs[starts],
-        fv=q.fv[starts],
-        lt=q.lt[starts],
-        ls=q.ls[starts],
-        lv=q.lv[starts],
-    )
-    if first_last:
-        ends = np.r_[starts[1:], len(q)] - 1
-        f = np.lexsort((q.fs, q.ft, g))[starts]  # smallest (time, seq) per group
-        la = np.lexsort((q.ls, q.lt, g))[ends]  # largest (time, seq) per group
-        out.ft, out.fs, out.fv = q.ft[f], q.fs[f], q.fv[f]
-        out.lt, out.ls, out.lv = q.lt[la], q.ls[la], q.lv[la]
-    assert len(out) == n_groups
-    return out
-
-
-def group_by_window(sid: np.ndarray, start: np.ndarray) -> tuple[np.ndarray, int]:
-    """Dense group numbers of (series, window start) pairs, ordered by (series, start)."""
-    if sid.size == 0:
-        return np.zeros(0, np.int64), 0
-    order = np.lexsort((start, sid))
-    s, w = sid[order], start[order]
-    brk = np.r_[True, (s[1:] != s[:-1]) | (w[1:] != w[:-1])]
-    g = np.empty(sid.size, dtype=np.int64)
-    g[order] = np.cumsum(brk) - 1
-    return g, int(brk.sum())
-
-
-def rising(values: np.ndarray, new_segment: np.ndarray) -> bool:
-    """Whether ``values`` never decrease within a segment (segments start where flagged)."""
-    return values.size < 2 or bool(((values[1:] >= values[:-1]) | new_segment[1:]).all())
-
-
-def segment_keys(
-    values: np.ndarray, new_segment: np.ndarray
-) -> tuple[np.ndarray, Callable[[np.ndarray], np.ndarray]]:
-    """(Integer keys ordered like (segment, value), decoder from key back to value).
-
-    Segments are numbered in array order, so a running max of the keys never crosses a
-    segment boundary. Keys are seg·span + (value − min) when that cannot overflow, else
-    seg·n + the value's rank.
-    """
-    seg = np.cumsum(new_segment) - 1
-    lo = int(values.min())
-    span = int(values.max()) - lo + 1
-    if (int(seg[-1]) + 1) * span <= I64_MAX:
-        off = seg * span
-        return off + (values - lo), lambda k: (k - off) + lo
-    uniq, rank = np.unique(values, return_inverse=True)
-    off = seg * uniq.size
-    return off + rank.ravel(), lambda k: np.asarray(uniq[k - off])
-
-
-def running_max(values: np.ndarray, new_segment: np.ndarray) -> np.ndarray:
-    """Running maximum of ``values`` restarting where ``new_segment`` is set (at 0 too)."""
-    if rising(values, new_segment):
-        return values  # the common case
-    keys, decode = segment_keys(values, new_segment)
-    return decode(np.maximum.accumulate(keys))
-
-
-def group_sessions(
-    sid: np.ndarray, start: np.ndarray, tmax: np.ndarray, gap: int
-) -> tuple[np.ndarray, int]:
-    """Group intervals [start, tmax] of each series into sessions (less than ``gap`` apart)."""
-    if sid.size == 0:
-        return np.zeros(0, np.int64), 0
-    order = np.lexsort((start, sid))
-    s, st, tm = sid[order], start[order], tmax[order]
-    new_series = np.r_[True, s[1:] != s[:-1]]
-    reach = running_max(tm, new_series)  # latest time so far in the series
-    prev_reach = np.r_[I64_MIN, reach[:-1]]
-    brk = new_series | (st >= prev_reach + gap)
-    g = np.empty(sid.size, dtype=np.int64)
-    g[order] = np.cumsum(brk) - 1
-    return g, int(brk.sum())
-
-
-def _array(col: pa.ChunkedArray) -> pa.Array:
+def _array(col: pa.ChunkedArray | pa.Array) -> pa.Array:
+    if isinstance(col, pa.Array):
+        return col
     return col.chunk(0) if col.num_chunks == 1 else col.combine_chunks()
 
 
-_ENCODED: list[tuple[tuple[object, ...], pa.Array, pa.Array]] = []  # (key, array, encoding)
-ENCODED_KEEP = 8
-
-
-def _encode(col: pa.ChunkedArray) -> pa.Array:
-    """Dictionary encoding of a string column, shared by the kernels of every view.
-
-    Each view sees the same batches, and hashing the strings was a third of a kernel's time, so
-    the last few encodings are kept, found by the identity of the column's buffers. The cache
-    holds the array itself: its buffers (immutable) stay alive, so while an entry is kept no
-    other array can have the same addresses.
-    """
+def encoded(col: pa.ChunkedArray | pa.Array) -> pa.DictionaryArray:
+    """A text column as a dictionary array (as is when it already is one)."""
     arr = _array(col)
-    key = (
-        str(arr.type),
-        arr.offset,
-        len(arr),
-        *((b.address, b.size) if b is not None else None for b in arr.buffers()),
-    )
-    for k, _, encoded in tuple(_ENCODED):
-        if k == key:
-            return encoded
-    encoded = pc.dictionary_encode(arr)
-    _ENCODED.append((key, arr, encoded))
-    del _ENCODED[:-ENCODED_KEEP]
-    return encoded
+    if pa.types.is_dictionary(arr.type):
+        return arr
+    out: pa.DictionaryArray = arr.dictionary_encode()
+    return out
 
 
 class WindowKernel:
-    """Open windows and watermarks of every series of one partition, for one view.
+    """Open windows, watermarks and frontiers of every series of one partition, for one view.
 
-    ``process(batch)`` returns (final view rows, late readings); ``finish()`` returns the
-    remaining rows at end of input. Series state can be saved (``series_state``) and restored
-    so a later run of the same view continues where this one stopped.
+    ``process(batch)`` adds readings and returns (rows of windows now final, late readings);
+    ``finalize`` and ``close`` return rows of windows that became final; ``open_rows`` the
+    provisional rows of the windows still open. ``state`` / ``from_state`` save and restore all
+    of it exactly.
     """
 
     def __init__(self, view: ViewDef) -> None:
         self.view = view
+        self.policy = policy_for(view)
         self.series: dict[tuple[str, str], int] = {}
         self.names: list[tuple[str, str]] = []
         self.maxt = np.zeros(0, dtype=np.int64)  # largest event time seen, per series
-        self.closed = np.zeros(0, dtype=np.int64)  # windows ending at or before are final
+        self.frontier = np.zeros(0, dtype=np.int64)  # windows final up to here, per series
         self.open = Partials.empty()
         self.sketch = Sketches.empty()
         aggs = set(view.aggregates)
         self._first_last = bool({"first", "last"} & aggs)
         self._quantiles = view.quantiles
+        self._lag = view.lateness + self.policy.hold
         self._need = frozenset(
             (aggs & {"min", "max"})
             | ({"first_last"} if self._first_last else set())
             | ({"moments"} if aggs & {"sum", "mean", "std", "var"} else set())
             | ({"spread"} if aggs & {"std", "var"} else set())
         )
-        # step: width of the buckets a batch is reduced to (every reading of a bucket is in
-        # the same windows); fan: windows per bucket.
-        self._step = view.step if view.kind == "hopping" else view.size
-        self._fan = view.size // view.step if view.kind == "hopping" else 1
         # Series ids of the last batch's dictionaries: entry s·|channels| + c is the id of
         # (source s, channel c), -1 until seen. Batches usually repeat the same dictionaries.
         self._dicts: tuple[pa.Array, pa.Array] | None = None
         self._pair_sid = np.zeros(0, dtype=np.int32)
-        self._name_cols: tuple[pa.Array, pa.Array] | None = None
 
     # series bookkeeping ----------------------------------------------------------------------
 
     def _series_ids(self, source: pa.ChunkedArray, channel: pa.ChunkedArray) -> np.ndarray:
-        src, ch = _encode(source), _encode(channel)
+        src, ch = encoded(source), encoded(channel)
         width = max(len(ch.dictionary), 1)
         size = max(len(src.dictionary), 1) * width
         # (source, channel) pair codes; int32 when they fit a table, to halve the copies
@@ -371,29 +274,60 @@ class WindowKernel:
             sid = self.series[key] = len(self.names)
             self.names.append(key)
             self.maxt = np.r_[self.maxt, NO_TIME]
-            self.closed = np.r_[self.closed, NO_TIME]
+            self.frontier = np.r_[self.frontier, NO_TIME]
         return sid
 
-    def restore_series(self, table: pa.Table) -> None:
-        """Continue from ``series_state()`` of an earlier run of the same view."""
-        for src, ch, maxt, closed in zip(
-            *(table.column(c).to_pylist() for c in ("source", "channel", "maxt", "closed")),
-            strict=True,
-        ):
-            sid = self._series_id((src, ch))
-            self.maxt[sid], self.closed[sid] = maxt, closed
+    def watermark(self) -> np.ndarray:
+        """Per series: largest event time seen minus the lateness."""
+        return _minus(self.maxt, self.view.lateness)
 
-    def series_state(self) -> pa.Table:
-        return pa.table(
-            {
-                "source": [s for s, _ in self.names],
-                "channel": [c for _, c in self.names],
-                "maxt": pa.array(self.maxt, pa.int64()),
-                "closed": pa.array(self.closed, pa.int64()),
-            }
+    # batches -----------------------------------------------------------------------------------
+
+    def process(self, batch: pa.Table) -> tuple[pa.Table, pa.Table]:
+        """Add a batch of readings; returns (rows of windows now final, late readings)."""
+        if batch.num_rows == 0:
+            return self._rows(Partials.empty(), Sketches.empty()), batch
+        sid = self._series_ids(batch.column("source"), batch.column("channel"))
+        t = _array(batch.column("time")).cast(pa.int64()).to_numpy()
+        order, seen = self._by_series(sid, t)
+        s, ts = (sid, t) if order is None else (sid[order], t[order])
+        late_rows, wm = batch.slice(0, 0), None
+        if not (seen is t and self._settled(s, ts)):  # the watermark at each arrival
+            wm = self._watermark_at(sid, seen)
+            late = self.policy.late(t, wm)
+            np.maximum.at(self.maxt, sid, t)
+            if late.any():
+                late_rows = batch.filter(pa.array(late))
+                order = np.flatnonzero(~late) if order is None else order[~late[order]]
+                s, ts = sid[order], t[order]
+        if ts.size:
+            values = _array(batch.column("value"))
+            val = (values.fill_null(np.nan) if values.null_count else values).to_numpy()
+            seq = _array(batch.column("seq")).to_numpy()
+            by = slice(None) if order is None else order  # (series, time, arrival) order
+            x, q = val[by], seq[by] if self._first_last else None
+            partly = None if wm is None else self.policy.partly(ts, wm[by])
+            if partly is None:
+                self._merge(*self._runs(s, ts, q, x))
+            else:  # rare: those readings join only some of their windows
+                assert wm is not None
+                rest = ~partly
+                runs, sketch = self._runs(
+                    s[rest], ts[rest], None if q is None else q[rest], x[rest]
+                )
+                a = np.sort(np.arange(t.size)[by][partly])  # arrival order
+                more, more_sketch = self._singles(sid[a], t[a], seq[a], val[a], wm[a])
+                self._merge(Partials.concat(runs, more), Sketches.concat(sketch, more_sketch))
+        held = np.maximum(self.frontier, _minus(self.maxt, self._lag))
+        return self._take_final(self.policy.final_time(self.open) <= held[self.open.sid]), late_rows
+
+    def _watermark_at(self, sid: np.ndarray, seen: np.ndarray) -> np.ndarray:
+        """What decides finality at each reading's arrival: the frontier, or the series'
+        running max (the reading included, which never makes it late) minus lateness and hold."""
+        wm: np.ndarray = np.maximum(
+            self.frontier[sid], _minus(np.maximum(self.maxt[sid], seen), self._lag)
         )
-
-    # lateness ----------------------------------------------------------------------------------
+        return wm
 
     def _by_series(self, sid: np.ndarray, t: np.ndarray) -> tuple[np.ndarray | None, np.ndarray]:
         """(order by series, time, arrival — None when that is arrival order; running max of
@@ -416,79 +350,14 @@ class WindowKernel:
         # Keys order by (series, time); a stable sort keeps arrival order among equal times.
         return order[np.argsort(keys, kind="stable")], seen
 
-    def _late(
-        self, sid: np.ndarray, t: np.ndarray, seen: np.ndarray
-    ) -> tuple[np.ndarray, np.ndarray]:
-        """(late flags, watermark) of each reading at its arrival.
-
-        The watermark includes the reading itself (``seen`` is the series' running max), which
-        never makes it late: each of its windows ends after its own time.
-        """
-        v = self.view
-        wm = np.maximum(self.maxt[sid], seen) - v.lateness
-        late: np.ndarray
-        if v.kind == "session":
-            late = (t + v.gap <= wm) | (t < self.closed[sid])
-        else:
-            latest_end = np.floor_divide(t, self._step) * self._step + v.size
-            late = latest_end <= np.maximum(wm, self.closed[sid])
-        return late, wm
-
-    def _partly_live(self, s: np.ndarray, t: np.ndarray, wm: np.ndarray) -> np.ndarray | None:
-        """Hopping readings (on time) that arrived after one of their windows was final, or None
-        when there are none: a reading's earliest-ending window ends where its step bucket ends.
-        """
-        if self.view.kind != "hopping":
-            return None
-        partly = (np.floor_divide(t, self._step) + 1) * self._step <= np.maximum(wm, self.closed[s])
-        return partly if partly.any() else None
-
-    # batches -----------------------------------------------------------------------------------
-
-    def process(self, batch: pa.Table) -> tuple[pa.Table, pa.Table]:
-        """Add a batch of readings; returns (rows of windows now final, late readings)."""
-        if batch.num_rows == 0:
-            return self._rows(Partials.empty(), Sketches.empty()), batch
-        sid = self._series_ids(batch.column("source"), batch.column("channel"))
-        t = _array(batch.column("time")).cast(pa.int64()).to_numpy()
-        order, seen = self._by_series(sid, t)
-        s, ts = (sid, t) if order is None else (sid[order], t[order])
-        late_rows, wm = batch.slice(0, 0), None
-        if not (seen is t and self._settled(s, ts)):  # the watermark at each arrival
-            late, wm = self._late(sid, t, seen)
-            np.maximum.at(self.maxt, sid, t)
-            if late.any():
-                late_rows = batch.filter(pa.array(late))
-                order = np.flatnonzero(~late) if order is None else order[~late[order]]
-                s, ts = sid[order], t[order]
-        if ts.size:
-            values = _array(batch.column("value"))
-            val = (values.fill_null(np.nan) if values.null_count else values).to_numpy()
-            seq = _array(batch.column("seq")).to_numpy()
-            by = slice(None) if order is None else order  # (series, time, arrival) order
-            x, q = val[by], seq[by] if self._first_last else None
-            partly = None if wm is None else self._partly_live(s, ts, wm[by])
-            if partly is None:
-                self._merge(*self._runs(s, ts, q, x))
-            else:  # rare: those readings join only some of their windows
-                assert wm is not None
-                rest = ~partly
-                runs, sketch = self._runs(
-                    s[rest], ts[rest], None if q is None else q[rest], x[rest]
-                )
-                a = np.sort(np.arange(t.size)[by][partly])  # arrival order
-                more, more_sketch = self._singles(sid[a], t[a], seq[a], val[a], wm[a])
-                self._merge(Partials.concat(runs, more), Sketches.concat(sketch, more_sketch))
-        return self._emit(final_only=True), late_rows
-
     def _settled(self, s: np.ndarray, ts: np.ndarray) -> bool:
         """For readings in time order per series (``s``, ``ts`` sorted by series, time): whether
         none is late or partly live. Both only get less likely with time, so each series' first
-        reading decides. If so, advance ``maxt`` as ``_late`` would have."""
+        reading decides. If so, advance ``maxt`` as the slow path would have."""
         heads = np.flatnonzero(np.r_[True, s[1:] != s[:-1]])
         hs, ht = s[heads], ts[heads]
-        late, wm = self._late(hs, ht, ht)
-        if late.any() or self._partly_live(hs, ht, wm) is not None:
+        wm = self._watermark_at(hs, ht)
+        if self.policy.late(ht, wm).any() or self.policy.partly(ht, wm) is not None:
             return False
         tails = np.r_[heads[1:], ts.size] - 1  # each series' latest reading
         self.maxt[hs] = np.maximum(self.maxt[hs], ts[tails])
@@ -498,98 +367,87 @@ class WindowKernel:
         self, s: np.ndarray, t: np.ndarray, seq: np.ndarray | None, x: np.ndarray
     ) -> tuple[Partials, Sketches]:
         """Partials of on-time readings sorted by (series, time, arrival): one per run sharing
-        its windows, fanned out to those windows (hopping)."""
-        v = self.view
+        its windows, placed in those windows (fanned out, for hopping)."""
         if t.size == 0:
             return Partials.empty(), Sketches.empty()
-        if v.kind == "session":
-            brk = t[1:] >= t[:-1] + v.gap
-        else:
-            b = np.floor_divide(t, self._step)
-            brk = b[1:] != b[:-1]
-        starts = np.flatnonzero(np.r_[True, brk | (s[1:] != s[:-1])])
-        runs = reduce_runs(s, t, seq, x, starts, self._need)
-        if v.kind == "session":
-            runs.end = runs.tmax + v.gap
-        else:
-            runs.start = np.floor_divide(runs.start, self._step) * self._step
-            runs.end = runs.start + v.size
-        k, g = self._fan, len(runs)
-        if k > 1:  # a hopping bucket is in k windows, starting 0..k-1 steps before it
-            runs = runs.take(np.tile(np.arange(g), k))
-            runs.start = runs.start - np.repeat(np.arange(k) * self._step, g)
-            runs.end = runs.start + v.size
+        starts = np.flatnonzero(np.r_[True, self.policy.run_breaks(t) | (s[1:] != s[:-1])])
+        runs, which = self.policy.place(reduce_runs(s, t, seq, x, starts, self._need))
         if not self._quantiles:
             return runs, Sketches.empty()
-        rows = np.repeat(np.arange(g), np.diff(np.r_[starts, t.size]))
-        rows = (rows[None, :] + (np.arange(k) * g)[:, None]).ravel()
-        return runs, Sketches.of_values(rows, np.tile(x, k), len(runs))
+        # One sketch entry per (reading, window it joins): readings repeat per fanned window.
+        run_of = np.repeat(np.arange(starts.size), np.diff(np.r_[starts, t.size]))
+        k = self.policy.fan
+        rows = (run_of[None, :] + (np.arange(k) * starts.size)[:, None]).ravel()
+        return runs, Sketches.of_values(rows, np.tile(x, k), which.size)
 
     def _singles(
         self, sid: np.ndarray, t: np.ndarray, seq: np.ndarray, x: np.ndarray, wm: np.ndarray
     ) -> tuple[Partials, Sketches]:
-        """Partials of hopping readings in arrival order: one per (reading, window still open at
-        its arrival). Listed after the runs, whose tied readings arrived earlier."""
-        k, step = self._fan, self._step
-        rows = np.tile(np.arange(t.size), k)
-        start = (np.floor_divide(t, step) * step - (np.arange(k) * step)[:, None]).ravel()
-        live = start + self.view.size > np.maximum(wm, self.closed[sid])[rows]
+        """Partials of readings in arrival order: one per (reading, window still open at its
+        arrival). Listed after the runs, whose tied readings arrived earlier."""
+        rows, start = self.policy.windows_of(t)
+        size = self.view.size
+        live = start + size > wm[rows]
         rows, start = rows[live], start[live]
         one = reduce_runs(sid[rows], t[rows], seq[rows], x[rows], np.arange(rows.size), self._need)
-        one.start, one.end = start, start + self.view.size
+        one.start, one.end = start, start + size
         if not self._quantiles:
             return one, Sketches.empty()
         return one, Sketches.of_values(np.arange(rows.size), x[rows], rows.size)
 
-    def finish(self) -> pa.Table:
-        """End of input: every open window is final."""
-        return self._emit(final_only=False)
-
     def _merge(self, fresh: Partials, sketch: Sketches) -> None:
         both = Partials.concat(self.open, fresh)
-        if self.view.kind == "session":
-            group, n = group_sessions(both.sid, both.start, both.tmax, self.view.gap)
-        else:
-            group, n = group_by_window(both.sid, both.start)
+        group, n = self.policy.group(both)
         self.open = reduce_groups(both, group, n, first_last=self._first_last)
-        if self.view.kind == "session":
-            self.open.end = self.open.tmax + self.view.gap
+        self.policy.settle(self.open)
         if self._quantiles:
             self.sketch = Sketches.concat(self.sketch, sketch).remap(group, n)
 
-    def _emit(self, *, final_only: bool) -> pa.Table:
-        p = self.open
-        if final_only:
-            wm = self.maxt[p.sid] - self.view.lateness
-            if self.view.kind == "session":
-                final = p.end + self.view.gap <= wm
-            else:
-                final = p.end <= np.maximum(wm, self.closed[p.sid])
+    # finality ------------------------------------------------------------------------------------
+
+    def finalize(self) -> pa.Table:
+        """End of a run: windows whose finality time the watermark has passed become final
+        (the frontier moves to the watermark); rows of those windows."""
+        self.frontier = np.maximum(self.frontier, self.watermark())
+        return self._take_final(self.policy.final_time(self.open) <= self.frontier[self.open.sid])
+
+    def close(self, series: np.ndarray | None = None, until: int | None = None) -> pa.Table:
+        """Declare the data of some series (a boolean mask over series ids; None: all)
+        complete up to ``until``: their watermark is taken to be ``until``; without it every
+        open window of theirs becomes final. Rows of the windows now final."""
+        chosen = np.ones(len(self.names), bool) if series is None else series
+        if until is None:
+            cut = self.frontier.copy()
+            np.maximum.at(cut, self.open.sid, self.policy.final_time(self.open))
         else:
-            final = np.ones(len(p), dtype=bool)
+            cut = np.full(len(self.names), until, np.int64)
+        self.frontier = np.where(chosen, np.maximum(self.frontier, cut), self.frontier)
+        return self._take_final(self.policy.final_time(self.open) <= self.frontier[self.open.sid])
+
+    def _take_final(self, final: np.ndarray) -> pa.Table:
         if not final.any():
             return self._rows(Partials.empty(), Sketches.empty())
-        done = p.take(final)
+        done = self.open.take(final)
         done_sketch = self.sketch.select(final) if self._quantiles else Sketches.empty()
-        self.open = p.take(~final)
+        self.open = self.open.take(~final)
         if self._quantiles:
             self.sketch = self.sketch.select(~final)
-        np.maximum.at(self.closed, done.sid, done.end)
         return self._rows(done, done_sketch)
+
+    def open_rows(self) -> pa.Table:
+        """Rows of the windows still open, as they stand (provisional rows)."""
+        return self._rows(self.open, self.sketch)
+
+    # output ----------------------------------------------------------------------------------
 
     def _rows(self, p: Partials, sketch: Sketches) -> pa.Table:
         """View rows in canonical order (series, window start)."""
         order = np.lexsort((p.start, p.sid))
         n = p.n[order]
-        if self._name_cols is None or len(self._name_cols[0]) != len(self.names):
-            self._name_cols = (
-                pa.array([s for s, _ in self.names], pa.string()),
-                pa.array([c for _, c in self.names], pa.string()),
-            )
         sids = pa.array(p.sid[order], pa.int64())
         cols: dict[str, pa.Array] = {
-            "source": self._name_cols[0].take(sids),
-            "channel": self._name_cols[1].take(sids),
+            "source": pa.array([s for s, _ in self.names], pa.string()).take(sids),
+            "channel": pa.array([c for _, c in self.names], pa.string()).take(sids),
             "window_start": pa.array(p.start[order]).cast(TIME_TYPE),
             "window_end": pa.array(p.end[order]).cast(TIME_TYPE),
         }
@@ -617,3 +475,40 @@ class WindowKernel:
                 q = sketch.quantiles(self._quantiles[agg])[order]
                 cols[agg] = pa.array(q, pa.float64(), mask=empty)
         return pa.table(cols)
+
+    # saving ----------------------------------------------------------------------------------
+
+    def state(self) -> dict[str, pa.Table]:
+        """Everything needed to continue exactly: series, open windows, quantile entries."""
+        return {
+            "series": pa.table(
+                {
+                    "source": pa.array([s for s, _ in self.names], pa.string()),
+                    "channel": pa.array([c for _, c in self.names], pa.string()),
+                    "maxt": pa.array(self.maxt, pa.int64()),
+                    "frontier": pa.array(self.frontier, pa.int64()),
+                }
+            ),
+            "open": self.open.to_table(),
+            "sketch": self.sketch.to_table(),
+        }
+
+    @classmethod
+    def from_state(cls, view: ViewDef, tables: dict[str, pa.Table]) -> WindowKernel:
+        """A kernel continuing where ``state()`` was taken (tables that are missing: empty)."""
+        kernel = cls(view)
+        series = tables.get("series")
+        if series is not None:
+            for src, ch in zip(
+                series.column("source").to_pylist(),
+                series.column("channel").to_pylist(),
+                strict=True,
+            ):
+                kernel._series_id((src, ch))
+            kernel.maxt = series.column("maxt").to_numpy().copy()
+            kernel.frontier = series.column("frontier").to_numpy().copy()
+        if "open" in tables:
+            kernel.open = Partials.from_table(tables["open"])
+        if "sketch" in tables and kernel._quantiles:
+            kernel.sketch = Sketches.from_table(tables["sketch"], len(kernel.open))
+        return kernel

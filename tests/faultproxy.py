@@ -9,6 +9,8 @@ faults on and off while a run goes through it::
         proxy.reset_all()              # RST every open (e.g. pooled keep-alive) connection
         proxy.fail_next(4, status=503) # answer the next 4 requests with an S3 error (SlowDown)
         proxy.stall(3.0)               # hold all bytes, both ways, for 3 s
+        proxy.cycle(4, ["reset", "503", "stall"])  # every 4th request from now on meets the
+                                       # next of these faults in turn; proxy.cycle(0) stops
         proxy.down(); proxy.up()       # refuse connections (the port is closed), then serve again
         proxy.stats()                  # counters: connections, requests, resets, ...
 
@@ -29,11 +31,15 @@ import socket
 import struct
 import threading
 import time
+from collections.abc import Sequence
 from types import TracebackType
 from typing import Literal, Self
 
 HOST = "127.0.0.1"
 When = Literal["accept", "request", "response"]
+CYCLE_FAULTS = ("reset", "reset_response", "500", "502", "503", "504", "stall")
+"""What ``cycle`` can inject: a RST before forwarding, a RST in place of the server's answer,
+an S3 error of that HTTP status, a stall of ``stall_seconds`` that holds the request."""
 
 _CHUNK = 64 * 1024
 _TICK = 0.05  # how often loops look at flags (stall, reset, stop)
@@ -136,6 +142,9 @@ class _Conn:
                             new_request = False
                             with p._lock:
                                 p._stats.requests += 1
+                                p._arm_cycle()
+                            while p._stalled() and not p._stopping.is_set():
+                                time.sleep(_TICK)  # a stall this request set off holds it too
                             if p._take_fault("request"):
                                 self._reset()
                                 return
@@ -234,6 +243,9 @@ class FaultProxy:
         self._faults: dict[str, int] = {"accept": 0, "request": 0, "response": 0}
         self._errors: list[int] = []  # HTTP statuses for the next requests
         self._stall_until = 0.0
+        self._cycle: tuple[int, tuple[str, ...], float] = (0, (), 0.0)  # every, faults, stall
+        self._cycle_seen = 0  # requests since cycle() was called
+        self._cycle_next = 0  # index of the next fault in the cycle
         self._conns: set[_Conn] = set()
         self._listener: socket.socket | None = None
         self._acceptor: threading.Thread | None = None
@@ -294,14 +306,26 @@ class FaultProxy:
         with self._lock:
             self._errors += [status] * n
 
+    def cycle(self, every: int, faults: Sequence[str] = (), *, stall_seconds: float = 0.3) -> None:
+        """Spread faults over whatever runs next, however many requests it makes: from now on
+        the 1st, ``every+1``-th, ``2*every+1``-th, ... request meets the next fault of
+        ``faults`` in turn (see ``CYCLE_FAULTS``), cycling. ``every`` 0 stops it."""
+        bad = [f for f in faults if f not in CYCLE_FAULTS]
+        if every < 0 or bad or (every and not faults):
+            raise ValueError(f"every must be >= 0 and faults some of {CYCLE_FAULTS}, not {bad}")
+        with self._lock:
+            self._cycle = (every, tuple(faults), min(max(0.0, stall_seconds), self.max_stall))
+            self._cycle_seen = self._cycle_next = 0
+
     def pending(self) -> int:
         """Faults asked for with ``reset_next``/``fail_next`` that have not happened yet."""
         with self._lock:
             return sum(self._faults.values()) + len(self._errors)
 
     def clear(self) -> None:
-        """Cancel pending faults and any stall."""
+        """Cancel pending faults, any stall and any cycle."""
         with self._lock:
+            self._cycle = (0, (), 0.0)
             self._faults = dict.fromkeys(self._faults, 0)
             self._errors.clear()
             self._stall_until = 0.0
@@ -405,6 +429,27 @@ class FaultProxy:
     def _snapshot_conns(self) -> list[_Conn]:
         with self._lock:
             return list(self._conns)
+
+    def _arm_cycle(self) -> None:
+        """Called with the lock held for each new request: arm the cycle's next fault for it
+        (taken by this request, or by one racing it on another connection)."""
+        every, faults, stall_seconds = self._cycle
+        if not every:
+            return
+        self._cycle_seen += 1
+        if (self._cycle_seen - 1) % every:
+            return
+        fault = faults[self._cycle_next % len(faults)]
+        self._cycle_next += 1
+        if fault == "reset":
+            self._faults["request"] += 1
+        elif fault == "reset_response":
+            self._faults["response"] += 1
+        elif fault == "stall":
+            self._stall_until = max(self._stall_until, time.monotonic() + stall_seconds)
+            self._stats.stalled += 1
+        else:
+            self._errors.append(int(fault))
 
     def _take_fault(self, when: str) -> bool:
         with self._lock:

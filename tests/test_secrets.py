@@ -23,20 +23,25 @@ import traceback
 from collections.abc import Iterator
 from pathlib import Path
 
+import pyarrow as pa
 import pytest
 from bytewax.dataflow import Dataflow
 from bytewax.inputs import Source
 from bytewax.outputs import Sink
 
+from obsflow.connectors import layout
 from obsflow.connectors.capture_source import CaptureSource, ReplaySpec
 from obsflow.connectors.errors import StoreError
 from obsflow.connectors.files import FileSource
+from obsflow.connectors.retry import RETRY_SECONDS_ENV, reason, redact
+from obsflow.connectors.schema import REJECT_SCHEMA
 from obsflow.connectors.simulator import SimSource
-from obsflow.connectors.sinks import ChunkSink
-from obsflow.connectors.store import RETRY_SECONDS_ENV, Store
-from obsflow.flows import ingest, replay
+from obsflow.connectors.sinks import ChunkLog
+from obsflow.connectors.store import Store
+from obsflow.flows import ingest, jobs, replay
 from obsflow.flows.cli import main
-from obsflow.flows.summary import SummarySink
+from obsflow.flows.finish import Finish
+from obsflow.flows.summary import FinishSink
 from obsflow.flows.viewdef import ViewDef
 from tests import s3servers
 from tests.conftest import ROOT, TEST_KEY, TEST_SECRET, create_bucket, point_aws_env
@@ -45,6 +50,7 @@ from tests.faultproxy import FaultProxy
 SECRET = "obsflow-TOPSECRET-" + secrets.token_hex(12)
 ACCESS_KEY = "obsflow-ACCESSKEY-" + secrets.token_hex(6)
 SIM = "sim://?sources=3&channels=temperature,pressure&rate=50&duration=3m&seed=5"
+TINY = "sim://?sources=1&rate=5&duration=10s&seed=5"
 VIEWS = (ViewDef("s10", "tumbling", size=10 * 10**9, aggregates=("count", "mean")),)
 
 
@@ -120,18 +126,27 @@ def test_reprs_and_pickles_of_what_a_flow_is_made_of_hold_no_credentials(
     # step classes, and steps hold lambdas), and Bytewax never pickles one: every process builds
     # its own. What it could ship are the sources and sinks, so each one is pickled here.
     # (Their snapshots are what Bytewax does pickle: see the recovery check below.)
+    # A replay's flow is built for a capture that exists (it reads the capture's metadata).
+    jobs.ingest(
+        ingest.IngestConfig(inputs=(TINY,), store=url, capture="c", views=VIEWS, progress=False)
+    )
     flows = [ingest.build_flow(icfg), replay.build_flow(rcfg)]
     with pytest.raises((pickle.PicklingError, AttributeError, TypeError)):
         pickle.dumps(flows[0])
     parts: list[object] = [p for f in flows for p in flow_parts(f)]
     kinds = {type(p) for p in parts}
-    assert {SimSource, ChunkSink, SummarySink, CaptureSource} <= kinds, kinds
+    assert {SimSource, FinishSink, CaptureSource} <= kinds, kinds
+    # The record logs (late readings, dead letters) are written by ChunkLogs inside the steps;
+    # what travels with the flow is the Finish that commits the run.
+    log = ChunkLog(store, "deadletter", "r1", 0, layout.DEADLETTER_SCHEMA)
+    finish = Finish(store=url, capture="c", run="r1", kind="ingest", base=None)
     parts += [
         FileSource([str(tmp_path / "in.parquet"), f"{url}/in.csv"]),
         SimSource(SIM),
         CaptureSource(store, ReplaySpec("c")),
-        ChunkSink(store, "deadletter", "r1"),
-        SummarySink(store, "r1", store_url=store.uri()),
+        log,
+        finish,
+        FinishSink(finish),
     ]
     for part in parts:
         assert_clean(repr(part), f"repr of {type(part).__name__}")
@@ -316,3 +331,52 @@ def test_a_backend_message_that_echoes_a_credential_is_masked(
     assert ("store unreachable" in message) is transient
     assert json.dumps(message)  # one line of plain text
     assert "\n" not in message
+
+
+def test_a_record_log_whose_backend_echoes_a_credential_fails_masked(
+    secret_env: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv(RETRY_SECONDS_ENV, "0.3")
+    store = Store(f"s3://{secret_env}/obsflow")
+    log = ChunkLog(store, "deadletter", "r1", 0, layout.DEADLETTER_SCHEMA)
+    rejected = pa.table(
+        {
+            "origin": ["in.csv"],
+            "row": [1],
+            "reason": ["bad_time"],
+            "message": ["time 'yesterday' is not a time"],
+            "raw": ['{"time": "yesterday"}'],
+        },
+        schema=REJECT_SCHEMA,
+    )
+    log.append(rejected)
+    log.flush()  # a chunk that reaches the store holds the records, nothing of the session
+    (rel,) = [r for r in store.walk_files() if r.endswith(".parquet")]
+    assert_clean(store.read_bytes(rel), f"log chunk {rel}")
+
+    def echo(*args: object, **kwargs: object) -> None:
+        raise ConnectionResetError(f"reset for key {ACCESS_KEY} with secret {SECRET}")
+
+    monkeypatch.setattr(store.fs, "pipe_file", echo)
+    log.append(rejected)
+    with pytest.raises(StoreError) as info:
+        log.flush()
+    message = str(info.value)
+    assert "store unreachable" in message
+    assert "reset for key *** with secret ***" in message
+    assert "part-0000-000001.parquet" in message  # it names the object it could not write
+    assert_clean(message, "the StoreError")
+    assert_clean(repr(info.value), "the StoreError's repr")
+
+
+def test_redact_masks_every_credential_variable_and_reason_is_one_line(
+    secret_env: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    token = "obsflow-SESSIONTOKEN-" + secrets.token_hex(8)
+    monkeypatch.setenv("AWS_SESSION_TOKEN", token)
+    text = f"key={ACCESS_KEY}; secret={SECRET}; token={token}"
+    assert redact(text) == "key=***; secret=***; token=***"
+    assert redact("nothing secret here") == "nothing secret here"
+    failure = PermissionError(f"Access Denied\n  signed with {ACCESS_KEY}:{SECRET}\n")
+    assert reason(failure) == "Access Denied signed with ***:***"
+    assert reason(ConnectionResetError()) == "ConnectionResetError"

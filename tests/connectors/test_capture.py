@@ -1,4 +1,4 @@
-"""Capture bookkeeping: partitioning, seq assignment, partition files."""
+"""Capture bookkeeping: partitioning, seq assignment, partition objects staged and committed."""
 
 from __future__ import annotations
 
@@ -10,15 +10,16 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from obsflow.connectors import commits
 from obsflow.connectors.capture import (
     PartitionWriter,
-    assign_seq,
     open_capture,
-    partition_of,
-    read_capture,
-    split_by_partition,
+    planned_capture,
+    stage_capture_doc,
 )
 from obsflow.connectors.errors import CaptureExistsError, StoreError
+from obsflow.connectors.partitions import assign_seq, partition_of, split_by_partition
+from obsflow.connectors.reads import read_capture
 from obsflow.connectors.schema import TIME_TYPE
 from obsflow.connectors.store import Store
 
@@ -79,52 +80,78 @@ def test_assign_seq_numbers_missing_rows_in_arrival_order(
         assert nxt[src] == max([*seen, start.get(src, 0) - 1]) + 1
 
 
+def commit(store: Store, capture: str, run: str, partitions: int = 1) -> commits.Commit:
+    """Commit what ``run`` staged (creating the capture on its first commit)."""
+    stage_capture_doc(store, run, planned_capture(store, capture, partitions))
+    return commits.commit(store, capture, run, "ingest", base=commits.head(store, capture))
+
+
 def test_partition_count_is_fixed_at_creation(tmp_path) -> None:
     store = Store(str(tmp_path))
     with pytest.raises(StoreError, match="no capture"):
         open_capture(store, "c")
-    assert open_capture(store, "c", partitions=3, create=True).partitions == 3
+    assert planned_capture(store, "c", 3).partitions == 3
+    commit(store, "c", "r0", 3)  # nothing but the capture's document
     assert open_capture(store, "c").partitions == 3
     with pytest.raises(CaptureExistsError, match="has 3 partitions, not 5"):
-        open_capture(store, "c", partitions=5, create=True)
+        planned_capture(store, "c", 5)
 
 
-def test_writer_buffers_names_chunks_and_discards_orphans(tmp_path) -> None:
+def test_objects_are_staged_until_the_run_commits_then_seq_numbers_continue(tmp_path) -> None:
     store = Store(str(tmp_path))
-    open_capture(store, "c", partitions=1, create=True)
     w = PartitionWriter(store, "c", 0, "run1", target_rows=3)
     w.append(readings(["a", "a"]))
-    assert store.listdir("captures/c/part-0000") == []  # still buffered
+    staged = "_obsflow/staging/run1/captures/c/part-0000"
+    assert store.listdir(staged) == []  # still buffered
     w.append(readings(["a", "b"], start=2))
     w.append(readings(["b"], start=4))
-    w.flush()
+    w.close()
+    assert store.listdir(staged) == ["run1-000000.parquet", "run1-000001.parquet"]
+    assert store.listdir("captures/c/part-0000") == []  # nothing visible before the commit
+    entry = commit(store, "c", "run1")
+    assert entry.n == 1
+    assert entry.parts("c") == {
+        0: ["captures/c/part-0000/run1-000000.parquet", "captures/c/part-0000/run1-000001.parquet"]
+    }
     assert store.listdir("captures/c/part-0000") == ["run1-000000.parquet", "run1-000001.parquet"]
+    assert not store.exists("_obsflow/staging/run1")
     assert read_capture(store, "c").num_rows == 5
     # a later writer of the same capture continues the seq numbers
     w2 = PartitionWriter(store, "c", 0, "run2")
     assert w2.append(readings(["a"], start=9)).rows.column("seq").to_pylist() == [3]
-    # resuming run1 from a snapshot taken after chunk 0 removes chunk 1
-    assert w.discard_after(1) == 1
-    assert store.listdir("captures/c/part-0000") == ["run1-000000.parquet"]
 
 
-def test_a_run_restarted_without_a_snapshot_rolls_back_its_first_attempt(tmp_path) -> None:
+def test_resuming_after_a_snapshot_discards_what_was_staged_after_it(tmp_path) -> None:
     store = Store(str(tmp_path))
-    open_capture(store, "c", partitions=1, create=True)
+    w = PartitionWriter(store, "c", 0, "run1", target_rows=2)
+    w.append(readings(["a", "a"]))
+    state = w.snapshot()  # chunk 0 durable
+    w.append(readings(["a", "b"], start=2))  # chunk 1, after the snapshot
+    staged = "_obsflow/staging/run1/captures/c/part-0000"
+    assert store.listdir(staged) == ["run1-000000.parquet", "run1-000001.parquet"]
+    resumed = PartitionWriter(store, "c", 0, "run1", resume=state)
+    assert resumed.discard_after(state.chunk) == 1
+    assert store.listdir(staged) == ["run1-000000.parquet"]
+
+
+def test_a_run_restarted_without_a_snapshot_starts_over(tmp_path) -> None:
+    store = Store(str(tmp_path))
     first = PartitionWriter(store, "c", 0, "r1")
     first.append(readings(["a", "a"]))
     first.close()
-    # Run r2 gets as far as writing its objects, seq and dedup bookkeeping, then dies before
+    commit(store, "c", "r1")
+    # Run r2 gets as far as staging its objects, seq and dedup bookkeeping, then dies before
     # Bytewax took any snapshot: restarting it starts from scratch under the same run id.
     attempt = PartitionWriter(store, "c", 0, "r2")
     assert attempt.append(readings(["a", "b"], start=5)).rows.column("seq").to_pylist() == [2, 0]
     attempt.close()
     again = PartitionWriter(store, "c", 0, "r2")
-    assert store.listdir("captures/c/part-0000") == ["r1-000000.parquet"]  # attempt removed
+    assert store.listdir("_obsflow/staging/r2/captures/c/part-0000") == []  # attempt removed
     out = again.append(readings(["a", "b"], start=5))
     assert out.duplicates == 0  # not mistaken for its own earlier attempt
     assert out.rows.column("seq").to_pylist() == [2, 0]  # the same numbers as the attempt
     again.close()
+    commit(store, "c", "r2")
     assert read_capture(store, "c").num_rows == 4
     # A later run still sees r1's and r2's readings as already captured.
     later = PartitionWriter(store, "c", 0, "r3")

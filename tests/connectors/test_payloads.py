@@ -6,7 +6,6 @@ runs on SeaweedFS, which checks signatures and answers conditional PUTs its own 
 
 from __future__ import annotations
 
-import errno
 import os
 import pickle
 import resource
@@ -24,7 +23,8 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 from obsflow.connectors.errors import StoreError
-from obsflow.connectors.payloads import (
+from obsflow.connectors.payload_codec import decode_payload, encode_payload
+from obsflow.connectors.payload_format import (
     CODEC_INLINE,
     CODEC_NONE,
     CODEC_ZSTD,
@@ -41,18 +41,16 @@ from obsflow.connectors.payloads import (
     PayloadRef,
     PayloadRefError,
     PayloadSizeError,
-    PayloadStore,
     PayloadTooLargeError,
     array_from_bytes,
-    decode_payload,
-    encode_payload,
-    is_transient,
     payload_key,
     payloads_from_arrow,
     payloads_to_arrow,
     refs_from_arrow,
     refs_to_arrow,
 )
+from obsflow.connectors.payloads import PayloadStore
+from obsflow.connectors.retry import transient
 from obsflow.connectors.store import Store
 
 RNG = np.random.default_rng(5)
@@ -80,35 +78,41 @@ def overwrite(ps: PayloadStore, ref: PayloadRef, data: bytes) -> None:
     ps.store.write_bytes(ref.key, data)
 
 
-class Instrumented(PayloadStore):
-    """Counts backend calls; optionally fails the first ``fail`` writes with ``error``."""
+class CountingStore(Store):
+    """A store that counts create-only writes and ranged reads; optionally fails the first
+    ``fail`` writes with ``error`` (as the store reports a persistent backend failure)."""
 
-    def __init__(self, *args: Any, fail: int = 0, error: Exception | None = None, **kw: Any):
-        super().__init__(*args, **kw)
+    def __init__(self, url: str, fail: int = 0, error: Exception | None = None) -> None:
+        super().__init__(url)
         self.fail, self.error = fail, error
         self.writes = self.reads = 0
         self.lock = threading.Lock()
 
-    def _create_object(self, rel: str, data: bytes) -> bool:
+    def create(self, rel: str, data: bytes) -> bool:
         with self.lock:
             self.writes += 1
             failing = self.writes <= self.fail
         if failing:
             assert self.error is not None
             raise self.error
-        return super()._create_object(rel, data)
+        return super().create(rel, data)
 
-    def _read_object(self, rel: str, limit: int) -> bytes:
+    def read_range(self, rel: str, start: int, end: int) -> bytes:
         with self.lock:
             self.reads += 1
-        return super()._read_object(rel, limit)
+        return super().read_range(rel, start, end)
+
+
+def Instrumented(url: str, *, fail: int = 0, error: Exception | None = None, **kw: Any) -> Any:
+    """A payload store over a ``CountingStore``; ``.store.writes`` counts uploads."""
+    return PayloadStore(CountingStore(url, fail, error), **kw)
 
 
 # --- round trips --------------------------------------------------------------------------------
 
 
 def test_round_trip_of_several_dtypes_and_shapes(store_url: str) -> None:
-    ps = PayloadStore(store_url, inline_limit=0, backoff=0)
+    ps = PayloadStore(store_url, inline_limit=0)
     arrays = [
         FRAME,
         NOISE.reshape(256, 256),
@@ -132,7 +136,7 @@ def test_round_trip_of_several_dtypes_and_shapes(store_url: str) -> None:
 
 
 def test_round_trip_of_any_small_array(store_url: str) -> None:
-    ps = PayloadStore(store_url, inline_limit=0, backoff=0)
+    ps = PayloadStore(store_url, inline_limit=0)
     inline = PayloadStore(store_url)
 
     @settings(max_examples=25, deadline=None)
@@ -200,18 +204,18 @@ def test_compression_is_kept_only_where_it_saves_enough() -> None:
 def test_putting_again_writes_no_new_object(store_url: str) -> None:
     ps = Instrumented(store_url)
     ref = ps.put(FRAME)
-    assert ps.writes == 1
+    assert ps.store.writes == 1
     assert ps.put(FRAME) == ref
     assert ps.put_many([FRAME, FRAME.copy(), FRAME]) == [ref] * 3
-    assert ps.writes == 1  # found by a 24-byte header read, not uploaded again
+    assert ps.store.writes == 1  # found by a 24-byte header read, not uploaded again
     assert payload_objects(ps.store) == [ref.key]
 
 
 def test_create_only_write_never_replaces_an_object(store_url: str) -> None:
     ps = PayloadStore(store_url)
     rel = payload_key("ab" * 32)
-    assert ps._create_object(rel, b"first") is True
-    assert ps._create_object(rel, b"second") is False
+    assert ps.store.create(rel, b"first") is True
+    assert ps.store.create(rel, b"second") is False
     assert ps.store.read_bytes(rel) == b"first"
     assert ps.store.listdir(os.path.dirname(rel)) == ["ab" * 32]  # no temporary files left
 
@@ -256,8 +260,8 @@ def test_put_many_bounds_uploads_in_flight_and_reads_ahead_no_further(tmp_path: 
     state = {"now": 0, "max": 0, "pulled": 0, "done": 0, "lag": 0}
     lock = threading.Lock()
 
-    class Slow(PayloadStore):
-        def _create_object(self, rel: str, data: bytes) -> bool:
+    class Slow(Store):
+        def create(self, rel: str, data: bytes) -> bool:
             with lock:
                 state["now"] += 1
                 state["max"] = max(state["max"], state["now"])
@@ -265,7 +269,7 @@ def test_put_many_bounds_uploads_in_flight_and_reads_ahead_no_further(tmp_path: 
             with lock:
                 state["now"] -= 1
                 state["done"] += 1
-            return super()._create_object(rel, data)
+            return super().create(rel, data)
 
     arrays = [np.full(20_000, i, dtype=np.int64) for i in range(30)]
 
@@ -276,7 +280,7 @@ def test_put_many_bounds_uploads_in_flight_and_reads_ahead_no_further(tmp_path: 
                 state["pulled"] += 1
             yield a
 
-    ps = Slow(str(tmp_path), max_in_flight=limit)
+    ps = PayloadStore(Slow(str(tmp_path)), max_in_flight=limit)
     refs = ps.put_many(produce())
     assert 2 <= state["max"] <= limit
     assert state["lag"] <= limit  # never more than `limit` arrays taken but not yet written
@@ -285,42 +289,12 @@ def test_put_many_bounds_uploads_in_flight_and_reads_ahead_no_further(tmp_path: 
 
 
 def test_put_many_raises_after_a_persistent_failure(tmp_path: Any) -> None:
-    ps = Instrumented(str(tmp_path), max_in_flight=2, fail=10**6, error=PermissionError("denied"))
+    ps = Instrumented(
+        str(tmp_path), max_in_flight=2, fail=10**6, error=StoreError("cannot write: denied")
+    )
     with pytest.raises(StoreError, match="denied"):
         ps.put_many(np.full(10_000, i) for i in range(10))
     assert payload_objects(ps.store) == []
-
-
-@pytest.mark.parametrize(
-    "error",
-    [
-        ConnectionResetError("reset"),
-        TimeoutError("slow"),
-        OSError(errno.EBUSY, "SlowDown"),
-        OSError(errno.EREMOTEIO, "InternalError"),
-    ],
-)
-def test_transient_errors_are_retried(store_url: str, error: Exception) -> None:
-    ps = Instrumented(store_url, fail=2, error=error, backoff=0)
-    ref = ps.put(FRAME)
-    assert ps.writes == 3
-    assert_same(ps.get(ref), FRAME)
-
-
-def test_a_transient_error_that_persists_stops_loudly(store_url: str) -> None:
-    ps = Instrumented(store_url, fail=10**6, error=TimeoutError("timed out"), retries=3)
-    ps.backoff = 0.001
-    with pytest.raises(StoreError, match="after 4 attempts: timed out"):
-        ps.put(FRAME)
-    assert ps.writes == 4
-    assert payload_objects(ps.store) == []
-
-
-def test_a_permanent_error_is_not_retried(store_url: str) -> None:
-    ps = Instrumented(store_url, fail=1, error=PermissionError("AccessDenied"))
-    with pytest.raises(StoreError, match="AccessDenied"):
-        ps.put(FRAME)
-    assert ps.writes == 1
 
 
 def test_s3_errors_are_classified_by_status() -> None:
@@ -331,20 +305,20 @@ def test_s3_errors_are_classified_by_status() -> None:
         response: Any = {"Error": {"Code": code}, "ResponseMetadata": {"HTTPStatusCode": status}}
         return translate_boto_error(ClientError(response, "PutObject"))
 
-    assert is_transient(s3_error(503, "SlowDown"))
-    assert is_transient(s3_error(500, "InternalError"))
-    assert is_transient(s3_error(429, "TooManyRequests"))
-    assert not is_transient(s3_error(403, "AccessDenied"))
-    assert not is_transient(s3_error(404, "NoSuchKey"))
-    assert not is_transient(s3_error(412, "PreconditionFailed"))
-    assert not is_transient(ValueError("bad"))
+    assert transient(s3_error(503, "SlowDown"))
+    assert transient(s3_error(500, "InternalError"))
+    assert transient(s3_error(429, "TooManyRequests"))
+    assert not transient(s3_error(403, "AccessDenied"))
+    assert not transient(s3_error(404, "NoSuchKey"))
+    assert not transient(s3_error(412, "PreconditionFailed"))
+    assert not transient(ValueError("bad"))
 
 
 def test_s3_retries_a_throttled_put(s3_env: str, monkeypatch: pytest.MonkeyPatch) -> None:
     from botocore.exceptions import ClientError
     from s3fs.errors import translate_boto_error
 
-    ps = PayloadStore(f"s3://{s3_env}/store", backoff=0)
+    ps = PayloadStore(f"s3://{s3_env}/store")  # the store retries what S3 throttles
     real = ps.store.fs.call_s3
     calls: list[str] = []
 
@@ -368,7 +342,7 @@ def test_s3_retries_a_throttled_put(s3_env: str, monkeypatch: pytest.MonkeyPatch
 
 
 def test_a_flipped_byte_is_a_hash_mismatch(store_url: str) -> None:
-    ps = PayloadStore(store_url, backoff=0)
+    ps = PayloadStore(store_url)
     ref = ps.put(NOISE)
     stored = bytearray(ps.store.read_bytes(ref.key))
     stored[HEADER_SIZE + 1000] ^= 0x01
@@ -388,7 +362,7 @@ def test_a_flipped_byte_is_a_hash_mismatch(store_url: str) -> None:
 
 
 def test_a_truncated_or_grown_object_is_a_size_error(store_url: str) -> None:
-    ps = PayloadStore(store_url, backoff=0)
+    ps = PayloadStore(store_url)
     ref = ps.put(FRAME)
     stored = ps.store.read_bytes(ref.key)
     overwrite(ps, ref, stored[:-10])
@@ -403,7 +377,7 @@ def test_a_truncated_or_grown_object_is_a_size_error(store_url: str) -> None:
 
 
 def test_a_missing_object_is_a_not_found_error(store_url: str) -> None:
-    ps = PayloadStore(store_url, backoff=0)
+    ps = PayloadStore(store_url)
     ref = PayloadRef("0" * 64, 8, 8 + HEADER_SIZE, CODEC_NONE, "float64", (1,))
     with pytest.raises(PayloadMissingError, match="missing") as info:
         ps.get(ref)
@@ -413,7 +387,7 @@ def test_a_missing_object_is_a_not_found_error(store_url: str) -> None:
 
 
 def test_a_header_that_disagrees_with_the_reference_is_refused(store_url: str) -> None:
-    ps = PayloadStore(store_url, backoff=0)
+    ps = PayloadStore(store_url)
     ref = ps.put(FRAME)
     wrong_codec = PayloadRef(ref.sha256, ref.raw_size, ref.stored_size, "zstd", "uint16", ref.shape)
     with pytest.raises(PayloadCorruptError, match="stored as zstd-shuffle"):
@@ -471,12 +445,12 @@ def test_huge_declared_sizes_are_refused_before_any_read(tmp_path: Any) -> None:
     giant = PayloadRef("2" * 64, 1 << 124, 100, "zstd", "uint8", giant_shape)
     with pytest.raises(PayloadTooLargeError):
         ps.get(giant)
-    assert ps.reads == 0
+    assert ps.store.reads == 0
     with pytest.raises(PayloadTooLargeError):
         array_from_bytes(b"", "float64", giant_shape)
     with pytest.raises(PayloadTooLargeError):
         ps.put(np.zeros((1 << 20) + 1, np.uint8))
-    assert ps.writes == 0
+    assert ps.store.writes == 0
 
 
 @pytest.mark.parametrize(
@@ -599,13 +573,13 @@ def test_declared_shape_and_dtype_of_raw_bytes_are_checked() -> None:
 
 def test_seaweedfs_round_trip_create_only_and_corruption(seaweed_env: str) -> None:
     url = f"s3://{seaweed_env}/store"
-    ps = Instrumented(url, backoff=0)
+    ps = Instrumented(url)
     ref = ps.put(FRAME)
     assert_same(ps.get(ref), FRAME)
     # A conditional PUT of an existing key: SeaweedFS answers 412 without the condition name.
-    assert ps._create_object(ref.key, b"other bytes") is False
+    assert ps.store.create(ref.key, b"other bytes") is False
     assert ps.put(FRAME) == ref
-    assert ps.writes == 2  # the upload and the refused direct write above; no new upload
+    assert ps.store.writes == 2  # the upload and the refused direct write above; no new upload
     assert payload_objects(ps.store) == [ref.key]
     refs = ps.put_many([NOISE, FRAME.T.copy(), NOISE])
     assert refs[0] == refs[2]

@@ -212,19 +212,48 @@ def test_parquet_file_round_trip(store_url: str) -> None:
     )
 
 
-def test_parquet_folder_read_skips_underscore_and_dot_names(store_url: str) -> None:
+def test_scan_reads_the_objects_given_with_filters_and_columns(store_url: str) -> None:
+    import pyarrow.compute as pc
+
     store = Store(store_url)
     store.write_parquet("cap/part-0000/a.parquet", table(10))
     store.write_parquet("cap/part-0001/b.parquet", table(5, start=10))
-    # Bookkeeping and temporaries: never part of the data.
-    store.write_parquet("cap/_hidden.parquet", table(1000, start=100))
-    store.write_parquet("cap/.tmp-123", table(1000, start=100))
-    store.write_parquet("cap/part-0000/.tmp-456", table(1000, start=100))
-    store.write_parquet("cap/_state/part-0000.parquet", table(1000, start=100))
-    store.write_json("cap/_capture.json", {"partitions": 2})
-    got = store.read_parquet("cap").sort_by("value")
-    assert got.num_rows == 15
-    assert got.equals(table(15))
+    store.write_parquet("cap/part-0001/c.parquet", table(5, start=15).drop_columns(["source"]))
+    got = store.scan(
+        ["cap/part-0000/a.parquet", "cap/part-0001/b.parquet"],
+        columns=["value"],
+        filter=pc.field("value") >= 8,
+    )
+    assert got.column("value").to_pylist() == [8.0, 9.0, *map(float, range(10, 15))]
+    # Objects of different versions: one schema over all, missing columns as nulls.
+    every = store.scan(["cap/part-0000/a.parquet", "cap/part-0001/c.parquet"], unify=True).sort_by(
+        "value"
+    )
+    assert every.num_rows == 15
+    assert every.column("source").null_count == 5
+    empty = store.scan([], schema=table(0).schema)
+    assert empty.num_rows == 0
+    assert empty.schema == table(0).schema
+    with pytest.raises(FileNotFoundError):
+        store.scan(["cap/part-0000/missing.parquet"])
+
+
+def test_create_is_create_only_and_move_is_safe_to_repeat(store_url: str) -> None:
+    store = Store(store_url)
+    assert store.create("x/one", b"first") is True
+    assert store.create("x/one", b"second") is False
+    assert store.read_bytes("x/one") == b"first"
+    store.write_bytes("stage/two", b"moved")
+    store.write_bytes("x/two", b"old")
+    store.move("stage/two", "x/two")
+    assert store.read_bytes("x/two") == b"moved"
+    assert not store.exists("stage/two")
+    store.move("stage/two", "x/two")  # repeated after a crash: already done
+    with pytest.raises(FileNotFoundError):
+        store.move("stage/nothing", "x/nothing")
+    assert store.read_range("x/two", 1, 3) == b"ov"
+    assert store.read_range("x/two", 3, 100) == b"ed"
+    assert store.size("x/two") == 5
 
 
 # --- path validation ----------------------------------------------------------------------------

@@ -1,51 +1,131 @@
-"""An independent oracle for windowed views: a per-reading loop for lateness, pandas for the rest.
+"""An independent oracle for windowed views over runs: a per-reading loop for lateness and
+finality, pandas for the aggregates.
 
-It follows the semantics in ``flows/windows.py``'s docstring, written the slow, obvious way.
+It follows the semantics in ``flows/windows.py``'s docstring, written the slow, obvious way
+(Python integers, so nothing overflows): readings arrive in order, cut into runs. Per series
+(source, channel), ``maxt`` is the largest time seen and the frontier ``F`` the watermark
+(``maxt - lateness``) at the end of the last run, or the time a ``close`` declared the data
+complete up to. A reading arriving with ``wm = max(F, maxt - lateness - hold)`` (its own time
+counted in ``maxt``) joins the windows still open under ``wm``; with none left, it is late. A
+window is final once its finality time (its end; a session's end plus one gap) is at or before
+``max(F, maxt - lateness - hold)``: inside a run the hold keeps windows open longer, and at a
+run's end ``F`` catches up with the watermark.
 """
 
 from __future__ import annotations
 
+import itertools
+from collections.abc import Collection, Sequence
+
 import numpy as np
 import pandas as pd
 
+from obsflow.flows import windows
 from obsflow.flows.viewdef import ViewDef
 
+KEYS = ["source", "channel", "window_start", "window_end"]
+NEVER = -(2**80)  # a frontier before every time
 
-def split_late(df: pd.DataFrame, view: ViewDef) -> tuple[pd.DataFrame, pd.Series]:
-    """Walk readings in arrival order; return (window memberships of on-time readings, late mask).
 
-    ``df`` has columns source, channel, time (int ns), seq, value, in arrival order.
+def hold(view: ViewDef, hold_windows: int | None = None) -> int:
+    n = windows.HOLD_WINDOWS if hold_windows is None else hold_windows
+    if view.kind == "session":
+        return n * view.gap
+    return n * (view.step if view.kind == "hopping" else view.size)
+
+
+class Oracle:
+    """Feed runs of readings (DataFrames with source, channel, time (int ns), seq, value, in
+    arrival order); ``rows()`` and ``late_readings()`` say what the view holds so far.
+
+    ``feed`` adds readings inside a run, ``end_run`` ends it, ``run`` does both; ``close``
+    mirrors ``WindowKernel.close``. ``hold_windows`` defaults to the kernel's constant.
     """
-    maxt: dict[tuple[str, str], int] = {}
-    late = np.zeros(len(df), dtype=bool)
-    member_rows: list[int] = []
-    member_starts: list[int] = []
-    for i, (src, ch, t) in enumerate(zip(df["source"], df["channel"], df["time"], strict=True)):
-        key = (src, ch)
-        maxt[key] = max(maxt.get(key, t), t)
-        wm = maxt[key] - view.lateness
-        if view.kind == "session":
-            late[i] = t + view.gap <= wm
-            if not late[i]:
-                member_rows.append(i)
-                member_starts.append(t)
-            continue
-        step = view.size if view.kind == "tumbling" else view.step
-        first_start = (t // step) * step
-        starts = [first_start - j * step for j in range(view.size // step)]
-        open_starts = [s for s in starts if s + view.size > wm]
-        late[i] = not open_starts
-        for s in open_starts:
-            member_rows.append(i)
-            member_starts.append(s)
-    members = df.iloc[member_rows].copy()
-    members["window_start"] = member_starts
-    return members, pd.Series(late, index=df.index)
+
+    def __init__(self, view: ViewDef, hold_windows: int | None = None) -> None:
+        self.view = view
+        self.lag = view.lateness + hold(view, hold_windows)
+        self.maxt: dict[tuple[str, str], int] = {}
+        self.frontier: dict[tuple[str, str], int] = {}
+        self.members: list[pd.DataFrame] = []
+        self.late: list[pd.DataFrame] = []
+
+    def done(self, key: tuple[str, str]) -> int:
+        """Windows of ``key`` whose finality time is at or before this are final."""
+        return max(self.frontier.get(key, NEVER), self.maxt.get(key, NEVER) - self.lag)
+
+    def feed(self, df: pd.DataFrame) -> None:
+        v = self.view
+        late = np.zeros(len(df), dtype=bool)
+        rows: list[int] = []
+        starts: list[int] = []
+        for i, (src, ch, t) in enumerate(zip(df["source"], df["channel"], df["time"], strict=True)):
+            key, t = (src, ch), int(t)
+            self.maxt[key] = max(self.maxt.get(key, t), t)
+            wm = self.done(key)
+            if v.kind == "session":
+                late[i] = t + v.gap <= wm
+                if not late[i]:
+                    rows.append(i)
+                    starts.append(t)
+                continue
+            step = v.size if v.kind == "tumbling" else v.step
+            first = (t // step) * step
+            live = [s for s in (first - j * step for j in range(v.size // step)) if s + v.size > wm]
+            late[i] = not live
+            for s in live:
+                rows.append(i)
+                starts.append(s)
+        members = df.iloc[rows].copy()
+        members["window_start"] = np.array(starts, dtype=np.int64)
+        self.members.append(members)
+        self.late.append(df[late])
+
+    def end_run(self) -> None:
+        for key, top in self.maxt.items():  # the end of a run: the frontier moves
+            self.frontier[key] = max(self.frontier.get(key, NEVER), top - self.view.lateness)
+
+    def run(self, df: pd.DataFrame) -> None:
+        self.feed(df)
+        self.end_run()
+
+    def close(
+        self, series: Collection[tuple[str, str]] | None = None, until: int | None = None
+    ) -> None:
+        """The data of ``series`` (None: all) is complete up to ``until`` (None: every window
+        of theirs becomes final)."""
+        rows = self.rows()
+        for key in self.maxt:
+            if series is not None and key not in series:
+                continue
+            cut = until
+            if cut is None:
+                mine = (rows["source"] == key[0]) & (rows["channel"] == key[1])
+                cut = max(map(int, self.final_time(rows[mine])), default=NEVER)
+            self.frontier[key] = max(self.frontier.get(key, NEVER), cut)
+
+    def final_time(self, rows: pd.DataFrame) -> pd.Series:
+        gap = self.view.gap if self.view.kind == "session" else 0
+        return rows["window_end"] + gap
+
+    def late_readings(self) -> pd.DataFrame:
+        return pd.concat(self.late) if self.late else pd.DataFrame()
+
+    def rows(self) -> pd.DataFrame:
+        """Every window's row so far, sorted by (source, channel, window_start), with
+        ``final``."""
+        out = expected_rows(pd.concat(self.members), self.view) if self.members else None
+        if out is None or out.empty:
+            return pd.DataFrame(columns=[*KEYS, *self.view.aggregates, "final"])
+        done = [self.done(k) for k in zip(out["source"], out["channel"], strict=True)]
+        out["final"] = [int(f) <= d for f, d in zip(self.final_time(out), done, strict=True)]
+        return out
 
 
-def expected_rows(df: pd.DataFrame, view: ViewDef) -> tuple[pd.DataFrame, pd.Series]:
-    """(view rows sorted by source, channel, window_start; late mask) for readings ``df``."""
-    members, late = split_late(df, view)
+def expected_rows(members: pd.DataFrame, view: ViewDef) -> pd.DataFrame:
+    """View rows (sorted by source, channel, window_start) of window memberships: readings
+    with the ``window_start`` of each window they joined (sessions: any value)."""
+    members = members.copy()
     if view.kind == "session" and len(members):
         members = members.sort_values(["source", "channel", "time"], kind="stable")
         prev = members.groupby(["source", "channel"])["time"].shift()
@@ -56,26 +136,32 @@ def expected_rows(df: pd.DataFrame, view: ViewDef) -> tuple[pd.DataFrame, pd.Ser
         members["window_end"] = members["session"].map(bounds["max"]) + view.gap
     elif len(members):
         members["window_end"] = members["window_start"] + view.size
-    keys = ["source", "channel", "window_start", "window_end"]
+    else:
+        members["window_end"] = members.get("window_start", pd.Series(dtype=np.int64))
     members = members.sort_values(["time", "seq"], kind="stable")
-    g = members.groupby(keys, sort=True)["value"]
+    g = members.groupby(KEYS, sort=True)["value"]
     out = pd.DataFrame(index=g.size().index)
+    if {"std", "var"} & set(view.aggregates):  # two passes: squared deviations from the mean
+        dev = (members["value"] - g.transform("mean")) ** 2
+        n = g.count()
+        var = (dev.groupby([members[k] for k in KEYS]).sum() / (n - 1)).where(n >= 2)
     for agg in view.aggregates:
         if agg == "count":
             out[agg] = g.count()
         elif agg in ("mean", "min", "max", "first", "last", "sum"):
             out[agg] = getattr(g, agg)()
         elif agg in ("std", "var"):
-            out[agg] = g.agg(lambda x, a=agg: _moment(x, a))
+            out[agg] = var if agg == "var" else np.sqrt(var)
         else:
             q = float(agg[1:]) / 100
             out[agg] = g.quantile(q, interpolation="lower")
-    return out.reset_index(), late
+    return out.reset_index()
 
 
-def _moment(x: pd.Series, which: str) -> float:
-    v = x.dropna().to_numpy()
-    if v.size < 2:
-        return float("nan")
-    var = float(np.sum((v - v.mean()) ** 2) / (v.size - 1))  # two-pass, exact enough here
-    return var if which == "var" else float(np.sqrt(var))
+def in_runs(df: pd.DataFrame, view: ViewDef, cuts: Sequence[int]) -> Oracle:
+    """The oracle after the runs ``df`` is cut into at ``cuts`` (arrival positions)."""
+    oracle = Oracle(view)
+    bounds = sorted({0, len(df), *[c for c in cuts if 0 < c < len(df)]})
+    for lo, hi in itertools.pairwise(bounds):
+        oracle.run(df.iloc[lo:hi])
+    return oracle

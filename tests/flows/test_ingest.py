@@ -13,7 +13,10 @@ import pytest
 from bytewax.testing import TestingSink, TestingSource, run_main
 
 from obsflow.connectors.batch import RawBatch
+from obsflow.connectors.capture import list_captures
 from obsflow.connectors.schema import InputSpec
+from obsflow.connectors.store import Store
+from obsflow.flows import jobs
 from obsflow.flows.cli import main
 from obsflow.flows.ingest import IngestConfig, build_flow, normalize_batch
 from obsflow.flows.runner import run_flow
@@ -135,19 +138,30 @@ def test_later_runs_continue_seq_numbers_and_skip_what_is_already_captured(
     first, second = tmp_path / "a.csv", tmp_path / "b.csv"
     first.write_text("source,time,value\ns,1,1\ns,2,2\n")
     second.write_text("source,time,value\ns,2,2\ns,3,3\ns,4,4\n")  # (s, 2) again
-    summaries = []
-    for run, csv in (("r1", first), ("r2", second), ("r3", second)):
-        out: list = []
-        run_main(
-            build_flow(
-                IngestConfig(
-                    inputs=(str(csv),), store=str(tmp_path), capture="c", progress=False, run_id=run
-                ),
-                sink=TestingSink(out),
+    results = []
+    # r3 reads b.csv again (--force): every reading is a duplicate; r4 skips it unread.
+    for run, csv, force in (("r1", first, False), ("r2", second, False), ("r3", second, True)):
+        results.append(
+            jobs.ingest(
+                inputs=(str(csv),),
+                store=str(tmp_path),
+                capture="c",
+                progress=False,
+                run_id=run,
+                force=force,
             )
         )
-        summaries.append(out[0][1])
-    assert [(c.accepted, c.duplicates) for c in summaries] == [(2, 0), (2, 1), (0, 3)]
+    assert [(r.summary["accepted"], r.summary["duplicates"]) for r in results] == [
+        (2, 0),
+        (2, 1),
+        (0, 3),
+    ]
+    skipped = jobs.ingest(
+        inputs=(str(second),), store=str(tmp_path), capture="c", progress=False, run_id="r4"
+    )
+    assert skipped.run is None
+    assert skipped.skipped == ((str(second), "r2"),)
+    assert skipped.summary["input"] == 0
     cap = read_dir(tmp_path / "captures" / "c").sort_values("seq")
     assert cap["seq"].tolist() == [0, 1, 2, 3]
     assert cap["value"].tolist() == [1.0, 2.0, 3.0, 4.0]
@@ -164,7 +178,8 @@ def test_flow_accepts_a_testing_source_and_sink(tmp_path: Path) -> None:
         sink=TestingSink(out),
     )
     run_main(flow)
-    # the same batch twice: its valid reading is accepted once, then counted as a duplicate
+    # the same batch twice: its valid reading is accepted once, then counted as a duplicate.
+    # Its window [0, 1m) is still open at the end of the run: a provisional row, not final.
     assert out == [
         (
             "run",
@@ -174,10 +189,14 @@ def test_flow_accepts_a_testing_source_and_sink(tmp_path: Path) -> None:
                 rejected=2,
                 duplicates=1,
                 reasons={"bad_id": 2},
-                view_rows={"c_1m": 1},
+                view_rows={"c_1m": 0},
+                provisional={"c_1m": 1},
+                origins={"mem": 1},
             ),
         )
     ]
+    # A sink in place of the run's finish: nothing was committed.
+    assert list_captures(Store("memory://t-flow")) == []
 
 
 def test_normalize_batch_counts_reader_and_schema_rejects() -> None:

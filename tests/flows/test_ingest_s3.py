@@ -20,8 +20,10 @@ from typing import Any
 import pandas as pd
 import pytest
 
-from obsflow.connectors.capture import read_capture
+from obsflow.connectors import layout as paths
+from obsflow.connectors.reads import read_capture, read_deadletters, read_view
 from obsflow.connectors.store import Store
+from obsflow.connectors.views import list_views
 from obsflow.flows.cli import main
 from tests import s3servers
 from tests.conftest import BUOY, BUOY_MAP, ROOT, sorted_frame
@@ -55,9 +57,24 @@ class Case:
     rejected: int
 
 
+# The buoy sample spans 13 months: the default per-minute view would make a view object per
+# day (about 400, each a few requests to write and commit), which is all the time of an S3
+# run and nothing this test looks at. A daily view fits in one object.
+BUOY_VIEWS = """
+[[view]]
+name = "daily"
+kind = "tumbling"
+size = "1d"
+aggregates = ["count", "mean", "min", "max"]
+"""
+
+
 def make_case(kind: str, tmp_path: Path) -> Case:
     if kind == "buoy":
-        return Case(BUOY, ("--map", BUOY_MAP), 19_225, 1)  # one identity conflict
+        views = tmp_path / "buoy_views.toml"
+        views.write_text(BUOY_VIEWS)
+        # one identity conflict
+        return Case(BUOY, ("--map", BUOY_MAP, "--views", str(views)), 19_225, 1)
     csv = tmp_path / "mixed.csv"
     csv.write_text(MIXED_CSV)
     return Case(csv, (), 5, 6)
@@ -72,14 +89,12 @@ def ingest(case: Case, store: str, capture: str, summary: Path) -> dict[str, Any
 
 
 def layout(store: Store, capture: str, run: str) -> list[str]:
-    """The capture's object names, with the run id made generic."""
-    return [p.replace(run, "RUN") for p in store.walk_files(f"captures/{capture}")]
+    """The capture's object names (``part-NNNN/<run>-<chunk>.parquet``), run id made generic."""
+    return [p.replace(run, "RUN") for p in store.walk_files(paths.capture_dir(capture))]
 
 
 def dead_letters(store: Store) -> pd.DataFrame:
-    if not store.exists("deadletter"):
-        return pd.DataFrame(columns=DEAD_COLUMNS)
-    df = store.read_parquet("deadletter").to_pandas()
+    df = read_deadletters(store).to_pandas()
     return df[DEAD_COLUMNS].sort_values(["origin", "row", "reason"]).reset_index(drop=True)
 
 
@@ -115,8 +130,9 @@ def compare_with_local(case: Case, s3_url: str, tmp_path: Path) -> None:
     # ...the same objects per partition and the same seq bookkeeping.
     local = Store(str(local_dir))
     assert layout(remote, name, s_s3["run"]) == layout(local, name, s_local["run"])
-    states = [p for p in local.walk_files(f"captures/{name}/_state")]
+    states = list(local.walk_files(f"{paths.capture_meta_dir(name)}/state"))
     assert states
+    assert list(remote.walk_files(f"{paths.capture_meta_dir(name)}/state")) == states
     for rel in states:
         if rel.endswith(".json"):  # next seq per source (and the run that wrote it)
             r, lo = remote.read_json(rel), local.read_json(rel)
@@ -124,6 +140,14 @@ def compare_with_local(case: Case, s3_url: str, tmp_path: Path) -> None:
             assert r == lo
         else:  # the dedup memory
             assert remote.read_parquet(rel).equals(local.read_parquet(rel))
+
+    # The same views, row for row (final and provisional), but for the run that wrote them.
+    names = sorted(d["name"] for d in list_views(local))
+    assert names
+    assert sorted(d["name"] for d in list_views(remote)) == names
+    for view in names:
+        want = read_view(local, view).drop(["run"])
+        assert read_view(remote, view).drop(["run"]).equals(want), view
 
     # Same dead letters, row for row (origin, record number, reason, message, raw form).
     local_dead, s3_dead = dead_letters(local), dead_letters(remote)

@@ -11,8 +11,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from obsflow.connectors.capture import read_capture
 from obsflow.connectors.payloads import PayloadCorruptError, PayloadStore, payload_key
+from obsflow.connectors.reads import read_capture
 from obsflow.connectors.store import Store
 from obsflow.flows.cli import main
 

@@ -9,8 +9,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from obsflow.connectors.reads import read_late, read_view
 from obsflow.connectors.store import Store
-from obsflow.connectors.views import read_view, window_filter
+from obsflow.flows import jobs
 from obsflow.flows.cli import main
 from obsflow.flows.ingest import IngestConfig, build_flow
 from obsflow.flows.runner import run_flow
@@ -52,6 +53,9 @@ def test_buoy_daily_view_equals_pandas_resample(tmp_path: Path) -> None:
         == 0
     )
     got = pd.read_parquet(store / "views" / "daily").sort_values("window_start")
+    # The last day's window is still open when the run ends (the data may go on): it is a
+    # provisional row; every earlier one is final.
+    assert got["final"].tolist() == [True] * (len(got) - 1) + [False]
     src = pd.read_parquet(BUOY)
     # Identity without seq is (source, channel, time): the first reading of each stays.
     src = src.drop_duplicates(["source_id", "channel", "event_time"], keep="first")
@@ -66,7 +70,7 @@ def test_buoy_daily_view_equals_pandas_resample(tmp_path: Path) -> None:
     np.testing.assert_allclose(got["mean"], want["mean"], rtol=1e-12)
     np.testing.assert_allclose(got["std"], want["std"], rtol=1e-9)
     s = json.loads(summary.read_text())
-    assert s["views"] == {"daily": {"rows": len(want)}}
+    assert s["views"] == {"daily": {"rows": len(want) - 1, "provisional": 1}}
     assert s["late"] == {}
 
 
@@ -108,44 +112,53 @@ gap = "2s"
 
 
 def test_late_readings_go_to_the_late_output_and_stay_in_the_capture(tmp_path: Path) -> None:
-    csv = tmp_path / "late.csv"
-    csv.write_text(
+    # Lateness is decided at the end of a run: disorder inside one input never makes a reading
+    # late (a window stays open for 1024 windows inside a run). So the reading at :03 comes in
+    # a second run, after the first ended with watermark 25 - 5 = :20, which made [0,10) final.
+    runs = [
+        "source,time,value\ns,2024-01-01T00:00:05Z,1\ns,2024-01-01T00:00:25Z,2\n",
         "source,time,value\n"
-        "s,2024-01-01T00:00:05Z,1\n"
-        "s,2024-01-01T00:00:25Z,2\n"
-        "s,2024-01-01T00:00:03Z,3\n"  # its window [0,10) closed when 25 arrived
-        "s,2024-01-01T00:00:21Z,4\n"
-    )  # within the 5 s lateness of 25
+        "s,2024-01-01T00:00:03Z,3\n"  # its window [0,10) is final: late
+        "s,2024-01-01T00:00:21Z,4\n",  # [20,30) is still open (ends after :20)
+    ]
     views = tmp_path / "v.toml"
     views.write_text(
         '[[view]]\nname = "t10"\nsize = "10s"\nlateness = "5s"\naggregates = ["count", "sum"]\n'
     )
-    summary = tmp_path / "s.json"
     store = tmp_path / "store"
-    assert (
-        main(
-            [
-                "ingest",
-                str(csv),
-                "--store",
-                str(store),
-                "--views",
-                str(views),
-                "--summary",
-                str(summary),
-                "-q",
-            ]
+    summaries = []
+    for i, text in enumerate(runs):
+        csv = tmp_path / f"late{i}.csv"
+        csv.write_text(text)
+        summary = tmp_path / f"s{i}.json"
+        assert (
+            main(
+                [
+                    "ingest",
+                    str(csv),
+                    "--store",
+                    str(store),
+                    "--views",
+                    str(views),
+                    "--summary",
+                    str(summary),
+                    "-q",
+                ]
+            )
+            == 0
         )
-        == 0
-    )
-    s = json.loads(summary.read_text())
-    assert s["late"] == {"t10": 1}
-    assert s["accepted"] == 4  # late readings are still in the capture
+        summaries.append(json.loads(summary.read_text()))
+    assert [s["late"] for s in summaries] == [{}, {"t10": 1}]
+    assert [s["accepted"] for s in summaries] == [2, 2]
+    assert len(pd.read_parquet(store / "captures")) == 4  # late readings are still in the capture
     late = pd.read_parquet(store / "late" / "t10")
     assert late["value"].tolist() == [3.0]
     assert set(late["view"]) == {"t10"}
+    assert late["run"].tolist() == [summaries[1]["run"]]
+    assert read_late(Store(str(store)), "t10").column("value").to_pylist() == [3.0]
     rows = pd.read_parquet(store / "views" / "t10").sort_values("window_start")
     assert rows[["count", "sum"]].values.tolist() == [[1, 1.0], [2, 6.0]]
+    assert rows["final"].tolist() == [True, False]
 
 
 def test_a_view_with_another_definition_is_refused(
@@ -201,28 +214,29 @@ def test_views_list_and_show(tmp_path: Path, capsys: pytest.CaptureFixture[str])
     assert main(["views", "show", "nope", "--store", store]) == 2
 
 
-def test_window_filter_matches_filtering_in_pandas(tmp_path: Path) -> None:
+def test_read_view_filters_match_filtering_in_pandas(tmp_path: Path) -> None:
     store = Store(str(tmp_path))
-    run_flow(
-        build_flow(
-            IngestConfig(
-                inputs=("sim://?sources=3&rate=5&duration=10m&seed=2",),
-                store=str(tmp_path),
-                capture="c",
-                progress=False,
-                views=(ViewDef("m", "tumbling", size=60 * 10**9),),
-            )
-        ),
-        1,
+    jobs.ingest(
+        inputs=("sim://?sources=3&rate=5&duration=10m&seed=2",),
+        store=str(tmp_path),
+        capture="c",
+        progress=False,
+        views=(ViewDef("m", "tumbling", size=60 * 10**9),),
     )
     full = read_view(store, "m").to_pandas()
-    expr = window_filter(
-        sources=["sim-002"], start="2026-01-01T00:03:00Z", until="2026-01-01T00:07:00Z"
-    )
-    part = read_view(store, "m", filter=expr).to_pandas()
+    part = read_view(
+        store,
+        "m",
+        sources=["sim-002"],
+        start="2026-01-01T00:03:00Z",
+        until="2026-01-01T00:07:00Z",
+    ).to_pandas()
     lo, hi = pd.Timestamp("2026-01-01T00:03:00Z"), pd.Timestamp("2026-01-01T00:07:00Z")
     want = full[
         (full["source"] == "sim-002") & (full["window_start"] >= lo) & (full["window_start"] < hi)
     ].reset_index(drop=True)
     assert len(want) == 8  # 4 minutes x 2 channels
     pd.testing.assert_frame_equal(part.reset_index(drop=True), want)
+    final = read_view(store, "m", final_only=True).to_pandas()
+    pd.testing.assert_frame_equal(final, full[full["final"]].reset_index(drop=True))
+    assert 0 < len(final) < len(full)  # the last minute of each series is still open

@@ -1,0 +1,193 @@
+"""One retry policy for every remote store operation: what is transient, how long to keep trying.
+
+Transient failures (connection refused or reset, timeouts, 5xx, throttling) are retried with
+jittered exponential backoff (0.2 s doubling up to 5 s) until the operation has spent
+``OBSFLOW_S3_RETRY_SECONDS`` (default 30; connect and read timeouts scale with it) or made
+``AWS_MAX_ATTEMPTS`` attempts, if that is set. Everything else fails at once. Messages never
+show credentials (``redact``).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import random
+import threading
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+from obsflow.connectors.errors import ConfigError
+
+RETRY_SECONDS_ENV = "OBSFLOW_S3_RETRY_SECONDS"
+DEFAULT_RETRY_SECONDS = 30.0
+
+# S3 error codes that mean "try again later" (besides any HTTP 5xx status).
+TRANSIENT_CODES = frozenset(
+    {
+        "InternalError",
+        "ServiceUnavailable",
+        "SlowDown",
+        "Throttling",
+        "ThrottlingException",
+        "ThrottledException",
+        "RequestThrottled",
+        "RequestThrottledException",
+        "TooManyRequests",
+        "TooManyRequestsException",
+        "RequestLimitExceeded",
+        "RequestTimeout",
+        "RequestTimeoutException",
+        "BandwidthLimitExceeded",
+        "PriorRequestNotComplete",
+        "EC2ThrottledException",
+        "ProvisionedThroughputExceededException",
+        "TransactionInProgressException",
+    }
+)
+# Environment variables whose values must never show in a message.
+SECRET_VARS = ("AWS_SECRET_ACCESS_KEY", "AWS_ACCESS_KEY_ID", "AWS_SESSION_TOKEN")
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """How long an S3 operation keeps retrying transient failures, and how.
+
+    ``seconds`` bounds the time an operation spends retrying: no attempt starts after it, the
+    last one starts right at it (so an operation fails after at most ``seconds`` plus one
+    attempt, which the connect and read timeouts bound). ``attempts``, when set, also caps the
+    number of attempts. Waits double from ``first_delay`` up to ``max_delay``, each jittered
+    down by up to half so that workers do not retry in step. ``seconds=0`` makes one attempt.
+    """
+
+    seconds: float = DEFAULT_RETRY_SECONDS
+    attempts: int | None = None
+    first_delay: float = 0.2
+    max_delay: float = 5.0
+
+    @classmethod
+    def from_env(cls) -> RetryPolicy:
+        """``OBSFLOW_S3_RETRY_SECONDS`` (default 30) and, if set, the standard
+        ``AWS_MAX_ATTEMPTS``, which obsflow applies per store operation."""
+        seconds = DEFAULT_RETRY_SECONDS
+        text = os.environ.get(RETRY_SECONDS_ENV, "").strip()
+        if text:
+            try:
+                seconds = float(text)
+            except ValueError:
+                seconds = math.nan
+            if not (math.isfinite(seconds) and seconds >= 0):
+                raise ConfigError(
+                    f"{RETRY_SECONDS_ENV}={text!r}: use a number of seconds >= 0 (default "
+                    f"{DEFAULT_RETRY_SECONDS:g}; 0 turns obsflow's own S3 retries off)"
+                )
+        attempts = None
+        text = os.environ.get("AWS_MAX_ATTEMPTS", "").strip()
+        if text:
+            if not text.isdigit() or int(text) < 1:
+                raise ConfigError(f"AWS_MAX_ATTEMPTS={text!r}: use a whole number >= 1")
+            attempts = int(text)
+        return cls(seconds=seconds, attempts=attempts)
+
+    def delay(self, attempt: int) -> float:
+        """Seconds to wait after failed attempt number ``attempt`` (1, 2, ...)."""
+        ceiling = min(self.max_delay, self.first_delay * 2.0 ** min(attempt - 1, 30))
+        return ceiling * random.uniform(0.5, 1.0)
+
+    def client_config(self) -> dict[str, Any]:
+        """botocore ``Config`` arguments: timeouts scaled to the budget, and no retries of
+        botocore's own, which would multiply the store's (explicit settings beat the
+        ``AWS_MAX_ATTEMPTS`` and ``AWS_RETRY_MODE`` variables there)."""
+        return {
+            "connect_timeout": min(5.0, max(1.0, self.seconds / 6)),
+            "read_timeout": min(15.0, max(2.0, self.seconds / 3)),
+            "retries": {"mode": "standard", "total_max_attempts": 1},
+        }
+
+
+def http_error(exc: BaseException) -> tuple[int | None, str]:
+    """HTTP status and error code of an S3 error anywhere in the exception's cause chain."""
+    seen: BaseException | None = exc
+    for _ in range(8):
+        if seen is None:
+            break
+        response = getattr(seen, "response", None)
+        if isinstance(response, dict):
+            status = response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+            return status, str(response.get("Error", {}).get("Code", ""))
+        seen = seen.__cause__ or seen.__context__
+    return None, ""
+
+
+def transient(exc: BaseException) -> bool:
+    """Whether a failure (or anything in its cause chain) is worth retrying."""
+    import aiohttp
+    import botocore.exceptions as bx  # type: ignore[import-untyped]
+    from botocore.parsers import ResponseParserError  # type: ignore[import-untyped]
+
+    seen: set[int] = set()
+    todo: list[BaseException | None] = [exc]
+    while todo:
+        e = todo.pop()
+        if e is None or id(e) in seen or len(seen) > 20:
+            continue
+        seen.add(id(e))
+        if isinstance(
+            e,
+            ConnectionError  # refused, reset, aborted, broken pipe
+            | TimeoutError  # socket, asyncio and fsspec timeouts
+            | aiohttp.ClientConnectionError
+            | aiohttp.ClientPayloadError
+            | bx.HTTPClientError  # botocore's connection, connect- and read-timeout errors
+            | bx.IncompleteReadError
+            | bx.ResponseStreamingError
+            | ResponseParserError,  # what some throttling answers (invalid XML) give
+        ):
+            return True
+        if isinstance(e, bx.ClientError):
+            status, code = http_error(e)
+            return (status or 0) >= 500 or status in (408, 429) or code in TRANSIENT_CODES
+        if isinstance(e, PermissionError | FileNotFoundError | FileExistsError):
+            return False
+        todo += [e.__cause__, e.__context__]
+    return False
+
+
+def redact(text: str) -> str:
+    """``text`` with the values of the AWS credential variables replaced by ``***``."""
+    for name in SECRET_VARS:
+        value = os.environ.get(name, "")
+        if len(value) >= 4:
+            text = text.replace(value, "***")
+    return text
+
+
+def reason(exc: BaseException) -> str:
+    """A one-line description of a backend failure, with credentials masked."""
+    return redact(" ".join(str(exc).split()) or type(exc).__name__)
+
+
+class GaveUp:
+    """Endpoints (endpoint, bucket) that an operation of this process gave up on.
+
+    Until one of their operations succeeds again, each operation gets a single attempt: once a
+    run is failing because the store is down, what it does on the way out (writers flushing on
+    close, other workers) must not each wait out the whole retry budget.
+    """
+
+    _endpoints: ClassVar[set[tuple[str, str]]] = set()
+    _lock = threading.Lock()
+
+    @classmethod
+    def has(cls, endpoint: tuple[str, str]) -> bool:
+        return endpoint in cls._endpoints
+
+    @classmethod
+    def add(cls, endpoint: tuple[str, str]) -> None:
+        with cls._lock:
+            cls._endpoints.add(endpoint)
+
+    @classmethod
+    def discard(cls, endpoint: tuple[str, str]) -> None:
+        if endpoint in cls._endpoints:
+            with cls._lock:
+                cls._endpoints.discard(endpoint)

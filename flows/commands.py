@@ -1,0 +1,218 @@
+"""The ``obsflow`` sub-commands that change a store or write files: ingest, replay and demo
+(through the job layer, ``flows.jobs``), views close (``flows.closing``, a commit without a
+dataflow), store migrate and simulate. Each turns arguments into a call, and prints."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.csv as pacsv
+import pyarrow.parquet as pq
+
+from obsflow.connectors.capture import capture_info, new_run_id
+from obsflow.connectors.errors import ConfigError
+from obsflow.connectors.files import format_of
+from obsflow.connectors.ids import check_name
+from obsflow.connectors.migrate import check_layout, migrate
+from obsflow.connectors.schema import InputSpec
+from obsflow.connectors.simulator import SimSpec, generate, parse_duration
+from obsflow.connectors.store import Store
+from obsflow.flows import ingest, jobs, replay
+from obsflow.flows.closing import close_view
+from obsflow.flows.runner import Recovery
+from obsflow.flows.viewdef import load_views, stored_views, with_lateness
+
+
+def say(text: str) -> None:
+    print(text, file=sys.stderr)
+
+
+def print_result(result: jobs.RunResult, store: Store, args: argparse.Namespace) -> int:
+    """Print what a job did (unless quiet), copy its summary to ``--summary``; exit status."""
+    quiet = getattr(args, "quiet", False)
+    for url, run in result.skipped:
+        say(
+            f"skipping {url}: the same content is already in the capture"
+            f" (run {run}; --force reads it again)"
+        )
+    for note in result.notes:
+        say(f"obsflow: {note}")
+    summary = result.summary
+    if getattr(args, "summary", None):
+        Path(args.summary).write_text(json.dumps(summary, indent=2, sort_keys=True) + "\n")
+    if result.run is None:
+        say("nothing to ingest")
+        return 0
+    if not quiet:
+        say(format_summary(summary, store))
+    return 0 if result.balanced else 1
+
+
+def format_summary(summary: dict[str, Any], store: Store) -> str:
+    ok = "adds up" if summary["balanced"] else "DOES NOT ADD UP"
+    run = summary["run"]
+    lines = [
+        f"run {run}: {summary['input']:,} input = {summary['accepted']:,} accepted"
+        f" + {summary['rejected']:,} rejected + {summary['duplicates']:,} duplicates ({ok})",
+        f"  {summary.get('seconds', 0):.2f} s, {summary.get('readings_per_s') or 0:,} readings/s"
+        f" — commit #{summary.get('commit')} of capture {summary.get('capture')!r}",
+    ]
+    for reason, n in summary.get("rejected_by_reason", {}).items():
+        lines.append(f"  rejected {reason}: {n:,}")
+    for view, v in summary.get("views", {}).items():
+        late = summary.get("late", {}).get(view, 0)
+        lines.append(
+            f"  view {view}: {v['rows']:,} final rows, {v.get('provisional', 0):,} provisional"
+            f" (windows still open), {late:,} late readings -> {store.uri('views/' + view)}"
+        )
+    if summary["rejected"]:
+        lines.append(f"  dead letters: {store.uri('deadletter/' + run)}")
+    lines.append(f"  summary: {store.uri('runs/' + run + '.json')}")
+    return "\n".join(lines)
+
+
+def recovery_of(args: argparse.Namespace) -> Recovery | None:
+    if not args.recovery:
+        return None
+    return Recovery(Path(args.recovery), args.snapshot_interval)
+
+
+def lateness_ns(lateness: str | None) -> int | None:
+    return None if lateness is None else round(parse_duration(lateness) * 1e9)
+
+
+def cmd_ingest(args: argparse.Namespace) -> int:
+    store = Store(args.store)
+    check_name(args.capture, kind="capture name")
+    ingest.source_for(args.inputs)  # validates the inputs' formats before reading anything
+    config = ingest.IngestConfig(
+        inputs=tuple(dict.fromkeys(args.inputs)),
+        store=args.store,
+        capture=args.capture,
+        spec=InputSpec.parse_map(args.map, args.time_unit),
+        partitions=args.partitions,
+        batch_rows=args.batch_rows,
+        progress=not args.quiet,
+        views=load_views(args.views) if args.views else None,
+        lateness=lateness_ns(args.lateness),
+        dedup_horizon=round(parse_duration(args.dedup_horizon) * 1e9),
+        inline_limit=args.inline_limit,
+        features=tuple(f for f in (args.features or "").split(",") if f),
+    )
+    result = jobs.execute(
+        config, workers=args.workers, recovery=recovery_of(args), force=args.force
+    )
+    return print_result(result, store, args)
+
+
+def cmd_replay(args: argparse.Namespace) -> int:
+    store = Store(args.store)
+    check_layout(store)
+    views = load_views(args.views) if args.views else stored_views(store, args.capture)
+    config = replay.ReplayConfig(
+        capture=args.capture,
+        views=with_lateness(views, lateness_ns(args.lateness)),
+        store=args.store,
+        sources=tuple(args.source or ()),
+        start=args.start,
+        until=args.until,
+        speed=replay.parse_speed(args.speed),
+        progress=not args.quiet,
+        as_name=args.as_name,
+    )
+    config.spec  # noqa: B018 - validates times and speed before anything runs
+    result = jobs.execute(
+        config, workers=args.workers, processes=args.processes, recovery=recovery_of(args)
+    )
+    return print_result(result, store, args)
+
+
+def write_table(table: pa.Table, out: str) -> None:
+    """Write a reading table to a local file in the format its extension names."""
+    fmt = format_of(out)
+    Path(out).parent.mkdir(parents=True, exist_ok=True)
+    if fmt == "parquet":
+        pq.write_table(table, out)
+    elif fmt == "csv":
+        pacsv.write_csv(table, out)
+    else:
+        table.to_pandas().to_json(
+            out, orient="records", lines=True, date_format="iso", date_unit="ns"
+        )
+
+
+def cmd_simulate(args: argparse.Namespace) -> int:
+    spec = SimSpec.from_strings(
+        {
+            "sources": args.sources,
+            "channels": args.channels,
+            "rate": args.rate,
+            "duration": args.duration,
+            "start": args.start,
+            "seed": args.seed,
+            "payloads": ",".join(args.payload or []),
+            "payload_rate": args.payload_rate,
+        }
+    )
+    table = generate(spec)
+    write_table(table, args.out)
+    channels = len(spec.channels) + len(spec.payload_specs)
+    say(
+        f"wrote {table.num_rows:,} readings of {spec.sources} sources x {channels} channels "
+        f"to {args.out}"
+    )
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    store = Store(args.store)
+    check_layout(store)
+    config = ingest.demo_config(args.store, args.duration)
+    say(
+        f"demo: simulating 4 instruments x 2 channels at 10 Hz for {args.duration} "
+        f"of event time ({config.inputs[0]})"
+    )
+    result = jobs.execute(config, workers=args.workers)
+    code = print_result(result, store, args)
+    info = capture_info(store, "demo")
+    say(
+        f"\ncapture 'demo': {info.rows:,} readings from {info.sources} sources, "
+        f"{info.first} .. {info.last}\n  in {store.uri('captures/demo')} "
+        f"({info.files} Parquet files, {info.partitions} partitions, {info.commits} commits)\n"
+        f"views: {', '.join(v.name for v in ingest.DEMO_VIEWS)} in {store.uri('views')}\n"
+        f"Try:  .venv/bin/obsflow views show demo_10s --store {args.store} --source sim-000"
+    )
+    return code
+
+
+def cmd_close(args: argparse.Namespace) -> int:
+    store = Store(args.store)
+    if not args.name:
+        raise ConfigError("views close needs a view NAME")
+    if args.channel or args.start or args.final:
+        raise ConfigError(
+            "views close takes --source (its series) and --until T (the data is complete up "
+            "to T), not --channel, --from or --final"
+        )
+    until = replay.parse_time(args.until, "--until")
+    summary = close_view(store, args.name, new_run_id(), sources=args.source, until=until)
+    for note in summary.get("notes", ()):
+        say(f"obsflow: {note}")
+    v = summary["views"].get(args.name, {"rows": 0, "provisional": 0})
+    say(
+        f"view {args.name}: {v['rows']:,} windows made final, {v['provisional']:,} still open "
+        f"(commit #{summary['commit']} of capture {summary['capture']!r})"
+    )
+    return 0
+
+
+def cmd_store(args: argparse.Namespace) -> int:
+    store = Store(args.store)
+    moved = migrate(store, say)
+    say(f"{store.uri()}: layout is current ({moved} captures and views migrated)")
+    return 0

@@ -1,0 +1,288 @@
+"""The job layer: prepare -> run -> finish, one path for every way of running obsflow.
+
+The ``obsflow`` command only parses arguments and prints; the Python API (``ingest``,
+``replay``, ``execute``; the Explorer calls ``execute``) is the same functions. A job:
+
+1. *prepares*: validates what it was asked, takes the capture's lease (one writer at a time),
+   finishes commits a crash interrupted and drops what runs that never committed left staged,
+   notes the capture's last commit (the run's base), and for ingest skips inputs a committed
+   run already captured with the same options;
+2. *runs* the dataflow (``build_flow`` only builds it) in threads, a local cluster of
+   processes, or with a recovery directory; the dataflow itself commits the run when it
+   ends (``flows.finish``);
+3. *finishes*: reads the run's summary back, adds the wall time, releases the lease.
+
+``python -m bytewax.run`` runs the same dataflow without steps 1 and 3: it commits too (with
+no concurrent-writer check) and writes the same summary.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from obsflow.connectors import commits, layout
+from obsflow.connectors.capture import (
+    captured_inputs,
+    input_fingerprint,
+    list_captures,
+    open_capture,
+)
+from obsflow.connectors.commits import LEASE_SECONDS, Lease
+from obsflow.connectors.errors import ConfigError, ObsflowError, StoreError
+from obsflow.connectors.migrate import check_layout
+from obsflow.connectors.store import Store
+from obsflow.flows import ingest as ingest_flow
+from obsflow.flows import replay as replay_flow
+from obsflow.flows.runner import Recovery, free_port, run_flow
+from obsflow.flows.summary import Counts, summary_dict
+
+Config = ingest_flow.IngestConfig | replay_flow.ReplayConfig
+
+
+@dataclass(frozen=True)
+class RunResult:
+    """What a job did: its summary (as in ``runs/<run>.json``, plus wall time), the inputs it
+    skipped, and notes worth telling the user (work of interrupted runs finished, ...)."""
+
+    run: str | None
+    summary: dict[str, Any]
+    skipped: tuple[tuple[str, str], ...] = ()  # (input, run that captured it)
+    notes: tuple[str, ...] = ()
+
+    @property
+    def balanced(self) -> bool:
+        return bool(self.summary.get("balanced", True))
+
+
+@dataclass
+class Job:
+    """A prepared run: its config (run id and base filled in) and what preparing found."""
+
+    config: Config
+    store: Store
+    lease: Lease | None
+    skipped: list[tuple[str, str]] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    done: dict[str, Any] | None = None  # the run had committed already (a resumed crash)
+
+
+# -- prepare ----------------------------------------------------------------------------------
+
+
+def prepare(config: Config, *, recovery: Recovery | None = None, force: bool = False) -> Job:
+    """Step 1 (see the module docstring)."""
+    store = Store(config.store)
+    check_layout(store)  # a layout-1 store must be migrated first, or its data is not seen
+    kind = "ingest" if isinstance(config, ingest_flow.IngestConfig) else "replay"
+    if kind == "replay" and config.capture not in list_captures(store):
+        open_capture(store, config.capture)  # names the capture before anything about views
+    run = recovery.run_id(kind) if recovery is not None else config.run_id
+    lease = Lease.acquire(store, config.capture, run)
+    try:
+        # A resumed run keeps the base it began on, so its commit still checks that nothing
+        # else was committed since.
+        top = commits.head(store, config.capture)
+        base = recovery.base(top) if recovery is not None else top
+        config = replace(config, run_id=run, base=base)
+        job = Job(config, store, lease)
+        if lease.taken_over:
+            job.notes.append(
+                f"took over capture {config.capture!r} from run {lease.taken_over}, which stopped"
+            )
+        entry = commits.committed(store, config.capture, run)
+        if entry is not None:  # it committed before the crash: only its summary is left to read
+            job.done = (
+                store.read_json(layout.run_summary(run))
+                if store.exists(layout.run_summary(run))
+                else summary_dict(Counts(), run=run, commit=entry.n, capture=config.capture)
+            )
+            return job
+        job.notes += commits.finish_pending(store, capture=config.capture, keep=run)
+        if top != base:
+            raise commits.ConcurrentWriterError(
+                f"capture {config.capture!r} changed since run {run} began (a recovery "
+                "directory can only resume a run on the capture it started from); delete the "
+                "recovery directory and run the command again"
+            )
+        if isinstance(config, ingest_flow.IngestConfig):
+            job.config = _skip_captured(job, config, force)
+            if not job.config.inputs:
+                return job  # nothing to do: no run begins
+            ingest_flow.planned_views(store, job.config)  # refuses a bad view before it begins
+        commits.begin(store, run, config.capture)
+    except BaseException:
+        _release_after_error(lease)
+        raise
+    return job
+
+
+def _release_after_error(lease: Lease | None) -> None:
+    """Release the lease on the way out of a failed job without masking its error: the store
+    may be what failed (a lease left behind goes stale and is taken over)."""
+    if lease is not None:
+        with contextlib.suppress(ObsflowError):
+            lease.release()
+
+
+def _skip_captured(
+    job: Job, config: ingest_flow.IngestConfig, force: bool
+) -> ingest_flow.IngestConfig:
+    """Inputs a committed run captured with the same options are skipped (unless ``force``)."""
+    fingerprints = {url: input_fingerprint(url) for url in dict.fromkeys(config.inputs)}
+    known = {} if force else captured_inputs(job.store, config.capture)
+    signature = config.spec.signature()
+    todo = []
+    for url, fp in fingerprints.items():
+        record = known.get(fp)
+        if record is not None and record.get("options", signature) == signature:
+            job.skipped.append((url, str(record.get("run"))))
+        else:
+            todo.append(url)
+    return replace(
+        config, inputs=tuple(todo), fingerprints=tuple((u, fingerprints[u]) for u in todo)
+    )
+
+
+# -- run --------------------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def _renewing(lease: Lease | None) -> Iterator[None]:
+    """Renew the lease in the background while the run runs."""
+    if lease is None:
+        yield
+        return
+    stop = threading.Event()
+
+    def renew() -> None:
+        while not stop.wait(LEASE_SECONDS / 4):
+            with contextlib.suppress(ObsflowError):
+                lease.renew()
+
+    thread = threading.Thread(target=renew, name="obsflow-lease", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()
+
+
+def run(
+    job: Job, *, workers: int = 1, processes: int = 1, recovery: Recovery | None = None
+) -> None:
+    """Step 2: run the dataflow, which commits the run when it ends."""
+    if job.done is not None:
+        return
+    config = job.config
+    module = "ingest" if isinstance(config, ingest_flow.IngestConfig) else "replay"
+    with _renewing(job.lease):
+        if processes > 1:
+            if recovery is not None:
+                raise ConfigError("--recovery works with one process (use --workers for threads)")
+            run_processes(module, config.options(), processes, workers)
+        elif isinstance(config, ingest_flow.IngestConfig):
+            run_flow(ingest_flow.build_flow(config), workers, recovery)
+        else:
+            run_flow(replay_flow.build_flow(config), workers, recovery)
+
+
+def run_processes(module: str, options: dict[str, Any], processes: int, workers: int) -> None:
+    """Run a dataflow as a Bytewax cluster of local processes (as on several hosts)."""
+    addresses = ";".join(f"127.0.0.1:{free_port()}" for _ in range(processes))
+    args = ", ".join(f"{k}={v!r}" for k, v in options.items())
+    expr = f"obsflow.flows.{module}:build_flow({args})"
+    procs = [
+        subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "bytewax.run",
+                expr,
+                "-w",
+                str(workers),
+                "-i",
+                str(i),
+                "-a",
+                addresses,
+            ]
+        )
+        for i in range(processes)
+    ]
+    codes = [p.wait() for p in procs]
+    if any(codes):
+        raise ObsflowError(f"{module} process exit codes {codes}; nothing was committed")
+
+
+# -- finish -----------------------------------------------------------------------------------
+
+
+def finish(job: Job, started: float) -> RunResult:
+    """Step 3: the run's summary with its wall time; the lease released."""
+    try:
+        run_id = job.config.run_id
+        rel = layout.run_summary(run_id)
+        if job.done is not None:
+            summary = job.done
+            job.notes.append(f"run {run_id} had committed before it stopped; nothing left to do")
+        else:
+            try:
+                summary = job.store.read_json(rel)
+            except FileNotFoundError:
+                raise StoreError(
+                    f"run {run_id} ended without committing ({job.store.uri(rel)} is missing)"
+                ) from None
+            elapsed = time.monotonic() - started
+            summary["seconds"] = round(elapsed, 3)
+            summary["readings_per_s"] = round(summary["input"] / elapsed) if elapsed > 0 else None
+            job.store.write_json(rel, summary)
+        return RunResult(run_id, summary, tuple(job.skipped), tuple(job.notes))
+    finally:
+        if job.lease is not None:
+            job.lease.release()
+
+
+def execute(
+    config: Config,
+    *,
+    workers: int = 1,
+    processes: int = 1,
+    recovery: Recovery | None = None,
+    force: bool = False,
+) -> RunResult:
+    """prepare -> run -> finish."""
+    job = prepare(config, recovery=recovery, force=force)
+    if isinstance(job.config, ingest_flow.IngestConfig) and not job.config.inputs:
+        if job.lease is not None:
+            job.lease.release()
+        summary = summary_dict(Counts(), capture=config.capture, mode="ingest")
+        return RunResult(None, summary, tuple(job.skipped), tuple(job.notes))
+    started = time.monotonic()
+    try:
+        run(job, workers=workers, processes=processes, recovery=recovery)
+    except BaseException:
+        _release_after_error(job.lease)
+        raise
+    return finish(job, started)
+
+
+def ingest(config: ingest_flow.IngestConfig | None = None, **kwargs: Any) -> RunResult:
+    """Ingest into a capture (see ``IngestConfig``); ``workers``, ``processes``, ``recovery``
+    and ``force`` as for ``execute``, everything else builds the config."""
+    run_opts = {
+        k: kwargs.pop(k) for k in ("workers", "processes", "recovery", "force") if k in kwargs
+    }
+    return execute(config or ingest_flow.IngestConfig.from_options(**kwargs), **run_opts)
+
+
+def replay(config: replay_flow.ReplayConfig | None = None, **kwargs: Any) -> RunResult:
+    """Rebuild views from a capture (see ``ReplayConfig``); options as for ``ingest``."""
+    run_opts = {k: kwargs.pop(k) for k in ("workers", "processes", "recovery") if k in kwargs}
+    return execute(config or replay_flow.ReplayConfig.from_options(**kwargs), **run_opts)

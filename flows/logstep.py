@@ -1,0 +1,81 @@
+"""The step that writes a run's record logs (late readings, dead letters) for its commit.
+
+A ``stateful_batch`` step per log, keyed like its input (by capture partition), that appends
+to a ``ChunkLog``, flushes at every snapshot (so the snapshot's chunk number is durable) and at
+end of input, and reports what it wrote as count deltas. Because it flushes in ``on_eof``,
+the run's summary step, downstream of it, ends only after every row is staged.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import bytewax.operators as op
+import pyarrow as pa
+from bytewax.dataflow import Stream
+from bytewax.operators import StatefulBatchLogic
+
+from obsflow.connectors.sinks import ChunkLog
+from obsflow.connectors.store import Store
+from obsflow.flows.summary import Counts
+
+LogState = tuple[int, int]  # (partition, next chunk)
+
+
+class LogLogic(StatefulBatchLogic[tuple[int, pa.Table], Counts, LogState]):
+    def __init__(
+        self,
+        store: Store,
+        folder: str,
+        run: str,
+        schema: pa.Schema,
+        label: str | None,
+        resume: LogState | None,
+    ) -> None:
+        self.args = (store, folder, run, -1, schema)
+        self.label = label
+        self.log: ChunkLog | None = None
+        if resume is not None:
+            self._open(*resume)
+
+    def _open(self, part: int, chunk: int) -> None:
+        store, folder, run, _, schema = self.args
+        self.log = ChunkLog(store, folder, run, part, schema, chunk=chunk)
+
+    def on_batch(self, values: list[tuple[int, pa.Table]]) -> tuple[Iterable[Counts], bool]:
+        if self.log is None:
+            self._open(values[0][0], 0)
+        assert self.log is not None
+        n = 0
+        for _, table in values:
+            self.log.append(table)
+            n += table.num_rows
+        return ([Counts(late={self.label: n})] if self.label and n else []), self.RETAIN
+
+    def on_eof(self) -> tuple[Iterable[Counts], bool]:
+        if self.log is not None:
+            self.log.flush()
+        return [], self.RETAIN
+
+    def snapshot(self) -> LogState:
+        assert self.log is not None
+        self.log.flush()
+        return (self.log.part, self.log.chunk)
+
+
+def add_log(
+    items: Stream[tuple[str, pa.Table]],
+    store: Store,
+    folder: str,
+    run: str,
+    schema: pa.Schema,
+    label: str | None = None,
+) -> Stream[Counts]:
+    """Write ``("0003", table)`` items to the run's log ``folder``; with ``label`` (a view
+    name), count them as that view's late readings."""
+    step = folder.replace("/", "_")
+    keyed = op.map(f"part_{step}", items, lambda kv: (kv[0], (int(kv[0]), kv[1])))
+    written = op.stateful_batch(
+        f"write_{step}", keyed, lambda s: LogLogic(store, folder, run, schema, label, s)
+    )
+    return op.map(f"counts_{step}", written, lambda kv: kv[1])

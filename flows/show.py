@@ -1,0 +1,204 @@
+"""The ``obsflow`` sub-commands that read a store: views, captures, late readings, dead letters
+and payloads. They never change the store."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from obsflow.connectors import layout
+from obsflow.connectors.capture import capture_info, list_captures
+from obsflow.connectors.errors import ConfigError, ObsflowError
+from obsflow.connectors.migrate import check_layout
+from obsflow.connectors.payload_format import PAYLOAD_SCHEMA, check_sha256
+from obsflow.connectors.payloads import PayloadStore
+from obsflow.connectors.reads import count_by, read_capture, read_deadletters, read_late, read_view
+from obsflow.connectors.store import Store
+from obsflow.connectors.views import list_views
+
+
+def say(text: str) -> None:
+    print(text, file=sys.stderr)
+
+
+def opened(args: argparse.Namespace) -> Store:
+    store = Store(args.store)
+    check_layout(store)
+    return store
+
+
+def print_frame(frame: pd.DataFrame, limit: int, width: int = 200) -> None:
+    shown = frame if limit <= 0 else frame.head(limit)
+    with pd.option_context(
+        "display.width", width, "display.max_columns", 50, "display.max_colwidth", 80
+    ):
+        print(shown.to_string(index=False, float_format=lambda v: f"{v:.6g}"))
+    if len(shown) < len(frame):
+        say(f"... {len(frame) - len(shown):,} more rows (--limit 0 shows all)")
+
+
+def dur(ns: int) -> str:
+    for unit, size in (
+        ("d", 86_400 * 10**9),
+        ("h", 3_600 * 10**9),
+        ("m", 60 * 10**9),
+        ("s", 10**9),
+        ("ms", 10**6),
+    ):
+        if ns and ns % size == 0:
+            return f"{ns // size}{unit}"
+    return f"{ns}ns"
+
+
+def cmd_views(args: argparse.Namespace) -> int:
+    store = opened(args)
+    if args.action == "list":
+        docs = list_views(store)
+        if not docs:
+            say(f"no views in {store.uri()}")
+        for m in docs:
+            d = m["definition"]
+            shape = {
+                "tumbling": f"size {dur(d['size'])}",
+                "hopping": f"size {dur(d['size'])} step {dur(d['step'])}",
+                "session": f"gap {dur(d['gap'])}",
+            }[d["kind"]]
+            print(
+                f"{m['name']:<20} {d['kind']:<9} {shape:<20} lateness {dur(d['lateness']):<6}"
+                f" {','.join(d['aggregates']):<40} capture {m['capture']}  hash {m['hash']}"
+            )
+        return 0
+    if not args.name:
+        raise ConfigError(f"views {args.action} needs a view NAME")
+    table = read_view(
+        store,
+        args.name,
+        sources=args.source,
+        channels=args.channel,
+        start=args.start,
+        until=args.until,
+        final_only=args.final,
+    )
+    frame = table.drop(["run", "capture", "view_hash"]).to_pandas()
+    if frame.empty:
+        say(f"view {args.name!r}: no rows match")
+        return 0
+    final = frame.pop("final").to_numpy(dtype=bool)
+    frame.insert(4, "state", np.where(final, "final", "open"))
+    print_frame(frame, args.limit)
+    if not final.all():
+        n = int((~final).sum())
+        say(
+            f"{n:,} rows are provisional: their windows are still open"
+            if n != 1
+            else "1 row is provisional: its window is still open"
+        )
+    return 0
+
+
+def cmd_capture(args: argparse.Namespace) -> int:
+    store = opened(args)
+    if args.action == "list":
+        names = list_captures(store)
+        if not names:
+            say(f"no captures in {store.uri()}")
+        for name in names:
+            print(name)
+        return 0
+    if not args.name:
+        raise ConfigError(f"capture {args.action} needs a capture NAME")
+    if args.action == "verify":
+        return verify(store, args.name)
+    info = capture_info(store, args.name)
+    if args.json:
+        print(json.dumps(info.__dict__, indent=2))
+    else:
+        width = max(len(k) for k in info.__dict__)
+        for key, value in info.__dict__.items():
+            shown = f"{value:,}" if isinstance(value, int) else value
+            print(f"{key:<{width}}  {shown}")
+        print(f"{'path':<{width}}  {store.uri(layout.capture_dir(info.name))}")
+    return 0
+
+
+def verify(store: Store, name: str) -> int:
+    table = read_capture(store, name, columns=[f.name for f in PAYLOAD_SCHEMA]).filter(
+        pc.is_valid(pc.field("payload_sha256"))
+    )
+    pstore = PayloadStore(store)
+    seen: set[str] = set()
+    problems = 0
+    for row in table.to_pylist():  # one per payload reference, not per reading
+        if row["payload_sha256"] in seen:
+            continue
+        seen.add(row["payload_sha256"])
+        problem = pstore.verify(row)
+        if problem:
+            problems += 1
+            print(f"{row['payload_sha256']}: {problem}")
+    say(f"capture {name!r}: {len(seen):,} payloads checked, {problems:,} dangling or corrupt")
+    return 1 if problems else 0
+
+
+def cmd_deadletters(args: argparse.Namespace) -> int:
+    store = opened(args)
+    table = read_deadletters(store, run=args.run, reason=args.reason)
+    if table.num_rows == 0:
+        say(f"no dead letters in {store.uri('deadletter')}")
+        return 0
+    if args.action == "list":
+        print(count_by(table, ["run", "reason"]).to_pandas().to_string(index=False))
+        return 0
+    print_frame(table.to_pandas(), args.limit, width=250)
+    return 0
+
+
+def cmd_late(args: argparse.Namespace) -> int:
+    store = opened(args)
+    if args.action == "list":
+        names = [m["name"] for m in list_views(store)]
+        tables = [read_late(store, v) for v in names]
+        rows = [t for t in tables if t.num_rows]
+        if not rows:
+            say(f"no late readings in {store.uri('late')}")
+            return 0
+        print(
+            count_by(pa.concat_tables(rows), ["view", "run"], "late")
+            .to_pandas()
+            .to_string(index=False)
+        )
+        return 0
+    if not args.view:
+        raise ConfigError("late show needs a VIEW")
+    table = read_late(store, args.view, run=args.run)
+    if table.num_rows == 0:
+        say(f"no late readings of view {args.view!r}")
+        return 0
+    print_frame(table.to_pandas(), args.limit)
+    return 0
+
+
+def cmd_payload(args: argparse.Namespace) -> int:
+    store = opened(args)
+    sha = check_sha256(args.sha256)
+    captures = [args.capture] if args.capture else list_captures(store)
+    for name in captures:
+        rows = (
+            read_capture(store, name, payloads=True, filter=pc.field("payload_sha256") == sha)
+            .slice(0, 1)
+            .to_pylist()
+        )
+        if rows:
+            array = PayloadStore(store).fetch(rows[0])  # bounded read, size and sha256 verified
+            np.save(args.out, array, allow_pickle=False)
+            say(f"{sha}: {array.dtype} {array.shape} (from capture {name!r}) -> {args.out}")
+            return 0
+    raise ObsflowError(
+        f"no reading in {', '.join(captures) or 'any capture'} refers to payload {sha}"
+    )

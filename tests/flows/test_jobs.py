@@ -1,0 +1,146 @@
+"""One job layer: the CLI, the Python API and ``python -m bytewax.run`` give the same store."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from obsflow.connectors import layout, reads
+from obsflow.connectors.store import Store
+from obsflow.flows import jobs
+from obsflow.flows.cli import main
+from obsflow.flows.runner import free_port
+
+VIEWS = """
+[[view]]
+name = "w1m"
+size = "1m"
+aggregates = ["count", "mean", "min", "max", "std"]
+[[view]]
+name = "hop"
+kind = "hopping"
+size = "2m"
+step = "30s"
+[[view]]
+name = "sess"
+kind = "session"
+gap = "20s"
+aggregates = ["count", "mean", "last"]
+"""
+# What differs between two stores holding the same data: where they are, run ids and timing.
+VOLATILE = {"run", "store_url", "finished", "seconds", "readings_per_s"}
+
+
+def _write_input(path: Path) -> None:
+    rng = np.random.default_rng(3)
+    t0 = pd.Timestamp("2026-05-01T00:00:00Z")
+    rows = []
+    for i in range(3000):
+        src = f"buoy-{rng.integers(12)}"
+        t = t0 + pd.Timedelta(seconds=float(i) * 0.2 + rng.uniform(-30, 0))  # disorder
+        rows.append(f"{src},temp,{t.isoformat()},{rng.normal(10, 2):.3f}")
+    rows += [rows[5], rows[9], "buoy-1,temp,yesterday,1", "../x,temp,2026-05-01T00:00:00Z,1"]
+    path.write_text("source,channel,time,value\n" + "\n".join(rows) + "\n")
+
+
+def _store_contents(root: Path) -> dict[str, Any]:
+    store = Store(str(root))
+    out: dict[str, Any] = {"capture": reads.read_capture(store, "c").to_pandas()}
+    for view in ("w1m", "hop", "sess"):
+        out[view] = reads.read_view(store, view).to_pandas().drop(columns=["run"])
+        out[f"late {view}"] = reads.read_late(store, view).to_pandas().drop(columns=["run"])
+    out["dead"] = reads.read_deadletters(store).to_pandas().drop(columns=["run"])
+    (summary,) = reads.run_summaries(store)
+    out["summary"] = {k: v for k, v in summary.items() if k not in VOLATILE}
+    return out
+
+
+def _run_bytewax_cluster(csv: Path, store: Path, views: Path) -> None:
+    expr = (
+        f"obsflow.flows.ingest:build_flow(inputs=[{str(csv)!r}], store={str(store)!r}, "
+        f"capture='c', views={str(views)!r}, run_id='cluster-run', progress=False)"
+    )
+    addresses = f"127.0.0.1:{free_port()};127.0.0.1:{free_port()}"
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-m", "bytewax.run", expr, "-w", "1", "-i", str(i), "-a", addresses]
+        )
+        for i in range(2)
+    ]
+    assert [p.wait(timeout=120) for p in procs] == [0, 0]
+
+
+def test_cli_python_api_and_bytewax_run_give_identical_stores(tmp_path: Path) -> None:
+    csv, views = tmp_path / "in.csv", tmp_path / "views.toml"
+    _write_input(csv)
+    views.write_text(VIEWS)
+
+    cli, api, cluster = tmp_path / "cli", tmp_path / "api", tmp_path / "cluster"
+    args = ["ingest", str(csv), "--store", str(cli), "--capture", "c", "--views", str(views)]
+    assert main([*args, "-q"]) == 0
+    result = jobs.ingest(
+        inputs=[str(csv)], store=str(api), capture="c", views=str(views), progress=False
+    )
+    assert result.summary["accepted"] == 3000
+    assert result.summary["rejected"] == 2
+    assert result.summary["duplicates"] == 2
+    _run_bytewax_cluster(csv, cluster, views)
+
+    want = _store_contents(cli)
+    assert len(want["capture"]) == 3000
+    assert want["summary"]["views"]["w1m"]["rows"] > 0
+    for other in (api, cluster):
+        got = _store_contents(other)
+        assert got["summary"] == want["summary"], other
+        for key in want:
+            if key != "summary":
+                pd.testing.assert_frame_equal(got[key], want[key], obj=f"{other.name} {key}")
+    # Each way recorded the input, so each skips it the second time.
+    for root in (cli, api, cluster):
+        again = jobs.ingest(inputs=[str(csv)], store=str(root), capture="c", views=str(views))
+        assert again.run is None
+        assert [url for url, _ in again.skipped] == [str(csv)]
+        assert len(Store(str(root)).listdir(layout.commits_dir("c"))) == 1
+
+
+def test_a_cluster_without_a_run_id_is_refused_before_it_writes(tmp_path: Path) -> None:
+    csv = tmp_path / "in.csv"
+    csv.write_text("source,channel,time,value\ns,temp,2026-05-01T00:00:00Z,1\n")
+    expr = f"obsflow.flows.ingest:build_flow(inputs=[{str(csv)!r}], store={str(tmp_path / 's')!r})"
+    addresses = f"127.0.0.1:{free_port()}"
+    proc = subprocess.run(
+        [sys.executable, "-m", "bytewax.run", expr, "-i", "0", "-a", addresses],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode != 0
+    assert "pass the same run_id" in proc.stderr
+    assert not (tmp_path / "s").exists()
+
+
+@pytest.mark.parametrize("processes", [2])
+def test_the_job_layer_runs_a_local_cluster_too(tmp_path: Path, processes: int) -> None:
+    csv, views = tmp_path / "in.csv", tmp_path / "views.toml"
+    _write_input(csv)
+    views.write_text(VIEWS)
+    one, many = tmp_path / "one", tmp_path / "many"
+    jobs.ingest(inputs=[str(csv)], store=str(one), capture="c", views=str(views), progress=False)
+    jobs.ingest(
+        inputs=[str(csv)],
+        store=str(many),
+        capture="c",
+        views=str(views),
+        progress=False,
+        processes=processes,
+    )
+    a, b = _store_contents(one), _store_contents(many)
+    assert a["summary"] == b["summary"]
+    for key in ("capture", "w1m", "hop", "sess", "dead"):
+        pd.testing.assert_frame_equal(a[key], b[key], obj=key)

@@ -1,0 +1,45 @@
+"""``pip install .`` installs obsflow under one import name, ``obsflow``."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import venv
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_pip_install_puts_only_obsflow_in_site_packages(tmp_path: Path) -> None:
+    env = tmp_path / "venv"
+    venv.EnvBuilder(with_pip=True).create(env)
+    python = env / "bin" / "python"
+    site = Path(
+        subprocess.run(
+            [str(python), "-c", "import sysconfig; print(sysconfig.get_path('purelib'))"],
+            check=True,
+            capture_output=True,
+            text=True,
+        ).stdout.strip()
+    )
+    before = {p.name for p in site.iterdir()}
+    # --no-deps: the point is what obsflow itself puts in site-packages, not its dependencies.
+    subprocess.run(
+        [str(python), "-m", "pip", "install", "--quiet", "--no-deps", str(ROOT)],
+        check=True,
+        cwd=tmp_path,
+    )
+    added = {p.name for p in site.iterdir()} - before
+    assert {n for n in added if not n.endswith(".dist-info")} == {"obsflow"}, added
+    assert {p.name for p in (site / "obsflow").iterdir()} >= {"connectors", "flows"}
+    assert not (site / "flows").exists()
+    assert not (site / "connectors").exists()
+    assert (site / "obsflow" / "flows" / "cli.py").is_file()
+    assert (site / "obsflow" / "connectors" / "store.py").is_file()
+    # The modules import by their installed names (a stdlib-only check: no dependencies here).
+    check = "import importlib.util as u; print(u.find_spec('obsflow.flows.cli').origin)"
+    origin = subprocess.run(
+        [str(python), "-c", check], check=True, capture_output=True, text=True, cwd=tmp_path
+    ).stdout.strip()
+    assert origin == str(site / "obsflow" / "flows" / "cli.py")
+    assert sys.version_info >= (3, 11)
