@@ -240,23 +240,22 @@ def child_obsflow(frames: str, prefix: str, threads: int, min_saving: float) -> 
 
 
 def child_ingest(parquet: str, prefix: str) -> dict[str, Any]:
-    """``obsflow.flows.ingest`` of the frames file into an S3 store, no views; time it all."""
-    import json
-
+    """An ingest job of the frames file into an S3 store, no views; time it all."""
     from obsflow.connectors.store import Store
-    from obsflow.flows.ingest import IngestConfig, build_flow
-    from obsflow.flows.runner import run_flow
+    from obsflow.flows import jobs
+    from obsflow.flows.ingest import IngestConfig
 
     url = f"s3://{BUCKET}/{prefix}"
     Store(url).fs.ls(BUCKET)
     config = IngestConfig(inputs=(parquet,), store=url, capture="frames", progress=False, views=())
 
+    summary: dict[str, Any] = {}
+
     def job() -> dict[str, Any]:
-        run_flow(build_flow(config), 1)
+        summary.update(jobs.execute(config, workers=1).summary)
         return {}
 
     out = _timed(job)
-    summary = json.loads(Store(url).read_bytes(f"runs/{config.run_id}.json"))
     table = pq.read_table(parquet, columns=["payload"])
     raw = sum(len(b) for b in table.column("payload").to_pylist())
     store = Store(url)

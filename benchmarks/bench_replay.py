@@ -2,12 +2,12 @@
 
 The capture is built once (and reused) by ingesting the simulated input file of
 ``bench_ingest.py`` (8 instruments x 2 channels at 50 Hz, 4M readings by default) into a local
-store under ``benchmarks/out/`` with ``flows.ingest``, no views. Then, in interleaved rounds,
-each in its own child process:
+store under ``benchmarks/out/`` with ``jobs.execute(IngestConfig(...))``, no views. Then, in
+interleaved rounds, each in its own child process:
 
-- obsflow: ``replay.build_flow(ReplayConfig(capture, views=(w1s, w1m), ...))`` run with
-  ``run_flow``, then ``commit`` (the staged views swapped into ``views/``): end to end, from
-  reading the capture's Parquet objects to the committed view rows and the run summary.
+- obsflow: ``jobs.execute(ReplayConfig(capture, views=(w1s, w1m), ...))``, the job the CLI
+  runs: end to end, from reading the capture's Parquet objects to the committed view rows
+  and the run summary.
 - pandas: ``pd.read_parquet(<store>/captures/<name>, columns=[source, channel, time, value])``
   (the whole capture folder, as the README says users may; only the columns the views need)
   and, for each window, ``floor`` the time and ``groupby().agg()``.
@@ -23,7 +23,6 @@ Run: ``.venv/bin/python benchmarks/bench_replay.py [--readings N] [--workers N] 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shutil
 import statistics
@@ -67,7 +66,7 @@ def capture_folder(store: Path) -> Path:
 def capture_readings(store: Path) -> int:
     """Rows in the capture's Parquet objects (footers only); 0 if there is no capture."""
     folder = capture_folder(store)
-    if not (folder / "_capture.json").exists():
+    if not (store / "_obsflow" / "captures" / CAPTURE / "capture.json").exists():
         return 0
     return sum(
         pq.ParquetFile(f).metadata.num_rows
@@ -81,37 +80,32 @@ def capture_readings(store: Path) -> int:
 
 def child_build(path: str, store: str, workers: int) -> dict[str, Any]:
     """Ingest the input file into a fresh store as capture ``CAPTURE``, with no views."""
-    from obsflow.flows.ingest import IngestConfig, build_flow
-    from obsflow.flows.runner import run_flow
+    from obsflow.flows import jobs
+    from obsflow.flows.ingest import IngestConfig
 
     shutil.rmtree(store, ignore_errors=True)
     config = IngestConfig(inputs=(path,), store=store, capture=CAPTURE, progress=False, views=())
     started = time.perf_counter()
-    run_flow(build_flow(config), workers)
+    summary = jobs.execute(config, workers=workers).summary
     seconds = time.perf_counter() - started
-    summary = json.loads((Path(store) / "runs" / f"{config.run_id}.json").read_text())
     return {"seconds": seconds, "accepted": summary["accepted"], "balanced": summary["balanced"]}
 
 
 def child_obsflow(store: str, workers: int) -> dict[str, Any]:
-    """Time replay + commit of the capture into the two views."""
-    from obsflow.flows.replay import ReplayConfig, build_flow, commit
-    from obsflow.flows.runner import run_flow
+    """Time a replay of the capture into the two views, end to end (job, run, commit)."""
+    from obsflow.flows import jobs
+    from obsflow.flows.replay import ReplayConfig
 
     base = rss_mb()
     config = ReplayConfig(capture=CAPTURE, views=views(), store=store, progress=False)
     started = time.perf_counter()
-    run_flow(build_flow(config), workers)
-    replayed = time.perf_counter()
-    commit(config)
+    result = jobs.execute(config, workers=workers)
     seconds = time.perf_counter() - started
     peak = peak_rss_mb()
-    summary_path = Path(store) / "runs" / f"{config.run_id}.json"
-    summary = json.loads(summary_path.read_text())
-    summary_path.unlink()  # keep the cached store from collecting one summary per round
+    summary = result.summary
+    (Path(store) / "runs" / f"{result.run}.json").unlink()  # one summary per round otherwise
     return {
         "seconds": seconds,
-        "commit_seconds": seconds - (replayed - started),
         "peak_rss_mb": peak,
         "rss_before_mb": base,
         "input": summary["input"],
@@ -284,8 +278,7 @@ def main(argv: list[str] | None = None) -> int:
         f"{median['obsflow replay'] / median['pandas']:.2f}x pandas"
     )
     print(
-        f"(obsflow: {obs['commit_seconds']:.2f} s of its {obs['seconds']:.2f} s is the commit; "
-        f"pandas: {pdr['read_seconds']:.2f} s of its {pdr['seconds']:.2f} s is read_parquet; "
+        f"(pandas: {pdr['read_seconds']:.2f} s of its {pdr['seconds']:.2f} s is read_parquet; "
         "RSS before = after imports, before the job)"
     )
 

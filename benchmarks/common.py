@@ -165,8 +165,8 @@ def run_obsflow(inputs: list[str], store: Path, workers: int) -> dict[str, Any]:
     Runs in the calling process (call it from a child). Returns seconds, peak RSS and the run
     summary's counts.
     """
-    from obsflow.flows.cli import run_flow
-    from obsflow.flows.ingest import IngestConfig, build_flow
+    from obsflow.flows import jobs
+    from obsflow.flows.ingest import IngestConfig
 
     shutil.rmtree(store, ignore_errors=True)
     base = rss_mb()
@@ -174,10 +174,9 @@ def run_obsflow(inputs: list[str], store: Path, workers: int) -> dict[str, Any]:
         inputs=tuple(inputs), store=str(store), capture="bench", progress=False, views=views()
     )
     started = time.perf_counter()
-    run_flow(build_flow(config), workers)
+    summary = jobs.execute(config, workers=workers).summary
     seconds = time.perf_counter() - started
     peak = peak_rss_mb()
-    summary = json.loads((store / "runs" / f"{config.run_id}.json").read_text())
     return {
         "seconds": seconds,
         "peak_rss_mb": peak,
