@@ -64,7 +64,7 @@ def unique_name(prefix: str = "obsflow") -> str:
 
 
 @functools.cache
-def _admin_client(endpoint_url: str, key: str, secret: str) -> Any:
+def admin_client(endpoint_url: str, key: str, secret: str) -> Any:
     """One botocore S3 client per server for the whole session: building one costs ~0.2 s."""
     import botocore.session
 
@@ -80,7 +80,7 @@ def _admin_client(endpoint_url: str, key: str, secret: str) -> Any:
 def create_bucket(endpoint_url: str, key: str, secret: str) -> str:
     """Create a fresh, uniquely named bucket on a server; returns its name."""
     bucket = unique_name()
-    _admin_client(endpoint_url, key, secret).create_bucket(Bucket=bucket)
+    admin_client(endpoint_url, key, secret).create_bucket(Bucket=bucket)
     return bucket
 
 

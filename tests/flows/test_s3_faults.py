@@ -37,7 +37,15 @@ from obsflow.connectors.store import Store
 from obsflow.flows.cli import main
 from obsflow.flows.explore import open_store
 from tests import s3servers
-from tests.conftest import CRASH_VIEWS, ROOT, TEST_KEY, TEST_SECRET, create_bucket, sorted_frame
+from tests.conftest import (
+    CRASH_VIEWS,
+    ROOT,
+    TEST_KEY,
+    TEST_SECRET,
+    admin_client,
+    create_bucket,
+    sorted_frame,
+)
 from tests.faultproxy import FaultProxy
 
 # 4 sources x 2 channels x 1000 Hz x 60 s: ~480,000 readings, 8 capture partitions.
@@ -702,7 +710,6 @@ def test_every_read_path_gives_the_same_results_through_network_faults(
 
 # --- a store that stays down, then comes back ---------------------------------------------------
 
-DOWN_AFTER_REQUESTS = 30
 DOWN_AFTER_SECONDS = 1.2  # at least two 0.5 s snapshots before the outage
 RETRY_SECONDS_WHEN_DOWN = 2
 
@@ -759,12 +766,19 @@ def outage(tmp_path_factory: pytest.TempPathFactory, views_file: Path) -> Iterat
             stderr=subprocess.PIPE,
             text=True,
         )
+        # Mid-run: its dataflow has staged capture objects (seen straight from SeaweedFS, not
+        # through the proxy), and snapshots have been taken.
+        client = admin_client(weed.endpoint_url, access_key, secret)
+
+        def staged_capture() -> bool:
+            listed = client.list_objects_v2(Bucket=bucket, Prefix="obsflow/_obsflow/staging/")
+            return any("/captures/" in o["Key"] for o in listed.get("Contents", []))
+
         try:
             while proc.poll() is None and (
-                proxy.stats().requests < DOWN_AFTER_REQUESTS
-                or time.monotonic() - started < DOWN_AFTER_SECONDS
+                time.monotonic() - started < DOWN_AFTER_SECONDS or not staged_capture()
             ):
-                time.sleep(0.005)
+                time.sleep(0.02)
             if proc.poll() is not None:
                 out, err = proc.communicate()
                 pytest.fail(f"the run ended (exit {proc.returncode}) before the outage:\n{err}")
