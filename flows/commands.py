@@ -11,14 +11,16 @@ from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
-from obsflow.connectors.capture import capture_info, new_run_id
+from obsflow.connectors.capture import capture_info, new_run_id, open_capture
 from obsflow.connectors.errors import ConfigError
 from obsflow.connectors.files import format_of
 from obsflow.connectors.ids import check_name
 from obsflow.connectors.migrate import check_layout, migrate
+from obsflow.connectors.reads import first_deadletters
 from obsflow.connectors.schema import InputSpec
 from obsflow.connectors.simulator import SimSpec, generate, parse_duration
 from obsflow.connectors.store import Store
@@ -50,7 +52,56 @@ def print_result(result: jobs.RunResult, store: Store, args: argparse.Namespace)
         return 0
     if not quiet:
         say(format_summary(summary, store))
+    if summary.get("mode") == "ingest" and summary["rejected"] and not summary["accepted"]:
+        say(nothing_accepted(store, summary))
+        return 1
     return 0 if result.balanced else 1
+
+
+def nothing_accepted(store: Store, summary: dict[str, Any]) -> str:
+    """Why a run accepted nothing: its top reasons, and a ``--map`` built from the columns the
+    input really has. (Its inputs are not recorded as captured: the fixed command reads them.)"""
+    reasons = sorted(summary["rejected_by_reason"].items(), key=lambda kv: -kv[1])
+    sample = first_deadletters(store, summary["run"])
+    lines = [f"obsflow: nothing was accepted: all {summary['rejected']:,} records were rejected"]
+    for reason, n in reasons[:3]:
+        mask = pc.equal(sample.column("reason"), reason)
+        example = sample.filter(mask).column("message")
+        lines.append(f"  {reason} ({n:,}): {example[0] if len(example) else ''}")
+    raw = sample.column("raw").to_pylist()
+    try:
+        columns = list(json.loads(raw[0])) if raw and raw[0] else []
+    except ValueError:
+        columns = []
+    hint = suggest_map(columns)
+    if columns:
+        tip = f"; try --map {hint}" if hint else ""
+        lines.append(f"  columns are {', '.join(columns)}{tip}")
+    lines.append(f"  dead letters: obsflow deadletters show --run {summary['run']}")
+    return "\n".join(lines)
+
+
+_GUESSES = {
+    "source": ("source", "station", "sensor", "instrument", "device", "site", "id", "source_id"),
+    "time": ("time", "timestamp", "datetime", "date", "event_time", "ts", "time_utc"),
+    "value": ("value", "reading", "measurement", "val"),
+}
+
+
+def suggest_map(columns: list[str]) -> str | None:
+    """A ``--map`` for the fields an input does not name as obsflow does, from its columns
+    (``value``: a named guess, else the one column left over)."""
+    lower = {c.lower(): c for c in columns}
+    picked: dict[str, str] = {}
+    for field, names in _GUESSES.items():
+        hit = next((lower[n] for n in names if n in lower), None)
+        if hit is not None:
+            picked[field] = hit
+    left = [c for c in columns if c not in picked.values() and c.lower() != "channel"]
+    if "value" not in picked and len(left) == 1:
+        picked["value"] = left[0]
+    mapping = [f"{f}={c}" for f, c in picked.items() if c != f]
+    return ",".join(mapping) if mapping and len(picked) == 3 else None
 
 
 def format_summary(summary: dict[str, Any], store: Store) -> str:
@@ -113,6 +164,7 @@ def cmd_ingest(args: argparse.Namespace) -> int:
 def cmd_replay(args: argparse.Namespace) -> int:
     store = Store(args.store)
     check_layout(store)
+    open_capture(store, args.capture)  # a missing capture is the first thing to say
     views = load_views(args.views) if args.views else stored_views(store, args.capture)
     config = replay.ReplayConfig(
         capture=args.capture,

@@ -16,6 +16,7 @@ from typing import Any
 
 import bytewax.operators as op
 from bytewax.dataflow import Stream
+from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
 from bytewax.operators import StatefulLogic
 from bytewax.outputs import DynamicSink, Sink, StatelessSinkPartition
 
@@ -142,6 +143,30 @@ class FinishSink(DynamicSink[tuple[str, Counts]]):
         return _FinishPartition(self.finish)
 
 
+class _Start(StatefulSourcePartition[Counts, bool]):
+    def __init__(self, done: bool) -> None:
+        self._done = done
+
+    def next_batch(self) -> list[Counts]:
+        if self._done:
+            raise StopIteration
+        self._done = True
+        return [Counts()]
+
+    def snapshot(self) -> bool:
+        return self._done
+
+
+class _StartSource(FixedPartitionedSource[Counts, bool]):
+    """One zero ``Counts``, from one worker."""
+
+    def list_parts(self) -> list[str]:
+        return ["start"]
+
+    def build_part(self, step_id: str, for_part: str, resume_state: bool | None) -> _Start:
+        return _Start(bool(resume_state))
+
+
 class SummarizeLogic(StatefulLogic[Counts, Counts, SummaryState]):
     """Folds all count deltas; emits the total once, at end of input."""
 
@@ -174,7 +199,11 @@ def add_summary(
     """Fold count deltas into the run's totals and hand them to ``finish`` at the end (a
     ``Sink`` receives ``("run", Counts)`` instead). ``total`` input rows, if known, gives
     progress a percentage and an ETA."""
-    keyed = op.key_on("key_counts", flow_counts, lambda _c: SUMMARY_KEY)
+    # A zero to start from: a run that reads nothing (a header-only file) still finishes.
+    start = op.input("start_counts", flow_counts.flow(), _StartSource())
+    keyed = op.key_on(
+        "key_counts", op.merge("with_start", start, flow_counts), lambda _c: SUMMARY_KEY
+    )
     totals = op.stateful("summarize", keyed, lambda s: SummarizeLogic(label, progress, total, s))
     sink = finish if isinstance(finish, Sink) else FinishSink(finish)
     op.output("finish_run", totals, sink)

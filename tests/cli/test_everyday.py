@@ -1,0 +1,156 @@
+"""Everyday paths of the ``obsflow`` command, tried as a new user would (issue 12): each test
+reproduces a finding with the same kind of command and input and asserts what happens now."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from obsflow.connectors import reads
+from obsflow.connectors.store import Store
+from obsflow.flows.cli import main
+
+WIDE_NAMES = "station,timestamp,temp_c\n"
+ROWS = "A,2026-01-01T00:00:00Z,18.0\nA,2026-01-01T00:01:00Z,18.2\nB,2026-01-01T00:00:30Z,17.5\n"
+
+
+def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str]:
+    """Exit status and stderr of one ``obsflow`` command in this process."""
+    capsys.readouterr()
+    code = main(list(argv))
+    return code, capsys.readouterr().err
+
+
+def test_a_run_that_accepts_nothing_fails_says_why_and_does_not_block_its_fix(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    wx = tmp_path / "weather.csv"
+    wx.write_text(WIDE_NAMES + ROWS)
+    store = str(tmp_path / "store")
+    code, err = run(capsys, "ingest", str(wx), "--store", store, "--capture", "wx", "-q")
+    assert code == 1
+    assert "nothing was accepted: all 3 records were rejected" in err
+    assert "missing_field (3): no column 'source'" in err
+    assert "columns are station, timestamp, temp_c; try --map " in err
+    hint = err.split("try --map ")[1].split()[0]
+    assert hint == "source=station,time=timestamp,value=temp_c"
+    assert reads.read_deadletters(Store(store)).num_rows == 3  # nothing lost
+
+    # The command the hint gives reads the same file: it is not "already captured".
+    code, err = run(
+        capsys, "ingest", str(wx), "--store", store, "--capture", "wx", "-q", "--map", hint
+    )
+    assert code == 0, err
+    assert "skipping" not in err
+    capture = reads.read_capture(Store(store), "wx").to_pandas()
+    assert sorted(zip(capture["source"], capture["value"], strict=True)) == [
+        ("A", 18.0),
+        ("A", 18.2),
+        ("B", 17.5),
+    ]
+    # ... and once accepted, the same content is skipped.
+    code, err = run(
+        capsys, "ingest", str(wx), "--store", store, "--capture", "wx", "-q", "--map", hint
+    )
+    assert code == 0
+    assert "skipping" in err
+
+
+def test_a_header_only_file_is_an_empty_run_not_an_error(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    empty = tmp_path / "empty.csv"
+    empty.write_text("source,time,value\n")
+    store = str(tmp_path / "store")
+    summary = tmp_path / "summary.json"
+    code, err = run(
+        capsys, "ingest", str(empty), "--store", store, "--capture", "c", "--summary", str(summary)
+    )
+    assert code == 0, err
+    doc = json.loads(summary.read_text())
+    assert (doc["input"], doc["accepted"], doc["rejected"], doc["commit"]) == (0, 0, 0, 1)
+    assert "without" not in err  # no "ended without committing"
+
+
+def test_replay_of_a_capture_that_does_not_exist_names_the_capture(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    good = tmp_path / "good.csv"
+    good.write_text("source,time,value\nA,2026-01-01T00:00:00Z,1\n")
+    store = str(tmp_path / "store")
+    assert run(capsys, "ingest", str(good), "--store", store, "--capture", "wx", "-q")[0] == 0
+    code, err = run(capsys, "replay", "--store", store, "--capture", "nosuch")
+    assert code == 2
+    assert err.strip().splitlines() == [
+        f"obsflow: error: no capture 'nosuch' in {Path(store).resolve()} (captures: wx)"
+    ]
+
+
+def test_the_demo_leaves_other_captures_and_their_dead_letters_alone(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    mixed = tmp_path / "mixed.csv"
+    mixed.write_text("source,time,value\nA,2026-01-01T00:00:00Z,1\nA,not-a-time,2\n")
+    store = str(tmp_path / "store")
+    assert run(capsys, "ingest", str(mixed), "--store", store, "--capture", "wx", "-q")[0] == 0
+    before = {
+        "dead": reads.read_deadletters(Store(store)).to_pandas(),
+        "capture": reads.read_capture(Store(store), "wx").to_pandas(),
+        "view": reads.read_view(Store(store), "wx_1m").to_pandas(),
+    }
+    assert len(before["dead"]) == 1
+    assert run(capsys, "demo", "--store", store, "--duration", "10s")[0] == 0
+    after = Store(store)
+    assert reads.read_deadletters(after).to_pandas().equals(before["dead"])
+    assert reads.read_capture(after, "wx").to_pandas().equals(before["capture"])
+    assert reads.read_view(after, "wx_1m").to_pandas().equals(before["view"])
+    assert reads.read_capture(after, "demo").num_rows == 4 * 2 * 10 * 10
+
+
+def test_a_short_run_prints_no_progress_line_only_its_summary(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    good = tmp_path / "good.csv"
+    good.write_text("source,time,value\nA,2026-01-01T00:00:00Z,1\nA,2026-01-01T00:00:01Z,2\n")
+    code, err = run(capsys, "ingest", str(good), "--store", str(tmp_path / "s"), "--capture", "c")
+    assert code == 0
+    assert "[ingest]" not in err  # it used to say "0 accepted" at millions of readings/s
+    assert "2 input = 2 accepted + 0 rejected + 0 duplicates (adds up)" in err
+
+
+@pytest.mark.parametrize("sep", [";", "\t", "|"])
+def test_semicolon_tab_and_bar_delimited_csv_files_are_read(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], sep: str
+) -> None:
+    text = "source,channel,time,value\nA,t,2026-01-01T00:00:00Z,1.5\nB,t,2026-01-01T00:00:01Z,2\n"
+    path = tmp_path / "export.csv"
+    path.write_text(text.replace(",", sep))
+    store = str(tmp_path / "s")
+    code, err = run(capsys, "ingest", str(path), "--store", store, "--capture", "c", "-q")
+    assert code == 0, err
+    capture = reads.read_capture(Store(store), "c").to_pandas()
+    assert list(zip(capture["source"], capture["value"], strict=True)) == [("A", 1.5), ("B", 2.0)]
+
+
+def test_disorder_inside_one_file_loses_nothing_from_the_views(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """48 readings over 48 minutes, in random order, default settings (lateness 0)."""
+    rng = np.random.default_rng(4)
+    t = pd.Timestamp("2026-03-01T00:00:00Z") + pd.to_timedelta(rng.permutation(48), unit="min")
+    frame = pd.DataFrame({"source": "s1", "time": t, "value": rng.normal(10, 1, 48).round(3)})
+    path = tmp_path / "unsorted.csv"
+    frame.assign(time=frame["time"].dt.strftime("%Y-%m-%dT%H:%M:%SZ")).to_csv(path, index=False)
+    store = str(tmp_path / "s")
+    summary = tmp_path / "summary.json"
+    args = ["ingest", str(path), "--store", store, "--capture", "unsorted", "-q"]
+    assert run(capsys, *args, "--summary", str(summary))[0] == 0
+    assert json.loads(summary.read_text())["late"] == {}
+    view = reads.read_view(Store(store), "unsorted_1m").to_pandas()
+    expected = frame.set_index("time").sort_index()["value"]
+    assert view["count"].tolist() == [1] * 48
+    assert view["mean"].tolist() == expected.tolist()
