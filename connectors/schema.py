@@ -60,6 +60,9 @@ PAYLOAD_INPUTS = (
 """Optional input columns of an array payload (list column, or binary with dtype and shape),
 possibly one chunk of it (Pulsar-style: chunk_id, chunk_index, chunk_count)."""
 TIME_UNITS = {"ns": 1, "us": 1_000, "ms": 1_000_000, "s": 1_000_000_000}
+AUTO = "auto"  # the unit of epoch numbers, from their magnitude (``infer_epoch_unit``)
+_MAGNITUDES = (1e11, 1e14, 1e17)  # below each: s, ms, us; above the last: ns
+_BY_MAGNITUDE = ("s", "ms", "us", "ns")
 _I64_MAX = np.iinfo(np.int64).max
 
 
@@ -68,11 +71,11 @@ class InputSpec:
     """How to read a raw input table as readings.
 
     ``mapping`` maps a reading field to the input column holding it (``source -> source_id``);
-    ``time_unit`` is the unit of integer/float epoch times.
+    ``time_unit`` is the unit of integer/float epoch times (``auto``: from their magnitude).
     """
 
     mapping: Mapping[str, str] = field(default_factory=dict)
-    time_unit: str = "ns"
+    time_unit: str = AUTO
 
     def __post_init__(self) -> None:
         unknown = sorted(set(self.mapping) - set(FIELDS))
@@ -80,8 +83,8 @@ class InputSpec:
             raise ConfigError(
                 f"--map names unknown field(s) {unknown}; fields are {', '.join(FIELDS)}"
             )
-        if self.time_unit not in TIME_UNITS:
-            raise ConfigError(f"time unit {self.time_unit!r} — use one of ns, us, ms, s")
+        if self.time_unit not in (AUTO, *TIME_UNITS):
+            raise ConfigError(f"time unit {self.time_unit!r} — use one of auto, ns, us, ms, s")
 
     def column(self, name: str) -> str:
         """Input column that holds reading field ``name``."""
@@ -92,7 +95,7 @@ class InputSpec:
         return {"map": dict(sorted(self.mapping.items())), "time_unit": self.time_unit}
 
     @classmethod
-    def parse_map(cls, text: str | None, time_unit: str = "ns") -> InputSpec:
+    def parse_map(cls, text: str | None, time_unit: str = AUTO) -> InputSpec:
         """Build from ``"source=source_id,time=event_time"`` (the CLI's ``--map``)."""
         mapping: dict[str, str] = {}
         for part in (text or "").split(","):
@@ -112,6 +115,8 @@ class Normalized:
     readings: pa.Table  # READING_SCHEMA, but seq may be null where the input had none
     rejects: pa.Table  # REJECT_SCHEMA
     rows: np.ndarray  # record number (offset + position) of each reading, for dead letters
+    input: int  # readings in the batch (records; for a wide batch, its numeric cells)
+    epoch_unit: str | None = None  # the unit inferred for epoch-number times (``auto``)
 
 
 class _Rejector:
@@ -197,6 +202,29 @@ def parse_times(column: pa.ChunkedArray, time_unit: str) -> tuple[np.ndarray, np
     return np.zeros(n, dtype=np.int64), np.zeros(n, dtype=bool)
 
 
+def infer_epoch_unit(column: pa.ChunkedArray) -> tuple[str | None, np.ndarray]:
+    """The unit of a time column's epoch numbers from their magnitude — below 1e11 seconds,
+    1e14 milliseconds, 1e17 microseconds, else nanoseconds, so any time from 1973 to 5138
+    reads right — and the rows whose magnitude says another unit than most of the column's
+    (those are ``bad_time``). ``(None, none)`` when it holds no epoch number."""
+    typ, n = column.type, len(column)
+    if pa.types.is_integer(typ) or pa.types.is_floating(typ):
+        mag = np.abs(column.cast(pa.float64()).fill_null(np.nan).to_numpy())
+    elif pa.types.is_string(typ) or pa.types.is_large_string(typ):
+        text = pc.utf8_trim_whitespace(column.cast(pa.string()))
+        digits = _np_bool(pc.match_substring_regex(text, r"^-?[0-9]{1,19}$"))
+        numbers = pd.to_numeric(pd.Series(text.to_numpy(zero_copy_only=False)), errors="coerce")
+        mag = np.where(digits, np.abs(numbers.to_numpy(dtype=np.float64, na_value=np.nan)), np.nan)
+    else:
+        return None, np.zeros(n, dtype=bool)
+    known = np.isfinite(mag)
+    if not known.any():
+        return None, np.zeros(n, dtype=bool)
+    magnitude = np.digitize(np.where(known, mag, 0.0), _MAGNITUDES)
+    most = int(np.bincount(magnitude[known], minlength=len(_BY_MAGNITUDE)).argmax())
+    return _BY_MAGNITUDE[most], known & (magnitude != most)
+
+
 def _as_int(parsed: pd.Series) -> np.ndarray:
     """Epoch integers (in the series' own unit) of a tz-aware datetime series; NaT -> 0."""
     values = parsed.dt.tz_localize(None).to_numpy()
@@ -278,12 +306,67 @@ def _lookup(table: pa.Table, name: str) -> tuple[pa.ChunkedArray | None, str | N
     return table.column(hits[0]), None
 
 
+def _looks_like_values(column: pa.ChunkedArray) -> bool:
+    """Whether a text column holds measurements (numbers written with a point or an exponent),
+    not channel names (plain integers like ``1``, ``2`` may well be channel numbers)."""
+    values, bad = _parse_float(column)
+    known = ~np.isnan(values)
+    if not known.any() or bad.any():
+        return False
+    integers = _np_bool(pc.match_substring_regex(column, r"^\s*[-+]?\d+\s*$"))
+    return not integers[known].all()
+
+
+def wide_columns(table: pa.Table, spec: InputSpec) -> list[str]:
+    """The columns of a *wide* input that become channels: with neither a value nor a channel
+    column, every column other than source, time and seq (``station,timestamp,temp_c,rh_pct``
+    gives channels ``temp_c`` and ``rh_pct``). Empty for a long input."""
+    names = table.column_names
+    if spec.column("value") in names or spec.column("channel") in names:
+        return []
+    keys = {spec.column(f) for f in ("source", "time", "seq")}
+    return [c for c in names if c not in keys and c not in PAYLOAD_INPUTS]
+
+
+def melt(table: pa.Table, spec: InputSpec, columns: list[str]) -> tuple[pa.Table, np.ndarray]:
+    """A wide batch as long readings, record by record: one reading per cell of a numeric
+    column that holds something (an empty cell is no reading; a column with no number at all
+    in the batch is text, not a channel). Returns the table (source, time, seq as read;
+    ``channel``; ``value`` as text, so a bad cell is reported as written) and each reading's
+    record index in the batch."""
+    names = [spec.column(f) for f in ("source", "time", "seq")]
+    keys = [c for c in names if c in table.column_names]
+    parts, records = [], []
+    for name in columns:
+        col = table.column(name)
+        values, bad = _parse_float(col)
+        if not (~np.isnan(values) & ~bad).any():
+            continue  # not one number in this batch: a text (or empty) column, not a channel
+        idx = np.flatnonzero(~np.isnan(values) | bad)  # cells holding a number, or bad text
+        take = pa.array(idx, pa.int64())
+        part = {k: table.column(k).take(take) for k in keys}
+        part[spec.column("channel")] = pa.repeat(name, idx.size).cast(pa.string())
+        part[spec.column("value")] = col.take(take).cast(pa.string())
+        parts.append(pa.table(part))
+        records.append(idx)
+    if not parts:
+        return table.select(keys).slice(0, 0), np.zeros(0, np.int64)  # no reading in it
+    record = np.concatenate(records)
+    order = np.argsort(record, kind="stable")  # record by record, columns in file order
+    return pa.concat_tables(parts).take(pa.array(order, pa.int64())), record[order]
+
+
 def normalize(table: pa.Table, spec: InputSpec, *, origin: str, offset: int) -> Normalized:
     """Validate and convert one raw batch. Never raises for bad rows: they become rejects.
 
     ``origin`` names the input (file URL) and ``offset`` is the row number of the batch's first
-    row in it, so each reject says exactly where it came from.
+    row in it, so each reject says exactly where it came from. A wide batch (``wide_columns``)
+    is melted first: one reading per numeric cell, ``Normalized.input`` readings in all.
     """
+    record = None
+    wide = wide_columns(table, spec)
+    if wide and all(spec.column(f) in table.column_names for f in ("source", "time")):
+        table, record = melt(table, spec, wide)  # (without them, say so for the records)
     n = table.num_rows
     rej = _Rejector(n)
     cols: dict[str, Any] = {}
@@ -312,13 +395,31 @@ def normalize(table: pa.Table, spec: InputSpec, *, origin: str, offset: int) -> 
             continue
         col = col.cast(pa.string())
         cols[name] = col
+        if name == "channel" and "channel" in spec.mapping and _looks_like_values(col):
+            rej.reject(
+                np.ones(n, dtype=bool),
+                "bad_schema",
+                f"--map channel={spec.column('channel')}: that column holds measurements, not "
+                "channel names; leave channel out and each numeric column becomes a channel",
+            )
         rej.reject(
             ~_np_bool(valid_ids(col)), "bad_id", f"{name} id must match [A-Za-z0-9._:-]{{1,128}}"
         )
 
     times = np.zeros(n, dtype=np.int64)
+    epoch_unit = None  # the unit inferred for epoch numbers, if the input had any
     if cols["time"] is not None:
-        times, ok = parse_times(cols["time"], spec.time_unit)
+        unit: str | None = spec.time_unit
+        if unit == AUTO:
+            unit, odd = infer_epoch_unit(cols["time"])
+            epoch_unit = unit
+            rej.reject(
+                odd,
+                "bad_time",
+                f"an epoch time of another magnitude than the rest (read as {unit}); "
+                "give --time-unit",
+            )
+        times, ok = parse_times(cols["time"], unit or "ns")
         rej.reject(~ok, "bad_time", "time is missing, unparseable or outside the ns range")
 
     values = np.full(n, np.nan)
@@ -352,18 +453,21 @@ def normalize(table: pa.Table, spec: InputSpec, *, origin: str, offset: int) -> 
     if not rej.ok.all():  # a filter copies every column, payloads included
         readings = readings.filter(keep)
 
+    rows = np.arange(n) if record is None else record  # the record of each reading
     bad_rows = np.flatnonzero(~rej.ok)
     if bad_rows.size == 0:
-        return Normalized(readings, REJECT_SCHEMA.empty_table(), np.flatnonzero(rej.ok) + offset)
+        return Normalized(
+            readings, REJECT_SCHEMA.empty_table(), rows[rej.ok] + offset, n, epoch_unit
+        )
     reasons = rej.reason[bad_rows]
     rejects = pa.table(
         {
             "origin": pa.array([origin] * bad_rows.size, pa.string()),
-            "row": pa.array(bad_rows + offset, pa.int64()),
+            "row": pa.array(rows[bad_rows] + offset, pa.int64()),
             "reason": pa.array(reasons.tolist(), pa.string()),
             "message": pa.array([rej.detail[r] for r in reasons], pa.string()),
             "raw": pa.array(_raw_rows(table, bad_rows), pa.string()),
         },
         schema=REJECT_SCHEMA,
     )
-    return Normalized(readings, rejects, np.flatnonzero(rej.ok) + offset)
+    return Normalized(readings, rejects, rows[rej.ok] + offset, n, epoch_unit)

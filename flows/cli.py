@@ -68,8 +68,8 @@ def _ingest(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
         "ingest",
         help="ingest files or a sim:// URL into a capture",
         description="Input files are long format: columns source, time, value and optionally "
-        "channel and seq (--map names other columns). CSV may be comma-, semicolon-, tab- or "
-        "bar-delimited.",
+        "channel and seq (--map names other columns), or wide: source, time and one numeric "
+        "column per channel. CSV may be comma-, semicolon-, tab- or bar-delimited.",
     )
     sp.add_argument(
         "inputs",
@@ -82,9 +82,9 @@ def _ingest(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     sp.add_argument("--map", help="rename input columns: source=source_id,time=event_time")
     sp.add_argument(
         "--time-unit",
-        default="ns",
-        choices=list(TIME_UNITS),
-        help="unit of integer epoch times (default ns)",
+        default="auto",
+        choices=["auto", *TIME_UNITS],
+        help="unit of integer epoch times (default auto: from their magnitude, and said)",
     )
     sp.add_argument(
         "--partitions", type=int, help="capture partitions, fixed at creation (default 4)"

@@ -100,8 +100,9 @@ def suggest_map(columns: list[str]) -> str | None:
     left = [c for c in columns if c not in picked.values() and c.lower() != "channel"]
     if "value" not in picked and len(left) == 1:
         picked["value"] = left[0]
+    # Without a value column the input is wide: each other numeric column is a channel.
     mapping = [f"{f}={c}" for f, c in picked.items() if c != f]
-    return ",".join(mapping) if mapping and len(picked) == 3 else None
+    return ",".join(mapping) if mapping and {"source", "time"} <= picked.keys() else None
 
 
 def format_summary(summary: dict[str, Any], store: Store) -> str:
@@ -115,6 +116,12 @@ def format_summary(summary: dict[str, Any], store: Store) -> str:
     ]
     for reason, n in summary.get("rejected_by_reason", {}).items():
         lines.append(f"  rejected {reason}: {n:,}")
+    units = {"s": "seconds", "ms": "milliseconds", "us": "microseconds", "ns": "nanoseconds"}
+    for unit in summary.get("epoch_units", {}):
+        lines.append(
+            f"  epoch-number times read as {units[unit]} since 1970-01-01 UTC (from their "
+            "magnitude; --time-unit sets it)"
+        )
     for view, v in summary.get("views", {}).items():
         late = summary.get("late", {}).get(view, 0)
         lines.append(

@@ -345,7 +345,7 @@ class Explorer:
         capture: str = "default",
         views: ViewsLike | None = None,
         map: str | None = None,  # the name of the CLI option
-        time_unit: str = "ns",
+        time_unit: str = "auto",
         partitions: int | None = None,
         dedup_horizon: str = "10m",
         workers: int = 1,

@@ -39,7 +39,7 @@ from obsflow.connectors.ids import check_name
 from obsflow.connectors.partitions import split_by_partition
 from obsflow.connectors.payload_format import INLINE_LIMIT
 from obsflow.connectors.payloads import PayloadStore
-from obsflow.connectors.schema import InputSpec, normalize
+from obsflow.connectors.schema import AUTO, InputSpec, normalize
 from obsflow.connectors.simulator import SimSource
 from obsflow.connectors.store import DEFAULT_STORE, Store
 from obsflow.connectors.views import check_view, view_doc
@@ -99,7 +99,7 @@ class IngestConfig:
         if "fingerprints" in options:
             options["fingerprints"] = tuple(tuple(x) for x in options["fingerprints"])
         if "map" in options or "time_unit" in options:
-            mapping, unit = options.pop("map", None), options.pop("time_unit", "ns")
+            mapping, unit = options.pop("map", None), options.pop("time_unit", AUTO)
             options["spec"] = (
                 InputSpec(mapping=mapping, time_unit=unit)
                 if isinstance(mapping, dict)
@@ -152,7 +152,13 @@ def normalize_batch(spec: InputSpec, batch: RawBatch) -> tuple[pa.Table, pa.Tabl
     return (
         readings,
         rejects,
-        Counts(input=batch.records, rejected=rejects.num_rows, reasons=reason_counts(rejects)),
+        # A wide record counts as the readings it holds (one per numeric cell).
+        Counts(
+            input=batch.rejects.num_rows + result.input,
+            rejected=rejects.num_rows,
+            reasons=reason_counts(rejects),
+            epoch_units={result.epoch_unit: result.input} if result.epoch_unit else {},
+        ),
     )
 
 

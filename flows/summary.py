@@ -45,6 +45,7 @@ class Counts:
     payloads: int = 0  # payloads offloaded to the payload store (or kept inline)
     provisional: dict[str, int] = field(default_factory=dict)  # open windows' rows, per view
     origins: dict[str, int] = field(default_factory=dict)  # readings accepted, per input
+    epoch_units: dict[str, int] = field(default_factory=dict)  # inferred unit -> readings
 
     def __add__(self, other: Counts) -> Counts:
         return Counts(
@@ -59,6 +60,7 @@ class Counts:
             self.payloads + other.payloads,
             _add_maps(self.provisional, other.provisional),
             _add_maps(self.origins, other.origins),
+            _add_maps(self.epoch_units, other.epoch_units),
         )
 
     @property
@@ -114,6 +116,7 @@ def summary_dict(counts: Counts, **extra: Any) -> dict[str, Any]:
         "payloads": counts.payloads,
         "balanced": counts.balanced,
         "rejected_by_reason": dict(sorted(counts.reasons.items())),
+        "epoch_units": dict(sorted(counts.epoch_units.items())),
         "late": dict(sorted(counts.late.items())),
         "views": {
             k: {"rows": counts.view_rows.get(k, 0), "provisional": counts.provisional.get(k, 0)}

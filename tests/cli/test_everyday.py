@@ -154,3 +154,86 @@ def test_disorder_inside_one_file_loses_nothing_from_the_views(
     expected = frame.set_index("time").sort_index()["value"]
     assert view["count"].tolist() == [1] * 48
     assert view["mean"].tolist() == expected.tolist()
+
+
+WIDE = """timestamp,station,temp_c,rh_pct,site
+2026-01-01T00:00:00Z,A,18.0,55,north
+2026-01-01T00:00:30Z,A,18.2,,north
+2026-01-01T00:01:00Z,B,abc,60.5,south
+2026-01-01T00:01:30Z,B,17.1,61,south
+"""
+
+
+def test_a_wide_file_gives_one_channel_per_numeric_column(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "station.csv"
+    path.write_text(WIDE)
+    store = str(tmp_path / "s")
+    base = ["ingest", str(path), "--store", store, "--capture", "wx", "-q"]
+    code, err = run(capsys, *base)
+    assert code == 1
+    assert "try --map source=station,time=timestamp\n" in err + "\n"
+
+    summary = tmp_path / "summary.json"
+    code, err = run(
+        capsys, *base, "--map", "source=station,time=timestamp", "--summary", str(summary)
+    )
+    assert code == 0, err
+    # The oracle: pandas melts the file; empty cells are no reading; text columns no channel.
+    frame = pd.read_csv(path)
+    long = frame.melt(
+        id_vars=["timestamp", "station"], value_vars=["temp_c", "rh_pct"], var_name="channel"
+    ).dropna(subset=["value"])
+    numbers = pd.to_numeric(long["value"], errors="coerce")
+    good = long[numbers.notna()].assign(value=numbers[numbers.notna()])
+    capture = reads.read_capture(Store(store), "wx").to_pandas()
+    got = sorted(zip(capture["source"], capture["channel"], capture["value"], strict=True))
+    want = sorted(zip(good["station"], good["channel"], good["value"].astype(float), strict=True))
+    assert got == want
+    doc = json.loads(summary.read_text())
+    assert (doc["input"], doc["accepted"], doc["rejected"]) == (len(long), len(good), 1)
+    (dead,) = reads.read_deadletters(Store(store), run=doc["run"]).to_pylist()
+    assert (dead["row"], dead["reason"]) == (2, "bad_value")  # the record holding "abc"
+    assert json.loads(dead["raw"])["value"] == "abc"
+
+
+def test_a_channel_mapped_to_a_column_of_measurements_is_refused_clearly(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "station.csv"
+    path.write_text("timestamp,station,temp_c\n2026-01-01T00:00:00Z,A,18.0\n")
+    mapping = "source=station,time=timestamp,channel=temp_c,value=temp_c"
+    store = str(tmp_path / "s")
+    code, err = run(capsys, "ingest", str(path), "--store", store, "-q", "--map", mapping)
+    assert code == 1
+    assert "--map channel=temp_c: that column holds measurements, not channel names" in err
+
+
+def test_integer_epoch_times_get_their_unit_from_their_magnitude_and_it_is_said(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    seconds = [1_767_225_600, 1_767_225_660, 1_767_225_720]
+    path = tmp_path / "epoch.csv"
+    rows = [f"a,{t},{i}" for i, t in enumerate(seconds)]
+    rows.append("a,1767225780000,9")  # milliseconds among seconds: which one is it?
+    path.write_text("source,time,value\n" + "\n".join(rows) + "\n")
+    store = str(tmp_path / "s")
+    code, err = run(capsys, "ingest", str(path), "--store", store, "--capture", "e")
+    assert code == 0, err
+    assert "epoch-number times read as seconds since 1970-01-01 UTC" in err
+    capture = reads.read_capture(Store(store), "e").to_pandas()
+    assert capture["time"].tolist() == [pd.Timestamp(t, unit="s", tz="UTC") for t in seconds]
+    (dead,) = reads.read_deadletters(Store(store)).to_pylist()
+    assert (dead["row"], dead["reason"]) == (3, "bad_time")
+    assert "another magnitude than the rest (read as s); give --time-unit" in dead["message"]
+
+    # Said explicitly, the unit is taken as given (and nothing is inferred or said).
+    ms = tmp_path / "ms.csv"
+    ms.write_text("source,time,value\nb,1767225600000,1\n")
+    args = ["ingest", str(ms), "--store", store, "--capture", "e", "--time-unit", "ms"]
+    code, err = run(capsys, *args)
+    assert code == 0
+    assert "epoch-number" not in err
+    b = reads.read_capture(Store(store), "e", sources=["b"]).to_pandas()
+    assert b["time"].tolist() == [pd.Timestamp("2026-01-01T00:00:00Z")]
