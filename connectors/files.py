@@ -15,6 +15,7 @@ import io
 import json
 from collections.abc import Iterator
 from datetime import datetime
+from pathlib import Path
 from typing import Any, BinaryIO
 
 import fsspec
@@ -48,6 +49,25 @@ def format_of(url: str) -> str:
         if name.endswith(ext):
             return fmt
     raise ConfigError(f"cannot tell the format of {url!r}: use .parquet, .csv or .jsonl")
+
+
+def write_table(table: pa.Table, out: str) -> None:
+    """Write a table to a local file in the format its extension names (.parquet, .csv,
+    .jsonl: times as ISO-8601)."""
+    fmt = format_of(out)
+    Path(out).parent.mkdir(parents=True, exist_ok=True)
+    if fmt == "parquet":
+        pq.write_table(table, out)
+    elif fmt == "csv":
+        for i, f in enumerate(table.schema):
+            if pa.types.is_list(f.type):  # e.g. payload_shape: CSV cells hold text, so JSON
+                text = [None if v is None else json.dumps(v) for v in table.column(i).to_pylist()]
+                table = table.set_column(i, f.name, pa.array(text, pa.string()))
+        pacsv.write_csv(table, out)
+    else:
+        table.to_pandas().to_json(
+            out, orient="records", lines=True, date_format="iso", date_unit="ns"
+        )
 
 
 def open_input(url: str) -> BinaryIO:
@@ -216,6 +236,13 @@ class _FilePartition(StatefulSourcePartition[RawBatch, int]):
         self._skip = resume or 0
 
     def next_batch(self) -> list[RawBatch]:
+        try:
+            return self._next_batch()
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError, UnicodeDecodeError) as exc:
+            # A file that cannot be read as its extension says (not a bad record in it).
+            raise ConfigError(f"cannot read {self._url} as {format_of(self._url)}: {exc}") from exc
+
+    def _next_batch(self) -> list[RawBatch]:
         for table, bad in self._batches:
             rejects = _malformed(self._url, bad)
             n = table.num_rows + rejects.num_rows

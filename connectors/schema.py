@@ -208,8 +208,8 @@ def infer_epoch_unit(column: pa.ChunkedArray) -> tuple[str | None, np.ndarray]:
     reads right — and the rows whose magnitude says another unit than most of the column's
     (those are ``bad_time``). ``(None, none)`` when it holds no epoch number."""
     typ, n = column.type, len(column)
-    if pa.types.is_integer(typ) or pa.types.is_floating(typ):
-        mag = np.abs(column.cast(pa.float64()).fill_null(np.nan).to_numpy())
+    if pa.types.is_integer(typ) or pa.types.is_floating(typ):  # (only the magnitude matters)
+        mag = np.abs(column.cast(pa.float64(), safe=False).fill_null(np.nan).to_numpy())
     elif pa.types.is_string(typ) or pa.types.is_large_string(typ):
         text = pc.utf8_trim_whitespace(column.cast(pa.string()))
         digits = _np_bool(pc.match_substring_regex(text, r"^-?[0-9]{1,19}$"))

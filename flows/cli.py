@@ -56,11 +56,17 @@ def _lateness(sp: argparse.ArgumentParser) -> None:
     )
 
 
-def _filters(sp: argparse.ArgumentParser) -> None:
+def _filters(sp: argparse.ArgumentParser, what: str = "windows starting") -> None:
     sp.add_argument("--source", action="append", help="only this source (repeatable)")
     sp.add_argument("--channel", action="append", help="only this channel (repeatable)")
-    sp.add_argument("--from", dest="start", metavar="TIME", help="windows starting at or after")
-    sp.add_argument("--until", metavar="TIME", help="windows starting before")
+    sp.add_argument("--from", dest="start", metavar="TIME", help=f"{what} at or after")
+    sp.add_argument("--until", metavar="TIME", help=f"{what} before")
+    sp.add_argument(
+        "-o",
+        "--out",
+        metavar="FILE",
+        help="write every matching row to FILE (.parquet, .csv or .jsonl) instead of printing",
+    )
 
 
 def _ingest(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -219,10 +225,14 @@ def parser() -> argparse.ArgumentParser:
         func=lambda a: commands.cmd_close(a) if a.action == "close" else show.cmd_views(a)
     )
 
-    sp = sub.add_parser("capture", help="list captures, describe one, or verify its payloads")
-    sp.add_argument("action", choices=["list", "info", "verify"])
+    sp = sub.add_parser(
+        "capture", help="list captures, describe one, show or export its readings, verify payloads"
+    )
+    sp.add_argument("action", choices=["list", "info", "show", "verify"])
     sp.add_argument("name", nargs="?")
     _store(sp)
+    _filters(sp, "readings")
+    sp.add_argument("--limit", type=int, default=50, help="rows to print (0 = all)")
     sp.add_argument("--json", action="store_true", help="info as JSON")
     sp.set_defaults(func=show.cmd_capture)
 

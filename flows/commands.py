@@ -10,14 +10,11 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.csv as pacsv
-import pyarrow.parquet as pq
 
 from obsflow.connectors.capture import capture_info, new_run_id, open_capture
 from obsflow.connectors.errors import ConfigError
-from obsflow.connectors.files import format_of
+from obsflow.connectors.files import write_table
 from obsflow.connectors.ids import check_name
 from obsflow.connectors.migrate import check_layout, migrate
 from obsflow.connectors.reads import first_deadletters
@@ -128,6 +125,12 @@ def format_summary(summary: dict[str, Any], store: Store) -> str:
             f"  view {view}: {v['rows']:,} final rows, {v.get('provisional', 0):,} provisional"
             f" (windows still open), {late:,} late readings -> {store.uri('views/' + view)}"
         )
+    if any(summary.get("late", {}).values()):
+        lines.append(
+            "  late readings arrived after their windows were final; they are kept in the "
+            f"capture (obsflow late list). To include them: obsflow replay --capture "
+            f"{summary.get('capture')} --lateness DURATION"
+        )
     if summary["rejected"]:
         lines.append(f"  dead letters: {store.uri('deadletter/' + run)}")
     lines.append(f"  summary: {store.uri('runs/' + run + '.json')}")
@@ -189,20 +192,6 @@ def cmd_replay(args: argparse.Namespace) -> int:
         config, workers=args.workers, processes=args.processes, recovery=recovery_of(args)
     )
     return print_result(result, store, args)
-
-
-def write_table(table: pa.Table, out: str) -> None:
-    """Write a reading table to a local file in the format its extension names."""
-    fmt = format_of(out)
-    Path(out).parent.mkdir(parents=True, exist_ok=True)
-    if fmt == "parquet":
-        pq.write_table(table, out)
-    elif fmt == "csv":
-        pacsv.write_csv(table, out)
-    else:
-        table.to_pandas().to_json(
-            out, orient="records", lines=True, date_format="iso", date_unit="ns"
-        )
 
 
 def cmd_simulate(args: argparse.Namespace) -> int:

@@ -9,10 +9,13 @@ run: same object names, same summary.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import socket
 import sys
+import tempfile
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
@@ -96,15 +99,70 @@ def run_flow(flow: Dataflow, workers: int, recovery: Recovery | None = None) -> 
     """Run a dataflow in this process with ``workers`` worker threads."""
     if workers < 1:
         raise ConfigError(f"--workers must be at least 1, not {workers}")
-    if recovery is None:
-        cli_main(flow, workers_per_process=workers, epoch_interval=EPOCH)  # type: ignore[no-untyped-call]
-    else:
-        cli_main(  # type: ignore[no-untyped-call]
-            flow,
-            workers_per_process=workers,
-            epoch_interval=timedelta(seconds=recovery.snapshot_interval),
-            recovery_config=recovery.config(workers),
-        )
+    with panics_kept_apart():
+        if recovery is None:
+            cli_main(flow, workers_per_process=workers, epoch_interval=EPOCH)  # type: ignore[no-untyped-call]
+        else:
+            cli_main(  # type: ignore[no-untyped-call]
+                flow,
+                workers_per_process=workers,
+                epoch_interval=timedelta(seconds=recovery.snapshot_interval),
+                recovery_config=recovery.config(workers),
+            )
+
+
+@contextlib.contextmanager
+def panics_kept_apart() -> Iterator[None]:
+    """Keep Bytewax's panic text off the terminal while a dataflow runs.
+
+    Bytewax reports an exception raised in a step as a Rust panic, written straight to file
+    descriptor 2 (with ``RUST_BACKTRACE=1``, a stack backtrace too), before the exception
+    reaches Python, where the CLI reports it in one line. So while the dataflow runs, fd 2
+    goes to a temporary file and Python's ``sys.stderr`` (progress lines), when it is the
+    terminal, to a copy of the original fd 2; afterwards whatever else was written to fd 2 is
+    passed on, without the panic reports.
+    """
+    try:
+        on_fd2 = sys.stderr.fileno() == 2
+    except (AttributeError, OSError, ValueError):  # captured (pytest, a notebook): leave it
+        on_fd2 = False
+    sys.stderr.flush()
+    python_stderr = sys.stderr
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as held:
+        os.dup2(held.fileno(), 2)
+        if on_fd2:
+            sys.stderr = open(  # noqa: SIM115 - closed below
+                os.dup(saved), "w", buffering=1, encoding=python_stderr.encoding, errors="replace"
+            )
+        try:
+            yield
+        finally:
+            if on_fd2:
+                sys.stderr.close()
+                sys.stderr = python_stderr
+            os.dup2(saved, 2)
+            os.close(saved)
+            held.seek(0)
+            text = without_panics(held.read().decode(errors="replace"))
+            if text:
+                sys.stderr.write(text)
+                sys.stderr.flush()
+
+
+def without_panics(text: str) -> str:
+    """``text`` without Rust panic reports: from a ``thread '…' panicked at`` line through its
+    closing ``note: …`` line and the blank lines after it."""
+    out, in_panic, after = [], False, False
+    for line in text.splitlines(keepends=True):
+        if line.startswith("thread '") and " panicked at " in line:
+            in_panic = True
+        elif in_panic and line.startswith("note: "):
+            in_panic, after = False, True
+        elif not in_panic and not (after and not line.strip()):
+            out.append(line)
+            after = False
+    return "".join(out)
 
 
 def free_port() -> int:

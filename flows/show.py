@@ -15,6 +15,7 @@ import pyarrow.compute as pc
 from obsflow.connectors import layout
 from obsflow.connectors.capture import capture_info, list_captures
 from obsflow.connectors.errors import ConfigError, ObsflowError
+from obsflow.connectors.files import write_table
 from obsflow.connectors.migrate import check_layout
 from obsflow.connectors.payload_format import PAYLOAD_SCHEMA, check_sha256
 from obsflow.connectors.payloads import PayloadStore
@@ -85,6 +86,8 @@ def cmd_views(args: argparse.Namespace) -> int:
         until=args.until,
         final_only=args.final,
     )
+    if args.out:
+        return export(table, args.out, f"view {args.name!r}")
     frame = table.drop(["run", "capture", "view_hash"]).to_pandas()
     if frame.empty:
         say(f"view {args.name!r}: no rows match")
@@ -115,6 +118,25 @@ def cmd_capture(args: argparse.Namespace) -> int:
         raise ConfigError(f"capture {args.action} needs a capture NAME")
     if args.action == "verify":
         return verify(store, args.name)
+    if args.action == "show":
+        table = read_capture(
+            store,
+            args.name,
+            sources=args.source,
+            channels=args.channel,
+            start=args.start,
+            until=args.until,
+            payloads=True,
+        )
+        if args.out:
+            if not args.out.endswith(".parquet"):  # text formats get references, not bytes
+                table = table.drop_columns(["payload_inline"])
+            return export(table, args.out, f"capture {args.name!r}")
+        if table.num_rows == 0:
+            say(f"capture {args.name!r}: no readings match")
+            return 0
+        print_frame(table.to_pandas().dropna(axis="columns", how="all"), args.limit)
+        return 0
     info = capture_info(store, args.name)
     if args.json:
         print(json.dumps(info.__dict__, indent=2))
@@ -124,6 +146,13 @@ def cmd_capture(args: argparse.Namespace) -> int:
             shown = f"{value:,}" if isinstance(value, int) else value
             print(f"{key:<{width}}  {shown}")
         print(f"{'path':<{width}}  {store.uri(layout.capture_dir(info.name))}")
+    return 0
+
+
+def export(table: pa.Table, out: str, what: str) -> int:
+    """Write rows to a local file (format from its extension) and say so."""
+    write_table(table, out)
+    say(f"{what}: wrote {table.num_rows:,} rows to {out}")
     return 0
 
 

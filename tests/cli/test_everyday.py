@@ -4,13 +4,19 @@ reproduces a finding with the same kind of command and input and asserts what ha
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 
 from obsflow.connectors import reads
+from obsflow.connectors.simulator import SimSpec, generate
 from obsflow.connectors.store import Store
 from obsflow.flows.cli import main
 
@@ -237,3 +243,113 @@ def test_integer_epoch_times_get_their_unit_from_their_magnitude_and_it_is_said(
     assert "epoch-number" not in err
     b = reads.read_capture(Store(store), "e", sources=["b"]).to_pandas()
     assert b["time"].tolist() == [pd.Timestamp("2026-01-01T00:00:00Z")]
+
+
+def test_a_shuffled_million_reading_file_gives_the_views_pandas_gives(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """8 instruments x 2 channels at 10 Hz for 1 h 45 min, rows in random order, default
+    settings (the default per-minute view, lateness 0): nothing late, every window as pandas
+    computes it over all readings."""
+    spec = SimSpec(sources=8, rate=10.0, duration=6250.0, seed=5, gap_prob=0.0)
+    table = generate(spec).select(["source", "channel", "time", "value"])
+    order = np.random.default_rng(6).permutation(table.num_rows)
+    path = tmp_path / "shuffled.parquet"
+    pq.write_table(table.take(pa.array(order)), path)
+    assert table.num_rows == 1_000_000
+    store = str(tmp_path / "s")
+    summary = tmp_path / "summary.json"
+    args = ["ingest", str(path), "--store", store, "--capture", "sh", "-q", "--summary"]
+    assert run(capsys, *args, str(summary))[0] == 0
+    assert json.loads(summary.read_text())["late"] == {}
+    frame = table.to_pandas()
+    frame["window_start"] = frame["time"].dt.floor("1min")
+    want = (
+        frame.groupby(["source", "channel", "window_start"])["value"]
+        .agg(["count", "mean", "min", "max"])
+        .reset_index()
+    )
+    got = reads.read_view(Store(store), "sh_1m").to_pandas()
+    assert len(got) == len(want)
+    assert got["count"].tolist() == want["count"].tolist()
+    np.testing.assert_allclose(got["mean"], want["mean"], rtol=1e-12)
+    assert got["min"].tolist() == want["min"].tolist()
+    assert got["max"].tolist() == want["max"].tolist()
+
+
+def test_late_readings_are_explained_with_the_command_that_includes_them(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    store = str(tmp_path / "s")
+    first, late = tmp_path / "first.csv", tmp_path / "late.csv"
+    first.write_text("source,time,value\na,2026-01-01T00:00:10Z,1\na,2026-01-01T00:05:00Z,2\n")
+    late.write_text("source,time,value\na,2026-01-01T00:00:20Z,3\n")  # its minute is final
+    assert run(capsys, "ingest", str(first), "--store", store, "--capture", "c")[0] == 0
+    code, err = run(capsys, "ingest", str(late), "--store", store, "--capture", "c")
+    assert code == 0
+    assert "1 late readings" in err
+    hint = "To include them: obsflow replay --capture c --lateness DURATION"
+    assert hint in err
+    # The command it gives, with a duration, does include it.
+    code, _ = run(capsys, "replay", "--store", store, "--capture", "c", "--lateness", "10m", "-q")
+    assert code == 0
+    rows = reads.read_view(Store(store), "c_1m").to_pandas()
+    first_minute = rows[rows["window_start"] == pd.Timestamp("2026-01-01T00:00:00Z")]
+    assert first_minute["count"].tolist() == [2]
+
+
+def test_a_file_that_is_not_what_its_extension_says_is_one_line_without_a_panic(
+    tmp_path: Path,
+) -> None:
+    bad = tmp_path / "bad.parquet"
+    bad.write_text("source,time,value\n")
+    proc = subprocess.run(
+        [sys.executable, "-m", "obsflow.flows.cli", "ingest", str(bad), "--store", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "RUST_BACKTRACE": "1"},
+        timeout=120,
+    )
+    assert proc.returncode == 1
+    assert proc.stderr.splitlines() == [
+        f"obsflow: error: cannot read {bad} as parquet: Parquet magic bytes not found in footer. "
+        "Either the file is corrupted or this is not a parquet file."
+    ]
+
+
+@pytest.mark.parametrize("ext", ["csv", "jsonl", "parquet"])
+def test_views_and_captures_export_to_csv_json_and_parquet(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], ext: str
+) -> None:
+    cells = [(s, m, sec) for s in "AB" for m in range(3) for sec in (0, 30)]
+    rows = [f"{s},2026-01-01T00:0{m}:{sec:02d}Z,{m * 10 + sec / 10}" for s, m, sec in cells]
+    path = tmp_path / "in.csv"
+    path.write_text("source,time,value\n" + "\n".join(rows) + "\n")
+    store = str(tmp_path / "s")
+    assert run(capsys, "ingest", str(path), "--store", store, "--capture", "c", "-q")[0] == 0
+
+    def read_back(out: Path) -> pd.DataFrame:
+        if ext == "parquet":
+            return pd.read_parquet(out)
+        if ext == "csv":
+            return pd.read_csv(out)
+        return pd.read_json(out, lines=True)
+
+    out = tmp_path / f"view.{ext}"
+    args = ["views", "show", "c_1m", "--store", store, "--source", "A", "-o", str(out)]
+    code, err = run(capsys, *args)
+    assert code == 0
+    assert f"view 'c_1m': wrote 3 rows to {out}" in err
+    view = reads.read_view(Store(store), "c_1m", sources=["A"]).to_pandas()
+    got = read_back(out)
+    assert got["count"].tolist() == view["count"].tolist() == [2, 2, 2]
+    assert got["mean"].tolist() == view["mean"].tolist()
+    assert got["final"].tolist() == view["final"].tolist() == [True, True, False]
+
+    out = tmp_path / f"capture.{ext}"
+    args = ["capture", "show", "c", "--store", store, "--from", "2026-01-01T00:01:00Z"]
+    assert run(capsys, *args, "-o", str(out))[0] == 0
+    got = read_back(out)
+    assert sorted(zip(got["source"], got["value"], strict=True)) == sorted(
+        (s, m * 10 + sec / 10) for s in "AB" for m in (1, 2) for sec in (0, 30)
+    )

@@ -180,6 +180,7 @@ def test_flow_accepts_a_testing_source_and_sink(tmp_path: Path) -> None:
     run_main(flow)
     # the same batch twice: its valid reading is accepted once, then counted as a duplicate.
     # Its window [0, 1m) is still open at the end of the run: a provisional row, not final.
+    # Times 1 and 2 are epoch numbers of the magnitude of seconds (--time-unit auto).
     assert out == [
         (
             "run",
@@ -192,6 +193,7 @@ def test_flow_accepts_a_testing_source_and_sink(tmp_path: Path) -> None:
                 view_rows={"c_1m": 0},
                 provisional={"c_1m": 1},
                 origins={"mem": 1},
+                epoch_units={"s": 4},
             ),
         )
     ]

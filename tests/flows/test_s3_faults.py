@@ -906,11 +906,6 @@ def test_a_log_holding_rows_when_another_step_fails_does_not_abort_the_process()
     )
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="Bytewax reports a Python exception in a step as a Rust panic: its message (and, "
-    "with RUST_BACKTRACE=1, a stack backtrace) goes to stderr before obsflow's own line",
-)
 def test_a_store_down_for_good_prints_no_rust_panic(outage: Outage) -> None:
     err = outage.failed.stderr
     assert "panicked at" not in err
