@@ -48,20 +48,30 @@ def views() -> tuple[ViewDef, ...]:
 # -- input data ------------------------------------------------------------------------------
 
 
-def sim_spec(readings: int, *, sources: int, rate: float, seed: int = 1) -> SimSpec:
+def sim_spec(
+    readings: int, *, sources: int, rate: float, seed: int = 1, start: str | None = None
+) -> SimSpec:
     """A simulation with a little more than ``readings`` readings (gaps drop about 0.3 %)."""
     per_series = readings / (sources * len(CHANNELS))
+    extra = {"start": start} if start else {}
     return SimSpec(
         sources=sources,
         channels=CHANNELS,
         rate=rate,
         duration=per_series * 1.02 / rate + 1.0,
         seed=seed,
+        **extra,
     )
 
 
 def write_readings(
-    path: Path, readings: int, *, sources: int = 8, rate: float = 50.0, seed: int = 1
+    path: Path,
+    readings: int,
+    *,
+    sources: int = 8,
+    rate: float = 50.0,
+    seed: int = 1,
+    start: str | None = None,
 ) -> Path:
     """Write exactly ``readings`` simulated readings to a Parquet file, in event-time order.
 
@@ -72,7 +82,7 @@ def write_readings(
     if path.exists() and pq.ParquetFile(path).metadata.num_rows == readings:
         return path
     path.parent.mkdir(parents=True, exist_ok=True)
-    spec = sim_spec(readings, sources=sources, rate=rate, seed=seed)
+    spec = sim_spec(readings, sources=sources, rate=rate, seed=seed, start=start)
     tmp = path.with_suffix(".tmp")
     written = 0
     writer: pq.ParquetWriter | None = None

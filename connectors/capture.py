@@ -14,15 +14,16 @@ import copy
 import hashlib
 import json
 import secrets
-from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
 from obsflow.connectors import layout
+from obsflow.connectors.archive import Archive, time_span
 from obsflow.connectors.commits import head
 from obsflow.connectors.dedup import DEFAULT_HORIZON, Deduper
 from obsflow.connectors.errors import CaptureExistsError, ConfigError, StoreError
@@ -144,6 +145,7 @@ class PartitionWriter:
             self.state = resume
             self.discard_after(0)
         self.state = resume
+        self._archive: Archive | None = None  # loaded when a reading older than memory comes
         self._buffer: list[pa.Table] = []
         self._buffered = 0
 
@@ -182,7 +184,7 @@ class PartitionWriter:
         """Drop duplicates, set conflicts aside, number and buffer the rest."""
         origin = {c: table.column(c) for c in ORIGIN_COLUMNS if c in table.column_names}
         readings = table.drop_columns(list(origin))
-        accept, conflict = self.state.dedup.check(readings)
+        accept, conflict = self._dedup(readings)
         n_accept, n_conflict = int(accept.sum()), int(conflict.sum())
         conflicts = REJECT_SCHEMA.empty_table()
         if n_conflict:
@@ -206,6 +208,25 @@ class PartitionWriter:
             if self._buffered >= self.target_rows:
                 self.flush()
         return Appended(rows, conflicts, table.num_rows - n_accept - n_conflict, origins)
+
+    def _dedup(self, readings: pa.Table) -> tuple[np.ndarray, np.ndarray]:
+        """(accept, conflict): against the dedup memory and, for readings older than it,
+        against the committed capture itself (``connectors.archive``)."""
+        dedup = self.state.dedup
+        old = dedup.older_than_memory(readings)
+        if not old.any():
+            return dedup.check(readings)
+        if self._archive is None:
+            self._archive = Archive.load(self.store, self.capture, self.part)
+        at = np.flatnonzero(old)
+        dup, clash = self._archive.check(readings.filter(pa.array(old)))
+        accept = np.zeros(readings.num_rows, bool)
+        conflict = np.zeros(readings.num_rows, bool)
+        conflict[at[clash]] = True
+        rest = np.ones(readings.num_rows, bool)
+        rest[at[dup | clash]] = False
+        accept[rest], conflict[rest] = dedup.check(readings.filter(pa.array(rest)))
+        return accept, conflict
 
     def _object(self, chunk: int) -> str:
         return layout.staged(
@@ -329,26 +350,6 @@ def capture_info(store: Store, name: str) -> CaptureInfo:
 
 def _iso(ns: int) -> str:
     return str(pa.scalar(ns, pa.timestamp("ns", tz="UTC")).as_py().isoformat())
-
-
-def time_span(footers: Iterable[Any]) -> tuple[int, int] | None:
-    """(min, max) event time in ns of Parquet objects, from their footers' statistics."""
-    lo = hi = None
-    for md in footers:
-        col = md.schema.to_arrow_schema().get_field_index("time")
-        for g in range(md.num_row_groups):
-            st = md.row_group(g).column(col).statistics
-            if st is None or not st.has_min_max:
-                continue
-            mn, mx = ns_of(st.min), ns_of(st.max)
-            lo = mn if lo is None else min(lo, mn)
-            hi = mx if hi is None else max(hi, mx)
-    return None if lo is None or hi is None else (lo, hi)
-
-
-def ns_of(value: object) -> int:
-    """A footer statistic of the time column as ns since the epoch."""
-    return int(pa.scalar(value, pa.timestamp("ns", tz="UTC")).cast(pa.int64()).as_py())
 
 
 # -- inputs already captured ---------------------------------------------------------------

@@ -26,7 +26,8 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
 
-from obsflow.connectors.capture import ns_of, open_capture, time_span
+from obsflow.connectors.archive import ns_of, time_span
+from obsflow.connectors.capture import open_capture
 from obsflow.connectors.commits import Commit, capture_objects, read_log
 from obsflow.connectors.errors import ConfigError
 from obsflow.connectors.ids import check_id

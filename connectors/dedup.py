@@ -54,6 +54,52 @@ def string_hashes(column: pa.ChunkedArray | pa.Array) -> np.ndarray:
     return hashes
 
 
+def content_hashes(table: pa.Table) -> np.ndarray:
+    """64-bit hash of each reading's content (time, channel, value): equal content, equal
+    hash."""
+    ch = pc.dictionary_encode(table.column("channel")).combine_chunks()
+    c_codes = ch.indices.to_numpy(zero_copy_only=False).astype(np.int64)
+    t = table.column("time").combine_chunks().cast(pa.int64()).to_numpy()
+    v = table.column("value").combine_chunks().fill_null(np.nan).to_numpy()
+    bits = np.where(np.isnan(v), _NAN_BITS, v.view(np.uint64))
+    ch_hash = string_hashes(ch.dictionary)[c_codes]
+    hashed: np.ndarray = mix(
+        mix(t.astype(np.uint64)) ^ mix(ch_hash ^ _SEQ_SALT) ^ mix(bits ^ _TIME_SALT)
+    )
+    return hashed
+
+
+def _key_spaces(
+    table: pa.Table,
+) -> tuple[list[tuple[tuple[str, str], np.ndarray]], np.ndarray, np.ndarray, np.ndarray]:
+    """Rows grouped by key space — (source, "#seq") for readings with a seq, (source,
+    channel) for the others — each group's rows in arrival order; and per row its key (seq
+    or time), content hash and time."""
+    src = pc.dictionary_encode(table.column("source")).combine_chunks()
+    ch = pc.dictionary_encode(table.column("channel")).combine_chunks()
+    s_codes = src.indices.to_numpy(zero_copy_only=False).astype(np.int64)
+    c_codes = ch.indices.to_numpy(zero_copy_only=False).astype(np.int64)
+    seq_col = table.column("seq").combine_chunks()
+    has_seq = ~np.asarray(seq_col.is_null().to_numpy(zero_copy_only=False), dtype=bool)
+    seq = seq_col.fill_null(0).to_numpy()
+    t = table.column("time").combine_chunks().cast(pa.int64()).to_numpy()
+    width = len(ch.dictionary) + 1
+    space = s_codes * width + np.where(has_seq, len(ch.dictionary), c_codes)
+    key = np.where(has_seq, seq, t)
+    order = np.argsort(space, kind="stable")
+    bounds = np.flatnonzero(np.r_[True, space[order][1:] != space[order][:-1], True])
+    sources, channels = src.dictionary.to_pylist(), ch.dictionary.to_pylist()
+    groups = []
+    for lo, hi in itertools.pairwise(bounds.tolist()):
+        rows = order[lo:hi]
+        code = int(space[rows[0]])
+        is_seq = code % width == len(channels)
+        # "#seq" cannot be a channel id, so the two kinds of key space never mix.
+        name = (sources[code // width], "#seq" if is_seq else channels[code % width])
+        groups.append((name, rows))
+    return groups, key, content_hashes(table), t
+
+
 @dataclass
 class _Keys:
     """Remembered identities of one key space: one source's seq numbers, or one series' times.
@@ -117,34 +163,24 @@ class Deduper:
         conflict = np.zeros(n, bool)
         if n == 0 or self.horizon <= 0:
             return accept, conflict
-        src = pc.dictionary_encode(table.column("source")).combine_chunks()
-        ch = pc.dictionary_encode(table.column("channel")).combine_chunks()
-        s_codes = src.indices.to_numpy(zero_copy_only=False).astype(np.int64)
-        c_codes = ch.indices.to_numpy(zero_copy_only=False).astype(np.int64)
-        seq_col = table.column("seq").combine_chunks()
-        has_seq = ~np.asarray(seq_col.is_null().to_numpy(zero_copy_only=False), dtype=bool)
-        seq = seq_col.fill_null(0).to_numpy()
-        t = table.column("time").combine_chunks().cast(pa.int64()).to_numpy()
-        v = table.column("value").combine_chunks().fill_null(np.nan).to_numpy()
-        bits = np.where(np.isnan(v), _NAN_BITS, v.view(np.uint64))
-        ch_hash = string_hashes(ch.dictionary)[c_codes]
-        content = mix(mix(t.astype(np.uint64)) ^ mix(ch_hash ^ _SEQ_SALT) ^ mix(bits ^ _TIME_SALT))
-        # One key space per (source, "seq") or (source, channel): group rows by it.
-        width = len(ch.dictionary) + 1
-        space = s_codes * width + np.where(has_seq, len(ch.dictionary), c_codes)
-        key = np.where(has_seq, seq, t)
-        order = np.argsort(space, kind="stable")
-        bounds = np.flatnonzero(np.r_[True, space[order][1:] != space[order][:-1], True])
-        sources, channels = src.dictionary.to_pylist(), ch.dictionary.to_pylist()
-        for lo, hi in itertools.pairwise(bounds.tolist()):
-            rows = order[lo:hi]  # this key space's rows, in arrival order
-            code = int(space[rows[0]])
-            is_seq = code % width == len(channels)
-            # "#seq" cannot be a channel id, so the two kinds of key space never mix.
-            name = (sources[code // width], "#seq" if is_seq else channels[code % width])
+        groups, key, content, t = _key_spaces(table)
+        for name, rows in groups:
             a, c = self._check_space(name, key[rows], content[rows], t[rows])
             accept[rows], conflict[rows] = a, c
         return accept, conflict
+
+    def older_than_memory(self, table: pa.Table) -> np.ndarray:
+        """Rows older than what is remembered of their key space: their identity may have
+        been forgotten, so only the capture itself can tell (``connectors.archive``)."""
+        old = np.zeros(table.num_rows, bool)
+        if table.num_rows == 0 or self.horizon <= 0 or not self.maxt:
+            return old
+        groups, _, _, t = _key_spaces(table)
+        for name, rows in groups:
+            top = self.maxt.get(name)
+            if top is not None:
+                old[rows] = t[rows] < top - self.horizon
+        return old
 
     def _check_space(
         self, name: tuple[str, str], keys: np.ndarray, contents: np.ndarray, times: np.ndarray

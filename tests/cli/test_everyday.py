@@ -353,3 +353,46 @@ def test_views_and_captures_export_to_csv_json_and_parquet(
     assert sorted(zip(got["source"], got["value"], strict=True)) == sorted(
         (s, m * 10 + sec / 10) for s in "AB" for m in (1, 2) for sec in (0, 30)
     )
+
+
+def test_duplicates_older_than_the_dedup_memory_are_found_in_the_capture(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A file ingested again after 12 hours of newer data (the memory holds 10 minutes): its
+    readings are duplicates, a changed one is a conflict, a new one is accepted."""
+
+    def minutes(name: str, hour: int, values: list[str]) -> Path:
+        path = tmp_path / name
+        rows = [f"b,2026-07-01T{hour:02d}:{m:02d}:00Z,{v}" for m, v in enumerate(values)]
+        path.write_text("source,time,value\n" + "\n".join(rows) + "\n")
+        return path
+
+    morning = minutes("morning.csv", 0, [str(m) for m in range(60)])
+    evening = minutes("evening.csv", 12, [str(m) for m in range(60)])
+    store = str(tmp_path / "s")
+    summary = tmp_path / "summary.json"
+
+    def ingest(path: Path, *extra: str) -> dict[str, int]:
+        args = ["ingest", str(path), "--store", store, "--capture", "c", "-q"]
+        assert run(capsys, *args, "--summary", str(summary), *extra)[0] == 0
+        doc = json.loads(summary.read_text())
+        return {k: doc[k] for k in ("input", "accepted", "rejected", "duplicates")}
+
+    ingest(morning)
+    ingest(evening)
+    assert ingest(morning, "--force") == {
+        "input": 60, "accepted": 0, "rejected": 0, "duplicates": 60
+    }  # fmt: skip
+    changed = tmp_path / "changed.csv"
+    changed.write_text(
+        "source,time,value\n"
+        "b,2026-07-01T00:05:00Z,999\n"  # same identity, other value: a conflict
+        "b,2026-07-01T00:06:00Z,6\n"  # the same reading: a duplicate
+        "b,2026-07-01T00:06:30Z,6.5\n"  # new
+    )
+    assert ingest(changed) == {"input": 3, "accepted": 1, "rejected": 1, "duplicates": 1}
+    (conflict,) = reads.read_deadletters(Store(store), reason="conflict").to_pylist()
+    assert json.loads(conflict["raw"])["value"] == 999.0
+    capture = reads.read_capture(Store(store), "c").to_pandas()
+    assert len(capture) == 121
+    assert capture["time"].is_unique

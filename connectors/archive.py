@@ -1,0 +1,151 @@
+"""Duplicates older than the dedup memory: the committed capture itself is the index.
+
+The in-memory dedup (``connectors.dedup``) remembers identities for a horizon of event time per
+key space, so memory stays bounded. A reading older than that horizon — a file ingested again
+a day later, an instrument replaying its buffer — would otherwise be captured twice. For those
+readings only, a partition writer asks the ``Archive``: the committed capture objects of its
+partition, pruned by their footers' time spans to those that overlap the readings' times. An
+object's identities are read once (only the identity and content columns) into sorted 64-bit
+hashes, and the few objects read last are kept, since readings mostly come in time order; a
+batch is then a binary search. So the cost is paid only by readings in time already captured,
+and memory is bounded by a few objects.
+
+Identity and content are the dedup's: (source, seq) for readings with a seq, else (source,
+channel, time); content is the hash of (time, channel, value). Same identity and content is a
+duplicate; same identity and other content a conflict. (The footer helpers ``time_span`` and
+``ns_of`` live here too; ``capture info`` and replay use them.)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from obsflow.connectors.commits import capture_objects
+from obsflow.connectors.dedup import content_hashes, mix, string_hashes
+from obsflow.connectors.store import Store
+
+_COLUMNS = ["source", "seq", "time", "channel", "value"]
+_SEQ_KEY = np.uint64(0x243F6A8885A308D3)  # salts: a seq and a time never hash alike
+_TIME_KEY = np.uint64(0x13198A2E03707344)
+
+
+@dataclass
+class _Index:
+    """The identities of one capture object as sorted 64-bit hashes, with content hashes:
+    by (source, seq) and by (source, channel, time)."""
+
+    seq_keys: np.ndarray
+    seq_contents: np.ndarray
+    time_keys: np.ndarray
+    time_contents: np.ndarray
+
+    @classmethod
+    def of(cls, table: pa.Table) -> _Index:
+        by_seq, by_time = _identity_hashes(table)
+        content = content_hashes(table)
+        a, b = np.argsort(by_seq), np.argsort(by_time)
+        return cls(by_seq[a], content[a], by_time[b], content[b])
+
+
+def _lookup(
+    keys: np.ndarray, contents: np.ndarray, want: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """(found, content found) for each of ``want`` in sorted ``keys``."""
+    if keys.size == 0 or want.size == 0:
+        return np.zeros(want.size, bool), np.zeros(want.size, np.uint64)
+    order = np.argsort(want)  # sorted needles: a binary search that walks memory forward
+    pos = np.empty(want.size, np.int64)
+    pos[order] = np.minimum(np.searchsorted(keys, want[order]), keys.size - 1)
+    return keys[pos] == want, contents[pos]
+
+
+@dataclass
+class Archive:
+    """The committed capture objects of one partition with their event-time spans, and the
+    identity indexes of the objects read lately (readings mostly come in time order, so one
+    object serves many batches)."""
+
+    store: Store
+    spans: list[tuple[str, int, int]]  # (object, first time, last time)
+    cache: dict[str, _Index] = field(default_factory=dict)
+    cache_size: int = 4  # objects: bounded memory
+
+    @classmethod
+    def load(cls, store: Store, capture: str, part: int) -> Archive:
+        spans = []
+        for rel in capture_objects(store, capture).get(part, []):
+            span = time_span([store.parquet_metadata(rel)])
+            if span is not None:
+                spans.append((rel, *span))
+        return cls(store, spans)
+
+    def _index(self, rel: str) -> _Index:
+        if rel not in self.cache:
+            if len(self.cache) >= self.cache_size:
+                self.cache.pop(next(iter(self.cache)))  # the oldest
+            self.cache[rel] = _Index.of(self.store.scan([rel], columns=_COLUMNS, unify=True))
+        return self.cache[rel]
+
+    def check(self, readings: pa.Table) -> tuple[np.ndarray, np.ndarray]:
+        """(duplicate, conflict) masks: readings whose identity the capture already holds,
+        with the same content or another."""
+        n = readings.num_rows
+        dup, conflict = np.zeros(n, bool), np.zeros(n, bool)
+        if n == 0 or not self.spans:
+            return dup, conflict
+        t = readings.column("time").cast(pa.int64())
+        lo, hi = pc.min(t).as_py(), pc.max(t).as_py()
+        by_seq, by_time = _identity_hashes(readings)
+        has_seq = np.asarray(readings.column("seq").is_valid(), dtype=bool)
+        content = content_hashes(readings)
+        s_rows, t_rows = np.flatnonzero(has_seq), np.flatnonzero(~has_seq)
+        for rel, first, last in self.spans:
+            if first > hi or last < lo:
+                continue
+            index = self._index(rel)
+            found, held = np.zeros(n, bool), np.zeros(n, np.uint64)
+            found[s_rows], held[s_rows] = _lookup(
+                index.seq_keys, index.seq_contents, by_seq[s_rows]
+            )
+            found[t_rows], held[t_rows] = _lookup(
+                index.time_keys, index.time_contents, by_time[t_rows]
+            )
+            new = found & ~dup & ~conflict
+            dup |= new & (held == content)
+            conflict |= new & (held != content)
+        return dup, conflict
+
+
+def _identity_hashes(table: pa.Table) -> tuple[np.ndarray, np.ndarray]:
+    """Per row, a 64-bit hash of its (source, seq) and of its (source, channel, time)."""
+    src = string_hashes(table.column("source").cast(pa.string()))
+    ch = string_hashes(table.column("channel").cast(pa.string()))
+    seq = table.column("seq").cast(pa.int64()).fill_null(0).to_numpy().astype(np.uint64)
+    t = table.column("time").cast(pa.int64()).to_numpy().astype(np.uint64)
+    return mix(src ^ mix(seq ^ _SEQ_KEY)), mix(src ^ mix(ch ^ mix(t ^ _TIME_KEY)))
+
+
+def time_span(footers: Iterable[Any]) -> tuple[int, int] | None:
+    """(min, max) event time in ns of Parquet objects, from their footers' statistics."""
+    lo = hi = None
+    for md in footers:
+        col = md.schema.to_arrow_schema().get_field_index("time")
+        for g in range(md.num_row_groups):
+            st = md.row_group(g).column(col).statistics
+            if st is None or not st.has_min_max:
+                continue
+            mn, mx = ns_of(st.min), ns_of(st.max)
+            lo = mn if lo is None else min(lo, mn)
+            hi = mx if hi is None else max(hi, mx)
+    return None if lo is None or hi is None else (lo, hi)
+
+
+def ns_of(value: object) -> int:
+    """A footer statistic of the time column as ns since the epoch."""
+    return int(pa.scalar(value, pa.timestamp("ns", tz="UTC")).cast(pa.int64()).as_py())
