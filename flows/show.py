@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -32,6 +33,16 @@ def opened(args: argparse.Namespace) -> Store:
     store = Store(args.store)
     check_layout(store)
     return store
+
+
+def filters(args: argparse.Namespace) -> dict[str, Any]:
+    """A command's --source, --channel, --from and --until, as ``connectors.reads`` takes them."""
+    return {
+        "sources": args.source,
+        "channels": args.channel,
+        "start": args.start,
+        "until": args.until,
+    }
 
 
 def print_frame(frame: pd.DataFrame, limit: int, width: int = 200) -> None:
@@ -77,15 +88,7 @@ def cmd_views(args: argparse.Namespace) -> int:
         return 0
     if not args.name:
         raise ConfigError(f"views {args.action} needs a view NAME")
-    table = read_view(
-        store,
-        args.name,
-        sources=args.source,
-        channels=args.channel,
-        start=args.start,
-        until=args.until,
-        final_only=args.final,
-    )
+    table = read_view(store, args.name, **filters(args), final_only=args.final)
     if args.out:
         return export(table, args.out, f"view {args.name!r}")
     frame = table.drop(["run", "capture", "view_hash"]).to_pandas()
@@ -119,15 +122,7 @@ def cmd_capture(args: argparse.Namespace) -> int:
     if args.action == "verify":
         return verify(store, args.name)
     if args.action == "show":
-        table = read_capture(
-            store,
-            args.name,
-            sources=args.source,
-            channels=args.channel,
-            start=args.start,
-            until=args.until,
-            payloads=True,
-        )
+        table = read_capture(store, args.name, **filters(args), payloads=True)
         if args.out:
             if not args.out.endswith(".parquet"):  # text formats get references, not bytes
                 table = table.drop_columns(["payload_inline"])
