@@ -74,6 +74,19 @@ def _partitions(store: Store, capture: str | None, sources: list[str] | None) ->
     return partitions_of(sources, meta.partitions)
 
 
+def capture_files_read(store: Store, name: str, sources: Sequence[str] | None) -> list[str]:
+    """The capture objects a read of ``sources`` opens: those of their partitions."""
+    return capture_files(store, name, _partitions(store, name, _list(sources)))
+
+
+def view_files_read(
+    store: Store, name: str, sources: Sequence[str] | None, doc: dict[str, Any] | None = None
+) -> list[str]:
+    """The view objects a read of ``sources`` opens (``doc``: the view's, if already read)."""
+    capture = (doc or read_view_doc(store, name)).get("capture")
+    return view_files(store, name, _partitions(store, capture, _list(sources)))
+
+
 def _select(table: pa.Table, columns: Sequence[str] | None, keys: Sequence[str]) -> pa.Table:
     sort = [k for k in keys if k in table.column_names]
     if sort:
@@ -111,7 +124,7 @@ def read_capture(
     expr = row_filter(sources=sources, channels=channels, start=start, until=until)
     if filter is not None:
         expr = filter if expr is None else expr & filter
-    files = capture_files(store, name, _partitions(store, name, _list(sources)))
+    files = capture_files_read(store, name, sources)
     table = store.scan(
         files, schema=schema, columns=_columns(schema, columns, CAPTURE_KEYS), filter=expr
     )
@@ -141,7 +154,7 @@ def read_view(
         time_column="window_start",
         final_only=final_only,
     )
-    files = view_files(store, name, _partitions(store, doc.get("capture"), _list(sources)))
+    files = view_files_read(store, name, sources, doc)
     table = store.scan(
         files, schema=schema, columns=_columns(schema, columns, VIEW_KEYS), filter=expr
     )

@@ -157,6 +157,11 @@ class SimSpec:
         return -(-self.samples // BLOCK_SAMPLES)
 
 
+def parse_duration_ns(text: str) -> int:
+    """``parse_duration`` in nanoseconds."""
+    return round(parse_duration(text) * 1e9)
+
+
 def generate_block(spec: SimSpec, source: int, block: int) -> pa.Table:
     """Readings of one source for samples [block·B, (block+1)·B), all channels, in time order."""
     lo = block * BLOCK_SAMPLES

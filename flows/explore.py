@@ -34,21 +34,18 @@ from numpy.typing import NDArray
 from obsflow.connectors import layout, reads
 from obsflow.connectors.capture import (
     CaptureInfo,
-    capture_files,
     capture_info,
     list_captures,
     new_run_id,
-    open_capture,
 )
 from obsflow.connectors.errors import ConfigError
 from obsflow.connectors.migrate import check_layout
-from obsflow.connectors.partitions import partitions_of
 from obsflow.connectors.payload_format import Payload, PayloadRef
 from obsflow.connectors.payloads import PayloadStore
 from obsflow.connectors.schema import InputSpec, to_utc
-from obsflow.connectors.simulator import parse_duration
+from obsflow.connectors.simulator import parse_duration_ns
 from obsflow.connectors.store import DEFAULT_STORE, Store
-from obsflow.connectors.views import list_views, read_view_doc, view_files
+from obsflow.connectors.views import list_views, read_view_doc
 from obsflow.flows import jobs
 from obsflow.flows.ingest import IngestConfig, demo_config
 from obsflow.flows.replay import ReplayConfig
@@ -181,25 +178,11 @@ class Explorer:
 
     def view_files(self, name: str, *, source: Names = None) -> list[str]:
         """Store-relative paths of the view objects a read of ``source`` opens."""
-        store = self._ready()
-        sources = _names(source, "source")
-        if sources is None:
-            return view_files(store, name)
-        capture = read_view_doc(store, name)["capture"]
-        return view_files(
-            store, name, partitions_of(sources, open_capture(store, capture).partitions)
-        )
+        return reads.view_files_read(self._ready(), name, _names(source, "source"))
 
     def capture_files(self, name: str, *, source: Names = None) -> list[str]:
         """Store-relative paths of the capture objects a read of ``source`` opens."""
-        store = self._ready()
-        sources = _names(source, "source")
-        parts = (
-            None
-            if sources is None
-            else partitions_of(sources, open_capture(store, name).partitions)
-        )
-        return capture_files(store, name, parts)
+        return reads.capture_files_read(self._ready(), name, _names(source, "source"))
 
     # reading rows ------------------------------------------------------------------------
 
@@ -369,7 +352,7 @@ class Explorer:
             partitions=partitions,
             progress=False,
             views=None if views is None else view_defs(views),
-            dedup_horizon=round(parse_duration(dedup_horizon) * 1e9),
+            dedup_horizon=parse_duration_ns(dedup_horizon),
         )
         result = jobs.execute(config, workers=workers, force=force)
         return {**result.summary, "skipped_inputs": [u for u, _ in result.skipped]}
@@ -407,7 +390,6 @@ class Explorer:
             progress=False,
             as_name=as_name,
         )
-        config.spec  # noqa: B018 - validates times and speed before anything runs
         return jobs.execute(config, workers=workers).summary
 
     def close(

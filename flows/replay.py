@@ -91,6 +91,7 @@ class ReplayConfig:
                 raise ConfigError(
                     f"--as names one view, but {len(self.views)} are replayed: {names}"
                 )
+        self.spec  # noqa: B018 - the times and the slice are checked before anything runs
 
     @classmethod
     def from_options(cls, **options: Any) -> ReplayConfig:

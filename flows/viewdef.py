@@ -24,7 +24,7 @@ from typing import Any
 
 from obsflow.connectors.errors import ConfigError
 from obsflow.connectors.ids import NAME_PATTERN
-from obsflow.connectors.simulator import parse_duration
+from obsflow.connectors.simulator import parse_duration_ns
 from obsflow.connectors.store import Store
 from obsflow.connectors.views import list_views
 
@@ -45,7 +45,7 @@ def _ns(view: str, key: str, text: object) -> int:
     if not isinstance(text, str | int | float):
         raise ConfigError(f"view {view!r}: {key} must be a duration like '10s', not {text!r}")
     try:
-        return round(parse_duration(str(text)) * 1e9)
+        return parse_duration_ns(str(text))
     except ConfigError as exc:
         raise ConfigError(f"view {view!r}: {key}: {exc}") from None
 

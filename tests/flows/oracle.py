@@ -165,3 +165,22 @@ def in_runs(df: pd.DataFrame, view: ViewDef, cuts: Sequence[int]) -> Oracle:
     for lo, hi in itertools.pairwise(bounds):
         oracle.run(df.iloc[lo:hi])
     return oracle
+
+
+def assert_rows_match(
+    got: pd.DataFrame, want: pd.DataFrame, view: ViewDef, values: pd.Series
+) -> None:
+    """View rows (``as_ns``) equal the oracle's: keys, ``final`` and every aggregate."""
+    assert len(got) == len(want)
+    for col in ("source", "channel", "window_start", "window_end", "final"):
+        assert got[col].tolist() == want[col].tolist(), col
+    # Sums of values of either sign cancel: their error is relative to the values' scale.
+    scale = max(1.0, float(np.abs(values).max())) if values.notna().any() else 1.0
+    for agg in view.aggregates:
+        g, w = got[agg].to_numpy(dtype=float), want[agg].to_numpy(dtype=float)
+        assert (np.isnan(g) == np.isnan(w)).all(), agg
+        g, w = g[~np.isnan(w)], w[~np.isnan(w)]
+        if agg in ("count", "min", "max", "first", "last") or agg.startswith("p"):
+            assert (g == w).all(), agg  # quantiles are exact below CAP values per window
+        else:
+            assert np.allclose(g, w, rtol=1e-9, atol=1e-9 * scale), agg

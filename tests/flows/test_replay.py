@@ -27,7 +27,7 @@ from obsflow.flows import jobs
 from obsflow.flows.cli import main
 from obsflow.flows.viewdef import ViewDef, parse_views
 from tests.conftest import ROOT
-from tests.flows.oracle import Oracle
+from tests.flows.oracle import Oracle, assert_rows_match
 
 SIM = "sim://?sources=4&channels=temperature,pressure&rate=20&duration=10m&seed=5"
 LIVE_VIEWS = """
@@ -93,25 +93,6 @@ def as_ns(frame: pd.DataFrame) -> pd.DataFrame:
     for c in ("window_start", "window_end"):
         frame[c] = frame[c].astype("int64")
     return frame.sort_values(["source", "channel", "window_start"]).reset_index(drop=True)
-
-
-def assert_rows_match(
-    got: pd.DataFrame, want: pd.DataFrame, view: ViewDef, values: pd.Series
-) -> None:
-    """View rows (``as_ns``) equal the oracle's: keys, ``final`` and every aggregate."""
-    assert len(got) == len(want)
-    for col in ("source", "channel", "window_start", "window_end", "final"):
-        assert got[col].tolist() == want[col].tolist(), col
-    # Sums of values of either sign cancel: their error is relative to the values' scale.
-    scale = max(1.0, float(np.abs(values).max())) if values.notna().any() else 1.0
-    for agg in view.aggregates:
-        g, w = got[agg].to_numpy(dtype=float), want[agg].to_numpy(dtype=float)
-        assert (np.isnan(g) == np.isnan(w)).all(), agg
-        g, w = g[~np.isnan(w)], w[~np.isnan(w)]
-        if agg in ("count", "min", "max", "first", "last") or agg.startswith("p"):
-            assert (g == w).all(), agg  # quantiles are exact below CAP values per window
-        else:
-            assert np.allclose(g, w, rtol=1e-9, atol=1e-9 * scale), agg
 
 
 def assert_late_match(got: pd.DataFrame, oracle: Oracle) -> None:

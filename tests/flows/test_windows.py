@@ -29,7 +29,7 @@ from obsflow.flows import windows
 from obsflow.flows.partials import running_max
 from obsflow.flows.viewdef import ViewDef
 from obsflow.flows.windows import WindowKernel
-from tests.flows.oracle import Oracle
+from tests.flows.oracle import Oracle, assert_rows_match
 
 MS = 1_000_000
 ALL_AGGS = ("count", "sum", "mean", "min", "max", "std", "var", "first", "last", "p50", "p90")
@@ -141,25 +141,6 @@ class Driver:
         if close:
             self.step(("close", None, None))
             assert self.check()["final"].all()
-
-
-def assert_rows_match(
-    got: pd.DataFrame, want: pd.DataFrame, view: ViewDef, values: pd.Series
-) -> None:
-    assert len(got) == len(want)
-    cols = ["source", "channel", "window_start", "window_end"]
-    for col in cols + (["final"] if "final" in got and "final" in want else []):
-        assert got[col].tolist() == want[col].tolist(), col
-    # Sums of values of either sign cancel: their error is relative to the values' scale.
-    scale = max(1.0, float(np.abs(values).max())) if values.notna().any() else 1.0
-    for agg in view.aggregates:
-        g, w = got[agg].to_numpy(dtype=float), want[agg].to_numpy(dtype=float)
-        assert (np.isnan(g) == np.isnan(w)).all(), agg
-        g, w = g[~np.isnan(w)], w[~np.isnan(w)]
-        if agg in ("count", "min", "max", "first", "last") or agg.startswith("p"):
-            assert (g == w).all(), agg  # quantiles are exact below CAP values per window
-        else:
-            assert np.allclose(g, w, rtol=1e-9, atol=1e-9 * scale), agg
 
 
 def batches(lo: int, hi: int, cuts: list[int]) -> list[Step]:
