@@ -70,11 +70,11 @@ def content_hashes(table: pa.Table) -> np.ndarray:
 
 
 def _key_spaces(
-    table: pa.Table,
+    table: pa.Table, *, contents: bool = True
 ) -> tuple[list[tuple[tuple[str, str], np.ndarray]], np.ndarray, np.ndarray, np.ndarray]:
     """Rows grouped by key space — (source, "#seq") for readings with a seq, (source,
     channel) for the others — each group's rows in arrival order; and per row its key (seq
-    or time), content hash and time."""
+    or time), content hash (unless ``contents`` is false) and time."""
     src = pc.dictionary_encode(table.column("source")).combine_chunks()
     ch = pc.dictionary_encode(table.column("channel")).combine_chunks()
     s_codes = src.indices.to_numpy(zero_copy_only=False).astype(np.int64)
@@ -97,7 +97,8 @@ def _key_spaces(
         # "#seq" cannot be a channel id, so the two kinds of key space never mix.
         name = (sources[code // width], "#seq" if is_seq else channels[code % width])
         groups.append((name, rows))
-    return groups, key, content_hashes(table), t
+    hashes = content_hashes(table) if contents else np.zeros(0, np.uint64)
+    return groups, key, hashes, t
 
 
 @dataclass
@@ -175,7 +176,10 @@ class Deduper:
         old = np.zeros(table.num_rows, bool)
         if table.num_rows == 0 or self.horizon <= 0 or not self.maxt:
             return old
-        groups, _, _, t = _key_spaces(table)
+        first = pc.min(table.column("time").cast(pa.int64())).as_py()
+        if first >= min(self.maxt.values()) - self.horizon:  # the usual stream: nothing old
+            return old
+        groups, _, _, t = _key_spaces(table, contents=False)
         for name, rows in groups:
             top = self.maxt.get(name)
             if top is not None:

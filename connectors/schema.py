@@ -213,8 +213,10 @@ def infer_epoch_unit(column: pa.ChunkedArray) -> tuple[str | None, np.ndarray]:
     elif pa.types.is_string(typ) or pa.types.is_large_string(typ):
         text = pc.utf8_trim_whitespace(column.cast(pa.string()))
         digits = _np_bool(pc.match_substring_regex(text, r"^-?[0-9]{1,19}$"))
-        numbers = pd.to_numeric(pd.Series(text.to_numpy(zero_copy_only=False)), errors="coerce")
-        mag = np.where(digits, np.abs(numbers.to_numpy(dtype=np.float64, na_value=np.nan)), np.nan)
+        if not digits.any():  # ISO text, the usual case: nothing to infer
+            return None, np.zeros(n, dtype=bool)
+        mag = np.full(n, np.nan)
+        mag[digits] = np.abs(text.filter(pa.array(digits)).cast(pa.float64()).to_numpy())
     else:
         return None, np.zeros(n, dtype=bool)
     known = np.isfinite(mag)
