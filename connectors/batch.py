@@ -15,7 +15,8 @@ DEFAULT_BATCH_ROWS = 65_536
 class RawBatch:
     """Raw rows as read, before validation.
 
-    ``offset`` is the record number of the first row in ``origin``. ``rejects`` holds records
+    ``offset`` is the 0-based index of the first row of ``table`` among the records of
+    ``origin`` (malformed lines are no records; they name their line). ``rejects`` holds records
     the reader itself could not parse (malformed lines), already in ``REJECT_SCHEMA``;
     ``records`` counts every input record the batch accounts for (rows + rejects).
     """

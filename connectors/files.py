@@ -81,21 +81,23 @@ def open_input(url: str) -> BinaryIO:
     return opened
 
 
-def _malformed(origin: str, rows: list[tuple[int, str, str]]) -> pa.Table:
+def _malformed(origin: str, lines: list[tuple[int, str, str]]) -> pa.Table:
+    """Dead letters of text that is no record: ``row`` (a record's 0-based index among the
+    input's records) is null, and the message names the 1-based line of the file."""
     return pa.table(
         {
-            "origin": [origin] * len(rows),
-            "row": [r[0] for r in rows],
-            "reason": ["malformed"] * len(rows),
-            "message": [r[1] for r in rows],
-            "raw": [r[2] for r in rows],
+            "origin": [origin] * len(lines),
+            "row": pa.nulls(len(lines), pa.int64()),
+            "reason": ["malformed"] * len(lines),
+            "message": [f"line {r[0]}: {r[1]}" if r[0] > 0 else r[1] for r in lines],
+            "raw": [r[2] for r in lines],
         },
         schema=REJECT_SCHEMA,
     )
 
 
 def _read_parquet(
-    f: BinaryIO, batch_rows: int
+    f: BinaryIO, batch_rows: int, delimiter: str | None = None
 ) -> Iterator[tuple[pa.Table, list[tuple[int, str, str]]]]:
     # pre_buffer=False: stream row groups instead of buffering the whole file in memory.
     pf = pq.ParquetFile(f, pre_buffer=False)
@@ -117,10 +119,10 @@ def sniff_delimiter(header: bytes) -> str:
 
 
 def _read_csv(
-    f: BinaryIO, batch_rows: int
+    f: BinaryIO, batch_rows: int, delimiter: str | None = None
 ) -> Iterator[tuple[pa.Table, list[tuple[int, str, str]]]]:
     header = f.readline()
-    delimiter = sniff_delimiter(header)
+    delimiter = delimiter or sniff_delimiter(header)
     parse = pacsv.ParseOptions(delimiter=delimiter)
     names = (
         pacsv.read_csv(io.BytesIO(header), parse_options=parse).schema.names
@@ -200,7 +202,7 @@ def _readline_capped(f: BinaryIO) -> bytes:
 
 
 def _read_jsonl(
-    f: BinaryIO, batch_rows: int
+    f: BinaryIO, batch_rows: int, delimiter: str | None = None
 ) -> Iterator[tuple[pa.Table, list[tuple[int, str, str]]]]:
     line_no = 1
     while lines := _take_lines(f, batch_rows):
@@ -228,11 +230,14 @@ _READERS = {"parquet": _read_parquet, "csv": _read_csv, "jsonl": _read_jsonl}
 
 
 class _FilePartition(StatefulSourcePartition[RawBatch, int]):
-    def __init__(self, url: str, batch_rows: int, resume: int | None) -> None:
+    def __init__(
+        self, url: str, batch_rows: int, delimiter: str | None, resume: int | None
+    ) -> None:
         self._url = url
         self._file = open_input(url)
-        self._batches = _READERS[format_of(url)](self._file, batch_rows)
-        self._pos = 0
+        self._batches = _READERS[format_of(url)](self._file, batch_rows, delimiter)
+        self._pos = 0  # records emitted, malformed lines included: where a resume starts
+        self._parsed = 0  # of them, records parsed: the next record's 0-based index
         self._skip = resume or 0
 
     def next_batch(self) -> list[RawBatch]:
@@ -248,14 +253,16 @@ class _FilePartition(StatefulSourcePartition[RawBatch, int]):
             n = table.num_rows + rejects.num_rows
             if self._skip >= self._pos + n:  # resuming: this batch was emitted before
                 self._pos += n
+                self._parsed += table.num_rows
                 continue
             if self._skip > self._pos:
                 raise ConfigError(
                     f"cannot resume {self._url} at record {self._skip}: the "
                     "batch size differs from the interrupted run's"
                 )
-            start = self._pos
+            start = self._parsed
             self._pos += n
+            self._parsed += table.num_rows
             return [RawBatch(self._url, start, table, rejects)]
         raise StopIteration
 
@@ -272,10 +279,17 @@ class _FilePartition(StatefulSourcePartition[RawBatch, int]):
 class FileSource(FixedPartitionedSource[RawBatch, int]):
     """Read input files as micro-batches; one partition per file.
 
-    Validates at once that every file has a known format; opens nothing until built.
+    Validates at once that every file has a known format; opens nothing until built. CSV files
+    are split at ``delimiter``, or at the one their header line shows (``sniff_delimiter``).
     """
 
-    def __init__(self, urls: list[str], *, batch_rows: int = DEFAULT_BATCH_ROWS) -> None:
+    def __init__(
+        self,
+        urls: list[str],
+        *,
+        batch_rows: int = DEFAULT_BATCH_ROWS,
+        delimiter: str | None = None,
+    ) -> None:
         if not urls:
             raise ConfigError("no input files given")
         if len(set(urls)) != len(urls):
@@ -286,9 +300,10 @@ class FileSource(FixedPartitionedSource[RawBatch, int]):
             raise ConfigError(f"batch_rows must be positive, not {batch_rows}")
         self.urls = list(urls)
         self.batch_rows = batch_rows
+        self.delimiter = delimiter
 
     def list_parts(self) -> list[str]:
         return self.urls
 
     def build_part(self, step_id: str, for_part: str, resume_state: int | None) -> _FilePartition:
-        return _FilePartition(for_part, self.batch_rows, resume_state)
+        return _FilePartition(for_part, self.batch_rows, self.delimiter, resume_state)

@@ -10,7 +10,7 @@ form for the dead-letter store.
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -71,11 +71,15 @@ class InputSpec:
     """How to read a raw input table as readings.
 
     ``mapping`` maps a reading field to the input column holding it (``source -> source_id``);
-    ``time_unit`` is the unit of integer/float epoch times (``auto``: from their magnitude).
+    ``time_unit`` is the unit of integer/float epoch times (``auto``: from their magnitude);
+    ``channels`` picks the columns of a wide input that become channels (default: every
+    numeric one); ``delimiter`` splits CSV fields (default: sniffed from the header line).
     """
 
     mapping: Mapping[str, str] = field(default_factory=dict)
     time_unit: str = AUTO
+    channels: tuple[str, ...] = ()
+    delimiter: str | None = None
 
     def __post_init__(self) -> None:
         unknown = sorted(set(self.mapping) - set(FIELDS))
@@ -85,6 +89,16 @@ class InputSpec:
             )
         if self.time_unit not in (AUTO, *TIME_UNITS):
             raise ConfigError(f"time unit {self.time_unit!r} — use one of auto, ns, us, ms, s")
+        if self.delimiter is not None and (len(self.delimiter) != 1 or self.delimiter in '"\r\n'):
+            raise ConfigError(
+                f"--delimiter {self.delimiter!r}: one character, such as , ; | or tab"
+            )
+        keys = {self.column(f) for f in ("source", "time", "seq")}
+        if any(c in keys or not c for c in self.channels):
+            raise ConfigError(
+                f"--channels {','.join(self.channels)}: name the measurement columns, not the "
+                "source, time or seq column"
+            )
 
     def column(self, name: str) -> str:
         """Input column that holds reading field ``name``."""
@@ -92,12 +106,31 @@ class InputSpec:
 
     def signature(self) -> dict[str, Any]:
         """What shapes the readings read from an input (recorded with inputs captured)."""
-        return {"map": dict(sorted(self.mapping.items())), "time_unit": self.time_unit}
+        out: dict[str, Any] = {
+            "map": dict(sorted(self.mapping.items())),
+            "time_unit": self.time_unit,
+        }
+        if self.channels:  # (only when given: older runs' signatures stay comparable)
+            out["channels"] = list(self.channels)
+        if self.delimiter:
+            out["delimiter"] = self.delimiter
+        return out
 
     @classmethod
-    def parse_map(cls, text: str | None, time_unit: str = AUTO) -> InputSpec:
-        """Build from ``"source=source_id,time=event_time"`` (the CLI's ``--map``)."""
+    def parse_map(
+        cls,
+        text: str | Mapping[str, str] | None,
+        time_unit: str | None = AUTO,
+        *,
+        channels: str | Sequence[str] | None = None,
+        delimiter: str | None = None,
+    ) -> InputSpec:
+        """Build from the CLI's ``--map source=source_id,time=event_time`` (or a dict),
+        ``--channels a,b`` (or a list) and ``--delimiter`` (``tab`` or ``\\t`` for a tab)."""
         mapping: dict[str, str] = {}
+        if isinstance(text, Mapping):
+            mapping = dict(text)
+            text = None
         for part in (text or "").split(","):
             if not part.strip():
                 continue
@@ -105,7 +138,13 @@ class InputSpec:
             if not sep or not target.strip() or not src.strip():
                 raise ConfigError(f"--map entry {part!r} is not field=column")
             mapping[target.strip()] = src.strip()
-        return cls(mapping=mapping, time_unit=time_unit)
+        names = channels.split(",") if isinstance(channels, str) else channels or ()
+        return cls(
+            mapping=mapping,
+            time_unit=time_unit or AUTO,
+            channels=tuple(c.strip() for c in names if c.strip()),
+            delimiter="\t" if delimiter in ("tab", "\\t") else delimiter,
+        )
 
 
 @dataclass(frozen=True)
@@ -322,12 +361,28 @@ def _looks_like_values(column: pa.ChunkedArray) -> bool:
 def wide_columns(table: pa.Table, spec: InputSpec) -> list[str]:
     """The columns of a *wide* input that become channels: with neither a value nor a channel
     column, every column other than source, time and seq (``station,timestamp,temp_c,rh_pct``
-    gives channels ``temp_c`` and ``rh_pct``). Empty for a long input."""
+    gives channels ``temp_c`` and ``rh_pct``), or those ``spec.channels`` names. Empty for a
+    long input."""
     names = table.column_names
     if spec.column("value") in names or spec.column("channel") in names:
         return []
+    if spec.channels:
+        return [c for c in spec.channels if c in names]
     keys = {spec.column(f) for f in ("source", "time", "seq")}
     return [c for c in names if c not in keys and c not in PAYLOAD_INPUTS]
+
+
+def _channels_problem(table: pa.Table, spec: InputSpec) -> str | None:
+    """Why ``--channels`` cannot apply to this input, if it cannot."""
+    if not spec.channels:
+        return None
+    names = table.column_names
+    if spec.column("value") in names or spec.column("channel") in names:
+        return "--channels picks columns of a wide input; this input has a value or channel column"
+    missing = [c for c in spec.channels if c not in names]
+    if missing:
+        return f"no column {missing[0]!r} for --channels (columns: {', '.join(names)})"
+    return None
 
 
 def melt(table: pa.Table, spec: InputSpec, columns: list[str]) -> tuple[pa.Table, np.ndarray]:
@@ -366,11 +421,14 @@ def normalize(table: pa.Table, spec: InputSpec, *, origin: str, offset: int) -> 
     is melted first: one reading per numeric cell, ``Normalized.input`` readings in all.
     """
     record = None
-    wide = wide_columns(table, spec)
+    picked = _channels_problem(table, spec)
+    wide = [] if picked else wide_columns(table, spec)
     if wide and all(spec.column(f) in table.column_names for f in ("source", "time")):
         table, record = melt(table, spec, wide)  # (without them, say so for the records)
     n = table.num_rows
     rej = _Rejector(n)
+    if picked:
+        rej.reject(np.ones(n, dtype=bool), "missing_field", picked)
     cols: dict[str, Any] = {}
     for name in FIELDS:
         col, problem = _lookup(table, spec.column(name))

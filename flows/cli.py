@@ -10,12 +10,108 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from obsflow.connectors.errors import ObsflowError
 from obsflow.connectors.schema import TIME_UNITS
 from obsflow.connectors.store import DEFAULT_STORE
 from obsflow.flows import commands, show
+
+# Examples shown by each command's --help (and checked by tests/cli/test_help.py).
+COMMAND_EXAMPLES = {
+    "ingest": """\
+  obsflow ingest hour0.csv --capture buoy
+  obsflow ingest hour1.csv --capture buoy            (the views continue from hour0)
+  obsflow ingest wx.csv --capture wx --map source=station,time=timestamp,value=temp_c
+  obsflow ingest wide.csv --capture wx --map source=station,time=timestamp --channels t,rh
+  obsflow ingest logger.txt.csv --delimiter tab --time-unit s --views views.toml""",
+    "replay": """\
+  obsflow replay --capture buoy                      (rebuild the capture's views)
+  obsflow replay --capture buoy --views new.toml --lateness 10m
+  obsflow replay --capture buoy --source b01 --from 2026-01-01 --until 2026-01-02
+  obsflow replay --capture buoy --speed 10           (ten times the original rate)""",
+    "simulate": """\
+  obsflow simulate sim.parquet --sources 8 --channels t,p --rate 50 --duration 10m
+  obsflow simulate frames.parquet --payload frame:64x64:uint16 --payload-rate 2""",
+    "views": """\
+  obsflow views list
+  obsflow views show buoy_1m --source b01 --from 2026-01-01 --limit 20
+  obsflow views show buoy_1m --final -o buoy_1m.csv
+  obsflow views close buoy_1m --until 2026-01-02     (the data is complete up to then)""",
+    "capture": """\
+  obsflow capture list
+  obsflow capture info buoy
+  obsflow capture show buoy --source b01 --channel sst -o b01.parquet
+  obsflow capture verify buoy""",
+    "late": """\
+  obsflow late list
+  obsflow late show buoy_1m --limit 10""",
+    "deadletters": """\
+  obsflow deadletters list
+  obsflow deadletters show --reason bad_time --limit 10""",
+    "payload": """\
+  obsflow payload get 3f9a...e1 -o frame.npy""",
+    "demo": """\
+  obsflow demo
+  obsflow demo --store /tmp/demo --duration 10m --workers 2""",
+    "store": """\
+  obsflow store migrate --store s3://bucket/obs""",
+}
+
+
+def _command(
+    sub: argparse._SubParsersAction,  # type: ignore[type-arg]
+    name: str,
+    summary: str,
+    description: str | None = None,
+    examples: str | None = None,
+) -> argparse.ArgumentParser:
+    """A sub-command whose --help ends with its examples."""
+    sp: argparse.ArgumentParser = sub.add_parser(
+        name,
+        help=summary,
+        description=description or summary,
+        epilog="examples:\n" + (examples or COMMAND_EXAMPLES[name]),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    return sp
+
+
+def _group(
+    sub: argparse._SubParsersAction,  # type: ignore[type-arg]
+    name: str,
+    summary: str,
+) -> argparse._SubParsersAction:  # type: ignore[type-arg]
+    """A sub-command with actions of its own (``views list``, ``views show NAME``, ...)."""
+    sp = _command(sub, name, summary)
+    actions = sp.add_subparsers(
+        dest="action", required=True, metavar="ACTION", help="one of these; ACTION --help for more"
+    )
+    actions.prog_name = name  # type: ignore[attr-defined]
+    return actions
+
+
+def _action(
+    group: argparse._SubParsersAction,  # type: ignore[type-arg]
+    name: str,
+    summary: str,
+    func: Callable[[argparse.Namespace], int],
+) -> argparse.ArgumentParser:
+    """One action of a group, with --store, and the group's examples of this action."""
+    command = group.prog_name  # type: ignore[attr-defined]
+    mine = [
+        line
+        for line in COMMAND_EXAMPLES[command].splitlines()
+        if line.split()[:3] == ["obsflow", command, name]
+    ]
+    sp = _command(group, name, summary, examples="\n".join(mine))
+    _store(sp)
+    sp.set_defaults(func=func)
+    return sp
+
+
+def _limit(sp: argparse.ArgumentParser) -> None:
+    sp.add_argument("--limit", type=int, default=50, help="rows to print (default 50; 0 = all)")
 
 
 def _store(sp: argparse.ArgumentParser) -> None:
@@ -70,12 +166,15 @@ def _filters(sp: argparse.ArgumentParser, what: str = "windows starting") -> Non
 
 
 def _ingest(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    sp = sub.add_parser(
+    sp = _command(
+        sub,
         "ingest",
-        help="ingest files or a sim:// URL into a capture",
-        description="Input files are long format: columns source, time, value and optionally "
-        "channel and seq (--map names other columns), or wide: source, time and one numeric "
-        "column per channel. CSV may be comma-, semicolon-, tab- or bar-delimited.",
+        "ingest files or a sim:// URL into a capture",
+        "ingest files or a sim:// URL into a capture\n\n"
+        "Files are long format: columns source, time, value and optionally channel and seq\n"
+        "(--map names other columns), or wide: source, time and one numeric column per\n"
+        "channel. CSV may be comma-, semicolon-, tab- or bar-delimited. Inputs a committed\n"
+        "run already captured are skipped; the views continue where the last run stopped.",
     )
     sp.add_argument(
         "inputs",
@@ -91,6 +190,16 @@ def _ingest(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
         default="auto",
         choices=["auto", *TIME_UNITS],
         help="unit of integer epoch times (default auto: from their magnitude, and said)",
+    )
+    sp.add_argument(
+        "--channels",
+        metavar="COL,COL",
+        help="wide input: only these columns become channels (default: every numeric column)",
+    )
+    sp.add_argument(
+        "--delimiter",
+        metavar="CHAR",
+        help="CSV field delimiter, e.g. ';' or tab (default: read from the header line)",
     )
     sp.add_argument(
         "--partitions", type=int, help="capture partitions, fixed at creation (default 4)"
@@ -132,7 +241,7 @@ def _ingest(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
 
 
 def _replay(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    sp = sub.add_parser("replay", help="rebuild views from a capture (full speed or paced)")
+    sp = _command(sub, "replay", "rebuild views from a capture (full speed or paced)")
     _store(sp)
     sp.add_argument("--capture", required=True, help="capture to replay")
     sp.add_argument(
@@ -156,9 +265,12 @@ def _replay(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
         default="max",
         help="max (default) or X times the original event-time rate (1 = real time)",
     )
-    sp.add_argument("--workers", type=int, default=1, help="worker threads per process")
+    sp.add_argument("--workers", type=int, default=1, help="worker threads per process (default 1)")
     sp.add_argument(
-        "--processes", type=int, default=1, help="run as a Bytewax cluster of N local processes"
+        "--processes",
+        type=int,
+        default=1,
+        help="run as a Bytewax cluster of N local processes (default 1)",
     )
     _run_output(sp)
     _recovery(sp)
@@ -186,7 +298,7 @@ def parser() -> argparse.ArgumentParser:
     _ingest(sub)
     _replay(sub)
 
-    sp = sub.add_parser("simulate", help="write simulated instrument readings to a file")
+    sp = _command(sub, "simulate", "write simulated instrument readings to a file")
     sp.add_argument("out", metavar="OUT", help="output file: .parquet, .csv or .jsonl")
     sp.add_argument("--sources", type=int, default=4, help="instruments (default 4)")
     sp.add_argument(
@@ -196,7 +308,11 @@ def parser() -> argparse.ArgumentParser:
     )
     sp.add_argument("--rate", type=float, default=10.0, help="Hz per channel (default 10)")
     sp.add_argument("--duration", default="60s", help="event time span (default 60s)")
-    sp.add_argument("--start", default="2026-01-01T00:00:00Z", help="ISO-8601 start time")
+    sp.add_argument(
+        "--start",
+        default="2026-01-01T00:00:00Z",
+        help="ISO-8601 start time (default 2026-01-01T00:00:00Z)",
+    )
     sp.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     sp.add_argument(
         "--payload",
@@ -209,67 +325,91 @@ def parser() -> argparse.ArgumentParser:
     )
     sp.set_defaults(func=commands.cmd_simulate)
 
-    sp = sub.add_parser(
-        "views",
-        help="list views, show a view's rows, or close its windows",
-        description="views close NAME [--source S] [--until T] declares the data complete (up "
-        "to T): the open windows it ends become final now.",
+    views = _group(sub, "views", "list views, show or export a view's rows, close its windows")
+    _action(views, "list", "the store's views: rows, open windows, last update", show.cmd_views)
+    ap = _action(
+        views, "show", "a view's rows (or -o FILE: all of them, to a file)", show.cmd_views
     )
-    sp.add_argument("action", choices=["list", "show", "close"])
-    sp.add_argument("name", nargs="?")
-    _store(sp)
-    _filters(sp)
-    sp.add_argument("--final", action="store_true", help="only final rows (windows closed)")
-    sp.add_argument("--limit", type=int, default=50, help="rows to print (0 = all)")
-    sp.set_defaults(
-        func=lambda a: commands.cmd_close(a) if a.action == "close" else show.cmd_views(a)
+    ap.add_argument("name", metavar="NAME", help="the view")
+    _filters(ap)
+    ap.add_argument("--final", action="store_true", help="only final rows (windows closed)")
+    _limit(ap)
+    ap = _action(
+        views,
+        "close",
+        "declare the data complete: the view's open windows (of --source, or up to --until) "
+        "become final now",
+        commands.cmd_close,
     )
+    ap.add_argument("name", metavar="NAME", help="the view")
+    ap.add_argument("--source", action="append", help="only this source's windows (repeatable)")
+    ap.add_argument("--until", metavar="TIME", help="only windows ending at or before TIME")
 
-    sp = sub.add_parser(
-        "capture", help="list captures, describe one, show or export its readings, verify payloads"
+    capture = _group(sub, "capture", "list captures, describe one, show or export its readings")
+    _action(capture, "list", "the store's captures", show.cmd_capture)
+    ap = _action(
+        capture,
+        "info",
+        "one capture: readings, sources, time span, files, commits",
+        show.cmd_capture,
     )
-    sp.add_argument("action", choices=["list", "info", "show", "verify"])
-    sp.add_argument("name", nargs="?")
-    _store(sp)
-    _filters(sp, "readings")
-    sp.add_argument("--limit", type=int, default=50, help="rows to print (0 = all)")
-    sp.add_argument("--json", action="store_true", help="info as JSON")
-    sp.set_defaults(func=show.cmd_capture)
+    ap.add_argument("name", metavar="NAME", help="the capture")
+    ap.add_argument("--json", action="store_true", help="as JSON")
+    ap = _action(
+        capture,
+        "show",
+        "a capture's readings (or -o FILE: all of them, to a file)",
+        show.cmd_capture,
+    )
+    ap.add_argument("name", metavar="NAME", help="the capture")
+    _filters(ap, "readings")
+    _limit(ap)
+    ap = _action(
+        capture,
+        "verify",
+        "check that every payload reference resolves and matches",
+        show.cmd_capture,
+    )
+    ap.add_argument("name", metavar="NAME", help="the capture")
 
-    sp = sub.add_parser("late", help="late readings: counts by view and run, or rows")
-    sp.add_argument("action", choices=["list", "show"])
-    sp.add_argument("view", nargs="?")
-    _store(sp)
-    sp.add_argument("--run", help="only this run")
-    sp.add_argument("--limit", type=int, default=50, help="rows to print (0 = all)")
-    sp.set_defaults(func=show.cmd_late)
+    late = _group(sub, "late", "late readings: counts by view and run, or the readings")
+    _action(late, "list", "late readings counted by view and run", show.cmd_late)
+    ap = _action(late, "show", "the late readings of one view", show.cmd_late)
+    ap.add_argument("view", metavar="VIEW", help="the view")
+    ap.add_argument("--run", help="only this run")
+    _limit(ap)
 
-    sp = sub.add_parser("deadletters", help="rejected records: counts by run and reason, or rows")
-    sp.add_argument("action", choices=["list", "show"])
-    _store(sp)
-    sp.add_argument("--run", help="only this run")
-    sp.add_argument("--reason", help="only this reason code (bad_id, bad_time, conflict, ...)")
-    sp.add_argument("--limit", type=int, default=50, help="rows to print (0 = all)")
-    sp.set_defaults(func=show.cmd_deadletters)
+    dead = _group(sub, "deadletters", "rejected records: counts by run and reason, or the records")
+    for name, summary in (
+        ("list", "dead letters counted by run and reason"),
+        ("show", "the rejected records: origin, row, reason, message, raw text"),
+    ):
+        ap = _action(dead, name, summary, show.cmd_deadletters)
+        ap.add_argument("--run", help="only this run")
+        ap.add_argument("--reason", help="only this reason code (bad_id, bad_time, conflict, ...)")
+        if name == "show":
+            _limit(ap)
 
-    sp = sub.add_parser("payload", help="fetch a payload array by its sha256")
-    sp.add_argument("action", choices=["get"])
-    sp.add_argument("sha256")
-    _store(sp)
-    sp.add_argument("--capture", help="capture to look the reference up in (default: all)")
-    sp.add_argument("-o", "--out", required=True, help="output .npy file")
-    sp.set_defaults(func=show.cmd_payload)
+    payload = _group(sub, "payload", "fetch a payload array by its sha256")
+    ap = _action(payload, "get", "write one payload array to a .npy file", show.cmd_payload)
+    ap.add_argument("sha256", help="the payload's sha256 (payload_sha256 in the capture)")
+    ap.add_argument("--capture", help="capture to look the reference up in (default: all)")
+    ap.add_argument("-o", "--out", required=True, help="output .npy file")
 
-    sp = sub.add_parser("demo", help="simulate instruments and ingest them into ./data/store")
+    sp = _command(sub, "demo", "simulate instruments and ingest them into ./data/store")
     _store(sp)
     sp.add_argument("--duration", default="60s", help="event time simulated (default 60s)")
     sp.add_argument("--workers", type=int, default=1, help="worker threads (default 1)")
     sp.set_defaults(func=commands.cmd_demo)
 
-    sp = sub.add_parser("store", help="store maintenance: migrate a store to the current layout")
-    sp.add_argument("action", choices=["migrate"])
-    _store(sp)
-    sp.set_defaults(func=commands.cmd_store)
+    store = _group(sub, "store", "store maintenance")
+    _action(
+        store,
+        "migrate",
+        "convert a store written before layout 2 to the current layout",
+        commands.cmd_store,
+    )
+    return p
     return p
 
 

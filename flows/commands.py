@@ -13,7 +13,6 @@ from typing import Any
 import pyarrow.compute as pc
 
 from obsflow.connectors.capture import capture_info, new_run_id, open_capture
-from obsflow.connectors.errors import ConfigError
 from obsflow.connectors.files import write_table
 from obsflow.connectors.ids import check_name
 from obsflow.connectors.migrate import check_layout, migrate
@@ -111,6 +110,17 @@ def format_summary(summary: dict[str, Any], store: Store) -> str:
         f"  {summary.get('seconds', 0):.2f} s, {summary.get('readings_per_s') or 0:,} readings/s"
         f" — commit #{summary.get('commit')} of capture {summary.get('capture')!r}",
     ]
+    records = summary.get("records") or summary["input"]
+    if summary.get("derived") or records != summary["input"]:
+        lines.append(
+            f"  input counts readings: {records:,} records read"
+            + (" (a wide record holds one per numeric cell)" if records != summary["input"] else "")
+            + (
+                f", {summary['derived']:,} readings derived from payloads (--features)"
+                if summary.get("derived")
+                else ""
+            )
+        )
     for reason, n in summary.get("rejected_by_reason", {}).items():
         lines.append(f"  rejected {reason}: {n:,}")
     units = {"s": "seconds", "ms": "milliseconds", "us": "microseconds", "ns": "nanoseconds"}
@@ -122,8 +132,9 @@ def format_summary(summary: dict[str, Any], store: Store) -> str:
     for view, v in summary.get("views", {}).items():
         late = summary.get("late", {}).get(view, 0)
         lines.append(
-            f"  view {view}: {v['rows']:,} final rows, {v.get('provisional', 0):,} provisional"
-            f" (windows still open), {late:,} late readings -> {store.uri('views/' + view)}"
+            f"  view {view}: {plural(v['rows'], 'final row')}, {v.get('provisional', 0):,} "
+            f"provisional (windows still open), {plural(late, 'late reading')} -> "
+            f"{store.uri('views/' + view)}"
         )
     if any(summary.get("late", {}).values()):
         lines.append(
@@ -135,6 +146,10 @@ def format_summary(summary: dict[str, Any], store: Store) -> str:
         lines.append(f"  dead letters: {store.uri('deadletter/' + run)}")
     lines.append(f"  summary: {store.uri('runs/' + run + '.json')}")
     return "\n".join(lines)
+
+
+def plural(n: int, word: str) -> str:
+    return f"{n:,} {word}" + ("" if n == 1 else "s")
 
 
 def recovery_of(args: argparse.Namespace) -> Recovery | None:
@@ -155,7 +170,9 @@ def cmd_ingest(args: argparse.Namespace) -> int:
         inputs=tuple(dict.fromkeys(args.inputs)),
         store=args.store,
         capture=args.capture,
-        spec=InputSpec.parse_map(args.map, args.time_unit),
+        spec=InputSpec.parse_map(
+            args.map, args.time_unit, channels=args.channels, delimiter=args.delimiter
+        ),
         partitions=args.partitions,
         batch_rows=args.batch_rows,
         progress=not args.quiet,
@@ -225,12 +242,17 @@ def cmd_demo(args: argparse.Namespace) -> int:
         f"of event time ({config.inputs[0]})"
     )
     result = jobs.execute(config, workers=args.workers)
-    code = print_result(result, store, args)
+    if result.run is None and result.skipped:
+        say(f"demo: this store has it already (run {result.skipped[0][1]}); nothing to ingest")
+        code = 0
+    else:
+        code = print_result(result, store, args)
     info = capture_info(store, "demo")
     say(
         f"\ncapture 'demo': {info.rows:,} readings from {info.sources} sources, "
         f"{info.first} .. {info.last}\n  in {store.uri('captures/demo')} "
-        f"({info.files} Parquet files, {info.partitions} partitions, {info.commits} commits)\n"
+        f"({info.files} Parquet files, {info.partitions} partitions, "
+        f"{plural(info.commits, 'commit')})\n"
         f"views: {', '.join(v.name for v in ingest.DEMO_VIEWS)} in {store.uri('views')}\n"
         f"Try:  .venv/bin/obsflow views show demo_10s --store {args.store} --source sim-000"
     )
@@ -239,13 +261,6 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 def cmd_close(args: argparse.Namespace) -> int:
     store = Store(args.store)
-    if not args.name:
-        raise ConfigError("views close needs a view NAME")
-    if args.channel or args.start or args.final:
-        raise ConfigError(
-            "views close takes --source (its series) and --until T (the data is complete up "
-            "to T), not --channel, --from or --final"
-        )
     until = replay.parse_time(args.until, "--until")
     summary = close_view(store, args.name, new_run_id(), sources=args.source, until=until)
     for note in summary.get("notes", ()):

@@ -329,6 +329,8 @@ class Explorer:
         views: ViewsLike | None = None,
         map: str | None = None,  # the name of the CLI option
         time_unit: str = "auto",
+        channels: str | list[str] | None = None,
+        delimiter: str | None = None,
         partitions: int | None = None,
         dedup_horizon: str = "10m",
         workers: int = 1,
@@ -341,14 +343,15 @@ class Explorer:
         ``views``: ``ViewDef`` objects, TOML text or a TOML file path; ``None`` builds
         ``<capture>_1m`` into a new capture. Views already built from the capture are always
         built too, so that none falls behind it. ``map`` names input columns
-        (``"source=source_id,time=event_time"``).
+        (``"source=source_id,time=event_time"``); ``channels`` picks the columns of a wide
+        input, ``delimiter`` splits CSV fields (both as on the command line).
         """
         urls = tuple(dict.fromkeys([inputs] if isinstance(inputs, str) else inputs))
         config = IngestConfig(
             inputs=urls,
             store=self.url,
             capture=capture,
-            spec=InputSpec.parse_map(map, time_unit),
+            spec=InputSpec.parse_map(map, time_unit, channels=channels, delimiter=delimiter),
             partitions=partitions,
             progress=False,
             views=None if views is None else view_defs(views),

@@ -39,7 +39,7 @@ from obsflow.connectors.ids import check_name
 from obsflow.connectors.partitions import split_by_partition
 from obsflow.connectors.payload_format import INLINE_LIMIT
 from obsflow.connectors.payloads import PayloadStore
-from obsflow.connectors.schema import AUTO, InputSpec, normalize
+from obsflow.connectors.schema import InputSpec, normalize
 from obsflow.connectors.simulator import SimSource
 from obsflow.connectors.store import DEFAULT_STORE, Store
 from obsflow.connectors.views import check_view, view_doc
@@ -98,12 +98,12 @@ class IngestConfig:
         options["views"] = views_option(options.get("views"))
         if "fingerprints" in options:
             options["fingerprints"] = tuple(tuple(x) for x in options["fingerprints"])
-        if "map" in options or "time_unit" in options:
-            mapping, unit = options.pop("map", None), options.pop("time_unit", AUTO)
-            options["spec"] = (
-                InputSpec(mapping=mapping, time_unit=unit)
-                if isinstance(mapping, dict)
-                else InputSpec.parse_map(mapping, unit)
+        if any(k in options for k in ("map", "time_unit", "channels", "delimiter")):
+            options["spec"] = InputSpec.parse_map(
+                options.pop("map", None),
+                options.pop("time_unit", None),
+                channels=options.pop("channels", None),
+                delimiter=options.pop("delimiter", None),
             )
         return cls(**options)
 
@@ -115,6 +115,8 @@ class IngestConfig:
             inputs=list(self.inputs),
             map=dict(self.spec.mapping),
             time_unit=self.spec.time_unit,
+            channels=list(self.spec.channels),
+            delimiter=self.spec.delimiter,
             views=None if self.views is None else [v.definition for v in self.views],
             features=list(self.features),
             fingerprints=[list(x) for x in self.fingerprints],
@@ -122,7 +124,9 @@ class IngestConfig:
         return out
 
 
-def source_for(inputs: Iterable[str], batch_rows: int = DEFAULT_BATCH_ROWS) -> Source[RawBatch]:
+def source_for(
+    inputs: Iterable[str], batch_rows: int = DEFAULT_BATCH_ROWS, delimiter: str | None = None
+) -> Source[RawBatch]:
     """A simulator for one ``sim://`` URL, else a file source over all inputs."""
     urls = list(inputs)
     sims = [u for u in urls if u.startswith("sim://")]
@@ -130,7 +134,7 @@ def source_for(inputs: Iterable[str], batch_rows: int = DEFAULT_BATCH_ROWS) -> S
         if len(urls) != 1:
             raise ConfigError("a sim:// input cannot be combined with other inputs")
         return SimSource(sims[0])
-    return FileSource(urls, batch_rows=batch_rows)
+    return FileSource(urls, batch_rows=batch_rows, delimiter=delimiter)
 
 
 # -- per-batch logic (pure; tested without Bytewax) -----------------------------------------
@@ -158,6 +162,7 @@ def normalize_batch(spec: InputSpec, batch: RawBatch) -> tuple[pa.Table, pa.Tabl
             rejected=rejects.num_rows,
             reasons=reason_counts(rejects),
             epoch_units={result.epoch_unit: result.input} if result.epoch_unit else {},
+            records=batch.records,
         ),
     )
 
@@ -281,7 +286,11 @@ def build_flow(
     )
 
     flow = Dataflow("ingest")
-    raw = op.input("read_inputs", flow, source or source_for(config.inputs, config.batch_rows))
+    raw = op.input(
+        "read_inputs",
+        flow,
+        source or source_for(config.inputs, config.batch_rows, config.spec.delimiter),
+    )
     # RawBatch
     checked = op.map("normalize", raw, lambda b: normalize_batch(spec, b))
     # (readings, rejects, Counts)

@@ -12,6 +12,7 @@ import sys
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import bytewax.operators as op
@@ -46,6 +47,7 @@ class Counts:
     provisional: dict[str, int] = field(default_factory=dict)  # open windows' rows, per view
     origins: dict[str, int] = field(default_factory=dict)  # readings accepted, per input
     epoch_units: dict[str, int] = field(default_factory=dict)  # inferred unit -> readings
+    records: int = 0  # input records read (file rows and lines); a wide one holds readings
 
     def __add__(self, other: Counts) -> Counts:
         return Counts(
@@ -61,6 +63,7 @@ class Counts:
             _add_maps(self.provisional, other.provisional),
             _add_maps(self.origins, other.origins),
             _add_maps(self.epoch_units, other.epoch_units),
+            self.records + other.records,
         )
 
     @property
@@ -68,41 +71,39 @@ class Counts:
         return self.input == self.accepted + self.rejected + self.duplicates
 
 
-@dataclass
-class SummaryState:
-    counts: Counts = field(default_factory=Counts)
-    started: float = field(default_factory=time.monotonic)
-    last_print: float = field(default_factory=time.monotonic)  # first line after `every`
+class Progress:
+    """Progress lines on stderr at a steady interval of wall time: counts named as in the run
+    summary, the rate since the previous line, and (with a known ``total``) a percentage and
+    an ETA. A run shorter than one interval prints none."""
 
+    def __init__(self, label: str, total: int | None, every: float = 2.0) -> None:
+        self.label, self.total, self.every = label, total, every
+        self.started = self.last = time.monotonic()
+        self.last_input: int | None = None  # counts at the previous line (None: no line yet)
+        self.lines = 0
 
-def fold_counts(
-    state: SummaryState | None,
-    delta: Counts,
-    *,
-    label: str,
-    progress: bool,
-    total: int | None = None,
-    every: float = 2.0,
-) -> tuple[SummaryState, Counts]:
-    """Add a delta; print a progress line at most every ``every`` seconds of wall time."""
-    state = state or SummaryState()
-    state.counts = state.counts + delta
-    now = time.monotonic()
-    if progress and now - state.last_print >= every:
-        state.last_print = now
-        c = state.counts
-        rate = c.input / max(now - state.started, 1e-9)
-        eta = ""
-        if total:
-            left = max(total - c.input, 0) / max(rate, 1e-9)
-            eta = f" · {min(c.input / total, 1):.0%} · ETA {left:,.0f} s"
-        print(
-            f"[{label}] {c.input:,} read · {c.accepted:,} accepted · {c.rejected:,} rejected"
-            f" · {c.duplicates:,} duplicates · {rate:,.0f} readings/s{eta}",
-            file=sys.stderr,
-            flush=True,
+    def due(self) -> datetime:
+        """When the next line is due."""
+        wait = max(self.last + self.every - time.monotonic(), 0.0)
+        return datetime.now(UTC) + timedelta(seconds=wait)
+
+    def line(self, c: Counts, *, final: bool = False) -> str:
+        now = time.monotonic()
+        if final:  # the totals the summary will report, and how long reading them took
+            tail = f" · all read in {now - self.started:,.1f} s, committing"
+        else:
+            since = self.last_input if self.last_input is not None else 0
+            rate = (c.input - since) / max(now - self.last, 1e-9)
+            tail = f" · {rate:,.0f} readings/s"
+            if self.total:
+                left = max(self.total - c.input, 0) / max(c.input / (now - self.started), 1e-9)
+                tail += f" · {min(c.input / self.total, 1):.0%} · ETA {left:,.0f} s"
+        self.last, self.last_input = now, c.input
+        self.lines += 1
+        return (
+            f"[{self.label}] {c.input:,} input · {c.accepted:,} accepted · {c.rejected:,} "
+            f"rejected · {c.duplicates:,} duplicates{tail}"
         )
-    return state, state.counts
 
 
 def summary_dict(counts: Counts, **extra: Any) -> dict[str, Any]:
@@ -112,6 +113,7 @@ def summary_dict(counts: Counts, **extra: Any) -> dict[str, Any]:
         "accepted": counts.accepted,
         "rejected": counts.rejected,
         "duplicates": counts.duplicates,
+        "records": counts.records,
         "derived": counts.derived,
         "payloads": counts.payloads,
         "balanced": counts.balanced,
@@ -170,26 +172,39 @@ class _StartSource(FixedPartitionedSource[Counts, bool]):
         return _Start(bool(resume_state))
 
 
-class SummarizeLogic(StatefulLogic[Counts, Counts, SummaryState]):
-    """Folds all count deltas; emits the total once, at end of input."""
+class SummarizeLogic(StatefulLogic[Counts, Counts, Counts]):
+    """Folds all count deltas; emits the total once, at end of input. Progress lines come
+    from ``on_notify``, so they keep their interval between batches too."""
 
     def __init__(
-        self, label: str, progress: bool, total: int | None, resume: SummaryState | None
+        self, label: str, progress: bool, total: int | None, resume: Counts | None
     ) -> None:
-        self.label, self.progress, self.total = label, progress, total
-        self.state = resume or SummaryState()
+        self.counts = resume or Counts()
+        self.progress = Progress(label, total) if progress else None
 
     def on_item(self, value: Counts) -> tuple[Iterable[Counts], bool]:
-        self.state, _ = fold_counts(
-            self.state, value, label=self.label, progress=self.progress, total=self.total
-        )
+        self.counts = self.counts + value
+        return [], self.RETAIN
+
+    def notify_at(self) -> datetime | None:
+        return self.progress.due() if self.progress else None
+
+    def on_notify(self) -> tuple[Iterable[Counts], bool]:
+        if self.progress:
+            _say(self.progress.line(self.counts))
         return [], self.RETAIN
 
     def on_eof(self) -> tuple[Iterable[Counts], bool]:
-        return [self.state.counts], self.RETAIN
+        if self.progress and self.progress.lines:  # the last line holds the summary's counts
+            _say(self.progress.line(self.counts, final=True))
+        return [self.counts], self.RETAIN
 
-    def snapshot(self) -> SummaryState:
-        return SummaryState(self.state.counts, self.state.started, self.state.last_print)
+    def snapshot(self) -> Counts:
+        return self.counts
+
+
+def _say(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
 
 
 def add_summary(

@@ -287,7 +287,7 @@ def test_late_readings_are_explained_with_the_command_that_includes_them(
     assert run(capsys, "ingest", str(first), "--store", store, "--capture", "c")[0] == 0
     code, err = run(capsys, "ingest", str(late), "--store", store, "--capture", "c")
     assert code == 0
-    assert "1 late readings" in err
+    assert "1 late reading ->" in err
     hint = "To include them: obsflow replay --capture c --lateness DURATION"
     assert hint in err
     # The command it gives, with a duration, does include it.
@@ -396,3 +396,118 @@ def test_duplicates_older_than_the_dedup_memory_are_found_in_the_capture(
     capture = reads.read_capture(Store(store), "c").to_pandas()
     assert len(capture) == 121
     assert capture["time"].is_unique
+
+
+def test_channels_picks_columns_of_a_wide_file_and_delimiter_overrides_the_sniffing(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # A ;-file whose header holds more commas than semicolons (a column of flags): sniffing
+    # picks ',' and nothing parses; --delimiter says it.
+    path = tmp_path / "logger.csv"
+    path.write_text(
+        "timestamp;station;temp_c;rh_pct;flags (q,c,s,r,m,x)\n"
+        "2026-01-01T00:00:00Z;A;18.0;55;7\n"
+        "2026-01-01T00:01:00Z;A;18.5;56;0\n"
+    )
+    store = str(tmp_path / "s")
+    base = ["ingest", str(path), "--store", store, "-q", "--map", "source=station,time=timestamp"]
+    code, err = run(capsys, *base, "--capture", "sniffed")
+    assert code == 1
+    code, err = run(
+        capsys, *base, "--capture", "wx", "--delimiter", ";", "--channels", "temp_c,rh_pct"
+    )
+    assert code == 0, err
+    capture = reads.read_capture(Store(store), "wx").to_pandas()
+    frame = pd.read_csv(path, sep=";")
+    want = frame.melt(id_vars=["timestamp", "station"], value_vars=["temp_c", "rh_pct"])
+    assert sorted(zip(capture["channel"], capture["value"], strict=True)) == sorted(
+        zip(want["variable"], want["value"].astype(float), strict=True)
+    )  # the flags column, numeric too, is left out
+
+    # A column --channels names that the file does not have: said, with the columns it has.
+    code, err = run(capsys, *base, "--capture", "wx2", "--delimiter", ";", "--channels", "temp")
+    assert code == 1
+    assert "no column 'temp' for --channels (columns: timestamp, station, temp_c, rh_pct" in err
+    # A delimiter of two characters is a usage error before anything is read.
+    code, err = run(capsys, *base, "--capture", "wx3", "--delimiter", ";;")
+    assert code == 2
+    assert "--delimiter ';;': one character" in err
+
+
+def test_dead_letter_rows_index_records_and_malformed_text_names_its_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    csv = tmp_path / "m.csv"
+    csv.write_text(
+        "source,time,value\n"
+        "A,2026-01-01T00:00:00Z,1\n"  # line 2, record 0
+        "A,2026-01-01T00:00:01Z,2,9\n"  # line 3: malformed (no record)
+        "A,2026-01-01T00:00:02Z,x\n"  # line 4, record 1: bad value
+    )
+    jsonl = tmp_path / "m.jsonl"
+    jsonl.write_text(
+        '{"source":"A","time":"2026-01-01T00:00:03Z","value":1}\n'  # line 1, record 0
+        "not json\n"  # line 2: malformed
+        "\n"
+        '{"source":"A","time":"never","value":2}\n'  # line 4, record 1: bad time
+    )
+    store = str(tmp_path / "s")
+    assert run(capsys, "ingest", str(csv), str(jsonl), "--store", store, "-q")[0] == 0
+    dead = reads.read_deadletters(Store(store)).to_pandas()
+    got = {
+        (Path(o).name, None if pd.isna(r) else int(r), reason, m.split(":")[0])
+        for o, r, reason, m in zip(
+            dead["origin"], dead["row"], dead["reason"], dead["message"], strict=True
+        )
+    }
+    assert got == {
+        ("m.csv", None, "malformed", "line 3"),
+        ("m.csv", 1, "bad_value", "value is not a finite number"),
+        ("m.jsonl", None, "malformed", "line 2"),
+        ("m.jsonl", 1, "bad_time", "time is missing, unparseable or outside the ns range"),
+    }
+    # The record index is the row pandas gives the file (which skips what it cannot parse).
+    assert pd.read_csv(csv, on_bad_lines="skip").iloc[1]["value"] == "x"
+
+
+def test_the_summary_says_how_records_and_readings_differ(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "station.csv"
+    path.write_text(WIDE)
+    store = str(tmp_path / "s")
+    code, err = run(
+        capsys, "ingest", str(path), "--store", store, "--map", "source=station,time=timestamp"
+    )
+    assert code == 0, err
+    assert "7 input = 6 accepted + 1 rejected + 0 duplicates (adds up)" in err
+    assert "input counts readings: 4 records read (a wide record holds one per numeric cell)" in err
+
+
+def test_progress_comes_at_a_steady_interval_and_its_last_line_is_the_summary(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A paced replay takes ~5 s of wall time: lines every 2 s, true rates, an ETA, and a last
+    line holding the counts the summary reports."""
+    store = str(tmp_path / "s")
+    sim = "sim://?sources=4&channels=t&rate=20&duration=50s&seed=3"
+    assert run(capsys, "ingest", sim, "--store", store, "--capture", "p", "-q")[0] == 0
+    summary = tmp_path / "summary.json"
+    args = ["replay", "--store", store, "--capture", "p", "--speed", "10"]
+    code, err = run(capsys, *args, "--summary", str(summary))
+    assert code == 0, err
+    doc = json.loads(summary.read_text())
+    lines = [ln for ln in err.splitlines() if ln.startswith("[replay] ")]
+    *steps, last = lines
+    assert 2 <= len(steps) <= 4, err  # 5 s (and start-up) at one line per 2 s
+    counts = [int(ln.split()[1].replace(",", "")) for ln in steps]
+    assert counts == sorted(counts)
+    assert counts[-1] <= doc["input"]
+    for ln in steps:
+        rate = float(ln.split(" · ")[4].split()[0].replace(",", ""))
+        assert 0 < rate < 4 * 20 * 10 * 3  # paced at 800/s: never the absurd first-batch rate
+        assert "% · ETA " in ln
+    assert last.startswith(
+        f"[replay] {doc['input']:,} input · {doc['accepted']:,} accepted · {doc['rejected']:,} "
+        f"rejected · {doc['duplicates']:,} duplicates · all read in "
+    )

@@ -60,7 +60,9 @@ def test_csv_reads_every_column_as_text_and_rejects_malformed_lines(tmp_path: Pa
     assert table.to_pydict() == {"source": ["a", "c"], "time": ["1", "3"], "value": ["2.5", "x"]}
     assert rejects.column("reason").to_pylist() == ["malformed", "malformed"]
     assert rejects.column("raw").to_pylist() == ["b,2", "d,4,5,6"]
-    assert rejects.column("row").to_pylist() == [3, 5]  # line numbers
+    # Malformed text is no record: no record index; the message names the file's line.
+    assert rejects.column("row").to_pylist() == [None, None]
+    assert [m.split(":")[0] for m in rejects.column("message").to_pylist()] == ["line 3", "line 5"]
     assert pos == 4 == sum(b.records for b in batches)
 
 
@@ -76,7 +78,8 @@ def test_jsonl_falls_back_line_by_line_only_for_bad_blocks(tmp_path: Path) -> No
     rejects = pa.concat_tables([b.rejects for b in batches])
     assert table.column("source").to_pylist() == ["a", "b", "c"]
     assert table.column("time").to_pylist() == ["1", "x", "3"]
-    assert rejects.column("row").to_pylist() == [3, 4]
+    assert rejects.column("row").to_pylist() == [None, None]
+    assert [m.split(":")[0] for m in rejects.column("message").to_pylist()] == ["line 3", "line 4"]
     assert pos == 5
 
 

@@ -194,6 +194,7 @@ def test_flow_accepts_a_testing_source_and_sink(tmp_path: Path) -> None:
                 provisional={"c_1m": 1},
                 origins={"mem": 1},
                 epoch_units={"s": 4},
+                records=4,
             ),
         )
     ]
@@ -212,7 +213,7 @@ def test_normalize_batch_counts_reader_and_schema_rejects() -> None:
     )
     readings, rejects, counts = normalize_batch(InputSpec(), batch)
     assert readings.num_rows == 0
-    assert counts == Counts(input=2, rejected=2, reasons={"malformed": 1, "bad_time": 1})
+    assert counts == Counts(input=2, rejected=2, reasons={"malformed": 1, "bad_time": 1}, records=2)
     assert rejects.num_rows == 2
 
 
