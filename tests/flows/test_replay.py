@@ -383,7 +383,7 @@ def test_a_killed_replay_leaves_the_previous_views_intact(tmp_path: Path) -> Non
     # ends. Kill it once its progress line says it has read readings: it is mid-run.
     assert proc.stderr is not None
     progress = ""
-    while not re.match(r"\[replay\] [1-9][\d,]* read", progress):
+    while not re.match(r"\[replay\] [1-9][\d,]* input", progress):
         progress = proc.stderr.readline()
         assert progress, "the replay ended before it reported progress"
     assert proc.poll() is None
