@@ -81,7 +81,7 @@ def open_input(url: str) -> BinaryIO:
     return opened
 
 
-def _malformed(origin: str, lines: list[tuple[int, str, str]]) -> pa.Table:
+def malformed(origin: str, lines: list[tuple[int, str, str]]) -> pa.Table:
     """Dead letters of text that is no record: ``row`` (a record's 0-based index among the
     input's records) is null, and the message names the 1-based line of the file."""
     return pa.table(
@@ -249,7 +249,7 @@ class _FilePartition(StatefulSourcePartition[RawBatch, int]):
 
     def _next_batch(self) -> list[RawBatch]:
         for table, bad in self._batches:
-            rejects = _malformed(self._url, bad)
+            rejects = malformed(self._url, bad)
             n = table.num_rows + rejects.num_rows
             if self._skip >= self._pos + n:  # resuming: this batch was emitted before
                 self._pos += n

@@ -48,6 +48,10 @@ REJECT_SCHEMA = pa.schema(
 
 FIELDS = ("source", "seq", "time", "channel", "value")
 REQUIRED = ("source", "time", "value")
+RECEIVED = "_received"
+"""A column a broker source adds: each record's broker timestamp (or receipt time), as
+timestamp[ns, UTC]. It is the reading's time where the record has none, so that the captured
+time is what replay sees."""
 DEFAULT_CHANNEL = "value"
 PAYLOAD_INPUTS = (
     "payload",
@@ -391,7 +395,7 @@ def melt(table: pa.Table, spec: InputSpec, columns: list[str]) -> tuple[pa.Table
     in the batch is text, not a channel). Returns the table (source, time, seq as read;
     ``channel``; ``value`` as text, so a bad cell is reported as written) and each reading's
     record index in the batch."""
-    names = [spec.column(f) for f in ("source", "time", "seq")]
+    names = [*(spec.column(f) for f in ("source", "time", "seq")), RECEIVED]
     keys = [c for c in names if c in table.column_names]
     parts, records = [], []
     for name in columns:
@@ -423,18 +427,20 @@ def normalize(table: pa.Table, spec: InputSpec, *, origin: str, offset: int) -> 
     record = None
     picked = _channels_problem(table, spec)
     wide = [] if picked else wide_columns(table, spec)
-    if wide and all(spec.column(f) in table.column_names for f in ("source", "time")):
+    timed = spec.column("time") in table.column_names or RECEIVED in table.column_names
+    if wide and timed and spec.column("source") in table.column_names:
         table, record = melt(table, spec, wide)  # (without them, say so for the records)
     n = table.num_rows
     rej = _Rejector(n)
     if picked:
         rej.reject(np.ones(n, dtype=bool), "missing_field", picked)
     cols: dict[str, Any] = {}
+    received = table.column(RECEIVED) if RECEIVED in table.column_names else None
     for name in FIELDS:
         col, problem = _lookup(table, spec.column(name))
         if problem:
             rej.reject(np.ones(n, dtype=bool), "bad_schema", problem)
-        elif col is None and name in REQUIRED:
+        elif col is None and name in REQUIRED and not (name == "time" and received is not None):
             have = ", ".join(table.column_names) or "none"
             rej.reject(
                 np.ones(n, dtype=bool),
@@ -466,7 +472,7 @@ def normalize(table: pa.Table, spec: InputSpec, *, origin: str, offset: int) -> 
             ~_np_bool(valid_ids(col)), "bad_id", f"{name} id must match [A-Za-z0-9._:-]{{1,128}}"
         )
 
-    times = np.zeros(n, dtype=np.int64)
+    times, ok = np.zeros(n, dtype=np.int64), np.zeros(n, dtype=bool)
     epoch_unit = None  # the unit inferred for epoch numbers, if the input had any
     if cols["time"] is not None:
         unit: str | None = spec.time_unit
@@ -480,6 +486,15 @@ def normalize(table: pa.Table, spec: InputSpec, *, origin: str, offset: int) -> 
                 "give --time-unit",
             )
         times, ok = parse_times(cols["time"], unit or "ns")
+    if received is not None:  # a record without a time has its broker's
+        absent = (
+            np.ones(n, dtype=bool)
+            if cols["time"] is None
+            else _np_bool(pc.is_null(cols["time"], nan_is_null=True))
+        )
+        times = np.where(absent, received.cast(pa.int64()).to_numpy(), times)
+        ok |= absent
+    if cols["time"] is not None or received is not None:
         rej.reject(~ok, "bad_time", "time is missing, unparseable or outside the ns range")
 
     values = np.full(n, np.nan)

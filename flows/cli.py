@@ -237,6 +237,46 @@ def _ingest(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
         help="how long (event time) identities are remembered (default 10m); 0 turns dedup off",
     )
     _recovery(sp)
+    live = sp.add_argument_group(
+        "live ingest from a broker (INPUT is nats://host:port; credentials from the environment)"
+    )
+    live.add_argument(
+        "--topic",
+        action="append",
+        metavar="T",
+        help="subject (NATS), topic filter (MQTT) or topic (Kafka) to read (repeatable)",
+    )
+    live.add_argument(
+        "--consumer",
+        metavar="NAME",
+        help="durable consumer (NATS), client id (MQTT) or group id (Kafka): a rerun with the "
+        "same name resumes after the last acknowledged message",
+    )
+    live.add_argument("--stream", metavar="S", help="JetStream stream (default: from the subject)")
+    live.add_argument(
+        "--format",
+        default="json",
+        choices=["json", "arrow"],
+        help="message bodies: a JSON reading, an array of them or a number; or an Arrow IPC "
+        "stream (default json)",
+    )
+    live.add_argument(
+        "--flush-interval",
+        metavar="DURATION",
+        default="1s",
+        help="longest wait before the messages received are committed (default 1s)",
+    )
+    live.add_argument(
+        "--idle-timeout",
+        metavar="DURATION",
+        help="close the open windows of a source that sent nothing for this long (wall time; "
+        "recorded, so a replay closes them too)",
+    )
+    live.add_argument(
+        "--stop-when-idle",
+        metavar="DURATION",
+        help="end the session after this long without a message (default: run until stopped)",
+    )
     sp.set_defaults(func=commands.cmd_ingest)
 
 

@@ -7,12 +7,15 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
 import pyarrow.compute as pc
 
+from obsflow.connectors.brokers import BrokerURL, connect, is_broker_url
 from obsflow.connectors.capture import capture_info, new_run_id, open_capture
+from obsflow.connectors.errors import ConfigError
 from obsflow.connectors.files import write_table
 from obsflow.connectors.ids import check_name
 from obsflow.connectors.migrate import check_layout, migrate
@@ -20,9 +23,10 @@ from obsflow.connectors.reads import first_deadletters
 from obsflow.connectors.schema import InputSpec
 from obsflow.connectors.simulator import SimSpec, generate, parse_duration_ns
 from obsflow.connectors.store import Store
-from obsflow.flows import ingest, jobs, replay
+from obsflow.flows import ingest, jobs, live, replay
 from obsflow.flows.closing import close_view
 from obsflow.flows.runner import Recovery
+from obsflow.flows.summary import Progress, summary_dict
 from obsflow.flows.viewdef import load_views, stored_views, with_lateness
 
 
@@ -165,9 +169,21 @@ def lateness_ns(lateness: str | None) -> int | None:
 def cmd_ingest(args: argparse.Namespace) -> int:
     store = Store(args.store)
     check_name(args.capture, kind="capture name")
+    if any(is_broker_url(u) for u in args.inputs):
+        return cmd_live(args, store)
+    if args.topic or args.consumer:
+        raise ConfigError("--topic and --consumer are for a broker URL (nats://, mqtt://, ...)")
     ingest.source_for(args.inputs)  # validates the inputs' formats before reading anything
-    config = ingest.IngestConfig(
-        inputs=tuple(dict.fromkeys(args.inputs)),
+    config = ingest_config(args, tuple(dict.fromkeys(args.inputs)))
+    result = jobs.execute(
+        config, workers=args.workers, recovery=recovery_of(args), force=args.force
+    )
+    return print_result(result, store, args)
+
+
+def ingest_config(args: argparse.Namespace, inputs: tuple[str, ...]) -> ingest.IngestConfig:
+    return ingest.IngestConfig(
+        inputs=inputs,
         store=args.store,
         capture=args.capture,
         spec=InputSpec.parse_map(
@@ -182,10 +198,55 @@ def cmd_ingest(args: argparse.Namespace) -> int:
         inline_limit=args.inline_limit,
         features=tuple(f for f in (args.features or "").split(",") if f),
     )
-    result = jobs.execute(
-        config, workers=args.workers, recovery=recovery_of(args), force=args.force
+
+
+def cmd_live(args: argparse.Namespace, store: Store) -> int:
+    """``obsflow ingest URL --topic T --consumer NAME``: a live session (``flows.live``)."""
+    if len(args.inputs) != 1:
+        raise ConfigError("a broker URL is the only input of a live ingest")
+    if args.recovery or args.force:
+        raise ConfigError(
+            "--recovery and --force are for files: a live ingest resumes from the broker "
+            "(messages not yet acknowledged come again) — run the same command"
+        )
+    if not args.topic or not args.consumer:
+        raise ConfigError("a live ingest needs --topic T (repeatable) and --consumer NAME")
+    url = str(BrokerURL.parse(args.inputs[0]))
+    seconds = {
+        k: None if getattr(args, k) is None else parse_duration_ns(getattr(args, k)) / 1e9
+        for k in ("flush_interval", "idle_timeout", "stop_when_idle")
+    }
+    config = live.LiveConfig(
+        ingest=ingest_config(args, (url,)),
+        fmt=args.format,
+        flush_interval=seconds["flush_interval"] or 1.0,
+        idle_timeout=seconds["idle_timeout"],
+        stop_when_idle=seconds["stop_when_idle"],
     )
-    return print_result(result, store, args)
+    client = connect(url, args.topic, args.consumer, stream=args.stream)
+    progress = None if args.quiet else Progress("live", None)
+
+    def on_cycle(result: live.LiveResult) -> None:
+        if progress is not None and time.monotonic() - progress.last >= progress.every:
+            say(progress.line(result.counts) + f" · {len(result.cycles):,} commits")
+
+    with live.stop_on_signals() as stop:
+        result = live.run_live(config, client, workers=args.workers, stop=stop, on_cycle=on_cycle)
+    c = result.counts
+    commits_ = [s["commit"] for s in result.cycles]
+    span = f"commits #{commits_[0]}..#{commits_[-1]}" if commits_ else "no commit"
+    if args.summary:
+        doc = {**summary_dict(c, capture=args.capture, mode="live"), "cycles": result.cycles}
+        Path(args.summary).write_text(json.dumps(doc, indent=2, sort_keys=True) + "\n")
+    if not args.quiet:
+        ok = "adds up" if c.balanced else "DOES NOT ADD UP"
+        say(
+            f"live session {result.stopped}: {c.input:,} input = {c.accepted:,} accepted + "
+            f"{c.rejected:,} rejected + {c.duplicates:,} duplicates ({ok})\n"
+            f"  {len(result.cycles):,} runs ({span} of capture {args.capture!r}), "
+            f"{len(result.closes):,} idle closes, {result.seconds:.1f} s"
+        )
+    return 0 if c.balanced else 1
 
 
 def cmd_replay(args: argparse.Namespace) -> int:

@@ -81,6 +81,9 @@ class IngestConfig:
     chunk_expiry: int = 60 * 10**9  # ns of event time a chunk set may stay incomplete
     base: int | None = None  # the capture's last commit when the run was prepared
     fingerprints: tuple[tuple[str, str], ...] = ()  # (input, sha256) known before the run
+    # A live cycle (flows.live): ``inputs`` names the broker, the readings come from the
+    # source given to build_flow, and no input is fingerprinted, skipped or recorded.
+    live: bool = False
 
     def __post_init__(self) -> None:
         check_name(self.capture, kind="capture name")
@@ -281,7 +284,7 @@ def build_flow(
         base=config.base,
         capture_meta=None if capture_exists(store, config.capture) else meta,
         views=new_views,
-        inputs={u: (known.get(u), spec.signature()) for u in config.inputs},
+        inputs={} if config.live else {u: (known.get(u), spec.signature()) for u in config.inputs},
         extra={"mode": "ingest"},
     )
 

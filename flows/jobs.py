@@ -27,7 +27,10 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from bytewax.inputs import Source
+
 from obsflow.connectors import commits, layout
+from obsflow.connectors.batch import RawBatch
 from obsflow.connectors.capture import (
     captured_inputs,
     input_fingerprint,
@@ -112,10 +115,11 @@ def prepare(config: Config, *, recovery: Recovery | None = None, force: bool = F
                 "recovery directory and run the command again"
             )
         if isinstance(config, ingest_flow.IngestConfig):
-            job.config = _skip_captured(job, config, force)
-            if not job.config.inputs:
+            todo = config if config.live else _skip_captured(job, config, force)
+            job.config = todo
+            if not todo.inputs:
                 return job  # nothing to do: no run begins
-            ingest_flow.planned_views(store, job.config)  # refuses a bad view before it begins
+            ingest_flow.planned_views(store, todo)  # refuses a bad view before it begins
         commits.begin(store, run, config.capture)
     except BaseException:
         _release_after_error(lease)
@@ -176,9 +180,15 @@ def _renewing(lease: Lease | None) -> Iterator[None]:
 
 
 def run(
-    job: Job, *, workers: int = 1, processes: int = 1, recovery: Recovery | None = None
+    job: Job,
+    *,
+    workers: int = 1,
+    processes: int = 1,
+    recovery: Recovery | None = None,
+    source: Source[RawBatch] | None = None,
 ) -> None:
-    """Step 2: run the dataflow, which commits the run when it ends."""
+    """Step 2: run the dataflow, which commits the run when it ends. ``source`` replaces an
+    ingest's input (a live cycle's messages)."""
     if job.done is not None:
         return
     config = job.config
@@ -189,7 +199,7 @@ def run(
                 raise ConfigError("--recovery works with one process (use --workers for threads)")
             run_processes(module, config.options(), processes, workers)
         elif isinstance(config, ingest_flow.IngestConfig):
-            run_flow(ingest_flow.build_flow(config), workers, recovery)
+            run_flow(ingest_flow.build_flow(config, source=source), workers, recovery)
         else:
             run_flow(replay_flow.build_flow(config), workers, recovery)
 
@@ -256,6 +266,7 @@ def execute(
     processes: int = 1,
     recovery: Recovery | None = None,
     force: bool = False,
+    source: Source[RawBatch] | None = None,
 ) -> RunResult:
     """prepare -> run -> finish."""
     job = prepare(config, recovery=recovery, force=force)
@@ -266,7 +277,7 @@ def execute(
         return RunResult(None, summary, tuple(job.skipped), tuple(job.notes))
     started = time.monotonic()
     try:
-        run(job, workers=workers, processes=processes, recovery=recovery)
+        run(job, workers=workers, processes=processes, recovery=recovery, source=source)
     except BaseException:
         _release_after_error(job.lease)
         raise

@@ -203,13 +203,13 @@ def test_flow_accepts_a_testing_source_and_sink(tmp_path: Path) -> None:
 
 
 def test_normalize_batch_counts_reader_and_schema_rejects() -> None:
-    from obsflow.connectors.files import _malformed
+    from obsflow.connectors.files import malformed
 
     batch = RawBatch(
         "f",
         0,
         pa.table({"source": ["a"], "time": ["x"], "value": ["1"]}),
-        _malformed("f", [(3, "bad line", "a,b")]),
+        malformed("f", [(3, "bad line", "a,b")]),
     )
     readings, rejects, counts = normalize_batch(InputSpec(), batch)
     assert readings.num_rows == 0

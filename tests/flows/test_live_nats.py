@@ -1,0 +1,226 @@
+"""Live ingest from NATS JetStream (issue 13), against a real ``nats-server`` started here.
+
+The oracle for views and late readings is pandas over the published readings, cut where the
+capture's commit log says each live cycle ended: a reading is late when its window ends at or
+before (latest time of its series in earlier commits) - lateness (decision 003).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from obsflow.connectors import commits, layout, reads
+from obsflow.connectors.store import Store
+from tests.brokers import NatsServer, publish
+
+OBSFLOW = str(Path(sys.executable).parent / "obsflow")
+SECOND = 10**9
+VIEWS = """
+[[view]]
+name = "live_1s"
+size = "1s"
+lateness = "1s"
+aggregates = ["count", "mean", "min", "max"]
+"""
+
+
+@pytest.fixture
+def nats_server(tmp_path: Path) -> Iterator[NatsServer]:
+    server = NatsServer(tmp_path / "jetstream").start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+def obsflow(*args: str) -> subprocess.Popen[str]:
+    # Messages a killed run took come again after the ack wait: 3 s, not 30, in this test.
+    env = {**os.environ, "OBSFLOW_NATS_ACK_WAIT": "3"}
+    return subprocess.Popen(
+        [OBSFLOW, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env
+    )
+
+
+def live_ingest(server: NatsServer, store: Path, *extra: str) -> list[str]:
+    return [
+        "ingest",
+        server.url,
+        "--topic",
+        "obs.>",
+        "--consumer",
+        "obsflow",
+        "--store",
+        str(store),
+        "--capture",
+        "live",
+        *extra,
+    ]
+
+
+def test_messages_of_every_shape_are_captured_once_and_a_rerun_adds_nothing(
+    nats_server: NatsServer, tmp_path: Path
+) -> None:
+    received_before = time.time_ns()
+    messages = [
+        ("obs.a", json.dumps({"source": "a", "time": "2026-01-01T00:00:00Z", "value": 1})),
+        ("obs.a", json.dumps([{"source": "a", "time": "2026-01-01T00:00:01Z", "value": 2}] * 2)),
+        ("obs.b", json.dumps({"source": "b", "value": 3.5})),  # no time: the stream's
+        ("obs.probe7", "21.5"),  # a bare number: the value; the source from the subject
+        ("obs.a", "{not json"),
+        ("obs.a", json.dumps({"source": "a", "time": "2026-01-01T00:00:02Z", "value": "x"})),
+    ]
+    publish(nats_server.url, "OBS", ["obs.>"], [(s, b.encode()) for s, b in messages])
+    store = tmp_path / "store"
+    summary = tmp_path / "summary.json"
+    args = live_ingest(nats_server, store, "--stop-when-idle", "1s", "--summary", str(summary))
+    args += ["--map", "source=topic:1"]
+    done = subprocess.run([OBSFLOW, *args], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    doc = json.loads(summary.read_text())
+    # 6 messages: 7 records (an array of 2), the two readings of the array are one reading.
+    assert (doc["input"], doc["accepted"], doc["rejected"], doc["duplicates"]) == (7, 4, 2, 1)
+    capture = reads.read_capture(Store(str(store)), "live").to_pandas()
+    got = sorted(zip(capture["source"], capture["value"], strict=True))
+    assert got == [("a", 1.0), ("a", 2.0), ("b", 3.5), ("probe7", 21.5)]
+    stamped = capture[capture["source"].isin(["b", "probe7"])]["time"]
+    assert (stamped.astype("int64") >= received_before).all()  # the broker's time, captured
+    dead = reads.read_deadletters(Store(str(store))).to_pandas()
+    assert sorted(dead["reason"]) == ["bad_value", "malformed"]
+    assert "message on obs.a: not JSON" in " ".join(dead["message"])
+
+    # The same consumer again: every message was acknowledged, nothing comes twice.
+    done = subprocess.run([OBSFLOW, *args], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert json.loads(summary.read_text())["input"] == 0
+    assert reads.read_capture(Store(str(store)), "live").num_rows == 4
+
+
+def published_readings(seed: int = 13) -> tuple[pd.DataFrame, list[list[dict[str, Any]]]]:
+    """100,000 readings (20 sources at 100 Hz for 50 s), in arrival order with up to 3 s of
+    disorder, 2 % of them sent again a little later; as messages of 10 readings."""
+    rng = np.random.default_rng(seed)
+    n_src, per = 20, 5_000
+    t0 = pd.Timestamp("2026-05-01T00:00:00Z").value
+    frame = pd.DataFrame(
+        {
+            "source": np.repeat([f"s{i:02d}" for i in range(n_src)], per),
+            "time": t0 + np.tile(np.arange(per) * 10_000_000, n_src),
+            "value": rng.normal(20, 2, n_src * per).round(4),
+        }
+    )
+    arrival = frame["time"].to_numpy() + rng.uniform(0, 3 * SECOND, len(frame))
+    again = rng.random(len(frame)) < 0.02
+    resent = frame[again].assign(_at=arrival[again] + rng.uniform(0, 5 * SECOND, again.sum()))
+    stream = pd.concat([frame.assign(_at=arrival), resent]).sort_values("_at", kind="stable")
+    records = [
+        {"source": s, "time": int(t), "value": v}
+        for s, t, v in zip(stream["source"], stream["time"], stream["value"], strict=True)
+    ]
+    return frame, [records[i : i + 10] for i in range(0, len(records), 10)]
+
+
+def commit_count(store: Path) -> int:
+    folder = store / layout.commits_dir("live")
+    return len(list(folder.iterdir())) if folder.exists() else 0
+
+
+def wait_for(predicate: Any, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, what
+        time.sleep(0.05)
+
+
+def test_killed_twice_the_capture_holds_each_published_reading_once_and_views_equal_pandas(
+    nats_server: NatsServer, tmp_path: Path
+) -> None:
+    frame, messages = published_readings()
+    publish(nats_server.url, "OBS", ["obs.>"], [])  # the stream, before anyone reads it
+    sent = threading.Event()
+
+    def publisher() -> None:  # ~10 s of messages while obsflow reads them
+        for i in range(0, len(messages), 500):
+            chunk = [("obs.sim", json.dumps(m).encode()) for m in messages[i : i + 500]]
+            publish(nats_server.url, "OBS", ["obs.>"], chunk)
+            time.sleep(0.4)
+        sent.set()
+
+    thread = threading.Thread(target=publisher, daemon=True)
+    thread.start()
+    store = tmp_path / "store"
+    views = tmp_path / "views.toml"
+    views.write_text(VIEWS)
+    args = live_ingest(nats_server, store, "--views", str(views), "-q")
+
+    kills = 0
+    while kills < 2:  # kill it once it has committed something new, twice
+        before = commit_count(store)
+        proc = obsflow(*args, "--stop-when-idle", "30s")
+        wait_for(lambda b=before: commit_count(store) > b, 60, "no commit after a start")
+        time.sleep(np.random.default_rng(kills).uniform(0, 0.8))  # somewhere in a cycle
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.communicate()
+        kills += 1
+    assert not sent.is_set(), "the publisher finished before the second kill: too fast"
+    summary = tmp_path / "summary.json"
+    proc = obsflow(*args, "--stop-when-idle", "3s", "--summary", str(summary))
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, err
+    thread.join()
+
+    st = Store(str(store))
+    capture = reads.read_capture(st, "live").to_pandas()
+    got = capture[["source", "time", "value"]].assign(time=capture["time"].astype("int64"))
+    pd.testing.assert_frame_equal(
+        got.sort_values(["source", "time"]).reset_index(drop=True),
+        frame.sort_values(["source", "time"]).reset_index(drop=True),
+    )  # each published reading exactly once: duplicates, redeliveries and kills included
+
+    # The oracle: the readings in the order the commit log gives, late when their window
+    # ends at or before what earlier commits saw of their series, minus the lateness.
+    rows = []
+    for entry in commits.read_log(st, "live"):
+        for rels in entry.parts("live").values():
+            for rel in rels:
+                rows.append(st.read_parquet(rel).to_pandas().assign(commit=entry.n))
+    seen = pd.concat(rows, ignore_index=True)
+    seen["time"] = seen["time"].astype("int64")
+    last = seen.groupby(["source", "commit"])["time"].max().groupby("source").cummax()
+    before = last.groupby("source").shift(1).rename("before")
+    seen = seen.join(before, on=["source", "commit"]).reset_index(drop=True)
+    end = (seen["time"] // SECOND + 1) * SECOND
+    late = end <= seen["before"] - SECOND
+    expected_late = seen[late][["source", "time"]]
+    assert 0 < len(expected_late) < len(frame) // 10, len(expected_late)  # the test can tell
+    got_late = reads.read_late(st, "live_1s").to_pandas()
+    assert sorted(zip(got_late["source"], got_late["time"].astype("int64"), strict=True)) == (
+        sorted(zip(expected_late["source"], expected_late["time"], strict=True))
+    )
+    on_time = seen[~late].assign(window_start=(seen["time"] // SECOND) * SECOND)
+    want = (
+        on_time.groupby(["source", "window_start"])["value"]
+        .agg(["count", "mean", "min", "max"])
+        .reset_index()
+    )
+    view = reads.read_view(st, "live_1s").to_pandas()
+    view = view.assign(window_start=view["window_start"].astype("int64"))
+    merged = want.merge(view, on=["source", "window_start"], suffixes=("", "_view"))
+    assert len(merged) == len(want) == len(view)
+    assert (merged["count"] == merged["count_view"]).all()
+    for agg in ("mean", "min", "max"):
+        np.testing.assert_allclose(merged[agg], merged[f"{agg}_view"], rtol=1e-12)
+    doc = json.loads(summary.read_text())
+    assert doc["balanced"]
