@@ -248,17 +248,9 @@ class NatsClient:
                     msgs = await sub.fetch(batch=want, timeout=max(left / len(self.subs), 0.01))
                 except errors.TimeoutError:
                     msgs = []
-                except (errors.ConnectionClosedError, errors.NoServersError, OSError) as exc:
-                    self._check_budget(exc)
-                    await asyncio.sleep(0.2)
+                except Exception as exc:
+                    await self._wait_out(exc)
                     msgs = []
-                except Exception as exc:  # e.g. a JetStream error while the server restarts
-                    if not self.nc.is_connected:
-                        self._check_budget(exc)
-                        await asyncio.sleep(0.2)
-                        msgs = []
-                    else:
-                        raise
                 if msgs:
                     self._down_since = None
                 got += len(msgs)
@@ -267,15 +259,20 @@ class NatsClient:
                 break  # something arrived, and nothing more is coming now
         return out
 
-    def _check_budget(self, exc: BaseException) -> None:
+    async def _wait_out(self, exc: BaseException) -> None:
+        """A transient failure (the connection down, JetStream unavailable while the server
+        restarts) is waited out within the retry budget; anything else is raised."""
+        if not isinstance(exc, (OSError, asyncio.TimeoutError, self._nats.errors.Error)):
+            raise exc
         now = time.monotonic()
         if self._down_since is None:
             self._down_since = now
         elif now - self._down_since > retry_seconds():
             raise BrokerError(
-                f"NATS at {self.broker} unreachable for {retry_seconds():g} s "
+                f"NATS at {self.broker} unavailable for {retry_seconds():g} s "
                 f"({type(exc).__name__}); run the same command again to resume"
-            )
+            ) from None
+        await asyncio.sleep(0.2)
 
     def drained(self) -> bool:
         """Whether the broker holds nothing more for this consumer: no message undelivered,
@@ -295,9 +292,15 @@ class NatsClient:
 
     async def _ack(self, messages: list[Message]) -> None:
         # A lost ack only brings a message again, which dedup drops: no need to wait for each.
-        for m in messages:
-            await m.token.ack()
-        await self.nc.flush()
+        while True:
+            try:
+                for m in messages:
+                    if not m.token.is_acked:
+                        await m.token.ack()
+                await self.nc.flush()
+                return
+            except Exception as exc:
+                await self._wait_out(exc)
 
     def close(self) -> None:
         try:  # acks were flushed when they were sent: nothing is left to drain

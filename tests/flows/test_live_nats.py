@@ -224,3 +224,98 @@ def test_killed_twice_the_capture_holds_each_published_reading_once_and_views_eq
         np.testing.assert_allclose(merged[agg], merged[f"{agg}_view"], rtol=1e-12)
     doc = json.loads(summary.read_text())
     assert doc["balanced"]
+
+
+def test_a_quiet_source_has_its_windows_closed_and_replay_closes_them_alike(
+    nats_server: NatsServer, tmp_path: Path
+) -> None:
+    """Two sources at 10 Hz in real time; one goes quiet after 3 s. With --idle-timeout 2s its
+    last window becomes final about 2 s later, by a commit replay repeats."""
+    publish(nats_server.url, "OBS", ["obs.>"], [])
+    last_b: list[float] = []
+
+    def publisher() -> None:
+        started = time.time()
+        while (now := time.time()) - started < 6:
+            batch = [("obs.a", {"source": "a", "time": time.time_ns(), "value": now - started})]
+            if now - started < 3:
+                batch.append(("obs.b", {"source": "b", "time": time.time_ns(), "value": 1.0}))
+                last_b[:] = [time.time()]
+            publish(
+                nats_server.url, "OBS", ["obs.>"], [(s, json.dumps(r).encode()) for s, r in batch]
+            )
+            time.sleep(0.1)
+
+    thread = threading.Thread(target=publisher, daemon=True)
+    thread.start()
+    store = tmp_path / "store"
+    views = tmp_path / "views.toml"
+    views.write_text('[[view]]\nname = "live_1s"\nsize = "1s"\naggregates = ["count", "mean"]\n')
+    args = live_ingest(nats_server, store, "--views", str(views), "-q", "--idle-timeout", "2s")
+    done = subprocess.run(
+        [OBSFLOW, *args, "--stop-when-idle", "4s"], capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr
+    thread.join()
+    st = Store(str(store))
+    log = commits.read_log(st, "live")
+    closes = [e for e in log if e.kind == "close"]
+    assert [c.close[0]["sources"] for c in closes] == [["b"], ["a"]]
+    delay = pd.Timestamp(closes[0].created).timestamp() - last_b[0]
+    print(f"b's windows closed {delay:.2f} s after its last message (idle timeout 2 s)")
+    assert 2.0 <= delay <= 5.0
+    live = reads.read_view(st, "live_1s").to_pandas()
+    assert live["final"].all()  # both sources went quiet: every window closed
+    assert set(live["source"]) == {"a", "b"}
+
+    replayed = subprocess.run(
+        [OBSFLOW, "replay", "--store", str(store), "--capture", "live", "-q"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert replayed.returncode == 0, replayed.stderr
+    again = reads.read_view(st, "live_1s").to_pandas()
+    key = ["source", "window_start"]
+    pd.testing.assert_frame_equal(  # the same rows; only the run that wrote them differs
+        again.drop(columns="run").sort_values(key).reset_index(drop=True),
+        live.drop(columns="run").sort_values(key).reset_index(drop=True),
+    )
+
+
+def test_a_broker_restart_mid_run_loses_nothing_and_doubles_nothing(
+    nats_server: NatsServer, tmp_path: Path
+) -> None:
+    frame, messages = published_readings(seed=5)
+    publish(nats_server.url, "OBS", ["obs.>"], [])
+    store = tmp_path / "store"
+    half = len(messages) // 2
+    publish(
+        nats_server.url,
+        "OBS",
+        ["obs.>"],
+        [("obs.sim", json.dumps(m).encode()) for m in messages[:half]],
+    )
+    summary = tmp_path / "summary.json"
+    proc = obsflow(
+        *live_ingest(nats_server, store, "-q", "--summary", str(summary)), "--stop-when-idle", "4s"
+    )
+    wait_for(lambda: commit_count(store) >= 1, 60, "no commit")
+    nats_server.restart()  # same port, same data: the session reconnects
+    publish(
+        nats_server.url,
+        "OBS",
+        ["obs.>"],
+        [("obs.sim", json.dumps(m).encode()) for m in messages[half:]],
+    )
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, err
+    capture = reads.read_capture(Store(str(store)), "live").to_pandas()
+    got = capture[["source", "time", "value"]].assign(time=capture["time"].astype("int64"))
+    pd.testing.assert_frame_equal(
+        got.sort_values(["source", "time"]).reset_index(drop=True),
+        frame.sort_values(["source", "time"]).reset_index(drop=True),
+    )
+    doc = json.loads(summary.read_text())
+    assert doc["balanced"]
+    assert doc["accepted"] == len(frame)
