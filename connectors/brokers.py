@@ -320,3 +320,54 @@ def _message(m: Any) -> Message:
     tokens = m.reply.split(".")
     ts = int(tokens[7] if len(tokens) == 9 else tokens[9])
     return Message(m.data, m.subject, ts, m)
+
+
+class NatsPublisher:
+    """Publishes message bodies to one JetStream subject (``obsflow simulate --to``); creates
+    a stream for the subject's first token (``obs.sim`` -> ``obs.>``) when none holds it."""
+
+    def __init__(self, broker: BrokerURL, subject: str) -> None:
+        self.broker, self.subject = broker, subject
+        self._nats = _import_nats()
+        self._loop = _Loop("obsflow-nats-publish")
+        try:
+            self._loop.run(self._connect(), timeout=retry_seconds() + 10)
+        except BaseException:
+            self._loop.stop()
+            raise
+
+    async def _connect(self) -> None:
+        try:
+            self.nc = await self._nats.connect(
+                servers=[f"nats://{h}:{p}" for h, p in self.broker.hosts], connect_timeout=5
+            )
+        except Exception as exc:
+            raise BrokerError(f"cannot reach NATS at {self.broker}: {type(exc).__name__}") from None
+        self.js = self.nc.jetstream()
+        try:
+            await self.js.find_stream_name_by_subject(self.subject)
+        except self._nats.js.errors.NotFoundError:
+            root = re.sub(r"[^A-Za-z0-9_-]", "_", self.subject.split(".")[0])
+            await self.js.add_stream(name=f"obsflow_{root}", subjects=[f"{root}.>"])
+
+    def publish(self, bodies: list[bytes]) -> None:
+        """Publish, each message acknowledged by the server (in groups, concurrently)."""
+        self._loop.run(self._publish(bodies))
+
+    async def _publish(self, bodies: list[bytes]) -> None:
+        for i in range(0, len(bodies), 500):
+            await asyncio.gather(*(self.js.publish(self.subject, b) for b in bodies[i : i + 500]))
+
+    def close(self) -> None:
+        try:
+            with contextlib.suppress(Exception):
+                self._loop.run(self.nc.close(), timeout=10)
+        finally:
+            self._loop.stop()
+
+
+def publisher(url: str, topic: str) -> NatsPublisher:
+    broker = BrokerURL.parse(url)
+    if broker.scheme == "nats":
+        return NatsPublisher(broker, topic)
+    raise ConfigError(f"publishing to {broker.scheme}:// is not supported yet")

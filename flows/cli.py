@@ -24,7 +24,8 @@ COMMAND_EXAMPLES = {
   obsflow ingest hour1.csv --capture buoy            (the views continue from hour0)
   obsflow ingest wx.csv --capture wx --map source=station,time=timestamp,value=temp_c
   obsflow ingest wide.csv --capture wx --map source=station,time=timestamp --channels t,rh
-  obsflow ingest logger.txt.csv --delimiter tab --time-unit s --views views.toml""",
+  obsflow ingest logger.txt.csv --delimiter tab --time-unit s --views views.toml
+  obsflow ingest nats://127.0.0.1:4222 --topic obs.> --consumer lab --capture live""",
     "replay": """\
   obsflow replay --capture buoy                      (rebuild the capture's views)
   obsflow replay --capture buoy --views new.toml --lateness 10m
@@ -32,7 +33,8 @@ COMMAND_EXAMPLES = {
   obsflow replay --capture buoy --speed 10           (ten times the original rate)""",
     "simulate": """\
   obsflow simulate sim.parquet --sources 8 --channels t,p --rate 50 --duration 10m
-  obsflow simulate frames.parquet --payload frame:64x64:uint16 --payload-rate 2""",
+  obsflow simulate frames.parquet --payload frame:64x64:uint16 --payload-rate 2
+  obsflow simulate --to nats://127.0.0.1:4222 --topic obs.sim --rate 20 --duration 10m""",
     "views": """\
   obsflow views list
   obsflow views show buoy_1m --source b01 --from 2026-01-01 --limit 20
@@ -339,7 +341,19 @@ def parser() -> argparse.ArgumentParser:
     _replay(sub)
 
     sp = _command(sub, "simulate", "write simulated instrument readings to a file")
-    sp.add_argument("out", metavar="OUT", help="output file: .parquet, .csv or .jsonl")
+    sp.add_argument("out", metavar="OUT", nargs="?", help="output file: .parquet, .csv or .jsonl")
+    sp.add_argument(
+        "--to",
+        metavar="URL",
+        help="publish to a broker instead, in real time (nats://host:port; with --topic)",
+    )
+    sp.add_argument("--topic", metavar="T", help="subject to publish to (with --to)")
+    sp.add_argument(
+        "--format",
+        default="json",
+        choices=["json", "arrow"],
+        help="with --to: one JSON reading per message, or Arrow IPC per 100 ms (default json)",
+    )
     sp.add_argument("--sources", type=int, default=4, help="instruments (default 4)")
     sp.add_argument(
         "--channels",
@@ -350,8 +364,7 @@ def parser() -> argparse.ArgumentParser:
     sp.add_argument("--duration", default="60s", help="event time span (default 60s)")
     sp.add_argument(
         "--start",
-        default="2026-01-01T00:00:00Z",
-        help="ISO-8601 start time (default 2026-01-01T00:00:00Z)",
+        help="ISO-8601 start time (default 2026-01-01T00:00:00Z; with --to: now)",
     )
     sp.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     sp.add_argument(

@@ -11,9 +11,12 @@ import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+import pandas as pd
+import pyarrow as pa
 import pyarrow.compute as pc
 
-from obsflow.connectors.brokers import BrokerURL, connect, is_broker_url
+from obsflow.connectors.brokers import BrokerURL, connect, is_broker_url, publisher
 from obsflow.connectors.capture import capture_info, new_run_id, open_capture
 from obsflow.connectors.errors import ConfigError
 from obsflow.connectors.files import write_table
@@ -272,13 +275,17 @@ def cmd_replay(args: argparse.Namespace) -> int:
 
 
 def cmd_simulate(args: argparse.Namespace) -> int:
+    if args.to:
+        return simulate_live(args)
+    if args.out is None:
+        raise ConfigError("simulate needs OUT (a file) or --to URL --topic T (a broker)")
     spec = SimSpec.from_strings(
         {
             "sources": args.sources,
             "channels": args.channels,
             "rate": args.rate,
             "duration": args.duration,
-            "start": args.start,
+            "start": args.start or "2026-01-01T00:00:00Z",
             "seed": args.seed,
             "payloads": ",".join(args.payload or []),
             "payload_rate": args.payload_rate,
@@ -292,6 +299,58 @@ def cmd_simulate(args: argparse.Namespace) -> int:
         f"to {args.out}"
     )
     return 0
+
+
+def simulate_live(args: argparse.Namespace) -> int:
+    """``simulate --to URL --topic T``: publish simulated readings as they happen (event time =
+    wall time), one JSON reading per message or one Arrow IPC stream per 100 ms."""
+    if not args.topic:
+        raise ConfigError("simulate --to needs --topic T")
+    start = args.start or pd.Timestamp.now(tz="UTC").floor("s").isoformat()
+    spec = SimSpec.from_strings(
+        {
+            "sources": args.sources,
+            "channels": args.channels,
+            "rate": args.rate,
+            "duration": args.duration,
+            "start": start,
+            "seed": args.seed,
+        }
+    )
+    table = generate(spec).sort_by("time")
+    times = table.column("time").cast(pa.int64()).to_numpy()
+    out = publisher(args.to, args.topic)
+    say(
+        f"publishing {table.num_rows:,} readings of {spec.sources} sources x "
+        f"{len(spec.channels)} channels at {spec.rate:g} Hz to {args.to} {args.topic} "
+        f"({args.format}; Ctrl-C stops)"
+    )
+    sent = 0
+    try:
+        while sent < table.num_rows:
+            upto = int(np.searchsorted(times, time.time_ns(), side="right"))
+            if upto > sent:
+                out.publish(encode_messages(table.slice(sent, upto - sent), args.format))
+                sent = upto
+            time.sleep(0.1)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        out.close()
+    say(f"published {sent:,} readings")
+    return 0
+
+
+def encode_messages(table: pa.Table, fmt: str) -> list[bytes]:
+    """Readings as message bodies: one JSON object each, or one Arrow IPC stream."""
+    if fmt == "arrow":
+        sink = pa.BufferOutputStream()
+        with pa.ipc.new_stream(sink, table.schema) as writer:
+            writer.write_table(table)
+        return [sink.getvalue().to_pybytes()]
+    frame = table.to_pandas()
+    text = frame.to_json(orient="records", lines=True, date_format="iso", date_unit="ns")
+    return [line.encode() for line in text.splitlines()]
 
 
 def cmd_demo(args: argparse.Namespace) -> int:

@@ -23,6 +23,7 @@ import pandas as pd
 import pytest
 
 from obsflow.connectors import commits, layout, reads
+from obsflow.connectors.simulator import SimSpec, generate
 from obsflow.connectors.store import Store
 from tests.brokers import NatsServer, publish
 
@@ -319,3 +320,47 @@ def test_a_broker_restart_mid_run_loses_nothing_and_doubles_nothing(
     doc = json.loads(summary.read_text())
     assert doc["balanced"]
     assert doc["accepted"] == len(frame)
+
+
+@pytest.mark.parametrize("fmt", ["json", "arrow"])
+def test_simulate_publishes_what_a_live_ingest_captures(
+    nats_server: NatsServer, tmp_path: Path, fmt: str
+) -> None:
+    """``simulate --to`` publishes readings whose time has come (a start in the past: all at
+    once); a live ingest of either format captures exactly the simulation."""
+    sim = ["--sources", "3", "--channels", "t,p", "--rate", "20", "--duration", "3s"]
+    start = "2026-02-01T00:00:00Z"
+    done = subprocess.run(
+        [
+            OBSFLOW,
+            "simulate",
+            "--to",
+            nats_server.url,
+            "--topic",
+            "obs.sim",
+            "--format",
+            fmt,
+            "--start",
+            start,
+            *sim,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    store = tmp_path / "store"
+    args = live_ingest(nats_server, store, "-q", "--format", fmt, "--stop-when-idle", "1s")
+    done = subprocess.run([OBSFLOW, *args], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    expected = generate(
+        SimSpec(sources=3, channels=("t", "p"), rate=20, duration=3, start=start)
+    ).to_pandas()
+    capture = reads.read_capture(Store(str(store)), "live").to_pandas()
+    key = ["source", "channel", "time"]
+    cols = [*key, "seq", "value"]
+    pd.testing.assert_frame_equal(
+        capture[cols].sort_values(key).reset_index(drop=True),
+        expected[cols].sort_values(key).reset_index(drop=True),
+        check_dtype=False,
+    )
