@@ -7,10 +7,13 @@ capture's identity dedup makes it exactly-once.
 
 - ``nats://host:port``: a JetStream durable pull consumer per topic (subject); the stream is
   found from the subject, or named with ``stream``. The message time is the stream's.
+- ``mqtt://host:port`` (``mqtts://`` for TLS): an MQTT v5 persistent session with manual acks
+  (``MqttClient``). The message time is the time it was received.
 
 Credentials come from the environment only, never from the command line, and never appear
 in errors or reprs: ``OBSFLOW_NATS_USER``/``OBSFLOW_NATS_PASSWORD``, ``OBSFLOW_NATS_TOKEN``
-or ``OBSFLOW_NATS_CREDS`` (a file). A broker down for longer than
+or ``OBSFLOW_NATS_CREDS`` (a file); ``OBSFLOW_MQTT_USER``/``OBSFLOW_MQTT_PASSWORD`` and
+``OBSFLOW_MQTT_CA_FILE``. A broker down for longer than
 ``OBSFLOW_BROKER_RETRY_SECONDS`` (default 60) stops the session with one line; the same
 command resumes where the acknowledgements stopped.
 """
@@ -103,6 +106,8 @@ def connect(
     check_consumer(consumer)
     if broker.scheme == "nats":
         return NatsClient(broker, list(topics), consumer, stream, max_in_flight)
+    if broker.scheme in ("mqtt", "mqtts"):
+        return MqttClient(broker, list(topics), consumer, min(max_in_flight, 65_535))
     raise ConfigError(f"{broker.scheme}:// is not supported yet")
 
 
@@ -159,6 +164,7 @@ class NatsClient:
         self._nats = _import_nats()
         self._loop = _Loop("obsflow-nats")
         self._down_since: float | None = None
+        self.last_error = ""
         try:
             self._loop.run(self._connect(stream, max_in_flight), timeout=retry_seconds() + 10)
         except BaseException:
@@ -172,7 +178,13 @@ class NatsClient:
         nats = self._nats
         from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
+        async def quiet(exc: Exception) -> None:
+            """Without an error callback nats-py prints a traceback per reconnect attempt;
+            the session reports an outage itself (``_wait_out``)."""
+            self.last_error = f"{type(exc).__name__}"
+
         options: dict[str, Any] = {
+            "error_cb": quiet,
             "servers": [f"nats://{h}:{p}" for h, p in self.broker.hosts],
             "max_reconnect_attempts": -1,  # the session's own budget decides when to give up
             "reconnect_time_wait": 0.5,
@@ -310,6 +322,130 @@ class NatsClient:
             self._loop.stop()
 
 
+def _import_paho() -> Any:
+    try:
+        import paho.mqtt.client as mqtt
+    except ImportError:
+        raise ConfigError(
+            "mqtt:// needs the paho-mqtt package: pip install 'obsflow[live]'"
+        ) from None
+    return mqtt
+
+
+class MqttClient:
+    """An MQTT v5 persistent session (client id = ``consumer``) subscribed at QoS 1, with
+    manual acknowledgement: a PUBACK goes out only when the session acks, after the commit.
+
+    The broker keeps the session (``SessionExpiryInterval``, a week) and what it queued for it
+    while the session is away; messages delivered and not acknowledged come again when the
+    session reconnects. ``ReceiveMaximum`` bounds the messages in flight (back-pressure); the
+    broker's own limits (mosquitto's ``max_inflight_messages``, ``max_queued_messages``, whose
+    default of 1000 silently drops messages) must allow as much. MQTT carries no broker time: a
+    record without a time gets the time it was received.
+    """
+
+    SESSION_SECONDS = 7 * 24 * 3600
+
+    def __init__(
+        self, broker: BrokerURL, topics: list[str], consumer: str, max_in_flight: int
+    ) -> None:
+        mqtt = _import_paho()
+        from paho.mqtt.enums import CallbackAPIVersion
+        from paho.mqtt.packettypes import PacketTypes
+        from paho.mqtt.properties import Properties
+
+        self.broker, self.topics, self.consumer = broker, topics, consumer
+        self._queue: list[Message] = []
+        self._ready = threading.Condition()
+        self._connected = threading.Event()
+        self._down_since: float | None = time.monotonic()
+        self.client = mqtt.Client(
+            callback_api_version=CallbackAPIVersion.VERSION2,
+            client_id=consumer,
+            protocol=mqtt.MQTTv5,
+            manual_ack=True,
+        )
+        env = os.environ
+        if env.get("OBSFLOW_MQTT_USER"):
+            self.client.username_pw_set(env["OBSFLOW_MQTT_USER"], env.get("OBSFLOW_MQTT_PASSWORD"))
+        if broker.scheme == "mqtts":
+            self.client.tls_set(ca_certs=env.get("OBSFLOW_MQTT_CA_FILE"))
+        self.client.on_connect = self._on_connect
+        self.client.on_disconnect = self._on_disconnect
+        self.client.on_message = self._on_message
+        self.client.reconnect_delay_set(min_delay=1, max_delay=2)
+        props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
+        props.SessionExpiryInterval = self.SESSION_SECONDS
+        props.ReceiveMaximum = max(1, max_in_flight)
+        host, port = broker.hosts[0]
+        # connect_async + loop_start: the first connection is retried like any reconnect.
+        self.client.connect_async(host, port, keepalive=30, clean_start=False, properties=props)
+        self.client.loop_start()
+        if not self._connected.wait(retry_seconds()):
+            self.client.loop_stop()
+            raise BrokerError(
+                f"cannot reach MQTT broker at {broker} (gave up after {retry_seconds():g} s)"
+            )
+
+    def __repr__(self) -> str:
+        return f"MqttClient({self.broker}, topics={self.topics!r}, consumer={self.consumer!r})"
+
+    def _on_connect(self, client: Any, userdata: Any, flags: Any, reason: Any, props: Any) -> None:
+        if reason.is_failure:
+            return
+        for topic in self.topics:  # the session may have been lost: subscribe every time
+            client.subscribe(topic, qos=1)
+        self._down_since = None
+        self._connected.set()
+
+    def _on_disconnect(
+        self, client: Any, userdata: Any, flags: Any, reason: Any, props: Any
+    ) -> None:
+        self._connected.clear()
+        if self._down_since is None:
+            self._down_since = time.monotonic()
+
+    def _on_message(self, client: Any, userdata: Any, msg: Any) -> None:
+        message = Message(msg.payload, msg.topic, time.time_ns(), (msg.mid, msg.qos))
+        with self._ready:
+            self._queue.append(message)
+            self._ready.notify()
+
+    def fetch(self, max_messages: int, timeout: float) -> list[Message]:
+        deadline = time.monotonic() + timeout
+        with self._ready:
+            while len(self._queue) < max_messages:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    break
+                self._ready.wait(left)
+            out, self._queue = self._queue[:max_messages], self._queue[max_messages:]
+        down = self._down_since
+        if not out and down is not None and time.monotonic() - down > retry_seconds():
+            raise BrokerError(
+                f"MQTT broker at {self.broker} unreachable for {retry_seconds():g} s; run "
+                "the same command again to resume"
+            )
+        return out
+
+    def ack(self, messages: list[Message]) -> None:
+        # A PUBACK lost with the connection only brings the message again: dedup drops it.
+        for m in messages:
+            mid, qos = m.token
+            if qos:
+                self.client.ack(mid, qos)
+
+    def drained(self) -> bool:
+        """MQTT does not say what a broker still holds; a resumed session gets its queued
+        messages as soon as it connects, so: connected, and nothing received is waiting."""
+        with self._ready:
+            return self._connected.is_set() and not self._queue
+
+    def close(self) -> None:
+        self.client.disconnect()
+        self.client.loop_stop()
+
+
 def _durable(consumer: str, topic: str) -> str:
     return f"{consumer}_{re.sub(r'[^A-Za-z0-9_-]', '_', topic)}"[:64]
 
@@ -355,8 +491,11 @@ class NatsPublisher:
         self._loop.run(self._publish(bodies))
 
     async def _publish(self, bodies: list[bytes]) -> None:
-        for i in range(0, len(bodies), 500):
-            await asyncio.gather(*(self.js.publish(self.subject, b) for b in bodies[i : i + 500]))
+        # publish_async keeps thousands of publishes in flight; each is still acknowledged.
+        futures = [await self.js.publish_async(self.subject, b) for b in bodies]
+        await self.js.publish_async_completed()
+        for f in futures:
+            f.result()  # raises if the server refused one
 
     def close(self) -> None:
         try:
@@ -366,8 +505,47 @@ class NatsPublisher:
             self._loop.stop()
 
 
-def publisher(url: str, topic: str) -> NatsPublisher:
+class MqttPublisher:
+    """Publishes message bodies to one MQTT topic at QoS 1 (``obsflow simulate --to``)."""
+
+    def __init__(self, broker: BrokerURL, topic: str) -> None:
+        mqtt = _import_paho()
+        from paho.mqtt.enums import CallbackAPIVersion
+
+        self.broker, self.topic = broker, topic
+        self.client = mqtt.Client(
+            callback_api_version=CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5
+        )
+        env = os.environ
+        if env.get("OBSFLOW_MQTT_USER"):
+            self.client.username_pw_set(env["OBSFLOW_MQTT_USER"], env.get("OBSFLOW_MQTT_PASSWORD"))
+        if broker.scheme == "mqtts":
+            self.client.tls_set(ca_certs=env.get("OBSFLOW_MQTT_CA_FILE"))
+        self.client.max_inflight_messages_set(0)  # paho's own window is slower than ours
+        host, port = broker.hosts[0]
+        try:
+            self.client.connect(host, port)
+        except OSError as exc:
+            raise BrokerError(f"cannot reach MQTT broker at {broker}: {exc}") from None
+        self.client.loop_start()
+
+    def publish(self, bodies: list[bytes]) -> None:
+        """Publish and wait for every PUBACK (2,000 in flight at most: paho's message ids are
+        16-bit)."""
+        for i in range(0, len(bodies), 2000):
+            infos = [self.client.publish(self.topic, b, qos=1) for b in bodies[i : i + 2000]]
+            for info in infos:
+                info.wait_for_publish(retry_seconds())
+
+    def close(self) -> None:
+        self.client.disconnect()
+        self.client.loop_stop()
+
+
+def publisher(url: str, topic: str) -> NatsPublisher | MqttPublisher:
     broker = BrokerURL.parse(url)
     if broker.scheme == "nats":
         return NatsPublisher(broker, topic)
+    if broker.scheme in ("mqtt", "mqtts"):
+        return MqttPublisher(broker, topic)
     raise ConfigError(f"publishing to {broker.scheme}:// is not supported yet")

