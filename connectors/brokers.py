@@ -33,6 +33,7 @@ from urllib.parse import urlsplit
 
 from obsflow.connectors.errors import ConfigError, ObsflowError
 from obsflow.connectors.messages import Message
+from obsflow.connectors.retry import reason
 
 SCHEMES = ("nats", "mqtt", "mqtts", "kafka")
 CONSUMER_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
@@ -61,16 +62,18 @@ class BrokerURL:
         """``scheme://host:port[,host:port]``: no credentials, path or query (credentials come
         from the environment)."""
         scheme, sep, rest = url.partition("://")
+        if "@" in rest:  # checked first: no error message may echo what the URL holds
+            raise ConfigError(
+                "credentials in a broker URL are refused (they would end up in logs and "
+                "shell history): set them in the environment"
+            )
         if not sep or scheme not in SCHEMES:
-            raise ConfigError(f"{url!r}: a broker URL is {', '.join(s + '://' for s in SCHEMES)}")
+            raise ConfigError(
+                f"{scheme}:// is no broker URL: use {', '.join(s + '://' for s in SCHEMES)}"
+            )
         hosts = []
         for part in rest.rstrip("/").split(","):
             split = urlsplit(f"//{part}")
-            if split.username or split.password:
-                raise ConfigError(
-                    "credentials in a broker URL are refused (they would end up in logs and "
-                    "shell history): set them in the environment"
-                )
             if split.path or split.query or not split.hostname:
                 raise ConfigError(f"{scheme}:// URL needs host:port, not {part!r}")
             default = {"nats": 4222, "mqtt": 1883, "mqtts": 8883, "kafka": 9092}[scheme]
@@ -181,7 +184,7 @@ class NatsClient:
         async def quiet(exc: Exception) -> None:
             """Without an error callback nats-py prints a traceback per reconnect attempt;
             the session reports an outage itself (``_wait_out``)."""
-            self.last_error = f"{type(exc).__name__}"
+            self.last_error = reason(exc)[:200]
 
         options: dict[str, Any] = {
             "error_cb": quiet,
@@ -201,13 +204,16 @@ class NatsClient:
             options["user_credentials"] = env["OBSFLOW_NATS_CREDS"]
         deadline = time.monotonic() + retry_seconds()
         while True:  # the first connection is retried here, within the same budget
+            left = deadline - time.monotonic()
             try:
-                self.nc = await nats.connect(**options)
+                # (a refused login makes connect() retry for ever: the budget bounds it)
+                self.nc = await asyncio.wait_for(nats.connect(**options), max(left, 0.5))
                 break
             except Exception as exc:
                 if time.monotonic() > deadline:
+                    why = self.last_error or type(exc).__name__
                     raise BrokerError(
-                        f"cannot reach NATS at {self.broker}: {type(exc).__name__} "
+                        f"cannot reach NATS at {self.broker}: {why} "
                         f"(gave up after {retry_seconds():g} s)"
                     ) from None
                 await asyncio.sleep(0.5)

@@ -45,7 +45,14 @@ TRANSIENT_CODES = frozenset(
     }
 )
 # Environment variables whose values must never show in a message.
-SECRET_VARS = ("AWS_SECRET_ACCESS_KEY", "AWS_ACCESS_KEY_ID", "AWS_SESSION_TOKEN")
+SECRET_VARS = (
+    "AWS_SECRET_ACCESS_KEY",
+    "AWS_ACCESS_KEY_ID",
+    "AWS_SESSION_TOKEN",
+    "OBSFLOW_NATS_PASSWORD",
+    "OBSFLOW_NATS_TOKEN",
+    "OBSFLOW_MQTT_PASSWORD",
+)
 
 
 @dataclass(frozen=True)
@@ -153,7 +160,8 @@ def transient(exc: BaseException) -> bool:
 
 
 def redact(text: str) -> str:
-    """``text`` with the values of the AWS credential variables replaced by ``***``."""
+    """``text`` with the values of the credential variables (AWS, brokers) replaced by
+    ``***``."""
     for name in SECRET_VARS:
         value = os.environ.get(name, "")
         if len(value) >= 4:

@@ -15,7 +15,7 @@ import shutil
 import socket
 import sys
 import tempfile
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any, Self
 
@@ -42,14 +42,25 @@ class NatsServer(_ChildServer):
 
     _name = "nats-server"
 
-    def __init__(self, data_dir: str | Path, *, startup_timeout: float = 30.0) -> None:
+    def __init__(
+        self,
+        data_dir: str | Path,
+        *,
+        user: str | None = None,
+        password: str | None = None,
+        startup_timeout: float = 30.0,
+    ) -> None:
         super().__init__(startup_timeout, stop_timeout=10.0)
         self.data_dir = Path(data_dir)
         self.port: int | None = None
+        self.user, self.password = user, password
 
     @property
     def url(self) -> str:
         return f"nats://{HOST}:{self.port}"
+
+    def _redact(self) -> Sequence[str]:
+        return (self.password,) if self.password else ()
 
     def start(self) -> Self:
         if self.running:
@@ -67,6 +78,8 @@ class NatsServer(_ChildServer):
             "-sd",
             str(self.data_dir),
         ]
+        if self.user:  # (a test's throwaway secret: on a command line only here)
+            argv += ["--user", self.user, "--pass", self.password or ""]
         port = self.port
         self._launch(argv, {}, workdir, lambda: _accepts(port))
         return self

@@ -31,7 +31,7 @@ from bytewax.outputs import Sink
 
 from obsflow.connectors import layout
 from obsflow.connectors.capture_source import CaptureSource, ReplaySpec
-from obsflow.connectors.errors import StoreError
+from obsflow.connectors.errors import ConfigError, StoreError
 from obsflow.connectors.files import FileSource
 from obsflow.connectors.retry import RETRY_SECONDS_ENV, reason, redact
 from obsflow.connectors.schema import REJECT_SCHEMA
@@ -380,3 +380,62 @@ def test_redact_masks_every_credential_variable_and_reason_is_one_line(
     failure = PermissionError(f"Access Denied\n  signed with {ACCESS_KEY}:{SECRET}\n")
     assert reason(failure) == "Access Denied signed with ***:***"
     assert reason(ConnectionResetError()) == "ConnectionResetError"
+
+
+# --- broker credentials ---------------------------------------------------------------------------
+
+
+def test_broker_credentials_from_the_environment_are_never_shown_or_kept(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A NATS server that needs a user and password: a live ingest with them in the environment
+    works and shows or keeps them nowhere; with a wrong password it fails in one line without
+    them; a URL that carries credentials is refused without echoing them."""
+    from obsflow.connectors.brokers import BrokerURL, connect
+    from obsflow.flows.live import LiveConfig
+    from tests.brokers import NatsServer, publish
+
+    server = NatsServer(tmp_path / "js", user="obsflow", password=SECRET).start()
+    try:
+        url = server.url.replace("nats://", f"nats://obsflow:{SECRET}@")
+        publish(url, "OBS", ["obs.>"], [("obs.a", b'{"source": "a", "time": 1, "value": 2}')])
+        env = {**os.environ, "OBSFLOW_NATS_USER": "obsflow", "OBSFLOW_NATS_PASSWORD": SECRET}
+        store = tmp_path / "store"
+        cmd = [sys.executable, "-m", "obsflow.flows.cli", "ingest", server.url, "--topic", "obs.>"]
+        cmd += ["--consumer", "c", "--store", str(store), "--stop-when-idle", "1s"]
+        cmd += ["--summary", str(tmp_path / "summary.json")]
+        done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
+        assert done.returncode == 0, done.stderr
+        assert json.loads((tmp_path / "summary.json").read_text())["accepted"] == 1
+        assert_clean(done.stdout + done.stderr, "live ingest output")
+        for path in [p for p in tmp_path.rglob("*") if p.is_file() and "js" not in p.parts]:
+            assert_clean(path.read_bytes(), f"file {path.name}")
+
+        # In this process: the client and what a session is made of.
+        monkeypatch.setenv("OBSFLOW_NATS_USER", "obsflow")
+        monkeypatch.setenv("OBSFLOW_NATS_PASSWORD", SECRET)
+        client = connect(server.url, ["obs.>"], "c")
+        try:
+            assert_clean(repr(client), "repr of the client")
+        finally:
+            client.close()
+        config = LiveConfig(ingest=ingest.IngestConfig(inputs=(server.url,), store=str(store)))
+        assert_clean(pickle.dumps(config), "a pickled live config")
+        assert_clean(repr(config), "repr of a live config")
+
+        # A wrong password: one line, no secret, no traceback.
+        bad = {**env, "OBSFLOW_NATS_PASSWORD": SECRET + "x", "OBSFLOW_BROKER_RETRY_SECONDS": "2"}
+        done = subprocess.run(cmd, env=bad, capture_output=True, text=True, timeout=120)
+        assert done.returncode != 0
+        assert "cannot reach NATS" in done.stderr
+        assert "Traceback" not in done.stderr
+        assert_clean(done.stdout + done.stderr, "a failed login")
+    finally:
+        server.stop()
+    with pytest.raises(ConfigError) as refused:
+        BrokerURL.parse(f"nats://obsflow:{SECRET}@127.0.0.1:4222")
+    assert "credentials in a broker URL are refused" in str(refused.value)
+    assert_clean(str(refused.value), "the refusal")
+    with pytest.raises(ConfigError) as refused:
+        BrokerURL.parse(f"natz://obsflow:{SECRET}@127.0.0.1:4222")
+    assert_clean(str(refused.value), "a bad scheme's error")
