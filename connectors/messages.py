@@ -72,13 +72,9 @@ def decode(
 
 def _decode_json(bodies: list[bytes]) -> tuple[pa.Table, np.ndarray, list[tuple[int, str, str]]]:
     """(records, the message of each record, [(message, why, text)] of bad bodies)."""
-    if all(b[:1] == b"{" and b"\n" not in b and len(b) <= MAX_LINE_BYTES for b in bodies):
-        try:  # the usual batch: one object per message, one Arrow call for all of them
-            table = pajson.read_json(io.BytesIO(b"\n".join(bodies)))
-            if table.num_rows == len(bodies):
-                return table, np.arange(len(bodies)), []
-        except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
-            pass
+    fast = _decode_json_columnar(bodies)
+    if fast is not None:
+        return fast[0], fast[1], []
     records: list[dict[str, Any]] = []
     which: list[int] = []
     bad: list[tuple[int, str, str]] = []
@@ -109,6 +105,33 @@ def _decode_json(bodies: list[bytes]) -> tuple[pa.Table, np.ndarray, list[tuple[
     names = list(dict.fromkeys(k for r in records for k in r))
     table = pa.table({n: pa.array([r.get(n) for r in records], pa.string()) for n in names})
     return table, np.asarray(which, np.int64), bad
+
+
+def _decode_json_columnar(bodies: list[bytes]) -> tuple[pa.Table, np.ndarray] | None:
+    """The usual batches in one Arrow call: every body one object (one record each), or every
+    body an array of objects (each wrapped as ``{"r": [...]}`` and flattened). None when the
+    batch is anything else, or Arrow cannot read it as one table (mixed types)."""
+    if not all(b"\n" not in b and len(b) <= MAX_LINE_BYTES for b in bodies):
+        return None
+    first = {b.lstrip()[:1] for b in bodies}
+    try:
+        if first == {b"{"}:
+            table = pajson.read_json(io.BytesIO(b"\n".join(bodies)))
+            if table.num_rows != len(bodies):
+                return None
+            return table, np.arange(len(bodies))
+        if first == {b"["}:
+            wrapped = b"\n".join(b'{"r":' + b + b"}" for b in bodies)
+            lists = pajson.read_json(io.BytesIO(wrapped)).column("r").combine_chunks()
+            if len(lists) != len(bodies) or not pa.types.is_struct(lists.type.value_type):
+                return None
+            records = pc.list_flatten(lists)
+            which = pc.list_parent_indices(lists).to_numpy()
+            table = pa.Table.from_struct_array(records)
+            return table, which.astype(np.int64)
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError, KeyError):
+        return None
+    return None
 
 
 def _decode_arrow(bodies: list[bytes]) -> tuple[pa.Table, np.ndarray, list[tuple[int, str, str]]]:
