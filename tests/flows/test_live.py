@@ -8,6 +8,7 @@ before (latest time of its series in earlier commits) - lateness (decision 003).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -28,7 +29,7 @@ from obsflow.connectors import commits, layout, reads
 from obsflow.connectors.brokers import connect
 from obsflow.connectors.simulator import SimSpec, generate
 from obsflow.connectors.store import Store
-from tests.brokers import MosquittoServer, NatsServer, mqtt_publish, publish
+from tests.brokers import KafkaMock, MosquittoServer, NatsServer, mqtt_publish, publish
 
 OBSFLOW = str(Path(sys.executable).parent / "obsflow")
 SECOND = 10**9
@@ -46,7 +47,7 @@ class Broker:
     """A broker under test: how to publish to it and which topics to use."""
 
     kind: str
-    server: NatsServer | MosquittoServer
+    server: NatsServer | MosquittoServer | KafkaMock
 
     @property
     def url(self) -> str:
@@ -54,14 +55,14 @@ class Broker:
 
     @property
     def sep(self) -> str:
-        return "." if self.kind == "nats" else "/"
+        return "/" if self.kind == "mqtt" else "."
 
     def topic(self, *levels: str) -> str:
         return self.sep.join(("obs", *levels))
 
     @property
     def topic_filter(self) -> str:
-        return "obs.>" if self.kind == "nats" else "obs/#"
+        return {"nats": "obs.>", "mqtt": "obs/#", "kafka": "^obs\\..*"}[self.kind]
 
     def subscribe_first(self) -> None:
         """Create the consumer before anything is published: an MQTT broker keeps messages
@@ -71,24 +72,43 @@ class Broker:
     def publish(self, messages: list[tuple[str, bytes]]) -> None:
         if self.kind == "nats":
             publish(self.url, "OBS", ["obs.>"], messages)
-        else:
+        elif self.kind == "mqtt":
             mqtt_publish(self.url, messages)
+        else:
+            assert isinstance(self.server, KafkaMock)
+            self.server.publish(messages)
 
 
-@pytest.fixture(params=["nats", "mqtt"])
-def broker(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Broker]:
-    if request.param == "nats":
-        server: NatsServer | MosquittoServer = NatsServer(tmp_path / "jetstream")
-    else:
-        server = MosquittoServer(tmp_path / "mosquitto")
-    server.start()
+def start_broker(kind: str, tmp_path: Path) -> NatsServer | MosquittoServer | KafkaMock:
+    if kind == "kafka":
+        return KafkaMock()
+    server = NatsServer(tmp_path / "jetstream") if kind == "nats" else MosquittoServer(tmp_path)
+    return server.start()
+
+
+@contextlib.contextmanager
+def running(kind: str, tmp_path: Path) -> Iterator[Broker]:
+    server = start_broker(kind, tmp_path / "broker")
     try:
-        b = Broker(request.param, server)
-        if b.kind == "nats":
+        b = Broker(kind, server)
+        if kind == "nats":
             b.publish([])  # the stream, before anyone reads it
         yield b
     finally:
         server.stop()
+
+
+@pytest.fixture(params=["nats", "mqtt", "kafka"])
+def broker(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Broker]:
+    with running(request.param, tmp_path) as b:
+        yield b
+
+
+@pytest.fixture(params=["nats", "mqtt"])
+def restartable(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Broker]:
+    """The brokers that run as servers here (Kafka is a mock inside this process)."""
+    with running(request.param, tmp_path) as b:
+        yield b
 
 
 def obsflow(*args: str) -> subprocess.Popen[str]:
@@ -197,12 +217,17 @@ def test_killed_twice_the_capture_holds_each_published_reading_once_and_views_eq
     frame, messages = published_readings()
     broker.subscribe_first()
     sent = threading.Event()
+    killed = [threading.Event(), threading.Event()]
     topic = broker.topic("sim")
 
-    def publisher() -> None:  # ~10 s of messages while obsflow reads them
-        for i in range(0, len(messages), 500):
+    def publisher() -> None:  # messages all along, whatever a restart takes on this broker
+        chunks = range(0, len(messages), 500)
+        for n, i in enumerate(chunks):
             broker.publish([(topic, json.dumps(m).encode()) for m in messages[i : i + 500]])
-            time.sleep(0.4)
+            for k, at in enumerate((len(chunks) // 3, 2 * len(chunks) // 3)):
+                if n == at:  # hold the rest back until that kill happened: kills come mid-stream
+                    killed[k].wait(120)
+            time.sleep(0.3)
         sent.set()
 
     thread = threading.Thread(target=publisher, daemon=True)
@@ -220,6 +245,7 @@ def test_killed_twice_the_capture_holds_each_published_reading_once_and_views_eq
         time.sleep(np.random.default_rng(kills).uniform(0, 0.8))  # somewhere in a cycle
         os.kill(proc.pid, signal.SIGKILL)
         proc.communicate()
+        killed[kills].set()
         kills += 1
     assert not sent.is_set(), "the publisher finished before the second kill: too fast"
     summary = tmp_path / "summary.json"
@@ -273,11 +299,19 @@ def test_killed_twice_the_capture_holds_each_published_reading_once_and_views_eq
     assert doc["balanced"]
 
 
+@pytest.fixture
+def nats(tmp_path: Path) -> Iterator[Broker]:
+    with running("nats", tmp_path) as b:
+        yield b
+
+
 def test_a_quiet_source_has_its_windows_closed_and_replay_closes_them_alike(
-    broker: Broker, tmp_path: Path
+    nats: Broker, tmp_path: Path
 ) -> None:
     """Two sources at 10 Hz in real time; one goes quiet after 3 s. With --idle-timeout 2s its
-    last window becomes final about 2 s later, by a commit replay repeats."""
+    last window becomes final about 2 s later, by a commit replay repeats. (Idle closing is
+    the session's, whatever the broker: one broker is enough.)"""
+    broker = nats
     broker.subscribe_first()
     last_b: list[float] = []
 
@@ -331,8 +365,9 @@ def test_a_quiet_source_has_its_windows_closed_and_replay_closes_them_alike(
 
 
 def test_a_broker_restart_mid_run_loses_nothing_and_doubles_nothing(
-    broker: Broker, tmp_path: Path
+    restartable: Broker, tmp_path: Path
 ) -> None:
+    broker = restartable
     frame, messages = published_readings(seed=5)
     broker.subscribe_first()
     store = tmp_path / "store"
@@ -344,6 +379,7 @@ def test_a_broker_restart_mid_run_loses_nothing_and_doubles_nothing(
         *live_ingest(broker, store, "-q", "--summary", str(summary)), "--stop-when-idle", "4s"
     )
     wait_for(lambda: commit_count(store) >= 1, 60, "no commit")
+    assert not isinstance(broker.server, KafkaMock)
     broker.server.restart()  # same port, same data: the session reconnects
     broker.publish([(topic, json.dumps(m).encode()) for m in messages[half:]])
     _, err = proc.communicate(timeout=300)
@@ -359,12 +395,18 @@ def test_a_broker_restart_mid_run_loses_nothing_and_doubles_nothing(
     assert doc["accepted"] == len(frame)
 
 
-@pytest.mark.parametrize("fmt", ["json", "arrow"])
+@pytest.mark.parametrize(("kind", "fmt"), [("nats", "arrow"), ("mqtt", "json"), ("kafka", "json")])
 def test_simulate_publishes_what_a_live_ingest_captures(
-    broker: Broker, tmp_path: Path, fmt: str
+    kind: str, fmt: str, tmp_path: Path
 ) -> None:
     """``simulate --to`` publishes readings whose time has come (a start in the past: all at
-    once); a live ingest of either format captures exactly the simulation."""
+    once); a live ingest of either format captures exactly the simulation. (Each broker's
+    publisher, and each format once: decoding is the same whatever the broker.)"""
+    with running(kind, tmp_path) as broker:
+        simulate_and_ingest(broker, tmp_path, fmt)
+
+
+def simulate_and_ingest(broker: Broker, tmp_path: Path, fmt: str) -> None:
     sim = ["--sources", "3", "--channels", "t,p", "--rate", "20", "--duration", "3s"]
     start = "2026-02-01T00:00:00Z"
     broker.subscribe_first()
