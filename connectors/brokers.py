@@ -264,15 +264,17 @@ class NatsClient:
                 want = min(max_messages - len(out), 10_000)
                 if want <= 0:
                     break
+                if self.nc.is_connected:
+                    self._down_since = None
                 try:
                     msgs = await sub.fetch(batch=want, timeout=max(left / len(self.subs), 0.01))
-                except errors.TimeoutError:
+                except errors.TimeoutError as exc:  # nothing came, or the server is away
+                    if not self.nc.is_connected:
+                        await self._wait_out(exc)
                     msgs = []
                 except Exception as exc:
                     await self._wait_out(exc)
                     msgs = []
-                if msgs:
-                    self._down_since = None
                 got += len(msgs)
                 out.extend(_message(m) for m in msgs)
             if not got and out:
@@ -325,7 +327,7 @@ class NatsClient:
     def close(self) -> None:
         try:  # acks were flushed when they were sent: nothing is left to drain
             with contextlib.suppress(Exception):
-                self._loop.run(self.nc.close(), timeout=10)
+                self._loop.run(self.nc.close(), timeout=10 if self.nc.is_connected else 1)
         finally:
             self._loop.stop()
 

@@ -444,3 +444,40 @@ def simulate_and_ingest(broker: Broker, tmp_path: Path, fmt: str) -> None:
         expected[cols].sort_values(key).reset_index(drop=True),
         check_dtype=False,
     )
+
+
+def test_a_broker_down_longer_than_the_budget_stops_the_session_in_one_line_and_a_rerun_resumes(
+    restartable: Broker, tmp_path: Path
+) -> None:
+    broker = restartable
+    frame, messages = published_readings(seed=9)
+    broker.subscribe_first()
+    topic = broker.topic("sim")
+    half = len(messages) // 2
+    broker.publish([(topic, json.dumps(m).encode()) for m in messages[:half]])
+    store = tmp_path / "store"
+    env = {**os.environ, "OBSFLOW_BROKER_RETRY_SECONDS": "3", "OBSFLOW_NATS_ACK_WAIT": "3"}
+    args = [OBSFLOW, *live_ingest(broker, store, "-q"), "--stop-when-idle", "30s"]
+    proc = subprocess.Popen(args, stderr=subprocess.PIPE, text=True, env=env)
+    wait_for(lambda: commit_count(store) >= 1, 60, "no commit")
+    assert not isinstance(broker.server, KafkaMock)
+    broker.server.stop()  # and it stays down
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 2, err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err
+    assert "unavailable for 3 s" in lines[0] or "unreachable for 3 s" in lines[0]
+    assert "run the same command again to resume" in lines[0]
+
+    broker.server.start()  # same port, same data
+    broker.publish([(topic, json.dumps(m).encode()) for m in messages[half:]])
+    done = subprocess.run(
+        [*args[:-2], "--stop-when-idle", "4s"], env=env, capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 0, done.stderr
+    capture = reads.read_capture(Store(str(store)), "live").to_pandas()
+    got = capture[["source", "time", "value"]].assign(time=capture["time"].astype("int64"))
+    pd.testing.assert_frame_equal(
+        got.sort_values(["source", "time"]).reset_index(drop=True),
+        frame.sort_values(["source", "time"]).reset_index(drop=True),
+    )
