@@ -20,6 +20,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from unittest import mock
 
 import numpy as np
 import pandas as pd
@@ -33,6 +34,8 @@ from tests.brokers import KafkaMock, MosquittoServer, NatsServer, mqtt_publish, 
 
 OBSFLOW = str(Path(sys.executable).parent / "obsflow")
 SECOND = 10**9
+# Messages a killed run took come again after the ack wait: 3 s, not 30, in these tests.
+ACK_WAIT = {"OBSFLOW_NATS_ACK_WAIT": "3"}
 VIEWS = """
 [[view]]
 name = "live_1s"
@@ -67,7 +70,8 @@ class Broker:
     def subscribe_first(self) -> None:
         """Create the consumer before anything is published: an MQTT broker keeps messages
         only for sessions that exist (a JetStream stream keeps them regardless)."""
-        connect(self.url, [self.topic_filter], "obsflow").close()
+        with mock.patch.dict(os.environ, ACK_WAIT):  # the consumer keeps the ack wait it got
+            connect(self.url, [self.topic_filter], "obsflow").close()
 
     def publish(self, messages: list[tuple[str, bytes]]) -> None:
         if self.kind == "nats":
@@ -112,8 +116,7 @@ def restartable(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Brok
 
 
 def obsflow(*args: str) -> subprocess.Popen[str]:
-    # Messages a killed run took come again after the ack wait: 3 s, not 30, in this test.
-    env = {**os.environ, "OBSFLOW_NATS_ACK_WAIT": "3"}
+    env = {**os.environ, **ACK_WAIT}
     return subprocess.Popen(
         [OBSFLOW, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env
     )
@@ -456,7 +459,7 @@ def test_a_broker_down_longer_than_the_budget_stops_the_session_in_one_line_and_
     half = len(messages) // 2
     broker.publish([(topic, json.dumps(m).encode()) for m in messages[:half]])
     store = tmp_path / "store"
-    env = {**os.environ, "OBSFLOW_BROKER_RETRY_SECONDS": "3", "OBSFLOW_NATS_ACK_WAIT": "3"}
+    env = {**os.environ, "OBSFLOW_BROKER_RETRY_SECONDS": "3", **ACK_WAIT}
     args = [OBSFLOW, *live_ingest(broker, store, "-q"), "--stop-when-idle", "30s"]
     proc = subprocess.Popen(args, stderr=subprocess.PIPE, text=True, env=env)
     wait_for(lambda: commit_count(store) >= 1, 60, "no commit")
