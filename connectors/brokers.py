@@ -39,6 +39,8 @@ from obsflow.connectors.retry import reason
 
 SCHEMES = ("nats", "mqtt", "mqtts", "kafka")
 CONSUMER_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+FETCH_BYTES = 32 << 20  # one fetch request asks for about this much
+CYCLE_BYTES = 256 << 20  # a cycle takes at most about this much: bounded memory
 T = TypeVar("T")
 
 
@@ -169,6 +171,7 @@ class NatsClient:
         self._nats = _import_nats()
         self._loop = _Loop("obsflow-nats")
         self._down_since: float | None = None
+        self._message_bytes = 64 * 1024  # a cautious guess until messages were seen
         self.last_error = ""
         try:
             self._loop.run(self._connect(stream, max_in_flight), timeout=retry_seconds() + 10)
@@ -233,9 +236,16 @@ class NatsClient:
                 ack_wait=float(os.environ.get("OBSFLOW_NATS_ACK_WAIT", "30")),
                 max_ack_pending=max_in_flight,
             )
-            self.subs.append(
-                await self.js.pull_subscribe(topic, durable=durable, stream=name, config=config)
-            )
+            sub = await self.js.pull_subscribe(topic, durable=durable, stream=name, config=config)
+            info = await sub.consumer_info()
+            subjects = [info.config.filter_subject, *(info.config.filter_subjects or [])]
+            if topic not in subjects:  # an existing durable of that name reads something else
+                raise ConfigError(
+                    f"--consumer {self.consumer!r} on stream {name!r} already reads "
+                    f"{', '.join(s for s in subjects if s)!r}, not {topic!r}: use another "
+                    "--consumer name"
+                )
+            self.subs.append(sub)
 
     async def _stream_of(self, topic: str) -> str:
         try:
@@ -255,13 +265,17 @@ class NatsClient:
         errors = self._nats.errors
         deadline = time.monotonic() + timeout
         out: list[Message] = []
-        while len(out) < max_messages:
+        size = 0
+        while len(out) < max_messages and size < CYCLE_BYTES:
             left = deadline - time.monotonic()
             if left <= 0.01:
                 break
             got = 0
             for sub in self.subs:
-                want = min(max_messages - len(out), 10_000)
+                # Ask for what fits the client's buffer: more than its 256 MiB and the server's
+                # extra messages are dropped, to come again only after the ack wait.
+                fits = max(1, FETCH_BYTES // self._message_bytes)
+                want = min(max_messages - len(out), 10_000, fits)
                 if want <= 0:
                     break
                 if self.nc.is_connected:
@@ -277,6 +291,10 @@ class NatsClient:
                     msgs = []
                 got += len(msgs)
                 out.extend(_message(m) for m in msgs)
+                if msgs:
+                    fetched = sum(len(m.data) for m in msgs)
+                    size += fetched
+                    self._message_bytes = max(64, fetched // len(msgs))
             if not got and out:
                 break  # something arrived, and nothing more is coming now
         return out
