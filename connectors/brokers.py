@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import importlib
 import os
 import re
 import threading
@@ -118,6 +119,16 @@ def connect(
     return KafkaClient(broker, list(topics), consumer)
 
 
+def _client_library(module: str, scheme: str, package: str) -> Any:
+    """A broker client library, imported when its scheme is used (they are optional)."""
+    try:
+        return importlib.import_module(module)
+    except ImportError:
+        raise ConfigError(
+            f"{scheme}:// needs the {package} package: pip install 'obsflow[live]'"
+        ) from None
+
+
 class _Loop:
     """An asyncio event loop in a daemon thread, for clients whose library is asyncio."""
 
@@ -146,16 +157,6 @@ class _Loop:
             self.loop.close()
 
 
-def _import_nats() -> Any:
-    try:
-        import nats
-    except ImportError:
-        raise ConfigError(
-            "nats:// needs the nats-py package: pip install 'obsflow[live]'"
-        ) from None
-    return nats
-
-
 class NatsClient:
     """JetStream durable pull consumers, one per topic (see the module docstring)."""
 
@@ -168,7 +169,7 @@ class NatsClient:
         max_in_flight: int,
     ) -> None:
         self.broker, self.topics, self.consumer = broker, topics, consumer
-        self._nats = _import_nats()
+        self._nats = _client_library("nats", "nats", "nats-py")
         self._loop = _Loop("obsflow-nats")
         self._down_since: float | None = None
         self._message_bytes = 64 * 1024  # a cautious guess until messages were seen
@@ -350,16 +351,6 @@ class NatsClient:
             self._loop.stop()
 
 
-def _import_paho() -> Any:
-    try:
-        import paho.mqtt.client as mqtt
-    except ImportError:
-        raise ConfigError(
-            "mqtt:// needs the paho-mqtt package: pip install 'obsflow[live]'"
-        ) from None
-    return mqtt
-
-
 class MqttClient:
     """An MQTT v5 persistent session (client id = ``consumer``) subscribed at QoS 1, with
     manual acknowledgement: a PUBACK goes out only when the session acks, after the commit.
@@ -377,7 +368,7 @@ class MqttClient:
     def __init__(
         self, broker: BrokerURL, topics: list[str], consumer: str, max_in_flight: int
     ) -> None:
-        mqtt = _import_paho()
+        mqtt = _client_library("paho.mqtt.client", "mqtt", "paho-mqtt")
         from paho.mqtt.enums import CallbackAPIVersion
         from paho.mqtt.packettypes import PacketTypes
         from paho.mqtt.properties import Properties
@@ -474,16 +465,6 @@ class MqttClient:
         self.client.loop_stop()
 
 
-def _import_kafka() -> Any:
-    try:
-        import confluent_kafka
-    except ImportError:
-        raise ConfigError(
-            "kafka:// needs the confluent-kafka package: pip install 'obsflow[live]'"
-        ) from None
-    return confluent_kafka
-
-
 def kafka_settings(broker: BrokerURL) -> dict[str, Any]:
     """librdkafka settings for ``broker``, with SASL credentials from the environment
     (``OBSFLOW_KAFKA_USER``/``OBSFLOW_KAFKA_PASSWORD``, ``OBSFLOW_KAFKA_MECHANISM``)."""
@@ -509,7 +490,7 @@ class KafkaClient:
     timestamp (create or log-append time), the same on every delivery."""
 
     def __init__(self, broker: BrokerURL, topics: list[str], consumer: str) -> None:
-        kafka = _import_kafka()
+        kafka = _client_library("confluent_kafka", "kafka", "confluent-kafka")
         self.broker, self.topics, self.consumer = broker, topics, consumer
         self._kafka = kafka
         self._c = kafka.Consumer(
@@ -606,7 +587,7 @@ class NatsPublisher:
 
     def __init__(self, broker: BrokerURL, subject: str) -> None:
         self.broker, self.subject = broker, subject
-        self._nats = _import_nats()
+        self._nats = _client_library("nats", "nats", "nats-py")
         self._loop = _Loop("obsflow-nats-publish")
         try:
             self._loop.run(self._connect(), timeout=retry_seconds() + 10)
@@ -651,7 +632,7 @@ class MqttPublisher:
     """Publishes message bodies to one MQTT topic at QoS 1 (``obsflow simulate --to``)."""
 
     def __init__(self, broker: BrokerURL, topic: str) -> None:
-        mqtt = _import_paho()
+        mqtt = _client_library("paho.mqtt.client", "mqtt", "paho-mqtt")
         from paho.mqtt.enums import CallbackAPIVersion
 
         self.broker, self.topic = broker, topic
@@ -688,7 +669,7 @@ class KafkaPublisher:
     """Produces message bodies to one Kafka topic (``obsflow simulate --to``)."""
 
     def __init__(self, broker: BrokerURL, topic: str) -> None:
-        kafka = _import_kafka()
+        kafka = _client_library("confluent_kafka", "kafka", "confluent-kafka")
         self.broker, self.topic = broker, topic
         self._p = kafka.Producer(kafka_settings(broker) | {"enable.idempotence": True})
 

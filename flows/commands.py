@@ -230,7 +230,10 @@ def cmd_live(args: argparse.Namespace, store: Store) -> int:
     progress = None if args.quiet else Progress("live", None)
 
     def on_cycle(result: live.LiveResult) -> None:
-        if progress is not None and time.monotonic() - progress.last >= progress.every:
+        if progress is None:
+            return
+        quiet = result.counts.input == progress.last_input  # nothing new: a line a minute
+        if time.monotonic() - progress.last >= (60.0 if quiet else progress.every):
             say(progress.line(result.counts) + f" · {len(result.cycles):,} commits")
 
     with live.stop_on_signals() as stop:
@@ -249,6 +252,11 @@ def cmd_live(args: argparse.Namespace, store: Store) -> int:
             f"  {len(result.cycles):,} runs ({span} of capture {args.capture!r}), "
             f"{len(result.closes):,} idle closes, {result.seconds:.1f} s"
         )
+        for reason, n in sorted(c.reasons.items()):
+            say(f"  rejected {reason}: {n:,} (obsflow deadletters show --reason {reason})")
+        for view, n in sorted(c.late.items()):
+            if n:
+                say(f"  view {view}: {plural(n, 'late reading')} (obsflow late show {view})")
     return 0 if c.balanced else 1
 
 

@@ -202,6 +202,16 @@ def published_readings(seed: int = 13) -> tuple[pd.DataFrame, list[list[dict[str
     return frame, [records[i : i + 10] for i in range(0, len(records), 10)]
 
 
+def assert_captured_once(store: Path, frame: pd.DataFrame) -> None:
+    """The capture holds each published reading exactly once."""
+    capture = reads.read_capture(Store(str(store)), "live").to_pandas()
+    got = capture[["source", "time", "value"]].assign(time=capture["time"].astype("int64"))
+    pd.testing.assert_frame_equal(
+        got.sort_values(["source", "time"]).reset_index(drop=True),
+        frame.sort_values(["source", "time"]).reset_index(drop=True),
+    )
+
+
 def commit_count(store: Path) -> int:
     folder = store / layout.commits_dir("live")
     return len(list(folder.iterdir())) if folder.exists() else 0
@@ -257,13 +267,8 @@ def test_killed_twice_the_capture_holds_each_published_reading_once_and_views_eq
     assert proc.returncode == 0, err
     thread.join()
 
+    assert_captured_once(store, frame)  # duplicates, redeliveries and kills included
     st = Store(str(store))
-    capture = reads.read_capture(st, "live").to_pandas()
-    got = capture[["source", "time", "value"]].assign(time=capture["time"].astype("int64"))
-    pd.testing.assert_frame_equal(
-        got.sort_values(["source", "time"]).reset_index(drop=True),
-        frame.sort_values(["source", "time"]).reset_index(drop=True),
-    )  # each published reading exactly once: duplicates, redeliveries and kills included
 
     # The oracle: the readings in the order the commit log gives, late when their window
     # ends at or before what earlier commits saw of their series, minus the lateness.
@@ -387,12 +392,7 @@ def test_a_broker_restart_mid_run_loses_nothing_and_doubles_nothing(
     broker.publish([(topic, json.dumps(m).encode()) for m in messages[half:]])
     _, err = proc.communicate(timeout=300)
     assert proc.returncode == 0, err
-    capture = reads.read_capture(Store(str(store)), "live").to_pandas()
-    got = capture[["source", "time", "value"]].assign(time=capture["time"].astype("int64"))
-    pd.testing.assert_frame_equal(
-        got.sort_values(["source", "time"]).reset_index(drop=True),
-        frame.sort_values(["source", "time"]).reset_index(drop=True),
-    )
+    assert_captured_once(store, frame)
     doc = json.loads(summary.read_text())
     assert doc["balanced"]
     assert doc["accepted"] == len(frame)
@@ -478,9 +478,4 @@ def test_a_broker_down_longer_than_the_budget_stops_the_session_in_one_line_and_
         [*args[:-2], "--stop-when-idle", "4s"], env=env, capture_output=True, text=True, timeout=300
     )
     assert done.returncode == 0, done.stderr
-    capture = reads.read_capture(Store(str(store)), "live").to_pandas()
-    got = capture[["source", "time", "value"]].assign(time=capture["time"].astype("int64"))
-    pd.testing.assert_frame_equal(
-        got.sort_values(["source", "time"]).reset_index(drop=True),
-        frame.sort_values(["source", "time"]).reset_index(drop=True),
-    )
+    assert_captured_once(store, frame)
