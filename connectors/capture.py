@@ -25,6 +25,7 @@ import pyarrow.compute as pc
 from obsflow.connectors import layout
 from obsflow.connectors.archive import Archive, time_span
 from obsflow.connectors.commits import head
+from obsflow.connectors.compaction import hidden_by_compaction
 from obsflow.connectors.dedup import DEFAULT_HORIZON, Deduper
 from obsflow.connectors.errors import CaptureExistsError, ConfigError, StoreError
 from obsflow.connectors.partitions import assign_seq, conform
@@ -299,12 +300,13 @@ def capture_files(store: Store, name: str, parts: list[int] | None = None) -> li
     """Store-relative paths of a capture's objects (of some partitions), sorted by name."""
     meta = open_capture(store, name)
     wanted = range(meta.partitions) if parts is None else parts
-    return [
-        f"{layout.capture_part_dir(name, p)}/{n}"
-        for p in wanted
-        for n in store.listdir(layout.capture_part_dir(name, p))
-        if layout.visible(n)
-    ]
+    out = []
+    for p in wanted:
+        folder = layout.capture_part_dir(name, p)
+        names = [n for n in store.listdir(folder) if layout.visible(n)]
+        hidden = hidden_by_compaction(store, folder, names)  # (gone once a compaction ends)
+        out += [f"{folder}/{n}" for n in names if n not in hidden]
+    return out
 
 
 @dataclass(frozen=True)

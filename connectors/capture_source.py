@@ -29,6 +29,7 @@ from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
 from obsflow.connectors.archive import ns_of, time_span
 from obsflow.connectors.capture import open_capture
 from obsflow.connectors.commits import Commit, capture_objects, read_log
+from obsflow.connectors.compaction import located
 from obsflow.connectors.errors import ConfigError
 from obsflow.connectors.ids import check_id
 from obsflow.connectors.partitions import partition_of, partitions_of
@@ -51,19 +52,26 @@ ReplayBatch = tuple[int, pa.Table | Boundary]  # (capture partition, readings or
 Position = tuple[int, int, int]  # (commit index, object index, batch index within the object)
 
 
+Piece = tuple[str, int | None]  # (object, row group; None: all of it)
+
+
 @dataclass(frozen=True)
 class Segment:
-    """One commit's share of a partition: its objects, then its boundary."""
+    """One commit's share of a partition: its objects (or, once compacted, the row groups
+    that hold them now), then its boundary."""
 
-    objects: tuple[str, ...]
+    objects: tuple[Piece, ...]
     boundary: Boundary
 
 
 def plan(log: list[Commit], capture: str, part: int, partitions: int) -> list[Segment]:
     """The segments a partition replays, in commit order."""
+    where = located(log)
     out = []
     for entry in log:
-        objects = tuple(entry.parts(capture).get(part, ()))
+        if entry.kind == "compact":
+            continue  # it moved readings of earlier commits, which replay reads there
+        objects = tuple(where.get(rel, (rel, None)) for rel in entry.parts(capture).get(part, ()))
         close = tuple(
             c
             for c in entry.close
@@ -128,10 +136,9 @@ class _CapturePartition(StatefulSourcePartition[ReplayBatch, Position]):
             start_obj = first_obj if s == first_seg else 0
             for i in range(start_obj, len(seg.objects)):
                 skip = first_batch if (s, i) == (first_seg, first_obj) else 0
-                pf = pq.ParquetFile(
-                    self._store.arrow_fs.open_input_file(self._store.path(seg.objects[i]))
-                )
-                groups = self._row_groups(pf)
+                rel, group = seg.objects[i]
+                pf = pq.ParquetFile(self._store.arrow_fs.open_input_file(self._store.path(rel)))
+                groups = [g for g in self._row_groups(pf) if group is None or g == group]
                 if groups:
                     batches = pf.iter_batches(batch_size=self._spec.batch_rows, row_groups=groups)
                     for b, rb in enumerate(batches):

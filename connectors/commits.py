@@ -24,7 +24,7 @@ import os
 import socket
 import time
 from collections.abc import Iterable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
@@ -49,16 +49,19 @@ class Commit:
 
     n: int
     run: str
-    kind: str  # ingest | replay | close | migrate
+    kind: str  # ingest | replay | close | migrate | compact
     objects: tuple[str, ...] = ()  # store-relative paths this commit moved into place
     end_of_run: bool = True  # windows whose watermark passed become final here
     close: tuple[dict[str, Any], ...] = ()  # views close events: view, sources, until (ns)
     replaced_views: tuple[str, ...] = ()  # views rebuilt whole: their other rows are dropped
     rows: int = 0  # readings this commit added to the capture
     created: str = ""
+    # compact: each new object and the objects it replaces, one row group each, in order
+    replaces: dict[str, tuple[str, ...]] = field(default_factory=dict)
 
     def parts(self, capture: str) -> dict[int, list[str]]:
-        """The capture objects of this commit per partition, in the order they were written."""
+        """The capture objects of this commit per partition, in the order they were written
+        (for a compaction: the objects it wrote, which hold readings of earlier commits)."""
         out: dict[int, list[str]] = {}
         prefix = layout.capture_dir(capture) + "/"
         for rel in self.objects:
@@ -75,6 +78,7 @@ class Commit:
         doc = asdict(self)
         doc["objects"], doc["close"] = list(self.objects), list(self.close)
         doc["replaced_views"] = list(self.replaced_views)
+        doc["replaces"] = {k: list(v) for k, v in self.replaces.items()}
         return doc
 
     @classmethod
@@ -89,6 +93,7 @@ class Commit:
             replaced_views=tuple(doc.get("replaced_views", ())),
             rows=int(doc.get("rows", 0)),
             created=str(doc.get("created", "")),
+            replaces={str(k): tuple(v) for k, v in doc.get("replaces", {}).items()},
         )
 
 
@@ -108,11 +113,14 @@ def read_log(store: Store, capture: str, *, since: int = 0) -> list[Commit]:
 
 
 def capture_objects(store: Store, capture: str) -> dict[int, list[str]]:
-    """Every capture object per partition, in capture order (commit by commit)."""
+    """Every capture object per partition, in capture order (commit by commit); objects a
+    compaction replaced give way to the one that holds them now."""
     out: dict[int, list[str]] = {}
-    for entry in read_log(store, capture):
+    log = read_log(store, capture)
+    gone = {old for entry in log for olds in entry.replaces.values() for old in olds}
+    for entry in log:
         for part, rels in entry.parts(capture).items():
-            out.setdefault(part, []).extend(rels)
+            out.setdefault(part, []).extend(r for r in rels if r not in gone)
     return out
 
 
@@ -144,6 +152,7 @@ def commit(
     close: Iterable[dict[str, Any]] = (),
     replaced_views: Iterable[str] = (),
     rows: int = 0,
+    replaces: dict[str, list[str]] | None = None,
 ) -> Commit:
     """Commit what ``run`` staged as the capture's next entry, then apply it.
 
@@ -162,6 +171,7 @@ def commit(
         replaced_views=tuple(replaced_views),
         rows=rows,
         created=_now(),
+        replaces={k: tuple(v) for k, v in (replaces or {}).items()},
     )
     store.create_json(layout.LAYOUT_DOC, {"layout": layout.LAYOUT})
     if not store.create_json(layout.commit_doc(capture, n), entry.to_json()):
@@ -190,6 +200,9 @@ def apply(store: Store, capture: str, entry: Commit) -> None:
                     f"commit #{entry.n} of capture {capture!r} lists {rel}, which is neither "
                     f"staged nor in place: the store was changed by hand"
                 ) from None
+    for olds in entry.replaces.values():  # only once every new object is in place
+        for old in olds:
+            store.delete(old)
     if entry.replaced_views:
         kept = set(entry.objects)
         for view in entry.replaced_views:

@@ -124,10 +124,18 @@ def read_capture(
     expr = row_filter(sources=sources, channels=channels, start=start, until=until)
     if filter is not None:
         expr = filter if expr is None else expr & filter
-    files = capture_files_read(store, name, sources)
-    table = store.scan(
-        files, schema=schema, columns=_columns(schema, columns, CAPTURE_KEYS), filter=expr
-    )
+    for attempt in range(3):
+        files = capture_files_read(store, name, sources)
+        try:
+            table = store.scan(
+                files, schema=schema, columns=_columns(schema, columns, CAPTURE_KEYS), filter=expr
+            )
+            break
+        except FileNotFoundError:
+            # A compaction replaced objects between the listing and the read (it moves the
+            # new ones in first, so a new listing finds them).
+            if attempt == 2:
+                raise
     return _select(table, columns, CAPTURE_KEYS)
 
 

@@ -44,7 +44,8 @@ COMMAND_EXAMPLES = {
   obsflow capture list
   obsflow capture info buoy
   obsflow capture show buoy --source b01 --channel sst -o b01.parquet
-  obsflow capture verify buoy""",
+  obsflow capture verify buoy
+  obsflow capture compact live""",
     "late": """\
   obsflow late list
   obsflow late show buoy_1m --limit 10""",
@@ -426,6 +427,21 @@ def parser() -> argparse.ArgumentParser:
         show.cmd_capture,
     )
     ap.add_argument("name", metavar="NAME", help="the capture")
+    ap = _action(
+        capture,
+        "compact",
+        "rewrite the capture's many small objects (a live session's) as a few large ones, "
+        "as one commit: readers and replays see the same readings throughout",
+        commands.cmd_compact,
+    )
+    ap.add_argument("name", metavar="NAME", help="the capture")
+    ap.add_argument(
+        "--target-rows",
+        type=int,
+        default=1 << 20,
+        metavar="N",
+        help="readings per new object, at most (default 1048576)",
+    )
 
     late = _group(sub, "late", "late readings: counts by view and run, or the readings")
     _action(late, "list", "late readings counted by view and run", show.cmd_late)

@@ -18,6 +18,7 @@ import pyarrow.compute as pc
 
 from obsflow.connectors.brokers import BrokerURL, connect, is_broker_url, publisher
 from obsflow.connectors.capture import capture_info, new_run_id, open_capture
+from obsflow.connectors.compaction import compact
 from obsflow.connectors.errors import ConfigError
 from obsflow.connectors.files import write_table
 from obsflow.connectors.ids import check_name
@@ -385,6 +386,21 @@ def cmd_demo(args: argparse.Namespace) -> int:
         f"Try:  .venv/bin/obsflow views show demo_10s --store {args.store} --source sim-000"
     )
     return code
+
+
+def cmd_compact(args: argparse.Namespace) -> int:
+    store = Store(args.store)
+    check_layout(store)
+    open_capture(store, args.name)
+    result = compact(store, args.name, new_run_id(), target_rows=args.target_rows)
+    if result.commit is None:
+        say(f"capture {args.name!r}: nothing to compact")
+    else:
+        say(
+            f"capture {args.name!r}: {result.before:,} objects ({result.rows:,} readings) "
+            f"rewritten as {result.after:,} (commit #{result.commit})"
+        )
+    return 0
 
 
 def cmd_close(args: argparse.Namespace) -> int:

@@ -32,6 +32,7 @@ from bytewax.outputs import Sink
 from obsflow.connectors.capture import new_run_id, open_capture
 from obsflow.connectors.capture_source import Boundary, CaptureSource, ReplayBatch, ReplaySpec
 from obsflow.connectors.commits import read_log
+from obsflow.connectors.compaction import located
 from obsflow.connectors.errors import ConfigError
 from obsflow.connectors.ids import check_name
 from obsflow.connectors.partitions import partitions_of
@@ -170,10 +171,18 @@ def capture_rows(store: Store, config: ReplayConfig) -> int:
         return sum(c.rows for c in log if config.base is None or c.n <= config.base)
     meta = open_capture(store, config.capture)
     wanted = set(partitions_of(list(config.sources), meta.partitions))
+    where = located(log)
+
+    def rows(rel: str) -> int:
+        if rel in where:  # compacted: its row group in the object that holds it now
+            new, group = where[rel]
+            return int(store.parquet_metadata(new).row_group(group).num_rows)
+        return int(store.parquet_metadata(rel).num_rows)
+
     return sum(
-        store.parquet_metadata(rel).num_rows
+        rows(rel)
         for c in log
-        if config.base is None or c.n <= config.base
+        if (config.base is None or c.n <= config.base) and c.kind != "compact"
         for part, rels in c.parts(config.capture).items()
         if part in wanted
         for rel in rels

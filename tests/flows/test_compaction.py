@@ -1,0 +1,111 @@
+"""``obsflow capture compact`` (issue 13, must-show 5): 1,000 small capture objects — what a
+live session leaves — become a handful; a reader never sees a reading missing or doubled
+while it runs; replay gives the same rows before and after; ingest goes on."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+
+from obsflow.connectors import reads
+from obsflow.connectors.batch import RawBatch
+from obsflow.connectors.capture import capture_files, new_run_id
+from obsflow.connectors.store import Store
+from obsflow.flows import jobs
+from obsflow.flows.cli import main
+from obsflow.flows.ingest import IngestConfig
+from obsflow.flows.live import BatchesSource
+
+RUNS, SOURCES, PER_RUN = 250, 16, 32  # 250 committed runs x 4 partitions = 1,000 objects
+T0 = pd.Timestamp("2026-03-01T00:00:00Z").value
+
+
+def run_batch(k: int) -> pa.Table:
+    """Run ``k``'s readings: every source, 2 readings each, 1 s apart, 10 s after run k-1's
+    (250 runs: 42 minutes, so run 0's readings end up older than the dedup memory)."""
+    i = np.arange(PER_RUN)
+    return pa.table(
+        {
+            "source": [f"s{j % SOURCES:02d}" for j in i],
+            "time": pa.array(T0 + (k * 10 + i // SOURCES) * 10**9, pa.int64()),
+            "value": (np.sin(k + i) * 10).round(6),
+        }
+    )
+
+
+def ingest(store: str, table: pa.Table) -> dict[str, object]:
+    config = IngestConfig(
+        inputs=("live://test",),
+        store=store,
+        capture="live",
+        progress=False,
+        live=True,
+        run_id=new_run_id(),
+    )
+    batch = RawBatch("live://test", 0, table)
+    return jobs.execute(config, source=BatchesSource([batch])).summary
+
+
+def view_rows(store: str) -> pd.DataFrame:
+    frame = reads.read_view(Store(store), "live_1m").to_pandas().drop(columns="run")
+    return frame.sort_values(["source", "channel", "window_start"]).reset_index(drop=True)
+
+
+def test_a_thousand_small_objects_become_a_handful_and_nothing_else_changes(tmp_path: Path) -> None:
+    store = str(tmp_path / "store")
+    for k in range(RUNS):
+        assert ingest(store, run_batch(k))["accepted"] == PER_RUN
+    st = Store(store)
+    before_files = capture_files(st, "live")
+    assert len(before_files) == RUNS * 4
+    n = RUNS * PER_RUN
+    capture_before = reads.read_capture(st, "live").to_pandas()
+    assert len(capture_before) == n
+    assert main(["replay", "--store", store, "--capture", "live", "-q"]) == 0
+    rows_before = view_rows(store)
+
+    seen: list[tuple[int, int]] = []  # (readings, distinct identities) per read while compacting
+    errors: list[BaseException] = []
+    done = threading.Event()
+
+    def reader() -> None:
+        while not done.is_set():
+            try:
+                t = reads.read_capture(Store(store), "live", columns=["source", "time"])
+            except BaseException as exc:
+                errors.append(exc)
+                return
+            frame = t.to_pandas()
+            seen.append((len(frame), len(frame.drop_duplicates())))
+
+    thread = threading.Thread(target=reader)
+    thread.start()
+    try:
+        assert main(["capture", "compact", "live", "--store", store, "--target-rows", "4096"]) == 0
+    finally:
+        done.set()
+        thread.join()
+    assert not errors, errors
+    assert seen, "the reader read nothing while compaction ran"
+    assert all(s == (n, n) for s in seen), [s for s in seen if s != (n, n)][:5]
+
+    after_files = capture_files(st, "live")
+    print(f"{len(before_files)} objects -> {len(after_files)}; {len(seen)} reads during it")
+    assert len(after_files) <= 2 * 4  # ~2,000 readings per partition: one or two objects each
+    capture_after = reads.read_capture(st, "live").to_pandas()
+    key = ["source", "time"]
+    pd.testing.assert_frame_equal(
+        capture_after.sort_values(key).reset_index(drop=True),
+        capture_before.sort_values(key).reset_index(drop=True),
+    )
+    assert main(["replay", "--store", store, "--capture", "live", "-q"]) == 0
+    pd.testing.assert_frame_equal(view_rows(store), rows_before)
+
+    # Ingest goes on: new readings are captured; a reading compacted away is still a duplicate.
+    summary = ingest(store, pa.concat_tables([run_batch(RUNS), run_batch(0).slice(0, 1)]))
+    assert (summary["accepted"], summary["duplicates"]) == (PER_RUN, 1)
+    assert main(["capture", "compact", "live", "--store", store]) == 0  # nothing left to do
