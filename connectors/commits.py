@@ -288,6 +288,19 @@ class Lease:
         taken = None if other.get("run") == run else str(other.get("run"))
         return cls(store, capture, run, taken)
 
+    @classmethod
+    def acquire_waiting(cls, store: Store, capture: str, run: str, wait: float) -> Lease:
+        """``acquire``, waiting up to ``wait`` seconds for the writer holding the capture (a
+        live session's cycle) to let go."""
+        deadline = time.monotonic() + wait
+        while True:
+            try:
+                return cls.acquire(store, capture, run)
+            except ConcurrentWriterError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.2)
+
     def renew(self) -> None:
         self.store.write_json(layout.lease_doc(self.capture), _lease_doc(self.run))
 

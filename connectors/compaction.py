@@ -71,7 +71,7 @@ def compact(
     if target_rows < 2:
         raise ConfigError("--target-rows must be at least 2")
     small = small or max(1, target_rows // 4)
-    lease = Lease.acquire(store, capture, run)
+    lease = Lease.acquire_waiting(store, capture, run, wait=60.0)  # between two live cycles
     try:
         base = commits.head(store, capture)
         commits.finish_pending(store, capture=capture, keep=run)

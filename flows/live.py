@@ -30,6 +30,7 @@ from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
 
 from obsflow.connectors.batch import RawBatch
 from obsflow.connectors.capture import new_run_id
+from obsflow.connectors.commits import ConcurrentWriterError
 from obsflow.connectors.errors import ConfigError
 from obsflow.connectors.messages import Message, check_format, decode
 from obsflow.connectors.store import Store
@@ -38,6 +39,8 @@ from obsflow.flows import jobs
 from obsflow.flows.closing import close_view
 from obsflow.flows.ingest import IngestConfig
 from obsflow.flows.summary import Counts
+
+LEASE_WAIT = 300.0
 
 
 class BrokerClient(Protocol):
@@ -151,8 +154,7 @@ def run_live(
                     messages, config.fmt, config.ingest.spec, origin=config.url, offset=offset
                 )
                 offset += batch.records
-                cycle = replace(config.ingest, run_id=new_run_id(), live=True, progress=False)
-                done = jobs.execute(cycle, workers=workers, source=BatchesSource([batch]))
+                done = run_cycle(config.ingest, batch, workers)
                 client.ack(messages)  # only now: the cycle's readings are committed
                 result.counts = result.counts + counts_of(done.summary)
                 result.cycles.append(done.summary)
@@ -180,6 +182,20 @@ def run_live(
         result.seconds = time.monotonic() - started
         client.close()
     return result
+
+
+def run_cycle(ingest: IngestConfig, batch: RawBatch, workers: int) -> jobs.RunResult:
+    """One cycle: an ordinary ingest run of the batch. While another job holds the capture (a
+    compaction, a ``views close``), it waits for it (up to ``LEASE_WAIT`` seconds)."""
+    deadline = time.monotonic() + LEASE_WAIT
+    while True:
+        cycle = replace(ingest, run_id=new_run_id(), live=True, progress=False)
+        try:
+            return jobs.execute(cycle, workers=workers, source=BatchesSource([batch]))
+        except ConcurrentWriterError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.5)
 
 
 def close_idle(config: IngestConfig, sources: list[str]) -> list[dict[str, Any]]:

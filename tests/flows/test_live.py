@@ -479,3 +479,41 @@ def test_a_broker_down_longer_than_the_budget_stops_the_session_in_one_line_and_
     )
     assert done.returncode == 0, done.stderr
     assert_captured_once(store, frame)
+
+
+def test_compaction_beside_a_live_session_is_safe(nats: Broker, tmp_path: Path) -> None:
+    """``capture compact`` three times while a session ingests: it waits for the cycle that
+    holds the capture, the session waits for it; every reading is captured once."""
+    frame, messages = published_readings(seed=21)
+    broker = nats
+    broker.subscribe_first()
+    topic = broker.topic("sim")
+    store = tmp_path / "store"
+    proc = obsflow(*live_ingest(broker, store, "-q"), "--stop-when-idle", "3s")
+
+    def publisher() -> None:
+        for i in range(0, len(messages), 1000):
+            broker.publish([(topic, json.dumps(m).encode()) for m in messages[i : i + 1000]])
+            time.sleep(0.5)
+
+    thread = threading.Thread(target=publisher, daemon=True)
+    thread.start()
+    compacted = 0
+    wait_for(lambda: commit_count(store) >= 3, 60, "no commits")
+    for _ in range(3):
+        done = subprocess.run(
+            [OBSFLOW, "capture", "compact", "live", "--store", str(store)],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert done.returncode == 0, done.stderr
+        compacted += "rewritten" in done.stderr
+        time.sleep(1.0)
+    thread.join()
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, err
+    assert compacted >= 2  # it really compacted while the session ran
+    assert_captured_once(store, frame)
+    kinds = [e.kind for e in commits.read_log(Store(str(store)), "live")]
+    assert kinds.count("compact") == compacted
