@@ -22,7 +22,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -41,6 +41,7 @@ from obsflow.flows.ingest import IngestConfig
 from obsflow.flows.summary import Counts
 
 LEASE_WAIT = 300.0
+T = TypeVar("T")
 
 
 class BrokerClient(Protocol):
@@ -185,13 +186,22 @@ def run_live(
 
 
 def run_cycle(ingest: IngestConfig, batch: RawBatch, workers: int) -> jobs.RunResult:
-    """One cycle: an ordinary ingest run of the batch. While another job holds the capture (a
-    compaction, a ``views close``), it waits for it (up to ``LEASE_WAIT`` seconds)."""
+    """One cycle: an ordinary ingest run of the batch."""
+
+    def once() -> jobs.RunResult:
+        cycle = replace(ingest, run_id=new_run_id(), live=True, progress=False)
+        return jobs.execute(cycle, workers=workers, source=BatchesSource([batch]))
+
+    return waiting_for_the_capture(once)
+
+
+def waiting_for_the_capture(job: Callable[[], T]) -> T:
+    """Run ``job``; while another job holds the capture (a compaction, a ``views close``),
+    wait for it and try again (up to ``LEASE_WAIT`` seconds)."""
     deadline = time.monotonic() + LEASE_WAIT
     while True:
-        cycle = replace(ingest, run_id=new_run_id(), live=True, progress=False)
         try:
-            return jobs.execute(cycle, workers=workers, source=BatchesSource([batch]))
+            return job()
         except ConcurrentWriterError:
             if time.monotonic() > deadline:
                 raise
@@ -203,7 +213,13 @@ def close_idle(config: IngestConfig, sources: list[str]) -> list[dict[str, Any]]
     view, which replay repeats at the same point)."""
     store = Store(config.store)
     views = [m["name"] for m in list_views(store) if m.get("capture") == config.capture]
-    return [close_view(store, view, new_run_id(), sources=sources) for view in views]
+
+    def close(view: str) -> dict[str, Any]:
+        return waiting_for_the_capture(
+            lambda: close_view(store, view, new_run_id(), sources=sources)
+        )
+
+    return [close(view) for view in views]
 
 
 def sources_of(batch: RawBatch, column: str) -> list[str]:
