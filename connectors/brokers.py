@@ -25,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import importlib
+import math
 import os
 import re
 import threading
@@ -484,10 +485,16 @@ def kafka_settings(broker: BrokerURL) -> dict[str, Any]:
 
 
 class KafkaClient:
-    """A Kafka consumer in group ``consumer`` (confluent-kafka), offsets committed to the group
-    only after the capture commit (auto-commit off): a rerun, or another member after a
-    rebalance, starts from the last offsets committed. The message time is the record's Kafka
-    timestamp (create or log-append time), the same on every delivery."""
+    """A Kafka consumer (confluent-kafka) that assigns itself every partition of its topics
+    (names or ``^regex``) and keeps its offsets in group ``consumer``, committed only after the
+    capture commit (auto-commit off): a rerun starts from the last offsets committed. The message
+    time is the record's Kafka timestamp (create or log-append time), the same on every delivery.
+
+    No group membership: one session writes a capture (its lease), so there is nobody to share
+    partitions with, and a rerun after a kill starts at once instead of waiting for a join
+    delay and for the killed member's session to expire."""
+
+    REFRESH_SECONDS = 2.0  # topics matching a pattern, and new partitions, found this soon
 
     def __init__(self, broker: BrokerURL, topics: list[str], consumer: str) -> None:
         kafka = _client_library("confluent_kafka", "kafka", "confluent-kafka")
@@ -495,24 +502,39 @@ class KafkaClient:
         self._kafka = kafka
         self._c = kafka.Consumer(
             kafka_settings(broker)
-            | {
-                "group.id": consumer,
-                "enable.auto.commit": False,
-                "auto.offset.reset": "earliest",
-                # A killed member's partitions go to the rerun soon, not after 45 s.
-                "session.timeout.ms": 6000,
-                "heartbeat.interval.ms": 1000,
-                # A pattern (^obs\..*) picks up topics created later within seconds.
-                "topic.metadata.refresh.interval.ms": 2000,
-            }
+            | {"group.id": consumer, "enable.auto.commit": False, "auto.offset.reset": "earliest"}
         )
-        self._c.subscribe(topics)
-        self._down_since: float | None = None
+        self._patterns = [re.compile(t) for t in topics if t.startswith("^")]
+        self._assigned: set[tuple[str, int]] = set()
+        self._refreshed = -math.inf
+        self._refresh()
+
+    def _refresh(self) -> None:
+        """Assign the partitions of matching topics not assigned yet, each from the offset the
+        group committed (the earliest when none)."""
+        self._refreshed = time.monotonic()
+        try:
+            metadata = self._c.list_topics(timeout=5)
+            new = [
+                self._kafka.TopicPartition(name, p)
+                for name, topic in metadata.topics.items()
+                if topic.error is None
+                and (name in self.topics or any(r.match(name) for r in self._patterns))
+                for p in topic.partitions
+                if (name, p) not in self._assigned
+            ]
+            if new:
+                self._c.incremental_assign(self._c.committed(new, timeout=10))
+                self._assigned |= {(tp.topic, tp.partition) for tp in new}
+        except self._kafka.KafkaException:
+            pass  # the broker is away: fetch waits for it, and this runs again
 
     def __repr__(self) -> str:
         return f"KafkaClient({self.broker}, topics={self.topics!r}, consumer={self.consumer!r})"
 
     def fetch(self, max_messages: int, timeout: float) -> list[Message]:
+        if time.monotonic() - self._refreshed > self.REFRESH_SECONDS:
+            self._refresh()
         deadline = time.monotonic() + timeout
         out: list[Message] = []
         while len(out) < max_messages and (left := deadline - time.monotonic()) > 0:
