@@ -660,9 +660,9 @@ def test_every_read_path_gives_the_same_results_through_network_faults(
         start = proxy.stats()
         clean = read()
         middle = proxy.stats()
-        # About 15 faults spread over the path (3 of each kind), however many requests it makes
+        # About 6 faults spread over the path (2 of each kind), however many requests it makes
         # (a dozen for `views list`, hundreds for a replay); the first request meets one.
-        every = max(3, (middle.requests - start.requests) // 15)
+        every = max(3, (middle.requests - start.requests) // 6)
         proxy.cycle(every, READ_FAULTS, stall_seconds=0.3)
         try:
             faulty = read()
