@@ -10,10 +10,12 @@ crc32 of its id), so its order is kept and replay can run partitions in parallel
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import hashlib
 import json
 import secrets
+import threading
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -28,6 +30,7 @@ from obsflow.connectors.commits import head
 from obsflow.connectors.compaction import hidden_by_compaction
 from obsflow.connectors.dedup import DEFAULT_HORIZON, Deduper
 from obsflow.connectors.errors import CaptureExistsError, ConfigError, StoreError
+from obsflow.connectors.ids import check_name
 from obsflow.connectors.partitions import assign_seq, conform
 from obsflow.connectors.schema import REJECT_SCHEMA
 from obsflow.connectors.store import Store
@@ -109,6 +112,43 @@ class WriterState:
     dedup: Deduper
 
 
+MAX_DEDUP_DELTAS = 64
+"""Deltas of a partition's dedup memory saved before the whole memory is saved again."""
+MAX_KEPT_MEMORIES = 64
+"""Partitions whose dedup memory this process keeps after writing it (see ``_MEMORY``)."""
+_MEMORY: dict[tuple[str, str, int], tuple[str, Deduper]] = {}
+"""(store, capture, partition) -> (the run that wrote the partition's state, its dedup memory
+as that run left it): valid while that run's state is the committed one, so a live session's
+next cycle need not read the memory back."""
+_MEMORY_LOCK = threading.Lock()  # worker threads close their partitions at once
+
+
+@dataclass(frozen=True)
+class SavedDedup:
+    """How a partition's dedup memory is saved: a whole state (``.dedup.parquet``, of
+    ``base_rows`` identities) plus the deltas of the runs after it (``.dedup.<run>.parquet``)."""
+
+    base_rows: int = 0
+    deltas: tuple[str, ...] = ()
+    delta_rows: int = 0
+
+    @classmethod
+    def of(cls, state: dict[str, Any]) -> SavedDedup:
+        doc = state.get("dedup", {})
+        return cls(
+            int(doc.get("base_rows", 0)),
+            tuple(map(str, doc.get("deltas", ()))),
+            int(doc.get("delta_rows", 0)),
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "base_rows": self.base_rows,
+            "deltas": list(self.deltas),
+            "delta_rows": self.delta_rows,
+        }
+
+
 @dataclass(frozen=True)
 class Appended:
     rows: pa.Table  # CAPTURE_SCHEMA: the readings as captured
@@ -139,8 +179,14 @@ class PartitionWriter:
     ) -> None:
         self.store, self.capture, self.part = store, capture, part
         self.target_rows = target_rows
+        committed = self._committed_state()
+        self._saved = SavedDedup.of(committed)
+        for run in committed.get("superseded", []):  # deltas a saved state made useless
+            self.store.delete(self._delta(run))
         if resume is None:
-            resume = WriterState(part, run_id, 0, self._load_seq(), self._load_dedup(horizon))
+            next_seq = {str(k): int(v) for k, v in committed.get("next_seq", {}).items()}
+            dedup = self._load_dedup(horizon, str(committed.get("run", "")))
+            resume = WriterState(part, run_id, 0, next_seq, dedup)
             # A run restarted before its first snapshot starts over: drop what the earlier
             # attempt staged for this partition.
             self.state = resume
@@ -162,24 +208,47 @@ class PartitionWriter:
     def next_seq(self) -> dict[str, int]:
         return self.state.next_seq
 
-    def _load_seq(self) -> dict[str, int]:
-        """Next seq number per source, as the capture's last commit left it."""
-        rel = layout.capture_state(self.capture, self.part, ".json")
+    def _committed_state(self) -> dict[str, Any]:
+        """The partition's bookkeeping as the capture's last commit left it."""
         try:
-            state: dict[str, Any] = self.store.read_json(rel)
+            state: dict[str, Any] = self.store.read_json(
+                layout.capture_state(self.capture, self.part, ".json")
+            )
         except FileNotFoundError:
             return {}
-        return {str(k): int(v) for k, v in state.get("next_seq", {}).items()}
+        return state
 
-    def _load_dedup(self, horizon: int) -> Deduper:
-        """The dedup memory the capture's last commit left."""
-        if horizon <= 0:
+    def _delta(self, run: str) -> str:
+        return layout.capture_state(self.capture, self.part, f".dedup.{check_name(run)}.parquet")
+
+    def _load_dedup(self, horizon: int, written_by: str) -> Deduper:
+        """The dedup memory the capture's last commit left: kept in this process if this
+        process wrote it (a live session's next cycle), else its saved state and deltas."""
+        with _MEMORY_LOCK:
+            kept = _MEMORY.pop((self.store.url, self.capture, self.part), None)
+        if kept is not None and kept[0] == written_by and kept[1].horizon == horizon:
+            dedup = kept[1]
+        elif horizon <= 0:
             return Deduper(horizon=horizon)
-        rel = layout.capture_state(self.capture, self.part, ".dedup.parquet")
-        try:
-            return Deduper.from_table(self.store.read_parquet(rel), horizon)
-        except FileNotFoundError:
-            return Deduper(horizon=horizon)
+        else:
+            saved = self._saved
+            tables = []
+            with contextlib.suppress(FileNotFoundError):
+                tables.append(self.store.read_parquet(self._base()))
+            tables += [self.store.read_parquet(self._delta(run)) for run in saved.deltas]
+            dedup = (
+                Deduper.from_table(pa.concat_tables(tables), horizon)
+                if tables
+                else Deduper(horizon=horizon)
+            )
+            if not self._saved.base_rows and tables:  # a state saved before deltas existed
+                self._saved = SavedDedup(base_rows=tables[0].num_rows)
+        # A delta is worth saving while the deltas are smaller than the saved state.
+        dedup.keep_journal(max(0, self._saved.base_rows - self._saved.delta_rows))
+        return dedup
+
+    def _base(self) -> str:
+        return layout.capture_state(self.capture, self.part, ".dedup.parquet")
 
     def append(self, table: pa.Table) -> Appended:
         """Drop duplicates, set conflicts aside, number and buffer the rest."""
@@ -244,15 +313,42 @@ class PartitionWriter:
         self._buffer, self._buffered = [], 0
 
     def close(self) -> None:
-        """Flush, and stage the seq numbers and dedup memory for the next run."""
+        """Flush, and stage the seq numbers and dedup memory for the next run: the identities
+        remembered in this run as a delta while the deltas stay smaller than the last saved
+        state (so a cycle of a live session saves what it added, not the whole memory), else
+        the whole memory. The memory is also kept in this process for the next cycle."""
         self.flush()
+        dedup, saved = self.state.dedup, self._saved
+        superseded: list[str] = []
+        if dedup.horizon > 0:
+            delta = dedup.journal_table()
+            if delta is not None and len(saved.deltas) < MAX_DEDUP_DELTAS:
+                if delta.num_rows:
+                    self.store.write_parquet(
+                        layout.staged(self.run_id, self._delta(self.run_id)), delta
+                    )
+                    saved = SavedDedup(
+                        saved.base_rows,
+                        (*saved.deltas, self.run_id),
+                        saved.delta_rows + delta.num_rows,
+                    )
+            else:
+                self.store.write_parquet(layout.staged(self.run_id, self._base()), dedup.to_table())
+                superseded = list(saved.deltas)
+                saved = SavedDedup(base_rows=len(dedup))
         self.store.write_json(
             layout.staged(self.run_id, layout.capture_state(self.capture, self.part, ".json")),
-            {"next_seq": self.state.next_seq, "run": self.run_id},
+            {
+                "next_seq": self.state.next_seq,
+                "run": self.run_id,
+                "dedup": saved.to_json(),
+                "superseded": superseded,
+            },
         )
-        if self.state.dedup.horizon > 0:
-            rel = layout.capture_state(self.capture, self.part, ".dedup.parquet")
-            self.store.write_parquet(layout.staged(self.run_id, rel), self.state.dedup.to_table())
+        with _MEMORY_LOCK:
+            _MEMORY[(self.store.url, self.capture, self.part)] = (self.run_id, dedup)
+            while len(_MEMORY) > MAX_KEPT_MEMORIES:
+                del _MEMORY[next(iter(_MEMORY))]
 
     def snapshot(self) -> WriterState:
         """Flush (so "chunks below n are durable" is true), then copy the state."""

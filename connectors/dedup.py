@@ -150,9 +150,29 @@ class Deduper:
     horizon: int = DEFAULT_HORIZON
     spaces: dict[tuple[str, str], _Keys] = field(default_factory=dict)
     maxt: dict[tuple[str, str], int] = field(default_factory=dict)
+    # Identities remembered since ``keep_journal``, for a state saved as a delta; None when
+    # not kept (or given up on: more than ``journal_limit`` of them).
+    journal: list[tuple[tuple[str, str], _Keys]] | None = None
+    journal_rows: int = 0
+    journal_limit: int = 0
 
     def __len__(self) -> int:
         return sum(k.keys.size for k in self.spaces.values())
+
+    def keep_journal(self, limit: int) -> None:
+        """Note the identities remembered from now on (up to ``limit`` of them)."""
+        self.journal, self.journal_rows, self.journal_limit = [], 0, limit
+
+    def _note(
+        self, name: tuple[str, str], keys: np.ndarray, contents: np.ndarray, times: np.ndarray
+    ) -> None:
+        if self.journal is None or keys.size == 0:
+            return
+        self.journal_rows += keys.size
+        if self.journal_rows > self.journal_limit:
+            self.journal = None  # the whole state is cheaper to save now
+            return
+        self.journal.append((name, _Keys(keys, contents, times)))
 
     def check(self, table: pa.Table) -> tuple[np.ndarray, np.ndarray]:
         """(accept, conflict) masks in arrival order; the rest are duplicates.
@@ -198,6 +218,7 @@ class Deduper:
             and (known.keys.size == 0 or keys[0] > known.keys[-1])
         ):  # the usual stream: new keys, in order: all accepted, nothing to look up
             known.add(keys, contents, times)
+            self._note(name, keys, contents, times)
             known.prune(self.maxt[name] - self.horizon)
             return np.ones(keys.size, bool), np.zeros(keys.size, bool)
         uniq, first, inverse = np.unique(keys, return_index=True, return_inverse=True)
@@ -215,34 +236,18 @@ class Deduper:
         new = np.flatnonzero(accept)
         by_key = new[np.argsort(keys[new], kind="stable")]
         known.add(keys[by_key], contents[by_key], times[by_key])
+        self._note(name, keys[by_key], contents[by_key], times[by_key])
         known.prune(self.maxt[name] - self.horizon)
         return accept, conflict
 
     def to_table(self) -> pa.Table:
         """State for persistence (so a later run of the same capture keeps deduplicating)."""
-        names = list(self.spaces)
-        parts = [self.spaces[k] for k in names]
-        which = np.repeat(np.arange(len(names), dtype=np.int32), [p.keys.size for p in parts])
+        return _state_table(list(self.spaces.items()))
 
-        def labels(i: int) -> pa.Array:
-            return pa.DictionaryArray.from_arrays(
-                pa.array(which), pa.array([k[i] for k in names], pa.string())
-            ).cast(pa.string())
-
-        def joined(arrays: list[np.ndarray], dtype: type) -> np.ndarray:
-            return (
-                np.concatenate([a.astype(dtype) for a in arrays]) if arrays else np.zeros(0, dtype)
-            )
-
-        return pa.table(
-            {
-                "source": labels(0),
-                "space": labels(1),
-                "key": joined([p.keys for p in parts], np.int64),
-                "content": joined([p.contents for p in parts], np.uint64),
-                "time": joined([p.times for p in parts], np.int64),
-            }
-        )
+    def journal_table(self) -> pa.Table | None:
+        """The identities remembered since ``keep_journal``, as ``to_table`` rows (None if
+        not kept): this state is the last saved one plus these, pruned."""
+        return None if self.journal is None else _state_table(self.journal)
 
     @classmethod
     def from_table(cls, table: pa.Table, horizon: int) -> Deduper:
@@ -256,5 +261,31 @@ class Deduper:
             k.keys = g["key"].to_numpy()[order]
             k.contents = g["content"].to_numpy().astype(np.uint64)[order]
             k.times = g["time"].to_numpy()[order]
-            d.maxt[(str(s), str(sp))] = int(k.times.max())
+            top = d.maxt[(str(s), str(sp))] = int(k.times.max())
+            k.prune(top - horizon)  # a saved state plus deltas: what memory would hold now
         return d
+
+
+def _state_table(spaces: list[tuple[tuple[str, str], _Keys]]) -> pa.Table:
+    """Rows (source, space, key, content, time) of the identities of some key spaces."""
+    names = [name for name, _ in spaces]
+    parts = [k for _, k in spaces]
+    which = np.repeat(np.arange(len(names), dtype=np.int32), [p.keys.size for p in parts])
+
+    def labels(i: int) -> pa.Array:
+        return pa.DictionaryArray.from_arrays(
+            pa.array(which), pa.array([k[i] for k in names], pa.string())
+        ).cast(pa.string())
+
+    def joined(arrays: list[np.ndarray], dtype: type) -> np.ndarray:
+        return np.concatenate([a.astype(dtype) for a in arrays]) if arrays else np.zeros(0, dtype)
+
+    return pa.table(
+        {
+            "source": labels(0),
+            "space": labels(1),
+            "key": joined([p.keys for p in parts], np.int64),
+            "content": joined([p.contents for p in parts], np.uint64),
+            "time": joined([p.times for p in parts], np.int64),
+        }
+    )

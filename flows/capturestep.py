@@ -61,9 +61,17 @@ class CaptureLogic(StatefulBatchLogic[PartTable, Captured, WriterState]):
     """
 
     def __init__(
-        self, store: Store, capture: str, run_id: str, horizon: int, resume: WriterState | None
+        self,
+        store: Store,
+        capture: str,
+        run_id: str,
+        horizon: int,
+        resume: WriterState | None,
+        *,
+        recoverable: bool = True,
     ) -> None:
         self.store, self.capture, self.run_id, self.horizon = store, capture, run_id, horizon
+        self.recoverable = recoverable
         self.writer: PartitionWriter | None = None
         if resume is not None:
             self.writer = PartitionWriter(store, capture, resume.part, resume.run_id, resume=resume)
@@ -87,4 +95,8 @@ class CaptureLogic(StatefulBatchLogic[PartTable, Captured, WriterState]):
 
     def snapshot(self) -> WriterState:
         assert self.writer is not None  # Bytewax snapshots only logics that have seen an item
+        if not self.recoverable:
+            # Bytewax asks at every epoch, recovery or not; a live cycle never resumes (the
+            # broker redelivers instead), so copying a large dedup memory would be waste.
+            return self.writer.state
         return self.writer.snapshot()

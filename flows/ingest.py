@@ -317,7 +317,9 @@ def build_flow(
     outcome = op.stateful_batch(
         "capture",
         ready,
-        lambda s: CaptureLogic(store, config.capture, run_id, config.dedup_horizon, s),
+        lambda s: CaptureLogic(
+            store, config.capture, run_id, config.dedup_horizon, s, recoverable=not config.live
+        ),
     )
     # ("0003", Captured(3, rows as written, conflicts, duplicates, accepted per input))
     captured = _take("take_captured", outcome, "rows")

@@ -1,0 +1,117 @@
+"""How a capture partition's dedup memory is saved between runs: a whole state now and then,
+a delta of the identities each run added in between, and — in a live session — the memory kept
+in the process for the next cycle. Whatever the path, the next run remembers exactly what an
+uninterrupted memory would, so duplicates are found exactly as the oracle says."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pytest
+
+from obsflow.connectors import capture as capture_mod
+from obsflow.connectors import layout
+from obsflow.connectors.batch import RawBatch
+from obsflow.connectors.capture import MAX_DEDUP_DELTAS, PartitionWriter, new_run_id
+from obsflow.connectors.dedup import Deduper
+from obsflow.connectors.store import Store
+from obsflow.flows import jobs
+from obsflow.flows.ingest import IngestConfig
+from obsflow.flows.live import BatchesSource
+
+T0 = 1_780_000_000 * 10**9
+SOURCES, PER_SOURCE, RUNS = 8, 25, 45
+
+
+def ingest(store: str, table: pa.Table, horizon: int) -> dict[str, object]:
+    config = IngestConfig(
+        inputs=("live://test",),
+        store=store,
+        capture="c",
+        progress=False,
+        live=True,
+        run_id=new_run_id(),
+        dedup_horizon=horizon,
+        partitions=2,
+    )
+    return jobs.execute(config, source=BatchesSource([RawBatch("live://test", 0, table)])).summary
+
+
+def memories(store: Store) -> dict[int, Deduper]:
+    """Each partition's dedup memory as a new process would load it from the store."""
+    capture_mod._MEMORY.clear()
+    out = {}
+    for part in range(2):
+        writer = PartitionWriter(store, "c", part, new_run_id(), horizon=HORIZON)
+        out[part] = writer.state.dedup
+    return out
+
+
+def same_memory(a: Deduper, b: Deduper) -> None:
+    assert sorted(a.spaces) == sorted(b.spaces)
+    for name, keys in a.spaces.items():
+        other = b.spaces[name]
+        assert np.array_equal(keys.keys, other.keys), name
+        assert np.array_equal(keys.contents, other.contents), name
+        assert np.array_equal(keys.times, other.times), name
+
+
+HORIZON = 120 * 10**9  # 2 minutes: the 45 runs below span 15, so memory is pruned as it goes
+
+
+@pytest.mark.parametrize("restart_every", [0, 7])
+def test_deltas_whole_states_and_kept_memories_remember_what_an_unbroken_memory_would(
+    tmp_path: Path, restart_every: int
+) -> None:
+    """45 runs of 20 s each; every run re-sends readings of the run before and of one 2.3 to 4
+    minutes back (beyond the 2-minute horizon: only the capture can tell). With
+    ``restart_every``, the process memory is dropped before every 7th run, as a new process
+    would start. Every run's duplicates are as many as were re-sent; the saved state loads into
+    the memory the session kept."""
+    store = str(tmp_path / "store")
+    rng = np.random.default_rng(5)
+    runs: list[pa.Table] = []
+    for k in range(RUNS):
+        i = np.arange(SOURCES * PER_SOURCE)
+        runs.append(
+            pa.table(
+                {
+                    "source": [f"s{j % SOURCES}" for j in i],
+                    "time": pa.array(T0 + (k * 20 + i // SOURCES * 0.8) * 10**9, pa.int64()),
+                    "value": rng.normal(size=i.size),
+                }
+            )
+        )
+        resent = []
+        if k >= 1:
+            resent.append(runs[k - 1].take(rng.choice(i.size, 10, replace=False)))
+        if k >= 12:
+            old = runs[k - int(rng.integers(7, 12))]
+            resent.append(old.take(rng.choice(i.size, 5, replace=False)))
+        if restart_every and k % restart_every == 0:
+            capture_mod._MEMORY.clear()
+        summary = ingest(store, pa.concat_tables([runs[k], *resent]), HORIZON)
+        assert summary["accepted"] == i.size, k
+        assert summary["duplicates"] == sum(t.num_rows for t in resent), k
+
+    st = Store(store)
+    kept = {part: capture_mod._MEMORY[(store, "c", part)][1] for part in range(2)}
+    loaded = memories(st)
+    for part in range(2):
+        same_memory(loaded[part], kept[part])
+        assert len(kept[part]) < SOURCES * PER_SOURCE * 7  # ~6 runs: the horizon, pruned
+        state = st.read_json(layout.capture_state("c", part, ".json"))
+        deltas = state["dedup"]["deltas"]
+        assert 0 < len(deltas) <= MAX_DEDUP_DELTAS  # deltas in use: not the whole state each run
+        names = set(st.listdir(f"{layout.capture_meta_dir('c')}/state"))
+        on_disk = {
+            n
+            for n in names
+            if n.startswith(f"part-{part:04d}.dedup.") and n != f"part-{part:04d}.dedup.parquet"
+        }
+        # Only the listed deltas (and those of the last whole state, deleted by the next run).
+        listed = {f"part-{part:04d}.dedup.{run}.parquet" for run in deltas}
+        superseded = {f"part-{part:04d}.dedup.{run}.parquet" for run in state["superseded"]}
+        assert listed <= on_disk <= listed | superseded
