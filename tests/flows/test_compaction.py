@@ -20,18 +20,21 @@ from obsflow.flows.cli import main
 from obsflow.flows.ingest import IngestConfig
 from obsflow.flows.live import BatchesSource
 
-RUNS, SOURCES, PER_RUN = 250, 16, 32  # 250 committed runs x 4 partitions = 1,000 objects
+# 63 committed runs x 16 partitions = 1,008 objects (a session of 4 partitions makes as many in
+# 252 cycles, four times slower to set up for the same test of compaction).
+RUNS, PARTITIONS, SOURCES, PER_RUN = 63, 16, 64, 128
 T0 = pd.Timestamp("2026-03-01T00:00:00Z").value
+VIEWS = '[[view]]\nname = "live_1m"\nsize = "1m"\naggregates = ["count", "mean", "min", "max"]\n'
 
 
 def run_batch(k: int) -> pa.Table:
-    """Run ``k``'s readings: every source, 2 readings each, 1 s apart, 10 s after run k-1's
-    (250 runs: 42 minutes, so run 0's readings end up older than the dedup memory)."""
+    """Run ``k``'s readings: every source, 2 readings each, 1 s apart, 40 s after run k-1's
+    (63 runs: 42 minutes, so run 0's readings end up older than the dedup memory)."""
     i = np.arange(PER_RUN)
     return pa.table(
         {
             "source": [f"s{j % SOURCES:02d}" for j in i],
-            "time": pa.array(T0 + (k * 10 + i // SOURCES) * 10**9, pa.int64()),
+            "time": pa.array(T0 + (k * 40 + i // SOURCES) * 10**9, pa.int64()),
             "value": (np.sin(k + i) * 10).round(6),
         }
     )
@@ -45,6 +48,8 @@ def ingest(store: str, table: pa.Table) -> dict[str, object]:
         progress=False,
         live=True,
         run_id=new_run_id(),
+        partitions=PARTITIONS,
+        views=(),  # built by a replay below: the test is about the capture's objects
     )
     batch = RawBatch("live://test", 0, table)
     return jobs.execute(config, source=BatchesSource([batch])).summary
@@ -61,11 +66,13 @@ def test_a_thousand_small_objects_become_a_handful_and_nothing_else_changes(tmp_
         assert ingest(store, run_batch(k))["accepted"] == PER_RUN
     st = Store(store)
     before_files = capture_files(st, "live")
-    assert len(before_files) == RUNS * 4
+    assert len(before_files) == RUNS * PARTITIONS
     n = RUNS * PER_RUN
     capture_before = reads.read_capture(st, "live").to_pandas()
     assert len(capture_before) == n
-    assert main(["replay", "--store", store, "--capture", "live", "-q"]) == 0
+    views = tmp_path / "views.toml"
+    views.write_text(VIEWS)
+    assert main(["replay", "--store", store, "--capture", "live", "--views", str(views), "-q"]) == 0
     rows_before = view_rows(store)
 
     seen: list[tuple[int, int]] = []  # (readings, distinct identities) per read while compacting
@@ -95,7 +102,7 @@ def test_a_thousand_small_objects_become_a_handful_and_nothing_else_changes(tmp_
 
     after_files = capture_files(st, "live")
     print(f"{len(before_files)} objects -> {len(after_files)}; {len(seen)} reads during it")
-    assert len(after_files) <= 2 * 4  # ~2,000 readings per partition: one or two objects each
+    assert len(after_files) <= 2 * PARTITIONS  # ~500 readings per partition: one object or two
     capture_after = reads.read_capture(st, "live").to_pandas()
     key = ["source", "time"]
     pd.testing.assert_frame_equal(
