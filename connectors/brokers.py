@@ -25,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import importlib
+import logging
 import math
 import os
 import re
@@ -378,6 +379,8 @@ class MqttClient:
         self._queue: list[Message] = []
         self._ready = threading.Condition()
         self._connected = threading.Event()
+        self._answered = threading.Event()  # connected, or the login was refused
+        self._refused: str | None = None
         self._down_since: float | None = time.monotonic()
         self.client = mqtt.Client(
             callback_api_version=CallbackAPIVersion.VERSION2,
@@ -401,8 +404,13 @@ class MqttClient:
         # connect_async + loop_start: the first connection is retried like any reconnect.
         self.client.connect_async(host, port, keepalive=30, clean_start=False, properties=props)
         self.client.loop_start()
-        if not self._connected.wait(retry_seconds()):
+        if not self._answered.wait(retry_seconds()) or self._refused is not None:
             self.client.loop_stop()
+            if self._refused is not None:
+                raise BrokerError(
+                    f"MQTT broker at {broker} refused the login ({self._refused}): check "
+                    "OBSFLOW_MQTT_USER and OBSFLOW_MQTT_PASSWORD"
+                )
             raise BrokerError(
                 f"cannot reach MQTT broker at {broker} (gave up after {retry_seconds():g} s)"
             )
@@ -412,11 +420,16 @@ class MqttClient:
 
     def _on_connect(self, client: Any, userdata: Any, flags: Any, reason: Any, props: Any) -> None:
         if reason.is_failure:
+            # Bad user name or password (134), not authorized (135): retrying will not help.
+            if reason.value in (134, 135) and not self._answered.is_set():
+                self._refused = str(reason)
+                self._answered.set()
             return
         for topic in self.topics:  # the session may have been lost: subscribe every time
             client.subscribe(topic, qos=1)
         self._down_since = None
         self._connected.set()
+        self._answered.set()
 
     def _on_disconnect(
         self, client: Any, userdata: Any, flags: Any, reason: Any, props: Any
@@ -466,12 +479,19 @@ class MqttClient:
         self.client.loop_stop()
 
 
+KAFKA_LOG = logging.getLogger("obsflow.kafka")
+KAFKA_LOG.addHandler(logging.NullHandler())  # not Python's last-resort stderr handler
+
+
 def kafka_settings(broker: BrokerURL) -> dict[str, Any]:
     """librdkafka settings for ``broker``, with SASL credentials from the environment
     (``OBSFLOW_KAFKA_USER``/``OBSFLOW_KAFKA_PASSWORD``, ``OBSFLOW_KAFKA_MECHANISM``)."""
     settings: dict[str, Any] = {
         "bootstrap.servers": ",".join(f"{h}:{p}" for h, p in broker.hosts),
         "log_level": 3,
+        # librdkafka repeats a connection failure many times a second; obsflow says it once
+        # (``KafkaClient._away``), and these lines stay for a logging set up to show them.
+        "logger": KAFKA_LOG,
     }
     env = os.environ
     if env.get("OBSFLOW_KAFKA_USER"):
@@ -495,6 +515,7 @@ class KafkaClient:
     delay and for the killed member's session to expire."""
 
     REFRESH_SECONDS = 2.0  # topics matching a pattern, and new partitions, found this soon
+    _OUTAGE = frozenset((-195, -187, -169))  # _TRANSPORT, _ALL_BROKERS_DOWN, _AUTHENTICATION
 
     def __init__(self, broker: BrokerURL, topics: list[str], consumer: str) -> None:
         kafka = _client_library("confluent_kafka", "kafka", "confluent-kafka")
@@ -507,6 +528,7 @@ class KafkaClient:
         self._patterns = [re.compile(t) for t in topics if t.startswith("^")]
         self._assigned: set[tuple[str, int]] = set()
         self._refreshed = -math.inf
+        self._down_since: float | None = None
         self._refresh()
 
     def _refresh(self) -> None:
@@ -514,7 +536,7 @@ class KafkaClient:
         group committed (the earliest when none)."""
         self._refreshed = time.monotonic()
         try:
-            metadata = self._c.list_topics(timeout=5)
+            metadata = self._c.list_topics(timeout=2)  # retried at the next fetch
             new = [
                 self._kafka.TopicPartition(name, p)
                 for name, topic in metadata.topics.items()
@@ -526,8 +548,30 @@ class KafkaClient:
             if new:
                 self._c.incremental_assign(self._c.committed(new, timeout=10))
                 self._assigned |= {(tp.topic, tp.partition) for tp in new}
-        except self._kafka.KafkaException:
-            pass  # the broker is away: fetch waits for it, and this runs again
+        except self._kafka.KafkaException as exc:
+            self._away(exc.args[0] if exc.args else exc)  # fetch waits; this runs again
+        else:
+            self._down_since = None
+
+    def _away(self, error: Any) -> None:
+        """The cluster did not answer: fine for a while (``retry_seconds``), then a
+        ``BrokerError``; a refused login at once."""
+        kafka = self._kafka.KafkaError
+        code = error.code() if isinstance(error, kafka) else None
+        text = error.str() if isinstance(error, kafka) else type(error).__name__
+        if code in (kafka._AUTHENTICATION, kafka.SASL_AUTHENTICATION_FAILED):
+            raise BrokerError(
+                f"Kafka at {self.broker} refused the login ({text}): check OBSFLOW_KAFKA_USER "
+                "and OBSFLOW_KAFKA_PASSWORD"
+            )
+        now = time.monotonic()
+        if self._down_since is None:
+            self._down_since = now
+        elif now - self._down_since > retry_seconds():
+            raise BrokerError(
+                f"Kafka at {self.broker} unavailable for {retry_seconds():g} s ({text}); run "
+                "the same command again to resume"
+            )
 
     def __repr__(self) -> str:
         return f"KafkaClient({self.broker}, topics={self.topics!r}, consumer={self.consumer!r})"
@@ -546,9 +590,12 @@ class KafkaClient:
                     ts = m.timestamp()[1]
                     token = (m.topic(), m.partition(), m.offset())
                     out.append(Message(m.value() or b"", m.topic(), ts * 1_000_000, token))
-                elif not error.retriable() and error.fatal():
+                elif error.fatal():
                     raise BrokerError(f"Kafka at {self.broker}: {reason(Exception(error.str()))}")
+                elif error.code() in self._OUTAGE:
+                    self._away(error)
             if out:
+                self._down_since = None
                 break
         return out
 

@@ -15,6 +15,7 @@ import asyncio
 import json
 import shutil
 import socket
+import subprocess
 import sys
 import tempfile
 from collections.abc import Iterable, Sequence
@@ -141,10 +142,18 @@ class MosquittoServer(_ChildServer):
 
     _name = "mosquitto"
 
-    def __init__(self, data_dir: str | Path, *, startup_timeout: float = 30.0) -> None:
+    def __init__(
+        self,
+        data_dir: str | Path,
+        *,
+        startup_timeout: float = 30.0,
+        user: str | None = None,
+        password: str | None = None,
+    ) -> None:
         super().__init__(startup_timeout, stop_timeout=10.0)
         self.data_dir = Path(data_dir)
         self.port: int | None = None
+        self.user, self.password = user, password
 
     @property
     def url(self) -> str:
@@ -157,9 +166,16 @@ class MosquittoServer(_ChildServer):
         self.port = self.port or free_port()
         workdir = Path(tempfile.mkdtemp(prefix="obsflow-mosquitto-"))
         config = workdir / "mosquitto.conf"
+        access = "allow_anonymous true\n"
+        if self.user is not None:  # only this user, with this password
+            passwords = workdir / "passwords"
+            passwords.touch(mode=0o600)
+            command = ["mosquitto_passwd", "-b", str(passwords), self.user, self.password or ""]
+            subprocess.run(command, check=True, capture_output=True)
+            access = f"allow_anonymous false\npassword_file {passwords}\n"
         config.write_text(
             f"listener {self.port} {HOST}\n"
-            "allow_anonymous true\n"
+            f"{access}"
             "user root\n"  # started as root it would switch users and fail to save its data
             "persistence true\n"
             f"persistence_location {self.data_dir}/\n"
@@ -178,13 +194,17 @@ class MosquittoServer(_ChildServer):
         self.start()
 
 
-def mqtt_publish(url: str, messages: Iterable[tuple[str, bytes]]) -> int:
+def mqtt_publish(
+    url: str, messages: Iterable[tuple[str, bytes]], *, login: tuple[str, str] | None = None
+) -> int:
     """Publish ``(topic, body)`` at QoS 1 and wait until the broker has acknowledged all."""
     import paho.mqtt.client as mqtt
     from paho.mqtt.enums import CallbackAPIVersion
 
     host, port = url.removeprefix("mqtt://").split(":")
     client = mqtt.Client(callback_api_version=CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
+    if login is not None:
+        client.username_pw_set(*login)
     client.max_inflight_messages_set(0)
     client.connect(host, int(port))
     client.loop_start()

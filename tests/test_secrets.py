@@ -439,3 +439,98 @@ def test_broker_credentials_from_the_environment_are_never_shown_or_kept(
     with pytest.raises(ConfigError) as refused:
         BrokerURL.parse(f"natz://obsflow:{SECRET}@127.0.0.1:4222")
     assert_clean(str(refused.value), "a bad scheme's error")
+
+
+def live_ingest_cmd(url: str, topic: str, store: Path, summary: Path) -> list[str]:
+    cmd = [sys.executable, "-m", "obsflow.flows.cli", "ingest", url, "--topic", topic]
+    cmd += ["--consumer", "c", "--store", str(store), "--stop-when-idle", "1s"]
+    return [*cmd, "--summary", str(summary)]
+
+
+def test_mqtt_credentials_from_the_environment_are_never_shown_or_kept(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A Mosquitto that takes one user with a password (``password_file``, no anonymous
+    clients): a live ingest with them in the environment works and shows or keeps them nowhere;
+    a wrong password is refused at once in one line without them."""
+    from obsflow.connectors.brokers import connect
+    from tests.brokers import MosquittoServer, mqtt_publish
+
+    server = MosquittoServer(tmp_path / "mq", user="obsflow", password=SECRET).start()
+    try:
+        env = {**os.environ, "OBSFLOW_MQTT_USER": "obsflow", "OBSFLOW_MQTT_PASSWORD": SECRET}
+        store, summary = tmp_path / "store", tmp_path / "summary.json"
+        cmd = live_ingest_cmd(server.url, "obs/#", store, summary)
+        # A first session makes the persistent session that queues what is published next.
+        assert subprocess.run(cmd, env=env, capture_output=True, timeout=120).returncode == 0
+        body = b'{"source": "a", "time": 1, "value": 2}'
+        assert mqtt_publish(server.url, [("obs/a", body)], login=("obsflow", SECRET)) == 1
+        done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
+        assert done.returncode == 0, done.stderr
+        assert json.loads(summary.read_text())["accepted"] == 1
+        assert_clean(done.stdout + done.stderr, "live ingest output")
+        for path in [p for p in tmp_path.rglob("*") if p.is_file() and "mq" not in p.parts]:
+            assert_clean(path.read_bytes(), f"file {path.name}")
+
+        monkeypatch.setenv("OBSFLOW_MQTT_USER", "obsflow")
+        monkeypatch.setenv("OBSFLOW_MQTT_PASSWORD", SECRET)
+        client = connect(server.url, ["obs/#"], "c")
+        try:
+            assert_clean(repr(client), "repr of the client")
+        finally:
+            client.close()
+
+        bad = {**env, "OBSFLOW_MQTT_PASSWORD": SECRET + "x", "OBSFLOW_BROKER_RETRY_SECONDS": "30"}
+        started = time.monotonic()
+        done = subprocess.run(cmd, env=bad, capture_output=True, text=True, timeout=120)
+        assert done.returncode != 0
+        assert time.monotonic() - started < 20  # refused at once, not after the retry budget
+        assert "refused the login" in done.stderr, done.stderr
+        assert "Traceback" not in done.stderr
+        assert_clean(done.stdout + done.stderr, "a refused login")
+    finally:
+        server.stop()
+
+
+def test_kafka_credentials_from_the_environment_are_never_shown_or_kept(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """SASL credentials for Kafka from the environment. librdkafka's mock cluster (the only
+    Kafka here) has no SASL, so the login cannot succeed: the session stops after the broker
+    budget in one line that holds no secret, and neither the client's repr nor its output
+    shows it."""
+    from obsflow.connectors.brokers import connect
+    from tests.brokers import KafkaMock
+
+    mock = KafkaMock()
+    try:
+        mock.publish([("obs.a", b'{"source": "a", "time": 1, "value": 2}')])
+        sasl = {
+            "OBSFLOW_KAFKA_USER": "obsflow",
+            "OBSFLOW_KAFKA_PASSWORD": SECRET,
+            "OBSFLOW_KAFKA_PROTOCOL": "SASL_PLAINTEXT",
+            "OBSFLOW_KAFKA_MECHANISM": "PLAIN",
+            "OBSFLOW_BROKER_RETRY_SECONDS": "3",
+        }
+        cmd = live_ingest_cmd(mock.url, "obs.a", tmp_path / "store", tmp_path / "summary.json")
+        done = subprocess.run(
+            cmd, env={**os.environ, **sasl}, capture_output=True, text=True, timeout=120
+        )
+        assert done.returncode != 0
+        assert "unavailable for 3 s" in done.stderr, done.stderr
+        # One line says it (after the progress line): not librdkafka's many retry lines.
+        assert len(done.stderr.strip().splitlines()) <= 2, done.stderr
+        assert "Traceback" not in done.stderr
+        assert_clean(done.stdout + done.stderr, "a Kafka session that cannot log in")
+        for path in [p for p in tmp_path.rglob("*") if p.is_file()]:
+            assert_clean(path.read_bytes(), f"file {path.name}")
+
+        for name, value in sasl.items():
+            monkeypatch.setenv(name, value)
+        client = connect(mock.url, ["obs.a"], "c")
+        try:
+            assert_clean(repr(client), "repr of the client")
+        finally:
+            client.close()
+    finally:
+        mock.stop()
