@@ -9,8 +9,14 @@ capture's identity dedup makes it exactly-once.
   found from the subject, or named with ``stream``. The message time is the stream's.
 - ``mqtt://host:port`` (``mqtts://`` for TLS): an MQTT v5 persistent session with manual acks
   (``MqttClient``). The message time is the time it was received.
-- ``kafka://host:port[,host:port]``: a consumer group member; offsets are committed after the
-  capture commit (``KafkaClient``). The message time is the record's timestamp.
+- ``kafka://host:port[,host:port]``: every partition of the topics, offsets kept in the group
+  ``consumer`` and committed after the capture commit (``KafkaClient``). The message time is
+  the record's timestamp.
+
+Back-pressure: ``max_in_flight`` bounds the messages delivered and not yet acknowledged (NATS
+``max_ack_pending``, MQTT ``ReceiveMaximum``); a Kafka consumer prefetches at most
+``KAFKA_PREFETCH_KIB``. The session fetches again only after its commit, so a slow store slows
+consumption and a backlog stays on the broker.
 
 Credentials come from the environment only, never from the command line, and never appear
 in errors or reprs: ``OBSFLOW_NATS_USER``/``OBSFLOW_NATS_PASSWORD``, ``OBSFLOW_NATS_TOKEN``
@@ -44,6 +50,7 @@ SCHEMES = ("nats", "mqtt", "mqtts", "kafka")
 CONSUMER_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 FETCH_BYTES = 32 << 20  # one fetch request asks for about this much
 CYCLE_BYTES = 256 << 20  # a cycle takes at most about this much: bounded memory
+KAFKA_PREFETCH_KIB = 64 << 10  # librdkafka's local queue, stated rather than assumed
 T = TypeVar("T")
 
 
@@ -119,6 +126,18 @@ def connect(
     if broker.scheme in ("mqtt", "mqtts"):
         return MqttClient(broker, list(topics), consumer, min(max_in_flight, 65_535))
     return KafkaClient(broker, list(topics), consumer)
+
+
+def subjects_overlap(a: str, b: str) -> bool:
+    """Whether NATS subjects ``a`` and ``b`` (wildcards ``*`` and ``>`` allowed) can match
+    one same subject."""
+    x, y = a.split("."), b.split(".")
+    for p, q in zip(x, y, strict=False):
+        if ">" in (p, q):
+            return True
+        if p != q and "*" not in (p, q):
+            return False
+    return len(x) == len(y)
 
 
 def _client_library(module: str, scheme: str, package: str) -> Any:
@@ -228,7 +247,7 @@ class NatsClient:
         self.js = self.nc.jetstream()
         self.subs = []
         for topic in self.topics:
-            name = stream or await self._stream_of(topic)
+            name = await self._named(stream, topic) if stream else await self._stream_of(topic)
             durable = self.consumer if len(self.topics) == 1 else _durable(self.consumer, topic)
             config = ConsumerConfig(
                 durable_name=durable,
@@ -239,7 +258,15 @@ class NatsClient:
                 ack_wait=float(os.environ.get("OBSFLOW_NATS_ACK_WAIT", "30")),
                 max_ack_pending=max_in_flight,
             )
-            sub = await self.js.pull_subscribe(topic, durable=durable, stream=name, config=config)
+            try:
+                sub = await self.js.pull_subscribe(
+                    topic, durable=durable, stream=name, config=config
+                )
+            except self._nats.js.errors.APIError as exc:  # e.g. a subject outside the stream
+                raise BrokerError(
+                    f"JetStream on {self.broker} refused a consumer of {topic!r} on stream "
+                    f"{name!r}: {exc.description}"
+                ) from None
             info = await sub.consumer_info()
             subjects = [info.config.filter_subject, *(info.config.filter_subjects or [])]
             if topic not in subjects:  # an existing durable of that name reads something else
@@ -248,7 +275,32 @@ class NatsClient:
                     f"{', '.join(s for s in subjects if s)!r}, not {topic!r}: use another "
                     "--consumer name"
                 )
+            if (info.config.max_ack_pending, info.config.ack_wait) != (
+                config.max_ack_pending,
+                config.ack_wait,
+            ):  # a durable keeps what it was created with: this session's bounds apply now
+                config.name, config.filter_subject = durable, topic
+                await self.js.add_consumer(name, config=config)
             self.subs.append(sub)
+
+    async def _named(self, stream: str, topic: str) -> str:
+        """``--stream``: a valid name of a stream that exists and can hold ``topic`` (the
+        server accepts a consumer of any subject, which would wait for ever)."""
+        if not CONSUMER_RE.fullmatch(stream):
+            raise ConfigError(f"--stream {stream!r}: use [A-Za-z0-9_-]{{1,64}}")
+        try:
+            info = await self.js.stream_info(stream)
+        except self._nats.js.errors.NotFoundError:
+            raise BrokerError(
+                f"no JetStream stream {stream!r} on {self.broker}: create it, or leave out "
+                "--stream to find it from the subject"
+            ) from None
+        subjects = info.config.subjects or []
+        if not any(subjects_overlap(topic, s) for s in subjects):
+            raise ConfigError(
+                f"stream {stream!r} holds {', '.join(subjects)!r}: no message on {topic!r}"
+            )
+        return stream
 
     async def _stream_of(self, topic: str) -> str:
         try:
@@ -359,10 +411,11 @@ class MqttClient:
 
     The broker keeps the session (``SessionExpiryInterval``, a week) and what it queued for it
     while the session is away; messages delivered and not acknowledged come again when the
-    session reconnects. ``ReceiveMaximum`` bounds the messages in flight (back-pressure); the
-    broker's own limits (mosquitto's ``max_inflight_messages``, ``max_queued_messages``, whose
-    default of 1000 silently drops messages) must allow as much. MQTT carries no broker time: a
-    record without a time gets the time it was received.
+    session reconnects. ``ReceiveMaximum`` bounds the messages in flight, and the client itself
+    holds no more (back-pressure, ``_on_message``); the broker's own limits (mosquitto's
+    ``max_inflight_messages``, ``max_queued_messages``, whose default of 1000 silently drops
+    messages) must allow as much. MQTT carries no broker time: a record without a time gets the
+    time it was received.
     """
 
     SESSION_SECONDS = 7 * 24 * 3600
@@ -377,6 +430,8 @@ class MqttClient:
 
         self.broker, self.topics, self.consumer = broker, topics, consumer
         self._queue: list[Message] = []
+        self._most = max(1, max_in_flight)  # messages held at most (see ``_on_message``)
+        self._closing = False
         self._ready = threading.Condition()
         self._connected = threading.Event()
         self._answered = threading.Event()  # connected, or the login was refused
@@ -399,7 +454,7 @@ class MqttClient:
         self.client.reconnect_delay_set(min_delay=1, max_delay=2)
         props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
         props.SessionExpiryInterval = self.SESSION_SECONDS
-        props.ReceiveMaximum = max(1, max_in_flight)
+        props.ReceiveMaximum = self._most
         host, port = broker.hosts[0]
         # connect_async + loop_start: the first connection is retried like any reconnect.
         self.client.connect_async(host, port, keepalive=30, clean_start=False, properties=props)
@@ -441,8 +496,13 @@ class MqttClient:
     def _on_message(self, client: Any, userdata: Any, msg: Any) -> None:
         message = Message(msg.payload, msg.topic, time.time_ns(), (msg.mid, msg.qos))
         with self._ready:
+            # Mosquitto 2.0.11 (Debian 12) stops honouring ReceiveMaximum after the first
+            # PUBACK and sends its whole queue: a full queue holds paho's network thread here
+            # until a fetch takes from it, and TCP pushes back on the broker.
+            while len(self._queue) >= self._most and not self._closing:
+                self._ready.wait(0.5)
             self._queue.append(message)
-            self._ready.notify()
+            self._ready.notify_all()
 
     def fetch(self, max_messages: int, timeout: float) -> list[Message]:
         deadline = time.monotonic() + timeout
@@ -453,6 +513,7 @@ class MqttClient:
                     break
                 self._ready.wait(left)
             out, self._queue = self._queue[:max_messages], self._queue[max_messages:]
+            self._ready.notify_all()  # room in the queue
         down = self._down_since
         if not out and down is not None and time.monotonic() - down > retry_seconds():
             raise BrokerError(
@@ -475,6 +536,9 @@ class MqttClient:
             return self._connected.is_set() and not self._queue
 
     def close(self) -> None:
+        with self._ready:
+            self._closing = True
+            self._ready.notify_all()
         self.client.disconnect()
         self.client.loop_stop()
 
@@ -523,7 +587,12 @@ class KafkaClient:
         self._kafka = kafka
         self._c = kafka.Consumer(
             kafka_settings(broker)
-            | {"group.id": consumer, "enable.auto.commit": False, "auto.offset.reset": "earliest"}
+            | {
+                "group.id": consumer,
+                "enable.auto.commit": False,
+                "auto.offset.reset": "earliest",
+                "queued.max.messages.kbytes": KAFKA_PREFETCH_KIB,
+            }
         )
         self._patterns = [re.compile(t) for t in topics if t.startswith("^")]
         self._assigned: set[tuple[str, int]] = set()

@@ -271,6 +271,14 @@ def _ingest(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
         help="longest wait before the messages received are committed (default 1s)",
     )
     live.add_argument(
+        "--max-batch",
+        metavar="N",
+        type=int,
+        default=50_000,
+        help="most messages one commit takes; the broker holds the rest until then, so memory "
+        "stays bounded however far behind the session is (default 50000)",
+    )
+    live.add_argument(
         "--idle-timeout",
         metavar="DURATION",
         help="close the open windows of a source that sent nothing for this long (wall time; "

@@ -224,10 +224,13 @@ def cmd_live(args: argparse.Namespace, store: Store) -> int:
         ingest=ingest_config(args, (url,)),
         fmt=args.format,
         flush_interval=seconds["flush_interval"] or 1.0,
+        max_messages=args.max_batch,
         idle_timeout=seconds["idle_timeout"],
         stop_when_idle=seconds["stop_when_idle"],
     )
-    client = connect(url, args.topic, args.consumer, stream=args.stream)
+    # Twice a cycle's batch in flight: a rerun is not held up by what a killed session took.
+    in_flight = 2 * config.max_messages
+    client = connect(url, args.topic, args.consumer, stream=args.stream, max_in_flight=in_flight)
     progress = None if args.quiet else Progress("live", None)
 
     def on_cycle(result: live.LiveResult) -> None:

@@ -79,7 +79,7 @@ class LiveConfig:
         if not self.flush_interval > 0:
             raise ConfigError("--flush-interval must be a positive duration")
         if self.max_messages < 1:
-            raise ConfigError("max_messages must be at least 1")
+            raise ConfigError("--max-batch must be at least 1")
         for name in ("idle_timeout", "stop_when_idle"):
             value = getattr(self, name)
             if value is not None and not value > 0:

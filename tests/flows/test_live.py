@@ -26,7 +26,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from obsflow.connectors import commits, layout, reads
+from obsflow.connectors import commits, layout, reads, views
 from obsflow.connectors.brokers import connect
 from obsflow.connectors.simulator import SimSpec, generate
 from obsflow.connectors.store import Store
@@ -246,9 +246,9 @@ def test_killed_twice_the_capture_holds_each_published_reading_once_and_views_eq
     thread = threading.Thread(target=publisher, daemon=True)
     thread.start()
     store = tmp_path / "store"
-    views = tmp_path / "views.toml"
-    views.write_text(VIEWS)
-    args = live_ingest(broker, store, "--views", str(views), "-q")
+    view_file = tmp_path / "views.toml"
+    view_file.write_text(VIEWS)
+    args = live_ingest(broker, store, "--views", str(view_file), "-q")
 
     kills = 0
     while kills < 2:  # kill it once it has committed something new, twice
@@ -306,6 +306,15 @@ def test_killed_twice_the_capture_holds_each_published_reading_once_and_views_eq
     doc = json.loads(summary.read_text())
     assert doc["balanced"]
 
+    # A view gathers no small objects, however many cycles: a window's row has one home
+    # object, which the cycles that change it rewrite (the capture gains objects: compaction).
+    span = views.read_view_doc(st, "live_1s")["segment_span"]
+    segments = len(set(view["window_start"] // span))
+    per_part = pd.Series([f.rsplit("/", 1)[0] for f in views.view_files(st, "live_1s")])
+    cycles = len(commits.read_log(st, "live"))
+    assert per_part.value_counts().max() <= segments
+    assert segments < cycles, (segments, cycles)
+
 
 @pytest.fixture
 def nats(tmp_path: Path) -> Iterator[Broker]:
@@ -338,9 +347,9 @@ def test_a_quiet_source_has_its_windows_closed_and_replay_closes_them_alike(
     thread = threading.Thread(target=publisher, daemon=True)
     thread.start()
     store = tmp_path / "store"
-    views = tmp_path / "views.toml"
-    views.write_text('[[view]]\nname = "live_1s"\nsize = "1s"\naggregates = ["count", "mean"]\n')
-    args = live_ingest(broker, store, "--views", str(views), "-q", "--idle-timeout", "2s")
+    view_file = tmp_path / "views.toml"
+    view_file.write_text(VIEWS.replace('lateness = "1s"\n', ""))
+    args = live_ingest(broker, store, "--views", str(view_file), "-q", "--idle-timeout", "2s")
     done = subprocess.run(
         [OBSFLOW, *args, "--stop-when-idle", "4s"], capture_output=True, text=True, timeout=120
     )
@@ -396,6 +405,77 @@ def test_a_broker_restart_mid_run_loses_nothing_and_doubles_nothing(
     doc = json.loads(summary.read_text())
     assert doc["balanced"]
     assert doc["accepted"] == len(frame)
+
+
+def test_a_backlog_is_taken_in_bounded_batches_and_all_of_it_once(
+    broker: Broker, tmp_path: Path
+) -> None:
+    """Back-pressure: a backlog twelve times ``--max-batch`` waits on the broker; no commit
+    takes more than the batch, and together they take every message once."""
+    n, most = 12_000, 1_000
+    t0 = pd.Timestamp("2026-05-01T00:00:00Z").value
+    rows = [{"source": f"s{i % 4}", "time": t0 + i * 10**7, "value": i} for i in range(n)]
+    broker.subscribe_first()
+    broker.publish([(broker.topic(str(r["source"])), json.dumps(r).encode()) for r in rows])
+    store, summary = tmp_path / "store", tmp_path / "summary.json"
+    extra = ["--max-batch", str(most), "--stop-when-idle", "1s", "--summary", str(summary), "-q"]
+    if broker.kind == "nats":
+        extra += ["--stream", "OBS"]  # named, rather than found from the subject
+    done = subprocess.run(
+        [OBSFLOW, *live_ingest(broker, store, *extra)], capture_output=True, text=True, timeout=180
+    )
+    assert done.returncode == 0, done.stderr
+    inputs = [c["input"] for c in json.loads(summary.read_text())["cycles"]]
+    assert max(inputs) <= most
+    assert sum(inputs) == n
+    assert len(inputs) >= n // most
+    capture = reads.read_capture(Store(str(store)), "live").to_pandas()
+    assert sorted(capture["value"].astype(int)) == list(range(n))
+
+
+@pytest.mark.parametrize(
+    ("stream", "error"),
+    [
+        ("NOPE", "no JetStream stream 'NOPE' on nats://"),
+        ("../x", "--stream '../x': use [A-Za-z0-9_-]{1,64}"),
+        ("OBS", "stream 'OBS' holds 'obs.>': no message on 'other.x'"),
+    ],
+)
+def test_a_wrong_stream_is_said_in_one_line(
+    nats: Broker, tmp_path: Path, stream: str, error: str
+) -> None:
+    args = live_ingest(nats, tmp_path / "store", "--stream", stream, "--stop-when-idle", "1s")
+    args[args.index("--topic") + 1] = "other.x"
+    done = subprocess.run([OBSFLOW, *args], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2
+    [line] = done.stderr.strip().splitlines()
+    assert line.startswith("obsflow: error: ")
+    assert error in line
+
+
+def test_a_session_holds_no_more_unacknowledged_messages_than_its_bound(
+    restartable: Broker, tmp_path: Path
+) -> None:
+    """Consumption pauses: with 100 messages in flight, the session takes no more until they
+    are acknowledged, however many are waiting (NATS ``max_ack_pending``; MQTT
+    ``ReceiveMaximum``, and the client's own bound since Debian's Mosquitto 2.0.11 stops
+    honouring it after the first PUBACK); then it takes the next ones. (Kafka has no acks: its
+    consumer's prefetch is bounded by ``queued.max.messages.kbytes``.)"""
+    broker = restartable
+    broker.subscribe_first()
+    topic = broker.topic("x")
+    broker.publish([(topic, json.dumps({"value": i}).encode()) for i in range(1_000)])
+    client = connect(broker.url, [broker.topic_filter], "obsflow", max_in_flight=100)
+    try:
+        seen: list[int] = []
+        while len(seen) < 1_000:
+            got = client.fetch(10_000, 1.0)  # asks for everything, waits the whole second
+            assert 0 < len(got) <= 100
+            seen += [json.loads(m.body)["value"] for m in got]
+            client.ack(got)
+        assert sorted(seen) == list(range(1_000))
+    finally:
+        client.close()
 
 
 @pytest.mark.parametrize(("kind", "fmt"), [("nats", "arrow"), ("mqtt", "json"), ("kafka", "json")])
