@@ -570,17 +570,32 @@ def test_compaction_beside_a_live_session_is_safe(nats: Broker, tmp_path: Path) 
     topic = broker.topic("sim")
     store = tmp_path / "store"
     proc = obsflow(*live_ingest(broker, store, "-q"), "--stop-when-idle", "3s")
+    released = [threading.Event(), threading.Event()]
 
-    def publisher() -> None:
-        for i in range(0, len(messages), 1000):
-            broker.publish([(topic, json.dumps(m).encode()) for m in messages[i : i + 1000]])
-            time.sleep(0.5)
+    def publisher() -> None:  # a third at a time: each compaction has new cycles to compact
+        chunks = range(0, len(messages), 500)
+        for n, i in enumerate(chunks):
+            broker.publish([(topic, json.dumps(m).encode()) for m in messages[i : i + 500]])
+            for k, at in enumerate((len(chunks) // 3, 2 * len(chunks) // 3)):
+                if n == at:
+                    released[k].wait(120)
+            time.sleep(0.2)
 
     thread = threading.Thread(target=publisher, daemon=True)
     thread.start()
-    compacted = 0
-    wait_for(lambda: commit_count(store) >= 3, 60, "no commits")
-    for _ in range(3):
+    st = Store(str(store))
+
+    def cycles() -> int:
+        if not commit_count(store):
+            return 0
+        return sum(e.kind == "ingest" for e in commits.read_log(st, "live"))
+
+    compacted, seen = 0, 0
+    for k in range(3):
+        wait_for(lambda s=seen: cycles() > s, 60, "no new cycle")
+        seen = cycles()
+        if k < 2:
+            released[k].set()  # the next third flows while this compaction runs
         done = subprocess.run(
             [OBSFLOW, "capture", "compact", "live", "--store", str(store)],
             capture_output=True,
@@ -589,11 +604,10 @@ def test_compaction_beside_a_live_session_is_safe(nats: Broker, tmp_path: Path) 
         )
         assert done.returncode == 0, done.stderr
         compacted += "rewritten" in done.stderr
-        time.sleep(1.0)
     thread.join()
     _, err = proc.communicate(timeout=300)
     assert proc.returncode == 0, err
     assert compacted >= 2  # it really compacted while the session ran
     assert_captured_once(store, frame)
-    kinds = [e.kind for e in commits.read_log(Store(str(store)), "live")]
+    kinds = [e.kind for e in commits.read_log(st, "live")]
     assert kinds.count("compact") == compacted
