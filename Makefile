@@ -71,12 +71,12 @@ system-deps:
 
 # pytest exits 5 when it collected no test: make treats that, like any failure, as an error.
 pytest: $(STAMP) system-deps
-	$(BIN)/python -m pytest -q -m "not slow"
+	$(BIN)/python -m pytest -q -m "not slow" -n 2 --durations=15
 
 test: lint typecheck pytest
 
 test-slow: $(STAMP) system-deps
-	$(BIN)/python -m pytest -q -m slow
+	$(BIN)/python -m pytest -q -m slow -n 2
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_ingest.py
