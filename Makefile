@@ -37,16 +37,18 @@ nats: $(LIVE_STAMP)
 	$(BIN)/nats-server -js -a 127.0.0.1 -p $(NATS_PORT) -sd data/nats
 
 # Everything at once: a NATS server, 20 s of simulated instruments published to it in real
-# time, and a live ingest into ./data/store that closes the windows of quiet instruments after
-# 2 s and stops 4 s after the last message.
+# time, and a live ingest into ./data/store (started once the simulator has made its stream)
+# that closes the windows of quiet instruments after 2 s and stops 4 s after the last message.
 live-demo: $(LIVE_STAMP)
 	@$(BIN)/nats-server -js -a 127.0.0.1 -p $(NATS_PORT) -sd data/nats > data/nats.log 2>&1 & \
 	  NATS=$$!; sleep 1; \
-	  $(BIN)/obsflow simulate --to nats://127.0.0.1:$(NATS_PORT) --topic obs.sim --duration 20s & \
-	  SIM=$$!; sleep 1; \
+	  $(BIN)/obsflow simulate --to nats://127.0.0.1:$(NATS_PORT) --topic obs.sim --duration 20s \
+	    2> data/simulate.log & SIM=$$!; \
+	  for i in $$(seq 150); do grep -q publishing data/simulate.log && break; sleep 0.2; done; \
+	  cat data/simulate.log; \
 	  $(BIN)/obsflow ingest nats://127.0.0.1:$(NATS_PORT) --topic 'obs.>' --consumer demo \
 	    --capture live --store ./data/store --idle-timeout 2s --stop-when-idle 4s; CODE=$$?; \
-	  wait $$SIM; kill $$NATS; wait $$NATS 2>/dev/null; exit $$CODE
+	  wait $$SIM; tail -n 1 data/simulate.log; kill $$NATS; wait $$NATS 2>/dev/null; exit $$CODE
 
 lint: $(STAMP)
 	$(BIN)/ruff check connectors flows tests benchmarks
@@ -87,4 +89,4 @@ notebooks: $(RUN_STAMP)
 	$(BIN)/jupyter lab notebooks/
 
 clean:
-	rm -rf $(VENV) .build data/store data/nats data/nats.log .pytest_cache .mypy_cache .ruff_cache .hypothesis
+	rm -rf $(VENV) .build data/store data/nats data/nats.log data/simulate.log .pytest_cache .mypy_cache .ruff_cache .hypothesis

@@ -4,6 +4,8 @@
 channel at ``rate`` Hz for ``duration`` of event time from ``start``. Signals are realistic
 enough to exercise views: a slow drift, a daily cycle, Gaussian noise, occasional spikes and
 occasional gaps (dropped samples, whose seq numbers are skipped as a real instrument's would be).
+A seq counts samples since the Unix epoch at the instrument's rate, as a counter that never
+resets would: simulations of one source starting at different times never share a seq.
 
 Everything is a pure function of (seed, source index, block index), so any block can be rebuilt
 on its own: that is what makes resume exact and the output identical for any worker count.
@@ -15,6 +17,7 @@ import math
 import urllib.parse
 from dataclasses import dataclass, fields
 from datetime import datetime
+from fractions import Fraction
 
 import numpy as np
 import pandas as pd
@@ -152,6 +155,10 @@ class SimSpec:
             raise ConfigError(f"bad simulator setting: {exc}") from None
         return cls(**out)  # type: ignore[arg-type]
 
+    def samples_before(self, rate: float) -> int:
+        """Samples at ``rate`` Hz from the Unix epoch to ``start`` (exact: no float rounding)."""
+        return int(Fraction(self.start_ns, 10**9) * Fraction(rate))
+
     @property
     def blocks(self) -> int:
         return -(-self.samples // BLOCK_SAMPLES)
@@ -192,7 +199,7 @@ def generate_block(spec: SimSpec, source: int, block: int) -> pa.Table:
         )
         spikes = rng.random(k.size) < spec.spike_prob
         signal[spikes] += rng.choice([-1.0, 1.0], int(spikes.sum())) * 20.0 * scale
-        cols["seq"].append(k * n_ch + c)
+        cols["seq"].append((spec.samples_before(spec.rate) + k) * n_ch + c)
         cols["time"].append(time_ns)
         cols["channel"].append(np.full(k.size, c, dtype=np.int32))
         cols["value"].append(signal)
@@ -241,7 +248,12 @@ def generate_payload_block(spec: SimSpec, source: int, block: int) -> pa.Table |
             pa.table(
                 {
                     "source": pa.array([spec.source_id(source)] * j.size, pa.string()),
-                    "seq": pa.array(j * n_ch + len(spec.channels) + c, pa.int64()),
+                    "seq": pa.array(
+                        (spec.samples_before(spec.payload_rate) + j) * n_ch
+                        + len(spec.channels)
+                        + c,
+                        pa.int64(),
+                    ),
                     "time": pa.array(times).cast(TIME_TYPE),
                     "channel": pa.array([p.name] * j.size, pa.string()),
                     "value": pa.nulls(j.size, pa.float64()),

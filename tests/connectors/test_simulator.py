@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 import pyarrow as pa
 import pytest
 
@@ -75,3 +76,20 @@ def test_source_partitions_cover_the_whole_simulation_and_resume_by_block() -> N
         .sort_by([("source", "ascending"), ("seq", "ascending")])
         .equals(whole.sort_by([("source", "ascending"), ("seq", "ascending")]))
     )
+
+
+def test_a_later_simulation_of_the_same_sources_shares_no_seq_with_an_earlier_one() -> None:
+    """A second ``simulate`` into the same store is new readings, not conflicts: seq counts
+    samples since the epoch, so it follows the time, not the run."""
+    first = SimSpec(sources=2, rate=10, duration=30, start="2026-03-01T00:00:00Z")
+    later = SimSpec(sources=2, rate=10, duration=30, start="2026-03-01T00:00:20Z")
+    a, b = generate(first).to_pandas(), generate(later).to_pandas()
+    both = a.merge(b, on=["source", "seq"], suffixes=("_a", "_b"))
+    assert len(both) > 0  # the 10 s they share: the same samples, the same times
+    assert (both["time_a"] == both["time_b"]).all()
+    assert (both["channel_a"] == both["channel_b"]).all()
+    after = b[b["time"] >= a["time"].max() + pd.Timedelta("100ms")]
+    assert set(after["seq"]).isdisjoint(a["seq"])
+    seq = a[a["source"] == a["source"].iloc[0]].sort_values("seq")
+    n_ch = seq["channel"].nunique()
+    assert seq["seq"].iloc[0] == pd.Timestamp(first.start).timestamp() * first.rate * n_ch
