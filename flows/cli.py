@@ -57,6 +57,9 @@ COMMAND_EXAMPLES = {
     "demo": """\
   obsflow demo
   obsflow demo --store /tmp/demo --duration 10m --workers 2""",
+    "serve": """\
+  obsflow serve --store data/store                     # then open http://127.0.0.1:8000
+  OBSFLOW_SERVE_TOKEN=$(cat ~/.obsflow-token) obsflow serve --host 0.0.0.0""",
     "store": """\
   obsflow store migrate --store s3://bucket/obs""",
 }
@@ -480,6 +483,28 @@ def parser() -> argparse.ArgumentParser:
     sp.add_argument("--duration", default="60s", help="event time simulated (default 60s)")
     sp.add_argument("--workers", type=int, default=1, help="worker threads (default 1)")
     sp.set_defaults(func=commands.cmd_demo)
+
+    sp = _command(sub, "serve", "watch views live in a browser (a read-only web app and API)")
+    _store(sp)
+    sp.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
+    sp.add_argument("--port", type=int, default=8000, help="port (default 8000)")
+    sp.add_argument(
+        "--token-file",
+        metavar="FILE",
+        help="file whose first line is the access token (else OBSFLOW_SERVE_TOKEN); required "
+        "to bind anything but a loopback address",
+    )
+    sp.add_argument(
+        "--cors-origin",
+        action="append",
+        default=[],
+        metavar="ORIGIN",
+        help="let pages of this origin read the API (repeatable; default: none)",
+    )
+    sp.add_argument(
+        "--poll", type=float, default=0.5, help="seconds between looks for new commits (0.5)"
+    )
+    sp.set_defaults(func=commands.cmd_serve)
 
     store = _group(sub, "store", "store maintenance")
     _action(

@@ -425,3 +425,23 @@ def cmd_store(args: argparse.Namespace) -> int:
     moved = migrate(store, say)
     say(f"{store.uri()}: layout is current ({moved} captures and views migrated)")
     return 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    """``obsflow serve``: the web app (``flows.serve``) until Ctrl-C."""
+    from obsflow.flows import serve
+
+    store = Store(args.store)
+    check_layout(store)
+    config = serve.ServeConfig(
+        store=args.store,
+        host=args.host,
+        port=args.port,
+        token=serve.read_token(args.token_file),
+        poll=args.poll,
+        cors_origins=tuple(args.cors_origin),
+    )
+    host = f"[{args.host}]" if ":" in args.host else args.host
+    say(f"obsflow serve: {store.uri('')} at http://{host}:{args.port}/ (Ctrl-C stops)")
+    serve.serve(config)
+    return 0

@@ -1,0 +1,615 @@
+"""``obsflow serve``: a read-only web app over a store — pages, an HTTP API, live view rows.
+
+Routes (every one read-only; names are checked before they become paths):
+
+- ``/`` lists captures and views; ``/views/{name}`` charts a view's series live.
+- ``/api/captures``, ``/api/views``: what the store holds (JSON).
+- ``/api/captures/{name}``, ``/api/views/{name}``, ``/api/views/{name}/late``,
+  ``/api/deadletters``, ``/api/runs``: rows, read as the Explorer reads them (filters pushed
+  down: ``source``, ``channel`` (repeatable), ``from``, ``until``, ``limit``), as
+  ``format=json`` (records, times ISO-8601 UTC), ``csv`` or ``arrow`` (an IPC stream).
+- ``/api/views/{name}/events``: Server-Sent Events of the view's rows (``source``/``channel``
+  filters, repeatable: one stream carries every series a page shows).
+
+**Event ids are positions in the view, not counters of this process.** A view's rows change
+only by commits of its capture's log; a row carries the run that last wrote it. The event with
+id ``n`` holds the rows that commit ``n`` wrote and no later commit rewrote, so the events
+after ``n`` hold exactly the rows that changed after ``n``, each once, in its latest version.
+A client that reconnects with ``Last-Event-ID: n`` — to a restarted server too — gets those
+events: no gap, no duplicate. A first connection gets a snapshot (the rows of commits up to
+the feed's position, id = that position), then the events.
+
+One poller per view (``Feed``) looks for the next commit document (one existence check per
+tick, no listing of the view) and fans each commit's rows out to the subscribers' bounded
+queues; a subscriber whose queue is full (it stopped reading) is dropped, and slows nobody.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hmac
+import io
+import ipaddress
+import json
+import os
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.csv as pacsv
+
+from obsflow.connectors import commits, layout, reads
+from obsflow.connectors.capture import capture_info, list_captures
+from obsflow.connectors.errors import ConfigError, ObsflowError
+from obsflow.connectors.ids import check_name
+from obsflow.connectors.store import Store
+from obsflow.connectors.views import list_views, read_view_doc
+
+TOKEN_ENV = "OBSFLOW_SERVE_TOKEN"  # noqa: S105 - a variable name, not a secret
+TOKEN_COOKIE = "obsflow_token"  # noqa: S105 - a cookie name
+QUEUE_EVENTS = 256  # events a subscriber may fall behind before it is dropped
+SNAPSHOT_ROWS = 5_000  # rows per snapshot event
+MAX_LIMIT = 1_000_000
+FORMATS = {
+    "json": "application/json",
+    "csv": "text/csv",
+    "arrow": "application/vnd.apache.arrow.stream",
+}
+STATIC = {  # file name -> media type: nothing else is served from the package
+    "uPlot.iife.min.js": "text/javascript",
+    "uPlot.min.css": "text/css",
+    "app.js": "text/javascript",
+    "app.css": "text/css",
+    "index.html": "text/html",
+    "view.html": "text/html",
+}
+
+
+class NotFoundError(ObsflowError):
+    """A name that is not valid, or names nothing in the store."""
+
+
+@dataclass(frozen=True)
+class ServeConfig:
+    store: str
+    host: str = "127.0.0.1"
+    port: int = 8000
+    token: str | None = None
+    poll: float = 0.5  # seconds between looks for a new commit
+    cors_origins: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        if not self.token and not is_loopback(self.host):
+            raise ConfigError(
+                f"--host {self.host} is reachable from other machines: give a token "
+                f"(--token-file FILE or {TOKEN_ENV}), or bind 127.0.0.1"
+            )
+        if not self.poll > 0:
+            raise ConfigError("--poll must be a positive number of seconds")
+
+    def __repr__(self) -> str:  # the token never shows
+        return f"ServeConfig(store={self.store!r}, host={self.host!r}, port={self.port})"
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def read_token(path: str | None) -> str | None:
+    """The token from ``--token-file`` (first line), else from ``OBSFLOW_SERVE_TOKEN``."""
+    if path:
+        try:
+            token = Path(path).read_text().strip().splitlines()[0].strip()
+        except (OSError, IndexError):
+            raise ConfigError(f"--token-file {path}: cannot read a token from it") from None
+    else:
+        token = os.environ.get(TOKEN_ENV, "").strip()
+    if token and len(token) < 16:
+        raise ConfigError("the serve token must have at least 16 characters")
+    return token or None
+
+
+# -- reading -----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Filters:
+    sources: tuple[str, ...] = ()
+    channels: tuple[str, ...] = ()
+    start: str | None = None
+    until: str | None = None
+    limit: int | None = None
+
+    @classmethod
+    def of(cls, query: Any) -> Filters:
+        limit = query.get("limit")
+        try:
+            n = None if limit in (None, "") else int(limit)
+        except ValueError:
+            raise ConfigError(f"limit={limit!r} is not a whole number") from None
+        if n is not None and not 0 <= n <= MAX_LIMIT:
+            raise ConfigError(f"limit must be between 0 and {MAX_LIMIT:,}")
+        for key in ("from", "until"):
+            value = query.get(key)
+            if value:
+                try:
+                    pd.Timestamp(value)
+                except ValueError:
+                    raise ConfigError(f"{key}={value!r} is not an ISO-8601 time") from None
+        return cls(
+            sources=tuple(query.getlist("source")),
+            channels=tuple(query.getlist("channel")),
+            start=query.get("from") or None,
+            until=query.get("until") or None,
+            limit=n,
+        )
+
+    @property
+    def read_args(self) -> dict[str, Any]:
+        return {
+            "sources": list(self.sources) or None,
+            "channels": list(self.channels) or None,
+            "start": self.start,
+            "until": self.until,
+        }
+
+    def keep(self, table: pa.Table) -> pa.Table:
+        """Rows of ``table`` (a commit's) that this subscription shows."""
+        mask = None
+        for column, values in (("source", self.sources), ("channel", self.channels)):
+            if values and column in table.column_names:
+                m = pc.is_in(table.column(column), value_set=pa.array(values, pa.string()))
+                mask = m if mask is None else pc.and_(mask, m)
+        return table if mask is None else table.filter(mask)
+
+
+def checked(name: str, kind: str) -> str:
+    try:
+        return check_name(name, kind=kind)
+    except ObsflowError:
+        raise NotFoundError(f"no {kind} {name!r}") from None
+
+
+def view_capture(store: Store, view: str) -> str:
+    checked(view, "view name")
+    try:
+        return str(read_view_doc(store, view)["capture"])
+    except (FileNotFoundError, ObsflowError):
+        raise NotFoundError(f"no view {view!r}") from None
+
+
+def encode(table: pa.Table, fmt: str) -> bytes:
+    """Rows as JSON records (times ISO-8601 UTC), CSV, or an Arrow IPC stream."""
+    if fmt == "arrow":
+        sink = io.BytesIO()
+        with pa.ipc.new_stream(sink, table.schema) as writer:
+            writer.write_table(table)
+        return sink.getvalue()
+    if fmt == "csv":
+        sink = io.BytesIO()
+        pacsv.write_csv(table, sink)
+        return sink.getvalue()
+    return records_json(table).encode()
+
+
+def records_json(table: pa.Table) -> str:
+    """Rows as a JSON array of objects: times as ISO-8601 UTC with nanoseconds, floats exact
+    (shortest round-trip form), NaN as null (JSON has no NaN)."""
+    columns = {}
+    for name, column in zip(table.column_names, table.columns, strict=True):
+        if pa.types.is_timestamp(column.type):
+            column = pc.strftime(column.cast(pa.timestamp("ns", "UTC")), "%Y-%m-%dT%H:%M:%SZ")
+        elif pa.types.is_floating(column.type):
+            column = pc.if_else(pc.is_nan(column), pa.scalar(None, column.type), column)
+        columns[name] = column
+    return json.dumps(pa.table(columns).to_pylist(), separators=(",", ":"))
+
+
+# -- live feeds ----------------------------------------------------------------------------------
+
+
+@dataclass(eq=False)  # each subscriber is itself: hashed by identity
+class Subscriber:
+    filters: Filters
+    queue: asyncio.Queue[tuple[int, pa.Table, bool] | None] = field(
+        default_factory=lambda: asyncio.Queue(QUEUE_EVENTS)
+    )
+    dropped: bool = False
+
+
+class Feed:
+    """A view's commits as they land, fanned out to subscribers (see the module docstring)."""
+
+    def __init__(self, store: Store, view: str, poll: float) -> None:
+        self.store, self.view, self.poll = store, view, poll
+        self.capture = view_capture(store, view)
+        self.runs: dict[str, int] = {}  # run -> the commit that holds it
+        self.head = 0
+        self.subscribers: set[Subscriber] = set()
+        self._task: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        log = await asyncio.to_thread(commits.read_log, self.store, self.capture)
+        for entry in log:
+            self.runs[entry.run] = entry.n
+        self.head = log[-1].n if log else 0
+        self._task = asyncio.create_task(self._run())
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._task
+
+    def subscribe(self, filters: Filters) -> Subscriber:
+        sub = Subscriber(filters)
+        self.subscribers.add(sub)
+        return sub
+
+    def unsubscribe(self, sub: Subscriber) -> None:
+        self.subscribers.discard(sub)
+
+    async def _run(self) -> None:
+        while True:
+            try:
+                entry = await asyncio.to_thread(self._next_commit)
+            except (OSError, ObsflowError):  # the store away for a moment: look again later
+                entry = None
+            if entry is None:
+                await asyncio.sleep(self.poll)
+                continue
+            rows, reset = await asyncio.to_thread(commit_rows, self.store, self.view, entry)
+            self.runs[entry.run] = entry.n
+            self.head = entry.n
+            for sub in list(self.subscribers):
+                if sub.dropped:
+                    continue
+                try:
+                    sub.queue.put_nowait((entry.n, sub.filters.keep(rows), reset))
+                except asyncio.QueueFull:  # it stopped reading: drop it, wait for nobody
+                    sub.dropped = True
+                    self.subscribers.discard(sub)
+                    with contextlib.suppress(asyncio.QueueFull):
+                        sub.queue.get_nowait()
+                        sub.queue.put_nowait(None)
+
+    def _next_commit(self) -> commits.Commit | None:
+        doc = layout.commit_doc(self.capture, self.head + 1)
+        if not self.store.exists(doc):
+            return None
+        return commits.Commit.from_json(self.store.read_json(doc))
+
+
+def commit_rows(store: Store, view: str, entry: commits.Commit) -> tuple[pa.Table, bool]:
+    """The rows of ``view`` that commit ``entry`` wrote and no later commit rewrote, and
+    whether the commit rebuilt the view whole (the client drops what it had)."""
+    prefix = layout.view_dir(view) + "/"
+    tables = [
+        store.read_parquet(rel)
+        for rel in entry.objects
+        if rel.startswith(prefix) and store.exists(rel)
+    ]
+    reset = view in entry.replaced_views
+    if not tables:
+        return pa.table({}), reset
+    table = pa.concat_tables(tables, promote_options="default")
+    table = table.filter(pc.equal(table.column("run"), entry.run))
+    return sort_rows(table), reset
+
+
+def sort_rows(table: pa.Table) -> pa.Table:
+    keys = [k for k in ("source", "channel", "window_start") if k in table.column_names]
+    return table.sort_by([(k, "ascending") for k in keys]) if keys else table
+
+
+async def view_events(
+    store: Store, feed: Feed, filters: Filters, last_id: str | None
+) -> AsyncIterator[dict[str, Any]]:
+    """The events of one subscription: a snapshot or the catch-up after ``last_id``, then
+    each commit as it lands (see the module docstring)."""
+    sub = feed.subscribe(filters)
+    try:
+        upto = feed.head  # the queue holds what comes after this
+        if last_id is None:
+            for event in await asyncio.to_thread(snapshot, store, feed, filters, upto):
+                yield event
+        else:
+            try:
+                since = int(last_id)
+            except ValueError:
+                since = -1
+            if not 0 <= since <= upto:
+                raise ConfigError(f"Last-Event-ID {last_id!r} is no position of this view")
+            log = await asyncio.to_thread(commits.read_log, store, feed.capture, since=since)
+            for entry in log:
+                if entry.n > upto:
+                    break
+                rows, reset = await asyncio.to_thread(commit_rows, store, feed.view, entry)
+                yield event_of(entry.n, filters.keep(rows), reset)
+        while True:
+            item = await sub.queue.get()
+            if item is None:
+                return  # dropped: the client reconnects with its last id and catches up
+            n, rows, reset = item
+            if n > upto:
+                yield event_of(n, rows, reset)
+    finally:
+        feed.unsubscribe(sub)
+
+
+def snapshot(store: Store, feed: Feed, filters: Filters, upto: int) -> list[dict[str, Any]]:
+    """The view's rows of commits up to ``upto`` as events, the last with id ``upto``."""
+    table = reads.read_view(store, feed.view, **filters.read_args)
+    known = [run for run, n in feed.runs.items() if n <= upto]
+    table = table.filter(pc.is_in(table.column("run"), value_set=pa.array(known, pa.string())))
+    chunks = [table.slice(i, SNAPSHOT_ROWS) for i in range(0, table.num_rows, SNAPSHOT_ROWS)]
+    chunks = chunks or [table]
+    events = [event_of(None, chunk, i == 0, kind="snapshot") for i, chunk in enumerate(chunks)]
+    events[-1]["id"] = str(upto)
+    return events
+
+
+def event_of(n: int | None, rows: pa.Table, reset: bool, *, kind: str = "rows") -> dict[str, Any]:
+    body = records_json(rows) if rows.num_columns else "[]"
+    data = f'{{"commit":{json.dumps(n)},"reset":{json.dumps(reset)},"rows":{body}}}'
+    event: dict[str, Any] = {"event": kind, "data": data}
+    if n is not None:
+        event["id"] = str(n)
+    return event
+
+
+# -- the app -----------------------------------------------------------------------------------
+
+
+def create_app(config: ServeConfig) -> Any:
+    """The Starlette app for ``config`` (``obsflow serve`` runs it with uvicorn)."""
+    try:
+        from sse_starlette.sse import EventSourceResponse
+        from starlette.applications import Starlette
+        from starlette.middleware import Middleware
+        from starlette.middleware.cors import CORSMiddleware
+        from starlette.requests import Request
+        from starlette.responses import JSONResponse, PlainTextResponse, Response
+        from starlette.routing import Route
+    except ImportError:
+        raise ConfigError(
+            "obsflow serve needs its web packages: pip install 'obsflow[serve]'"
+        ) from None
+
+    store = Store(config.store)
+    feeds: dict[str, Feed] = {}
+    lock = asyncio.Lock()
+
+    async def feed_of(view: str) -> Feed:
+        async with lock:
+            if view not in feeds:
+                feed = await asyncio.to_thread(Feed, store, view, config.poll)
+                await feed.start()
+                feeds[view] = feed
+            return feeds[view]
+
+    def table_response(request: Request, read: Callable[[Filters], pa.Table]) -> Response:
+        fmt = request.query_params.get("format", "json")
+        if fmt not in FORMATS:
+            raise ConfigError(f"format={fmt!r}: use json, csv or arrow")
+        filters = Filters.of(request.query_params)
+        table = read(filters)
+        if filters.limit is not None:
+            table = table.slice(0, filters.limit)
+        return Response(encode(table, fmt), media_type=FORMATS[fmt])
+
+    async def in_thread(func: Callable[[], Response]) -> Response:
+        try:
+            return await asyncio.to_thread(func)
+        except NotFoundError as exc:
+            return PlainTextResponse(str(exc), status_code=404)
+        except FileNotFoundError:
+            return PlainTextResponse("not found", status_code=404)
+        except ConfigError as exc:
+            return PlainTextResponse(str(exc), status_code=400)
+
+    async def api_captures(request: Request) -> Response:
+        def run() -> Response:
+            rows = []
+            for name in list_captures(store):
+                info = capture_info(store, name)
+                rows.append({k: v for k, v in info.__dict__.items()})
+            return JSONResponse(json.loads(json.dumps(rows, default=str)))
+
+        return await in_thread(run)
+
+    async def api_views(request: Request) -> Response:
+        def run() -> Response:
+            out = [
+                {"name": m["name"], "capture": m["capture"], "definition": m["definition"]}
+                for m in list_views(store)
+            ]
+            return JSONResponse(out)
+
+        return await in_thread(run)
+
+    async def api_view(request: Request) -> Response:
+        name = request.path_params["name"]
+
+        def run() -> Response:
+            view_capture(store, name)
+            return table_response(request, lambda f: reads.read_view(store, name, **f.read_args))
+
+        return await in_thread(run)
+
+    async def api_capture(request: Request) -> Response:
+        name = checked(request.path_params["name"], "capture name")
+
+        def run() -> Response:
+            if name not in list_captures(store):
+                raise NotFoundError(f"no capture {name!r}")
+            return table_response(request, lambda f: reads.read_capture(store, name, **f.read_args))
+
+        return await in_thread(run)
+
+    async def api_late(request: Request) -> Response:
+        name = request.path_params["name"]
+
+        def run() -> Response:
+            view_capture(store, name)
+            return table_response(request, lambda f: reads.read_late(store, name, **f.read_args))
+
+        return await in_thread(run)
+
+    async def api_deadletters(request: Request) -> Response:
+        run_id = request.query_params.get("run")
+        reason = request.query_params.get("reason")
+
+        def run() -> Response:
+            if run_id:
+                checked(run_id, "run id")
+            return table_response(
+                request, lambda f: reads.read_deadletters(store, run=run_id, reason=reason)
+            )
+
+        return await in_thread(run)
+
+    async def api_runs(request: Request) -> Response:
+        def run() -> Response:
+            docs = sorted(reads.run_summaries(store), key=lambda d: str(d.get("finished", "")))
+            return JSONResponse(json.loads(json.dumps(docs, default=str)))
+
+        return await in_thread(run)
+
+    async def api_events(request: Request) -> Response:
+        name = request.path_params["name"]
+        try:
+            filters = Filters.of(request.query_params)
+            feed = await feed_of(name)
+        except NotFoundError as exc:
+            return PlainTextResponse(str(exc), status_code=404)
+        except ConfigError as exc:
+            return PlainTextResponse(str(exc), status_code=400)
+        last_id = request.headers.get("last-event-id") or request.query_params.get("last_id")
+        if last_id is not None:
+            try:
+                since = int(last_id)
+            except ValueError:
+                since = -1
+            if not 0 <= since <= feed.head:
+                return PlainTextResponse(
+                    f"Last-Event-ID {last_id!r} is no position of view {name!r}", status_code=400
+                )
+        return EventSourceResponse(
+            view_events(store, feed, filters, last_id), ping=10, send_timeout=10
+        )
+
+    async def page(request: Request) -> Response:
+        name = request.path_params.get("name")
+        if name is not None:
+            try:
+                await asyncio.to_thread(view_capture, store, name)
+            except NotFoundError as exc:
+                return PlainTextResponse(str(exc), status_code=404)
+        html = static_bytes("view.html" if name else "index.html")
+        return Response(html, media_type="text/html")
+
+    async def static(request: Request) -> Response:
+        name = request.path_params["file"]
+        if name not in STATIC:
+            return PlainTextResponse("not found", status_code=404)
+        return Response(static_bytes(name), media_type=STATIC[name])
+
+    routes = [
+        Route("/", page),
+        Route("/views/{name}", page),
+        Route("/static/{file}", static),
+        Route("/api/captures", api_captures),
+        Route("/api/views", api_views),
+        Route("/api/captures/{name}", api_capture),
+        Route("/api/views/{name}", api_view),
+        Route("/api/views/{name}/late", api_late),
+        Route("/api/views/{name}/events", api_events),
+        Route("/api/deadletters", api_deadletters),
+        Route("/api/runs", api_runs),
+    ]
+    middleware = []
+    if config.cors_origins:
+        middleware.append(
+            Middleware(
+                CORSMiddleware, allow_origins=list(config.cors_origins), allow_methods=["GET"]
+            )
+        )
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Any) -> AsyncIterator[None]:
+        yield
+        for feed in feeds.values():
+            await feed.stop()
+
+    app = Starlette(routes=routes, middleware=middleware, lifespan=lifespan)
+    if config.token:
+        app.add_middleware(TokenMiddleware, token=config.token)
+    return app
+
+
+class TokenMiddleware:
+    """Every route needs the token: ``Authorization: Bearer T``, the cookie this sets, or
+    ``?token=T`` (which sets the cookie: EventSource cannot send headers)."""
+
+    def __init__(self, app: Any, token: str) -> None:
+        self.app, self.token = app, token.encode()
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        from starlette.requests import Request
+        from starlette.responses import PlainTextResponse
+
+        request = Request(scope)
+        given = request.query_params.get("token")
+        auth = request.headers.get("authorization", "")
+        candidates = [
+            given,
+            auth[7:] if auth.lower().startswith("bearer ") else None,
+            request.cookies.get(TOKEN_COOKIE),
+        ]
+        if not any(c and hmac.compare_digest(c.encode(), self.token) for c in candidates):
+            await PlainTextResponse("a token is needed", status_code=401)(scope, receive, send)
+            return
+        if given is None:
+            await self.app(scope, receive, send)
+            return
+
+        async def with_cookie(message: dict[str, Any]) -> None:
+            if message["type"] == "http.response.start":
+                cookie = f"{TOKEN_COOKIE}={given}; HttpOnly; SameSite=Strict; Path=/"
+                message.setdefault("headers", []).append((b"set-cookie", cookie.encode()))
+            await send(message)
+
+        await self.app(scope, receive, with_cookie)
+
+
+def static_bytes(name: str) -> bytes:
+    return (resources.files("obsflow.flows") / "static" / name).read_bytes()
+
+
+def serve(config: ServeConfig) -> None:
+    """Run the app until interrupted."""
+    import uvicorn
+
+    uvicorn.run(
+        create_app(config),
+        host=config.host,
+        port=config.port,
+        log_level="warning",
+        access_log=False,
+        timeout_graceful_shutdown=2,
+    )

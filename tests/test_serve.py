@@ -1,0 +1,317 @@
+"""``obsflow serve`` (issue 14): a real server process on 127.0.0.1, read over HTTP.
+
+The store: 20 ingest runs (commits) of 10 sources at 2 Hz, 50 s each, into a 1 s view: 10,000
+view rows, with late readings and dead letters. The oracle for every response is the
+Explorer's read of the same store; for events, the Explorer's view and the commit log.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.csv as pacsv
+import pytest
+
+from obsflow.connectors import commits
+from obsflow.connectors.store import Store
+from obsflow.flows.explore import Explorer, open_store
+from tests.s3servers import free_port
+
+OBSFLOW = str(Path(sys.executable).parent / "obsflow")
+RUNS, SOURCES, SECONDS_PER_RUN, HZ = 20, 10, 50, 2
+T0 = pd.Timestamp("2026-06-01T00:00:00Z")
+VIEWS = '[[view]]\nname = "v1s"\nsize = "1s"\naggregates = ["count", "mean", "max"]\n'
+TOKEN = "s3cret-token-0123456789"
+
+
+def run_file(folder: Path, r: int) -> Path:
+    """Run ``r``'s readings: its 50 s of every source and, after the first run, a late
+    reading and a reading without a source (a dead letter)."""
+    n = SECONDS_PER_RUN * HZ
+    times = T0 + pd.to_timedelta(r * SECONDS_PER_RUN + np.arange(n) / HZ, unit="s")
+    frame = pd.concat(
+        pd.DataFrame({"source": f"s{i:02d}", "time": times, "channel": "t", "value": r + i + 0.5})
+        for i in range(SOURCES)
+    )
+    extra = []
+    if r:  # a late reading (its window closed in run 0) and one without a source
+        extra.append({"source": "s00", "time": T0 + pd.Timedelta(seconds=r + 0.25), "value": -1.0})
+        extra.append({"source": "", "time": times[-1], "value": 1.0})
+    extra = [{**e, "channel": "t"} for e in extra]
+    frame = pd.concat([frame, pd.DataFrame(extra)], ignore_index=True)
+    path = folder / f"run{r:02d}.csv"
+    frame.assign(time=frame["time"].map(lambda t: t.isoformat())).to_csv(path, index=False)
+    return path
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    folder = tmp_path_factory.mktemp("serve")
+    s = open_store(str(folder / "store"))
+    for r in range(RUNS):
+        s.ingest(str(run_file(folder, r)), capture="obs", views=VIEWS)
+    return folder / "store"
+
+
+@contextlib.contextmanager
+def serving(store: Path, *extra: str, env: dict[str, str] | None = None) -> Iterator[str]:
+    """``obsflow serve`` in its own process; yields its base URL once it answers."""
+    port = free_port()
+    proc = subprocess.Popen(
+        [OBSFLOW, "serve", "--store", str(store), "--port", str(port), *extra],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, **(env or {})},
+    )
+    base = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 30
+    try:
+        while True:
+            assert proc.poll() is None, proc.communicate()[1]
+            with contextlib.suppress(httpx.TransportError):
+                httpx.get(f"{base}/static/app.css", timeout=1)
+                break
+            assert time.monotonic() < deadline, "the server did not answer"
+            time.sleep(0.1)
+        yield base
+    finally:
+        proc.terminate()
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(10)
+        proc.kill()
+
+
+def events(
+    base: str, view: str, *, last_id: str | None = None, until_id: int | None, wait: float = 10
+) -> list[dict[str, Any]]:
+    """The events of one SSE connection, read until the event with id ``until_id`` (or for
+    ``wait`` seconds when it is None)."""
+    headers = {"Last-Event-ID": last_id} if last_id is not None else {}
+    out: list[dict[str, Any]] = []
+    deadline = time.monotonic() + wait
+    with (
+        contextlib.suppress(httpx.ReadTimeout),
+        httpx.stream(
+            "GET", f"{base}/api/views/{view}/events", headers=headers, timeout=wait
+        ) as response,
+    ):
+        assert response.status_code == 200, response.read()
+        event: dict[str, Any] = {}
+        for line in response.iter_lines():
+            if line.startswith(("id:", "event:", "data:")):
+                field, _, value = line.partition(":")
+                event[field] = value.strip()
+            elif not line and "data" in event:
+                event["data"] = json.loads(event["data"])
+                out.append(event)
+                if until_id is not None and event.get("id") == str(until_id):
+                    break
+                event = {}
+            if time.monotonic() > deadline:
+                break
+    return out
+
+
+def rows_of(evts: list[dict[str, Any]]) -> pd.DataFrame:
+    rows = [r for e in evts for r in e["data"]["rows"]]
+    frame = pd.DataFrame(rows, columns=["source", "channel", "window_start", "run", "mean"])
+    return frame.assign(window_start=pd.to_datetime(frame["window_start"], utc=True))
+
+
+def view_frame(explorer: Explorer) -> pd.DataFrame:
+    return explorer.view("v1s")[["source", "channel", "window_start", "run", "mean"]]
+
+
+def key_sorted(frame: pd.DataFrame) -> pd.DataFrame:
+    keys = ["source", "channel", "window_start"]
+    return frame.sort_values(keys).reset_index(drop=True)
+
+
+def test_a_reconnect_with_each_possible_last_event_id_gets_exactly_the_rows_it_missed(
+    store: Path,
+) -> None:
+    explorer = open_store(str(store))
+    view = view_frame(explorer)
+    assert len(view) >= 10_000
+    log = commits.read_log(Store(str(store)), "obs")
+    commit_of = {e.run: e.n for e in log}
+    head = log[-1].n
+    with serving(store) as base:
+        first = events(base, "v1s", until_id=head)
+        assert first[-1]["id"] == str(head)
+        assert {e["event"] for e in first} == {"snapshot"}
+        pd.testing.assert_frame_equal(key_sorted(rows_of(first)), key_sorted(view))
+        for k in range(head + 1):
+            got = rows_of(
+                events(
+                    base,
+                    "v1s",
+                    last_id=str(k),
+                    until_id=head if k < head else None,
+                    wait=10 if k < head else 1.5,
+                )
+            )
+            assert not got.duplicated(["source", "channel", "window_start"]).any(), k
+            want = view[view["run"].map(commit_of) > k]
+            assert len(got) == len(want), k
+            if len(want):  # (at the head nothing comes: empty frames have other dtypes)
+                pd.testing.assert_frame_equal(key_sorted(got), key_sorted(want), obj=f"after {k}")
+
+
+FILTERS: list[dict[str, Any]] = [
+    {},
+    {"source": "s03"},
+    {"source": ["s01", "s07"], "channel": "t"},
+    {"from": "2026-06-01T00:05:00Z", "until": "2026-06-01T00:06:40Z"},
+    {"source": "s09", "from": "2026-06-01T00:12:00Z"},
+    {"channel": "t", "until": "2026-06-01T00:00:30Z", "limit": 17},
+]
+
+
+def explorer_args(f: dict[str, Any]) -> dict[str, Any]:
+    names = {"source": "source", "channel": "channel", "from": "start", "until": "until"}
+    return {names[k]: v for k, v in f.items() if k in names}
+
+
+def decoded(response: httpx.Response, fmt: str, like: pa.Table) -> pd.DataFrame:
+    """A response body as a frame with the Explorer's column types."""
+    if fmt == "arrow":
+        return pa.ipc.open_stream(response.content).read_all().to_pandas()
+    if fmt == "csv":
+        options = pacsv.ConvertOptions(column_types=like.schema)
+        return pacsv.read_csv(io.BytesIO(response.content), convert_options=options).to_pandas()
+    frame = pd.DataFrame(response.json(), columns=like.column_names)
+    for field in like.schema:
+        if pa.types.is_timestamp(field.type):
+            frame[field.name] = pd.to_datetime(frame[field.name], utc=True)
+    return frame.astype(like.to_pandas().dtypes.to_dict())
+
+
+@pytest.mark.parametrize("fmt", ["json", "csv", "arrow"])
+def test_api_responses_equal_the_explorers_reads(store: Path, fmt: str) -> None:
+    explorer = open_store(str(store))
+    with serving(store) as base:
+        for f in FILTERS:
+            params = {**f, "format": fmt}
+            for what, read in (
+                ("views/v1s", explorer.view_table),
+                ("captures/obs", explorer.capture_table),
+            ):
+                response = httpx.get(f"{base}/api/{what}", params=params, timeout=30)
+                assert response.status_code == 200, response.text
+                want = read("v1s" if what.startswith("views") else "obs", **explorer_args(f))
+                if "limit" in f:
+                    want = want.slice(0, f["limit"])
+                assert want.num_rows > 0, f
+                got = decoded(response, fmt, want)
+                pd.testing.assert_frame_equal(got, want.to_pandas(), obj=f"{what} {f}")
+        late = httpx.get(f"{base}/api/views/v1s/late", params={"format": fmt}, timeout=30)
+        want_late = pa.Table.from_pandas(explorer.late("v1s"), preserve_index=False)
+        assert want_late.num_rows == RUNS - 1
+        pd.testing.assert_frame_equal(decoded(late, fmt, want_late), want_late.to_pandas())
+        dead = httpx.get(f"{base}/api/deadletters", params={"format": fmt}, timeout=30)
+        want_dead = pa.Table.from_pandas(explorer.deadletters(), preserve_index=False)
+        assert want_dead.num_rows == RUNS - 1
+        pd.testing.assert_frame_equal(decoded(dead, fmt, want_dead), want_dead.to_pandas())
+
+
+def test_new_rows_reach_a_connected_client_within_two_seconds(store: Path, tmp_path: Path) -> None:
+    """A run committed by another process appears on an open event stream, as an event whose
+    id is the new commit, holding that run's rows."""
+    st = Store(str(store))
+    head = commits.head(st, "obs")
+    got: list[dict[str, Any]] = []
+    with serving(store) as base:
+        reader = threading.Thread(
+            target=lambda: got.extend(
+                events(base, "v1s", last_id=str(head), until_id=head + 1, wait=60)
+            )
+        )
+        reader.start()
+        time.sleep(1.0)  # connected and caught up (nothing after head)
+        path = run_file(tmp_path, RUNS)
+        done = subprocess.run(
+            [OBSFLOW, "ingest", str(path), "--store", str(store), "--capture", "obs", "-q"],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        committed = time.time()
+        assert done.returncode == 0, done.stderr
+        reader.join(60)
+        seen = time.time()
+    assert got, "no event"
+    assert got[-1]["id"] == str(head + 1)
+    delay = seen - committed
+    print(f"the new run's rows arrived {delay:.2f} s after its commit")
+    assert delay < 2.0
+    runs = {r["run"] for r in got[-1]["data"]["rows"]}
+    assert runs == {commits.read_log(st, "obs", since=head)[0].run}
+
+
+ROUTES = [
+    "/",
+    "/views/v1s",
+    "/static/app.js",
+    "/api/views",
+    "/api/captures",
+    "/api/views/v1s",
+    "/api/captures/obs",
+    "/api/views/v1s/late",
+    "/api/views/v1s/events",
+    "/api/deadletters",
+    "/api/runs",
+]
+
+
+def test_a_token_guards_every_route_and_names_cannot_leave_the_store(store: Path) -> None:
+    refused = subprocess.run(
+        [OBSFLOW, "serve", "--store", str(store), "--host", "0.0.0.0", "--port", "1"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={k: v for k, v in os.environ.items() if k != "OBSFLOW_SERVE_TOKEN"},
+    )
+    assert refused.returncode == 2
+    assert "give a token" in refused.stderr
+    with serving(store, env={"OBSFLOW_SERVE_TOKEN": TOKEN}) as base:
+        for route in ROUTES:
+            for headers in ({}, {"Authorization": "Bearer wrong-token-0123456789"}):
+                r = httpx.get(base + route, headers=headers, timeout=10)
+                assert r.status_code == 401, (route, headers)
+                assert TOKEN not in r.text
+        good = {"Authorization": f"Bearer {TOKEN}"}
+        for route in ROUTES:
+            if route.endswith("/events"):
+                with httpx.stream("GET", base + route, headers=good, timeout=10) as r:
+                    assert r.status_code == 200
+                continue
+            r = httpx.get(base + route, headers=good, timeout=30)
+            assert r.status_code == 200, route
+            assert TOKEN not in r.text
+        for bad in (
+            "/api/views/..%2F..%2Fetc",
+            "/api/views/%2e%2e",
+            "/api/captures/..%2Fviews",
+            "/api/views/nope/events",
+            "/static/..%2Fserve.py",
+            "/static/",
+            "/views/..%2Fcaptures",
+        ):
+            r = httpx.get(base + bad, headers=good, timeout=10)
+            assert r.status_code == 404, bad
