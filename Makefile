@@ -62,14 +62,16 @@ typecheck: $(STAMP)
 	@ln -sfn ../../../flows .build/typecheck/obsflow/flows
 	$(BIN)/mypy
 
-# Debian packages the broker tests need (Mosquitto), installed when missing and run as root:
-# a test never skips for a missing broker.
+# Debian packages the broker and browser tests need (Mosquitto, Chromium), installed when
+# missing and run as root: a test never skips for a missing broker or browser.
 system-deps:
-	@if ! command -v mosquitto >/dev/null && ! test -x /usr/sbin/mosquitto; then \
-	  if [ "$$(id -u)" = 0 ]; then \
-	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq mosquitto; \
-	  else echo "the tests need Debian's mosquitto package: sudo apt-get install mosquitto"; \
-	    exit 1; fi; fi
+	@missing=""; \
+	  command -v mosquitto >/dev/null || test -x /usr/sbin/mosquitto || missing="$$missing mosquitto"; \
+	  command -v chromium >/dev/null || missing="$$missing chromium"; \
+	  if [ -n "$$missing" ]; then \
+	    if [ "$$(id -u)" = 0 ]; then \
+	      apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; \
+	    else echo "the tests need Debian's$$missing: sudo apt-get install$$missing"; exit 1; fi; fi
 
 # pytest exits 5 when it collected no test: make treats that, like any failure, as an error.
 pytest: $(STAMP) system-deps

@@ -68,9 +68,16 @@ def store(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @contextlib.contextmanager
-def serving(store: Path, *extra: str, env: dict[str, str] | None = None) -> Iterator[str]:
-    """``obsflow serve`` in its own process; yields its base URL once it answers."""
-    port = free_port()
+def serving(
+    store: Path,
+    *extra: str,
+    env: dict[str, str] | None = None,
+    port: int | None = None,
+    kill: bool = False,
+) -> Iterator[str]:
+    """``obsflow serve`` in its own process; yields its base URL once it answers; at the end
+    it is stopped (SIGTERM), or killed (SIGKILL) with ``kill``."""
+    port = port or free_port()
     proc = subprocess.Popen(
         [OBSFLOW, "serve", "--store", str(store), "--port", str(port), *extra],
         stdout=subprocess.PIPE,
@@ -90,10 +97,12 @@ def serving(store: Path, *extra: str, env: dict[str, str] | None = None) -> Iter
             time.sleep(0.1)
         yield base
     finally:
-        proc.terminate()
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            proc.wait(10)
+        if not kill:
+            proc.terminate()
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(10)
         proc.kill()
+        proc.wait(10)
 
 
 def events(

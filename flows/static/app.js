@@ -154,7 +154,9 @@ function latest(all) {
     if (!r.final) tr.className = "provisional";
     for (const c of columns) {
       const v = r[c];
-      cell(tr, typeof v === "number" ? v.toPrecision(6) : String(v), typeof v === "number" ? "num" : "");
+      const num = typeof v === "number";
+      const text = !num ? String(v) : Number.isInteger(v) ? v.toLocaleString() : v.toPrecision(6);
+      cell(tr, text, num ? "num" : "");
     }
     body.appendChild(tr);
   }
@@ -182,8 +184,11 @@ function view() {
   const status = document.getElementById("status");
   const source = new EventSource(`/api/views/${encodeURIComponent(name)}/events${location.search}`);
   let pending = false;
+  const received = []; // [event type, id, rows]: what came, in order (tests read it)
   const onRows = (e) => {
-    apply(JSON.parse(e.data));
+    const msg = JSON.parse(e.data);
+    received.push([e.type, e.lastEventId, msg.rows.length]);
+    apply(msg);
     if (e.lastEventId) document.getElementById("position").textContent = e.lastEventId;
     if (!pending) {
       pending = true;
@@ -202,6 +207,7 @@ function view() {
   source.onerror = () => (status.textContent = "reconnecting…");
   counts(name);
   window.obsflowRows = () => [...rows.values()]; // for tests and the console
+  window.obsflowReceived = () => received.slice();
 }
 
 if (document.body.dataset.page === "index") index();
