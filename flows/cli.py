@@ -58,8 +58,8 @@ COMMAND_EXAMPLES = {
   obsflow demo
   obsflow demo --store /tmp/demo --duration 10m --workers 2""",
     "serve": """\
-  obsflow serve --store data/store                     # then open http://127.0.0.1:8000
-  OBSFLOW_SERVE_TOKEN=$(cat ~/.obsflow-token) obsflow serve --host 0.0.0.0""",
+  obsflow serve --store data/store  (then open http://127.0.0.1:8000)
+  obsflow serve --host 0.0.0.0 --token-file ~/.obsflow-token  (reachable by others: a token)""",
     "store": """\
   obsflow store migrate --store s3://bucket/obs""",
 }
@@ -502,7 +502,10 @@ def parser() -> argparse.ArgumentParser:
         help="let pages of this origin read the API (repeatable; default: none)",
     )
     sp.add_argument(
-        "--poll", type=float, default=0.5, help="seconds between looks for new commits (0.5)"
+        "--poll",
+        type=float,
+        default=0.5,
+        help="seconds between looks for new commits (default 0.5)",
     )
     sp.set_defaults(func=commands.cmd_serve)
 

@@ -8,6 +8,7 @@ Routes (every one read-only; names are checked before they become paths):
   ``/api/deadletters``, ``/api/runs``: rows, read as the Explorer reads them (filters pushed
   down: ``source``, ``channel`` (repeatable), ``from``, ``until``, ``limit``), as
   ``format=json`` (records, times ISO-8601 UTC), ``csv`` or ``arrow`` (an IPC stream).
+- ``/api/status``: the live feeds (position and streams per watched view).
 - ``/api/views/{name}/events``: Server-Sent Events of the view's rows (``source``/``channel``
   filters, repeatable: one stream carries every series a page shows).
 
@@ -510,6 +511,14 @@ def create_app(config: ServeConfig) -> Any:
             view_events(store, feed, filters, last_id), ping=10, send_timeout=10
         )
 
+    async def api_status(request: Request) -> Response:
+        """The live feeds: each watched view's position and how many streams follow it."""
+        out = {
+            name: {"capture": f.capture, "head": f.head, "subscribers": len(f.subscribers)}
+            for name, f in sorted(feeds.items())
+        }
+        return JSONResponse({"store": store.uri(""), "feeds": out})
+
     async def page(request: Request) -> Response:
         name = request.path_params.get("name")
         if name is not None:
@@ -538,6 +547,7 @@ def create_app(config: ServeConfig) -> Any:
         Route("/api/views/{name}/events", api_events),
         Route("/api/deadletters", api_deadletters),
         Route("/api/runs", api_runs),
+        Route("/api/status", api_status),
     ]
     middleware = []
     if config.cors_origins:

@@ -11,6 +11,7 @@ import contextlib
 import io
 import json
 import os
+import socket
 import subprocess
 import sys
 import threading
@@ -121,12 +122,13 @@ def events(
     ):
         assert response.status_code == 200, response.read()
         event: dict[str, Any] = {}
-        for line in response.iter_lines():
+        for line in lines(response):
             if line.startswith(("id:", "event:", "data:")):
                 field, _, value = line.partition(":")
                 event[field] = value.strip()
             elif not line and "data" in event:
                 event["data"] = json.loads(event["data"])
+                event["at"] = time.monotonic()  # when it arrived
                 out.append(event)
                 if until_id is not None and event.get("id") == str(until_id):
                     break
@@ -134,6 +136,19 @@ def events(
             if time.monotonic() > deadline:
                 break
     return out
+
+
+def lines(response: httpx.Response) -> Iterator[str]:
+    """The lines of a streamed body as they arrive (httpx's ``iter_lines`` is quadratic on
+    the megabyte lines of big events)."""
+    buffer = bytearray()
+    for chunk in response.iter_bytes():
+        buffer += chunk
+        start = 0
+        while (end := buffer.find(b"\n", start)) >= 0:
+            yield buffer[start:end].rstrip(b"\r").decode()
+            start = end + 1
+        del buffer[:start]
 
 
 def rows_of(evts: list[dict[str, Any]]) -> pd.DataFrame:
@@ -260,13 +275,12 @@ def test_new_rows_reach_a_connected_client_within_two_seconds(store: Path, tmp_p
             text=True,
             timeout=120,
         )
-        committed = time.time()
+        committed = time.monotonic()
         assert done.returncode == 0, done.stderr
         reader.join(60)
-        seen = time.time()
     assert got, "no event"
     assert got[-1]["id"] == str(head + 1)
-    delay = seen - committed
+    delay = got[-1]["at"] - committed
     print(f"the new run's rows arrived {delay:.2f} s after its commit")
     assert delay < 2.0
     runs = {r["run"] for r in got[-1]["data"]["rows"]}
@@ -285,6 +299,7 @@ ROUTES = [
     "/api/views/v1s/events",
     "/api/deadletters",
     "/api/runs",
+    "/api/status",
 ]
 
 
@@ -324,3 +339,71 @@ def test_a_token_guards_every_route_and_names_cannot_leave_the_store(store: Path
         ):
             r = httpx.get(base + bad, headers=good, timeout=10)
             assert r.status_code == 404, bad
+
+
+def big_run(folder: Path, r: int, sources: int = 50, seconds: int = 100) -> Path:
+    """A run of ``sources`` series over ``seconds`` at 2 Hz: 5,000 new view rows (~1 MB of
+    events), to fill a stalled client's socket buffers quickly."""
+    times = T0 + pd.to_timedelta(r * seconds + np.arange(seconds * HZ) / HZ, unit="s")
+    frame = pd.concat(
+        pd.DataFrame({"source": f"b{i:02d}", "time": times, "channel": "t", "value": float(i)})
+        for i in range(sources)
+    )
+    path = folder / f"big{r:02d}.csv"
+    frame.assign(time=frame["time"].map(lambda t: t.isoformat())).to_csv(path, index=False)
+    return path
+
+
+def test_a_stalled_client_slows_nobody_and_is_dropped(tmp_path: Path) -> None:
+    """A client that never reads while 6 big commits land: a reading client gets every commit
+    within 2 s of it, and the server closes the stalled connection (its send timeout)."""
+    store = tmp_path / "store"
+    open_store(str(store)).ingest(str(big_run(tmp_path, 0)), capture="big", views=VIEWS)
+    st = Store(str(store))
+    head = commits.head(st, "big")
+    got: list[dict[str, Any]] = []
+    with serving(store, "--poll", "0.2") as base:
+        stalled = socket.socket()
+        stalled.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        stalled.connect(("127.0.0.1", int(base.rsplit(":", 1)[1])))
+        stalled.sendall(
+            b"GET /api/views/v1s/events HTTP/1.1\r\nHost: t\r\nLast-Event-ID: 1\r\n\r\n"
+        )
+
+        def read() -> None:
+            got.extend(events(base, "v1s", last_id=str(head), until_id=head + 6, wait=120))
+
+        reader = threading.Thread(target=read)
+        reader.start()
+        committed = {}
+        for r in range(1, 7):
+            path = big_run(tmp_path, r)
+            done = subprocess.run(
+                [OBSFLOW, "ingest", str(path), "--store", str(store), "--capture=big", "-q"],
+                capture_output=True,
+                text=True,
+                timeout=120,
+            )
+            assert done.returncode == 0, done.stderr
+            committed[str(head + r)] = time.monotonic()
+        reader.join(120)
+        arrived = {e["id"]: e["at"] for e in got}
+        delays = [arrived[n] - t for n, t in committed.items()]
+        print(f"a reading client beside a stalled one: events {max(delays):.2f} s after commits")
+        assert max(delays) < 2.0
+        assert [e["id"] for e in got] == list(committed)
+        # The server drops the stalled stream (a send blocked for 10 s)...
+        deadline = time.monotonic() + 60
+        while httpx.get(f"{base}/api/status").json()["feeds"]["v1s"]["subscribers"]:
+            assert time.monotonic() < deadline, "the stalled stream was never dropped"
+            time.sleep(0.5)
+        dropped = time.monotonic() - committed[str(head + 6)]
+        print(f"the stalled stream was dropped {dropped:.1f} s after the last commit")
+        # ... and closes its connection: drained now, it ends.
+        stalled.settimeout(5)
+        total, ends = 0, time.monotonic() + 30
+        while chunk := stalled.recv(1 << 20):
+            total += len(chunk)
+            assert time.monotonic() < ends, "the stalled connection stays open"
+        stalled.close()
+    assert total > 1 << 20  # it was sent a lot before the server gave up on it
