@@ -213,6 +213,12 @@ def apply(store: Store, capture: str, entry: Commit) -> None:
     store.delete(stage, recursive=True)
 
 
+def applied(store: Store, entry: Commit) -> bool:
+    """Whether a commit's objects are in place: applying it drops its staging folder (and its
+    marker) only after moving them. A reader of new commits waits for this."""
+    return not store.exists(layout.staged(entry.run, MARKER))
+
+
 def finish_pending(store: Store, *, capture: str, keep: str | None = None) -> list[str]:
     """Finish commits a crash interrupted (of any capture), and drop the staging of
     ``capture``'s runs that never committed (except ``keep``, a run being resumed).

@@ -242,6 +242,8 @@ class Feed:
 
     async def start(self) -> None:
         log = await asyncio.to_thread(commits.read_log, self.store, self.capture)
+        if log and not await asyncio.to_thread(commits.applied, self.store, log[-1]):
+            log = log[:-1]  # being applied now: the poller takes it once it is
         for entry in log:
             self.runs[entry.run] = entry.n
         self.head = log[-1].n if log else 0
@@ -289,7 +291,10 @@ class Feed:
         doc = layout.commit_doc(self.capture, self.head + 1)
         if not self.store.exists(doc):
             return None
-        return commits.Commit.from_json(self.store.read_json(doc))
+        entry = commits.Commit.from_json(self.store.read_json(doc))
+        # Committed, but its rows reach their objects only once it is applied (on S3 the
+        # moves take a moment): until then, the same look next tick.
+        return entry if commits.applied(self.store, entry) else None
 
 
 def commit_rows(store: Store, view: str, entry: commits.Commit) -> tuple[pa.Table, bool]:

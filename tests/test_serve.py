@@ -70,7 +70,7 @@ def store(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @contextlib.contextmanager
 def serving(
-    store: Path,
+    store: Path | str,
     *extra: str,
     env: dict[str, str] | None = None,
     port: int | None = None,
@@ -254,23 +254,36 @@ def test_api_responses_equal_the_explorers_reads(store: Path, fmt: str) -> None:
         pd.testing.assert_frame_equal(decoded(dead, fmt, want_dead), want_dead.to_pandas())
 
 
-def test_new_rows_reach_a_connected_client_within_two_seconds(store: Path, tmp_path: Path) -> None:
+def test_new_rows_reach_a_connected_client_within_two_seconds(tmp_path: Path) -> None:
+    assert_a_new_run_arrives_within_two_seconds(str(tmp_path / "store"), tmp_path)
+
+
+def test_new_rows_reach_a_connected_client_on_s3_too(s3_env: str, tmp_path: Path) -> None:
+    assert_a_new_run_arrives_within_two_seconds(f"s3://{s3_env}/store", tmp_path)
+
+
+def assert_a_new_run_arrives_within_two_seconds(url: str, folder: Path) -> None:
     """A run committed by another process appears on an open event stream, as an event whose
     id is the new commit, holding that run's rows."""
-    st = Store(str(store))
+    explorer = open_store(url)
+    for r in range(2):
+        explorer.ingest(str(run_file(folder, r)), capture="obs", views=VIEWS)
+    st = Store(url)
     head = commits.head(st, "obs")
     got: list[dict[str, Any]] = []
-    with serving(store) as base:
+    with serving(url) as base:
         reader = threading.Thread(
             target=lambda: got.extend(
                 events(base, "v1s", last_id=str(head), until_id=head + 1, wait=60)
             )
         )
         reader.start()
-        time.sleep(1.0)  # connected and caught up (nothing after head)
-        path = run_file(tmp_path, RUNS)
+        deadline = time.monotonic() + 30
+        while not httpx.get(f"{base}/api/status").json()["feeds"].get("v1s", {}).get("subscribers"):
+            assert time.monotonic() < deadline, "the reader never subscribed"
+            time.sleep(0.1)
         done = subprocess.run(
-            [OBSFLOW, "ingest", str(path), "--store", str(store), "--capture", "obs", "-q"],
+            [OBSFLOW, "ingest", str(run_file(folder, 2)), "--store", url, "--capture=obs", "-q"],
             capture_output=True,
             text=True,
             timeout=120,
@@ -281,7 +294,7 @@ def test_new_rows_reach_a_connected_client_within_two_seconds(store: Path, tmp_p
     assert got, "no event"
     assert got[-1]["id"] == str(head + 1)
     delay = got[-1]["at"] - committed
-    print(f"the new run's rows arrived {delay:.2f} s after its commit")
+    print(f"the new run's rows arrived {delay:.2f} s after its commit ({url.split(':')[0]})")
     assert delay < 2.0
     runs = {r["run"] for r in got[-1]["data"]["rows"]}
     assert runs == {commits.read_log(st, "obs", since=head)[0].run}
