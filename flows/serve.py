@@ -34,7 +34,7 @@ import io
 import ipaddress
 import json
 import os
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -445,31 +445,26 @@ def create_app(config: ServeConfig) -> Any:
 
         return await in_thread(run)
 
-    async def api_view(request: Request) -> Response:
-        name = request.path_params["name"]
+    def view_rows(read: Callable[..., pa.Table]) -> Callable[[Request], Awaitable[Response]]:
+        """An endpoint of a view's rows read by ``read`` (its rows, its late readings)."""
 
-        def run() -> Response:
-            view_capture(store, name)
-            return table_response(request, lambda f: reads.read_view(store, name, **f.read_args))
+        async def endpoint(request: Request) -> Response:
+            name = request.path_params["name"]
 
-        return await in_thread(run)
+            def run() -> Response:
+                view_capture(store, name)
+                return table_response(request, lambda f: read(store, name, **f.read_args))
+
+            return await in_thread(run)
+
+        return endpoint
 
     async def api_capture(request: Request) -> Response:
-        name = checked(request.path_params["name"], "capture name")
-
         def run() -> Response:
+            name = checked(request.path_params["name"], "capture name")
             if name not in list_captures(store):
                 raise NotFoundError(f"no capture {name!r}")
             return table_response(request, lambda f: reads.read_capture(store, name, **f.read_args))
-
-        return await in_thread(run)
-
-    async def api_late(request: Request) -> Response:
-        name = request.path_params["name"]
-
-        def run() -> Response:
-            view_capture(store, name)
-            return table_response(request, lambda f: reads.read_late(store, name, **f.read_args))
 
         return await in_thread(run)
 
@@ -547,8 +542,8 @@ def create_app(config: ServeConfig) -> Any:
         Route("/api/captures", api_captures),
         Route("/api/views", api_views),
         Route("/api/captures/{name}", api_capture),
-        Route("/api/views/{name}", api_view),
-        Route("/api/views/{name}/late", api_late),
+        Route("/api/views/{name}", view_rows(reads.read_view)),
+        Route("/api/views/{name}/late", view_rows(reads.read_late)),
         Route("/api/views/{name}/events", api_events),
         Route("/api/deadletters", api_deadletters),
         Route("/api/runs", api_runs),
