@@ -301,11 +301,11 @@ def commit_rows(store: Store, view: str, entry: commits.Commit) -> tuple[pa.Tabl
     """The rows of ``view`` that commit ``entry`` wrote and no later commit rewrote, and
     whether the commit rebuilt the view whole (the client drops what it had)."""
     prefix = layout.view_dir(view) + "/"
-    tables = [
-        store.read_parquet(rel)
-        for rel in entry.objects
-        if rel.startswith(prefix) and store.exists(rel)
-    ]
+    tables = []
+    for rel in entry.objects:
+        if rel.startswith(prefix):
+            with contextlib.suppress(FileNotFoundError):  # replaced since: its rows moved on
+                tables.append(store.read_parquet(rel))
     reset = view in entry.replaced_views
     if not tables:
         return pa.table({}), reset
@@ -320,23 +320,17 @@ def sort_rows(table: pa.Table) -> pa.Table:
 
 
 async def view_events(
-    store: Store, feed: Feed, filters: Filters, last_id: str | None
+    store: Store, feed: Feed, filters: Filters, since: int | None
 ) -> AsyncIterator[dict[str, Any]]:
-    """The events of one subscription: a snapshot or the catch-up after ``last_id``, then
-    each commit as it lands (see the module docstring)."""
+    """The events of one subscription: a snapshot, or the catch-up after position ``since``
+    (checked by the caller), then each commit as it lands (see the module docstring)."""
     sub = feed.subscribe(filters)
     try:
         upto = feed.head  # the queue holds what comes after this
-        if last_id is None:
+        if since is None:
             for event in await asyncio.to_thread(snapshot, store, feed, filters, upto):
                 yield event
         else:
-            try:
-                since = int(last_id)
-            except ValueError:
-                since = -1
-            if not 0 <= since <= upto:
-                raise ConfigError(f"Last-Event-ID {last_id!r} is no position of this view")
             log = await asyncio.to_thread(commits.read_log, store, feed.capture, since=since)
             for entry in log:
                 if entry.n > upto:
@@ -430,7 +424,7 @@ def create_app(config: ServeConfig) -> Any:
             rows = []
             for name in list_captures(store):
                 info = capture_info(store, name)
-                rows.append({k: v for k, v in info.__dict__.items()})
+                rows.append(dict(info.__dict__))
             return JSONResponse(json.loads(json.dumps(rows, default=str)))
 
         return await in_thread(run)
@@ -498,6 +492,7 @@ def create_app(config: ServeConfig) -> Any:
         except ConfigError as exc:
             return PlainTextResponse(str(exc), status_code=400)
         last_id = request.headers.get("last-event-id") or request.query_params.get("last_id")
+        since = None
         if last_id is not None:
             try:
                 since = int(last_id)
@@ -508,7 +503,7 @@ def create_app(config: ServeConfig) -> Any:
                     f"Last-Event-ID {last_id!r} is no position of view {name!r}", status_code=400
                 )
         return EventSourceResponse(
-            view_events(store, feed, filters, last_id), ping=10, send_timeout=10
+            view_events(store, feed, filters, since), ping=10, send_timeout=10
         )
 
     async def api_status(request: Request) -> Response:
