@@ -483,14 +483,16 @@ def test_simulate_publishes_what_a_live_ingest_captures(
     kind: str, fmt: str, tmp_path: Path
 ) -> None:
     """``simulate --to`` publishes readings whose time has come (a start in the past: all at
-    once); a live ingest of either format captures exactly the simulation. (Each broker's
-    publisher, and each format once: decoding is the same whatever the broker.)"""
+    once — for Arrow, 240,000 readings, several MB: more than a NATS message may hold, so in
+    several messages); a live ingest of either format captures exactly the simulation. (Each
+    broker's publisher, and each format once: decoding is the same whatever the broker.)"""
     with running(kind, tmp_path) as broker:
         simulate_and_ingest(broker, tmp_path, fmt)
 
 
 def simulate_and_ingest(broker: Broker, tmp_path: Path, fmt: str) -> None:
-    sim = ["--sources", "3", "--channels", "t,p", "--rate", "20", "--duration", "3s"]
+    sources, rate = (20, 2_000) if fmt == "arrow" else (3, 20)
+    sim = ["--sources", str(sources), "--channels", "t,p", "--rate", str(rate), "--duration", "3s"]
     start = "2026-02-01T00:00:00Z"
     broker.subscribe_first()
     done = subprocess.run(
@@ -517,7 +519,7 @@ def simulate_and_ingest(broker: Broker, tmp_path: Path, fmt: str) -> None:
     done = subprocess.run([OBSFLOW, *args], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     expected = generate(
-        SimSpec(sources=3, channels=("t", "p"), rate=20, duration=3, start=start)
+        SimSpec(sources=sources, channels=("t", "p"), rate=rate, duration=3, start=start)
     ).to_pandas()
     capture = reads.read_capture(Store(str(store)), "live").to_pandas()
     key = ["source", "channel", "time"]
