@@ -33,6 +33,7 @@ import hmac
 import io
 import ipaddress
 import json
+import logging
 import os
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
@@ -51,11 +52,15 @@ from obsflow.connectors.errors import ConfigError, ObsflowError
 from obsflow.connectors.ids import check_name
 from obsflow.connectors.store import Store
 from obsflow.connectors.views import list_views, read_view_doc
+from obsflow.flows.json_records import json_array, records_json, row_texts
 
+LOG = logging.getLogger("uvicorn.error")  # printed as the server's own messages are
 TOKEN_ENV = "OBSFLOW_SERVE_TOKEN"  # noqa: S105 - a variable name, not a secret
 TOKEN_COOKIE = "obsflow_token"  # noqa: S105 - a cookie name
-QUEUE_EVENTS = 256  # events a subscriber may fall behind before it is dropped
+QUEUE_EVENTS = 256  # events a subscriber may fall behind before it is dropped...
+QUEUE_BYTES = 64 * 2**20  # ...or bytes of events (a big commit's events are megabytes)
 SNAPSHOT_ROWS = 5_000  # rows per snapshot event
+SEND_TIMEOUT = 10  # seconds a send to a stream may block before the stream is dropped
 MAX_LIMIT = 1_000_000
 FORMATS = {
     "json": "application/json",
@@ -165,14 +170,19 @@ class Filters:
             "until": self.until,
         }
 
-    def keep(self, table: pa.Table) -> pa.Table:
-        """Rows of ``table`` (a commit's) that this subscription shows."""
+    def rows_json(self, rows: pa.Table, texts: pa.LargeStringArray) -> str:
+        """The JSON array of the rows of ``rows`` (a commit's; ``texts`` its rows' JSON) that
+        this subscription shows."""
         mask = None
         for column, values in (("source", self.sources), ("channel", self.channels)):
-            if values and column in table.column_names:
-                m = pc.is_in(table.column(column), value_set=pa.array(values, pa.string()))
+            if values and column in rows.column_names:
+                m = pc.is_in(rows.column(column), value_set=pa.array(values, pa.string()))
                 mask = m if mask is None else pc.and_(mask, m)
-        return table if mask is None else table.filter(mask)
+        if mask is None:
+            return json_array(texts)
+        if isinstance(mask, pa.ChunkedArray):  # (a commit's rows come from several objects)
+            mask = mask.combine_chunks()
+        return json_array(texts.filter(mask))
 
 
 def checked(name: str, kind: str) -> str:
@@ -204,29 +214,37 @@ def encode(table: pa.Table, fmt: str) -> bytes:
     return records_json(table).encode()
 
 
-def records_json(table: pa.Table) -> str:
-    """Rows as a JSON array of objects: times as ISO-8601 UTC with nanoseconds, floats exact
-    (shortest round-trip form), NaN as null (JSON has no NaN)."""
-    columns = {}
-    for name, column in zip(table.column_names, table.columns, strict=True):
-        if pa.types.is_timestamp(column.type):
-            column = pc.strftime(column.cast(pa.timestamp("ns", "UTC")), "%Y-%m-%dT%H:%M:%SZ")
-        elif pa.types.is_floating(column.type):
-            column = pc.if_else(pc.is_nan(column), pa.scalar(None, column.type), column)
-        columns[name] = column
-    return json.dumps(pa.table(columns).to_pylist(), separators=(",", ":"))
-
-
 # -- live feeds ----------------------------------------------------------------------------------
 
 
 @dataclass(eq=False)  # each subscriber is itself: hashed by identity
 class Subscriber:
     filters: Filters
-    queue: asyncio.Queue[tuple[int, pa.Table, bool] | None] = field(
+    # (commit, the event's data); None: dropped. Bounded in events and in bytes.
+    queue: asyncio.Queue[tuple[int, str] | None] = field(
         default_factory=lambda: asyncio.Queue(QUEUE_EVENTS)
     )
+    queued_bytes: int = 0
     dropped: bool = False
+
+    def offer(self, n: int, data: str) -> bool:
+        """Queue an event; False (and the subscriber dropped) when it is too far behind."""
+        if self.queued_bytes + len(data) > QUEUE_BYTES or self.queue.full():
+            self.dropped = True
+            while not self.queue.empty():  # what it held is of no use to it any more
+                self.queue.get_nowait()
+            self.queued_bytes = 0
+            self.queue.put_nowait(None)  # its stream ends; its client reconnects
+            return False
+        self.queue.put_nowait((n, data))
+        self.queued_bytes += len(data)
+        return True
+
+    async def next(self) -> tuple[int, str] | None:
+        item = await self.queue.get()
+        if item is not None:
+            self.queued_bytes -= len(item[1])
+        return item
 
 
 class Feed:
@@ -272,20 +290,21 @@ class Feed:
             if entry is None:
                 await asyncio.sleep(self.poll)
                 continue
-            rows, reset = await asyncio.to_thread(commit_rows, self.store, self.view, entry)
+            try:
+                event = await asyncio.to_thread(CommitEvent.of, self.store, self.view, entry)
+                await asyncio.to_thread(event.prepare, {sub.filters for sub in self.subscribers})
+            except Exception:
+                # Never a silent end of the live view: say why, and try this commit again.
+                LOG.exception("view %s: commit %d could not be sent; retrying", self.view, entry.n)
+                await asyncio.sleep(max(self.poll, 5.0))
+                continue
+            # From here to the end of the fan-out nothing awaits: a subscriber either joined
+            # before the new head (and gets this event queued) or after it.
             self.runs[entry.run] = entry.n
             self.head = entry.n
             for sub in list(self.subscribers):
-                if sub.dropped:
-                    continue
-                try:
-                    sub.queue.put_nowait((entry.n, sub.filters.keep(rows), reset))
-                except asyncio.QueueFull:  # it stopped reading: drop it, wait for nobody
-                    sub.dropped = True
-                    self.subscribers.discard(sub)
-                    with contextlib.suppress(asyncio.QueueFull):
-                        sub.queue.get_nowait()
-                        sub.queue.put_nowait(None)
+                if not sub.offer(entry.n, event.data(sub.filters)):
+                    self.subscribers.discard(sub)  # it stopped reading: wait for nobody
 
     def _next_commit(self) -> commits.Commit | None:
         doc = layout.commit_doc(self.capture, self.head + 1)
@@ -295,6 +314,30 @@ class Feed:
         # Committed, but its rows reach their objects only once it is applied (on S3 the
         # moves take a moment): until then, the same look next tick.
         return entry if commits.applied(self.store, entry) else None
+
+
+class CommitEvent:
+    """One commit's rows, as JSON once, and the data of its event per subscription (the
+    subscriptions with the same filters — pages of the same series — share one)."""
+
+    def __init__(self, n: int, rows: pa.Table, reset: bool) -> None:
+        self.n, self.rows, self.reset = n, rows, reset
+        self.texts = row_texts(rows)
+        self._data: dict[Filters, str] = {}
+
+    @classmethod
+    def of(cls, store: Store, view: str, entry: commits.Commit) -> CommitEvent:
+        return cls(entry.n, *commit_rows(store, view, entry))
+
+    def data(self, filters: Filters) -> str:
+        if filters not in self._data:
+            rows_json = filters.rows_json(self.rows, self.texts)
+            self._data[filters] = event_data(self.n, rows_json, self.reset)
+        return self._data[filters]
+
+    def prepare(self, filters: set[Filters]) -> None:
+        for f in filters:
+            self.data(f)
 
 
 def commit_rows(store: Store, view: str, entry: commits.Commit) -> tuple[pa.Table, bool]:
@@ -328,22 +371,20 @@ async def view_events(
     try:
         upto = feed.head  # the queue holds what comes after this
         if since is None:
-            for event in await asyncio.to_thread(snapshot, store, feed, filters, upto):
-                yield event
+            for chunk in await asyncio.to_thread(snapshot, store, feed, filters, upto):
+                yield chunk
         else:
             log = await asyncio.to_thread(commits.read_log, store, feed.capture, since=since)
             for entry in log:
                 if entry.n > upto:
                     break
-                rows, reset = await asyncio.to_thread(commit_rows, store, feed.view, entry)
-                yield event_of(entry.n, filters.keep(rows), reset)
-        while True:
-            item = await sub.queue.get()
-            if item is None:
-                return  # dropped: the client reconnects with its last id and catches up
-            n, rows, reset = item
+                missed = await asyncio.to_thread(CommitEvent.of, store, feed.view, entry)
+                yield {"event": "rows", "id": str(entry.n), "data": missed.data(filters)}
+        while (item := await sub.next()) is not None:
+            n, data = item
             if n > upto:
-                yield event_of(n, rows, reset)
+                yield {"event": "rows", "id": str(n), "data": data}
+        # Dropped: the client reconnects with its last id and catches up.
     finally:
         feed.unsubscribe(sub)
 
@@ -353,20 +394,23 @@ def snapshot(store: Store, feed: Feed, filters: Filters, upto: int) -> list[dict
     table = reads.read_view(store, feed.view, **filters.read_args)
     known = [run for run, n in feed.runs.items() if n <= upto]
     table = table.filter(pc.is_in(table.column("run"), value_set=pa.array(known, pa.string())))
-    chunks = [table.slice(i, SNAPSHOT_ROWS) for i in range(0, table.num_rows, SNAPSHOT_ROWS)]
-    chunks = chunks or [table]
-    events = [event_of(None, chunk, i == 0, kind="snapshot") for i, chunk in enumerate(chunks)]
+    texts = row_texts(table)
+    starts = range(0, table.num_rows, SNAPSHOT_ROWS) or range(1)
+    events: list[dict[str, Any]] = [
+        {
+            "event": "snapshot",
+            "data": event_data(None, json_array(texts[i : i + SNAPSHOT_ROWS]), i == 0),
+        }
+        for i in starts
+    ]
     events[-1]["id"] = str(upto)
     return events
 
 
-def event_of(n: int | None, rows: pa.Table, reset: bool, *, kind: str = "rows") -> dict[str, Any]:
-    body = records_json(rows) if rows.num_columns else "[]"
-    data = f'{{"commit":{json.dumps(n)},"reset":{json.dumps(reset)},"rows":{body}}}'
-    event: dict[str, Any] = {"event": kind, "data": data}
-    if n is not None:
-        event["id"] = str(n)
-    return event
+def event_data(n: int | None, rows_json: str, reset: bool) -> str:
+    """An event's data: the commit it is of (None in a snapshot), whether the client drops
+    what it has first, and rows."""
+    return f'{{"commit":{json.dumps(n)},"reset":{json.dumps(reset)},"rows":{rows_json}}}'
 
 
 # -- the app -----------------------------------------------------------------------------------
@@ -503,7 +547,7 @@ def create_app(config: ServeConfig) -> Any:
                     f"Last-Event-ID {last_id!r} is no position of view {name!r}", status_code=400
                 )
         return EventSourceResponse(
-            view_events(store, feed, filters, since), ping=10, send_timeout=10
+            view_events(store, feed, filters, since), ping=10, send_timeout=SEND_TIMEOUT
         )
 
     async def api_status(request: Request) -> Response:
@@ -606,10 +650,29 @@ def static_bytes(name: str) -> bytes:
     return (resources.files("obsflow.flows") / "static" / name).read_bytes()
 
 
+class StalledStreams(logging.Filter):
+    """A stream dropped because its client stopped reading is routine: one line, not the
+    traceback uvicorn logs for an app's exception."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        from sse_starlette.sse import SendTimeoutError
+
+        if record.exc_info and isinstance(record.exc_info[1], SendTimeoutError):
+            record.msg, record.args, record.exc_info = STALLED_MESSAGE, (), None
+            record.levelno, record.levelname = logging.WARNING, "WARNING"
+        return True
+
+
+STALLED_MESSAGE = (
+    f"dropped an event stream whose client stopped reading (a send blocked {SEND_TIMEOUT} s)"
+)
+
+
 def serve(config: ServeConfig) -> None:
     """Run the app until interrupted."""
     import uvicorn
 
+    LOG.addFilter(StalledStreams())
     uvicorn.run(
         create_app(config),
         host=config.host,

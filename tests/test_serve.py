@@ -7,6 +7,7 @@ Explorer's read of the same store; for events, the Explorer's view and the commi
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import io
 import json
@@ -30,6 +31,7 @@ import pytest
 from obsflow.connectors import commits
 from obsflow.connectors.store import Store
 from obsflow.flows.explore import Explorer, open_store
+from obsflow.flows.serve import QUEUE_BYTES, QUEUE_EVENTS, Filters, Subscriber
 from tests.s3servers import free_port
 
 OBSFLOW = str(Path(sys.executable).parent / "obsflow")
@@ -75,14 +77,16 @@ def serving(
     env: dict[str, str] | None = None,
     port: int | None = None,
     kill: bool = False,
+    stderr: Path | None = None,
 ) -> Iterator[str]:
-    """``obsflow serve`` in its own process; yields its base URL once it answers; at the end
-    it is stopped (SIGTERM), or killed (SIGKILL) with ``kill``."""
+    """``obsflow serve`` in its own process (its messages to the file ``stderr`` if given);
+    yields its base URL once it answers; at the end it is stopped (SIGTERM), or killed
+    (SIGKILL) with ``kill``."""
     port = port or free_port()
     proc = subprocess.Popen(
         [OBSFLOW, "serve", "--store", str(store), "--port", str(port), *extra],
         stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
+        stderr=stderr.open("w") if stderr else subprocess.PIPE,
         text=True,
         env={**os.environ, **(env or {})},
     )
@@ -90,7 +94,7 @@ def serving(
     deadline = time.monotonic() + 30
     try:
         while True:
-            assert proc.poll() is None, proc.communicate()[1]
+            assert proc.poll() is None, stderr.read_text() if stderr else proc.communicate()[1]
             with contextlib.suppress(httpx.TransportError):
                 httpx.get(f"{base}/static/app.css", timeout=1)
                 break
@@ -107,17 +111,27 @@ def serving(
 
 
 def events(
-    base: str, view: str, *, last_id: str | None = None, until_id: int | None, wait: float = 10
+    base: str,
+    view: str,
+    *,
+    last_id: str | None = None,
+    until_id: int | None,
+    wait: float = 10,
+    params: dict[str, Any] | None = None,
 ) -> list[dict[str, Any]]:
-    """The events of one SSE connection, read until the event with id ``until_id`` (or for
-    ``wait`` seconds when it is None)."""
+    """The events of one SSE connection (with filters ``params``), read until the event with
+    id ``until_id`` (or for ``wait`` seconds when it is None)."""
     headers = {"Last-Event-ID": last_id} if last_id is not None else {}
     out: list[dict[str, Any]] = []
     deadline = time.monotonic() + wait
     with (
         contextlib.suppress(httpx.ReadTimeout),
         httpx.stream(
-            "GET", f"{base}/api/views/{view}/events", headers=headers, timeout=wait
+            "GET",
+            f"{base}/api/views/{view}/events",
+            headers=headers,
+            params=params,
+            timeout=wait,
         ) as response,
     ):
         assert response.status_code == 200, response.read()
@@ -195,6 +209,12 @@ def test_a_reconnect_with_each_possible_last_event_id_gets_exactly_the_rows_it_m
             assert len(got) == len(want), k
             if len(want):  # (at the head nothing comes: empty frames have other dtypes)
                 pd.testing.assert_frame_equal(key_sorted(got), key_sorted(want), obj=f"after {k}")
+        # The same with a filter, the one stream of a page showing two series.
+        two = {"source": ["s01", "s07"]}
+        for k in (0, head // 2, head - 1):
+            got = rows_of(events(base, "v1s", last_id=str(k), until_id=head, params=two))
+            want = view[(view["run"].map(commit_of) > k) & view["source"].isin(two["source"])]
+            pd.testing.assert_frame_equal(key_sorted(got), key_sorted(want), obj=f"two, {k}")
 
 
 FILTERS: list[dict[str, Any]] = [
@@ -263,24 +283,33 @@ def test_new_rows_reach_a_connected_client_on_s3_too(s3_env: str, tmp_path: Path
 
 
 def assert_a_new_run_arrives_within_two_seconds(url: str, folder: Path) -> None:
-    """A run committed by another process appears on an open event stream, as an event whose
-    id is the new commit, holding that run's rows."""
+    """A run committed by another process appears on open event streams — one of the whole
+    view, one of two series — as an event whose id is the new commit, holding that run's
+    rows (those of the two series on the second)."""
     explorer = open_store(url)
     for r in range(2):
         explorer.ingest(str(run_file(folder, r)), capture="obs", views=VIEWS)
     st = Store(url)
     head = commits.head(st, "obs")
     got: list[dict[str, Any]] = []
+    two: list[dict[str, Any]] = []
     with serving(url) as base:
-        reader = threading.Thread(
-            target=lambda: got.extend(
-                events(base, "v1s", last_id=str(head), until_id=head + 1, wait=60)
+
+        def follow(out: list[dict[str, Any]], params: dict[str, Any]) -> threading.Thread:
+            return threading.Thread(
+                target=lambda: out.extend(
+                    events(base, "v1s", last_id=str(head), until_id=head + 1, wait=60, **params)
+                )
             )
-        )
-        reader.start()
+
+        readers = [follow(got, {}), follow(two, {"params": {"source": ["s01", "s03"]}})]
+        for reader in readers:
+            reader.start()
         deadline = time.monotonic() + 30
-        while not httpx.get(f"{base}/api/status").json()["feeds"].get("v1s", {}).get("subscribers"):
-            assert time.monotonic() < deadline, "the reader never subscribed"
+        while httpx.get(f"{base}/api/status").json()["feeds"].get("v1s", {}).get(
+            "subscribers", 0
+        ) < len(readers):
+            assert time.monotonic() < deadline, "the readers never subscribed"
             time.sleep(0.1)
         done = subprocess.run(
             [OBSFLOW, "ingest", str(run_file(folder, 2)), "--store", url, "--capture=obs", "-q"],
@@ -290,14 +319,21 @@ def assert_a_new_run_arrives_within_two_seconds(url: str, folder: Path) -> None:
         )
         committed = time.monotonic()
         assert done.returncode == 0, done.stderr
-        reader.join(60)
+        for reader in readers:
+            reader.join(60)
     assert got, "no event"
-    assert got[-1]["id"] == str(head + 1)
-    delay = got[-1]["at"] - committed
+    assert two, "no event of the two series"
+    assert got[-1]["id"] == two[-1]["id"] == str(head + 1)
+    delay = max(got[-1]["at"], two[-1]["at"]) - committed
     print(f"the new run's rows arrived {delay:.2f} s after its commit ({url.split(':')[0]})")
     assert delay < 2.0
     runs = {r["run"] for r in got[-1]["data"]["rows"]}
     assert runs == {commits.read_log(st, "obs", since=head)[0].run}
+    everything = rows_of(got[-1:])
+    pd.testing.assert_frame_equal(
+        key_sorted(rows_of(two[-1:])),
+        key_sorted(everything[everything["source"].isin(["s01", "s03"])]),
+    )
 
 
 ROUTES = [
@@ -372,13 +408,15 @@ def big_run(folder: Path, r: int, sources: int = 50, seconds: int = 100) -> Path
 
 def test_a_stalled_client_slows_nobody_and_is_dropped(tmp_path: Path) -> None:
     """A client that never reads while 6 big commits land: a reading client gets every commit
-    within 2 s of it, and the server closes the stalled connection (its send timeout)."""
+    within 2 s of it, and the server closes the stalled connection (its send timeout), with one
+    line on its log."""
     store = tmp_path / "store"
     open_store(str(store)).ingest(str(big_run(tmp_path, 0)), capture="big", views=VIEWS)
     st = Store(str(store))
     head = commits.head(st, "big")
     got: list[dict[str, Any]] = []
-    with serving(store, "--poll", "0.2") as base:
+    log = tmp_path / "serve.log"
+    with serving(store, "--poll", "0.2", stderr=log) as base:
         stalled = socket.socket()
         stalled.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
         stalled.connect(("127.0.0.1", int(base.rsplit(":", 1)[1])))
@@ -423,3 +461,49 @@ def test_a_stalled_client_slows_nobody_and_is_dropped(tmp_path: Path) -> None:
             assert time.monotonic() < ends, "the stalled connection stays open"
         stalled.close()
     assert total > 1 << 20  # it was sent a lot before the server gave up on it
+    messages = log.read_text()
+    assert "dropped an event stream whose client stopped reading" in messages
+    assert "Traceback" not in messages
+
+
+def test_a_subscriber_too_far_behind_is_dropped_and_its_stream_ends() -> None:
+    """A client that reads, but slower than commits land, falls behind by events or by bytes:
+    past either bound its queue is emptied and its stream ends (it reconnects and catches up
+    from its last id), and the events it read before are the first ones, in order."""
+
+    async def fill(sub: Subscriber, data: str) -> tuple[int, list[Any]]:
+        offered = 0
+        while sub.offer(offered + 1, data):
+            offered += 1
+        return offered, [await sub.next() for _ in range(1)]
+
+    by_events = Subscriber(Filters())
+    offered, got = asyncio.run(fill(by_events, "x"))
+    assert offered == QUEUE_EVENTS
+    assert by_events.dropped
+    assert got == [None]
+
+    big = "x" * (QUEUE_BYTES // 10 + 1)
+    by_bytes = Subscriber(Filters())
+
+    async def read_two_then_fill() -> tuple[list[Any], int, list[Any]]:
+        by_bytes.offer(1, big)
+        by_bytes.offer(2, big)
+        first = [await by_bytes.next(), await by_bytes.next()]
+        offered, rest = await fill(by_bytes, big)
+        return first, offered, rest
+
+    first, offered, rest = asyncio.run(read_two_then_fill())
+    assert first == [(1, big), (2, big)]
+    assert offered == 9  # nine fit in the byte budget, the tenth does not
+    assert rest == [None]
+    assert by_bytes.queued_bytes == 0
+
+    async def waiting_reader_then_huge_event() -> Any:
+        sub = Subscriber(Filters())
+        reader = asyncio.create_task(sub.next())  # waits on an empty queue
+        await asyncio.sleep(0)
+        assert not sub.offer(1, "x" * (QUEUE_BYTES + 1))  # one event over the budget
+        return await asyncio.wait_for(reader, 5)
+
+    assert asyncio.run(waiting_reader_then_huge_event()) is None
