@@ -220,14 +220,14 @@ def encode(table: pa.Table, fmt: str) -> bytes:
 @dataclass(eq=False)  # each subscriber is itself: hashed by identity
 class Subscriber:
     filters: Filters
-    # (commit, the event's data); None: dropped. Bounded in events and in bytes.
-    queue: asyncio.Queue[tuple[int, str] | None] = field(
+    # (commit, its event); None: dropped. Bounded in events and in bytes.
+    queue: asyncio.Queue[tuple[int, bytes] | None] = field(
         default_factory=lambda: asyncio.Queue(QUEUE_EVENTS)
     )
     queued_bytes: int = 0
     dropped: bool = False
 
-    def offer(self, n: int, data: str) -> bool:
+    def offer(self, n: int, data: bytes) -> bool:
         """Queue an event; False (and the subscriber dropped) when it is too far behind."""
         if self.queued_bytes + len(data) > QUEUE_BYTES or self.queue.full():
             self.dropped = True
@@ -240,7 +240,7 @@ class Subscriber:
         self.queued_bytes += len(data)
         return True
 
-    async def next(self) -> tuple[int, str] | None:
+    async def next(self) -> tuple[int, bytes] | None:
         item = await self.queue.get()
         if item is not None:
             self.queued_bytes -= len(item[1])
@@ -317,22 +317,22 @@ class Feed:
 
 
 class CommitEvent:
-    """One commit's rows, as JSON once, and the data of its event per subscription (the
+    """One commit's rows, as JSON once, and its event per subscription, framed once (the
     subscriptions with the same filters — pages of the same series — share one)."""
 
     def __init__(self, n: int, rows: pa.Table, reset: bool) -> None:
         self.n, self.rows, self.reset = n, rows, reset
         self.texts = row_texts(rows)
-        self._data: dict[Filters, str] = {}
+        self._data: dict[Filters, bytes] = {}
 
     @classmethod
     def of(cls, store: Store, view: str, entry: commits.Commit) -> CommitEvent:
         return cls(entry.n, *commit_rows(store, view, entry))
 
-    def data(self, filters: Filters) -> str:
+    def data(self, filters: Filters) -> bytes:
         if filters not in self._data:
             rows_json = filters.rows_json(self.rows, self.texts)
-            self._data[filters] = event_data(self.n, rows_json, self.reset)
+            self._data[filters] = sse_event("rows", self.n, self.n, rows_json, self.reset)
         return self._data[filters]
 
     def prepare(self, filters: set[Filters]) -> None:
@@ -364,7 +364,7 @@ def sort_rows(table: pa.Table) -> pa.Table:
 
 async def view_events(
     store: Store, feed: Feed, filters: Filters, since: int | None
-) -> AsyncIterator[dict[str, Any]]:
+) -> AsyncIterator[bytes]:
     """The events of one subscription: a snapshot, or the catch-up after position ``since``
     (checked by the caller), then each commit as it lands (see the module docstring)."""
     sub = feed.subscribe(filters)
@@ -379,38 +379,44 @@ async def view_events(
                 if entry.n > upto:
                     break
                 missed = await asyncio.to_thread(CommitEvent.of, store, feed.view, entry)
-                yield {"event": "rows", "id": str(entry.n), "data": missed.data(filters)}
+                yield missed.data(filters)
         while (item := await sub.next()) is not None:
-            n, data = item
+            n, event = item
             if n > upto:
-                yield {"event": "rows", "id": str(n), "data": data}
+                yield event
         # Dropped: the client reconnects with its last id and catches up.
     finally:
         feed.unsubscribe(sub)
 
 
-def snapshot(store: Store, feed: Feed, filters: Filters, upto: int) -> list[dict[str, Any]]:
+def snapshot(store: Store, feed: Feed, filters: Filters, upto: int) -> list[bytes]:
     """The view's rows of commits up to ``upto`` as events, the last with id ``upto``."""
     table = reads.read_view(store, feed.view, **filters.read_args)
     known = [run for run, n in feed.runs.items() if n <= upto]
     table = table.filter(pc.is_in(table.column("run"), value_set=pa.array(known, pa.string())))
     texts = row_texts(table)
     starts = range(0, table.num_rows, SNAPSHOT_ROWS) or range(1)
-    events: list[dict[str, Any]] = [
-        {
-            "event": "snapshot",
-            "data": event_data(None, json_array(texts[i : i + SNAPSHOT_ROWS]), i == 0),
-        }
+    return [
+        sse_event(
+            "snapshot",
+            upto if i == starts[-1] else None,
+            None,
+            json_array(texts[i : i + SNAPSHOT_ROWS]),
+            i == 0,
+        )
         for i in starts
     ]
-    events[-1]["id"] = str(upto)
-    return events
 
 
-def event_data(n: int | None, rows_json: str, reset: bool) -> str:
-    """An event's data: the commit it is of (None in a snapshot), whether the client drops
-    what it has first, and rows."""
-    return f'{{"commit":{json.dumps(n)},"reset":{json.dumps(reset)},"rows":{rows_json}}}'
+def sse_event(
+    kind: str, event_id: int | None, commit: int | None, rows_json: str, reset: bool
+) -> bytes:
+    """One Server-Sent Event, framed here once however many streams it goes to. Its data: the
+    commit it is of (None in a snapshot), whether the client drops what it has first, and the
+    rows — one line (JSON's strings escape their newlines)."""
+    data = f'{{"commit":{json.dumps(commit)},"reset":{json.dumps(reset)},"rows":{rows_json}}}'
+    head = "" if event_id is None else f"id: {event_id}\r\n"
+    return f"{head}event: {kind}\r\ndata: {data}\r\n\r\n".encode()
 
 
 # -- the app -----------------------------------------------------------------------------------

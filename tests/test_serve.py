@@ -393,6 +393,43 @@ def test_a_token_guards_every_route_and_names_cannot_leave_the_store(store: Path
             assert r.status_code == 404, bad
 
 
+def test_no_response_and_no_log_line_holds_a_credential(seaweed_env: str, tmp_path: Path) -> None:
+    """A server on an S3 store (SeaweedFS, which checks signatures: the credentials are real
+    and used) with a token: no response of any route — pages, rows in each format, events,
+    status, errors — and nothing it logs holds the S3 key id, the secret or the token."""
+    url = f"s3://{seaweed_env}/store"
+    open_store(url).ingest(str(run_file(tmp_path, 0)), capture="obs", views=VIEWS)
+    secrets = [os.environ["AWS_ACCESS_KEY_ID"], os.environ["AWS_SECRET_ACCESS_KEY"], TOKEN]
+    log = tmp_path / "serve.log"
+    good = {"Authorization": f"Bearer {TOKEN}"}
+    seen = 0
+    with serving(url, env={"OBSFLOW_SERVE_TOKEN": TOKEN}, stderr=log) as base:
+        routes = [
+            *ROUTES,
+            *(f"/api/views/v1s?format={f}" for f in ("csv", "arrow")),
+            "/api/views/v1s?limit=x",  # 400
+            "/api/views/nope",  # 404
+            "/api/captures/obs?from=yesterday",  # 400
+        ]
+        for route in routes:
+            for headers in (good, {}):
+                if route.endswith("/events") and headers:
+                    with httpx.stream("GET", base + route, headers=headers, timeout=10) as r:
+                        body = next(r.iter_bytes())  # the snapshot
+                else:
+                    r = httpx.get(base + route, headers=headers, timeout=30)
+                    body = r.content
+                text = body.decode("latin-1") + str(r.headers)
+                assert not [s for s in secrets if s in text], route
+                seen += len(body)
+        bad_id = {**good, "Last-Event-ID": "999"}
+        r = httpx.get(f"{base}/api/views/v1s/events", headers=bad_id, timeout=10)
+        assert r.status_code == 400
+        assert not [s for s in secrets if s in r.text]
+    assert seen > 100_000  # (rows were read from S3 and sent: the routes did their work)
+    assert not [s for s in secrets if s in log.read_text()]
+
+
 def big_run(folder: Path, r: int, sources: int = 50, seconds: int = 100) -> Path:
     """A run of ``sources`` series over ``seconds`` at 2 Hz: 5,000 new view rows (~1 MB of
     events), to fill a stalled client's socket buffers quickly."""
@@ -471,19 +508,19 @@ def test_a_subscriber_too_far_behind_is_dropped_and_its_stream_ends() -> None:
     past either bound its queue is emptied and its stream ends (it reconnects and catches up
     from its last id), and the events it read before are the first ones, in order."""
 
-    async def fill(sub: Subscriber, data: str) -> tuple[int, list[Any]]:
+    async def fill(sub: Subscriber, data: bytes) -> tuple[int, list[Any]]:
         offered = 0
         while sub.offer(offered + 1, data):
             offered += 1
         return offered, [await sub.next() for _ in range(1)]
 
     by_events = Subscriber(Filters())
-    offered, got = asyncio.run(fill(by_events, "x"))
+    offered, got = asyncio.run(fill(by_events, b"x"))
     assert offered == QUEUE_EVENTS
     assert by_events.dropped
     assert got == [None]
 
-    big = "x" * (QUEUE_BYTES // 10 + 1)
+    big = b"x" * (QUEUE_BYTES // 10 + 1)
     by_bytes = Subscriber(Filters())
 
     async def read_two_then_fill() -> tuple[list[Any], int, list[Any]]:
@@ -503,7 +540,7 @@ def test_a_subscriber_too_far_behind_is_dropped_and_its_stream_ends() -> None:
         sub = Subscriber(Filters())
         reader = asyncio.create_task(sub.next())  # waits on an empty queue
         await asyncio.sleep(0)
-        assert not sub.offer(1, "x" * (QUEUE_BYTES + 1))  # one event over the budget
+        assert not sub.offer(1, b"x" * (QUEUE_BYTES + 1))  # one event over the budget
         return await asyncio.wait_for(reader, 5)
 
     assert asyncio.run(waiting_reader_then_huge_event()) is None
