@@ -451,7 +451,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         poll=args.poll,
         cors_origins=tuple(args.cors_origin),
     )
+    sock = serve.listening_socket(args.host, args.port)
     host = f"[{args.host}]" if ":" in args.host else args.host
     say(f"obsflow serve: {store.uri('')} at http://{host}:{args.port}/ (Ctrl-C stops)")
-    serve.serve(config)
+    serve.serve(config, sock)
     return 0

@@ -35,8 +35,10 @@ import ipaddress
 import json
 import logging
 import os
+import socket
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
+from errno import EADDRINUSE
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -674,16 +676,30 @@ STALLED_MESSAGE = (
 )
 
 
-def serve(config: ServeConfig) -> None:
-    """Run the app until interrupted."""
+def listening_socket(host: str, port: int) -> socket.socket:
+    """A socket bound to ``host:port`` — or a clear error, before anything says it serves."""
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # a restart reuses its port
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        hint = " (another obsflow serve?): choose another --port" if exc.errno == EADDRINUSE else ""
+        raise ConfigError(f"cannot listen on {host}:{port}: {exc.strerror}{hint}") from None
+    return sock
+
+
+def serve(config: ServeConfig, sock: socket.socket) -> None:
+    """Run the app on ``sock`` (bound) until interrupted."""
     import uvicorn
 
     LOG.addFilter(StalledStreams())
-    uvicorn.run(
-        create_app(config),
-        host=config.host,
-        port=config.port,
-        log_level="warning",
-        access_log=False,
-        timeout_graceful_shutdown=2,
+    server = uvicorn.Server(
+        uvicorn.Config(
+            create_app(config),
+            log_level="warning",
+            access_log=False,
+            timeout_graceful_shutdown=2,
+        )
     )
+    server.run(sockets=[sock])

@@ -363,6 +363,15 @@ def test_a_token_guards_every_route_and_names_cannot_leave_the_store(store: Path
     assert refused.returncode == 2
     assert "give a token" in refused.stderr
     with serving(store, env={"OBSFLOW_SERVE_TOKEN": TOKEN}) as base:
+        taken = subprocess.run(  # a second server on the same port: a clear refusal
+            [OBSFLOW, "serve", "--store", str(store), "--port", base.rsplit(":", 1)[1]],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert taken.returncode == 2
+        assert "in use (another obsflow serve?)" in taken.stderr
+        assert "Ctrl-C stops" not in taken.stderr  # it never said it serves
         for route in ROUTES:
             for headers in ({}, {"Authorization": "Bearer wrong-token-0123456789"}):
                 r = httpx.get(base + route, headers=headers, timeout=10)
