@@ -63,6 +63,11 @@ class Finish:
                 sha = fingerprint or input_fingerprint(url)
                 records[sha] = {"input": url, "options": options, "accepted": accepted}
         stage_inputs(store, self.capture, self.run, records)
+        # The summary is part of the commit (moved into place with the outputs): a run killed
+        # just after committing still has it, and its rerun reports what it did.
+        expected = None if self.base is None else self.base + 1
+        doc = self.summary(counts, store, expected)
+        store.write_json(layout.staged(self.run, layout.run_summary(self.run)), doc)
         entry = commits.commit(
             store,
             self.capture,
@@ -72,14 +77,18 @@ class Finish:
             replaced_views=self.replaced_views,
             rows=counts.accepted if self.kind == "ingest" else 0,
         )
-        doc = summary_dict(
+        if entry.n != expected:  # (no base: the number is known only now)
+            doc = self.summary(counts, store, entry.n)
+            store.write_json(layout.run_summary(self.run), doc)
+        return doc
+
+    def summary(self, counts: Counts, store: Store, commit: int | None) -> dict[str, Any]:
+        return summary_dict(
             counts,
             run=self.run,
-            commit=entry.n,
+            commit=commit,
             capture=self.capture,
             store_url=store.uri(),
             finished=datetime.now().astimezone().isoformat(),
             **self.extra,
         )
-        store.write_json(layout.run_summary(self.run), doc)
-        return doc

@@ -160,7 +160,7 @@ def check_against(store: Path, reference: dict[str, pd.DataFrame]) -> None:
     }
 
 
-@pytest.mark.parametrize("seed", range(3))  # more seeds: the slow soak below
+@pytest.mark.parametrize("seed", range(1))  # more seeds: the slow soak below
 def test_kill_9_and_resume_gives_the_uninterrupted_outputs(
     tmp_path: Path, reference: tuple[dict[str, pd.DataFrame], float], seed: int
 ) -> None:
@@ -171,7 +171,7 @@ def test_kill_9_and_resume_gives_the_uninterrupted_outputs(
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("seed", range(3, 30))
+@pytest.mark.parametrize("seed", range(1, 30))
 def test_kill_9_and_resume_many_times(
     tmp_path: Path, reference: tuple[dict[str, pd.DataFrame], float], seed: int
 ) -> None:
@@ -260,3 +260,41 @@ def test_kill_9_in_the_middle_of_run_3_of_5_and_resume(
         b = json.loads((ref_root / f"run{i + 1}.json").read_text())
         for key in ("input", "accepted", "rejected", "duplicates", "late", "views"):
             assert a[key] == b[key], (i + 1, key)
+
+
+def test_a_run_killed_just_after_its_commit_reports_its_counts_when_resumed(
+    tmp_path: Path,
+) -> None:
+    """The run summary is part of the commit: a resume that finds its run committed (killed
+    between the commit and the process's end) reports that run's counts, not zeros."""
+    store = tmp_path / "store"
+    views = tmp_path / "views.toml"
+    views.write_text(VIEWS)
+    source = "sim://?sources=2&channels=t&rate=10&duration=30s&seed=3"
+    first = tmp_path / "first.json"
+    cmd = ingest_cmd(store, views, tmp_path / "rec", source=source, summary=first)
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    summary = json.loads(first.read_text())
+    (entry,) = read_log(Store(str(store)), "c")
+    assert layout.run_summary(summary["run"]) in entry.objects  # moved into place with it
+    # The recovery directory as a kill after the commit leaves it: the run, its base.
+    rec = tmp_path / "rec-killed"
+    rec.mkdir()
+    (rec / "obsflow-run.json").write_text(
+        json.dumps({"command": "ingest", "run": summary["run"], "base": 0})
+    )
+    again = tmp_path / "again.json"
+    cmd = ingest_cmd(store, views, rec, source=source, summary=again)
+    done = subprocess.run(
+        cmd[: cmd.index("-q")] + cmd[cmd.index("-q") + 1 :],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "had committed before it stopped" in done.stderr
+    resumed = json.loads(again.read_text())
+    assert resumed["accepted"] == summary["accepted"] == 600
+    assert resumed["commit"] == 1
+    assert len(read_log(Store(str(store)), "c")) == 1  # and nothing was committed again
