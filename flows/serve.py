@@ -227,12 +227,10 @@ class Subscriber:
         default_factory=lambda: asyncio.Queue(QUEUE_EVENTS)
     )
     queued_bytes: int = 0
-    dropped: bool = False
 
     def offer(self, n: int, data: bytes) -> bool:
-        """Queue an event; False (and the subscriber dropped) when it is too far behind."""
+        """Queue an event; False when the subscriber is too far behind (its stream ends)."""
         if self.queued_bytes + len(data) > QUEUE_BYTES or self.queue.full():
-            self.dropped = True
             while not self.queue.empty():  # what it held is of no use to it any more
                 self.queue.get_nowait()
             self.queued_bytes = 0
@@ -658,6 +656,11 @@ def static_bytes(name: str) -> bytes:
     return (resources.files("obsflow.flows") / "static" / name).read_bytes()
 
 
+STALLED_MESSAGE = (
+    f"dropped an event stream whose client stopped reading (a send blocked {SEND_TIMEOUT} s)"
+)
+
+
 class StalledStreams(logging.Filter):
     """A stream dropped because its client stopped reading is routine: one line, not the
     traceback uvicorn logs for an app's exception."""
@@ -669,11 +672,6 @@ class StalledStreams(logging.Filter):
             record.msg, record.args, record.exc_info = STALLED_MESSAGE, (), None
             record.levelno, record.levelname = logging.WARNING, "WARNING"
         return True
-
-
-STALLED_MESSAGE = (
-    f"dropped an event stream whose client stopped reading (a send blocked {SEND_TIMEOUT} s)"
-)
 
 
 def listening_socket(host: str, port: int) -> socket.socket:
