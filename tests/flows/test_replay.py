@@ -167,8 +167,16 @@ def live(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
+def own_copy(live: Path, tmp_path: Path) -> Path:
+    """The module's live store, copied: a test replays into its copy, whatever order the
+    tests run in (xdist), and leaves the others' store as the live ingest left it."""
+    store = tmp_path / "store"
+    shutil.copytree(live / "store", store)
+    return store
+
+
 def test_live_views_equal_replayed_views(live: Path, tmp_path: Path) -> None:
-    store = live / "store"
+    store = own_copy(live, tmp_path)
     before = {v: as_ns(view_frame(store, v)) for v in ("m1", "sess")}
     assert all(not f["final"].all() for f in before.values())  # the last windows are open
     summary = tmp_path / "s.json"
@@ -207,7 +215,7 @@ def test_live_views_equal_replayed_views(live: Path, tmp_path: Path) -> None:
 def test_replay_with_new_definitions_equals_the_oracle(
     live: Path, tmp_path: Path, toml: str
 ) -> None:
-    store = live / "store"
+    store = own_copy(live, tmp_path)
     views = tmp_path / "v.toml"
     views.write_text(toml)
     summary = tmp_path / "s.json"
@@ -243,7 +251,7 @@ def test_replay_with_new_definitions_equals_the_oracle(
 def test_replay_restricted_by_time_and_source_equals_the_restricted_oracle(
     live: Path, tmp_path: Path
 ) -> None:
-    store = live / "store"
+    store = own_copy(live, tmp_path)
     views = tmp_path / "v.toml"
     views.write_text(
         '[[view]]\nname = "r"\nsize = "30s"\nlateness = "3s"\naggregates = ["count", "mean", "max"]'
@@ -290,7 +298,7 @@ def test_replay_restricted_by_time_and_source_equals_the_restricted_oracle(
 def test_one_worker_two_workers_and_two_processes_give_identical_rows(
     live: Path, tmp_path: Path
 ) -> None:
-    store = live / "store"
+    store = own_copy(live, tmp_path)
     views = tmp_path / "v.toml"
     views.write_text(
         '[[view]]\nname = "w"\nsize = "20s"\nlateness = "1s"\n'
