@@ -2,7 +2,8 @@
 
 Everything runs on 127.0.0.1, each part in its own process: a ``nats-server``; ``obsflow
 simulate --to nats://`` publishing ``--sources`` (200) sources at ``--rate`` (100 Hz) = 20,000
-readings/s in real time for ``--seconds`` (60) as Arrow IPC; ``obsflow ingest`` committing them
+readings/s in real time as Arrow IPC, for ``--poll`` (20) seconds of the baseline and then
+``--seconds`` (60) of the SSE run; ``obsflow ingest`` committing them
 once a second into a 100 ms view (≈ 2,000 final view rows/s, plus the open windows'
 provisional rows); ``obsflow serve``; and two client processes with ``--clients`` (200) SSE
 subscriptions between them. A page subscribes to the series it shows, so most clients follow
@@ -18,9 +19,9 @@ Printed, and checked (the run fails when a check fails):
 - the server's RSS over the run (sampled) and its peak, and its CPU time;
 - when the stalled client was dropped.
 
-The baseline, in the same run: the same clients polling instead, each asking the API every
-second for its series' rows of the last 10 s (what a dashboard without a push channel does):
-server CPU time and bytes sent for the same span, against the SSE run's.
+The baseline, first in the same run: the same clients polling instead, each asking the API
+every second for its series' rows of the last 10 s (what a dashboard without a push channel
+does): the requests served, bytes and server CPU time, against the SSE run's.
 
 Run: ``.venv/bin/python benchmarks/bench_serve.py [--seconds 60] [--clients 200]``.
 """
@@ -212,8 +213,8 @@ class Sampler(threading.Thread):
 
     def __init__(self, pid: int) -> None:
         super().__init__(daemon=True)
-        self.pid, self.samples, self.stopped = pid, [], threading.Event()
-        self.samples: list[tuple[float, float]] = []
+        self.pid, self.stopped = pid, threading.Event()
+        self.samples: list[tuple[float, float]] = []  # (time, MiB)
 
     def run(self) -> None:
         while not self.stopped.wait(0.25):
