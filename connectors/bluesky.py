@@ -173,13 +173,13 @@ def page_readings(page: dict[str, Any], desc: Descriptor) -> pa.Table:
         stamps = page["timestamps"].get(key, page["time"])
         ns = np.round(np.asarray(stamps, dtype=np.float64) * 1e9).astype(np.int64)
         seq = (mix(base ^ np.uint64(_hash(key))) & _SEQ_MASK).astype(np.int64)
-        columns["source"].append(pa.array(np.full(n, source, dtype=object), pa.string()))
+        columns["source"].append(pa.repeat(pa.scalar(source, pa.string()), n))
         columns["seq"].append(pa.array(seq, pa.int64()))
         columns["time"].append(pa.array(ns, pa.int64()).cast(pa.timestamp("ns", "UTC")))
-        columns["channel"].append(pa.array(np.full(n, key, dtype=object), pa.string()))
+        columns["channel"].append(pa.repeat(pa.scalar(key, pa.string()), n))
         columns["value"].append(pa.array(values, pa.float64()))
         for name, text in zip(CONTEXT, (desc.run_uid, desc.stream, desc.uid), strict=True):
-            columns[name].append(pa.array(np.full(n, text, dtype=object), pa.string()))
+            columns[name].append(pa.repeat(pa.scalar(text, pa.string()), n))
     if not columns["seq"]:
         return READING_SCHEMA.empty_table()
     return pa.table(

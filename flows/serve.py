@@ -20,8 +20,8 @@ A client that reconnects with ``Last-Event-ID: n`` — to a restarted server too
 events: no gap, no duplicate. A first connection gets a snapshot (the rows of commits up to
 the feed's position, id = that position), then the events.
 
-One poller per view (``Feed``) looks for the next commit document (one existence check per
-tick, no listing of the view) and fans each commit's rows out to the subscribers' bounded
+One poller per view (``Feed``) looks for the next commit document (one request per tick, no
+listing of the view) and fans each commit's rows out to the subscribers' bounded
 queues; a subscriber whose queue is full (it stopped reading) is dropped, and slows nobody.
 """
 
@@ -307,10 +307,11 @@ class Feed:
                     self.subscribers.discard(sub)  # it stopped reading: wait for nobody
 
     def _next_commit(self) -> commits.Commit | None:
-        doc = layout.commit_doc(self.capture, self.head + 1)
-        if not self.store.exists(doc):
+        try:  # one request per tick: the read itself says whether it is there
+            doc = self.store.read_json(layout.commit_doc(self.capture, self.head + 1))
+        except FileNotFoundError:
             return None
-        entry = commits.Commit.from_json(self.store.read_json(doc))
+        entry = commits.Commit.from_json(doc)
         # Committed, but its rows reach their objects only once it is applied (on S3 the
         # moves take a moment): until then, the same look next tick.
         return entry if commits.applied(self.store, entry) else None
