@@ -27,6 +27,7 @@ import pyarrow.parquet as pq
 from obsflow.connectors import commits, layout
 from obsflow.connectors.commits import Commit, Lease
 from obsflow.connectors.errors import ConfigError
+from obsflow.connectors.partitions import conform
 from obsflow.connectors.store import Store
 
 REPLACES_KEY = b"obsflow.replaces"
@@ -118,7 +119,7 @@ def _rewrite(store: Store, olds: list[str]) -> tuple[bytes, int]:
     rows = 0
     names = [rel.rsplit("/", 1)[1] for rel in olds]
     for rel in olds:
-        table = store.read_parquet(rel)
+        table = conform(store.read_parquet(rel))  # (objects of older versions lack columns)
         if writer is None:
             schema = table.schema.with_metadata(
                 {**(table.schema.metadata or {}), REPLACES_KEY: json.dumps(names).encode()}

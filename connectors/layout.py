@@ -8,6 +8,7 @@ Polars, Spark) gives exactly its rows; obsflow's own bookkeeping lives under ``_
                                                          partition and stretch of window starts
     late/<view>/<run>/part-0003-<chunk>.parquet           late readings (LATE_SCHEMA)
     deadletter/<run>/part-0000-<chunk>.parquet            rejected records (DEADLETTER_SCHEMA)
+    documents/<capture>/<run>/part-0000-<chunk>.parquet   Bluesky documents (DOCUMENT_LOG_SCHEMA)
     payloads/ab/cd/<sha256>                               payload objects
     runs/<run>.json                                       run summaries
     _obsflow/layout.json                                  {"layout": 2}
@@ -34,7 +35,13 @@ import pyarrow as pa
 
 from obsflow.connectors.ids import check_name
 from obsflow.connectors.payload_format import PAYLOAD_SCHEMA
-from obsflow.connectors.schema import READING_SCHEMA, REJECT_SCHEMA, TIME_TYPE
+from obsflow.connectors.schema import (
+    CONTEXT_SCHEMA,
+    DOCUMENT_SCHEMA,
+    READING_SCHEMA,
+    REJECT_SCHEMA,
+    TIME_TYPE,
+)
 
 LAYOUT = 2
 META = "_obsflow"
@@ -46,15 +53,17 @@ PART_DIR_RE = re.compile(r"^part-(?P<part>\d{4})$")
 
 # -- schemas --------------------------------------------------------------------------------
 
-CAPTURE_SCHEMA = pa.schema([*READING_SCHEMA, *PAYLOAD_SCHEMA])
-"""Capture objects: the reading schema plus payload references (null without a payload).
-Every object has every column, so a plain folder read always sees the payload columns."""
+CAPTURE_SCHEMA = pa.schema([*READING_SCHEMA, *PAYLOAD_SCHEMA, *CONTEXT_SCHEMA])
+"""Capture objects: the reading schema plus payload references (null without a payload) and
+context (null without). Every object has every column, so a plain folder read always sees
+them; objects written before the context columns existed read with them null."""
 
 LINEAGE = ("capture", "view_hash", "run")
 LATE_SCHEMA = pa.schema(
     [*READING_SCHEMA, *(pa.field(c, pa.string()) for c in ("view", "reason", "run"))]
 )
 DEADLETTER_SCHEMA = REJECT_SCHEMA.append(pa.field("run", pa.string()))
+DOCUMENT_LOG_SCHEMA = DOCUMENT_SCHEMA.append(pa.field("run", pa.string()))
 
 
 def view_schema(aggregates: Sequence[str]) -> pa.Schema:
@@ -111,6 +120,12 @@ def view_segment(view: str, part: int, start_ns: int) -> str:
 
 def late_dir(view: str) -> str:
     return f"late/{check_name(view, kind='view name')}"
+
+
+def documents_dir(capture: str) -> str:
+    """Bluesky run and asset documents stored with a capture (``DOCUMENT_LOG_SCHEMA``), one log
+    per run: ``documents/<capture>/<run>/part-0000-<chunk>.parquet``."""
+    return f"documents/{check_name(capture, kind='capture name')}"
 
 
 def deadletter_dir(run: str | None = None) -> str:

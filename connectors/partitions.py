@@ -13,7 +13,6 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from obsflow.connectors.layout import CAPTURE_SCHEMA
-from obsflow.connectors.payload_format import PAYLOAD_SCHEMA
 
 
 def partition_of(sources: pa.Array | pa.ChunkedArray, partitions: int) -> np.ndarray:
@@ -77,8 +76,8 @@ def assign_seq(table: pa.Table, next_seq: dict[str, int]) -> pa.Table:
 
 
 def conform(table: pa.Table) -> pa.Table:
-    """Readings in ``CAPTURE_SCHEMA``: missing payload columns added as nulls."""
-    for column_field in PAYLOAD_SCHEMA:
+    """Readings in ``CAPTURE_SCHEMA``: missing payload and context columns added as nulls."""
+    for column_field in CAPTURE_SCHEMA:
         if column_field.name not in table.column_names:
             table = table.append_column(column_field, pa.nulls(table.num_rows, column_field.type))
     return table.select(CAPTURE_SCHEMA.names).cast(CAPTURE_SCHEMA)

@@ -21,6 +21,7 @@ from obsflow.connectors import layout
 from obsflow.connectors.capture import capture_files, open_capture
 from obsflow.connectors.errors import ConfigError, StoreError
 from obsflow.connectors.partitions import partitions_of
+from obsflow.connectors.payload_format import PAYLOAD_SCHEMA
 from obsflow.connectors.schema import READING_SCHEMA, TIME_TYPE, to_utc
 from obsflow.connectors.store import Store
 from obsflow.connectors.views import read_view_doc, view_files
@@ -119,8 +120,11 @@ def read_capture(
     filter: ds.Expression | None = None,
 ) -> pa.Table:
     """A capture's readings, sorted by source, channel, time and seq. Columns: the reading
-    fields, with ``payloads`` the ``payload_*`` references too, or exactly ``columns``."""
-    schema = layout.CAPTURE_SCHEMA if payloads or columns is not None else READING_SCHEMA
+    fields, with ``payloads`` the ``payload_*`` references too, or exactly ``columns`` (any of
+    ``CAPTURE_SCHEMA``, the context columns included); ``filter`` may name any of them."""
+    schema = layout.CAPTURE_SCHEMA
+    if columns is None:  # (a filter may still name any column: context, payload)
+        columns = [*READING_SCHEMA.names, *(PAYLOAD_SCHEMA.names if payloads else ())]
     expr = row_filter(sources=sources, channels=channels, start=start, until=until)
     if filter is not None:
         expr = filter if expr is None else expr & filter

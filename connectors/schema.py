@@ -46,6 +46,25 @@ REJECT_SCHEMA = pa.schema(
 )
 """A rejected input record: where it came from, why, and its raw form as JSON."""
 
+DOCUMENT_SCHEMA = pa.schema(
+    [
+        pa.field("run_uid", pa.string()),
+        pa.field("name", pa.string()),
+        pa.field("uid", pa.string()),
+        pa.field("time", TIME_TYPE),
+        pa.field("doc", pa.string()),
+    ]
+)
+"""A Bluesky run or asset document kept whole (``start``, ``descriptor``, ``stop``,
+``resource``, ``datum``, ``stream_resource``, ``stream_datum``): its run, name, uid, time, and
+the document as JSON."""
+
+CONTEXT_FIELDS = ("run_uid", "stream", "descriptor")
+"""Optional context of a reading, kept with it in the capture (null where the input has none):
+the Bluesky run, stream and event descriptor it came from."""
+CONTEXT_SCHEMA = pa.schema([pa.field(name, pa.string()) for name in CONTEXT_FIELDS])
+MAX_CONTEXT_CHARS = 256
+
 FIELDS = ("source", "seq", "time", "channel", "value")
 REQUIRED = ("source", "time", "value")
 RECEIVED = "_received"
@@ -373,7 +392,7 @@ def wide_columns(table: pa.Table, spec: InputSpec) -> list[str]:
     if spec.channels:
         return [c for c in spec.channels if c in names]
     keys = {spec.column(f) for f in ("source", "time", "seq")}
-    return [c for c in names if c not in keys and c not in PAYLOAD_INPUTS]
+    return [c for c in names if c not in keys and c not in PAYLOAD_INPUTS + CONTEXT_FIELDS]
 
 
 def _channels_problem(table: pa.Table, spec: InputSpec) -> str | None:
@@ -395,7 +414,7 @@ def melt(table: pa.Table, spec: InputSpec, columns: list[str]) -> tuple[pa.Table
     in the batch is text, not a channel). Returns the table (source, time, seq as read;
     ``channel``; ``value`` as text, so a bad cell is reported as written) and each reading's
     record index in the batch."""
-    names = [*(spec.column(f) for f in ("source", "time", "seq")), RECEIVED]
+    names = [*(spec.column(f) for f in ("source", "time", "seq")), RECEIVED, *CONTEXT_FIELDS]
     keys = [c for c in names if c in table.column_names]
     parts, records = [], []
     for name in columns:
@@ -497,6 +516,22 @@ def normalize(table: pa.Table, spec: InputSpec, *, origin: str, offset: int) -> 
     if cols["time"] is not None or received is not None:
         rej.reject(~ok, "bad_time", "time is missing, unparseable or outside the ns range")
 
+    context: dict[str, Any] = {}
+    for name in CONTEXT_FIELDS:
+        col, problem = _lookup(table, name)
+        if problem:
+            rej.reject(np.ones(n, dtype=bool), "bad_schema", problem)
+        elif col is not None:
+            if pa.types.is_string(col.type) or pa.types.is_integer(col.type):
+                text = col.cast(pa.string())
+                too_long = _np_bool(pc.greater(pc.utf8_length(text), MAX_CONTEXT_CHARS))
+                what = f"{name} is longer than {MAX_CONTEXT_CHARS} characters"
+            else:  # (a nested value, say: kept as nothing rather than guessed at)
+                text, too_long = pa.nulls(n, pa.string()), ~_np_bool(col.is_null())
+                what = f"{name} is not text"
+            rej.reject(too_long, "bad_context", what)
+            context[name] = text
+
     values = np.full(n, np.nan)
     if cols["value"] is not None:
         values, bad = _parse_float(cols["value"])
@@ -521,6 +556,8 @@ def normalize(table: pa.Table, spec: InputSpec, *, origin: str, offset: int) -> 
             "value": pa.array(values, type=pa.float64(), from_pandas=False),
         }
     )
+    for name, text in context.items():
+        readings = readings.append_column(name, text)
     for name in PAYLOAD_INPUTS:  # raw payloads travel on, to be offloaded by the next step
         col, problem = _lookup(table, name)
         if col is not None:

@@ -28,7 +28,7 @@ from obsflow.connectors.payload_format import (
     payloads_to_arrow,
 )
 from obsflow.connectors.payloads import PayloadStore
-from obsflow.connectors.schema import REJECT_SCHEMA
+from obsflow.connectors.schema import CONTEXT_FIELDS, REJECT_SCHEMA
 from obsflow.flows.features import derive_features
 
 RAW_COLUMNS = ("_payload", "_payload_dtype", "_payload_shape")
@@ -142,7 +142,7 @@ def _feature_rows(
         "channel": feats.column("channel"),
         "value": feats.column("value"),
     }
-    for name in ("_origin", "_row"):
+    for name in (*CONTEXT_FIELDS, "_origin", "_row"):
         if name in readings.column_names:
             cols[name] = readings.column(name).take(take)
     table = pa.table(cols)
