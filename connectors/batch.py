@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 
 import pyarrow as pa
 
-from obsflow.connectors.schema import REJECT_SCHEMA
+from obsflow.connectors.schema import DOCUMENT_SCHEMA, REJECT_SCHEMA
 
 DEFAULT_BATCH_ROWS = 65_536
 
@@ -19,12 +19,15 @@ class RawBatch:
     ``origin`` (malformed lines are no records; they name their line). ``rejects`` holds records
     the reader itself could not parse (malformed lines), already in ``REJECT_SCHEMA``;
     ``records`` counts every input record the batch accounts for (rows + rejects).
+    ``documents`` holds Bluesky run and asset documents read with the rows (``DOCUMENT_SCHEMA``):
+    metadata kept whole, not records.
     """
 
     origin: str
     offset: int
     table: pa.Table
     rejects: pa.Table = field(default_factory=REJECT_SCHEMA.empty_table)
+    documents: pa.Table = field(default_factory=DOCUMENT_SCHEMA.empty_table)
 
     @property
     def records(self) -> int:

@@ -16,7 +16,7 @@ import json
 from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 import fsspec
 import pyarrow as pa
@@ -29,6 +29,9 @@ from obsflow.connectors.batch import DEFAULT_BATCH_ROWS, RawBatch
 from obsflow.connectors.errors import ConfigError
 from obsflow.connectors.schema import REJECT_SCHEMA
 from obsflow.connectors.store import BACKENDS
+
+if TYPE_CHECKING:
+    from obsflow.connectors.bluesky_io import BlueskyInput
 
 FORMATS = {
     ".parquet": "parquet",
@@ -229,15 +232,34 @@ def _take_lines(f: BinaryIO, n: int) -> list[bytes]:
 _READERS = {"parquet": _read_parquet, "csv": _read_csv, "jsonl": _read_jsonl}
 
 
+def _raw_batches(
+    url: str, f: BinaryIO, batch_rows: int, delimiter: str | None
+) -> Iterator[RawBatch]:
+    """A file of readings as raw batches: offsets count its parsed records."""
+    parsed = 0
+    for table, bad in _READERS[format_of(url)](f, batch_rows, delimiter):
+        yield RawBatch(url, parsed, table, malformed(url, bad))
+        parsed += table.num_rows
+
+
 class _FilePartition(StatefulSourcePartition[RawBatch, int]):
     def __init__(
-        self, url: str, batch_rows: int, delimiter: str | None, resume: int | None
+        self,
+        url: str,
+        batch_rows: int,
+        delimiter: str | None,
+        resume: int | None,
+        bluesky: BlueskyInput | None = None,
     ) -> None:
         self._url = url
         self._file = open_input(url)
-        self._batches = _READERS[format_of(url)](self._file, batch_rows, delimiter)
+        self._format = "bluesky" if bluesky else format_of(url)
+        self._batches = (
+            bluesky.batches(url, self._file, batch_rows)
+            if bluesky
+            else _raw_batches(url, self._file, batch_rows, delimiter)
+        )
         self._pos = 0  # records emitted, malformed lines included: where a resume starts
-        self._parsed = 0  # of them, records parsed: the next record's 0-based index
         self._skip = resume or 0
 
     def next_batch(self) -> list[RawBatch]:
@@ -245,25 +267,23 @@ class _FilePartition(StatefulSourcePartition[RawBatch, int]):
             return self._next_batch()
         except (pa.ArrowInvalid, pa.ArrowNotImplementedError, UnicodeDecodeError) as exc:
             # A file that cannot be read as its extension says (not a bad record in it).
-            raise ConfigError(f"cannot read {self._url} as {format_of(self._url)}: {exc}") from exc
+            raise ConfigError(f"cannot read {self._url} as {self._format}: {exc}") from exc
 
     def _next_batch(self) -> list[RawBatch]:
-        for table, bad in self._batches:
-            rejects = malformed(self._url, bad)
-            n = table.num_rows + rejects.num_rows
+        # Resuming re-reads the batches emitted before (a Bluesky stream rebuilds its state
+        # from them) and emits from the first one not emitted.
+        for batch in self._batches:
+            n = batch.records
             if self._skip >= self._pos + n:  # resuming: this batch was emitted before
                 self._pos += n
-                self._parsed += table.num_rows
                 continue
             if self._skip > self._pos:
                 raise ConfigError(
                     f"cannot resume {self._url} at record {self._skip}: the "
                     "batch size differs from the interrupted run's"
                 )
-            start = self._parsed
             self._pos += n
-            self._parsed += table.num_rows
-            return [RawBatch(self._url, start, table, rejects)]
+            return [batch]
         raise StopIteration
 
     def next_awake(self) -> datetime | None:
@@ -281,6 +301,7 @@ class FileSource(FixedPartitionedSource[RawBatch, int]):
 
     Validates at once that every file has a known format; opens nothing until built. CSV files
     are split at ``delimiter``, or at the one their header line shows (``sniff_delimiter``).
+    With ``bluesky`` every file is a Bluesky document stream (``connectors.bluesky_io``).
     """
 
     def __init__(
@@ -289,21 +310,24 @@ class FileSource(FixedPartitionedSource[RawBatch, int]):
         *,
         batch_rows: int = DEFAULT_BATCH_ROWS,
         delimiter: str | None = None,
+        bluesky: BlueskyInput | None = None,
     ) -> None:
         if not urls:
             raise ConfigError("no input files given")
         if len(set(urls)) != len(urls):
             raise ConfigError("an input file is listed twice")
-        for url in urls:
-            format_of(url)
+        if bluesky is None:
+            for url in urls:
+                format_of(url)
         if batch_rows < 1:
             raise ConfigError(f"batch_rows must be positive, not {batch_rows}")
         self.urls = list(urls)
         self.batch_rows = batch_rows
         self.delimiter = delimiter
+        self.bluesky = bluesky
 
     def list_parts(self) -> list[str]:
         return self.urls
 
     def build_part(self, step_id: str, for_part: str, resume_state: int | None) -> _FilePartition:
-        return _FilePartition(for_part, self.batch_rows, self.delimiter, resume_state)
+        return _FilePartition(for_part, self.batch_rows, self.delimiter, resume_state, self.bluesky)

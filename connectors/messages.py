@@ -33,7 +33,7 @@ from obsflow.connectors.errors import ConfigError
 from obsflow.connectors.files import MAX_LINE_BYTES, malformed
 from obsflow.connectors.schema import RECEIVED, InputSpec
 
-FORMATS = ("json", "arrow")
+FORMATS = ("json", "arrow", "bluesky")  # bluesky: connectors.bluesky_io, a stateful decoder
 TOPIC_FIELD = re.compile(r"^topic:(\d{1,3})$")
 
 

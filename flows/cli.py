@@ -25,7 +25,9 @@ COMMAND_EXAMPLES = {
   obsflow ingest wx.csv --capture wx --map source=station,time=timestamp,value=temp_c
   obsflow ingest wide.csv --capture wx --map source=station,time=timestamp --channels t,rh
   obsflow ingest logger.txt.csv --delimiter tab --time-unit s --views views.toml
-  obsflow ingest nats://127.0.0.1:4222 --topic obs.> --consumer lab --capture live""",
+  obsflow ingest nats://127.0.0.1:4222 --topic obs.> --consumer lab --capture live
+  obsflow ingest --format bluesky scan.jsonl --capture beamline --root-map /old/data=/mnt/data
+  obsflow ingest kafka://127.0.0.1:9092 --format bluesky --topic bs --consumer o --capture bl""",
     "replay": """\
   obsflow replay --capture buoy                      (rebuild the capture's views)
   obsflow replay --capture buoy --views new.toml --lateness 10m
@@ -60,6 +62,10 @@ COMMAND_EXAMPLES = {
     "serve": """\
   obsflow serve --store data/store  (then open http://127.0.0.1:8000)
   obsflow serve --host 0.0.0.0 --token-file ~/.obsflow-token  (reachable by others: a token)""",
+    "bluesky": """\
+  obsflow ingest --format bluesky scan.jsonl --capture beamline   (then:)
+  obsflow bluesky runs --capture beamline
+  obsflow bluesky export --capture beamline --run 5f1c...e2 -o run.jsonl""",
     "store": """\
   obsflow store migrate --store s3://bucket/obs""",
 }
@@ -237,6 +243,24 @@ def _ingest(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
         metavar="F,F",
         help="scalar channels derived from each payload: mean,max,min,sum,std,rms",
     )
+    bluesky = sp.add_argument_group(
+        "Bluesky documents (--format bluesky: every file is a document stream, JSON lines of "
+        "[name, doc] or {name, doc}, or .msgpack)"
+    )
+    bluesky.add_argument(
+        "--root-map",
+        action="append",
+        metavar="OLD=NEW",
+        help="external files (resource roots, stream_resource URIs) under OLD are under NEW "
+        "now (repeatable)",
+    )
+    bluesky.add_argument(
+        "--external-wait",
+        metavar="DURATION",
+        default="10s",
+        help="how long a missing external file is waited for before it is a dead letter "
+        "(detectors write late; default 10s)",
+    )
     sp.add_argument(
         "--dedup-horizon",
         default="10m",
@@ -262,10 +286,10 @@ def _ingest(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     live.add_argument("--stream", metavar="S", help="JetStream stream (default: from the subject)")
     live.add_argument(
         "--format",
-        default="json",
-        choices=["json", "arrow"],
-        help="message bodies: a JSON reading, an array of them or a number; or an Arrow IPC "
-        "stream (default json)",
+        choices=["json", "arrow", "bluesky"],
+        help="message bodies: a JSON reading, an array of them or a number; an Arrow IPC "
+        "stream; or one Bluesky document (msgpack as bluesky-kafka publishes, or JSON) "
+        "(default json)",
     )
     live.add_argument(
         "--flush-interval",
@@ -471,6 +495,27 @@ def parser() -> argparse.ArgumentParser:
         ap.add_argument("--reason", help="only this reason code (bad_id, bad_time, conflict, ...)")
         if name == "show":
             _limit(ap)
+
+    bluesky = _group(sub, "bluesky", "Bluesky runs held by a capture: list them, export one")
+    ap = _action(
+        bluesky,
+        "runs",
+        "the Bluesky runs of a capture: uid, plan, scan id, start, stop, exit status, events",
+        show.cmd_bluesky,
+    )
+    ap.add_argument("--capture", required=True, help="the capture")
+    _limit(ap)
+    ap = _action(
+        bluesky,
+        "export",
+        "one run as event-model documents (JSON lines); its arrays in an HDF5 file beside it",
+        commands.cmd_bluesky_export,
+    )
+    ap.add_argument("--capture", required=True, help="the capture")
+    ap.add_argument("--run", required=True, metavar="UID", help="the run's uid (its start's)")
+    ap.add_argument(
+        "-o", "--out", required=True, metavar="FILE", help="output .jsonl (arrays: beside it, .h5)"
+    )
 
     payload = _group(sub, "payload", "fetch a payload array by its sha256")
     ap = _action(payload, "get", "write one payload array to a .npy file", show.cmd_payload)

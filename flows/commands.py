@@ -16,6 +16,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from obsflow.connectors.bluesky_io import BlueskyInput
 from obsflow.connectors.brokers import BrokerURL, connect, is_broker_url, publisher
 from obsflow.connectors.capture import capture_info, new_run_id, open_capture
 from obsflow.connectors.compaction import compact
@@ -28,6 +29,7 @@ from obsflow.connectors.schema import InputSpec
 from obsflow.connectors.simulator import SimSpec, generate, parse_duration_ns
 from obsflow.connectors.store import Store
 from obsflow.flows import ingest, jobs, live, replay
+from obsflow.flows.bluesky_export import export_run
 from obsflow.flows.closing import close_view
 from obsflow.flows.runner import Recovery
 from obsflow.flows.summary import Progress, summary_dict
@@ -177,8 +179,14 @@ def cmd_ingest(args: argparse.Namespace) -> int:
         return cmd_live(args, store)
     if args.topic or args.consumer:
         raise ConfigError("--topic and --consumer are for a broker URL (nats://, mqtt://, ...)")
-    ingest.source_for(args.inputs)  # validates the inputs' formats before reading anything
+    if args.format not in (None, "bluesky"):
+        raise ConfigError(
+            f"--format {args.format} is for broker messages; files are read by "
+            "their extension, or with --format bluesky as Bluesky documents"
+        )
     config = ingest_config(args, tuple(dict.fromkeys(args.inputs)))
+    # (validates the inputs' formats before reading anything)
+    ingest.source_for(args.inputs, bluesky=BlueskyInput() if config.format else None)
     result = jobs.execute(
         config, workers=args.workers, recovery=recovery_of(args), force=args.force
     )
@@ -201,7 +209,18 @@ def ingest_config(args: argparse.Namespace, inputs: tuple[str, ...]) -> ingest.I
         dedup_horizon=parse_duration_ns(args.dedup_horizon),
         inline_limit=args.inline_limit,
         features=tuple(f for f in (args.features or "").split(",") if f),
+        format="bluesky" if args.format == "bluesky" else None,
+        root_map=tuple(root_map(entry) for entry in args.root_map or ()),
+        external_wait=parse_duration_ns(args.external_wait) / 1e9,
     )
+
+
+def root_map(entry: str) -> tuple[str, str]:
+    """``--root-map OLD=NEW`` as a pair."""
+    old, sep, new = entry.partition("=")
+    if not sep or not old.strip() or not new.strip():
+        raise ConfigError(f"--root-map {entry!r} is not OLD=NEW")
+    return old.strip(), new.strip()
 
 
 def cmd_live(args: argparse.Namespace, store: Store) -> int:
@@ -222,7 +241,7 @@ def cmd_live(args: argparse.Namespace, store: Store) -> int:
     }
     config = live.LiveConfig(
         ingest=ingest_config(args, (url,)),
-        fmt=args.format,
+        fmt=args.format or "json",
         flush_interval=seconds["flush_interval"] or 1.0,
         max_messages=args.max_batch,
         idle_timeout=seconds["idle_timeout"],
@@ -455,4 +474,20 @@ def cmd_serve(args: argparse.Namespace) -> int:
     host = f"[{args.host}]" if ":" in args.host else args.host
     say(f"obsflow serve: {store.uri('')} at http://{host}:{args.port}/ (Ctrl-C stops)")
     serve.serve(config, sock)
+    return 0
+
+
+def cmd_bluesky_export(args: argparse.Namespace) -> int:
+    """``obsflow bluesky export``: one run as event-model documents (``flows.bluesky_export``)."""
+    store = Store(args.store)
+    check_layout(store)
+    done = export_run(store, args.capture, args.run, Path(args.out))
+    docs = ", ".join(f"{n} {name}" for name, n in done["documents"].items())
+    say(f"run {args.run}: {docs} -> {done['out']}")
+    say(
+        f"  {done['readings']:,} readings, {done['frames']:,} frames"
+        + (f" in {done['arrays']}" if done["arrays"] else "")
+    )
+    for why, n in done["left_out"].items():
+        say(f"  left out: {n:,} readings ({why})")
     return 0

@@ -29,9 +29,10 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 from numpy.typing import NDArray
 
-from obsflow.connectors import layout, reads
+from obsflow.connectors import bluesky_io, layout, reads
 from obsflow.connectors.capture import (
     CaptureInfo,
     capture_info,
@@ -40,9 +41,9 @@ from obsflow.connectors.capture import (
 )
 from obsflow.connectors.errors import ConfigError
 from obsflow.connectors.migrate import check_layout
-from obsflow.connectors.payload_format import Payload, PayloadRef
+from obsflow.connectors.payload_format import PAYLOAD_SCHEMA, Payload, PayloadRef
 from obsflow.connectors.payloads import PayloadStore
-from obsflow.connectors.schema import InputSpec, to_utc
+from obsflow.connectors.schema import CONTEXT_FIELDS, READING_SCHEMA, InputSpec, to_utc
 from obsflow.connectors.simulator import parse_duration_ns
 from obsflow.connectors.store import DEFAULT_STORE, Store
 from obsflow.connectors.views import list_views, read_view_doc
@@ -225,10 +226,17 @@ class Explorer:
         until: TimeLike | None = None,
         columns: Sequence[str] | None = None,
         payloads: bool = False,
+        run_uid: Names = None,
     ) -> pa.Table:
         """A capture's readings as an Arrow table, ``start <= time < until``, sorted by source,
         channel, time and seq. Columns: the reading fields, plus the ``payload_*`` reference
-        columns with ``payloads`` (null on readings without one), or exactly ``columns``."""
+        columns with ``payloads`` (null on readings without one), or exactly ``columns`` (the
+        context columns ``run_uid``, ``stream``, ``descriptor`` among them). ``run_uid`` keeps
+        the readings of those Bluesky runs (with the context columns)."""
+        runs = _names(run_uid, "run uid")
+        if runs is not None and columns is None:  # readings of runs: say which run
+            columns = [*READING_SCHEMA.names, *CONTEXT_FIELDS]
+            columns += [f.name for f in PAYLOAD_SCHEMA] if payloads else []
         return reads.read_capture(
             self._ready(),
             name,
@@ -238,12 +246,28 @@ class Explorer:
             until=until,
             columns=columns,
             payloads=payloads,
+            filter=None if runs is None else pc.field("run_uid").isin(runs),
         )
 
     def capture(self, name: str, **filters: Any) -> pd.DataFrame:
         """A capture's readings as a DataFrame (see ``capture_table`` for the filters)."""
         frame: pd.DataFrame = self.capture_table(name, **filters).to_pandas()
         return frame
+
+    # Bluesky -----------------------------------------------------------------------------
+
+    def bluesky_runs(self, capture: str) -> pd.DataFrame:
+        """The Bluesky runs a capture holds: uid, plan, scan id, start, stop, exit status,
+        streams, events, and the obsflow run that stored the start document."""
+        frame: pd.DataFrame = bluesky_io.runs(self._ready(), capture).to_pandas()
+        return frame
+
+    def bluesky_documents(
+        self, capture: str, run_uid: str | None = None
+    ) -> list[tuple[str, dict[str, Any]]]:
+        """The run and asset documents (start, descriptor, stop, resource, datum, ...) stored
+        with a capture, of one Bluesky run or all, as ``(name, doc)`` in stored order."""
+        return bluesky_io.stored_documents(self._ready(), capture, run_uid=run_uid)
 
     # run accounting ----------------------------------------------------------------------
 
@@ -335,6 +359,9 @@ class Explorer:
         dedup_horizon: str = "10m",
         workers: int = 1,
         force: bool = False,
+        format: str | None = None,
+        root_map: Mapping[str, str] | None = None,
+        external_wait: str = "10s",
     ) -> dict[str, Any]:
         """Ingest files (or one ``sim://`` URL) into ``capture``, as ``obsflow ingest`` does,
         and return the run summary. Inputs a committed run already captured with the same
@@ -344,7 +371,9 @@ class Explorer:
         ``<capture>_1m`` into a new capture. Views already built from the capture are always
         built too, so that none falls behind it. ``map`` names input columns
         (``"source=source_id,time=event_time"``); ``channels`` picks the columns of a wide
-        input, ``delimiter`` splits CSV fields (both as on the command line).
+        input, ``delimiter`` splits CSV fields (both as on the command line). With
+        ``format="bluesky"`` every input is a Bluesky document stream; ``root_map`` relocates
+        its external files (old prefix -> new), missing ones waited for ``external_wait``.
         """
         urls = tuple(dict.fromkeys([inputs] if isinstance(inputs, str) else inputs))
         config = IngestConfig(
@@ -356,6 +385,9 @@ class Explorer:
             progress=False,
             views=None if views is None else view_defs(views),
             dedup_horizon=parse_duration_ns(dedup_horizon),
+            format=format,
+            root_map=tuple((root_map or {}).items()),
+            external_wait=parse_duration_ns(external_wait) / 1e9,
         )
         result = jobs.execute(config, workers=workers, force=force)
         return {**result.summary, "skipped_inputs": [u for u, _ in result.skipped]}

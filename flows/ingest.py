@@ -30,6 +30,7 @@ from bytewax.outputs import Sink
 
 from obsflow.connectors import layout
 from obsflow.connectors.batch import DEFAULT_BATCH_ROWS, RawBatch
+from obsflow.connectors.bluesky_io import BlueskyInput, stored_documents
 from obsflow.connectors.capture import capture_exists, new_run_id, planned_capture
 from obsflow.connectors.commits import read_log
 from obsflow.connectors.dedup import DEFAULT_HORIZON
@@ -84,10 +85,41 @@ class IngestConfig:
     # A live cycle (flows.live): ``inputs`` names the broker, the readings come from the
     # source given to build_flow, and no input is fingerprinted, skipped or recorded.
     live: bool = False
+    # "bluesky": every input is a Bluesky document stream (connectors.bluesky_io), whose
+    # external files are found through ``root_map`` (old prefix -> new) and waited for
+    # ``external_wait`` seconds when missing.
+    format: str | None = None
+    root_map: tuple[tuple[str, str], ...] = ()
+    external_wait: float = 10.0
 
     def __post_init__(self) -> None:
         check_name(self.capture, kind="capture name")
         check_name(self.run_id, kind="run id")
+        if self.format not in (None, "bluesky"):
+            raise ConfigError(
+                f"input format {self.format!r}: files are read by extension or as bluesky documents"
+            )
+        if self.root_map and self.format != "bluesky":
+            raise ConfigError("--root-map is for Bluesky documents (--format bluesky)")
+        if not self.external_wait >= 0:
+            raise ConfigError("--external-wait must be zero or more seconds")
+
+    def input_signature(self) -> dict[str, Any]:
+        """What shapes the readings read from an input (recorded with inputs captured)."""
+        signature = self.spec.signature()
+        if self.format:  # (only when given: older runs' signatures stay comparable)
+            signature["format"] = self.format
+        return signature
+
+    def bluesky_input(self, store: Store) -> BlueskyInput | None:
+        """How this run reads Bluesky documents: primed with those the capture holds."""
+        if self.format != "bluesky":
+            return None
+        return BlueskyInput(
+            prime=stored_documents(store, self.capture),
+            root_map=self.root_map,
+            wait=self.external_wait,
+        )
 
     @classmethod
     def from_options(cls, **options: Any) -> IngestConfig:
@@ -99,8 +131,9 @@ class IngestConfig:
             if name in options:
                 options[name] = tuple(options[name])
         options["views"] = views_option(options.get("views"))
-        if "fingerprints" in options:
-            options["fingerprints"] = tuple(tuple(x) for x in options["fingerprints"])
+        for name in ("fingerprints", "root_map"):
+            if name in options:
+                options[name] = tuple(tuple(x) for x in options[name])
         if any(k in options for k in ("map", "time_unit", "channels", "delimiter")):
             options["spec"] = InputSpec.parse_map(
                 options.pop("map", None),
@@ -123,21 +156,25 @@ class IngestConfig:
             views=None if self.views is None else [v.definition for v in self.views],
             features=list(self.features),
             fingerprints=[list(x) for x in self.fingerprints],
+            root_map=[list(x) for x in self.root_map],
         )
         return out
 
 
 def source_for(
-    inputs: Iterable[str], batch_rows: int = DEFAULT_BATCH_ROWS, delimiter: str | None = None
+    inputs: Iterable[str],
+    batch_rows: int = DEFAULT_BATCH_ROWS,
+    delimiter: str | None = None,
+    bluesky: BlueskyInput | None = None,
 ) -> Source[RawBatch]:
     """A simulator for one ``sim://`` URL, else a file source over all inputs."""
     urls = list(inputs)
     sims = [u for u in urls if u.startswith("sim://")]
     if sims:
-        if len(urls) != 1:
-            raise ConfigError("a sim:// input cannot be combined with other inputs")
+        if len(urls) != 1 or bluesky:
+            raise ConfigError("a sim:// input cannot be combined with other inputs or formats")
         return SimSource(sims[0])
-    return FileSource(urls, batch_rows=batch_rows, delimiter=delimiter)
+    return FileSource(urls, batch_rows=batch_rows, delimiter=delimiter, bluesky=bluesky)
 
 
 # -- per-batch logic (pure; tested without Bytewax) -----------------------------------------
@@ -284,7 +321,9 @@ def build_flow(
         base=config.base,
         capture_meta=None if capture_exists(store, config.capture) else meta,
         views=new_views,
-        inputs={} if config.live else {u: (known.get(u), spec.signature()) for u in config.inputs},
+        inputs={}
+        if config.live
+        else {u: (known.get(u), config.input_signature()) for u in config.inputs},
         extra={"mode": "ingest"},
     )
 
@@ -292,7 +331,10 @@ def build_flow(
     raw = op.input(
         "read_inputs",
         flow,
-        source or source_for(config.inputs, config.batch_rows, config.spec.delimiter),
+        source
+        or source_for(
+            config.inputs, config.batch_rows, config.spec.delimiter, config.bluesky_input(store)
+        ),
     )
     # RawBatch
     checked = op.map("normalize", raw, lambda b: normalize_batch(spec, b))
@@ -332,6 +374,18 @@ def build_flow(
     )
     # ("0000", rejected records): one dead-letter log per run
     written = add_log(rejects, store, "deadletter", run_id, layout.DEADLETTER_SCHEMA)
+    documents = op.filter_map(
+        "take_documents", raw, lambda b: ("0000", b.documents) if b.documents.num_rows else None
+    )
+    # ("0000", Bluesky run and asset documents): one log per run, kept with the capture
+    stored = add_log(
+        documents,
+        store,
+        layout.documents_dir(config.capture),
+        run_id,
+        layout.DOCUMENT_LOG_SCHEMA,
+        lambda n: Counts(documents=n),
+    )
 
     counts = op.merge(
         "merge_counts",
@@ -339,6 +393,7 @@ def build_flow(
         op.map("count_prepared", prepared, lambda kv: kv[1].counts),
         op.map("count_captured", outcome, lambda kv: kv[1].counts),
         written,
+        stored,
         *(add_view(captured, v, store=store, capture=config.capture, run_id=run_id) for v in views),
     )
     add_summary(counts, "ingest", config.progress, sink or finish)

@@ -141,7 +141,7 @@ def _skip_captured(
     """Inputs a committed run captured with the same options are skipped (unless ``force``)."""
     fingerprints = {url: input_fingerprint(url) for url in dict.fromkeys(config.inputs)}
     known = {} if force else captured_inputs(job.store, config.capture)
-    signature = config.spec.signature()
+    signature = config.input_signature()
     todo = []
     for url, fp in fingerprints.items():
         record = known.get(fp)

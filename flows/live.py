@@ -29,6 +29,7 @@ import pyarrow.compute as pc
 from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
 
 from obsflow.connectors.batch import RawBatch
+from obsflow.connectors.bluesky_io import raw_batch
 from obsflow.connectors.capture import new_run_id
 from obsflow.connectors.commits import ConcurrentWriterError
 from obsflow.connectors.errors import ConfigError
@@ -76,6 +77,8 @@ class LiveConfig:
 
     def __post_init__(self) -> None:
         check_format(self.fmt)
+        if (self.fmt == "bluesky") != (self.ingest.format == "bluesky"):
+            raise ConfigError("a Bluesky session reads its messages and its inputs as bluesky")
         if not self.flush_interval > 0:
             raise ConfigError("--flush-interval must be a positive duration")
         if self.max_messages < 1:
@@ -145,15 +148,23 @@ def run_live(
     started = last_message = time.monotonic()
     quiet: dict[str, float] = {}  # source -> wall time of its last reading (monotonic)
     offset = 0
+    # Bluesky documents: one stream for the session, primed with the documents the capture
+    # holds (the runs and descriptors of committed cycles, and of earlier sessions).
+    bluesky = config.ingest.bluesky_input(Store(config.ingest.store))
+    documents = bluesky.stream() if bluesky else None
     try:
         while not stop.is_set():
             messages = client.fetch(config.max_messages, config.flush_interval)
             now = time.monotonic()
             if messages:
                 last_message = now
-                batch = decode(
-                    messages, config.fmt, config.ingest.spec, origin=config.url, offset=offset
-                )
+                if bluesky and documents:
+                    taken = bluesky.messages(documents, [m.body for m in messages])
+                    batch = raw_batch(documents, taken, config.url, offset)
+                else:
+                    batch = decode(
+                        messages, config.fmt, config.ingest.spec, origin=config.url, offset=offset
+                    )
                 offset += batch.records
                 done = run_cycle(config.ingest, batch, workers)
                 client.ack(messages)  # only now: the cycle's readings are committed

@@ -8,7 +8,7 @@ the run's summary step, downstream of it, ends only after every row is staged.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 import bytewax.operators as op
 import pyarrow as pa
@@ -29,11 +29,11 @@ class LogLogic(StatefulBatchLogic[tuple[int, pa.Table], Counts, LogState]):
         folder: str,
         run: str,
         schema: pa.Schema,
-        label: str | None,
+        counts: Callable[[int], Counts] | None,
         resume: LogState | None,
     ) -> None:
         self.args = (store, folder, run, -1, schema)
-        self.label = label
+        self.counts = counts
         self.log: ChunkLog | None = None
         if resume is not None:
             self._open(*resume)
@@ -50,7 +50,7 @@ class LogLogic(StatefulBatchLogic[tuple[int, pa.Table], Counts, LogState]):
         for _, table in values:
             self.log.append(table)
             n += table.num_rows
-        return ([Counts(late={self.label: n})] if self.label and n else []), self.RETAIN
+        return ([self.counts(n)] if self.counts and n else []), self.RETAIN
 
     def on_eof(self) -> tuple[Iterable[Counts], bool]:
         if self.log is not None:
@@ -69,13 +69,13 @@ def add_log(
     folder: str,
     run: str,
     schema: pa.Schema,
-    label: str | None = None,
+    counts: Callable[[int], Counts] | None = None,
 ) -> Stream[Counts]:
-    """Write ``("0003", table)`` items to the run's log ``folder``; with ``label`` (a view
-    name), count them as that view's late readings."""
+    """Write ``("0003", table)`` items to the run's log ``folder``; ``counts`` says what the
+    rows written count as (e.g. a view's late readings)."""
     step = folder.replace("/", "_")
     keyed = op.map(f"part_{step}", items, lambda kv: (kv[0], (int(kv[0]), kv[1])))
     written = op.stateful_batch(
-        f"write_{step}", keyed, lambda s: LogLogic(store, folder, run, schema, label, s)
+        f"write_{step}", keyed, lambda s: LogLogic(store, folder, run, schema, counts, s)
     )
     return op.map(f"counts_{step}", written, lambda kv: kv[1])

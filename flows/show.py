@@ -13,10 +13,11 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from obsflow.connectors import layout
+from obsflow.connectors import bluesky_io, layout
 from obsflow.connectors.capture import capture_info, list_captures
 from obsflow.connectors.errors import ObsflowError
 from obsflow.connectors.files import write_table
+from obsflow.connectors.ids import check_name
 from obsflow.connectors.migrate import check_layout
 from obsflow.connectors.payload_format import PAYLOAD_SCHEMA, check_sha256
 from obsflow.connectors.payloads import PayloadStore
@@ -222,3 +223,13 @@ def cmd_payload(args: argparse.Namespace) -> int:
     raise ObsflowError(
         f"no reading in {', '.join(captures) or 'any capture'} refers to payload {sha}"
     )
+
+
+def cmd_bluesky(args: argparse.Namespace) -> int:
+    store = opened(args)
+    table = bluesky_io.runs(store, check_name(args.capture, kind="capture name"))
+    if table.num_rows == 0:
+        say(f"no Bluesky runs in capture {args.capture!r}")
+        return 0
+    print_frame(table.to_pandas(), args.limit)
+    return 0

@@ -48,6 +48,7 @@ class Counts:
     origins: dict[str, int] = field(default_factory=dict)  # readings accepted, per input
     epoch_units: dict[str, int] = field(default_factory=dict)  # inferred unit -> readings
     records: int = 0  # input records read (file rows and lines); a wide one holds readings
+    documents: int = 0  # Bluesky run and asset documents stored (metadata, not records)
 
     def __add__(self, other: Counts) -> Counts:
         return Counts(
@@ -64,6 +65,7 @@ class Counts:
             _add_maps(self.origins, other.origins),
             _add_maps(self.epoch_units, other.epoch_units),
             self.records + other.records,
+            self.documents + other.documents,
         )
 
     @property
@@ -117,6 +119,7 @@ def summary_dict(counts: Counts, **extra: Any) -> dict[str, Any]:
         "derived": counts.derived,
         "payloads": counts.payloads,
         "balanced": counts.balanced,
+        **({"documents": counts.documents} if counts.documents else {}),
         "rejected_by_reason": dict(sorted(counts.reasons.items())),
         "epoch_units": dict(sorted(counts.epoch_units.items())),
         "late": dict(sorted(counts.late.items())),

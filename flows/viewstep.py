@@ -196,7 +196,14 @@ def add_view(
         out,
         lambda kv: (kv[0], _late_rows(kv[1][1], name)) if kv[1][0] == "late" else None,
     )
-    late_counts = add_log(late, store, layout.late_dir(name), run_id, layout.LATE_SCHEMA, name)
+    late_counts = add_log(
+        late,
+        store,
+        layout.late_dir(name),
+        run_id,
+        layout.LATE_SCHEMA,
+        lambda n: Counts(late={name: n}),
+    )
     counts = op.filter_map(
         f"take_counts_{name}", out, lambda kv: kv[1][1] if kv[1][0] == "counts" else None
     )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import pickle
 from typing import Any
 
 import event_model
@@ -14,13 +15,10 @@ from bluesky.plans import count, scan
 from ophyd.sim import det, det1, det2, motor
 
 from obsflow.connectors.bluesky import DocumentStream
+from tests.bluesky_runs import as_written
+from tests.bluesky_runs import scalar_oracle as oracle
 
 Docs = list[tuple[str, dict[str, Any]]]
-
-
-def as_written(docs: Docs) -> Docs:
-    """Documents as suitcase-jsonl writes and a reader gets them back: through JSON."""
-    return [tuple(x) for x in json.loads(json.dumps(docs, cls=event_model.NumpyEncoder))]  # type: ignore[misc]
 
 
 @pytest.fixture(scope="module")
@@ -32,39 +30,6 @@ def runs() -> Docs:
     engine(scan([det], motor, -1, 1, 7))
     engine(count([det1, det2], num=5))
     return as_written(docs)
-
-
-def oracle(docs: Docs) -> pd.DataFrame:
-    """What the readings must be, by reading the documents plainly: every numeric scalar
-    value of every event, its own timestamp, its device."""
-    owner: dict[str, dict[str, str]] = {}
-    numeric: dict[str, set[str]] = {}
-    runs: dict[str, tuple[str, str]] = {}
-    rows = []
-    for name, doc in docs:
-        if name == "descriptor":
-            owner[doc["uid"]] = {k: d for d, ks in doc["object_keys"].items() for k in ks}
-            numeric[doc["uid"]] = {
-                k
-                for k, spec in doc["data_keys"].items()
-                if spec["dtype"] in ("number", "integer") and not spec["shape"]
-            }
-            runs[doc["uid"]] = (doc["run_start"], doc["name"])
-        elif name == "event":
-            d = doc["descriptor"]
-            for key in numeric[d]:
-                rows.append(
-                    {
-                        "source": owner[d][key],
-                        "channel": key,
-                        "time": pd.Timestamp(round(doc["timestamps"][key] * 1e9), tz="UTC"),
-                        "value": float(doc["data"][key]),
-                        "run_uid": runs[d][0],
-                        "stream": runs[d][1],
-                        "seq_num": doc["seq_num"],
-                    }
-                )
-    return pd.DataFrame(rows)
 
 
 def frame(docs: Docs) -> pd.DataFrame:
@@ -162,3 +127,28 @@ def test_a_missing_value_is_a_missing_reading_not_an_error(runs: Docs) -> None:
     got = frame(docs)
     assert got.loc[got["channel"] == "det", "value"].isna().all()
     assert np.isfinite(got.loc[got["channel"] == "motor", "value"]).all()
+
+
+def test_redelivered_run_documents_are_skipped_and_a_primed_stream_knows_them(
+    runs: Docs,
+) -> None:
+    stream = DocumentStream()
+    first = stream.take(runs)
+    assert first.records == first.readings.num_rows == len(oracle(runs))
+    again = stream.take(runs)  # all of it delivered once more
+    assert again.documents == []
+    assert again.redelivered == len(first.documents) == sum(n != "event" for n, _ in runs)
+    # Events still give their readings: the same ones, which dedup finds to be duplicates.
+    pd.testing.assert_frame_equal(again.readings.to_pandas(), first.readings.to_pandas())
+    # After a restart, a fresh stream learns the stored documents and emits none of them.
+    primed = DocumentStream()
+    assert primed.prime([("event", runs[2][1]), ("start", "junk"), *first.documents]) == len(
+        first.documents
+    )
+    assert primed.prime(first.documents) == 0
+    resumed = primed.take(runs)
+    assert resumed.documents == []
+    assert not resumed.rejects
+    pd.testing.assert_frame_equal(resumed.readings.to_pandas(), first.readings.to_pandas())
+    # The state is plain data: it pickles (a snapshot could carry it).
+    assert pickle.loads(pickle.dumps(stream)).take(runs).documents == []

@@ -1,0 +1,229 @@
+"""Bluesky documents through ``obsflow ingest --format bluesky`` (issue 15), end to end.
+
+Documents come from a real RunEngine (``tests.bluesky_runs``): a scan of ``det`` over ``motor``
+and a count of two detectors (scalars), a count of an image detector writing ``.npy`` files by
+resource/datum, and a scan of ophyd-async's blob detector writing HDF5 by stream_resource /
+stream_datum. They are written as suitcase-jsonl writes them (``[name, doc]``), as
+``{"name", "doc"}`` lines and as a msgpack stream. The oracles read the documents and the files
+by hand; the capture is read back through the Explorer (payloads fetched and verified).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import event_model
+import h5py
+import numpy as np
+import pandas as pd
+import pytest
+
+from obsflow.connectors.bluesky import RUN_DOCUMENTS
+from obsflow.connectors.bluesky_external import ASSET_DOCUMENTS
+from obsflow.flows.explore import Explorer
+from tests.bluesky_runs import (
+    Docs,
+    blob_scan,
+    hdf_oracle,
+    npy_count,
+    npy_oracle,
+    scalar_oracle,
+    scan_and_count,
+    write_jsonl,
+    write_msgpack,
+)
+
+OBSFLOW = str(Path(sys.executable).parent / "obsflow")
+COLUMNS = [
+    "source",
+    "seq",
+    "time",
+    "channel",
+    "value",
+    "payload_sha256",
+    "run_uid",
+    "stream",
+    "descriptor",
+]
+
+
+def obsflow(*args: str, ok: bool = True) -> subprocess.CompletedProcess[str]:
+    done = subprocess.run([OBSFLOW, *args], capture_output=True, text=True, timeout=300)
+    if ok:
+        assert done.returncode == 0, done.stderr
+    return done
+
+
+def stored(docs: Docs) -> int:
+    """The documents a capture keeps whole: run and asset documents."""
+    return sum(name in (*RUN_DOCUMENTS, *ASSET_DOCUMENTS) for name, _ in docs)
+
+
+class Runs:
+    """The three kinds of run, as files."""
+
+    def __init__(self, where: Path) -> None:
+        self.scalars = scan_and_count()
+        self.npy = npy_count(where / "npy")
+        self.hdf = blob_scan(where / "hdf")
+        self.files = [
+            write_jsonl(self.scalars, where / "scan.jsonl"),
+            write_jsonl(self.npy, where / "npy.jsonl", objects=True),
+            write_msgpack(self.hdf, where / "blob.msgpack"),
+        ]
+
+    @property
+    def docs(self) -> Docs:
+        return [*self.scalars, *self.npy, *self.hdf]
+
+    def externals(self) -> dict[tuple[str, int], tuple[int, np.ndarray]]:
+        """(key, seq) -> (time ns, array as its file holds it) of every external value."""
+        return {**npy_oracle(self.npy), **hdf_oracle(self.hdf)}
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory: pytest.TempPathFactory) -> Runs:
+    return Runs(tmp_path_factory.mktemp("runs"))
+
+
+def capture(store: Path, name: str = "bl") -> pd.DataFrame:
+    return Explorer(str(store)).capture(name, columns=COLUMNS)
+
+
+def ingest(store: Path, files: list[Path], *extra: str, ok: bool = True) -> dict[str, Any]:
+    summary = store.parent / f"{store.name}-summary.json"
+    args = ["ingest", "--format", "bluesky", *map(str, files), "--store", str(store)]
+    obsflow(*args, "--capture", "bl", "-q", "--summary", str(summary), *extra, ok=ok)
+    doc: dict[str, Any] = json.loads(summary.read_text())
+    return doc
+
+
+def test_every_value_and_frame_of_real_runs_is_captured_and_a_reingest_adds_nothing(
+    runs: Runs, tmp_path: Path
+) -> None:
+    store = tmp_path / "store"
+    summary = ingest(store, runs.files)
+    got = capture(store)
+    externals = runs.externals()
+    scalars = scalar_oracle(runs.docs)
+    assert len(scalars) == 7 * 3 + 5 * 2 + 4  # scan, count; the blob scan's stage-x
+    assert len(externals) == 4 * 2 + 4 * 2  # img and energy; bdet frames and their sums
+    assert summary["balanced"]
+    assert summary["rejected"] == 0
+    assert summary["input"] == summary["accepted"] == len(got) == len(scalars) + len(externals)
+    assert summary["documents"] == stored(runs.docs)
+
+    # Every numeric value of every event: its source, channel, own time, run and stream.
+    key = ["run_uid", "stream", "source", "channel", "time"]
+    plain = got[got["payload_sha256"].isna() & ~got["channel"].isin(["energy", "bdet-sum"])]
+    merged = scalars.merge(plain, on=key, how="outer", suffixes=("", "_got"), indicator=True)
+    assert (merged["_merge"] == "both").all(), merged[merged["_merge"] != "both"]
+    np.testing.assert_array_equal(merged["value"], merged["value_got"])
+
+    # Every external value: frames fetched (sha256 verified) equal the file's array; a value
+    # that is one number is a reading of it. Times: each key's own, or its event's.
+    ex = Explorer(str(store))
+    external = got[got["channel"].isin(["img", "energy", "bdet", "bdet-sum"])]
+    assert len(external) == len(externals)
+    rows = ex.capture_table("bl", channel=["img", "bdet"], payloads=True).to_pandas()
+    keys = zip(rows["channel"], rows["seq"], strict=True)
+    frames = dict(zip(keys, ex.payloads(rows), strict=True))
+    for row in external.itertuples():
+        stamp, array = externals[row.channel, row.seq]
+        assert row.time.value == stamp
+        if array.size == 1 and row.channel in ("energy", "bdet-sum"):
+            assert row.value == float(array.reshape(-1)[0])
+        else:
+            np.testing.assert_array_equal(frames[row.channel, row.seq], array, strict=True)
+    assert {a.dtype for k, a in frames.items()} == {np.dtype("uint16"), np.dtype("uint8")}
+
+    # The run documents, whole and queryable.
+    listed = obsflow("bluesky", "runs", "--capture", "bl", "--store", str(store)).stdout
+    starts = [d for n, d in runs.docs if n == "start"]
+    assert len(starts) == 4
+    for start in starts:
+        assert start["uid"] in listed
+    table = ex.bluesky_runs("bl")
+    assert sorted(table["plan_name"]) == sorted(d["plan_name"] for d in starts)
+    assert set(table["exit_status"]) == {"success"}
+    first = starts[0]["uid"]
+    assert ex.bluesky_documents("bl", first) == [
+        (n, d)
+        for n, d in runs.scalars
+        if n in RUN_DOCUMENTS and (d.get("run_start", d["uid"]) == first)
+    ]
+    assert set(ex.capture("bl", run_uid=first)["run_uid"]) == {first}
+    assert len(ex.capture("bl", run_uid=first)) == 21
+
+    # Again, read anew (--force): every reading a duplicate, no document stored twice.
+    again = ingest(store, runs.files, "--force")
+    assert (again["input"], again["duplicates"], again["accepted"]) == (len(got), len(got), 0)
+    assert again.get("documents", 0) == 0
+    pd.testing.assert_frame_equal(capture(store), got)
+    assert len(ex.bluesky_documents("bl")) == stored(runs.docs)
+    # And without --force the inputs are known: skipped.
+    assert ingest(store, runs.files)["input"] == 0
+
+
+def test_a_run_split_across_files_continues_in_a_later_ingest(runs: Runs, tmp_path: Path) -> None:
+    """The start, descriptor and half the events in one file, the rest in another, ingested
+    by another run: the stored documents prime the second run, nothing is an orphan."""
+    half = len(runs.scalars) // 2
+    first = write_jsonl(runs.scalars[:half], tmp_path / "a.jsonl")
+    rest = write_jsonl(runs.scalars[half:], tmp_path / "b.jsonl")
+    store = tmp_path / "store"
+    one, two = ingest(store, [first]), ingest(store, [rest])
+    assert one["rejected"] == two["rejected"] == 0
+    assert one["accepted"] > 0
+    assert two["accepted"] > 0
+    whole = tmp_path / "whole"
+    ingest(whole, [write_jsonl(runs.scalars, tmp_path / "all.jsonl")])
+    pd.testing.assert_frame_equal(capture(store), capture(whole))
+
+
+def test_an_export_validates_and_reingests_to_identical_readings(
+    runs: Runs, tmp_path: Path
+) -> None:
+    store = tmp_path / "store"
+    ingest(store, runs.files)
+    out = tmp_path / "export"
+    exported = []
+    for run in Explorer(str(store)).bluesky_runs("bl")["run_uid"]:
+        path = out / f"{run}.jsonl"
+        done = obsflow(
+            "bluesky",
+            "export",
+            "--capture",
+            "bl",
+            "--run",
+            run,
+            "--store",
+            str(store),
+            "-o",
+            str(path),
+        )
+        assert str(path) in done.stderr
+        exported.append(path)
+    docs = [tuple(json.loads(line)) for p in exported for line in p.read_text().splitlines()]
+    names = {n for n, _ in docs}
+    assert {"start", "descriptor", "event", "stop", "stream_resource", "stream_datum"} <= names
+    for name, doc in docs:  # event-model's own schemas, called here
+        event_model.schema_validators[event_model.DocumentNames(name)].validate(doc)
+    # The arrays are in the HDF5 files the exports name, and equal the originals.
+    for name, doc in docs:
+        if name == "stream_resource":
+            path = doc["uri"].removeprefix("file://localhost")
+            with h5py.File(path, "r") as f:
+                assert f[doc["parameters"]["dataset"]].shape[0] == 4
+    # Moved elsewhere: the URIs say where they were; --root-map says where they are.
+    moved = tmp_path / "moved"
+    shutil.move(out, moved)
+    again = tmp_path / "again"
+    summary = ingest(again, [moved / p.name for p in exported], "--root-map", f"{out}={moved}")
+    assert summary["rejected"] == 0
+    pd.testing.assert_frame_equal(capture(again), capture(store))
