@@ -22,15 +22,16 @@ A ``DocumentStream`` takes the documents of one stream in order (``start``, ``de
 - rejects: documents or external values that give nothing, each with a reason code
   (``Reject.reason``);
 - documents: the run and asset documents whole, in order, to be kept with the capture (a stream
-  datum once its frames are made). One whose uid is known already is skipped (``redelivered``).
+  datum when it comes). One whose uid is known already is skipped (``redelivered``).
 
 Counting: an input record is a reading (scalar or frame) or a reject (a document, a datum's
 value, or a whole stream datum); ``DocumentBatch.records`` is their sum. Run and asset
 documents are metadata, counted apart.
 
 Restart: ``prime`` teaches a fresh stream the run and asset documents stored before, without
-emitting them; stream datums whose frames still wait are not stored yet — keep
-``waiting_documents()`` with the input position and ``take`` them first after ``prime``.
+emitting them. A stream datum is stored when it comes, its frames once their times are known;
+a primed stream waits again for the stream datums of unfinished runs, so frames whose event
+had not come before a crash are made when it comes again.
 
 Events are taken page-wise (an ``event`` is a page of one), column by column with numpy: the
 cost per scalar reading is numpy's, not Python's; a frame costs a file read. ``take`` reads
@@ -127,7 +128,7 @@ class Waiting:
     key: str
     decided: int
     times: dict[int, int] = field(default_factory=dict)  # seq_num -> its event's time (ns)
-    known: bool = False  # delivered again: its frames come again, its document is stored
+    known: bool = False  # stored before (delivered again, or primed): not stored again
 
     @property
     def stop(self) -> int:
@@ -174,27 +175,40 @@ class DocumentStream:
     def prime(self, pairs: Iterable[tuple[str, Any]]) -> int:
         """Learn run and asset documents stored earlier, emitting nothing; how many were new.
 
-        Events, and documents that do not fit (orphans, non-documents), are passed over.
+        Events, and documents that do not fit (orphans, non-documents), are passed over. The
+        stream datums of runs without a stop that no later stream datum decided wait again
+        for their events (after a crash these may come again; frames already captured come
+        again too, as duplicates).
         """
         learned = 0
+        streamed: dict[str, list[dict[str, Any]]] = {}  # descriptor -> its stream datums
+        stopped: set[str] = set()
         for name, doc in pairs:
             if not isinstance(doc, dict) or name not in (*RUN_DOCUMENTS, *ASSET_DOCUMENTS):
                 continue
             if self._check(name, doc, validate=False) is not None or self._known(name, doc):
                 continue
             try:
-                if name == "stream_datum":
-                    self.resolver.remember(name, doc)
-                else:
-                    self._learn(name, doc)
+                self._learn(name, doc)
             except (ExternalError, KeyError, TypeError):
                 continue
+            if name == "stream_datum":
+                streamed.setdefault(doc["descriptor"], []).append(doc)
+            elif name == "stop":
+                stopped.add(doc["run_start"])
             learned += 1
+        for uid, docs in streamed.items():
+            if self.descriptors[uid].run_uid in stopped:
+                continue
+            later = None  # the first seq_num of the next stream datum: it decided the ones before
+            for doc in reversed(docs):
+                if later is None or int(doc["seq_nums"]["stop"]) > later:
+                    key = self.resolver.stream_resource_of(doc)["data_key"]
+                    first = int(doc["seq_nums"]["start"])
+                    self.waiting.insert(0, Waiting(doc, key, decided=first, known=True))
+                first = int(doc["seq_nums"]["start"])
+                later = first if later is None else min(later, first)
         return learned
-
-    def waiting_documents(self) -> list[tuple[str, dict[str, Any]]]:
-        """The stream datums whose frames wait (not emitted yet), in order."""
-        return [("stream_datum", w.doc) for w in self.waiting]
 
     # --- one document ---------------------------------------------------------------------------
 
@@ -277,14 +291,20 @@ class DocumentStream:
     # --- external data --------------------------------------------------------------------------
 
     def _datum_values(self, page: dict[str, Any], desc: Descriptor, out: _Out) -> None:
-        """The frames of the datums an event page's external keys name."""
+        """The frames of the datums an event page's external keys name (and values in place
+        of a datum id: an export's, of a file that held one number)."""
         for key, ext in desc.externals.items():
-            if ext.streamed or key not in page["data"]:
+            if key not in page["data"]:
                 continue
             stamps = page["timestamps"].get(key, page["time"])
             for row, datum_id in enumerate(page["data"][key]):
                 seq_num = page["seq_num"][row]
                 where = f"{key!r} of event {seq_num} (descriptor {desc.uid!r})"
+                if isinstance(datum_id, int | float) and not isinstance(datum_id, bool):
+                    out.add(desc, key, ext.source, seq_num, _ns(stamps[row]), np.float64(datum_id))
+                    continue
+                if ext.streamed:  # (its frames come by stream datum)
+                    continue
                 if not isinstance(datum_id, str):
                     ref = {"descriptor": desc.uid, "seq_num": seq_num, "data": {key: datum_id}}
                     detail = f"{where} holds no datum id (filled events are not taken)"
@@ -315,8 +335,10 @@ class DocumentStream:
             return
         desc = self.descriptors[doc["descriptor"]]
         key = resource["data_key"]
-        if key not in desc.externals or not desc.externals[key].streamed:
-            detail = f"stream_datum {doc['uid']!r}: {key!r} is no streamed key of its descriptor"
+        # (A key the descriptor has by datum may come by stream datum too: an export's frames
+        # re-ingested into the capture that holds the original descriptor.)
+        if key not in desc.externals:
+            detail = f"stream_datum {doc['uid']!r}: {key!r} is no external key of its descriptor"
             out.rejects.append(reject("stream_datum", doc, "bad_reference", detail))
             return
         first = doc["seq_nums"]["start"]
@@ -325,6 +347,9 @@ class DocumentStream:
         for w in [w for w in self.waiting if w.doc["descriptor"] == desc.uid]:
             w.decided = max(w.decided, min(first, w.stop))
             self._settle(w, out)
+        if not known:  # stored at once: after a crash, a primed stream waits for it again
+            self.resolver.remember("stream_datum", doc)
+            out.documents.append(("stream_datum", doc))
         w = Waiting(doc, key, decided=first, known=known)
         self.waiting.append(w)
         self._settle(w, out)  # one of no seq_nums at once
@@ -349,9 +374,6 @@ class DocumentStream:
         if w.decided < w.stop:
             return
         self.waiting.remove(w)
-        if not w.known:
-            self.resolver.remember("stream_datum", w.doc)
-            out.documents.append(("stream_datum", w.doc))
         desc = self.descriptors[w.doc["descriptor"]]
         ext = desc.externals[w.key]
         try:

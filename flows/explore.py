@@ -362,6 +362,7 @@ class Explorer:
         format: str | None = None,
         root_map: Mapping[str, str] | None = None,
         external_wait: str = "10s",
+        features: Sequence[str] = (),
     ) -> dict[str, Any]:
         """Ingest files (or one ``sim://`` URL) into ``capture``, as ``obsflow ingest`` does,
         and return the run summary. Inputs a committed run already captured with the same
@@ -374,6 +375,7 @@ class Explorer:
         input, ``delimiter`` splits CSV fields (both as on the command line). With
         ``format="bluesky"`` every input is a Bluesky document stream; ``root_map`` relocates
         its external files (old prefix -> new), missing ones waited for ``external_wait``.
+        ``features`` derives scalar channels from each payload (``mean``, ``sum``, ...).
         """
         urls = tuple(dict.fromkeys([inputs] if isinstance(inputs, str) else inputs))
         config = IngestConfig(
@@ -388,6 +390,7 @@ class Explorer:
             format=format,
             root_map=tuple((root_map or {}).items()),
             external_wait=parse_duration_ns(external_wait) / 1e9,
+            features=tuple(features),
         )
         result = jobs.execute(config, workers=workers, force=force)
         return {**result.summary, "skipped_inputs": [u for u, _ in result.skipped]}

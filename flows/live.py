@@ -251,6 +251,7 @@ def counts_of(summary: dict[str, Any]) -> Counts:
         late=dict(summary.get("late", {})),
         reasons=dict(summary.get("rejected_by_reason", {})),
         records=summary.get("records", 0),
+        documents=summary.get("documents", 0),
     )
 
 

@@ -186,3 +186,13 @@ def scalar_oracle(docs: Docs) -> pd.DataFrame:
                     }
                 )
     return pd.DataFrame(rows)
+
+
+def npy_file(docs: Docs, seq_num: int, key: str = "img") -> str:
+    """The file name (under its resource's root) of the datum ``key`` of event ``seq_num``."""
+    datums = by_uid(docs, "datum", "datum_id")
+    resources = by_uid(docs, "resource")
+    event = next(d for n, d in docs if n == "event" and d["seq_num"] == seq_num)
+    datum = datums[event["data"][key]]
+    resource = resources[datum["resource"]]
+    return f"{resource['resource_path']}_{datum['datum_kwargs']['index']}.npy"

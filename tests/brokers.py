@@ -238,12 +238,14 @@ class KafkaMock:
     def url(self) -> str:
         return f"kafka://{self.bootstrap}"
 
-    def publish(self, messages: Iterable[tuple[str, bytes]]) -> int:
+    def publish(self, messages: Iterable[tuple[str, bytes]], key: bytes | None = None) -> int:
+        """Publish and flush; with a ``key`` every message goes to one partition, in order
+        (as bluesky-kafka publishes a RunEngine's documents)."""
         n = 0
         for topic, body in messages:
             while True:
                 try:
-                    self._owner.produce(topic, body)
+                    self._owner.produce(topic, body, key=key)
                     break
                 except BufferError:
                     self._owner.poll(0.1)

@@ -17,7 +17,7 @@ from nbclient import NotebookClient
 from tests.conftest import ROOT
 
 NOTEBOOKS = ROOT / "notebooks"
-EXPECTED = ("explore_views", "payloads", "real_data", "replay_capture")
+EXPECTED = ("bluesky_run", "explore_views", "payloads", "real_data", "replay_capture")
 PLOTTING = re.compile(r"\b(plot_windows|plot_readings|imshow|subplots|mark_windows)\(|\bplt\.")
 CELL_TIMEOUT = 120  # seconds
 

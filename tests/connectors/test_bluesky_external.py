@@ -36,9 +36,9 @@ from obsflow.connectors.payload_format import array_from_bytes
 from tests.bluesky_runs import (
     as_written,
     blob_scan,
-    by_uid,
     hdf_oracle,
     npy_count,
+    npy_file,
     npy_oracle,
     recorded,
 )
@@ -223,12 +223,12 @@ def test_a_fly_scan_gives_blocks_of_frames_at_the_descriptor_time(tmp_path: Path
     stream = DocumentStream()
     before = stream.take(docs[:-1])
     last = [d for n, d in docs if n == "stream_datum"][-2:]
-    assert stream.waiting_documents() == [("stream_datum", d) for d in last]
+    assert [w.doc for w in stream.waiting] == last
     waited = last[0]["indices"]["stop"] - last[0]["indices"]["start"]
     assert before.frames.num_rows == 12 - 2 * waited  # a frame and a sum per index
     at_stop = stream.take(docs[-1:])
     assert before.frames.num_rows + at_stop.frames.num_rows == 12
-    assert [n for n, _ in at_stop.documents] == ["stream_datum", "stream_datum", "stop"]
+    assert [n for n, _ in at_stop.documents] == ["stop"]  # (the stream datums were stored)
 
 
 def test_a_primed_stream_does_not_repeat_documents_and_resumes_waiting_frames(
@@ -237,17 +237,19 @@ def test_a_primed_stream_does_not_repeat_documents_and_resumes_waiting_frames(
     docs, _ = hdf_run
     whole = take(docs)
     # Cut after a stream datum, before the event that gives its frame a time.
-    cut = next(i for i, (n, _) in enumerate(docs) if n == "event") - 1
-    assert docs[cut][0] == "stream_datum"
+    cut = next(i for i, (n, _) in enumerate(docs) if n == "event")
+    assert docs[cut - 1][0] == "stream_datum"
     first = DocumentStream()
     before = first.take(docs[:cut])
-    waiting = first.waiting_documents()
-    assert [n for n, _ in waiting] == ["stream_datum"]
-    assert all(d["uid"] != waiting[0][1]["uid"] for _, d in before.documents)  # not stored yet
-    # A fresh stream learns what was stored, takes what waited, then the rest.
+    assert [w.doc["uid"] for w in first.waiting] == [d["uid"] for _, d in docs[cut - 2 : cut]]
+    assert before.frames.num_rows == 0
+    assert [n for n, _ in before.documents][-2:] == ["stream_datum"] * 2  # stored at once
+    # A fresh stream learns what was stored, waits again for the frames that waited (their
+    # run has no stop yet), then takes the rest.
     resumed = DocumentStream()
     assert resumed.prime(before.documents) == len(before.documents)
-    after = resumed.take([*waiting, *docs[cut:]])
+    assert [w.doc for w in resumed.waiting] == [w.doc for w in first.waiting]
+    after = resumed.take(docs[cut:])
     assert after.redelivered == 0
     assert before.documents + after.documents == whole.documents
     assert_same(
@@ -350,16 +352,6 @@ class FakeClock:
         self.now += seconds
         if self.on_nap is not None:
             self.on_nap(len(self.naps))
-
-
-def npy_file(docs: Docs, seq_num: int, key: str = "img") -> str:
-    """The file name of the datum ``key`` of event ``seq_num`` refers to."""
-    datums = by_uid(docs, "datum", "datum_id")
-    resources = by_uid(docs, "resource")
-    event = next(d for n, d in docs if n == "event" and d["seq_num"] == seq_num)
-    datum = datums[event["data"][key]]
-    resource = resources[datum["resource"]]
-    return f"{resource['resource_path']}_{datum['datum_kwargs']['index']}.npy"
 
 
 def reasons(batch: DocumentBatch) -> list[tuple[str, str]]:

@@ -31,6 +31,7 @@ from tests.bluesky_runs import (
     blob_scan,
     hdf_oracle,
     npy_count,
+    npy_file,
     npy_oracle,
     scalar_oracle,
     scan_and_count,
@@ -227,3 +228,70 @@ def test_an_export_validates_and_reingests_to_identical_readings(
     summary = ingest(again, [moved / p.name for p in exported], "--root-map", f"{out}={moved}")
     assert summary["rejected"] == 0
     pd.testing.assert_frame_equal(capture(again), capture(store))
+    # Into the capture it came from (whose descriptors have the arrays by datum): nothing new.
+    before = capture(store)
+    summary = ingest(store, [moved / p.name for p in exported], "--root-map", f"{out}={moved}")
+    assert summary["rejected"] == summary["accepted"] == 0
+    assert summary["duplicates"] == summary["input"] == len(before)
+    pd.testing.assert_frame_equal(capture(store), before)
+
+
+def test_hostile_documents_are_dead_letters_with_reasons_and_the_counts_add_up(
+    runs: Runs, tmp_path: Path
+) -> None:
+    """Each kind of bad document once (or a run's worth), among good runs: the bad ones are
+    dead letters with their reason, the rest is captured, and the run adds up."""
+    scalars = [(n, json.loads(json.dumps(d))) for n, d in runs.scalars]
+    count_start = [i for i, (n, _) in enumerate(scalars) if n == "start"][1]
+    moved = next(i for i, (n, _) in enumerate(scalars) if n == "event" and i > count_start)
+    scalars.insert(count_start, scalars.pop(moved))  # an event before its run's start
+    npy = npy_count(tmp_path / "npy")
+    (tmp_path / "npy" / npy_file(npy, 2)).unlink()  # a datum whose file never appears
+    odd = npy_count(tmp_path / "odd", num=1)
+    datum_id = next(d for n, d in odd if n == "event")["data"]["img"]
+    resource = next(d["resource"] for n, d in odd if n == "datum" and d["datum_id"] == datum_id)
+    next(d for n, d in odd if n == "resource" and d["uid"] == resource)["spec"] = "MY_FORMAT"
+    far = blob_scan(tmp_path / "far")
+    frames = next(d["uid"] for n, d in far if n == "stream_resource" and d["data_key"] == "bdet")
+    datum = next(d for n, d in far if n == "stream_datum" and d["stream_resource"] == frames)
+    datum["indices"] = {"start": 100, "stop": 101}  # beyond the dataset's 4 rows
+    huge = blob_scan(tmp_path / "huge")
+    desc = next(d for n, d in huge if n == "descriptor")
+    desc["data_keys"]["bdet"].update(shape=[1, 32768, 16384], dtype_numpy="<f4")  # 2 GiB
+    event = json.loads(json.dumps(next(d for n, d in scalars if n == "event")))
+    docs = [
+        *scalars,
+        ("event", {**event, "uid": "x1", "descriptor": "no-such-descriptor"}),
+        ("start", {"uid": "no-time"}),  # schema-invalid: a start has a time
+        ("event", {**event, "uid": "x2", "data": [1, 2]}),  # schema-invalid: data is an object
+        *npy,
+        *odd,
+        *far,
+        *huge,
+    ]
+    path = write_jsonl(docs, tmp_path / "hostile.jsonl")
+    with path.open("a") as f:
+        f.write("{not json\n")
+        f.write("[1, 2]\n")
+    summary = ingest(tmp_path / "store", [path], "--external-wait", "0.2s")
+    want = {
+        "unknown_descriptor": 2,  # the event before its start, the unknown descriptor
+        "invalid_document": 2,
+        "missing_file": 1,
+        "unsupported_external": 1,
+        "index_out_of_range": 1,
+        "oversize": 4,  # each of the 2 GiB key's stream datums
+        "malformed": 1,
+        "not_a_document": 1,
+    }
+    assert summary["rejected_by_reason"] == want
+    assert summary["input"] == summary["accepted"] + summary["rejected"] + summary["duplicates"]
+    # The rest is captured: 31 scalars less the moved event's 2; img and energy less the
+    # missing file; the odd run's energy; the far run's 4 + 4 sums + 3 frames; the huge run's
+    # 4 + 4 sums.
+    assert summary["accepted"] == (31 - 2) + (8 - 1) + 1 + 11 + 8
+    dead = Explorer(str(tmp_path / "store")).deadletters()
+    assert len(dead) == sum(want.values())
+    assert dead["raw"].str.len().gt(0).all()
+    unsupported = dead[dead["reason"] == "unsupported_external"]
+    assert "MY_FORMAT" in unsupported["message"].iloc[0] + unsupported["raw"].iloc[0]
