@@ -301,7 +301,14 @@ class DocumentStream:
                 seq_num = page["seq_num"][row]
                 where = f"{key!r} of event {seq_num} (descriptor {desc.uid!r})"
                 if isinstance(datum_id, int | float) and not isinstance(datum_id, bool):
-                    out.add(desc, key, ext.source, seq_num, _ns(stamps[row]), np.float64(datum_id))
+                    out.add(
+                        desc,
+                        key,
+                        ext.source,
+                        seq_num,
+                        _ns(stamps[row]),
+                        np.asarray(float(datum_id)),
+                    )
                     continue
                 if ext.streamed:  # (its frames come by stream datum)
                     continue
