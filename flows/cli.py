@@ -63,8 +63,7 @@ COMMAND_EXAMPLES = {
   obsflow serve --store data/store  (then open http://127.0.0.1:8000)
   obsflow serve --host 0.0.0.0 --token-file ~/.obsflow-token  (reachable by others: a token)""",
     "bluesky": """\
-  obsflow ingest --format bluesky scan.jsonl --capture beamline   (then:)
-  obsflow bluesky runs --capture beamline
+  obsflow bluesky runs --capture beamline    (after obsflow ingest --format bluesky ...)
   obsflow bluesky export --capture beamline --run 5f1c...e2 -o run.jsonl""",
     "store": """\
   obsflow store migrate --store s3://bucket/obs""",
