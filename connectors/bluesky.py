@@ -29,9 +29,9 @@ value, or a whole stream datum); ``DocumentBatch.records`` is their sum. Run and
 documents are metadata, counted apart.
 
 Restart: ``prime`` teaches a fresh stream the run and asset documents stored before, without
-emitting them. A stream datum is stored when it comes, its frames once their times are known;
-a primed stream waits again for the stream datums of unfinished runs, so frames whose event
-had not come before a crash are made when it comes again.
+emitting them. A stream datum is stored when it comes, and a ``SETTLED`` note with its frames
+once their times are known; a primed stream waits again for the stream datums without one, so
+frames whose event had not come before a crash are made when it comes again.
 
 Events are taken page-wise (an ``event`` is a page of one), column by column with numpy: the
 cost per scalar reading is numpy's, not Python's; a frame costs a file read. ``take`` reads
@@ -59,6 +59,9 @@ from obsflow.connectors.bluesky_external import (
 from obsflow.connectors.dedup import mix
 
 RUN_DOCUMENTS = ("start", "descriptor", "stop")
+SETTLED = "_settled"
+"""A stored note (not an event-model document): a stream datum's frames were made. Committed
+with the frames, it tells a primed stream which stream datums still wait."""
 EVENT_DOCUMENTS = ("event", "event_page")
 NUMERIC = ("number", "integer", "boolean")
 CONTEXT = ("run_uid", "stream", "descriptor")
@@ -163,27 +166,42 @@ class DocumentStream:
     descriptors: dict[str, Descriptor] = field(default_factory=dict)
     stops: set[str] = field(default_factory=set)
     waiting: list[Waiting] = field(default_factory=list)
+    settled: set[str] = field(default_factory=set)  # stream datums whose frames were made
 
     def take(self, pairs: Iterable[tuple[str, Any]]) -> DocumentBatch:
         """Readings, frames, rejects and documents of ``pairs`` ((name, document), in order)."""
         out = _Out()
+        pending: list[dict[str, Any]] = []  # consecutive events of one descriptor and keys
         with self.resolver.reading():
             for name, doc in pairs:
+                if name == "event" and self._check(name, doc, validate=self.validate) is None:
+                    if pending and not _same_page(pending[0], doc):
+                        self._take("event_page", pack_events(pending), out, checked=True)
+                        pending = []
+                    pending.append(doc)
+                    continue
+                if pending:
+                    self._take("event_page", pack_events(pending), out, checked=True)
+                    pending = []
                 self._take(name, doc, out)
+            if pending:
+                self._take("event_page", pack_events(pending), out, checked=True)
         return out.batch()
 
     def prime(self, pairs: Iterable[tuple[str, Any]]) -> int:
-        """Learn run and asset documents stored earlier, emitting nothing; how many were new.
+        """Learn the documents stored earlier, emitting nothing; how many were new.
 
-        Events, and documents that do not fit (orphans, non-documents), are passed over. The
-        stream datums of runs without a stop that no later stream datum decided wait again
-        for their events (after a crash these may come again; frames already captured come
-        again too, as duplicates).
+        Events, and documents that do not fit (orphans, non-documents), are passed over. Stream
+        datums stored without a ``SETTLED`` note (their frames were not made: their events had
+        not come before a crash) wait again; the events come again from the input.
         """
         learned = 0
-        streamed: dict[str, list[dict[str, Any]]] = {}  # descriptor -> its stream datums
-        stopped: set[str] = set()
+        streamed: list[dict[str, Any]] = []
         for name, doc in pairs:
+            if name == SETTLED and isinstance(doc, dict):
+                self.settled.add(str(doc.get("uid")))
+                learned += 1
+                continue
             if not isinstance(doc, dict) or name not in (*RUN_DOCUMENTS, *ASSET_DOCUMENTS):
                 continue
             if self._check(name, doc, validate=False) is not None or self._known(name, doc):
@@ -193,35 +211,29 @@ class DocumentStream:
             except (ExternalError, KeyError, TypeError):
                 continue
             if name == "stream_datum":
-                streamed.setdefault(doc["descriptor"], []).append(doc)
-            elif name == "stop":
-                stopped.add(doc["run_start"])
+                streamed.append(doc)
             learned += 1
-        for uid, docs in streamed.items():
-            if self.descriptors[uid].run_uid in stopped:
-                continue
-            later = None  # the first seq_num of the next stream datum: it decided the ones before
-            for doc in reversed(docs):
-                if later is None or int(doc["seq_nums"]["stop"]) > later:
-                    key = self.resolver.stream_resource_of(doc)["data_key"]
-                    first = int(doc["seq_nums"]["start"])
-                    self.waiting.insert(0, Waiting(doc, key, decided=first, known=True))
+        for doc in streamed:
+            if doc["uid"] not in self.settled:
+                key = self.resolver.stream_resource_of(doc)["data_key"]
                 first = int(doc["seq_nums"]["start"])
-                later = first if later is None else min(later, first)
+                self.waiting.append(Waiting(doc, key, decided=first, known=True))
         return learned
 
     # --- one document ---------------------------------------------------------------------------
 
-    def _take(self, name: str, doc: Any, out: _Out) -> None:
-        problem = self._check(name, doc, validate=self.validate)
+    def _take(self, name: str, doc: Any, out: _Out, *, checked: bool = False) -> None:
+        problem = None if checked else self._check(name, doc, validate=self.validate)
         if problem is not None:
             out.rejects.append(reject(name, doc, *problem))
             return
         if self._known(name, doc):
             out.redelivered += 1
-            if name == "stream_datum" and not any(w.doc["uid"] == doc["uid"] for w in self.waiting):
-                # Its frames come again, as a redelivered event's readings do (the capture
-                # drops them as duplicates); the document is not stored again.
+            if (
+                name == "stream_datum"
+                and doc["uid"] not in self.settled
+                and not any(w.doc["uid"] == doc["uid"] for w in self.waiting)
+            ):  # stored, its frames not made yet: they wait again (the document is not stored)
                 self._stream_datum(doc, out, known=True)
             return
         if name in EVENT_DOCUMENTS:
@@ -381,6 +393,10 @@ class DocumentStream:
         if w.decided < w.stop:
             return
         self.waiting.remove(w)
+        self.settled.add(w.doc["uid"])
+        out.documents.append(
+            (SETTLED, {"uid": w.doc["uid"], "stream_resource": w.doc["stream_resource"]})
+        )
         desc = self.descriptors[w.doc["descriptor"]]
         ext = desc.externals[w.key]
         try:
@@ -453,8 +469,31 @@ def _ns(seconds: Any) -> int:
     return round(float(seconds) * 1e9)
 
 
+_EVENT_KEYS = frozenset({"data", "timestamps", "time", "descriptor", "seq_num", "uid"})
+
+
+def _plainly_valid_event(doc: Any) -> bool:
+    """True only for an event the schema certainly accepts (most of them, at a fraction of
+    jsonschema's cost); anything else goes to the schema, which has the last word."""
+    if not isinstance(doc, dict) or not (_EVENT_KEYS <= doc.keys() <= _EVENT_KEYS | {"filled"}):
+        return False
+    time, seq_num, filled = doc["time"], doc["seq_num"], doc.get("filled", {})
+    return (
+        isinstance(doc["data"], dict)
+        and isinstance(doc["timestamps"], dict)
+        and isinstance(doc["descriptor"], str)
+        and isinstance(doc["uid"], str)
+        and type(seq_num) is int
+        and type(time) in (int, float)
+        and isinstance(filled, dict)
+        and all(isinstance(v, bool | str) for v in filled.values())
+    )
+
+
 def schema_error(name: str, doc: dict[str, Any]) -> str | None:
     """event-model's JSON-schema verdict on a document: None, or the schema's message."""
+    if name == "event" and _plainly_valid_event(doc):
+        return None
     from event_model import DocumentNames, schema_validators
 
     try:
@@ -501,6 +540,29 @@ def as_page(name: str, doc: dict[str, Any]) -> dict[str, Any]:
         "time": [doc["time"]],
         "data": {k: [v] for k, v in doc["data"].items()},
         "timestamps": {k: [v] for k, v in doc["timestamps"].items()},
+    }
+
+
+def _same_page(first: dict[str, Any], doc: dict[str, Any]) -> bool:
+    """Whether ``doc`` can join a page begun by ``first``: one descriptor, the same keys."""
+    return bool(
+        doc["descriptor"] == first["descriptor"]
+        and doc["data"].keys() == first["data"].keys()
+        and doc["timestamps"].keys() == first["timestamps"].keys()
+    )
+
+
+def pack_events(events: list[dict[str, Any]]) -> dict[str, Any]:
+    """Consecutive events of one descriptor with the same keys as one event page, so that a
+    stream of single events is converted column by column like a page (same readings)."""
+    first = events[0]
+    return {
+        "descriptor": first["descriptor"],
+        "uid": [e["uid"] for e in events],
+        "seq_num": [e["seq_num"] for e in events],
+        "time": [e["time"] for e in events],
+        "data": {k: [e["data"][k] for e in events] for k in first["data"]},
+        "timestamps": {k: [e["timestamps"][k] for e in events] for k in first["timestamps"]},
     }
 
 

@@ -24,7 +24,7 @@ import pyarrow.compute as pc
 
 from obsflow.connectors import layout
 from obsflow.connectors.batch import RawBatch
-from obsflow.connectors.bluesky import DocumentBatch, DocumentStream, Reject, reject
+from obsflow.connectors.bluesky import SETTLED, DocumentBatch, DocumentStream, Reject, reject
 from obsflow.connectors.bluesky_external import DEFAULT_WAIT, ExternalResolver
 from obsflow.connectors.errors import ConfigError
 from obsflow.connectors.payload_format import DTYPES
@@ -32,7 +32,8 @@ from obsflow.connectors.schema import DOCUMENT_SCHEMA, REJECT_SCHEMA, TIME_TYPE
 from obsflow.connectors.store import Store
 
 MAX_DOCUMENT_BYTES = 64 << 20  # one document (a line, a msgpack object) at most
-SLICE_DOCUMENTS = 64  # documents taken at a time, so a batch's frames stay within MAX_BATCH_BYTES
+SLICE_DOCUMENTS = 512  # documents taken at a time at most: fewer while they hold large frames
+SLICE_FRAME_BYTES = 16 << 20
 MAX_BATCH_BYTES = 64 << 20
 MSGPACK_EXTENSIONS = (".msgpack", ".mpk", ".msgpk")
 _ND_KEYS = {"nd", "type", "shape", "data", "kind"}
@@ -165,7 +166,7 @@ def _run_of(stream: DocumentStream, name: str, doc: dict[str, Any]) -> str | Non
     if name in ("datum", "datum_page"):
         resource = stream.resolver.resources.get(str(doc.get("resource")), {})
         return resource.get("run_start")
-    if name == "stream_datum":
+    if name in ("stream_datum", SETTLED):
         found = stream.resolver.stream_resources.get(str(doc.get("stream_resource")), {})
         return found.get("run_start")
     run = doc.get("run_start")
@@ -236,12 +237,19 @@ class BlueskyInput:
         def size(batches: list[DocumentBatch]) -> tuple[int, int]:
             return sum(b.records for b in batches), sum(b.frames.nbytes for b in batches)
 
+        slice_size = SLICE_DOCUMENTS
         for item in file_pairs(f, url):
             items.append(item)
-            if len(items) < SLICE_DOCUMENTS:
+            if len(items) < slice_size:
                 continue
             pending.append(take(stream, items))
             items = []
+            # Frames make a slice big: take fewer documents at a time while they come.
+            nbytes = pending[-1].frames.nbytes
+            if nbytes > SLICE_FRAME_BYTES:
+                slice_size = max(1, slice_size // 4)
+            elif nbytes < SLICE_FRAME_BYTES // 4:
+                slice_size = min(SLICE_DOCUMENTS, slice_size * 2)
             records, nbytes = size(pending)
             if records >= batch_rows or nbytes >= MAX_BATCH_BYTES:
                 batch = raw_batch(stream, merge(pending), url, offset)
@@ -307,10 +315,13 @@ def read_documents(store: Store, capture: str, *, run_uid: str | None = None) ->
 
 
 def stored_documents(
-    store: Store, capture: str, *, run_uid: str | None = None
+    store: Store, capture: str, *, run_uid: str | None = None, notes: bool = False
 ) -> list[tuple[str, dict[str, Any]]]:
-    """The stored documents as ``(name, doc)`` pairs (e.g. to prime a document stream)."""
+    """The stored documents as ``(name, doc)`` pairs; with ``notes`` also obsflow's own
+    (``SETTLED``), which a document stream's ``prime`` needs."""
     table = read_documents(store, capture, run_uid=run_uid)
+    if not notes:
+        table = table.filter(pc.field("name") != SETTLED)
     return [
         (str(n), json.loads(str(d)))
         for n, d in zip(table["name"].to_pylist(), table["doc"].to_pylist(), strict=True)

@@ -30,6 +30,7 @@ from bytewax.outputs import Sink
 
 from obsflow.connectors import layout
 from obsflow.connectors.batch import DEFAULT_BATCH_ROWS, RawBatch
+from obsflow.connectors.bluesky import SETTLED
 from obsflow.connectors.bluesky_io import BlueskyInput, stored_documents
 from obsflow.connectors.capture import capture_exists, new_run_id, planned_capture
 from obsflow.connectors.commits import read_log
@@ -116,7 +117,7 @@ class IngestConfig:
         if self.format != "bluesky":
             return None
         return BlueskyInput(
-            prime=stored_documents(store, self.capture),
+            prime=stored_documents(store, self.capture, notes=True),
             root_map=self.root_map,
             wait=self.external_wait,
         )
@@ -379,12 +380,13 @@ def build_flow(
     )
     # ("0000", Bluesky run and asset documents): one log per run, kept with the capture
     stored = add_log(
-        documents,
-        store,
-        layout.documents_dir(config.capture),
-        run_id,
-        layout.DOCUMENT_LOG_SCHEMA,
-        lambda n: Counts(documents=n),
+        documents, store, layout.documents_dir(config.capture), run_id, layout.DOCUMENT_LOG_SCHEMA
+    )
+    # (obsflow's own notes among them are no documents)
+    documents_counted = op.map(
+        "count_documents",
+        raw,
+        lambda b: Counts(documents=b.documents.num_rows - _notes(b.documents)),
     )
 
     counts = op.merge(
@@ -394,6 +396,7 @@ def build_flow(
         op.map("count_captured", outcome, lambda kv: kv[1].counts),
         written,
         stored,
+        documents_counted,
         *(add_view(captured, v, store=store, capture=config.capture, run_id=run_id) for v in views),
     )
     add_summary(counts, "ingest", config.progress, sink or finish)
@@ -413,3 +416,10 @@ def _take(
         return ("0000", rows) if log else (kv[0], (kv[1].part, rows))
 
     return op.filter_map(step_id, results, take)
+
+
+def _notes(documents: pa.Table) -> int:
+    """How many of a batch's stored documents are obsflow's own notes (``bluesky.SETTLED``)."""
+    if not documents.num_rows:
+        return 0
+    return int(pc.sum(pc.equal(documents.column("name"), SETTLED)).as_py() or 0)
