@@ -260,6 +260,8 @@ class DocumentStream:
 
     def _check(self, name: str, doc: Any, *, validate: bool) -> tuple[str, str] | None:
         """(reason, detail) when ``doc`` cannot be taken, else None."""
+        if not name:
+            return "not_a_document", 'a document comes as [name, doc] or {"name": .., "doc": ..}'
         if not isinstance(doc, dict):
             return "not_a_document", f"a {name!r} document must be an object"
         if validate:

@@ -76,15 +76,30 @@ def nothing_accepted(store: Store, summary: dict[str, Any]) -> str:
         lines.append(f"  {reason} ({n:,}): {example[0] if len(example) else ''}")
     raw = sample.column("raw").to_pylist()
     try:
-        columns = list(json.loads(raw[0])) if raw and raw[0] else []
+        first = json.loads(raw[0]) if raw and raw[0] else None
     except ValueError:
-        columns = []
+        first = None
+    if summary.get("format") == "bluesky":
+        lines.append(
+            "  these are no Bluesky documents ([name, doc] or {name, doc} per line, or msgpack); "
+            "a file of readings is read without --format"
+        )
+    elif looks_like_a_document(first):
+        lines.append("  these look like Bluesky documents: add --format bluesky")
+    columns = [str(c) for c in first] if isinstance(first, dict) else []
     hint = suggest_map(columns)
     if columns:
         tip = f"; try --map {hint}" if hint else ""
         lines.append(f"  columns are {', '.join(columns)}{tip}")
     lines.append(f"  dead letters: obsflow deadletters show --run {summary['run']}")
     return "\n".join(lines)
+
+
+def looks_like_a_document(record: Any) -> bool:
+    """A Bluesky ``[name, doc]`` pair or ``{"name", "doc"}`` object, read as a reading."""
+    if isinstance(record, list):
+        return len(record) == 2 and isinstance(record[0], str) and isinstance(record[1], dict)
+    return isinstance(record, dict) and set(record) == {"name", "doc"}
 
 
 _GUESSES = {
@@ -154,6 +169,11 @@ def format_summary(summary: dict[str, Any], store: Store) -> str:
         )
     if summary["rejected"]:
         lines.append(f"  dead letters: {store.uri('deadletter/' + run)}")
+    if summary.get("documents"):
+        folder = store.uri(f"documents/{summary.get('capture')}/{run}")
+        lines.append(
+            f"  Bluesky documents kept: {summary['documents']:,} -> {folder} (obsflow bluesky runs)"
+        )
     lines.append(f"  summary: {store.uri('runs/' + run + '.json')}")
     return "\n".join(lines)
 

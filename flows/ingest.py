@@ -325,7 +325,7 @@ def build_flow(
         inputs={}
         if config.live
         else {u: (known.get(u), config.input_signature()) for u in config.inputs},
-        extra={"mode": "ingest"},
+        extra={"mode": "ingest", **({"format": config.format} if config.format else {})},
     )
 
     flow = Dataflow("ingest")

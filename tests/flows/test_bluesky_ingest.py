@@ -298,3 +298,21 @@ def test_hostile_documents_are_dead_letters_with_reasons_and_the_counts_add_up(
     assert dead["raw"].str.len().gt(0).all()
     unsupported = dead[dead["reason"] == "unsupported_external"]
     assert "MY_FORMAT" in unsupported["message"].iloc[0] + unsupported["raw"].iloc[0]
+
+
+def test_a_mistaken_format_says_what_to_do(runs: Runs, tmp_path: Path) -> None:
+    """Documents read as readings, readings read as documents: nothing accepted, one line on
+    what to do, the records kept as dead letters; the fixed command then reads the file."""
+    args = ["ingest", str(runs.files[0]), "--store", str(tmp_path / "a"), "--capture", "bl"]
+    done = obsflow(*args, ok=False)
+    assert done.returncode == 1
+    assert "these look like Bluesky documents: add --format bluesky" in done.stderr
+    assert "Traceback" not in done.stderr
+    assert obsflow(*args, "--format", "bluesky").returncode == 0
+    readings = tmp_path / "readings.jsonl"
+    readings.write_text('{"source": "a", "time": "2026-01-01T00:00:00Z", "value": 1}\n')
+    args = ["ingest", "--format", "bluesky", str(readings), "--store", str(tmp_path / "b")]
+    done = obsflow(*args, ok=False)
+    assert done.returncode == 1
+    assert "a file of readings is read without --format" in done.stderr
+    assert "not_a_document" in done.stderr
