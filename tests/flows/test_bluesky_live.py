@@ -14,7 +14,6 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import Any
 
 import msgpack
 import numpy as np
@@ -39,7 +38,7 @@ from tests.bluesky_runs import (
     scan_and_count,
 )
 from tests.brokers import KafkaMock
-from tests.flows.test_live import live_ingest, running
+from tests.flows.test_live import live_ingest, running, wait_for
 
 OBSFLOW = str(Path(sys.executable).parent / "obsflow")
 TOPIC = "bluesky.docs"
@@ -58,13 +57,6 @@ def documents(where: Path) -> tuple[Docs, Docs, Docs]:
 def commits(store: Path) -> int:
     folder = store / layout.commits_dir("bl")
     return len(list(folder.iterdir())) if folder.exists() else 0
-
-
-def wait_for(predicate: Any, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, what
-        time.sleep(0.05)
 
 
 def test_kafka_documents_killed_twice_are_captured_exactly_once(tmp_path: Path) -> None:
