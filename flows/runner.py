@@ -49,8 +49,12 @@ class Recovery:
         return json.loads(path.read_text()) if path.exists() else {}
 
     def _save(self, doc: dict[str, Any]) -> None:
+        # Atomically: a kill mid-write must not leave a half document for the resume to trip
+        # on (a reader polling it saw an empty file once).
         self.directory.mkdir(parents=True, exist_ok=True)
-        (self.directory / _RUN_FILE).write_text(json.dumps(doc))
+        tmp = self.directory / f".{_RUN_FILE}.tmp"
+        tmp.write_text(json.dumps(doc))
+        os.replace(tmp, self.directory / _RUN_FILE)
 
     def run_id(self, command: str) -> str:
         """The run id of the interrupted run to resume, or a new one recorded for next time."""
