@@ -130,6 +130,9 @@ class ExternalResolver:
     """
 
     root_map: Mapping[str, str] = field(default_factory=dict)
+    # Directories external files may be read from (after root_map; symlinks resolved); empty:
+    # anywhere the process may read. Documents name the files: this keeps them to the data.
+    allowed: tuple[str, ...] = ()
     max_bytes: int = DEFAULT_MAX_BYTES
     wait: float = DEFAULT_WAIT
     poll: float = DEFAULT_POLL
@@ -268,7 +271,7 @@ class ExternalResolver:
         with self.reading():
             if spec == "NPY_SEQ":
                 index = _count(kwargs.get("index"), "datum_kwargs index", where)
-                npy = f"{path}_{index}.npy"
+                npy = self._inside(f"{path}_{index}.npy", where)
                 return self._retrying(npy, lambda: _read_npy(npy, self.max_bytes))
             per_point = _count(
                 resource.get("resource_kwargs", {}).get("frame_per_point", 1),
@@ -278,6 +281,7 @@ class ExternalResolver:
             point = _count(kwargs.get("point_number"), "datum_kwargs point_number", where)
             if per_point < 1:
                 raise ExternalError("bad_reference", f"{where}: frame_per_point {per_point} < 1")
+            path = self._inside(path, where)
             return self._retrying(
                 path, lambda: self._rows(path, AD_HDF5_DATASET, point, 1, per_point)[0]
             )
@@ -302,7 +306,7 @@ class ExternalResolver:
         if multiplier is not None and (_count(multiplier, "multiplier", where) < 1):
             raise ExternalError("bad_reference", f"{where}: multiplier {multiplier} < 1")
         declared.check(self.max_bytes)
-        path = self.relocate(_uri_path(uri, where))
+        path = self._inside(self.relocate(_uri_path(uri, where)), where)
         start, stop = doc["indices"]["start"], doc["indices"]["stop"]
 
         def read() -> list[NDArray[Any]]:
@@ -310,6 +314,20 @@ class ExternalResolver:
 
         with self.reading():
             return self._retrying(path, read)
+
+    def _inside(self, path: str, where: str) -> str:
+        """``path`` (a file to read), refused (``bad_reference``) outside the ``allowed``
+        directories, symlinks resolved."""
+        if self.allowed:
+            real = os.path.realpath(path)
+            inside = (os.path.realpath(d) for d in self.allowed)
+            if not any(os.path.commonpath([real, d]) == d for d in inside):
+                raise ExternalError(
+                    "bad_reference",
+                    f"{where}: {path} is outside the directories external files may be read "
+                    f"from ({', '.join(self.allowed)}; --external-root)",
+                )
+        return path
 
     def relocate(self, path: str) -> str:
         """``path`` with the longest ``root_map`` key that is it, or a directory above it,

@@ -219,9 +219,12 @@ class BlueskyInput:
     prime: Sequence[tuple[str, dict[str, Any]]] = ()
     root_map: Sequence[tuple[str, str]] = ()
     wait: float = DEFAULT_WAIT
+    allowed: Sequence[str] = ()  # directories external files may be read from (empty: any)
 
     def stream(self) -> DocumentStream:
-        resolver = ExternalResolver(root_map=dict(self.root_map), wait=self.wait)
+        resolver = ExternalResolver(
+            root_map=dict(self.root_map), wait=self.wait, allowed=tuple(self.allowed)
+        )
         stream = DocumentStream(resolver=resolver)
         stream.prime(self.prime)
         return stream

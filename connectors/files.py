@@ -1,8 +1,9 @@
 """File sources: Parquet, CSV and JSON-lines inputs as Bytewax partitioned sources.
 
 Input: one or more file URLs (local paths or any fsspec URL; the format comes from the
-extension). Output: ``RawBatch`` micro-batches of up to ``batch_rows`` rows, one Bytewax
-partition per file, so a file is read in order by one worker. Guarantee: ``snapshot()`` is the
+extension, or every file is a Bluesky document stream: ``connectors.bluesky_io``). Output:
+``RawBatch`` micro-batches of up to ``batch_rows`` rows, one Bytewax partition per file, so a
+file is read in order by one worker. Guarantee: ``snapshot()`` is the
 number of records emitted, and resuming from it neither skips nor repeats a record.
 
 Text formats are read as strings and parsed by the normalizer, so one odd value never changes a

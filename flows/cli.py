@@ -254,6 +254,13 @@ def _ingest(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
         "now (repeatable)",
     )
     bluesky.add_argument(
+        "--external-root",
+        action="append",
+        metavar="DIR",
+        help="read external files only from under DIR (repeatable; after --root-map): "
+        "documents name the files, this keeps an ingest to the data folders",
+    )
+    bluesky.add_argument(
         "--external-wait",
         metavar="DURATION",
         default="10s",

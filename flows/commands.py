@@ -232,6 +232,7 @@ def ingest_config(args: argparse.Namespace, inputs: tuple[str, ...]) -> ingest.I
         format="bluesky" if args.format == "bluesky" else None,
         root_map=tuple(root_map(entry) for entry in args.root_map or ()),
         external_wait=parse_duration_ns(args.external_wait) / 1e9,
+        external_roots=tuple(args.external_root or ()),
     )
 
 

@@ -92,6 +92,7 @@ class IngestConfig:
     format: str | None = None
     root_map: tuple[tuple[str, str], ...] = ()
     external_wait: float = 10.0
+    external_roots: tuple[str, ...] = ()  # external files only from under these (empty: any)
 
     def __post_init__(self) -> None:
         check_name(self.capture, kind="capture name")
@@ -100,8 +101,10 @@ class IngestConfig:
             raise ConfigError(
                 f"input format {self.format!r}: files are read by extension or as bluesky documents"
             )
-        if self.root_map and self.format != "bluesky":
-            raise ConfigError("--root-map is for Bluesky documents (--format bluesky)")
+        if (self.root_map or self.external_roots) and self.format != "bluesky":
+            raise ConfigError(
+                "--root-map and --external-root are for Bluesky documents (--format bluesky)"
+            )
         if not self.external_wait >= 0:
             raise ConfigError("--external-wait must be zero or more seconds")
 
@@ -120,6 +123,7 @@ class IngestConfig:
             prime=stored_documents(store, self.capture, notes=True),
             root_map=self.root_map,
             wait=self.external_wait,
+            allowed=self.external_roots,
         )
 
     @classmethod
@@ -128,7 +132,7 @@ class IngestConfig:
         ``views`` may be a TOML path or a list of definitions, ``map`` as on the command line
         (``"source=id,time=t"``) or a dict."""
         check_cluster_run_id(options)
-        for name in ("inputs", "features"):
+        for name in ("inputs", "features", "external_roots"):
             if name in options:
                 options[name] = tuple(options[name])
         options["views"] = views_option(options.get("views"))
@@ -158,6 +162,7 @@ class IngestConfig:
             features=list(self.features),
             fingerprints=[list(x) for x in self.fingerprints],
             root_map=[list(x) for x in self.root_map],
+            external_roots=list(self.external_roots),
         )
         return out
 

@@ -493,6 +493,27 @@ def test_root_map_finds_files_moved_after_the_run(tmp_path: Path) -> None:
     assert_same(got_frames(found), frames)
 
 
+def test_files_outside_the_allowed_directories_are_not_read(tmp_path: Path) -> None:
+    """Documents name the files an ingest reads: with ``allowed`` directories, a file outside
+    them (a path elsewhere, or a symlink out of them) is a dead letter, and is not opened."""
+    npy = npy_count(tmp_path / "data" / "npy", num=2)
+    hdf = blob_scan(tmp_path / "data" / "hdf")
+    inside = take([*npy, *hdf], wait=0, allowed=(str(tmp_path / "data"),))
+    assert not inside.rejects
+    assert inside.frames.num_rows == 2 + 4
+    elsewhere = take([*npy, *hdf], wait=0, allowed=(str(tmp_path / "data" / "npy"),))
+    assert {r for _, r in reasons(elsewhere)} == {"bad_reference"}
+    assert elsewhere.frames.num_rows == 2  # only the .npy frames
+    assert all("outside the directories" in r.detail for r in elsewhere.rejects)
+    # A link inside the allowed directory to a file outside it is outside.
+    (tmp_path / "secret").mkdir()
+    target = tmp_path / "data" / "npy" / npy_file(npy, 1)
+    shutil.move(target, tmp_path / "secret" / "frame.npy")
+    os.symlink(tmp_path / "secret" / "frame.npy", target)
+    linked = take(npy, wait=0, allowed=(str(tmp_path / "data"),))
+    assert [r for _, r in reasons(linked)] == ["bad_reference"]
+
+
 def test_bad_payloads_and_references_are_rejected(tmp_path: Path) -> None:
     docs = npy_count(tmp_path, num=2)
     np.save(tmp_path / npy_file(docs, 1), np.array(["abc", "def"]))  # strings: no payload

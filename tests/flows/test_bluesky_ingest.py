@@ -316,3 +316,15 @@ def test_a_mistaken_format_says_what_to_do(runs: Runs, tmp_path: Path) -> None:
     assert done.returncode == 1
     assert "a file of readings is read without --format" in done.stderr
     assert "not_a_document" in done.stderr
+
+
+def test_external_files_are_read_only_from_under_external_root(runs: Runs, tmp_path: Path) -> None:
+    """``--external-root DIR``: the documents' files elsewhere are dead letters, not read."""
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    summary = ingest(tmp_path / "store", runs.files, "--external-root", str(elsewhere))
+    # 8 datums (img, energy) and 8 stream datums (bdet, bdet-sum) refused; the scalars kept.
+    assert summary["rejected_by_reason"] == {"bad_reference": 16}
+    assert summary["accepted"] == len(scalar_oracle(runs.docs))
+    data = runs.files[0].parent  # where the runs wrote their files
+    assert ingest(tmp_path / "ok", runs.files, "--external-root", str(data))["rejected"] == 0
