@@ -31,7 +31,7 @@ from obsflow.connectors.compaction import hidden_by_compaction
 from obsflow.connectors.dedup import DEFAULT_HORIZON, Deduper
 from obsflow.connectors.errors import CaptureExistsError, ConfigError, StoreError
 from obsflow.connectors.ids import check_name
-from obsflow.connectors.partitions import assign_seq, conform
+from obsflow.connectors.partitions import ENCODED_SCHEMA, assign_seq, conform, encode_ids
 from obsflow.connectors.schema import REJECT_SCHEMA
 from obsflow.connectors.store import Store
 
@@ -151,7 +151,7 @@ class SavedDedup:
 
 @dataclass(frozen=True)
 class Appended:
-    rows: pa.Table  # CAPTURE_SCHEMA: the readings as captured
+    rows: pa.Table  # ENCODED_SCHEMA: the readings as captured (ids dictionary-encoded)
     conflicts: pa.Table  # REJECT_SCHEMA: same identity as a kept reading, other content
     duplicates: int
     origins: dict[str, int]  # readings accepted per input (its ``_origin``)
@@ -253,7 +253,7 @@ class PartitionWriter:
     def append(self, table: pa.Table) -> Appended:
         """Drop duplicates, set conflicts aside, number and buffer the rest."""
         origin = {c: table.column(c) for c in ORIGIN_COLUMNS if c in table.column_names}
-        readings = table.drop_columns(list(origin))
+        readings = encode_ids(table.drop_columns(list(origin)))
         accept, conflict = self._dedup(readings)
         n_accept, n_conflict = int(accept.sum()), int(conflict.sum())
         conflicts = REJECT_SCHEMA.empty_table()
@@ -271,7 +271,7 @@ class PartitionWriter:
         if "_parent_seq" in origin:  # a derived feature numbered like its payload reading
             parent = origin["_parent_seq"].filter(pa.array(accept))
             readings = readings.set_column(1, "seq", pc.coalesce(readings.column("seq"), parent))
-        rows = conform(assign_seq(readings, self.state.next_seq))
+        rows = conform(assign_seq(readings, self.state.next_seq), ENCODED_SCHEMA)
         if rows.num_rows:
             self._buffer.append(rows)
             self._buffered += rows.num_rows
@@ -307,7 +307,7 @@ class PartitionWriter:
         """Write buffered rows as the next chunk object (in the run's staging folder)."""
         if not self._buffer:
             return
-        table = pa.concat_tables(self._buffer)
+        table = pa.concat_tables(self._buffer).cast(layout.CAPTURE_SCHEMA)
         self.store.write_parquet(self._object(self.chunk), table)
         self.state.chunk += 1
         self._buffer, self._buffered = [], 0

@@ -27,6 +27,7 @@ import pyarrow.parquet as pq
 from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
 
 from obsflow.connectors.archive import ns_of, time_span
+from obsflow.connectors.batch import DEFAULT_BATCH_ROWS
 from obsflow.connectors.capture import open_capture
 from obsflow.connectors.commits import Commit, capture_objects, read_log
 from obsflow.connectors.compaction import located
@@ -98,7 +99,7 @@ class ReplaySpec:
     start: int | None = None
     until: int | None = None
     speed: float | None = None
-    batch_rows: int = 65_536
+    batch_rows: int = DEFAULT_BATCH_ROWS
     upto: int | None = None
 
     def __post_init__(self) -> None:

@@ -11,7 +11,6 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 import pyarrow as pa
-import pyarrow.compute as pc
 from bytewax.operators import StatefulBatchLogic
 
 from obsflow.connectors.capture import PartitionWriter, WriterState
@@ -41,15 +40,6 @@ class Captured:
             reasons={"conflict": n} if n else {},
             origins=self.origins,
         )
-
-
-def encode_ids(rows: pa.Table) -> pa.Table:
-    """Source and channel as dictionary arrays: every view downstream then maps ids to series
-    without hashing strings again."""
-    for name in ("source", "channel"):
-        i = rows.schema.get_field_index(name)
-        rows = rows.set_column(i, name, pc.dictionary_encode(rows.column(name)))
-    return rows
 
 
 class CaptureLogic(StatefulBatchLogic[PartTable, Captured, WriterState]):
@@ -85,7 +75,7 @@ class CaptureLogic(StatefulBatchLogic[PartTable, Captured, WriterState]):
         out = []
         for part, table in values:
             a = self.writer.append(table)
-            out.append(Captured(part, encode_ids(a.rows), a.conflicts, a.duplicates, a.origins))
+            out.append(Captured(part, a.rows, a.conflicts, a.duplicates, a.origins))
         return out, self.RETAIN
 
     def on_eof(self) -> tuple[Iterable[Captured], bool]:

@@ -12,6 +12,7 @@ import argparse
 import sys
 from collections.abc import Callable, Sequence
 
+from obsflow.connectors.batch import DEFAULT_BATCH_ROWS
 from obsflow.connectors.errors import ObsflowError
 from obsflow.connectors.schema import TIME_UNITS
 from obsflow.connectors.store import DEFAULT_STORE
@@ -222,7 +223,7 @@ def _ingest(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
         help="TOML view definitions (default: per-minute stats of every series)",
     )
     _lateness(sp)
-    sp.add_argument("--batch-rows", type=int, default=65_536, help=argparse.SUPPRESS)
+    sp.add_argument("--batch-rows", type=int, default=DEFAULT_BATCH_ROWS, help=argparse.SUPPRESS)
     _run_output(sp)
     sp.add_argument(
         "--force",

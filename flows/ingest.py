@@ -306,12 +306,14 @@ def build_flow(
     *,
     source: Source[RawBatch] | None = None,
     sink: Sink[Any] | None = None,
+    durable: bool = True,
     **options: Any,
 ) -> Dataflow:
     """The ingest dataflow. ``options`` build an ``IngestConfig`` when ``config`` is not given.
 
     ``source`` replaces the input (tests feed a ``TestingSource`` of ``RawBatch``); ``sink``
     receives the final ``("run", Counts)`` instead of the run's finish (no commit then).
+    ``durable=False`` when the run has no recovery: snapshots then write and copy nothing.
     """
     config = config or IngestConfig.from_options(**options)
     store = Store(config.store)
@@ -366,7 +368,12 @@ def build_flow(
         "capture",
         ready,
         lambda s: CaptureLogic(
-            store, config.capture, run_id, config.dedup_horizon, s, recoverable=not config.live
+            store,
+            config.capture,
+            run_id,
+            config.dedup_horizon,
+            s,
+            recoverable=durable and not config.live,
         ),
     )
     # ("0003", Captured(3, rows as written, conflicts, duplicates, accepted per input))
@@ -402,7 +409,17 @@ def build_flow(
         written,
         stored,
         documents_counted,
-        *(add_view(captured, v, store=store, capture=config.capture, run_id=run_id) for v in views),
+        *(
+            add_view(
+                captured,
+                v,
+                store=store,
+                capture=config.capture,
+                run_id=run_id,
+                durable=durable and not config.live,
+            )
+            for v in views
+        ),
     )
     add_summary(counts, "ingest", config.progress, sink or finish)
     return flow

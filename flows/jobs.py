@@ -193,21 +193,24 @@ def run(
         return
     config = job.config
     module = "ingest" if isinstance(config, ingest_flow.IngestConfig) else "replay"
+    durable = recovery is not None  # else nothing resumes from the steps' snapshots
     with _renewing(job.lease):
         if processes > 1:
             if recovery is not None:
                 raise ConfigError("--recovery works with one process (use --workers for threads)")
             run_processes(module, config.options(), processes, workers)
         elif isinstance(config, ingest_flow.IngestConfig):
-            run_flow(ingest_flow.build_flow(config, source=source), workers, recovery)
+            flow = ingest_flow.build_flow(config, source=source, durable=durable)
+            run_flow(flow, workers, recovery)
         else:
-            run_flow(replay_flow.build_flow(config), workers, recovery)
+            run_flow(replay_flow.build_flow(config, durable=durable), workers, recovery)
 
 
 def run_processes(module: str, options: dict[str, Any], processes: int, workers: int) -> None:
     """Run a dataflow as a Bytewax cluster of local processes (as on several hosts)."""
     addresses = ";".join(f"127.0.0.1:{free_port()}" for _ in range(processes))
-    args = ", ".join(f"{k}={v!r}" for k, v in options.items())
+    # No recovery in a local cluster: the steps' snapshots need not write anything.
+    args = ", ".join(f"{k}={v!r}" for k, v in {**options, "durable": False}.items())
     expr = f"obsflow.flows.{module}:build_flow({args})"
     procs = [
         subprocess.Popen(

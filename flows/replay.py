@@ -29,6 +29,7 @@ from bytewax.dataflow import Dataflow
 from bytewax.inputs import Source
 from bytewax.outputs import Sink
 
+from obsflow.connectors.batch import DEFAULT_BATCH_ROWS
 from obsflow.connectors.capture import new_run_id, open_capture
 from obsflow.connectors.capture_source import Boundary, CaptureSource, ReplayBatch, ReplaySpec
 from obsflow.connectors.commits import read_log
@@ -74,7 +75,7 @@ class ReplayConfig:
     speed: float | None = None
     run_id: str = field(default_factory=new_run_id)
     progress: bool = True
-    batch_rows: int = 65_536
+    batch_rows: int = DEFAULT_BATCH_ROWS
     as_name: str | None = None  # build the slice as a new view of this name
     base: int | None = None  # the capture's last commit when the run was prepared
 
@@ -194,9 +195,11 @@ def build_flow(
     *,
     source: Source[ReplayBatch] | None = None,
     sink: Sink[Any] | None = None,
+    durable: bool = True,
     **options: Any,
 ) -> Dataflow:
-    """The replay dataflow. ``options`` build a ``ReplayConfig`` when ``config`` is not given."""
+    """The replay dataflow. ``options`` build a ``ReplayConfig`` when ``config`` is not given;
+    ``durable=False`` when the run has no recovery (snapshots then write nothing)."""
     config = config or ReplayConfig.from_options(**options)
     store = Store(config.store)
     open_capture(store, config.capture)
@@ -233,7 +236,13 @@ def build_flow(
         op.map("count_read", items, _count_read),
         *(
             add_view(
-                keyed, v, store=store, capture=config.capture, run_id=config.run_id, target=target
+                keyed,
+                v,
+                store=store,
+                capture=config.capture,
+                run_id=config.run_id,
+                target=target,
+                durable=durable,
             )
             for v in config.targets
         ),

@@ -76,6 +76,8 @@ class ViewLogic(StatefulBatchLogic[PartItem, ViewOut, ViewState]):
         lineage: dict[str, str],
         target: ViewTarget,
         resume: ViewState | None,
+        *,
+        durable: bool = True,
     ) -> None:
         self.store, self.view, self.run, self.lineage, self.target = (
             store,
@@ -84,6 +86,7 @@ class ViewLogic(StatefulBatchLogic[PartItem, ViewOut, ViewState]):
             lineage,
             target,
         )
+        self.durable = durable
         self.state: ViewState | None = None
         self.writer: SegmentWriter | None = None
         if resume is not None:
@@ -169,6 +172,10 @@ class ViewLogic(StatefulBatchLogic[PartItem, ViewOut, ViewState]):
     def snapshot(self) -> ViewState:
         assert self.state is not None
         assert self.writer is not None
+        if not self.durable:
+            # Bytewax asks at every epoch, recovery or not; without recovery nothing resumes
+            # from a snapshot, and flushing would only cut the view into small objects.
+            return self.state
         self.writer.flush()  # rows up to here are staged: the snapshot may rely on them
         return copy.deepcopy(self.state)
 
@@ -181,14 +188,16 @@ def add_view(
     capture: str,
     run_id: str,
     target: ViewTarget = ViewTarget(),
+    durable: bool = True,
 ) -> Stream[Counts]:
-    """Window ``captured`` readings into ``view``; write rows and late readings; return counts."""
+    """Window ``captured`` readings into ``view``; write rows and late readings; return counts.
+    ``durable``: snapshots are resumed from (a run with recovery)."""
     lineage = {"capture": capture, "view_hash": view.hash}
     name = view.name
     out = op.stateful_batch(
         f"window_{name}",
         captured,
-        lambda s: ViewLogic(store, view, run_id, lineage, target, s),
+        lambda s: ViewLogic(store, view, run_id, lineage, target, s, durable=durable),
     )
     # ("0003", ("late", readings) | ("counts", Counts))
     late = op.filter_map(
