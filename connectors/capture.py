@@ -16,6 +16,7 @@ import hashlib
 import json
 import secrets
 import threading
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -121,6 +122,8 @@ _MEMORY: dict[tuple[str, str, int], tuple[str, Deduper]] = {}
 as that run left it): valid while that run's state is the committed one, so a live session's
 next cycle need not read the memory back."""
 _MEMORY_LOCK = threading.Lock()  # worker threads close their partitions at once
+_WRITES = ThreadPoolExecutor(max_workers=2, thread_name_prefix="obsflow-capture-write")
+"""Where capture objects are written, off the dataflow's worker threads (``flush``)."""
 
 
 @dataclass(frozen=True)
@@ -195,6 +198,7 @@ class PartitionWriter:
         self._archive: Archive | None = None  # loaded when a reading older than memory comes
         self._buffer: list[pa.Table] = []
         self._buffered = 0
+        self._writing: Future[int] | None = None
 
     @property
     def run_id(self) -> str:
@@ -304,13 +308,24 @@ class PartitionWriter:
         )
 
     def flush(self) -> None:
-        """Write buffered rows as the next chunk object (in the run's staging folder)."""
+        """Write buffered rows as the next chunk object (in the run's staging folder).
+
+        The write runs on a background thread (Parquet encoding and the upload release the
+        GIL, so it overlaps the next batches' work); at most one write per partition is in
+        flight, and ``wait`` (called by ``snapshot`` and ``close``) makes them durable."""
         if not self._buffer:
             return
         table = pa.concat_tables(self._buffer).cast(layout.CAPTURE_SCHEMA)
-        self.store.write_parquet(self._object(self.chunk), table)
-        self.state.chunk += 1
         self._buffer, self._buffered = [], 0
+        self.wait()
+        self._writing = _WRITES.submit(self.store.write_parquet, self._object(self.chunk), table)
+        self.state.chunk += 1
+
+    def wait(self) -> None:
+        """Wait for the object being written, if any (its error is raised here)."""
+        if self._writing is not None:
+            writing, self._writing = self._writing, None
+            writing.result()
 
     def close(self) -> None:
         """Flush, and stage the seq numbers and dedup memory for the next run: the identities
@@ -318,6 +333,7 @@ class PartitionWriter:
         state (so a cycle of a live session saves what it added, not the whole memory), else
         the whole memory. The memory is also kept in this process for the next cycle."""
         self.flush()
+        self.wait()
         dedup, saved = self.state.dedup, self._saved
         superseded: list[str] = []
         if dedup.horizon > 0:
@@ -353,6 +369,7 @@ class PartitionWriter:
     def snapshot(self) -> WriterState:
         """Flush (so "chunks below n are durable" is true), then copy the state."""
         self.flush()
+        self.wait()
         return copy.deepcopy(self.state)
 
     def discard_after(self, chunk: int) -> int:

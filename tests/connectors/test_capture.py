@@ -127,6 +127,7 @@ def test_resuming_after_a_snapshot_discards_what_was_staged_after_it(tmp_path) -
     w.append(readings(["a", "a"]))
     state = w.snapshot()  # chunk 0 durable
     w.append(readings(["a", "b"], start=2))  # chunk 1, after the snapshot
+    w.wait()  # (its write is on a background thread: let it land, as it may before a crash)
     staged = "_obsflow/staging/run1/captures/c/part-0000"
     assert store.listdir(staged) == ["run1-000000.parquet", "run1-000001.parquet"]
     resumed = PartitionWriter(store, "c", 0, "run1", resume=state)
