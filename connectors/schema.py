@@ -12,17 +12,21 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
 from obsflow.connectors.errors import ConfigError
 from obsflow.connectors.ids import valid_ids
 
+if TYPE_CHECKING:  # pandas is imported where text is parsed: an ingest of typed files, and
+    import pandas as pd  # the CLI's start, do without it (it takes half a second to import)
+
 TIME_TYPE = pa.timestamp("ns", tz="UTC")
+ID_TYPE = pa.dictionary(pa.int32(), pa.string())
+"""Source and channel ids as readings carry them through a run (stored as plain strings)."""
 
 READING_SCHEMA = pa.schema(
     [
@@ -210,6 +214,8 @@ def _scale_to_ns(raw: np.ndarray, known: np.ndarray, factor: int) -> tuple[np.nd
 
 def to_utc(value: object, what: str = "time") -> pd.Timestamp:
     """One time (ISO-8601 text, datetime, Timestamp) as UTC; naive means UTC."""
+    import pandas as pd
+
     try:
         ts = pd.Timestamp(value)  # type: ignore[arg-type]
     except (ValueError, TypeError):
@@ -250,6 +256,8 @@ def parse_times(column: pa.ChunkedArray, time_unit: str) -> tuple[np.ndarray, np
     if pa.types.is_string(typ) or pa.types.is_large_string(typ):
         column = pc.utf8_trim_whitespace(column.cast(pa.string()))
         digits = _np_bool(pc.match_substring_regex(column, r"^-?[0-9]{1,19}$"))
+        import pandas as pd
+
         series = pd.Series(column.to_numpy(zero_copy_only=False), dtype=object)
         parsed = pd.to_datetime(
             series.where(~digits, None), utc=True, format="ISO8601", errors="coerce"
@@ -327,6 +335,8 @@ def _parse_float(column: pa.ChunkedArray) -> tuple[np.ndarray, np.ndarray]:
         blank = _np_bool(pc.equal(text, "")) | np.asarray(
             text.is_null().to_numpy(zero_copy_only=False), dtype=bool
         )
+        import pandas as pd
+
         series = pd.Series(text.to_numpy(zero_copy_only=False), dtype=object)
         values = pd.to_numeric(series.where(~blank, None), errors="coerce").to_numpy(
             dtype=np.float64, na_value=np.nan

@@ -20,14 +20,13 @@ from datetime import datetime
 from fractions import Fraction
 
 import numpy as np
-import pandas as pd
 import pyarrow as pa
 from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
 
 from obsflow.connectors.batch import RawBatch
 from obsflow.connectors.errors import ConfigError
 from obsflow.connectors.ids import check_id
-from obsflow.connectors.schema import TIME_TYPE
+from obsflow.connectors.schema import TIME_TYPE, to_utc
 
 BLOCK_SAMPLES = 16_384  # samples per channel per generated block
 MAX_READINGS = 10**10  # refuse absurd requests before generating anything
@@ -102,14 +101,7 @@ class SimSpec:
 
     @property
     def start_ns(self) -> int:
-        try:
-            return (
-                int(pd.Timestamp(self.start).tz_convert("UTC").value)
-                if pd.Timestamp(self.start).tzinfo
-                else int(pd.Timestamp(self.start, tz="UTC").value)
-            )
-        except ValueError as exc:
-            raise ConfigError(f"start time {self.start!r} is not ISO-8601: {exc}") from None
+        return int(to_utc(self.start, "start time").value)
 
     def source_id(self, i: int) -> str:
         return f"sim-{i:03d}"

@@ -29,16 +29,18 @@ import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
 from functools import partial
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import fsspec
 import pyarrow as pa
-import pyarrow.dataset as ds
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from obsflow.connectors.errors import ConfigError, StoreError
 from obsflow.connectors.retry import GaveUp, RetryPolicy, http_error, reason, transient
+
+if TYPE_CHECKING:
+    import pyarrow.dataset as ds
 
 DEFAULT_STORE = "./data/store"
 
@@ -420,6 +422,8 @@ class Store:
             return empty.select(list(columns)) if columns is not None else empty
 
         def scan() -> pa.Table:
+            import pyarrow.dataset as ds  # (it imports pandas: not at start-up)
+
             dataset = ds.dataset(
                 [self.path(r) for r in rels], filesystem=self.arrow_fs, format="parquet"
             )

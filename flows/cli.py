@@ -9,6 +9,7 @@ message saying what to do; bad *records* never stop a run.
 from __future__ import annotations
 
 import argparse
+import importlib
 import sys
 from collections.abc import Callable, Sequence
 
@@ -16,7 +17,6 @@ from obsflow.connectors.batch import DEFAULT_BATCH_ROWS
 from obsflow.connectors.errors import ObsflowError
 from obsflow.connectors.schema import TIME_UNITS
 from obsflow.connectors.store import DEFAULT_STORE
-from obsflow.flows import commands, show
 
 # Examples shown by each command's --help (and checked by tests/cli/test_help.py).
 COMMAND_EXAMPLES = {
@@ -323,7 +323,7 @@ def _ingest(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
         metavar="DURATION",
         help="end the session after this long without a message (default: run until stopped)",
     )
-    sp.set_defaults(func=commands.cmd_ingest)
+    sp.set_defaults(func=_lazy("commands", "cmd_ingest"))
 
 
 def _replay(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -360,7 +360,7 @@ def _replay(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     )
     _run_output(sp)
     _recovery(sp)
-    sp.set_defaults(func=commands.cmd_replay)
+    sp.set_defaults(func=_lazy("commands", "cmd_replay"))
 
 
 EXAMPLES = """examples:
@@ -421,12 +421,20 @@ def parser() -> argparse.ArgumentParser:
     sp.add_argument(
         "--payload-rate", type=float, default=1.0, help="payloads per second per source (default 1)"
     )
-    sp.set_defaults(func=commands.cmd_simulate)
+    sp.set_defaults(func=_lazy("commands", "cmd_simulate"))
 
     views = _group(sub, "views", "list views, show or export a view's rows, close its windows")
-    _action(views, "list", "the store's views: rows, open windows, last update", show.cmd_views)
+    _action(
+        views,
+        "list",
+        "the store's views: rows, open windows, last update",
+        _lazy("show", "cmd_views"),
+    )
     ap = _action(
-        views, "show", "a view's rows (or -o FILE: all of them, to a file)", show.cmd_views
+        views,
+        "show",
+        "a view's rows (or -o FILE: all of them, to a file)",
+        _lazy("show", "cmd_views"),
     )
     ap.add_argument("name", metavar="NAME", help="the view")
     _filters(ap)
@@ -437,19 +445,19 @@ def parser() -> argparse.ArgumentParser:
         "close",
         "declare the data complete: the view's open windows (of --source, or up to --until) "
         "become final now",
-        commands.cmd_close,
+        _lazy("commands", "cmd_close"),
     )
     ap.add_argument("name", metavar="NAME", help="the view")
     ap.add_argument("--source", action="append", help="only this source's windows (repeatable)")
     ap.add_argument("--until", metavar="TIME", help="only windows ending at or before TIME")
 
     capture = _group(sub, "capture", "list captures, describe one, show or export its readings")
-    _action(capture, "list", "the store's captures", show.cmd_capture)
+    _action(capture, "list", "the store's captures", _lazy("show", "cmd_capture"))
     ap = _action(
         capture,
         "info",
         "one capture: readings, sources, time span, files, commits",
-        show.cmd_capture,
+        _lazy("show", "cmd_capture"),
     )
     ap.add_argument("name", metavar="NAME", help="the capture")
     ap.add_argument("--json", action="store_true", help="as JSON")
@@ -457,7 +465,7 @@ def parser() -> argparse.ArgumentParser:
         capture,
         "show",
         "a capture's readings (or -o FILE: all of them, to a file)",
-        show.cmd_capture,
+        _lazy("show", "cmd_capture"),
     )
     ap.add_argument("name", metavar="NAME", help="the capture")
     _filters(ap, "readings")
@@ -466,7 +474,7 @@ def parser() -> argparse.ArgumentParser:
         capture,
         "verify",
         "check that every payload reference resolves and matches",
-        show.cmd_capture,
+        _lazy("show", "cmd_capture"),
     )
     ap.add_argument("name", metavar="NAME", help="the capture")
     ap = _action(
@@ -474,7 +482,7 @@ def parser() -> argparse.ArgumentParser:
         "compact",
         "rewrite the capture's many small objects (a live session's) as a few large ones, "
         "as one commit: readers and replays see the same readings throughout",
-        commands.cmd_compact,
+        _lazy("commands", "cmd_compact"),
     )
     ap.add_argument("name", metavar="NAME", help="the capture")
     ap.add_argument(
@@ -486,8 +494,8 @@ def parser() -> argparse.ArgumentParser:
     )
 
     late = _group(sub, "late", "late readings: counts by view and run, or the readings")
-    _action(late, "list", "late readings counted by view and run", show.cmd_late)
-    ap = _action(late, "show", "the late readings of one view", show.cmd_late)
+    _action(late, "list", "late readings counted by view and run", _lazy("show", "cmd_late"))
+    ap = _action(late, "show", "the late readings of one view", _lazy("show", "cmd_late"))
     ap.add_argument("view", metavar="VIEW", help="the view")
     ap.add_argument("--run", help="only this run")
     _limit(ap)
@@ -497,7 +505,7 @@ def parser() -> argparse.ArgumentParser:
         ("list", "dead letters counted by run and reason"),
         ("show", "the rejected records: origin, row, reason, message, raw text"),
     ):
-        ap = _action(dead, name, summary, show.cmd_deadletters)
+        ap = _action(dead, name, summary, _lazy("show", "cmd_deadletters"))
         ap.add_argument("--run", help="only this run")
         ap.add_argument("--reason", help="only this reason code (bad_id, bad_time, conflict, ...)")
         if name == "show":
@@ -508,7 +516,7 @@ def parser() -> argparse.ArgumentParser:
         bluesky,
         "runs",
         "the Bluesky runs of a capture: uid, plan, scan id, start, stop, exit status, events",
-        show.cmd_bluesky,
+        _lazy("show", "cmd_bluesky"),
     )
     ap.add_argument("--capture", required=True, help="the capture")
     _limit(ap)
@@ -516,7 +524,7 @@ def parser() -> argparse.ArgumentParser:
         bluesky,
         "export",
         "one run as event-model documents (JSON lines); its arrays in an HDF5 file beside it",
-        commands.cmd_bluesky_export,
+        _lazy("commands", "cmd_bluesky_export"),
     )
     ap.add_argument("--capture", required=True, help="the capture")
     ap.add_argument("--run", required=True, metavar="UID", help="the run's uid (its start's)")
@@ -525,7 +533,9 @@ def parser() -> argparse.ArgumentParser:
     )
 
     payload = _group(sub, "payload", "fetch a payload array by its sha256")
-    ap = _action(payload, "get", "write one payload array to a .npy file", show.cmd_payload)
+    ap = _action(
+        payload, "get", "write one payload array to a .npy file", _lazy("show", "cmd_payload")
+    )
     ap.add_argument("sha256", help="the payload's sha256 (payload_sha256 in the capture)")
     ap.add_argument("--capture", help="capture to look the reference up in (default: all)")
     ap.add_argument("-o", "--out", required=True, help="output .npy file")
@@ -534,7 +544,7 @@ def parser() -> argparse.ArgumentParser:
     _store(sp)
     sp.add_argument("--duration", default="60s", help="event time simulated (default 60s)")
     sp.add_argument("--workers", type=int, default=1, help="worker threads (default 1)")
-    sp.set_defaults(func=commands.cmd_demo)
+    sp.set_defaults(func=_lazy("commands", "cmd_demo"))
 
     sp = _command(sub, "serve", "watch views live in a browser (a read-only web app and API)")
     _store(sp)
@@ -559,17 +569,30 @@ def parser() -> argparse.ArgumentParser:
         default=0.5,
         help="seconds between looks for new commits (default 0.5)",
     )
-    sp.set_defaults(func=commands.cmd_serve)
+    sp.set_defaults(func=_lazy("commands", "cmd_serve"))
 
     store = _group(sub, "store", "store maintenance")
     _action(
         store,
         "migrate",
         "convert a store written before layout 2 to the current layout",
-        commands.cmd_store,
+        _lazy("commands", "cmd_store"),
     )
     return p
     return p
+
+
+def _lazy(module: str, name: str) -> Callable[[argparse.Namespace], int]:
+    """A command of ``obsflow.flows.<module>``, imported when it runs: ``obsflow ingest`` then
+    loads what ingesting needs, not pandas and the readers of every other command."""
+
+    def command(args: argparse.Namespace) -> int:
+        func: Callable[[argparse.Namespace], int] = getattr(
+            importlib.import_module(f"obsflow.flows.{module}"), name
+        )
+        return func(args)
+
+    return command
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -8,11 +8,11 @@ import argparse
 import json
 import sys
 import time
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
@@ -24,12 +24,10 @@ from obsflow.connectors.errors import ConfigError
 from obsflow.connectors.files import write_table
 from obsflow.connectors.ids import check_name
 from obsflow.connectors.migrate import check_layout, migrate
-from obsflow.connectors.reads import first_deadletters
 from obsflow.connectors.schema import InputSpec
 from obsflow.connectors.simulator import SimSpec, generate, parse_duration_ns
 from obsflow.connectors.store import Store
 from obsflow.flows import ingest, jobs, live, replay
-from obsflow.flows.bluesky_export import export_run
 from obsflow.flows.closing import close_view
 from obsflow.flows.runner import Recovery
 from obsflow.flows.summary import Progress, summary_dict
@@ -68,6 +66,8 @@ def nothing_accepted(store: Store, summary: dict[str, Any]) -> str:
     """Why a run accepted nothing: its top reasons, and a ``--map`` built from the columns the
     input really has. (Its inputs are not recorded as captured: the fixed command reads them.)"""
     reasons = sorted(summary["rejected_by_reason"].items(), key=lambda kv: -kv[1])
+    from obsflow.connectors.reads import first_deadletters  # (pandas, via pyarrow.dataset)
+
     sample = first_deadletters(store, summary["run"])
     lines = [f"obsflow: nothing was accepted: all {summary['rejected']:,} records were rejected"]
     for reason, n in reasons[:3]:
@@ -358,7 +358,7 @@ def simulate_live(args: argparse.Namespace) -> int:
     wall time), one JSON reading per message or one Arrow IPC stream per 100 ms."""
     if not args.topic:
         raise ConfigError("simulate --to needs --topic T")
-    start = args.start or pd.Timestamp.now(tz="UTC").floor("s").isoformat()
+    start = args.start or datetime.now(UTC).replace(microsecond=0).isoformat()
     spec = SimSpec.from_strings(
         {
             "sources": args.sources,
@@ -502,6 +502,8 @@ def cmd_bluesky_export(args: argparse.Namespace) -> int:
     """``obsflow bluesky export``: one run as event-model documents (``flows.bluesky_export``)."""
     store = Store(args.store)
     check_layout(store)
+    from obsflow.flows.bluesky_export import export_run  # (pandas)
+
     done = export_run(store, args.capture, args.run, Path(args.out))
     docs = ", ".join(f"{n} {name}" for name, n in done["documents"].items())
     say(f"run {args.run}: {docs} -> {done['out']}")
