@@ -13,6 +13,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from obsflow.connectors.layout import CAPTURE_SCHEMA
+from obsflow.connectors.schema import ID_TYPE
 
 
 def partition_of(sources: pa.Array | pa.ChunkedArray, partitions: int) -> np.ndarray:
@@ -83,7 +84,7 @@ def assign_seq(table: pa.Table, next_seq: dict[str, int]) -> pa.Table:
 ID_COLUMNS = ("source", "channel")
 ENCODED_SCHEMA = pa.schema(
     [
-        f.with_type(pa.dictionary(pa.int32(), pa.string())) if f.name in ID_COLUMNS else f
+        f.with_type(ID_TYPE) if f.name in ID_COLUMNS else f
         for f in CAPTURE_SCHEMA
     ]
 )

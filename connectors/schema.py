@@ -488,7 +488,11 @@ def normalize(table: pa.Table, spec: InputSpec, *, origin: str, offset: int) -> 
         if col is None:
             rej.reject(np.ones(n, dtype=bool), "bad_id", f"{name} column is not text")
             continue
-        col = col.cast(pa.string())
+        # Dictionary-encoded once, here: the id check, the partition split, dedup, seq numbers
+        # and the views all group by ids, and read these codes instead of hashing strings.
+        col = pc.dictionary_encode(col.cast(pa.string()))
+        if isinstance(col, pa.ChunkedArray):
+            col = col.combine_chunks()
         cols[name] = col
         if name == "channel" and "channel" in spec.mapping and _looks_like_values(col):
             rej.reject(
@@ -553,10 +557,12 @@ def normalize(table: pa.Table, spec: InputSpec, *, origin: str, offset: int) -> 
         rej.reject(bad, "bad_seq", "seq must be a non-negative integer")
 
     keep = pa.array(rej.ok)
-    source = cols["source"] if cols["source"] is not None else pa.nulls(n, pa.string())
+    source = cols["source"] if cols["source"] is not None else pa.nulls(n, ID_TYPE)
     channel = cols["channel"]
     if channel is None:
-        channel = pa.repeat(DEFAULT_CHANNEL, n).cast(pa.string())
+        channel = pa.DictionaryArray.from_arrays(
+            pa.array(np.zeros(n, np.int32)), pa.array([DEFAULT_CHANNEL])
+        )
     readings = pa.table(
         {
             "source": source,

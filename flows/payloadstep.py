@@ -154,7 +154,7 @@ def _feature_rows(
         "_parent_seq",
         readings.column("seq").take(take),
     )
-    return table.select(schema.names)
+    return table.select(schema.names).cast(schema)
 
 
 def _rejects(readings: pa.Table, bad: dict[int, tuple[str, str]]) -> pa.Table:
