@@ -104,13 +104,26 @@ def _read_parquet(
     f: BinaryIO, batch_rows: int, delimiter: str | None = None
 ) -> Iterator[tuple[pa.Table, list[tuple[int, str, str]]]]:
     # pre_buffer=False: stream row groups instead of buffering the whole file in memory.
-    pf = pq.ParquetFile(f, pre_buffer=False)
+    # Text as dictionary arrays: ids repeat, and come out of the file's own dictionary pages
+    # without a string per row (``schema.normalize`` decodes the other text columns).
+    text = [c.name for c in pq.read_schema(f) if pa.types.is_string(c.type)]
+    f.seek(0)
+    pf = pq.ParquetFile(f, pre_buffer=False, read_dictionary=text)
     md = pf.metadata
     raw_bytes = sum(md.row_group(g).total_byte_size for g in range(md.num_row_groups))
     if md.num_rows and raw_bytes > MAX_BATCH_BYTES:  # wide rows (payloads): fewer per batch
         batch_rows = max(1, min(batch_rows, MAX_BATCH_BYTES * md.num_rows // raw_bytes))
+    # (Read so, a batch ends at each row group: gather them up to ``batch_rows``.)
+    held: list[pa.RecordBatch] = []
+    rows = 0
     for rb in pf.iter_batches(batch_size=batch_rows):
-        yield pa.Table.from_batches([rb]), []
+        if held and rows + rb.num_rows > batch_rows:
+            yield pa.Table.from_batches(held), []
+            held, rows = [], 0
+        held.append(rb)
+        rows += rb.num_rows
+    if held:
+        yield pa.Table.from_batches(held), []
 
 
 def sniff_delimiter(header: bytes) -> str:

@@ -380,7 +380,7 @@ def _lookup(table: pa.Table, name: str) -> tuple[pa.ChunkedArray | None, str | N
     return table.column(hits[0]), None
 
 
-def _looks_like_values(column: pa.ChunkedArray) -> bool:
+def _looks_like_values(column: pa.Array) -> bool:
     """Whether a text column holds measurements (numbers written with a point or an exponent),
     not channel names (plain integers like ``1``, ``2`` may well be channel numbers)."""
     values, bad = _parse_float(column)
@@ -446,6 +446,32 @@ def melt(table: pa.Table, spec: InputSpec, columns: list[str]) -> tuple[pa.Table
     return pa.concat_tables(parts).take(pa.array(order, pa.int64())), record[order]
 
 
+def _ids(col: pa.Array | pa.ChunkedArray) -> pa.DictionaryArray | None:
+    """An id column (text, or integers read as text) as one ``ID_TYPE`` array; None if it is
+    neither. Dictionary-encoded once, here: the id check, the partition split, dedup, seq
+    numbers and the views all group by ids, and read these codes instead of hashing strings
+    again (a Parquet reader hands text over already encoded: ``files.read_parquet``)."""
+    typ = col.type.value_type if pa.types.is_dictionary(col.type) else col.type
+    if pa.types.is_integer(typ):
+        col = col.cast(pa.string())
+    elif not (pa.types.is_string(typ) or pa.types.is_large_string(typ)):
+        return None
+    if not pa.types.is_dictionary(col.type):
+        col = pc.dictionary_encode(col)
+    if isinstance(col, pa.ChunkedArray):  # (one dictionary for all chunks)
+        col = col.combine_chunks()
+    ids: pa.DictionaryArray = col.cast(ID_TYPE)
+    return ids
+
+
+def _decoded(table: pa.Table, keep: Sequence[str]) -> pa.Table:
+    """Dictionary-encoded columns (as Parquet text is read) as plain arrays, but ``keep``."""
+    for i, f in enumerate(table.schema):
+        if pa.types.is_dictionary(f.type) and f.name not in keep:
+            table = table.set_column(i, f.name, table.column(i).cast(f.type.value_type))
+    return table
+
+
 def normalize(table: pa.Table, spec: InputSpec, *, origin: str, offset: int) -> Normalized:
     """Validate and convert one raw batch. Never raises for bad rows: they become rejects.
 
@@ -454,6 +480,7 @@ def normalize(table: pa.Table, spec: InputSpec, *, origin: str, offset: int) -> 
     is melted first: one reading per numeric cell, ``Normalized.input`` readings in all.
     """
     record = None
+    table = _decoded(table, keep=(spec.column("source"), spec.column("channel")))
     picked = _channels_problem(table, spec)
     wide = [] if picked else wide_columns(table, spec)
     timed = spec.column("time") in table.column_names or RECEIVED in table.column_names
@@ -480,21 +507,13 @@ def normalize(table: pa.Table, spec: InputSpec, *, origin: str, offset: int) -> 
         cols[name] = col
 
     for name in ("source", "channel"):
-        col = cols[name]
+        col = _ids(cols[name]) if cols[name] is not None else None
         if col is None:
+            if cols[name] is not None:
+                rej.reject(np.ones(n, dtype=bool), "bad_id", f"{name} column is not text")
             continue
-        if not (pa.types.is_string(col.type) or pa.types.is_large_string(col.type)):
-            col = col.cast(pa.string()) if pa.types.is_integer(col.type) else None
-        if col is None:
-            rej.reject(np.ones(n, dtype=bool), "bad_id", f"{name} column is not text")
-            continue
-        # Dictionary-encoded once, here: the id check, the partition split, dedup, seq numbers
-        # and the views all group by ids, and read these codes instead of hashing strings.
-        col = pc.dictionary_encode(col.cast(pa.string()))
-        if isinstance(col, pa.ChunkedArray):
-            col = col.combine_chunks()
         cols[name] = col
-        if name == "channel" and "channel" in spec.mapping and _looks_like_values(col):
+        if name == "channel" and "channel" in spec.mapping and _looks_like_values(col.dictionary):
             rej.reject(
                 np.ones(n, dtype=bool),
                 "bad_schema",
