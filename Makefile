@@ -68,6 +68,7 @@ system-deps:
 	@missing=""; \
 	  command -v mosquitto >/dev/null || test -x /usr/sbin/mosquitto || missing="$$missing mosquitto"; \
 	  command -v chromium >/dev/null || missing="$$missing chromium"; \
+	  { command -v ip && command -v ss; } >/dev/null || missing="$$missing iproute2"; \
 	  if [ -n "$$missing" ]; then \
 	    if [ "$$(id -u)" = 0 ]; then \
 	      apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; \

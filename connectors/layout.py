@@ -20,6 +20,7 @@ Polars, Spark) gives exactly its rows; obsflow's own bookkeeping lives under ``_
     _obsflow/views/<view>/view.json                       definition, hash, capture
     _obsflow/views/<view>/state/part-0003.*.parquet       open windows, watermarks
     _obsflow/staging/<run>/<any of the above>             a run's outputs until it commits
+    _obsflow/cluster/<run>.json                           a cluster run's prepared options
 
 A run writes everything under ``_obsflow/staging/<run>/`` at the path it will have, and its
 commit moves it into place (``connectors.commits``).
@@ -199,6 +200,11 @@ def view_state(view: str, part: int, table: str) -> str:
 
 def staging_dir(run: str) -> str:
     return f"{META}/staging/{check_name(run, kind='run id')}"
+
+
+def cluster_plan(run: str) -> str:
+    """The options a cluster's process 0 prepared, for its other processes to run."""
+    return f"{META}/cluster/{check_name(run, kind='run id')}.json"
 
 
 def staged(run: str, rel: str) -> str:

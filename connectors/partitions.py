@@ -83,10 +83,7 @@ def assign_seq(table: pa.Table, next_seq: dict[str, int]) -> pa.Table:
 
 ID_COLUMNS = ("source", "channel")
 ENCODED_SCHEMA = pa.schema(
-    [
-        f.with_type(ID_TYPE) if f.name in ID_COLUMNS else f
-        for f in CAPTURE_SCHEMA
-    ]
+    [f.with_type(ID_TYPE) if f.name in ID_COLUMNS else f for f in CAPTURE_SCHEMA]
 )
 """``CAPTURE_SCHEMA`` with source and channel as dictionary arrays: how readings travel from the
 capture step on (the Parquet objects hold plain strings)."""

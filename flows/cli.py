@@ -150,6 +150,24 @@ def _recovery(sp: argparse.ArgumentParser) -> None:
     )
 
 
+def _parallel(sp: argparse.ArgumentParser) -> None:
+    sp.add_argument("--workers", type=int, default=1, help="worker threads per process (default 1)")
+    sp.add_argument(
+        "--processes",
+        type=int,
+        default=1,
+        help="run as a Bytewax cluster of N processes on this host (default 1)",
+    )
+    sp.add_argument(
+        "--addresses",
+        metavar="HOST:PORT;...",
+        help="run as one process of a cluster across hosts: every process gets the same list "
+        "(one host:port each, in process order), its own --process-id and the same --run-id",
+    )
+    sp.add_argument("--process-id", type=int, help="this process's index in --addresses")
+    sp.add_argument("--run-id", help="the run's id, the same for every process of a cluster")
+
+
 def _run_output(sp: argparse.ArgumentParser) -> None:
     sp.add_argument("--summary", metavar="FILE", help="also write the JSON run summary here")
     sp.add_argument("-q", "--quiet", action="store_true", help="no progress or summary lines")
@@ -216,7 +234,7 @@ def _ingest(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     sp.add_argument(
         "--partitions", type=int, help="capture partitions, fixed at creation (default 4)"
     )
-    sp.add_argument("--workers", type=int, default=1, help="worker threads (default 1)")
+    _parallel(sp)
     sp.add_argument(
         "--views",
         metavar="FILE",
@@ -351,13 +369,7 @@ def _replay(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
         default="max",
         help="max (default) or X times the original event-time rate (1 = real time)",
     )
-    sp.add_argument("--workers", type=int, default=1, help="worker threads per process (default 1)")
-    sp.add_argument(
-        "--processes",
-        type=int,
-        default=1,
-        help="run as a Bytewax cluster of N local processes (default 1)",
-    )
+    _parallel(sp)
     _run_output(sp)
     _recovery(sp)
     sp.set_defaults(func=_lazy("commands", "cmd_replay"))

@@ -8,6 +8,7 @@ import argparse
 import json
 import sys
 import time
+from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -29,7 +30,7 @@ from obsflow.connectors.simulator import SimSpec, generate, parse_duration_ns
 from obsflow.connectors.store import Store
 from obsflow.flows import ingest, jobs, live, replay
 from obsflow.flows.closing import close_view
-from obsflow.flows.runner import Recovery
+from obsflow.flows.runner import Cluster, Recovery
 from obsflow.flows.summary import Progress, summary_dict
 from obsflow.flows.viewdef import load_views, stored_views, with_lateness
 
@@ -132,8 +133,13 @@ def format_summary(summary: dict[str, Any], store: Store) -> str:
     lines = [
         f"run {run}: {summary['input']:,} input = {summary['accepted']:,} accepted"
         f" + {summary['rejected']:,} rejected + {summary['duplicates']:,} duplicates ({ok})",
-        f"  {summary.get('seconds', 0):.2f} s, {summary.get('readings_per_s') or 0:,} readings/s"
-        f" — commit #{summary.get('commit')} of capture {summary.get('capture')!r}",
+        # (no wall time in the summary a cluster's other processes read: process 0 adds it)
+        (
+            f"  {summary['seconds']:.2f} s, {summary.get('readings_per_s') or 0:,} readings/s — "
+            if "seconds" in summary
+            else "  "
+        )
+        + f"commit #{summary.get('commit')} of capture {summary.get('capture')!r}",
     ]
     records = summary.get("records") or summary["input"]
     if summary.get("derived") or records != summary["input"]:
@@ -207,10 +213,32 @@ def cmd_ingest(args: argparse.Namespace) -> int:
     config = ingest_config(args, tuple(dict.fromkeys(args.inputs)))
     # (validates the inputs' formats before reading anything)
     ingest.source_for(args.inputs, bluesky=BlueskyInput() if config.format else None)
-    result = jobs.execute(
-        config, workers=args.workers, recovery=recovery_of(args), force=args.force
+    return print_result(run_job(config, args), store, args)
+
+
+def run_job(config: jobs.Config, args: argparse.Namespace) -> jobs.RunResult:
+    """An ingest or replay as the command line asks: threads, local processes, or one
+    process of a cluster across hosts (``--addresses``)."""
+    force = bool(getattr(args, "force", False))
+    if args.addresses is None:
+        if args.process_id is not None or args.run_id is not None:
+            raise ConfigError("--process-id and --run-id are for a cluster (--addresses)")
+        return jobs.execute(
+            config,
+            workers=args.workers,
+            processes=args.processes,
+            recovery=recovery_of(args),
+            force=force,
+        )
+    if args.processes != 1:
+        raise ConfigError("--addresses runs one process per host: leave out --processes")
+    if not args.run_id:
+        raise ConfigError("--addresses needs --run-id: the same id for every process")
+    cluster = Cluster.parse(args.addresses, args.process_id)
+    config = replace(config, run_id=check_name(args.run_id, kind="run id"))
+    return jobs.execute_in_cluster(
+        config, cluster, workers=args.workers, recovery=recovery_of(args), force=force
     )
-    return print_result(result, store, args)
 
 
 def ingest_config(args: argparse.Namespace, inputs: tuple[str, ...]) -> ingest.IngestConfig:
@@ -248,6 +276,8 @@ def cmd_live(args: argparse.Namespace, store: Store) -> int:
     """``obsflow ingest URL --topic T --consumer NAME``: a live session (``flows.live``)."""
     if len(args.inputs) != 1:
         raise ConfigError("a broker URL is the only input of a live ingest")
+    if args.processes != 1 or args.addresses:
+        raise ConfigError("a live ingest runs in one process (--workers for threads)")
     if args.recovery or args.force:
         raise ConfigError(
             "--recovery and --force are for files: a live ingest resumes from the broker "
@@ -320,10 +350,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
         progress=not args.quiet,
         as_name=args.as_name,
     )
-    result = jobs.execute(
-        config, workers=args.workers, processes=args.processes, recovery=recovery_of(args)
-    )
-    return print_result(result, store, args)
+    return print_result(run_job(config, args), store, args)
 
 
 def cmd_simulate(args: argparse.Namespace) -> int:

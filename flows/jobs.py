@@ -43,7 +43,7 @@ from obsflow.connectors.migrate import check_layout
 from obsflow.connectors.store import Store
 from obsflow.flows import ingest as ingest_flow
 from obsflow.flows import replay as replay_flow
-from obsflow.flows.runner import Recovery, free_port, run_flow
+from obsflow.flows.runner import CLUSTER_WAIT, Cluster, Recovery, free_port, run_flow
 from obsflow.flows.summary import Counts, summary_dict
 
 Config = ingest_flow.IngestConfig | replay_flow.ReplayConfig
@@ -79,14 +79,23 @@ class Job:
 # -- prepare ----------------------------------------------------------------------------------
 
 
-def prepare(config: Config, *, recovery: Recovery | None = None, force: bool = False) -> Job:
-    """Step 1 (see the module docstring)."""
+def prepare(
+    config: Config,
+    *,
+    recovery: Recovery | None = None,
+    force: bool = False,
+    given_run: bool = False,
+) -> Job:
+    """Step 1 (see the module docstring). ``given_run``: keep ``config.run_id`` (a cluster's
+    processes agree on it) rather than the recovery directory's or a new one."""
     store = Store(config.store)
     check_layout(store)  # a layout-1 store must be migrated first, or its data is not seen
-    kind = "ingest" if isinstance(config, ingest_flow.IngestConfig) else "replay"
+    kind = _kind(config)
     if kind == "replay" and config.capture not in list_captures(store):
         open_capture(store, config.capture)  # names the capture before anything about views
-    run = recovery.run_id(kind) if recovery is not None else config.run_id
+    run = config.run_id
+    if recovery is not None:
+        run = recovery.run_id(kind, run if given_run else None)
     lease = Lease.acquire(store, config.capture, run)
     try:
         # A resumed run keeps the base it began on, so its commit still checks that nothing
@@ -179,6 +188,10 @@ def _renewing(lease: Lease | None) -> Iterator[None]:
         thread.join()
 
 
+def _kind(config: Config) -> str:
+    return "ingest" if isinstance(config, ingest_flow.IngestConfig) else "replay"
+
+
 def run(
     job: Job,
     *,
@@ -186,24 +199,28 @@ def run(
     processes: int = 1,
     recovery: Recovery | None = None,
     source: Source[RawBatch] | None = None,
+    cluster: Cluster | None = None,
 ) -> None:
     """Step 2: run the dataflow, which commits the run when it ends. ``source`` replaces an
-    ingest's input (a live cycle's messages)."""
+    ingest's input (a live cycle's messages); ``cluster``: as this process of it."""
     if job.done is not None:
         return
     config = job.config
-    module = "ingest" if isinstance(config, ingest_flow.IngestConfig) else "replay"
+    module = _kind(config)
     durable = recovery is not None  # else nothing resumes from the steps' snapshots
     with _renewing(job.lease):
         if processes > 1:
-            if recovery is not None:
-                raise ConfigError("--recovery works with one process (use --workers for threads)")
+            if recovery is not None or cluster is not None:
+                raise ConfigError(
+                    "--processes starts a cluster on this host without --recovery; across "
+                    "hosts (or with --recovery) run one process per host with --addresses"
+                )
             run_processes(module, config.options(), processes, workers)
         elif isinstance(config, ingest_flow.IngestConfig):
             flow = ingest_flow.build_flow(config, source=source, durable=durable)
-            run_flow(flow, workers, recovery)
+            run_flow(flow, workers, recovery, cluster)
         else:
-            run_flow(replay_flow.build_flow(config, durable=durable), workers, recovery)
+            run_flow(replay_flow.build_flow(config, durable=durable), workers, recovery, cluster)
 
 
 def run_processes(module: str, options: dict[str, Any], processes: int, workers: int) -> None:
@@ -285,6 +302,74 @@ def execute(
         _release_after_error(job.lease)
         raise
     return finish(job, started)
+
+
+def execute_in_cluster(
+    config: Config,
+    cluster: Cluster,
+    *,
+    workers: int = 1,
+    recovery: Recovery | None = None,
+    force: bool = False,
+) -> RunResult:
+    """One process of a run across hosts (every process runs the same command with its own
+    ``--process-id`` and the same ``config.run_id``).
+
+    Process 0 prepares the run as ``execute`` does (it alone holds the lease), publishes the
+    prepared options in the store (``layout.cluster_plan``), runs its share and reads the
+    summary back. The others wait for those options, run their share from them and return
+    the run's summary once it is committed.
+    """
+    plan = layout.cluster_plan(config.run_id)
+    if cluster.coordinator:
+        job = prepare(config, recovery=recovery, force=force, given_run=True)
+        nothing = isinstance(job.config, ingest_flow.IngestConfig) and not job.config.inputs
+        runs = job.done is None and not nothing  # (else the others must not wait for it)
+        published = {"kind": _kind(config), "options": job.config.options(), "runs": runs}
+        job.store.write_json(plan, published)
+        if nothing:
+            _release_after_error(job.lease)
+            summary = summary_dict(Counts(), capture=config.capture, mode="ingest")
+            return RunResult(None, summary, tuple(job.skipped), tuple(job.notes))
+        started = time.monotonic()
+        try:
+            run(job, workers=workers, recovery=recovery, cluster=cluster)
+        except BaseException:
+            _release_after_error(job.lease)
+            raise
+        return finish(job, started)
+    store = Store(config.store)
+    doc = _wait_for(store, plan, f"the options process 0 prepared for run {config.run_id}")
+    if doc.get("kind") != _kind(config):
+        raise ConfigError(f"run {config.run_id} is a {doc.get('kind')} run, not {_kind(config)}")
+    if not doc.get("runs"):
+        return RunResult(None, {}, notes=("process 0 found nothing to run",))
+    options = dict(doc["options"])
+    prepared: Config
+    if isinstance(config, ingest_flow.IngestConfig):
+        prepared = ingest_flow.IngestConfig.from_options(**options)
+    else:
+        prepared = replay_flow.ReplayConfig.from_options(**options)
+    run(Job(prepared, store, None), workers=workers, recovery=recovery, cluster=cluster)
+    summary = _wait_for(store, layout.run_summary(config.run_id), "the run's summary")
+    note = f"process {cluster.process_id}: its share is done; process 0 reports the run"
+    return RunResult(config.run_id, summary, notes=(note,))
+
+
+def _wait_for(store: Store, rel: str, what: str) -> dict[str, Any]:
+    """A JSON document another process of the cluster writes, once it is there."""
+    deadline = time.monotonic() + CLUSTER_WAIT
+    while True:
+        try:
+            doc: dict[str, Any] = store.read_json(rel)
+            return doc
+        except FileNotFoundError:
+            if time.monotonic() > deadline:
+                raise ConfigError(
+                    f"no {what} in {store.uri(rel)} after {CLUSTER_WAIT:.0f} s: start process "
+                    "0 with the same --store and --run-id"
+                ) from None
+            time.sleep(0.2)
 
 
 def ingest(config: ingest_flow.IngestConfig | None = None, **kwargs: Any) -> RunResult:

@@ -15,6 +15,7 @@ import os
 import socket
 import sys
 import tempfile
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import timedelta
@@ -26,10 +27,11 @@ from bytewax.recovery import RecoveryConfig, init_db_dir
 from bytewax.run import cli_main
 
 from obsflow.connectors.capture import new_run_id
-from obsflow.connectors.errors import ConfigError
+from obsflow.connectors.errors import ConfigError, ObsflowError
 from obsflow.connectors.ids import check_name
 
 EPOCH = timedelta(seconds=2)
+CLUSTER_WAIT = 120.0  # s a cluster process waits for what process 0 prepares
 _RUN_FILE = "obsflow-run.json"
 
 
@@ -56,8 +58,9 @@ class Recovery:
         tmp.write_text(json.dumps(doc))
         os.replace(tmp, self.directory / _RUN_FILE)
 
-    def run_id(self, command: str) -> str:
-        """The run id of the interrupted run to resume, or a new one recorded for next time."""
+    def run_id(self, command: str, given: str | None = None) -> str:
+        """The run id of the interrupted run to resume, or a new one (``given``, else drawn)
+        recorded for next time."""
         doc = self._doc()
         if doc:
             if doc.get("command") != command:
@@ -65,8 +68,13 @@ class Recovery:
                     f"recovery directory {str(self.directory)!r} belongs to an "
                     f"'{doc.get('command')}' run; use another directory"
                 )
+            if given is not None and doc["run"] != given:
+                raise ConfigError(
+                    f"recovery directory {str(self.directory)!r} belongs to run {doc['run']}, "
+                    f"not {given}; use another directory"
+                )
             return check_name(doc["run"], kind="run id")
-        run = new_run_id()
+        run = given or new_run_id()
         self._save({"command": command, "run": run})
         return run
 
@@ -79,11 +87,69 @@ class Recovery:
             self._save(doc)
         return int(doc["base"])
 
-    def config(self, workers: int) -> RecoveryConfig:
-        """Bytewax's recovery config; creates the recovery partitions on first use."""
-        if not any(self.directory.glob("*.sqlite3")):
-            init_db_dir(self.directory, max(1, workers))  # type: ignore[no-untyped-call]
+    def config(self, workers: int, cluster: Cluster | None = None) -> RecoveryConfig:
+        """Bytewax's recovery config; creates the recovery partitions on first use.
+
+        A cluster shares one directory (on real hosts, a shared filesystem): its first process
+        creates the partitions (each moved in whole), the others wait for all of them."""
+        if cluster is None or cluster.coordinator:
+            self.directory.mkdir(parents=True, exist_ok=True)
+            if not any(self.directory.glob("*.sqlite3")):
+                with tempfile.TemporaryDirectory(dir=self.directory, prefix=".init-") as tmp:
+                    init_db_dir(Path(tmp), max(1, workers))  # type: ignore[no-untyped-call]
+                    for part in sorted(Path(tmp).glob("*.sqlite3")):
+                        os.replace(part, self.directory / part.name)
+        else:
+            deadline = time.monotonic() + CLUSTER_WAIT
+            while len(list(self.directory.glob("*.sqlite3"))) < workers:
+                if time.monotonic() > deadline:
+                    raise ConfigError(
+                        f"recovery directory {str(self.directory)!r} holds no recovery "
+                        f"partitions after {CLUSTER_WAIT:.0f} s: process 0 creates them; give "
+                        "every process the same directory (a shared filesystem on real hosts)"
+                    )
+                time.sleep(0.1)
         return RecoveryConfig(str(self.directory))  # type: ignore[no-untyped-call]
+
+
+@dataclass(frozen=True)
+class Cluster:
+    """This process's place in a Bytewax cluster across hosts: every process is given the same
+    ``addresses`` (``host:port`` of each, in process order) and its own ``process_id``.
+
+    Process 0 coordinates: it prepares the run (lease, base, inputs to skip), publishes the
+    prepared options in the store for the others (``flows.jobs``) and reads the summary back.
+    """
+
+    addresses: tuple[str, ...]
+    process_id: int
+
+    def __post_init__(self) -> None:
+        if len(self.addresses) < 2:
+            raise ConfigError("--addresses needs two or more host:port entries, separated by ;")
+        for address in self.addresses:
+            host, _, port = address.rpartition(":")
+            if not host or not port.isdigit() or not 0 < int(port) < 65536:
+                raise ConfigError(f"--addresses: {address!r} is not host:port")
+        if not 0 <= self.process_id < len(self.addresses):
+            raise ConfigError(
+                f"--process-id must be 0..{len(self.addresses) - 1} (one per address), "
+                f"not {self.process_id}"
+            )
+
+    @classmethod
+    def parse(cls, addresses: str, process_id: int | None) -> Cluster:
+        if process_id is None:
+            raise ConfigError("--addresses needs --process-id (this process's index in them)")
+        return cls(tuple(a.strip() for a in addresses.split(";") if a.strip()), process_id)
+
+    @property
+    def coordinator(self) -> bool:
+        return self.process_id == 0
+
+
+class ClusterLostError(ObsflowError):
+    """A process of the cluster went away (killed, crashed, cut off): the run stopped."""
 
 
 def check_cluster_run_id(options: dict[str, Any]) -> None:
@@ -99,20 +165,36 @@ def check_cluster_run_id(options: dict[str, Any]) -> None:
         )
 
 
-def run_flow(flow: Dataflow, workers: int, recovery: Recovery | None = None) -> None:
-    """Run a dataflow in this process with ``workers`` worker threads."""
+def run_flow(
+    flow: Dataflow,
+    workers: int,
+    recovery: Recovery | None = None,
+    cluster: Cluster | None = None,
+) -> None:
+    """Run a dataflow in this process with ``workers`` worker threads (as one process of
+    ``cluster``, if given)."""
     if workers < 1:
         raise ConfigError(f"--workers must be at least 1, not {workers}")
+    options: dict[str, Any] = {"workers_per_process": workers, "epoch_interval": EPOCH}
+    if recovery is not None:
+        options["epoch_interval"] = timedelta(seconds=recovery.snapshot_interval)
+        processes = len(cluster.addresses) if cluster else 1
+        options["recovery_config"] = recovery.config(workers * processes, cluster)
+    if cluster is not None:
+        options.update(process_id=cluster.process_id, addresses=list(cluster.addresses))
     with panics_kept_apart():
-        if recovery is None:
-            cli_main(flow, workers_per_process=workers, epoch_interval=EPOCH)  # type: ignore[no-untyped-call]
-        else:
-            cli_main(  # type: ignore[no-untyped-call]
-                flow,
-                workers_per_process=workers,
-                epoch_interval=timedelta(seconds=recovery.snapshot_interval),
-                recovery_config=recovery.config(workers),
-            )
+        try:
+            cli_main(flow, **options)  # type: ignore[no-untyped-call]
+        except BaseException as exc:
+            # A lost peer surfaces as a Rust panic of the communication threads ("Send thread
+            # panic"), a BaseException that names nothing: say what happened and what to do.
+            if cluster is None or "thread panic" not in str(exc):
+                raise
+            raise ClusterLostError(
+                f"process {cluster.process_id} stopped: the cluster lost a process (its "
+                "connection closed); start every process again with the same command "
+                + ("and --recovery directory to resume" if recovery else "to run again")
+            ) from None
 
 
 @contextlib.contextmanager
