@@ -35,7 +35,7 @@ import pandas as pd
 import pyarrow.parquet as pq
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_ingest import KEYS, compare
+from bench_ingest import KEYS, child_tuned, compare
 from common import (
     AGGREGATES,
     OUT,
@@ -51,6 +51,7 @@ from common import (
 )
 
 CAPTURE = "bench"
+GOAL_VS_TUNED = 1.0  # issue 16
 COLUMNS = ["source", "channel", "time", "value"]
 
 
@@ -183,7 +184,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--rate", type=float, default=50.0, help="Hz per channel (default 50)")
     p.add_argument("--repeat", type=int, default=5, help="rounds; best time counts (default 5)")
     p.add_argument("--rebuild", action="store_true", help="rebuild the cached capture")
-    p.add_argument("--child", choices=["build", "obsflow", "pandas"], help=argparse.SUPPRESS)
+    p.add_argument(
+        "--child", choices=["build", "obsflow", "pandas", "tuned"], help=argparse.SUPPRESS
+    )
     p.add_argument("--input", help=argparse.SUPPRESS)
     p.add_argument("--store", help=argparse.SUPPRESS)
     p.add_argument("--check", action="store_true", help=argparse.SUPPRESS)
@@ -197,6 +200,9 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.child == "pandas":
         emit(child_pandas(args.store, args.check))
+        return 0
+    if args.child == "tuned":
+        emit(child_tuned(str(capture_folder(Path(args.store)))))
         return 0
 
     script = str(Path(__file__).resolve())
@@ -233,7 +239,7 @@ def main(argv: list[str] | None = None) -> int:
         f"{os.getloadavg()[0]:.2f} at start; Python {sys.version.split()[0]}"
     )
 
-    runs: dict[str, list[dict[str, Any]]] = {"obsflow": [], "pandas": []}
+    runs: dict[str, list[dict[str, Any]]] = {"obsflow": [], "pandas": [], "tuned": []}
     for i in range(args.repeat):
         print(f"round {i + 1}/{args.repeat}: obsflow replay, pandas ...", flush=True)
         runs["obsflow"].append(
@@ -245,13 +251,19 @@ def main(argv: list[str] | None = None) -> int:
         runs["pandas"].append(
             run_child(script, ["--child", "pandas", "--store", str(store), "--check"])
         )
-    obs, pdr = best(runs["obsflow"]), best(runs["pandas"])
+        runs["tuned"].append(run_child(script, ["--child", "tuned", "--store", str(store)]))
+    obs, pdr, tuned = best(runs["obsflow"]), best(runs["pandas"]), best(runs["tuned"])
 
     rate = {
         "obsflow replay": obs["input"] / obs["seconds"],
         "pandas": pdr["readings"] / pdr["seconds"],
+        "pandas tuned": tuned["readings"] / tuned["seconds"],
     }
-    rows = [("obsflow replay", obs["input"], obs), ("pandas", pdr["readings"], pdr)]
+    rows = [
+        ("obsflow replay", obs["input"], obs),
+        ("pandas", pdr["readings"], pdr),
+        ("pandas tuned", tuned["readings"], tuned),
+    ]
     print()
     head = (
         f"{'contender':<15} {'readings':>11} {'seconds':>8} {'readings/s':>12} "
@@ -302,12 +314,21 @@ def main(argv: list[str] | None = None) -> int:
             f"  replayed view {view}: {c['rows']:,} windows vs pandas {c['ref_rows']:,}, "
             f"max rel. error {c['max_rel_err']:.1e}: {'ok' if c['ok'] else 'FAIL'}"
         )
+    same = all(r["view_rows"] == pdr["view_rows"] for r in runs["tuned"])
+    sane &= same
+    print(f"  pandas tuned windows {tuned['view_rows']}: {'ok' if same else 'FAIL'}")
+    vs_tuned = rate["obsflow replay"] / rate["pandas tuned"]
+    met = vs_tuned >= GOAL_VS_TUNED
     print(
         f"\nobsflow replay: {rate['obsflow replay']:,.0f} readings/s, "
         f"{rate['obsflow replay'] / rate['pandas']:.2f}x pandas, peak RSS "
         f"{obs['peak_rss_mb']:.0f} MiB (pandas {pdr['peak_rss_mb']:.0f} MiB)"
     )
-    return 0 if sane else 1
+    print(
+        f"goal (issue 16): replay >= {GOAL_VS_TUNED:g}x tuned pandas on the same capture: "
+        f"{vs_tuned:.2f}x {'MET' if met else 'NOT MET'}"
+    )
+    return 0 if sane and met else 1
 
 
 def _cpus() -> int:

@@ -33,11 +33,16 @@ from obsflow.connectors.commits import Commit, capture_objects, read_log
 from obsflow.connectors.compaction import located
 from obsflow.connectors.errors import ConfigError
 from obsflow.connectors.ids import check_id
-from obsflow.connectors.partitions import partition_of, partitions_of
-from obsflow.connectors.schema import READING_SCHEMA
+from obsflow.connectors.partitions import ID_COLUMNS, partition_of, partitions_of
+from obsflow.connectors.schema import ID_TYPE, READING_SCHEMA
 from obsflow.connectors.store import Store
 
 PACE_TICK = 0.05  # seconds of wall time per paced slice
+
+ENCODED_READINGS = pa.schema(
+    [f.with_type(ID_TYPE) if f.name in ID_COLUMNS else f for f in READING_SCHEMA]
+)
+"""What a replay emits: the reading columns, ids dictionary-encoded (as ``ENCODED_SCHEMA``)."""
 
 
 @dataclass(frozen=True)
@@ -138,10 +143,19 @@ class _CapturePartition(StatefulSourcePartition[ReplayBatch, Position]):
             for i in range(start_obj, len(seg.objects)):
                 skip = first_batch if (s, i) == (first_seg, first_obj) else 0
                 rel, group = seg.objects[i]
-                pf = pq.ParquetFile(self._store.arrow_fs.open_input_file(self._store.path(rel)))
+                # Ids as the file's own dictionaries: the views group by them without hashing
+                # a string per reading; only the reading columns are read.
+                pf = pq.ParquetFile(
+                    self._store.arrow_fs.open_input_file(self._store.path(rel)),
+                    read_dictionary=ID_COLUMNS,
+                )
                 groups = [g for g in self._row_groups(pf) if group is None or g == group]
                 if groups:
-                    batches = pf.iter_batches(batch_size=self._spec.batch_rows, row_groups=groups)
+                    batches = pf.iter_batches(
+                        batch_size=self._spec.batch_rows,
+                        row_groups=groups,
+                        columns=READING_SCHEMA.names,
+                    )
                     for b, rb in enumerate(batches):
                         if b >= skip:
                             yield (s, i, b + 1), self._restrict(pa.Table.from_batches([rb]))
@@ -167,7 +181,7 @@ class _CapturePartition(StatefulSourcePartition[ReplayBatch, Position]):
         return keep
 
     def _restrict(self, table: pa.Table) -> pa.Table:
-        table = table.select(READING_SCHEMA.names).cast(READING_SCHEMA)
+        table = table.select(READING_SCHEMA.names).cast(ENCODED_READINGS)
         spec = self._spec
         mask = None
         if spec.sources:
