@@ -1,12 +1,14 @@
-"""Peak memory of obsflow ingest as the input grows: state is per open window, not per reading.
+"""Peak memory of obsflow ingest and replay as the input grows: state is per open window and
+per dedup horizon, not per reading.
 
 Runs the same job as ``bench_ingest.py`` (1 s and 1 min tumbling views, count/mean/min/max/std)
-over 1, 2, 4 and 8 million simulated readings, each size in a fresh child process, and prints
-each run's peak RSS (``VmHWM``). Inputs are single Parquet files written with 64k-row row groups
-and obsflow's file source reads them in 64k-row batches, so it never needs the whole input.
-For contrast, pandas (``read_parquet`` + the same two groupbys) holds everything at once.
+over 1 to 16 million simulated readings, each size in a fresh child process, then replays the
+capture it made into the same views (``bench_replay.py``'s job), and prints each run's peak RSS
+(``VmHWM``). Inputs are single Parquet files written with 64k-row row groups; obsflow reads
+them (and the capture) in batches, so it never needs the whole input. For contrast, pandas
+(``read_parquet`` + the same two groupbys) holds everything at once.
 
-Run: ``.venv/bin/python benchmarks/bench_memory.py [--sizes 1M,2M,4M,8M] [--workers N]
+Run: ``.venv/bin/python benchmarks/bench_memory.py [--sizes 1M,2M,4M,8M,16M] [--workers N]
 [--no-pandas]``.
 """
 
@@ -22,6 +24,7 @@ from typing import Any
 import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_replay import child_obsflow as child_replay
 from common import (
     OUT,
     emit,
@@ -60,18 +63,23 @@ def child_pandas(path: str) -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--sizes", default="1M,2M,4M,8M", help="input sizes (default 1M,2M,4M,8M)")
+    p.add_argument(
+        "--sizes", default="1M,2M,4M,8M,16M", help="input sizes (default 1M,2M,4M,8M,16M)"
+    )
     p.add_argument("--workers", type=int, default=1, help="Bytewax workers (default 1)")
     p.add_argument("--sources", type=int, default=8, help="simulated instruments (default 8)")
     p.add_argument("--rate", type=float, default=50.0, help="Hz per channel (default 50)")
     p.add_argument("--no-pandas", action="store_true", help="skip the pandas reference runs")
-    p.add_argument("--child", choices=["obsflow", "pandas"], help=argparse.SUPPRESS)
+    p.add_argument("--child", choices=["obsflow", "replay", "pandas"], help=argparse.SUPPRESS)
     p.add_argument("--input", help=argparse.SUPPRESS)
     p.add_argument("--store", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
 
     if args.child == "obsflow":
         emit(run_obsflow([args.input], Path(args.store), args.workers))
+        return 0
+    if args.child == "replay":
+        emit(child_replay(args.store, args.workers))
         return 0
     if args.child == "pandas":
         emit(child_pandas(args.input))
@@ -84,30 +92,31 @@ def main(argv: list[str] | None = None) -> int:
         f"obsflow ingest, views w1s + w1m, {args.workers} worker(s); "
         f"{args.sources} sources x 2 channels at {args.rate:g} Hz; one child process per run"
     )
-    results: list[tuple[int, dict[str, Any], dict[str, Any] | None]] = []
+    results: list[tuple[int, dict[str, Any], dict[str, Any], dict[str, Any] | None]] = []
     for n in sizes:
         path = input_path(n, sources=args.sources, rate=args.rate)
         write_readings(path, n, sources=args.sources, rate=args.rate)
         print(f"running {n:,} readings ...", flush=True)
         common = ["--input", str(path), "--workers", str(args.workers)]
         obs = run_child(script, ["--child", "obsflow", "--store", str(store), *common])
+        rep = run_child(script, ["--child", "replay", "--store", str(store), *common])
         shutil.rmtree(store, ignore_errors=True)
-        if obs["accepted"] != n or not obs["balanced"]:
-            print(f"  run did not accept all readings: {obs}")
+        if obs["accepted"] != n or not obs["balanced"] or rep["input"] != n:
+            print(f"  a run did not take all readings: ingest {obs}, replay {rep}")
             return 1
         ref = None if args.no_pandas else run_child(script, ["--child", "pandas", *common])
-        results.append((n, obs, ref))
+        results.append((n, obs, rep, ref))
 
     print()
     head = (
-        f"{'readings':>11} {'seconds':>8} {'readings/s':>11} {'RSS before':>11} "
-        f"{'peak RSS':>9} {'vs first':>8}   {'pandas peak':>11} {'vs first':>8}"
+        f"{'readings':>11} {'ingest s':>8} {'readings/s':>11} {'peak RSS':>9} {'vs first':>8}"
+        f"   {'replay s':>8} {'peak RSS':>9} {'vs first':>8}   {'pandas peak':>11} {'vs first':>8}"
     )
     print(head)
     print("-" * len(head))
-    first_obs = results[0][1]["peak_rss_mb"]
-    first_pd = results[0][2]["peak_rss_mb"] if results[0][2] else None
-    for n, obs, ref in results:
+    first_obs, first_rep = results[0][1]["peak_rss_mb"], results[0][2]["peak_rss_mb"]
+    first_pd = results[0][3]["peak_rss_mb"] if results[0][3] else None
+    for n, obs, rep, ref in results:
         pd_cols = (
             f"{ref['peak_rss_mb']:>7.0f} MiB {ref['peak_rss_mb'] / first_pd:>7.2f}x"
             if ref and first_pd
@@ -115,20 +124,24 @@ def main(argv: list[str] | None = None) -> int:
         )
         print(
             f"{n:>11,} {obs['seconds']:>8.2f} {n / obs['seconds']:>11,.0f} "
-            f"{obs['rss_before_mb']:>7.0f} MiB {obs['peak_rss_mb']:>5.0f} MiB "
-            f"{obs['peak_rss_mb'] / first_obs:>7.2f}x   {pd_cols}"
+            f"{obs['peak_rss_mb']:>5.0f} MiB {obs['peak_rss_mb'] / first_obs:>7.2f}x   "
+            f"{rep['seconds']:>8.2f} {rep['peak_rss_mb']:>5.0f} MiB "
+            f"{rep['peak_rss_mb'] / first_rep:>7.2f}x   {pd_cols}"
         )
+    print(f"(RSS after imports, before the job: {results[0][1]['rss_before_mb']:.0f} MiB)")
 
-    (n0, o0, _), (n1, o1, _) = results[0], results[-1]
-    ratio = o1["peak_rss_mb"] / o0["peak_rss_mb"]
-    per_reading = (o1["peak_rss_mb"] - o0["peak_rss_mb"]) * 2**20 / max(n1 - n0, 1)
-    flat = ratio <= FLAT_RATIO
-    print(
-        f"\nobsflow peak RSS {n1 / n0:.0f}x the input: {o0['peak_rss_mb']:.0f} -> "
-        f"{o1['peak_rss_mb']:.0f} MiB ({ratio:.2f}x), {per_reading:.1f} bytes per extra reading "
-        f"(holding readings would cost >= {ARROW_BYTES_PER_READING} bytes each as Arrow)"
-    )
-    print(f"flat (largest <= {FLAT_RATIO}x smallest): {'YES' if flat else 'NO'}")
+    flat = True
+    (n0, o0, r0, _), (n1, o1, r1, _) = results[0], results[-1]
+    for job, first, last in (("ingest", o0, o1), ("replay", r0, r1)):
+        ratio = last["peak_rss_mb"] / first["peak_rss_mb"]
+        per_reading = (last["peak_rss_mb"] - first["peak_rss_mb"]) * 2**20 / max(n1 - n0, 1)
+        flat &= ratio <= FLAT_RATIO
+        print(
+            f"\nobsflow {job} peak RSS {n1 / n0:.0f}x the input: {first['peak_rss_mb']:.0f} -> "
+            f"{last['peak_rss_mb']:.0f} MiB ({ratio:.2f}x), {per_reading:.1f} bytes per extra "
+            f"reading (holding readings would cost >= {ARROW_BYTES_PER_READING} bytes each)"
+        )
+    print(f"flat (largest <= {FLAT_RATIO}x smallest, ingest and replay): {'YES' if flat else 'NO'}")
     return 0 if flat else 1
 
 
