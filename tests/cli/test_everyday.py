@@ -511,3 +511,29 @@ def test_progress_comes_at_a_steady_interval_and_its_last_line_is_the_summary(
         f"[replay] {doc['input']:,} input · {doc['accepted']:,} accepted · {doc['rejected']:,} "
         f"rejected · {doc['duplicates']:,} duplicates · all read in "
     )
+
+
+@pytest.mark.parametrize(
+    ("extra", "says"),
+    [
+        (["--addresses", "h0:2101;h1:2101", "--process-id", "0"], "--addresses needs --run-id"),
+        (["--addresses", "h0:2101;h1:2101", "--run-id", "r1"], "needs --process-id"),
+        (["--addresses", "h0:2101;h1", "--process-id", "0", "--run-id", "r1"], "is not host:port"),
+        (["--addresses", "h0:2101;h1:2101", "--process-id", "2", "--run-id", "r1"], "0..1"),
+        (["--addresses", "h0:2101", "--process-id", "0", "--run-id", "r1"], "two or more"),
+        (["--addresses", "h0:1;h1:1", "--process-id", "0", "--run-id", "../x"], "run id"),
+        (["--process-id", "1"], "are for a cluster (--addresses)"),
+        (
+            ["--addresses", "h0:1;h1:1", "--process-id", "0", "--run-id", "r", "--processes", "2"],
+            "leave out --processes",
+        ),
+    ],
+)
+def test_a_mistaken_cluster_option_says_what_to_do_and_writes_nothing(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], extra: list[str], says: str
+) -> None:
+    store = tmp_path / "store"
+    code, err = run(capsys, "ingest", "sim://?sources=1&duration=1s", "--store", str(store), *extra)
+    assert code == 2
+    assert says in err
+    assert not store.exists()
