@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 from collections.abc import Callable, Sequence
 
@@ -614,6 +615,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ObsflowError as exc:
         print(f"obsflow: error: {exc}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # (`obsflow capture info X | head`): the reader has what it wanted
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
     except Exception as exc:
         # Errors inside a running dataflow come back wrapped by Bytewax: report our own.
         cause = exc.__cause__

@@ -210,11 +210,6 @@ def run(
     durable = recovery is not None  # else nothing resumes from the steps' snapshots
     with _renewing(job.lease):
         if processes > 1:
-            if recovery is not None or cluster is not None:
-                raise ConfigError(
-                    "--processes starts a cluster on this host without --recovery; across "
-                    "hosts (or with --recovery) run one process per host with --addresses"
-                )
             run_processes(module, config.options(), processes, workers)
         elif isinstance(config, ingest_flow.IngestConfig):
             flow = ingest_flow.build_flow(config, source=source, durable=durable)
@@ -289,6 +284,11 @@ def execute(
     source: Source[RawBatch] | None = None,
 ) -> RunResult:
     """prepare -> run -> finish."""
+    if processes > 1 and recovery is not None:  # (said before anything is prepared)
+        raise ConfigError(
+            "--processes starts a cluster on this host without --recovery; across hosts (or "
+            "with --recovery) run one process per host with --addresses"
+        )
     job = prepare(config, recovery=recovery, force=force)
     if isinstance(job.config, ingest_flow.IngestConfig) and not job.config.inputs:
         if job.lease is not None:

@@ -537,3 +537,18 @@ def test_a_mistaken_cluster_option_says_what_to_do_and_writes_nothing(
     assert code == 2
     assert says in err
     assert not store.exists()
+
+
+def test_output_cut_short_by_its_reader_ends_quietly(tmp_path: Path) -> None:
+    """``obsflow capture show ... | head -1``: no traceback, the shell's status for SIGPIPE."""
+    store = str(tmp_path / "store")
+    cli = [sys.executable, "-m", "obsflow.flows.cli"]
+    subprocess.run([*cli, "demo", "--store", store], check=True, capture_output=True)
+    show = [*cli, "capture", "show", "demo", "--store", store, "--limit", "4800"]
+    proc = subprocess.Popen(show, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert proc.stdout is not None
+    assert proc.stderr is not None
+    assert proc.stdout.readline()  # the reader takes one line and goes away
+    proc.stdout.close()
+    assert proc.wait(60) == 141
+    assert b"Traceback" not in proc.stderr.read()
