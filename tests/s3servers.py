@@ -342,12 +342,14 @@ class SeaweedPorts:
 
     @classmethod
     def pick(cls) -> SeaweedPorts:
-        """Choose five free pairs (p, p + 10000) on 127.0.0.1."""
+        """Choose five free pairs (p, p + 10000) on 127.0.0.1, all below Linux's ephemeral
+        range (32768 and up): a test that restarts the server on the same ports must not find
+        one taken by some client's outgoing connection meanwhile (CI saw that once)."""
         held: list[socket.socket] = []
         ports: list[int] = []
         try:
             while len(ports) < 5:
-                port = random.randrange(20000, 30000)
+                port = random.randrange(12000, 22700)
                 pair: list[socket.socket] = []
                 try:
                     for candidate in (port, port + cls.GRPC_OFFSET):

@@ -10,9 +10,11 @@ run with the same outputs.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
+import sqlite3
 import subprocess
 import sys
 import time
@@ -29,7 +31,7 @@ from tests.netns import NODES, Hosts
 S3 = f"http://{NODES['s3']}:5000"
 PORT = 2101
 ADDRESSES = f"{NODES['w0']}:{PORT};{NODES['w1']}:{PORT}"
-SIM = "sim://?sources=6&channels=temperature,pressure&rate=1000&duration=60s&seed=5"
+SIM = "sim://?sources=6&channels=temperature,pressure&rate=1000&duration=30s&seed=5"
 ENV = {
     **os.environ,
     "AWS_ENDPOINT_URL": S3,
@@ -161,7 +163,7 @@ def one_process(
 
 
 def check(got: dict[str, pd.DataFrame], want: dict[str, pd.DataFrame]) -> None:
-    assert len(want["capture"]) > 600_000  # (the whole simulation: 6 x 2 x 1000 Hz x 60 s)
+    assert len(want["capture"]) > 300_000  # (the whole simulation: 6 x 2 x 1000 Hz x 30 s)
     for name in OUTPUTS:
         pd.testing.assert_frame_equal(got[name], want[name], obj=name)
 
@@ -202,4 +204,14 @@ def test_a_killed_host_stops_the_cluster_with_one_clear_error_and_a_rerun_resume
     assert [p.wait(WAIT) for p in procs] == [0, 0], [
         (tmp_path / "again" / f"p{n}.err").read_text() for n in (0, 1)
     ]
+    assert resume_epochs(recovery)[-1] > 1  # the rerun resumed from a snapshot, not from scratch
     check(outputs(hosts, store, tmp_path / "out"), one_process)
+
+
+def resume_epochs(recovery: Path) -> list[int]:
+    """The epoch each execution recorded in the recovery directory resumed from, in order."""
+    epochs: dict[int, int] = {}
+    for db in recovery.glob("*.sqlite3"):
+        with contextlib.closing(sqlite3.connect(f"file:{db}?mode=ro", uri=True)) as con:
+            epochs.update(con.execute("select ex_num, resume_epoch from exs").fetchall())
+    return [epochs[n] for n in sorted(epochs)]
