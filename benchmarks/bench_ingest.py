@@ -17,7 +17,9 @@ event-time order) and compute the same two views: 1 s and 1 min tumbling windows
   inside the timing (it is part of any per-item pipeline) and is also reported on its own.
   It runs on the first ``--bytewax-readings`` rows (it is slow); rates are compared.
 
-Goal (issue): obsflow end to end >= 0.25x pandas and >= 20x the per-item Bytewax pipeline.
+Goals: obsflow >= 0.25x pandas and >= 20x the per-item Bytewax pipeline (in process); issue 16:
+``obsflow ingest`` (the CLI) >= 0.5x the tuned pandas job run as a script of its own, each
+timed from spawn to exit (start-up and imports included).
 
 Run: ``.venv/bin/python benchmarks/bench_ingest.py [--readings N] [--bytewax-readings N]
 [--workers N]``. Each contender runs in its own child process so its peak RSS is its own.
