@@ -337,7 +337,10 @@ def execute_in_cluster(
         except BaseException:
             _release_after_error(job.lease)
             raise
-        return finish(job, started)
+        result = finish(job, started)
+        if runs:  # the others have read it (the run needed them); gone, it cannot mislead a
+            job.store.delete(plan)  # later command with this run id into running again
+        return result
     store = Store(config.store)
     doc = _wait_for(store, plan, f"the options process 0 prepared for run {config.run_id}")
     if doc.get("kind") != _kind(config):

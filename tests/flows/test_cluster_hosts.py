@@ -176,6 +176,11 @@ def test_a_cluster_across_two_hosts_writes_what_one_process_writes(
         (tmp_path / f"p{n}.err").read_text() for n in (0, 1)
     ]
     check(outputs(hosts, "s3://obs/cluster", tmp_path / "out"), one_process)
+    # The same commands again: the run committed, so neither process runs anything.
+    procs = cluster(hosts, "s3://obs/cluster", views, "c1", tmp_path / "again")
+    assert [p.wait(WAIT) for p in procs] == [0, 0]
+    assert "process 0 found nothing to run" in (tmp_path / "again" / "p1.err").read_text()
+    check(outputs(hosts, "s3://obs/cluster", tmp_path / "out-again"), one_process)
 
 
 def test_a_killed_host_stops_the_cluster_with_one_clear_error_and_a_rerun_resumes(
