@@ -51,6 +51,7 @@ from obsflow.flows.features import check_features
 from obsflow.flows.finish import Finish
 from obsflow.flows.logstep import add_log
 from obsflow.flows.payloadstep import offload_batch
+from obsflow.flows.routing import partition_key
 from obsflow.flows.runner import check_cluster_run_id
 from obsflow.flows.summary import Counts, add_summary
 from obsflow.flows.viewdef import (
@@ -352,7 +353,9 @@ def build_flow(
     routed = op.flat_map(
         "route_to_partitions",
         checked,
-        lambda r: [(f"{p:04d}", (p, t)) for p, t in split_by_partition(r[0], meta.partitions)],
+        lambda r: [
+            (partition_key(p), (p, t)) for p, t in split_by_partition(r[0], meta.partitions)
+        ],
     )
     # ("0003", (3, readings of the sources in capture partition 3))
     assembled = op.stateful_batch(

@@ -17,6 +17,7 @@ from bytewax.operators import StatefulBatchLogic
 
 from obsflow.connectors.sinks import ChunkLog
 from obsflow.connectors.store import Store
+from obsflow.flows.routing import part_of_key
 from obsflow.flows.summary import Counts
 
 LogState = tuple[int, int]  # (partition, next chunk)
@@ -74,7 +75,7 @@ def add_log(
     """Write ``("0003", table)`` items to the run's log ``folder``; ``counts`` says what the
     rows written count as (e.g. a view's late readings)."""
     step = folder.replace("/", "_")
-    keyed = op.map(f"part_{step}", items, lambda kv: (kv[0], (int(kv[0]), kv[1])))
+    keyed = op.map(f"part_{step}", items, lambda kv: (kv[0], (part_of_key(kv[0]), kv[1])))
     written = op.stateful_batch(
         f"write_{step}", keyed, lambda s: LogLogic(store, folder, run, schema, counts, s)
     )

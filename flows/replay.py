@@ -41,6 +41,7 @@ from obsflow.connectors.schema import to_utc
 from obsflow.connectors.store import DEFAULT_STORE, Store
 from obsflow.connectors.views import Scope, check_view, view_doc
 from obsflow.flows.finish import Finish
+from obsflow.flows.routing import partition_key
 from obsflow.flows.runner import check_cluster_run_id
 from obsflow.flows.summary import Counts, add_summary
 from obsflow.flows.viewdef import ViewDef, stored_views, views_option
@@ -229,7 +230,7 @@ def build_flow(
     flow = Dataflow("replay")
     items = op.input("read_capture", flow, source or CaptureSource(store, spec))
     # (3, readings of capture partition 3 | Boundary), in capture order
-    keyed = op.map("key_by_partition", items, lambda pt: (f"{pt[0]:04d}", pt))
+    keyed = op.map("key_by_partition", items, lambda pt: (partition_key(pt[0]), pt))
     # ("0003", (3, readings | Boundary))
     counts = op.merge(
         "merge_counts",
