@@ -32,6 +32,8 @@ from obsflow.connectors.ids import check_name
 
 EPOCH = timedelta(seconds=2)
 CLUSTER_WAIT = 120.0  # s a cluster process waits for what process 0 prepares
+# What the steps' snapshots are keyed by; 2: capture partitions keyed by ``routing``.
+RECOVERY_FORMAT = 2
 _RUN_FILE = "obsflow-run.json"
 
 
@@ -63,6 +65,13 @@ class Recovery:
         recorded for next time."""
         doc = self._doc()
         if doc:
+            if doc.get("format", 1) != RECOVERY_FORMAT:
+                raise ConfigError(
+                    f"recovery directory {str(self.directory)!r} was written by an older "
+                    "obsflow, whose steps kept their state under other names: it cannot resume "
+                    "that run. Delete the directory and run the command again (the run starts "
+                    "over; nothing it staged was committed)"
+                )
             if doc.get("command") != command:
                 raise ConfigError(
                     f"recovery directory {str(self.directory)!r} belongs to an "
@@ -75,7 +84,7 @@ class Recovery:
                 )
             return check_name(doc["run"], kind="run id")
         run = given or new_run_id()
-        self._save({"command": command, "run": run})
+        self._save({"command": command, "run": run, "format": RECOVERY_FORMAT})
         return run
 
     def base(self, head: int) -> int:

@@ -24,6 +24,7 @@ from obsflow.connectors.reads import read_late
 from obsflow.connectors.simulator import SimSpec, generate
 from obsflow.connectors.store import Store
 from obsflow.flows.cli import main
+from obsflow.flows.runner import RECOVERY_FORMAT
 from tests.conftest import CRASH_VIEWS, ROOT, sorted_frame
 
 SIM = "sim://?sources=6&channels=temperature,pressure&rate=1000&duration=120s&seed=9"
@@ -282,7 +283,9 @@ def test_a_run_killed_just_after_its_commit_reports_its_counts_when_resumed(
     rec = tmp_path / "rec-killed"
     rec.mkdir()
     (rec / "obsflow-run.json").write_text(
-        json.dumps({"command": "ingest", "run": summary["run"], "base": 0})
+        json.dumps(
+            {"command": "ingest", "run": summary["run"], "base": 0, "format": RECOVERY_FORMAT}
+        )
     )
     again = tmp_path / "again.json"
     cmd = ingest_cmd(store, views, rec, source=source, summary=again)
@@ -298,3 +301,17 @@ def test_a_run_killed_just_after_its_commit_reports_its_counts_when_resumed(
     assert resumed["accepted"] == summary["accepted"] == 600
     assert resumed["commit"] == 1
     assert len(read_log(Store(str(store)), "c")) == 1  # and nothing was committed again
+
+
+def test_a_recovery_directory_of_an_older_obsflow_is_refused_before_anything_runs(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Its steps' state has other keys: resuming it would start them empty mid-input."""
+    rec = tmp_path / "rec"
+    rec.mkdir()
+    (rec / "obsflow-run.json").write_text(json.dumps({"command": "ingest", "run": "r1"}))
+    store = tmp_path / "store"
+    argv = ["ingest", "sim://?sources=1&duration=5s", "--store", str(store), "--recovery", str(rec)]
+    assert main(argv) == 2
+    assert "written by an older obsflow" in capsys.readouterr().err
+    assert not (store / "captures").exists()
