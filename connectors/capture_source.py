@@ -33,16 +33,14 @@ from obsflow.connectors.commits import Commit, capture_objects, read_log
 from obsflow.connectors.compaction import located
 from obsflow.connectors.errors import ConfigError
 from obsflow.connectors.ids import check_id
-from obsflow.connectors.partitions import ID_COLUMNS, partition_of, partitions_of
-from obsflow.connectors.schema import ID_TYPE, READING_SCHEMA
+from obsflow.connectors.partitions import ID_COLUMNS, encoded_schema, partition_of, partitions_of
+from obsflow.connectors.schema import READING_SCHEMA
 from obsflow.connectors.store import Store
 
 PACE_TICK = 0.05  # seconds of wall time per paced slice
 
-ENCODED_READINGS = pa.schema(
-    [f.with_type(ID_TYPE) if f.name in ID_COLUMNS else f for f in READING_SCHEMA]
-)
-"""What a replay emits: the reading columns, ids dictionary-encoded (as ``ENCODED_SCHEMA``)."""
+ENCODED_READINGS = encoded_schema(READING_SCHEMA)
+"""What a replay emits: the reading columns, ids dictionary-encoded."""
 
 
 @dataclass(frozen=True)

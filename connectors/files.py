@@ -106,10 +106,9 @@ def _read_parquet(
     # pre_buffer=False: stream row groups instead of buffering the whole file in memory.
     # Text as dictionary arrays: ids repeat, and come out of the file's own dictionary pages
     # without a string per row (``schema.normalize`` decodes the other text columns).
-    text = [c.name for c in pq.read_schema(f) if pa.types.is_string(c.type)]
-    f.seek(0)
-    pf = pq.ParquetFile(f, pre_buffer=False, read_dictionary=text)
-    md = pf.metadata
+    md = pq.read_metadata(f)
+    text = [c.name for c in md.schema.to_arrow_schema() if pa.types.is_string(c.type)]
+    pf = pq.ParquetFile(f, pre_buffer=False, read_dictionary=text, metadata=md)
     raw_bytes = sum(md.row_group(g).total_byte_size for g in range(md.num_row_groups))
     if md.num_rows and raw_bytes > MAX_BATCH_BYTES:  # wide rows (payloads): fewer per batch
         batch_rows = max(1, min(batch_rows, MAX_BATCH_BYTES * md.num_rows // raw_bytes))

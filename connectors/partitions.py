@@ -82,11 +82,15 @@ def assign_seq(table: pa.Table, next_seq: dict[str, int]) -> pa.Table:
 
 
 ID_COLUMNS = ("source", "channel")
-ENCODED_SCHEMA = pa.schema(
-    [f.with_type(ID_TYPE) if f.name in ID_COLUMNS else f for f in CAPTURE_SCHEMA]
-)
-"""``CAPTURE_SCHEMA`` with source and channel as dictionary arrays: how readings travel from the
-capture step on (the Parquet objects hold plain strings)."""
+
+
+def encoded_schema(schema: pa.Schema) -> pa.Schema:
+    """``schema`` with source and channel as dictionary arrays (``ID_TYPE``)."""
+    return pa.schema([f.with_type(ID_TYPE) if f.name in ID_COLUMNS else f for f in schema])
+
+
+ENCODED_SCHEMA = encoded_schema(CAPTURE_SCHEMA)
+"""How readings travel from the capture step on (the Parquet objects hold plain strings)."""
 
 
 def encode_ids(table: pa.Table) -> pa.Table:

@@ -282,26 +282,44 @@ def execute(
     recovery: Recovery | None = None,
     force: bool = False,
     source: Source[RawBatch] | None = None,
+    cluster: Cluster | None = None,
 ) -> RunResult:
-    """prepare -> run -> finish."""
+    """prepare -> run -> finish. With ``cluster`` (as its process 0), the prepared options are
+    published in the store between prepare and run (``execute_in_cluster``)."""
     if processes > 1 and recovery is not None:  # (said before anything is prepared)
         raise ConfigError(
             "--processes starts a cluster on this host without --recovery; across hosts (or "
             "with --recovery) run one process per host with --addresses"
         )
-    job = prepare(config, recovery=recovery, force=force)
-    if isinstance(job.config, ingest_flow.IngestConfig) and not job.config.inputs:
+    job = prepare(config, recovery=recovery, force=force, given_run=cluster is not None)
+    nothing = isinstance(job.config, ingest_flow.IngestConfig) and not job.config.inputs
+    runs = job.done is None and not nothing
+    plan = layout.cluster_plan(job.config.run_id)
+    if cluster is not None:  # (when nothing runs, the others must not wait for it)
+        published = {"kind": _kind(config), "options": job.config.options(), "runs": runs}
+        job.store.write_json(plan, published)
+    if nothing:
         if job.lease is not None:
             job.lease.release()
         summary = summary_dict(Counts(), capture=config.capture, mode="ingest")
         return RunResult(None, summary, tuple(job.skipped), tuple(job.notes))
     started = time.monotonic()
     try:
-        run(job, workers=workers, processes=processes, recovery=recovery, source=source)
+        run(
+            job,
+            workers=workers,
+            processes=processes,
+            recovery=recovery,
+            source=source,
+            cluster=cluster,
+        )
     except BaseException:
         _release_after_error(job.lease)
         raise
-    return finish(job, started)
+    result = finish(job, started)
+    if cluster is not None and runs:  # the others have read it (the run needed them); gone,
+        job.store.delete(plan)  # it cannot mislead a later command with this run id
+    return result
 
 
 def execute_in_cluster(
@@ -320,27 +338,9 @@ def execute_in_cluster(
     summary back. The others wait for those options, run their share from them and return
     the run's summary once it is committed.
     """
-    plan = layout.cluster_plan(config.run_id)
     if cluster.coordinator:
-        job = prepare(config, recovery=recovery, force=force, given_run=True)
-        nothing = isinstance(job.config, ingest_flow.IngestConfig) and not job.config.inputs
-        runs = job.done is None and not nothing  # (else the others must not wait for it)
-        published = {"kind": _kind(config), "options": job.config.options(), "runs": runs}
-        job.store.write_json(plan, published)
-        if nothing:
-            _release_after_error(job.lease)
-            summary = summary_dict(Counts(), capture=config.capture, mode="ingest")
-            return RunResult(None, summary, tuple(job.skipped), tuple(job.notes))
-        started = time.monotonic()
-        try:
-            run(job, workers=workers, recovery=recovery, cluster=cluster)
-        except BaseException:
-            _release_after_error(job.lease)
-            raise
-        result = finish(job, started)
-        if runs:  # the others have read it (the run needed them); gone, it cannot mislead a
-            job.store.delete(plan)  # later command with this run id into running again
-        return result
+        return execute(config, workers=workers, recovery=recovery, force=force, cluster=cluster)
+    plan = layout.cluster_plan(config.run_id)
     store = Store(config.store)
     doc = _wait_for(store, plan, f"the options process 0 prepared for run {config.run_id}")
     if doc.get("kind") != _kind(config):
