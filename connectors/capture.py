@@ -122,8 +122,12 @@ _MEMORY: dict[tuple[str, str, int], tuple[str, Deduper]] = {}
 as that run left it): valid while that run's state is the committed one, so a live session's
 next cycle need not read the memory back."""
 _MEMORY_LOCK = threading.Lock()  # worker threads close their partitions at once
-_WRITES = ThreadPoolExecutor(max_workers=2, thread_name_prefix="obsflow-capture-write")
+_WRITES = ThreadPoolExecutor(max_workers=1, thread_name_prefix="obsflow-capture-write")
 """Where capture objects are written, off the dataflow's worker threads (``flush``)."""
+_IN_FLIGHT = threading.BoundedSemaphore(1)
+"""Capture objects written at once in this process. One overlaps the writing with the work
+well enough; one per partition held up to four objects' tables and encoders at once, and peak
+memory grew with the length of the input until that overlap set in (``bench_memory.py``)."""
 
 
 @dataclass(frozen=True)
@@ -178,7 +182,7 @@ class PartitionWriter:
         *,
         horizon: int = DEFAULT_HORIZON,
         resume: WriterState | None = None,
-        target_rows: int = 1 << 18,
+        target_rows: int = 1 << 17,
     ) -> None:
         self.store, self.capture, self.part = store, capture, part
         self.target_rows = target_rows
@@ -318,7 +322,13 @@ class PartitionWriter:
         table = pa.concat_tables(self._buffer).cast(layout.CAPTURE_SCHEMA)
         self._buffer, self._buffered = [], 0
         self.wait()
-        self._writing = _WRITES.submit(self.store.write_parquet, self._object(self.chunk), table)
+        _IN_FLIGHT.acquire()
+        try:
+            self._writing = _WRITES.submit(self.store.write_parquet, self._object(self.chunk), table)
+        except BaseException:
+            _IN_FLIGHT.release()
+            raise
+        self._writing.add_done_callback(lambda _: _IN_FLIGHT.release())
         self.state.chunk += 1
 
     def wait(self) -> None:
