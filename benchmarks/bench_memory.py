@@ -14,8 +14,10 @@ Run: ``.venv/bin/python benchmarks/bench_memory.py [--sizes 1M,2M,4M,8M,16M] [--
 
 from __future__ import annotations
 
+# isort: off
 # First, as the CLI does: obsflow sets allocator options that must precede pyarrow's loading.
-import obsflow.connectors  # noqa: F401, I001
+import obsflow.connectors  # noqa: F401
+# isort: on
 
 import argparse
 import shutil

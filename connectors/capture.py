@@ -324,7 +324,9 @@ class PartitionWriter:
         self.wait()
         _IN_FLIGHT.acquire()
         try:
-            self._writing = _WRITES.submit(self.store.write_parquet, self._object(self.chunk), table)
+            self._writing = _WRITES.submit(
+                self.store.write_parquet, self._object(self.chunk), table
+            )
         except BaseException:
             _IN_FLIGHT.release()
             raise
