@@ -27,6 +27,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from bytewax.dataflow import Dataflow
 from bytewax.inputs import Source
 
 from obsflow.connectors import commits, layout
@@ -43,7 +44,14 @@ from obsflow.connectors.migrate import check_layout
 from obsflow.connectors.store import Store
 from obsflow.flows import ingest as ingest_flow
 from obsflow.flows import replay as replay_flow
-from obsflow.flows.runner import CLUSTER_WAIT, Cluster, Recovery, free_port, run_flow
+from obsflow.flows.runner import (
+    CLUSTER_WAIT,
+    Cluster,
+    ClusterLostError,
+    Recovery,
+    free_port,
+    run_flow,
+)
 from obsflow.flows.summary import Counts, summary_dict
 
 Config = ingest_flow.IngestConfig | replay_flow.ReplayConfig
@@ -206,42 +214,49 @@ def run(
     if job.done is not None:
         return
     config = job.config
-    module = _kind(config)
     durable = recovery is not None  # else nothing resumes from the steps' snapshots
+    if isinstance(config, ingest_flow.IngestConfig):
+        flow = ingest_flow.build_flow(config, source=source, durable=durable)
+    else:
+        flow = replay_flow.build_flow(config, durable=durable)
     with _renewing(job.lease):
         if processes > 1:
-            run_processes(module, config.options(), processes, workers)
-        elif isinstance(config, ingest_flow.IngestConfig):
-            flow = ingest_flow.build_flow(config, source=source, durable=durable)
-            run_flow(flow, workers, recovery, cluster)
+            run_processes(flow, _kind(config), config.options(), processes, workers)
         else:
-            run_flow(replay_flow.build_flow(config, durable=durable), workers, recovery, cluster)
+            run_flow(flow, workers, recovery, cluster)
 
 
-def run_processes(module: str, options: dict[str, Any], processes: int, workers: int) -> None:
-    """Run a dataflow as a Bytewax cluster of local processes (as on several hosts)."""
+def run_processes(
+    flow: Dataflow, module: str, options: dict[str, Any], processes: int, workers: int
+) -> None:
+    """Run a dataflow as a Bytewax cluster of local processes (as on several hosts): this
+    process is process 0 and runs ``flow``; the others are started to build it from
+    ``options``.
+
+    Process 0 being this one (already started, its imports done) saves an interpreter's
+    start-up, and it listens at once: the others connect to it, and one that finds nobody
+    listening waits a whole second before it tries again (timely's networking)."""
     addresses = ";".join(f"127.0.0.1:{free_port()}" for _ in range(processes))
     # No recovery in a local cluster: the steps' snapshots need not write anything.
     args = ", ".join(f"{k}={v!r}" for k, v in {**options, "durable": False}.items())
     expr = f"obsflow.flows.{module}:build_flow({args})"
-    procs = [
-        subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "bytewax.run",
-                expr,
-                "-w",
-                str(workers),
-                "-i",
-                str(i),
-                "-a",
-                addresses,
-            ]
-        )
-        for i in range(processes)
+    bytewax_run = [sys.executable, "-m", "bytewax.run", expr, "-w", str(workers)]
+    others = [
+        subprocess.Popen([*bytewax_run, "-i", str(i), "-a", addresses]) for i in range(1, processes)
     ]
-    codes = [p.wait() for p in procs]
+    try:
+        run_flow(flow, workers, None, Cluster.parse(addresses, 0))
+    except BaseException as exc:
+        for p in others:  # (a lost process 0 stops them too, but not at once)
+            p.kill()
+        codes = [p.wait() for p in others]
+        if isinstance(exc, ClusterLostError):  # its advice is for a cluster across hosts
+            raise ObsflowError(
+                f"{module} stopped: a process of the local cluster went away (exit codes "
+                f"{codes}); nothing was committed"
+            ) from None
+        raise
+    codes = [p.wait() for p in others]
     if any(codes):
         raise ObsflowError(f"{module} process exit codes {codes}; nothing was committed")
 

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -11,7 +14,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from obsflow.connectors import layout, reads
+from obsflow.connectors import commits, layout, reads
 from obsflow.connectors.store import Store
 from obsflow.flows import jobs
 from obsflow.flows.cli import main
@@ -144,3 +147,48 @@ def test_the_job_layer_runs_a_local_cluster_too(tmp_path: Path, processes: int) 
     assert a["summary"] == b["summary"]
     for key in ("capture", "w1m", "hop", "sess", "dead"):
         pd.testing.assert_frame_equal(a[key], b[key], obj=key)
+
+
+def _children(pid: int) -> list[int]:
+    """Processes whose parent is ``pid`` (from /proc)."""
+    out = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:  # it ended meanwhile
+            continue
+        if int(fields[1]) == pid:
+            out.append(int(stat.parent.name))
+    return out
+
+
+def test_a_local_cluster_that_loses_a_process_stops_with_one_line_and_commits_nothing(
+    tmp_path: Path,
+) -> None:
+    store = tmp_path / "s"
+    sim = "sim://?sources=8&rate=50&duration=20000s&seed=3"
+    argv = ["ingest", sim, "--store", str(store), "--capture", "c", "-q", "--processes", "2"]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "obsflow.flows.cli", *argv],
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        # Running for real: process 1 started and the cluster has staged capture objects.
+        deadline = time.monotonic() + 60
+        while not (
+            (others := _children(proc.pid))
+            and list(store.glob("_obsflow/staging/*/captures/**/*.parquet"))
+        ):
+            assert proc.poll() is None, "the run ended before the kill"
+            assert time.monotonic() < deadline, "the run never got going"
+            time.sleep(0.05)
+        os.kill(others[0], signal.SIGKILL)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert proc.returncode == 2, err
+    [line] = err.strip().splitlines()
+    assert line.startswith("obsflow: error: ingest stopped: a process of the local cluster")
+    assert line.endswith("nothing was committed")
+    assert commits.head(Store(str(store)), "c") == 0  # (the capture never committed)
