@@ -15,7 +15,7 @@ $(RUN_STAMP): pyproject.toml
 	@test -n "$(PYTHON)" || { echo "need python3.11 (or 3.12) on PATH"; exit 1; }
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --progress-bar on --upgrade pip
-	$(BIN)/python -m pip install --progress-bar on -e .
+	$(BIN)/python -m pip install --progress-bar on -e '.[sql]'
 	@touch $@
 
 $(STAMP): $(RUN_STAMP)

@@ -55,11 +55,15 @@ def format_of(url: str) -> str:
     raise ConfigError(f"cannot tell the format of {url!r}: use .parquet, .csv or .jsonl")
 
 
-def write_table(table: pa.Table, out: str) -> None:
-    """Write a table to a local file in the format its extension names (.parquet, .csv,
-    .jsonl: times as ISO-8601)."""
-    fmt = format_of(out)
-    Path(out).parent.mkdir(parents=True, exist_ok=True)
+def write_table(table: pa.Table, out: str | BinaryIO, fmt: str | None = None) -> None:
+    """Write a table as Parquet, CSV or JSON lines (times as ISO-8601): to a local file, in
+    the format its extension names unless ``fmt`` ("parquet", "csv", "jsonl") is given, or to
+    a binary stream (stdout) in format ``fmt``."""
+    if isinstance(out, str):
+        fmt = fmt or format_of(out)
+        Path(out).parent.mkdir(parents=True, exist_ok=True)
+    elif fmt is None:
+        raise ValueError("writing to a stream needs a format")
     if fmt == "parquet":
         pq.write_table(table, out)
     elif fmt == "csv":
@@ -68,10 +72,17 @@ def write_table(table: pa.Table, out: str) -> None:
                 text = [None if v is None else json.dumps(v) for v in table.column(i).to_pylist()]
                 table = table.set_column(i, f.name, pa.array(text, pa.string()))
         pacsv.write_csv(table, out)
-    else:
-        table.to_pandas().to_json(
-            out, orient="records", lines=True, date_format="iso", date_unit="ns"
+    elif table.num_rows:  # (pandas writes "{}" lines for a frame without columns)
+        text = table.to_pandas().to_json(  # (15 digits: pandas' most)
+            orient="records", lines=True, date_format="iso", date_unit="ns", double_precision=15
         )
+        data = (text if text.endswith("\n") else text + "\n").encode()
+        if isinstance(out, str):
+            Path(out).write_bytes(data)
+        else:
+            out.write(data)
+    elif isinstance(out, str):
+        Path(out).write_bytes(b"")
 
 
 def open_input(url: str) -> BinaryIO:

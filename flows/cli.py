@@ -69,6 +69,12 @@ COMMAND_EXAMPLES = {
   obsflow bluesky export --capture beamline --run 5f1c...e2 -o run.jsonl""",
     "store": """\
   obsflow store migrate --store s3://bucket/obs""",
+    "sql": """\
+  obsflow sql                                        (the tables and their columns)
+  obsflow sql "select source, count(*), avg(value) from capture_buoy group by source"
+  obsflow sql "select * from view_buoy_1m where final and mean > 20" -o warm.csv
+  obsflow sql "select reason, count(*) from deadletters group by reason" --store s3://b/obs
+  obsflow sql "select * from runs order by finished" -o runs.parquet""",
 }
 
 
@@ -591,7 +597,28 @@ def parser() -> argparse.ArgumentParser:
         "convert a store written before layout 2 to the current layout",
         _lazy("commands", "cmd_store"),
     )
-    return p
+
+    sp = _command(
+        sub,
+        "sql",
+        "ask the store in SQL (DuckDB): captures, views, late readings, dead letters, runs",
+        "ask the store in SQL (DuckDB)\n\n"
+        "Tables: capture_<name>, view_<name> (with final), late_<view>, deadletters, runs.\n"
+        'Quote a name holding a dash: "capture_my-buoy". Without a query: the tables and\n'
+        "their columns. Needs DuckDB (pip install 'obsflow[sql]').",
+    )
+    _store(sp)
+    sp.add_argument("query", nargs="?", metavar="QUERY", help="one SQL query")
+    sp.add_argument(
+        "--format",
+        choices=["table", "csv", "json", "parquet"],
+        help="output format (default: table on the terminal, else from -o's extension)",
+    )
+    sp.add_argument(
+        "-o", "--out", metavar="FILE", help="write the result to FILE instead of printing"
+    )
+    _limit(sp)
+    sp.set_defaults(func=_lazy("show", "cmd_sql"))
     return p
 
 

@@ -317,6 +317,14 @@ class Explorer:
         ).to_pandas()
         return frame
 
+    def sql(self, query: str) -> pd.DataFrame:
+        """The result of one SQL query (DuckDB) over the store's tables: ``capture_<name>``,
+        ``view_<name>``, ``late_<view>``, ``deadletters`` and ``runs`` (``connectors.sql``)."""
+        from obsflow.connectors import sql
+
+        frame: pd.DataFrame = sql.query(self._ready(), query).to_pandas()
+        return frame
+
     # payloads ----------------------------------------------------------------------------
 
     @property

@@ -233,3 +233,32 @@ def cmd_bluesky(args: argparse.Namespace) -> int:
         return 0
     print_frame(table.to_pandas(), args.limit)
     return 0
+
+
+_SQL_FORMATS = {"csv": "csv", "json": "jsonl", "parquet": "parquet"}
+
+
+def cmd_sql(args: argparse.Namespace) -> int:
+    from obsflow.connectors import sql
+
+    store = opened(args)
+    if args.query is None:
+        for name, columns in sql.describe(store).items():
+            print(f"{name}: {', '.join(columns)}")
+        return 0
+    if args.out and args.format == "table":
+        raise ObsflowError("--format table prints; -o FILE takes csv, json or parquet")
+    if not args.out and args.format == "parquet":
+        raise ObsflowError("--format parquet needs -o FILE")
+    table = sql.query(store, args.query)
+    fmt = _SQL_FORMATS.get(args.format or "")
+    if args.out:
+        write_table(table, args.out, fmt)
+        say(f"query: wrote {table.num_rows:,} rows to {args.out}")
+    elif fmt:
+        write_table(table, sys.stdout.buffer, fmt)
+    elif table.num_rows:
+        print_frame(table.to_pandas(), args.limit)
+    elif table.num_columns:
+        say(f"no rows (columns: {', '.join(table.column_names)})")
+    return 0

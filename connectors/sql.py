@@ -1,0 +1,165 @@
+"""SQL over a store with DuckDB: every capture, view, view's late readings, the dead letters
+and the run summaries as a table.
+
+Tables (names as in the store; quote a name holding ``-``: ``"capture_my-buoy"``):
+
+- ``capture_<name>``: a capture's readings (``layout.CAPTURE_SCHEMA``);
+- ``view_<name>``: a view's rows, final and provisional (``final``);
+- ``late_<view>``: the readings a view set aside as late, with ``view``, ``reason``, ``run``;
+- ``deadletters``: every run's rejected records, with ``reason`` and ``run``;
+- ``runs``: one row per run summary (its scalar fields; nested ones as JSON text).
+
+Each table reads exactly the objects the Python reads do (``connectors.reads``): committed
+capture objects (not those a compaction has replaced), visible view objects, never staging or
+bookkeeping. Objects are read where they lie; on S3 through the store's own fsspec filesystem,
+registered with DuckDB, because DuckDB's ``httpfs`` extension is downloaded at first use and
+these machines may be offline.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+import pyarrow as pa
+
+from obsflow.connectors import layout
+from obsflow.connectors.capture import capture_files, list_captures
+from obsflow.connectors.errors import ConfigError
+from obsflow.connectors.reads import run_summaries
+from obsflow.connectors.store import Store
+from obsflow.connectors.views import list_views, view_files
+
+if TYPE_CHECKING:
+    import duckdb
+
+
+def _duckdb() -> Any:
+    try:
+        import duckdb
+    except ImportError:
+        raise ConfigError(
+            "SQL needs DuckDB: pip install 'obsflow[sql]' (or duckdb) into this environment"
+        ) from None
+    return duckdb
+
+
+def _quoted(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
+def _files_table(
+    con: duckdb.DuckDBPyConnection,
+    store: Store,
+    name: str,
+    files: Sequence[str],
+    schema: pa.Schema,
+) -> None:
+    """``name`` as a view over Parquet ``files`` (an empty table of ``schema`` if none)."""
+    if not files:
+        con.register(name, schema.empty_table())
+        return
+    paths = ", ".join("'" + store.uri(f).replace("'", "''") + "'" for f in files)
+    # A missing value is NaN in the store ("NaN and null both mean missing"); SQL's missing is
+    # NULL, which count(), avg() and the like skip, as pandas skips NaN.
+    select = (
+        "* REPLACE (CASE WHEN isnan(value) THEN NULL ELSE value END AS value)"
+        if "value" in schema.names
+        else "*"
+    )
+    # union_by_name: objects written before a column existed read it as null. (Table names
+    # are made of checked names, quoted; paths are the store's own, their quotes doubled.)
+    con.execute(
+        f"CREATE VIEW {_quoted(name)} AS SELECT {select} "  # noqa: S608
+        f"FROM read_parquet([{paths}], union_by_name=true)"
+    )
+
+
+def _runs(store: Store) -> pa.Table:
+    """Run summaries as rows: scalars as they are, nested values as JSON text."""
+    rows = []
+    for doc in run_summaries(store):
+        rows.append(
+            {
+                k: json.dumps(v, sort_keys=True) if isinstance(v, dict | list) else v
+                for k, v in doc.items()
+            }
+        )
+    keys = list(dict.fromkeys(k for row in rows for k in row))
+    if not rows:
+        return pa.table({"run": pa.array([], pa.string())})
+    columns = {}
+    for key in keys:
+        values = [row.get(key) for row in rows]
+        try:
+            columns[key] = pa.array(values)
+        except (pa.ArrowInvalid, pa.ArrowTypeError):  # mixed types across summaries
+            columns[key] = pa.array([None if v is None else str(v) for v in values], pa.string())
+    return pa.table(columns)
+
+
+def connect(store: Store) -> duckdb.DuckDBPyConnection:
+    """An in-memory DuckDB connection with the store's tables (see the module docstring)."""
+    con: duckdb.DuckDBPyConnection = _duckdb().connect()
+    con.execute("SET TimeZone = 'UTC'")  # times print and bucket in UTC, as everywhere else
+    # DuckDB 2.0's statistics propagation, over read_parquet(union_by_name=true), takes the
+    # file's "no nulls" for a column computed from it: count(value) counted the NaN readings
+    # this module turns into NULL (tests/connectors/test_sql.py, query 1). Correct first.
+    con.execute("SET disabled_optimizers = 'statistics_propagation'")
+    if store.scheme != "file":
+        con.register_filesystem(store.fs)
+    for name in list_captures(store):
+        _files_table(
+            con, store, f"capture_{name}", capture_files(store, name), layout.CAPTURE_SCHEMA
+        )
+    for doc in list_views(store):
+        name = doc["name"]
+        schema = layout.view_schema(doc["definition"]["aggregates"])
+        _files_table(con, store, f"view_{name}", view_files(store, name), schema)
+        late = [f for f in store.walk_files(layout.late_dir(name)) if layout.visible(f)]
+        _files_table(con, store, f"late_{name}", late, layout.LATE_SCHEMA)
+    dead = [f for f in store.walk_files(layout.deadletter_dir()) if layout.visible(f)]
+    _files_table(con, store, "deadletters", dead, layout.DEADLETTER_SCHEMA)
+    con.register("runs", _runs(store))
+    return con
+
+
+def describe(store: Store) -> dict[str, list[str]]:
+    """Each table of the store (sorted by name) with its columns."""
+    con = connect(store)
+    try:
+        rows = con.execute(
+            "SELECT table_name, column_name FROM information_schema.columns "
+            "ORDER BY table_name, ordinal_position"
+        ).fetchall()
+    finally:
+        con.close()
+    out: dict[str, list[str]] = {}
+    for table, column in rows:
+        out.setdefault(table, []).append(column)
+    return out
+
+
+def query(store: Store, text: str) -> pa.Table:
+    """The result of one SQL query over the store, as an Arrow table."""
+    duckdb = _duckdb()
+    con = connect(store)
+    try:
+        result = con.sql(text)
+    except duckdb.Error as exc:
+        names = sorted(
+            {
+                r[0]
+                for r in con.execute("SELECT table_name FROM information_schema.tables").fetchall()
+            }
+        )
+        raise ConfigError(f"SQL: {exc}\n(tables: {', '.join(names)})") from None
+    if result is None:  # a statement that returns nothing (CREATE, SET, ...)
+        return pa.table({})
+    try:
+        return result.to_arrow_table()
+    except duckdb.Error as exc:
+        raise ConfigError(f"SQL: {exc}") from None
+    finally:
+        con.close()
