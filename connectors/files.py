@@ -256,7 +256,7 @@ def _take_lines(f: BinaryIO, n: int) -> list[bytes]:
 _READERS = {"parquet": _read_parquet, "csv": _read_csv, "jsonl": _read_jsonl}
 
 
-def _raw_batches(
+def raw_batches(
     url: str, f: BinaryIO, batch_rows: int, delimiter: str | None
 ) -> Iterator[RawBatch]:
     """A file of readings as raw batches: offsets count its parsed records."""
@@ -281,7 +281,7 @@ class _FilePartition(StatefulSourcePartition[RawBatch, int]):
         self._batches = (
             bluesky.batches(url, self._file, batch_rows)
             if bluesky
-            else _raw_batches(url, self._file, batch_rows, delimiter)
+            else raw_batches(url, self._file, batch_rows, delimiter)
         )
         self._pos = 0  # records emitted, malformed lines included: where a resume starts
         self._skip = resume or 0

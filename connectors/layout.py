@@ -64,6 +64,15 @@ LATE_SCHEMA = pa.schema(
     [*READING_SCHEMA, *(pa.field(c, pa.string()) for c in ("view", "reason", "run"))]
 )
 DEADLETTER_SCHEMA = REJECT_SCHEMA.append(pa.field("run", pa.string()))
+RESOLVED_SCHEMA = pa.schema(
+    [
+        pa.field("run", pa.string()),
+        pa.field("origin", pa.string()),
+        pa.field("row", pa.int64()),
+        pa.field("resolved_by", pa.string()),
+    ]
+)
+"""A dead letter (its run, origin and row) and the retry run that captured it."""
 DOCUMENT_LOG_SCHEMA = DOCUMENT_SCHEMA.append(pa.field("run", pa.string()))
 
 
@@ -131,6 +140,13 @@ def documents_dir(capture: str) -> str:
 
 def deadletter_dir(run: str | None = None) -> str:
     return "deadletter" if run is None else f"deadletter/{check_name(run, kind='run id')}"
+
+
+def deadletter_resolved(run: str | None = None) -> str:
+    """Where a retry run records the dead letters it captured (bookkeeping: dead letters are
+    never deleted; ``deadletters list`` hides the resolved ones)."""
+    folder = f"{META}/deadletter-resolved"
+    return folder if run is None else f"{folder}/{check_name(run, kind='run id')}.parquet"
 
 
 def chunk_object(folder: str, run: str, part: int, chunk: int) -> str:

@@ -192,15 +192,27 @@ def read_late(
 
 
 def read_deadletters(
-    store: Store, *, run: str | None = None, reason: str | None = None
+    store: Store, *, run: str | None = None, reason: str | None = None, unresolved: bool = False
 ) -> pa.Table:
     """Dead letters of every run (or one), optionally of one reason, sorted by run, origin
-    and record."""
+    and record; with ``unresolved`` only those no retry has captured since."""
     folder = layout.deadletter_dir(run)
     files = [f for f in store.walk_files(folder) if layout.visible(f)]
     expr = pc.field("reason") == reason if reason else None
     table = store.scan(files, schema=layout.DEADLETTER_SCHEMA, filter=expr)
+    if unresolved and table.num_rows:
+        done = read_resolved(store)
+        if done.num_rows:
+            keys = ["run", "origin", "row"]
+            table = table.join(done.select(keys), keys, join_type="left anti")
     return _select(table, None, ("run", "origin", "row"))
+
+
+def read_resolved(store: Store) -> pa.Table:
+    """Every dead letter a retry captured, with the run that did (``RESOLVED_SCHEMA``)."""
+    folder = layout.deadletter_resolved()
+    files = [f for f in store.walk_files(folder) if f.endswith(".parquet")]
+    return store.scan(files, schema=layout.RESOLVED_SCHEMA)
 
 
 def first_deadletters(store: Store, run: str) -> pa.Table:

@@ -6,7 +6,8 @@ Tables (names as in the store; quote a name holding ``-``: ``"capture_my-buoy"``
 - ``capture_<name>``: a capture's readings (``layout.CAPTURE_SCHEMA``);
 - ``view_<name>``: a view's rows, final and provisional (``final``);
 - ``late_<view>``: the readings a view set aside as late, with ``view``, ``reason``, ``run``;
-- ``deadletters``: every run's rejected records, with ``reason`` and ``run``;
+- ``deadletters``: every run's rejected records, with ``reason``, ``run`` and ``resolved_by``
+  (the retry run that captured the record since; null while it is open);
 - ``runs``: one row per run summary (its scalar fields; nested ones as JSON text).
 
 Each table reads exactly the objects the Python reads do (``connectors.reads``): committed
@@ -27,7 +28,7 @@ import pyarrow as pa
 from obsflow.connectors import layout
 from obsflow.connectors.capture import capture_files, list_captures
 from obsflow.connectors.errors import ConfigError
-from obsflow.connectors.reads import run_summaries
+from obsflow.connectors.reads import read_resolved, run_summaries
 from obsflow.connectors.store import Store
 from obsflow.connectors.views import list_views, view_files
 
@@ -120,7 +121,12 @@ def connect(store: Store) -> duckdb.DuckDBPyConnection:
         late = [f for f in store.walk_files(layout.late_dir(name)) if layout.visible(f)]
         _files_table(con, store, f"late_{name}", late, layout.LATE_SCHEMA)
     dead = [f for f in store.walk_files(layout.deadletter_dir()) if layout.visible(f)]
-    _files_table(con, store, "deadletters", dead, layout.DEADLETTER_SCHEMA)
+    _files_table(con, store, "_deadletters", dead, layout.DEADLETTER_SCHEMA)
+    con.register("_resolved", read_resolved(store))
+    con.execute(
+        "CREATE VIEW deadletters AS SELECT d.*, r.resolved_by FROM _deadletters d "
+        "LEFT JOIN _resolved r ON d.run = r.run AND d.origin = r.origin AND d.row = r.row"
+    )
     con.register("runs", _runs(store))
     return con
 
@@ -131,7 +137,7 @@ def describe(store: Store) -> dict[str, list[str]]:
     try:
         rows = con.execute(
             "SELECT table_name, column_name FROM information_schema.columns "
-            "ORDER BY table_name, ordinal_position"
+            "WHERE NOT starts_with(table_name, '_') ORDER BY table_name, ordinal_position"
         ).fetchall()
     finally:
         con.close()
@@ -148,12 +154,8 @@ def query(store: Store, text: str) -> pa.Table:
     try:
         result = con.sql(text)
     except duckdb.Error as exc:
-        names = sorted(
-            {
-                r[0]
-                for r in con.execute("SELECT table_name FROM information_schema.tables").fetchall()
-            }
-        )
+        listed = con.execute("SELECT table_name FROM information_schema.tables").fetchall()
+        names = sorted({r[0] for r in listed if not r[0].startswith("_")})
         raise ConfigError(f"SQL: {exc}\n(tables: {', '.join(names)})") from None
     if result is None:  # a statement that returns nothing (CREATE, SET, ...)
         return pa.table({})

@@ -55,7 +55,9 @@ COMMAND_EXAMPLES = {
   obsflow late show buoy_1m --limit 10""",
     "deadletters": """\
   obsflow deadletters list
-  obsflow deadletters show --reason bad_time --limit 10""",
+  obsflow deadletters show --reason bad_time --limit 10
+  obsflow deadletters retry --capture wx --reason missing --map source=station,value=temp_c
+  obsflow deadletters list --all                     (the resolved ones too)""",
     "payload": """\
   obsflow payload get 3f9a...e1 -o frame.npy""",
     "demo": """\
@@ -527,8 +529,25 @@ def parser() -> argparse.ArgumentParser:
         ap = _action(dead, name, summary, _lazy("show", "cmd_deadletters"))
         ap.add_argument("--run", help="only this run")
         ap.add_argument("--reason", help="only this reason code (bad_id, bad_time, conflict, ...)")
+        ap.add_argument(
+            "--all", action="store_true", help="those a retry captured too (resolved_by)"
+        )
         if name == "show":
             _limit(ap)
+    ap = _action(
+        dead,
+        "retry",
+        "ingest the open dead letters again, after fixing --map or --time-unit; those it "
+        "captures are marked resolved (never deleted)",
+        _lazy("commands", "cmd_deadletters_retry"),
+    )
+    ap.add_argument("--capture", required=True, help="the capture to ingest them into")
+    ap.add_argument("--run", help="only the dead letters of this run")
+    ap.add_argument("--reason", help="only those of this reason code")
+    ap.add_argument("--map", help="field=column pairs, as for ingest")
+    ap.add_argument("--time-unit", default=None, help="unit of epoch times, as for ingest")
+    ap.add_argument("--channels", help="columns of a wide record that are channels, as for ingest")
+    ap.add_argument("-q", "--quiet", action="store_true", help="print only errors")
 
     bluesky = _group(sub, "bluesky", "Bluesky runs held by a capture: list them, export one")
     ap = _action(

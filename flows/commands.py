@@ -442,6 +442,40 @@ def encode_messages(table: pa.Table, fmt: str) -> list[bytes]:
     return [line.encode() for line in text.splitlines()]
 
 
+def cmd_deadletters_retry(args: argparse.Namespace) -> int:
+    from obsflow.flows import retry
+
+    store = Store(args.store)
+    check_layout(store)
+    config = ingest.IngestConfig(
+        inputs=(),
+        store=args.store,
+        capture=check_name(args.capture, kind="capture name"),
+        spec=InputSpec.parse_map(args.map, args.time_unit, channels=args.channels),
+        progress=False,
+    )
+    done = retry.retry(config, run=args.run, reason=args.reason)
+    if not done.retried:
+        asked = " (of those asked for)" if args.run or args.reason else ""
+        say(f"no open dead letters to retry{asked}")
+        return 0
+    still = ", ".join(f"{k} {v:,}" for k, v in sorted(done.reasons.items()))
+    if done.run is None:
+        say(
+            f"retry: none of {done.retried:,} open dead letters passes now ({still}); "
+            "nothing changed"
+        )
+        return 0
+    if not args.quiet:
+        say(format_summary(done.run.summary, store))
+    say(
+        f"retry: {done.retried:,} open dead letters: {done.resolved:,} captured by run "
+        f"{done.run.run} (marked resolved), {done.still_rejected:,} still rejected"
+        + (f" ({still})" if still else "")
+    )
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     store = Store(args.store)
     check_layout(store)

@@ -310,10 +310,13 @@ class Explorer:
         ).to_pandas()
         return frame
 
-    def deadletters(self, *, run: str | None = None, reason: str | None = None) -> pd.DataFrame:
-        """Rejected input records: origin, row, reason, message, raw (JSON) and run."""
+    def deadletters(
+        self, *, run: str | None = None, reason: str | None = None, unresolved: bool = False
+    ) -> pd.DataFrame:
+        """Rejected input records: origin, row, reason, message, raw (JSON) and run; with
+        ``unresolved`` only those no ``obsflow deadletters retry`` has captured since."""
         frame: pd.DataFrame = reads.read_deadletters(
-            self._ready(), run=run, reason=reason
+            self._ready(), run=run, reason=reason, unresolved=unresolved
         ).to_pandas()
         return frame
 

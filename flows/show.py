@@ -21,7 +21,14 @@ from obsflow.connectors.ids import check_name
 from obsflow.connectors.migrate import check_layout
 from obsflow.connectors.payload_format import PAYLOAD_SCHEMA, check_sha256
 from obsflow.connectors.payloads import PayloadStore
-from obsflow.connectors.reads import count_by, read_capture, read_deadletters, read_late, read_view
+from obsflow.connectors.reads import (
+    count_by,
+    read_capture,
+    read_deadletters,
+    read_late,
+    read_resolved,
+    read_view,
+)
 from obsflow.connectors.store import Store
 from obsflow.connectors.views import list_views
 
@@ -169,12 +176,24 @@ def verify(store: Store, name: str) -> int:
 
 def cmd_deadletters(args: argparse.Namespace) -> int:
     store = opened(args)
-    table = read_deadletters(store, run=args.run, reason=args.reason)
+    table = read_deadletters(store, run=args.run, reason=args.reason, unresolved=not args.all)
+    keys = ["run", "reason"]
+    if args.all and table.num_rows:
+        done = read_resolved(store)
+        table = table.join(done, ["run", "origin", "row"], join_type="left outer")
+        table = table.sort_by([("run", "ascending"), ("origin", "ascending"), ("row", "ascending")])
+        open_ = pc.fill_null(table.column("resolved_by"), "(open)")
+        table = table.set_column(table.schema.get_field_index("resolved_by"), "resolved_by", open_)
+        keys.append("resolved_by")
+    elif not args.all:
+        hidden = read_deadletters(store, run=args.run, reason=args.reason).num_rows - table.num_rows
+        if hidden:
+            say(f"({hidden:,} dead letters a retry resolved are hidden: --all shows them)")
     if table.num_rows == 0:
-        say(f"no dead letters in {store.uri('deadletter')}")
+        say(f"no {'' if args.all else 'open '}dead letters in {store.uri('deadletter')}")
         return 0
     if args.action == "list":
-        print(count_by(table, ["run", "reason"]).to_pandas().to_string(index=False))
+        print(count_by(table, keys).to_pandas().to_string(index=False))
         return 0
     # Malformed text has no record index: a nullable column keeps the others integers.
     rows = table.to_pandas(types_mapper={pa.int64(): pd.Int64Dtype()}.get)
