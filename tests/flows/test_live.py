@@ -581,7 +581,9 @@ def test_compaction_beside_a_live_session_is_safe(nats: Broker, tmp_path: Path) 
             for k, at in enumerate((len(chunks) // 3, 2 * len(chunks) // 3)):
                 if n == at:
                     released[k].wait(120)
-            time.sleep(0.2)
+            # Slow enough that a third spans several one-second cycles on a fast machine too
+            # (at 0.2 s, one cycle once took a whole third: nothing small to compact).
+            time.sleep(0.5)
 
     thread = threading.Thread(target=publisher, daemon=True)
     thread.start()
@@ -594,7 +596,7 @@ def test_compaction_beside_a_live_session_is_safe(nats: Broker, tmp_path: Path) 
 
     compacted, seen = 0, 0
     for k in range(3):
-        wait_for(lambda s=seen: cycles() > s, 60, "no new cycle")
+        wait_for(lambda s=seen: cycles() > s + 1, 60, "fewer than two new cycles")
         seen = cycles()
         if k < 2:
             released[k].set()  # the next third flows while this compaction runs
