@@ -29,7 +29,7 @@ from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
 from obsflow.connectors.archive import ns_of, time_span
 from obsflow.connectors.batch import DEFAULT_BATCH_ROWS
 from obsflow.connectors.capture import open_capture
-from obsflow.connectors.commits import Commit, capture_objects, read_log
+from obsflow.connectors.commits import Commit, archived_objects, capture_objects, read_log
 from obsflow.connectors.compaction import located
 from obsflow.connectors.errors import ConfigError
 from obsflow.connectors.ids import check_id
@@ -56,7 +56,8 @@ ReplayBatch = tuple[int, pa.Table | Boundary]  # (capture partition, readings or
 Position = tuple[int, int, int]  # (commit index, object index, batch index within the object)
 
 
-Piece = tuple[str, int | None]  # (object, row group; None: all of it)
+Piece = tuple[str, int | None, str | None]
+"""(object, row group or None for all of it, the archive store's URL or None)."""
 
 
 @dataclass(frozen=True)
@@ -71,11 +72,15 @@ class Segment:
 def plan(log: list[Commit], capture: str, part: int, partitions: int) -> list[Segment]:
     """The segments a partition replays, in commit order."""
     where = located(log)
+    cold = archived_objects(log)
     out = []
     for entry in log:
-        if entry.kind == "compact":
+        if entry.kind in ("compact", "archive"):
             continue  # it moved readings of earlier commits, which replay reads there
-        objects = tuple(where.get(rel, (rel, None)) for rel in entry.parts(capture).get(part, ()))
+        objects = tuple(
+            (rel, group, cold.get(rel))
+            for rel, group in (where.get(r, (r, None)) for r in entry.parts(capture).get(part, ()))
+        )
         close = tuple(
             c
             for c in entry.close
@@ -87,9 +92,16 @@ def plan(log: list[Commit], capture: str, part: int, partitions: int) -> list[Se
 
 
 def time_range(store: Store, capture: str) -> tuple[int, int] | None:
-    """(min, max) event time of a capture in ns, from Parquet footers only."""
+    """(min, max) event time of a capture in ns, from Parquet footers only (those of objects
+    in an archive store too)."""
     objects = capture_objects(store, capture).values()
-    return time_span(store.parquet_metadata(rel) for rels in objects for rel in rels)
+    cold = archived_objects(read_log(store, capture))
+    return time_span(
+        [
+            *(store.parquet_metadata(rel) for rels in objects for rel in rels),
+            *(Store(url).parquet_metadata(rel) for rel, url in cold.items()),
+        ]
+    )
 
 
 @dataclass(frozen=True)
@@ -132,6 +144,7 @@ class _CapturePartition(StatefulSourcePartition[ReplayBatch, Position]):
         self._wall0 = datetime.now(UTC)
         self._pending: list[pa.Table | Boundary] = []
         self._due: datetime | None = None
+        self._stores: dict[str, Store] = {}
 
     def _iterate(self) -> Iterator[tuple[Position, pa.Table | Boundary]]:
         first_seg, first_obj, first_batch = self._pos
@@ -140,11 +153,12 @@ class _CapturePartition(StatefulSourcePartition[ReplayBatch, Position]):
             start_obj = first_obj if s == first_seg else 0
             for i in range(start_obj, len(seg.objects)):
                 skip = first_batch if (s, i) == (first_seg, first_obj) else 0
-                rel, group = seg.objects[i]
+                rel, group, url = seg.objects[i]
+                store = self._store if url is None else self._cold(url)
                 # Ids as the file's own dictionaries: the views group by them without hashing
                 # a string per reading; only the reading columns are read.
                 pf = pq.ParquetFile(
-                    self._store.arrow_fs.open_input_file(self._store.path(rel)),
+                    store.arrow_fs.open_input_file(store.path(rel)),
                     read_dictionary=ID_COLUMNS,
                 )
                 groups = [g for g in self._row_groups(pf) if group is None or g == group]
@@ -158,6 +172,12 @@ class _CapturePartition(StatefulSourcePartition[ReplayBatch, Position]):
                         if b >= skip:
                             yield (s, i, b + 1), self._restrict(pa.Table.from_batches([rb]))
             yield (s + 1, 0, 0), seg.boundary
+
+    def _cold(self, url: str) -> Store:
+        """The archive store at ``url`` (one per replay partition)."""
+        if url not in self._stores:
+            self._stores[url] = Store(url)
+        return self._stores[url]
 
     def _row_groups(self, pf: pq.ParquetFile) -> list[int]:
         """Row groups that can hold readings in [start, until) (by footer statistics)."""

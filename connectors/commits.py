@@ -49,7 +49,7 @@ class Commit:
 
     n: int
     run: str
-    kind: str  # ingest | replay | close | migrate | compact
+    kind: str  # ingest | replay | close | migrate | compact | archive
     objects: tuple[str, ...] = ()  # store-relative paths this commit moved into place
     end_of_run: bool = True  # windows whose watermark passed become final here
     close: tuple[dict[str, Any], ...] = ()  # views close events: view, sources, until (ns)
@@ -58,6 +58,8 @@ class Commit:
     created: str = ""
     # compact: each new object and the objects it replaces, one row group each, in order
     replaces: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    # archive: each capture object moved to another store, and that store's URL
+    archived: dict[str, str] = field(default_factory=dict)
 
     def parts(self, capture: str) -> dict[int, list[str]]:
         """The capture objects of this commit per partition, in the order they were written
@@ -79,6 +81,7 @@ class Commit:
         doc["objects"], doc["close"] = list(self.objects), list(self.close)
         doc["replaced_views"] = list(self.replaced_views)
         doc["replaces"] = {k: list(v) for k, v in self.replaces.items()}
+        doc["archived"] = dict(self.archived)
         return doc
 
     @classmethod
@@ -94,6 +97,7 @@ class Commit:
             rows=int(doc.get("rows", 0)),
             created=str(doc.get("created", "")),
             replaces={str(k): tuple(v) for k, v in doc.get("replaces", {}).items()},
+            archived={str(k): str(v) for k, v in doc.get("archived", {}).items()},
         )
 
 
@@ -113,15 +117,22 @@ def read_log(store: Store, capture: str, *, since: int = 0) -> list[Commit]:
 
 
 def capture_objects(store: Store, capture: str) -> dict[int, list[str]]:
-    """Every capture object per partition, in capture order (commit by commit); objects a
-    compaction replaced give way to the one that holds them now."""
+    """Every capture object in the capture's store per partition, in capture order (commit by
+    commit); objects a compaction replaced give way to the one that holds them now, and those
+    moved to an archive (``archived_objects``) are left out."""
     out: dict[int, list[str]] = {}
     log = read_log(store, capture)
     gone = {old for entry in log for olds in entry.replaces.values() for old in olds}
+    gone.update(archived_objects(log))
     for entry in log:
         for part, rels in entry.parts(capture).items():
             out.setdefault(part, []).extend(r for r in rels if r not in gone)
     return out
+
+
+def archived_objects(log: Iterable[Commit]) -> dict[str, str]:
+    """Capture objects moved to an archive store: ``object -> that store's URL``."""
+    return {rel: url for entry in log for rel, url in entry.archived.items()}
 
 
 def begin(store: Store, run: str, capture: str) -> None:
@@ -153,6 +164,7 @@ def commit(
     replaced_views: Iterable[str] = (),
     rows: int = 0,
     replaces: dict[str, list[str]] | None = None,
+    archived: dict[str, str] | None = None,
 ) -> Commit:
     """Commit what ``run`` staged as the capture's next entry, then apply it.
 
@@ -172,6 +184,7 @@ def commit(
         rows=rows,
         created=_now(),
         replaces={k: tuple(v) for k, v in (replaces or {}).items()},
+        archived=dict(archived or {}),
     )
     store.create_json(layout.LAYOUT_DOC, {"layout": layout.LAYOUT})
     if not store.create_json(layout.commit_doc(capture, n), entry.to_json()):
@@ -203,6 +216,8 @@ def apply(store: Store, capture: str, entry: Commit) -> None:
     for olds in entry.replaces.values():  # only once every new object is in place
         for old in olds:
             store.delete(old)
+    for rel in entry.archived:  # their copies were checked before the commit was written
+        store.delete(rel)
     if entry.replaced_views:
         kept = set(entry.objects)
         for view in entry.replaced_views:

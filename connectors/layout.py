@@ -142,6 +142,14 @@ def deadletter_dir(run: str | None = None) -> str:
     return "deadletter" if run is None else f"deadletter/{check_name(run, kind='run id')}"
 
 
+def archive_manifest(capture: str, run: str) -> str:
+    """In an archive store: what an archive run moved there, from which store."""
+    return (
+        f"{META}/archives/{check_name(capture, kind='capture name')}/"
+        f"{check_name(run, kind='run id')}.json"
+    )
+
+
 def deadletter_resolved(run: str | None = None) -> str:
     """Where a retry run records the dead letters it captured (bookkeeping: dead letters are
     never deleted; ``deadletters list`` hides the resolved ones)."""

@@ -49,7 +49,8 @@ COMMAND_EXAMPLES = {
   obsflow capture info buoy
   obsflow capture show buoy --source b01 --channel sst -o b01.parquet
   obsflow capture verify buoy
-  obsflow capture compact live""",
+  obsflow capture compact live
+  obsflow capture archive buoy --before 2025-01-01 --to s3://cold-bucket/obs""",
     "late": """\
   obsflow late list
   obsflow late show buoy_1m --limit 10""",
@@ -512,6 +513,26 @@ def parser() -> argparse.ArgumentParser:
         default=1 << 20,
         metavar="N",
         help="readings per new object, at most (default 1048576)",
+    )
+    ap = _action(
+        capture,
+        "archive",
+        "move the capture's objects older than a time to another store (cold storage), with a "
+        "manifest there; replay reads both, views keep their rows",
+        _lazy("commands", "cmd_archive"),
+    )
+    ap.add_argument("name", metavar="NAME", help="the capture")
+    ap.add_argument(
+        "--before",
+        required=True,
+        metavar="TIME",
+        help="move objects whose readings all lie before this time (ISO 8601, UTC)",
+    )
+    ap.add_argument(
+        "--to",
+        required=True,
+        metavar="URL",
+        help="the archive store: a folder or s3://bucket/prefix",
     )
 
     late = _group(sub, "late", "late readings: counts by view and run, or the readings")

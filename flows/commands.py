@@ -517,6 +517,30 @@ def cmd_compact(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_archive(args: argparse.Namespace) -> int:
+    from obsflow.connectors.archiving import archive
+
+    store = Store(args.store)
+    check_layout(store)
+    open_capture(store, args.name)
+    before = replay.parse_time(args.before, "--before")
+    if before is None:
+        raise ConfigError("--before needs a time, e.g. 2025-01-01")
+    result = archive(store, args.name, new_run_id(), before=before, to=Store(args.to))
+    if result.commit is None:
+        say(
+            f"capture {args.name!r}: nothing to archive (no object lies wholly before "
+            f"{args.before})"
+        )
+    else:
+        say(
+            f"capture {args.name!r}: moved {result.objects:,} objects ({result.rows:,} readings, "
+            f"{result.bytes:,} bytes) to {Store(args.to).uri()} (commit #{result.commit}); "
+            f"manifest {result.manifest}"
+        )
+    return 0
+
+
 def cmd_close(args: argparse.Namespace) -> int:
     store = Store(args.store)
     until = replay.parse_time(args.until, "--until")
