@@ -184,8 +184,7 @@ def read_late(
     until: object = None,
 ) -> pa.Table:
     """Late readings of a view (every run, or one): the reading, ``view``, ``reason``, ``run``."""
-    folder = layout.late_dir(view) if run is None else f"{layout.late_dir(view)}/{run}"
-    files = [f for f in store.walk_files(folder) if layout.visible(f)]
+    files = late_files(store, view, run)
     expr = row_filter(sources=sources, channels=channels, start=start, until=until)
     table = store.scan(files, schema=layout.LATE_SCHEMA, filter=expr)
     return _select(table, None, ("run", *CAPTURE_KEYS))
@@ -196,8 +195,7 @@ def read_deadletters(
 ) -> pa.Table:
     """Dead letters of every run (or one), optionally of one reason, sorted by run, origin
     and record; with ``unresolved`` only those no retry has captured since."""
-    folder = layout.deadletter_dir(run)
-    files = [f for f in store.walk_files(folder) if layout.visible(f)]
+    files = deadletter_files(store, run)
     expr = pc.field("reason") == reason if reason else None
     table = store.scan(files, schema=layout.DEADLETTER_SCHEMA, filter=expr)
     if unresolved and table.num_rows:
@@ -206,6 +204,17 @@ def read_deadletters(
             keys = ["run", "origin", "row"]
             table = table.join(done.select(keys), keys, join_type="left anti")
     return _select(table, None, ("run", "origin", "row"))
+
+
+def late_files(store: Store, view: str, run: str | None = None) -> list[str]:
+    """The objects of a view's late readings (of every run, or one)."""
+    folder = layout.late_dir(view) if run is None else f"{layout.late_dir(view)}/{run}"
+    return [f for f in store.walk_files(folder) if layout.visible(f)]
+
+
+def deadletter_files(store: Store, run: str | None = None) -> list[str]:
+    """The dead-letter objects (of every run, or one)."""
+    return [f for f in store.walk_files(layout.deadletter_dir(run)) if layout.visible(f)]
 
 
 def read_resolved(store: Store) -> pa.Table:
@@ -218,7 +227,7 @@ def read_resolved(store: Store) -> pa.Table:
 def first_deadletters(store: Store, run: str) -> pa.Table:
     """The dead letters of a run's first object: a sample of its reasons, without reading
     every rejected record of a large input."""
-    files = sorted(f for f in store.walk_files(layout.deadletter_dir(run)) if layout.visible(f))
+    files = deadletter_files(store, run)  # (sorted)
     return store.scan(files[:1], schema=layout.DEADLETTER_SCHEMA)
 
 

@@ -28,7 +28,7 @@ import pyarrow as pa
 from obsflow.connectors import layout
 from obsflow.connectors.capture import capture_files, list_captures
 from obsflow.connectors.errors import ConfigError
-from obsflow.connectors.reads import read_resolved, run_summaries
+from obsflow.connectors.reads import deadletter_files, late_files, read_resolved, run_summaries
 from obsflow.connectors.store import Store
 from obsflow.connectors.views import list_views, view_files
 
@@ -79,19 +79,17 @@ def _files_table(
 
 def _runs(store: Store) -> pa.Table:
     """Run summaries as rows: scalars as they are, nested values as JSON text."""
-    rows = []
-    for doc in run_summaries(store):
-        rows.append(
-            {
-                k: json.dumps(v, sort_keys=True) if isinstance(v, dict | list) else v
-                for k, v in doc.items()
-            }
-        )
-    keys = list(dict.fromkeys(k for row in rows for k in row))
+    rows = [
+        {
+            k: json.dumps(v, sort_keys=True) if isinstance(v, dict | list) else v
+            for k, v in d.items()
+        }
+        for d in run_summaries(store)
+    ]
     if not rows:
         return pa.table({"run": pa.array([], pa.string())})
     columns = {}
-    for key in keys:
+    for key in dict.fromkeys(k for row in rows for k in row):
         values = [row.get(key) for row in rows]
         try:
             columns[key] = pa.array(values)
@@ -118,9 +116,8 @@ def connect(store: Store) -> duckdb.DuckDBPyConnection:
         name = doc["name"]
         schema = layout.view_schema(doc["definition"]["aggregates"])
         _files_table(con, store, f"view_{name}", view_files(store, name), schema)
-        late = [f for f in store.walk_files(layout.late_dir(name)) if layout.visible(f)]
-        _files_table(con, store, f"late_{name}", late, layout.LATE_SCHEMA)
-    dead = [f for f in store.walk_files(layout.deadletter_dir()) if layout.visible(f)]
+        _files_table(con, store, f"late_{name}", late_files(store, name), layout.LATE_SCHEMA)
+    dead = deadletter_files(store)
     _files_table(con, store, "_deadletters", dead, layout.DEADLETTER_SCHEMA)
     con.register("_resolved", read_resolved(store))
     con.execute(
