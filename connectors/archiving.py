@@ -50,8 +50,10 @@ def _span(md: pq.FileMetaData) -> tuple[int, int] | None:
 def archive(store: Store, capture: str, run: str, *, before: int, to: Store) -> ArchiveResult:
     """Move the capture's objects whose readings are all older than ``before`` (ns) to ``to``
     (see the module docstring)."""
-    if to.url.rstrip("/") == store.url.rstrip("/"):
-        raise ConfigError("--to must be another store than the capture's")
+    # (compared as resolved: "./data/store" and its absolute path are one store, and moving
+    # objects onto themselves would delete them)
+    if (to.scheme, to.root.rstrip("/")) == (store.scheme, store.root.rstrip("/")):
+        raise ConfigError(f"--to {to.uri()} is the capture's own store: give another one")
     lease = Lease.acquire_waiting(store, capture, run, wait=60.0)
     try:
         base = commits.head(store, capture)

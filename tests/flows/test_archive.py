@@ -100,3 +100,19 @@ def test_archive_then_replay_equals_the_replay_before_archiving(
     # Archiving again before the same time finds nothing more to move.
     assert main(archive) == 0
     assert "nothing to archive" in capsys.readouterr().err
+
+
+def test_archiving_into_the_store_itself_is_refused_however_it_is_spelled(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    spec = SimSpec(sources=2, rate=1.0, duration=600, start=HOURS[0])
+    pq.write_table(generate(spec), tmp_path / "h.parquet")
+    assert main(["ingest", "h.parquet", "--store", "store", "--capture", "c", "-q"]) == 0
+    before = sorted(p for p in (tmp_path / "store").rglob("*") if p.is_file())
+    for to in ("store", "./store/", str(tmp_path / "store")):
+        capsys.readouterr()
+        argv = ["capture", "archive", "c", "--before", HOURS[2], "--to", to, "--store", "store"]
+        assert main(argv) == 2
+        assert "is the capture's own store" in capsys.readouterr().err
+    assert sorted(p for p in (tmp_path / "store").rglob("*") if p.is_file()) == before
