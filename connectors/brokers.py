@@ -43,7 +43,7 @@ from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
 from obsflow.connectors.errors import ConfigError, ObsflowError
-from obsflow.connectors.messages import Message
+from obsflow.connectors.messages import Message, text_headers
 from obsflow.connectors.retry import reason
 
 SCHEMES = ("nats", "mqtt", "mqtts", "kafka")
@@ -494,7 +494,13 @@ class MqttClient:
             self._down_since = time.monotonic()
 
     def _on_message(self, client: Any, userdata: Any, msg: Any) -> None:
-        message = Message(msg.payload, msg.topic, time.time_ns(), (msg.mid, msg.qos))
+        message = Message(
+            msg.payload,
+            msg.topic,
+            time.time_ns(),
+            (msg.mid, msg.qos),
+            text_headers(getattr(msg.properties, "UserProperty", None)),  # (MQTT v5)
+        )
         with self._ready:
             # Mosquitto 2.0.11 (Debian 12) stops honouring ReceiveMaximum after the first
             # PUBACK and sends its whole queue: a full queue holds paho's network thread here
@@ -658,7 +664,15 @@ class KafkaClient:
                 if error is None:
                     ts = m.timestamp()[1]
                     token = (m.topic(), m.partition(), m.offset())
-                    out.append(Message(m.value() or b"", m.topic(), ts * 1_000_000, token))
+                    out.append(
+                        Message(
+                            m.value() or b"",
+                            m.topic(),
+                            ts * 1_000_000,
+                            token,
+                            text_headers(m.headers()),
+                        )
+                    )
                 elif error.fatal():
                     raise BrokerError(f"Kafka at {self.broker}: {reason(Exception(error.str()))}")
                 elif error.code() in self._OUTAGE:
@@ -716,7 +730,7 @@ def _message(m: Any) -> Message:
     same when the message is delivered again."""
     tokens = m.reply.split(".")
     ts = int(tokens[7] if len(tokens) == 9 else tokens[9])
-    return Message(m.data, m.subject, ts, m)
+    return Message(m.data, m.subject, ts, m, text_headers((m.headers or {}).items()))
 
 
 class NatsPublisher:

@@ -34,13 +34,15 @@ from obsflow.connectors.compaction import located
 from obsflow.connectors.errors import ConfigError
 from obsflow.connectors.ids import check_id
 from obsflow.connectors.partitions import ID_COLUMNS, encoded_schema, partition_of, partitions_of
-from obsflow.connectors.schema import READING_SCHEMA
+from obsflow.connectors.schema import READING_SCHEMA, TRACE
 from obsflow.connectors.store import Store
 
 PACE_TICK = 0.05  # seconds of wall time per paced slice
 
-ENCODED_READINGS = encoded_schema(READING_SCHEMA)
-"""What a replay emits: the reading columns, ids dictionary-encoded."""
+REPLAYED = READING_SCHEMA.append(pa.field(TRACE, pa.string()))
+ENCODED_READINGS = encoded_schema(REPLAYED)
+"""What a replay emits: the reading columns and the trace id (which late readings keep), ids
+dictionary-encoded."""
 
 
 @dataclass(frozen=True)
@@ -163,10 +165,10 @@ class _CapturePartition(StatefulSourcePartition[ReplayBatch, Position]):
                 )
                 groups = [g for g in self._row_groups(pf) if group is None or g == group]
                 if groups:
+                    # (objects written before the trace id existed lack it: null then)
+                    names = [n for n in REPLAYED.names if n in pf.schema_arrow.names]
                     batches = pf.iter_batches(
-                        batch_size=self._spec.batch_rows,
-                        row_groups=groups,
-                        columns=READING_SCHEMA.names,
+                        batch_size=self._spec.batch_rows, row_groups=groups, columns=names
                     )
                     for b, rb in enumerate(batches):
                         if b >= skip:
@@ -199,7 +201,9 @@ class _CapturePartition(StatefulSourcePartition[ReplayBatch, Position]):
         return keep
 
     def _restrict(self, table: pa.Table) -> pa.Table:
-        table = table.select(READING_SCHEMA.names).cast(ENCODED_READINGS)
+        if TRACE not in table.column_names:
+            table = table.append_column(TRACE, pa.nulls(table.num_rows, pa.string()))
+        table = table.select(REPLAYED.names).cast(ENCODED_READINGS)
         spec = self._spec
         mask = None
         if spec.sources:

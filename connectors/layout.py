@@ -42,6 +42,7 @@ from obsflow.connectors.schema import (
     READING_SCHEMA,
     REJECT_SCHEMA,
     TIME_TYPE,
+    TRACE,
 )
 
 LAYOUT = 2
@@ -61,9 +62,13 @@ them; objects written before the context columns existed read with them null."""
 
 LINEAGE = ("capture", "view_hash", "run")
 LATE_SCHEMA = pa.schema(
-    [*READING_SCHEMA, *(pa.field(c, pa.string()) for c in ("view", "reason", "run"))]
+    [*READING_SCHEMA, *(pa.field(c, pa.string()) for c in (TRACE, "view", "reason", "run"))]
 )
-DEADLETTER_SCHEMA = REJECT_SCHEMA.append(pa.field("run", pa.string()))
+DEADLETTER_SCHEMA = REJECT_SCHEMA.append(pa.field("run", pa.string())).append(
+    pa.field(TRACE, pa.string())
+)
+"""Dead letters: the rejected record (its raw form holds all of it) with the run, and the
+record's trace id, when it has one, in a column of its own."""
 RESOLVED_SCHEMA = pa.schema(
     [
         pa.field("run", pa.string()),

@@ -9,9 +9,12 @@ time. ``decode`` turns a list of them into one ``RawBatch``, column by column:
 - ``arrow``: each body is an Arrow IPC stream (for high-rate producers).
 
 Every record also gets ``_received`` (``schema.RECEIVED``): its message's broker timestamp,
-the reading's time when the record has none. ``--map source=topic:1`` reads a field from a
-topic level (0-based, levels split at ``/`` or ``.``). A body that is not what the format
-says becomes a ``malformed`` dead letter with its text, never an error.
+the reading's time when the record has none; and, when its body has no trace id field, the
+message's ``trace_id`` header (NATS header, MQTT v5 user property, Kafka header; the name
+``--map trace_id=...`` gives), which every record of the message shares. ``--map
+source=topic:1`` reads a field from a topic level (0-based, levels split at ``/`` or ``.``).
+A body that is not what the format says becomes a ``malformed`` dead letter with its text,
+never an error.
 """
 
 from __future__ import annotations
@@ -31,7 +34,7 @@ import pyarrow.json as pajson
 from obsflow.connectors.batch import RawBatch
 from obsflow.connectors.errors import ConfigError
 from obsflow.connectors.files import MAX_LINE_BYTES, malformed
-from obsflow.connectors.schema import RECEIVED, InputSpec
+from obsflow.connectors.schema import RECEIVED, TRACE, InputSpec
 
 FORMATS = ("json", "arrow", "bluesky")  # bluesky: connectors.bluesky_io, a stateful decoder
 TOPIC_FIELD = re.compile(r"^topic:(\d{1,3})$")
@@ -46,6 +49,7 @@ class Message:
     topic: str
     time_ns: int
     token: Any = None
+    headers: tuple[tuple[str, str], ...] = ()
 
 
 def check_format(fmt: str) -> str:
@@ -66,6 +70,7 @@ def decode(
             RECEIVED, pa.array(times[which], pa.int64()).cast(pa.timestamp("ns", tz="UTC"))
         )
         table = _topic_fields(table, [m.topic for m in messages], which, spec)
+        table = _header_fields(table, messages, which, spec)
     lines = [(-1, f"message on {messages[i].topic}: {why}", text) for i, why, text in bad]
     return RawBatch(origin, offset, table, malformed(origin, lines))
 
@@ -163,6 +168,37 @@ def _topic_fields(
         values = pa.array([per_topic[t] for t in topics], pa.string())  # one per message
         table = table.append_column(column, pc.take(values, pa.array(which)))
     return table
+
+
+def _header_fields(
+    table: pa.Table, messages: Sequence[Message], which: np.ndarray, spec: InputSpec
+) -> pa.Table:
+    """The trace id header of each record's message, as the column the spec reads it from;
+    a record whose body has that field keeps its own."""
+    name = spec.column(TRACE)
+    if not any(m.headers for m in messages):
+        return table
+    values = [next((v for k, v in m.headers if k == name), None) for m in messages]
+    if all(v is None for v in values):
+        return table
+    headed = pc.take(pa.array(values, pa.string()), pa.array(which))
+    if name not in table.column_names:
+        return table.append_column(name, headed)
+    i = table.schema.get_field_index(name)
+    own = table.column(i)
+    if not (pa.types.is_string(own.type) or pa.types.is_integer(own.type)):
+        return table  # (not text: normalize says so for each record)
+    return table.set_column(i, name, pc.coalesce(own.cast(pa.string()), headed))
+
+
+def text_headers(pairs: Any) -> tuple[tuple[str, str], ...]:
+    """A client's message headers, ``(name, value)`` pairs of text (bytes decoded)."""
+    out = []
+    for name, value in pairs or ():
+        if isinstance(value, bytes):
+            value = value.decode("utf-8", errors="replace")
+        out.append((str(name), str(value)))
+    return tuple(out)
 
 
 def _level(topic: str, level: int) -> str | None:

@@ -22,7 +22,7 @@ from obsflow.connectors.capture import capture_files, open_capture
 from obsflow.connectors.errors import ConfigError, StoreError
 from obsflow.connectors.partitions import partitions_of
 from obsflow.connectors.payload_format import PAYLOAD_SCHEMA
-from obsflow.connectors.schema import READING_SCHEMA, TIME_TYPE, to_utc
+from obsflow.connectors.schema import READING_SCHEMA, TIME_TYPE, TRACE, to_utc
 from obsflow.connectors.store import Store
 from obsflow.connectors.views import read_view_doc, view_files
 
@@ -182,21 +182,32 @@ def read_late(
     channels: Sequence[str] | None = None,
     start: object = None,
     until: object = None,
+    trace_ids: Sequence[str] | None = None,
 ) -> pa.Table:
-    """Late readings of a view (every run, or one): the reading, ``view``, ``reason``, ``run``."""
+    """Late readings of a view (every run, or one): the reading, its ``trace_id``, ``view``,
+    ``reason``, ``run``; ``trace_ids`` keeps those of these trace ids."""
     files = late_files(store, view, run)
-    expr = row_filter(sources=sources, channels=channels, start=start, until=until)
+    expr = _and(
+        row_filter(sources=sources, channels=channels, start=start, until=until),
+        trace_filter(trace_ids),
+    )
     table = store.scan(files, schema=layout.LATE_SCHEMA, filter=expr)
     return _select(table, None, ("run", *CAPTURE_KEYS))
 
 
 def read_deadletters(
-    store: Store, *, run: str | None = None, reason: str | None = None, unresolved: bool = False
+    store: Store,
+    *,
+    run: str | None = None,
+    reason: str | None = None,
+    unresolved: bool = False,
+    trace_ids: Sequence[str] | None = None,
 ) -> pa.Table:
-    """Dead letters of every run (or one), optionally of one reason, sorted by run, origin
-    and record; with ``unresolved`` only those no retry has captured since."""
+    """Dead letters of every run (or one), optionally of one reason or of some trace ids,
+    sorted by run, origin and record; with ``unresolved`` only those no retry has captured
+    since."""
     files = deadletter_files(store, run)
-    expr = pc.field("reason") == reason if reason else None
+    expr = _and(pc.field("reason") == reason if reason else None, trace_filter(trace_ids))
     table = store.scan(files, schema=layout.DEADLETTER_SCHEMA, filter=expr)
     if unresolved and table.num_rows:
         done = read_resolved(store)
@@ -248,6 +259,15 @@ def run_summaries(store: Store) -> list[dict[str, Any]]:
         for n in store.listdir("runs")
         if n.endswith(".json") and not n.startswith((".", "_"))
     ]
+
+
+def trace_filter(trace_ids: Sequence[str] | None) -> ds.Expression | None:
+    """Rows of these trace ids (None: no restriction)."""
+    return None if trace_ids is None else pc.field(TRACE).isin(list(trace_ids))
+
+
+def _and(a: ds.Expression | None, b: ds.Expression | None) -> ds.Expression | None:
+    return b if a is None else a if b is None else a & b
 
 
 def _list(values: Sequence[str] | None) -> list[str] | None:

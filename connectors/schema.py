@@ -63,9 +63,12 @@ DOCUMENT_SCHEMA = pa.schema(
 ``resource``, ``datum``, ``stream_resource``, ``stream_datum``): its run, name, uid, time, and
 the document as JSON."""
 
-CONTEXT_FIELDS = ("run_uid", "stream", "descriptor")
+TRACE = "trace_id"
+CONTEXT_FIELDS = ("run_uid", "stream", "descriptor", TRACE)
 """Optional context of a reading, kept with it in the capture (null where the input has none):
-the Bluesky run, stream and event descriptor it came from."""
+the Bluesky run, stream and event descriptor it came from, and a trace id that follows one
+request or instrument session through every output (a ``trace_id`` field, ``--map
+trace_id=COLUMN``, or a broker message's header of that name)."""
 CONTEXT_SCHEMA = pa.schema([pa.field(name, pa.string()) for name in CONTEXT_FIELDS])
 MAX_CONTEXT_CHARS = 256
 
@@ -109,10 +112,10 @@ class InputSpec:
     delimiter: str | None = None
 
     def __post_init__(self) -> None:
-        unknown = sorted(set(self.mapping) - set(FIELDS))
+        unknown = sorted(set(self.mapping) - {*FIELDS, TRACE})
         if unknown:
             raise ConfigError(
-                f"--map names unknown field(s) {unknown}; fields are {', '.join(FIELDS)}"
+                f"--map names unknown field(s) {unknown}; fields are {', '.join((*FIELDS, TRACE))}"
             )
         if self.time_unit not in (AUTO, *TIME_UNITS):
             raise ConfigError(f"time unit {self.time_unit!r} — use one of auto, ns, us, ms, s")
@@ -402,7 +405,8 @@ def wide_columns(table: pa.Table, spec: InputSpec) -> list[str]:
     if spec.channels:
         return [c for c in spec.channels if c in names]
     keys = {spec.column(f) for f in ("source", "time", "seq")}
-    return [c for c in names if c not in keys and c not in PAYLOAD_INPUTS + CONTEXT_FIELDS]
+    context = {spec.column(c) for c in CONTEXT_FIELDS}
+    return [c for c in names if c not in keys and c not in PAYLOAD_INPUTS and c not in context]
 
 
 def _channels_problem(table: pa.Table, spec: InputSpec) -> str | None:
@@ -424,7 +428,11 @@ def melt(table: pa.Table, spec: InputSpec, columns: list[str]) -> tuple[pa.Table
     in the batch is text, not a channel). Returns the table (source, time, seq as read;
     ``channel``; ``value`` as text, so a bad cell is reported as written) and each reading's
     record index in the batch."""
-    names = [*(spec.column(f) for f in ("source", "time", "seq")), RECEIVED, *CONTEXT_FIELDS]
+    names = [
+        *(spec.column(f) for f in ("source", "time", "seq")),
+        RECEIVED,
+        *(spec.column(c) for c in CONTEXT_FIELDS),
+    ]
     keys = [c for c in names if c in table.column_names]
     parts, records = [], []
     for name in columns:
@@ -551,12 +559,14 @@ def normalize(table: pa.Table, spec: InputSpec, *, origin: str, offset: int) -> 
 
     context: dict[str, Any] = {}
     for name in CONTEXT_FIELDS:
-        col, problem = _lookup(table, name)
+        col, problem = _lookup(table, spec.column(name))
         if problem:
             rej.reject(np.ones(n, dtype=bool), "bad_schema", problem)
         elif col is not None:
             if pa.types.is_string(col.type) or pa.types.is_integer(col.type):
                 text = col.cast(pa.string())
+                # An empty cell (a CSV's) is no context, as a missing field is none.
+                text = pc.if_else(pc.equal(text, ""), pa.scalar(None, pa.string()), text)
                 too_long = _np_bool(pc.greater(pc.utf8_length(text), MAX_CONTEXT_CHARS))
                 what = f"{name} is longer than {MAX_CONTEXT_CHARS} characters"
             else:  # (a nested value, say: kept as nothing rather than guessed at)

@@ -43,7 +43,7 @@ from obsflow.connectors.errors import ConfigError
 from obsflow.connectors.migrate import check_layout
 from obsflow.connectors.payload_format import PAYLOAD_SCHEMA, Payload, PayloadRef
 from obsflow.connectors.payloads import PayloadStore
-from obsflow.connectors.schema import CONTEXT_FIELDS, READING_SCHEMA, InputSpec, to_utc
+from obsflow.connectors.schema import CONTEXT_FIELDS, READING_SCHEMA, TRACE, InputSpec, to_utc
 from obsflow.connectors.simulator import parse_duration_ns
 from obsflow.connectors.store import DEFAULT_STORE, Store
 from obsflow.connectors.views import list_views, read_view_doc
@@ -227,16 +227,23 @@ class Explorer:
         columns: Sequence[str] | None = None,
         payloads: bool = False,
         run_uid: Names = None,
+        trace_id: Names = None,
     ) -> pa.Table:
         """A capture's readings as an Arrow table, ``start <= time < until``, sorted by source,
         channel, time and seq. Columns: the reading fields, plus the ``payload_*`` reference
         columns with ``payloads`` (null on readings without one), or exactly ``columns`` (the
-        context columns ``run_uid``, ``stream``, ``descriptor`` among them). ``run_uid`` keeps
-        the readings of those Bluesky runs (with the context columns)."""
-        runs = _names(run_uid, "run uid")
-        if runs is not None and columns is None:  # readings of runs: say which run
+        context columns ``run_uid``, ``stream``, ``descriptor``, ``trace_id`` among them).
+        ``run_uid`` keeps the readings of those Bluesky runs, ``trace_id`` those of these trace
+        ids (both with the context columns)."""
+        runs, traces = _names(run_uid, "run uid"), _names(trace_id, "trace id")
+        if (runs is not None or traces is not None) and columns is None:  # say which
             columns = [*READING_SCHEMA.names, *CONTEXT_FIELDS]
             columns += [f.name for f in PAYLOAD_SCHEMA] if payloads else []
+        wanted = None
+        for field_name, values in (("run_uid", runs), (TRACE, traces)):
+            if values is not None:
+                cond = pc.field(field_name).isin(values)
+                wanted = cond if wanted is None else wanted & cond
         return reads.read_capture(
             self._ready(),
             name,
@@ -246,7 +253,7 @@ class Explorer:
             until=until,
             columns=columns,
             payloads=payloads,
-            filter=None if runs is None else pc.field("run_uid").isin(runs),
+            filter=wanted,
         )
 
     def capture(self, name: str, **filters: Any) -> pd.DataFrame:
@@ -297,9 +304,10 @@ class Explorer:
         channel: Names = None,
         start: TimeLike | None = None,
         until: TimeLike | None = None,
+        trace_id: Names = None,
     ) -> pd.DataFrame:
-        """Readings that came too late for ``view`` (and count in no window of it), with the
-        run that set them aside."""
+        """Readings that came too late for ``view`` (and count in no window of it), with their
+        trace id and the run that set them aside; ``trace_id`` keeps those of these ids."""
         frame: pd.DataFrame = reads.read_late(
             self._ready(),
             view,
@@ -307,16 +315,27 @@ class Explorer:
             channels=_names(channel, "channel"),
             start=start,
             until=until,
+            trace_ids=_names(trace_id, "trace id"),
         ).to_pandas()
         return frame
 
     def deadletters(
-        self, *, run: str | None = None, reason: str | None = None, unresolved: bool = False
+        self,
+        *,
+        run: str | None = None,
+        reason: str | None = None,
+        unresolved: bool = False,
+        trace_id: Names = None,
     ) -> pd.DataFrame:
-        """Rejected input records: origin, row, reason, message, raw (JSON) and run; with
-        ``unresolved`` only those no ``obsflow deadletters retry`` has captured since."""
+        """Rejected input records: origin, row, reason, message, raw (JSON), run and trace_id;
+        with ``unresolved`` only those no ``obsflow deadletters retry`` has captured since,
+        with ``trace_id`` those of these ids."""
         frame: pd.DataFrame = reads.read_deadletters(
-            self._ready(), run=run, reason=reason, unresolved=unresolved
+            self._ready(),
+            run=run,
+            reason=reason,
+            unresolved=unresolved,
+            trace_ids=_names(trace_id, "trace id"),
         ).to_pandas()
         return frame
 

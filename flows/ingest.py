@@ -16,6 +16,7 @@ run_id='r1')" -w 2`` (give every process the same ``run_id``).
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable
 from dataclasses import dataclass, field, fields
 from typing import Any
@@ -41,7 +42,7 @@ from obsflow.connectors.ids import check_name
 from obsflow.connectors.partitions import split_by_partition
 from obsflow.connectors.payload_format import INLINE_LIMIT
 from obsflow.connectors.payloads import PayloadStore
-from obsflow.connectors.schema import InputSpec, normalize
+from obsflow.connectors.schema import MAX_CONTEXT_CHARS, TRACE, InputSpec, normalize
 from obsflow.connectors.simulator import SimSource
 from obsflow.connectors.store import DEFAULT_STORE, Store
 from obsflow.connectors.views import check_view, view_doc
@@ -239,6 +240,25 @@ def offload(store: PayloadStore, features: tuple[str, ...], step: Step) -> Step:
     )
 
 
+def with_trace(rejects: pa.Table, spec: InputSpec) -> pa.Table:
+    """Rejected records with the trace id their raw record holds (its ``trace_id`` field, or
+    the one ``--map trace_id=...`` names), as a column; null where there is none. Only records
+    whose raw text names the field are parsed."""
+    column = spec.column(TRACE)
+    ids: list[str | None] = [None] * rejects.num_rows
+    raw = rejects.column("raw")
+    named = pc.fill_null(pc.match_substring(raw, json.dumps(column)), False)
+    for i in np.flatnonzero(named.to_numpy(zero_copy_only=False)):
+        try:
+            record = json.loads(raw[int(i)].as_py())
+        except ValueError:  # a malformed line that happens to contain the name
+            continue
+        value = record.get(column) if isinstance(record, dict) else None
+        if value is not None:
+            ids[int(i)] = str(value)[:MAX_CONTEXT_CHARS]
+    return rejects.append_column(TRACE, pa.array(ids, pa.string()))
+
+
 def reason_counts(rejects: pa.Table) -> dict[str, int]:
     if rejects.num_rows == 0:
         return {}
@@ -388,8 +408,9 @@ def build_flow(
         _take("take_step_rejects", prepared, "rejects", log=True),
         _take("take_conflicts", outcome, "conflicts", log=True),
     )
-    # ("0000", rejected records): one dead-letter log per run
-    written = add_log(rejects, store, "deadletter", run_id, layout.DEADLETTER_SCHEMA)
+    # ("0000", rejected records): one dead-letter log per run, each with its trace id
+    traced = op.map("trace_rejects", rejects, lambda kv: (kv[0], with_trace(kv[1], spec)))
+    written = add_log(traced, store, "deadletter", run_id, layout.DEADLETTER_SCHEMA)
     documents = op.filter_map(
         "take_documents", raw, lambda b: ("0000", b.documents) if b.documents.num_rows else None
     )

@@ -6,8 +6,9 @@ Routes (every one read-only; names are checked before they become paths):
 - ``/api/captures``, ``/api/views``: what the store holds (JSON).
 - ``/api/captures/{name}``, ``/api/views/{name}``, ``/api/views/{name}/late``,
   ``/api/deadletters``, ``/api/runs``: rows, read as the Explorer reads them (filters pushed
-  down: ``source``, ``channel`` (repeatable), ``from``, ``until``, ``limit``), as
-  ``format=json`` (records, times ISO-8601 UTC), ``csv`` or ``arrow`` (an IPC stream).
+  down: ``source``, ``channel`` (repeatable), ``from``, ``until``, ``limit``; ``trace_id``
+  (repeatable) on a capture, late readings and dead letters), as ``format=json`` (records,
+  times ISO-8601 UTC), ``csv`` or ``arrow`` (an IPC stream).
 - ``/api/status``: the live feeds (position and streams per watched view).
 - ``/api/views/{name}/events``: Server-Sent Events of the view's rows (``source``/``channel``
   filters, repeatable: one stream carries every series a page shows).
@@ -52,6 +53,7 @@ from obsflow.connectors import commits, layout, reads
 from obsflow.connectors.capture import capture_info, list_captures
 from obsflow.connectors.errors import ConfigError, ObsflowError
 from obsflow.connectors.ids import check_name
+from obsflow.connectors.schema import READING_SCHEMA, TRACE
 from obsflow.connectors.store import Store
 from obsflow.connectors.views import list_views, read_view_doc
 from obsflow.flows.json_records import json_array, records_json, row_texts
@@ -138,6 +140,7 @@ class Filters:
     start: str | None = None
     until: str | None = None
     limit: int | None = None
+    traces: tuple[str, ...] = ()  # trace_id=... (captures, late readings, dead letters)
 
     @classmethod
     def of(cls, query: Any) -> Filters:
@@ -161,7 +164,12 @@ class Filters:
             start=query.get("from") or None,
             until=query.get("until") or None,
             limit=n,
+            traces=tuple(query.getlist("trace_id")),
         )
+
+    @property
+    def trace_ids(self) -> list[str] | None:
+        return list(self.traces) or None
 
     @property
     def read_args(self) -> dict[str, Any]:
@@ -490,15 +498,23 @@ def create_app(config: ServeConfig) -> Any:
 
         return await in_thread(run)
 
-    def view_rows(read: Callable[..., pa.Table]) -> Callable[[Request], Awaitable[Response]]:
-        """An endpoint of a view's rows read by ``read`` (its rows, its late readings)."""
+    def view_rows(
+        read: Callable[..., pa.Table], *, traced: bool = False
+    ) -> Callable[[Request], Awaitable[Response]]:
+        """An endpoint of a view's rows read by ``read`` (its rows, its late readings, which
+        are ``traced``: they take a trace_id filter)."""
 
         async def endpoint(request: Request) -> Response:
             name = request.path_params["name"]
 
             def run() -> Response:
                 view_capture(store, name)
-                return table_response(request, lambda f: read(store, name, **f.read_args))
+                return table_response(
+                    request,
+                    lambda f: read(
+                        store, name, **f.read_args, **({"trace_ids": f.trace_ids} if traced else {})
+                    ),
+                )
 
             return await in_thread(run)
 
@@ -509,7 +525,19 @@ def create_app(config: ServeConfig) -> Any:
             name = checked(request.path_params["name"], "capture name")
             if name not in list_captures(store):
                 raise NotFoundError(f"no capture {name!r}")
-            return table_response(request, lambda f: reads.read_capture(store, name, **f.read_args))
+
+            def read(f: Filters) -> pa.Table:
+                if not f.traces:
+                    return reads.read_capture(store, name, **f.read_args)
+                return reads.read_capture(
+                    store,
+                    name,
+                    **f.read_args,
+                    columns=[*READING_SCHEMA.names, TRACE],
+                    filter=reads.trace_filter(f.trace_ids),
+                )
+
+            return table_response(request, read)
 
         return await in_thread(run)
 
@@ -521,7 +549,10 @@ def create_app(config: ServeConfig) -> Any:
             if run_id:
                 checked(run_id, "run id")
             return table_response(
-                request, lambda f: reads.read_deadletters(store, run=run_id, reason=reason)
+                request,
+                lambda f: reads.read_deadletters(
+                    store, run=run_id, reason=reason, trace_ids=f.trace_ids
+                ),
             )
 
         return await in_thread(run)
@@ -589,7 +620,7 @@ def create_app(config: ServeConfig) -> Any:
         Route("/api/views", api_views),
         Route("/api/captures/{name}", api_capture),
         Route("/api/views/{name}", view_rows(reads.read_view)),
-        Route("/api/views/{name}/late", view_rows(reads.read_late)),
+        Route("/api/views/{name}/late", view_rows(reads.read_late, traced=True)),
         Route("/api/views/{name}/events", api_events),
         Route("/api/deadletters", api_deadletters),
         Route("/api/runs", api_runs),

@@ -105,8 +105,8 @@ async def _publish(
         await js.update_stream(name=stream, subjects=subjects)
     n = 0
     pending = []
-    for subject, body in messages:
-        pending.append(js.publish(subject, body))
+    for subject, body, *headers in messages:
+        pending.append(js.publish(subject, body, headers=headers[0] if headers else None))
         n += 1
         if len(pending) >= 500:  # publish acks awaited in groups: fast, and none lost
             await asyncio.gather(*pending)
@@ -208,9 +208,16 @@ def mqtt_publish(
     client.max_inflight_messages_set(0)
     client.connect(host, int(port))
     client.loop_start()
+    from paho.mqtt.packettypes import PacketTypes
+    from paho.mqtt.properties import Properties
+
     n, window = 0, []
-    for topic, body in messages:
-        window.append(client.publish(topic, body, qos=1))
+    for topic, body, *headers in messages:
+        props = None
+        if headers:  # MQTT v5 user properties
+            props = Properties(PacketTypes.PUBLISH)
+            props.UserProperty = list(headers[0].items())
+        window.append(client.publish(topic, body, qos=1, properties=props))
         n += 1
         if len(window) >= 2000:  # paho's 16-bit message ids: bound what is in flight
             for info in window:
@@ -242,10 +249,12 @@ class KafkaMock:
         """Publish and flush; with a ``key`` every message goes to one partition, in order
         (as bluesky-kafka publishes a RunEngine's documents)."""
         n = 0
-        for topic, body in messages:
+        for topic, body, *headers in messages:
             while True:
                 try:
-                    self._owner.produce(topic, body, key=key)
+                    self._owner.produce(
+                        topic, body, key=key, headers=list(headers[0].items()) if headers else None
+                    )
                     break
                 except BufferError:
                     self._owner.poll(0.1)

@@ -237,7 +237,10 @@ def decoded(response: httpx.Response, fmt: str, like: pa.Table) -> pd.DataFrame:
     if fmt == "arrow":
         return pa.ipc.open_stream(response.content).read_all().to_pandas()
     if fmt == "csv":
-        options = pacsv.ConvertOptions(column_types=like.schema)
+        # A null is an empty field, an empty string a quoted one (as Arrow writes them).
+        options = pacsv.ConvertOptions(
+            column_types=like.schema, strings_can_be_null=True, quoted_strings_can_be_null=False
+        )
         return pacsv.read_csv(io.BytesIO(response.content), convert_options=options).to_pandas()
     frame = pd.DataFrame(response.json(), columns=like.column_names)
     for field in like.schema:

@@ -30,6 +30,7 @@ from obsflow.connectors import commits, layout, reads, views
 from obsflow.connectors.brokers import connect
 from obsflow.connectors.simulator import SimSpec, generate
 from obsflow.connectors.store import Store
+from obsflow.flows.explore import open_store
 from tests.brokers import KafkaMock, MosquittoServer, NatsServer, mqtt_publish, publish
 
 OBSFLOW = str(Path(sys.executable).parent / "obsflow")
@@ -615,3 +616,48 @@ def test_compaction_beside_a_live_session_is_safe(nats: Broker, tmp_path: Path) 
     assert_captured_once(store, frame)
     kinds = [e.kind for e in commits.read_log(st, "live")]
     assert kinds.count("compact") == compacted
+
+
+def test_a_trace_id_header_on_one_percent_of_messages_is_on_exactly_their_rows(
+    broker: Broker, tmp_path: Path
+) -> None:
+    """Issue 17 must-show 4, the broker part: a ``trace_id`` header (NATS header, MQTT v5 user
+    property, Kafka header) on 1 % of the messages is on exactly their capture rows and, for
+    those rejected, their dead letters; a body's own ``trace_id`` field wins over a header."""
+    broker.subscribe_first()
+    topic = broker.topic("traced")
+    t0 = pd.Timestamp("2026-05-01T00:00:00Z").value
+    messages: list[tuple[Any, ...]] = []
+    traced: dict[str, dict[str, Any]] = {}
+    for i in range(2_000):
+        record: dict[str, Any] = {"source": f"s{i % 4}", "time": t0 + i * 10**7, "value": i / 8}
+        if i % 100 == 7:  # 1 % of the messages carry a trace id header
+            if i % 500 == 7:
+                record["value"] = "not-a-number"  # (a dead letter, traced)
+            traced[f"req-{i}"] = record
+            messages.append((topic, json.dumps(record).encode(), {"trace_id": f"req-{i}"}))
+        else:
+            messages.append((topic, json.dumps(record).encode()))
+    own = {"source": "s9", "time": t0, "value": 1.0, "trace_id": "from-body"}
+    messages.append((topic, json.dumps(own).encode(), {"trace_id": "from-header"}))
+    broker.publish(messages)
+    store = tmp_path / "store"
+    proc = obsflow(*live_ingest(broker, store, "-q"), "--stop-when-idle", "3s")
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, err
+
+    ex = open_store(str(store))
+    cap = ex.capture("live", columns=["source", "time", "value", "trace_id"])
+    assert len(cap) == 2_001 - 4  # (four bad values)
+    kept = {t: r for t, r in traced.items() if r["value"] != "not-a-number"}
+    on_rows = cap.dropna(subset=["trace_id"]).set_index("trace_id")
+    assert sorted(on_rows.index) == sorted([*kept, "from-body"])
+    for trace, record in kept.items():
+        row = on_rows.loc[trace]
+        assert (row["source"], row["time"].value, row["value"]) == (
+            record["source"],
+            record["time"],
+            record["value"],
+        )
+    dead = ex.deadletters()
+    assert sorted(dead["trace_id"]) == sorted(t for t in traced if t not in kept)
