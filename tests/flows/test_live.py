@@ -623,7 +623,8 @@ def test_a_trace_id_header_on_one_percent_of_messages_is_on_exactly_their_rows(
 ) -> None:
     """Issue 17 must-show 4, the broker part: a ``trace_id`` header (NATS header, MQTT v5 user
     property, Kafka header) on 1 % of the messages is on exactly their capture rows and, for
-    those rejected, their dead letters; a body's own ``trace_id`` field wins over a header."""
+    those rejected, their dead letters, for those late their late readings; a body's own
+    ``trace_id`` field wins over a header."""
     broker.subscribe_first()
     topic = broker.topic("traced")
     t0 = pd.Timestamp("2026-05-01T00:00:00Z").value
@@ -643,12 +644,22 @@ def test_a_trace_id_header_on_one_percent_of_messages_is_on_exactly_their_rows(
     broker.publish(messages)
     store = tmp_path / "store"
     proc = obsflow(*live_ingest(broker, store, "-q"), "--stop-when-idle", "3s")
+    # Once a cycle has committed, ten traced readings an hour behind their series: late.
+    wait_for(lambda: commit_count(store) > 0, 60, "no cycle committed")
+    late = {
+        f"late-{i}": {"source": "s1", "time": t0 - 3600 * 10**9 + i, "value": 0.5}
+        for i in range(10)
+    }
+    broker.publish([(topic, json.dumps(r).encode(), {"trace_id": t}) for t, r in late.items()])
     _, err = proc.communicate(timeout=300)
     assert proc.returncode == 0, err
 
     ex = open_store(str(store))
     cap = ex.capture("live", columns=["source", "time", "value", "trace_id"])
-    assert len(cap) == 2_001 - 4  # (four bad values)
+    assert len(cap) == 2_001 - 4 + 10  # (four bad values; the late ones are captured)
+    [view] = ex.view_names()
+    assert sorted(ex.late(view)["trace_id"]) == sorted(late)
+    traced.update(late)
     kept = {t: r for t, r in traced.items() if r["value"] != "not-a-number"}
     on_rows = cap.dropna(subset=["trace_id"]).set_index("trace_id")
     assert sorted(on_rows.index) == sorted([*kept, "from-body"])
