@@ -90,6 +90,8 @@ def view_schema(aggregates: Sequence[str]) -> pa.Schema:
             pa.field("window_start", TIME_TYPE),
             pa.field("window_end", TIME_TYPE),
             *(pa.field(a, pa.int64() if a == "count" else pa.float64()) for a in aggregates),
+            pa.field("first_seq", pa.int64()),  # the seq range of the readings summarized
+            pa.field("last_seq", pa.int64()),
             pa.field("final", pa.bool_()),
             *(pa.field(c, pa.string()) for c in LINEAGE),
         ]

@@ -24,6 +24,7 @@ import pyarrow as pa
 
 from obsflow.connectors import commits, layout
 from obsflow.connectors.errors import StoreError
+from obsflow.connectors.partitions import conform
 from obsflow.connectors.store import Store
 from obsflow.connectors.views import segment_span, view_doc
 
@@ -135,7 +136,7 @@ def _view(store: Store, name: str) -> int:
     for part, rels in sorted(by_part.items()):
         table = store.scan(rels, unify=True)
         table = table.append_column("final", pa.repeat(True, table.num_rows).cast(pa.bool_()))
-        table = table.select(schema.names).cast(schema)
+        table = conform(table, schema)  # (layout 1 had no seq range: null)
         starts = table.column("window_start").cast(pa.int64()).to_numpy()
         seg = np.floor_divide(starts, span) * span
         for s in np.unique(seg):

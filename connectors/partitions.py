@@ -105,8 +105,8 @@ def encode_ids(table: pa.Table) -> pa.Table:
 
 
 def conform(table: pa.Table, schema: pa.Schema = CAPTURE_SCHEMA) -> pa.Table:
-    """Readings in ``schema`` (``CAPTURE_SCHEMA`` or ``ENCODED_SCHEMA``): missing payload and
-    context columns added as nulls."""
+    """A table in ``schema`` (``CAPTURE_SCHEMA``, ``ENCODED_SCHEMA``, a view's): the columns
+    it lacks (written before they existed) added as nulls."""
     for column_field in schema:
         if column_field.name not in table.column_names:
             table = table.append_column(column_field, pa.nulls(table.num_rows, column_field.type))

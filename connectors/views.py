@@ -24,6 +24,7 @@ import pyarrow.compute as pc
 
 from obsflow.connectors import layout
 from obsflow.connectors.errors import ConfigError, StoreError
+from obsflow.connectors.partitions import conform
 from obsflow.connectors.store import Store
 
 ROW_KEY = ("source", "channel", "window_start")  # one row per window of a series
@@ -277,7 +278,8 @@ class SegmentWriter:
         if self.fresh:
             return self.schema.empty_table()
         try:
-            return self.store.read_parquet(rel).select(self.schema.names).cast(self.schema)
+            # (a segment written before a column existed, first_seq say, reads it as null)
+            return conform(self.store.read_parquet(rel), self.schema)
         except FileNotFoundError:
             return self.schema.empty_table()
 

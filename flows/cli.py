@@ -72,6 +72,9 @@ COMMAND_EXAMPLES = {
   obsflow bluesky export --capture beamline --run 5f1c...e2 -o run.jsonl""",
     "store": """\
   obsflow store migrate --store s3://bucket/obs""",
+    "lineage": """\
+  obsflow lineage demo_10s --source sim-000 --channel temperature --at 2026-01-01T00:00:30Z
+  obsflow lineage buoy_daily --source b01 --channel sst --at 2016-03-02 -o behind.csv""",
     "sql": """\
   obsflow sql                                        (the tables and their columns)
   obsflow sql "select source, count(*), avg(value) from capture_buoy group by source"
@@ -637,6 +640,24 @@ def parser() -> argparse.ArgumentParser:
         "convert a store written before layout 2 to the current layout",
         _lazy("commands", "cmd_store"),
     )
+
+    sp = _command(
+        sub,
+        "lineage",
+        "the readings, runs and inputs behind one view row",
+        "the readings, runs and inputs behind one view row\n\n"
+        "The row of SOURCE/CHANNEL whose window starts at TIME (or holds it); then the capture's\n"
+        "readings it summarizes (its window and seq range, less the view's late readings), the\n"
+        "runs that captured them, their inputs, and the view definition and its hash.",
+    )
+    _store(sp)
+    sp.add_argument("name", metavar="VIEW", help="the view")
+    sp.add_argument("--source", required=True, help="the row's source")
+    sp.add_argument("--channel", required=True, help="the row's channel")
+    sp.add_argument("--at", required=True, metavar="TIME", help="the window's start (ISO 8601)")
+    sp.add_argument("-o", "--out", metavar="FILE", help="write the readings to FILE")
+    _limit(sp)
+    sp.set_defaults(func=_lazy("show", "cmd_lineage"))
 
     sp = _command(
         sub,

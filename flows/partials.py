@@ -39,6 +39,8 @@ class Partials:
     lt: np.ndarray  # (time, seq) of the last non-missing value; I64_MIN when none
     ls: np.ndarray
     lv: np.ndarray
+    smin: np.ndarray  # smallest and largest seq of the window's readings (lineage);
+    smax: np.ndarray  # I64_MAX and I64_MIN when not known (state saved before they existed)
 
     def __len__(self) -> int:
         return int(self.sid.size)
@@ -55,7 +57,7 @@ class Partials:
     @staticmethod
     def empty() -> Partials:
         i, f = np.zeros(0, np.int64), np.zeros(0, np.float64)
-        return Partials(i, i, i, i, i, f, f, f, f, f, i, i, f, i, i, f)
+        return Partials(i, i, i, i, i, f, f, f, f, f, i, i, f, i, i, f, i, i)
 
     def to_table(self) -> pa.Table:
         """Every field as a column, exactly (for saving open windows)."""
@@ -63,15 +65,21 @@ class Partials:
 
     @staticmethod
     def from_table(table: pa.Table) -> Partials:
+        unknown = {"smin": I64_MAX, "smax": I64_MIN}  # (state saved before they existed)
         return Partials(
-            *(table.column(f.name).to_numpy(zero_copy_only=False).copy() for f in fields(Partials))
+            *(
+                table.column(f.name).to_numpy(zero_copy_only=False).copy()
+                if f.name in table.column_names
+                else np.full(table.num_rows, unknown[f.name], np.int64)
+                for f in fields(Partials)
+            )
         )
 
 
 def reduce_runs(
     sid: np.ndarray,
     t: np.ndarray,
-    seq: np.ndarray | None,
+    seq_: np.ndarray,
     v: np.ndarray,
     starts: np.ndarray,
     need: frozenset[str],
@@ -80,16 +88,17 @@ def reduce_runs(
     equal times in arrival order, so (time, seq) ties resolve as reading by reading would.
 
     ``start``/``end`` are the run's first and last time; the caller sets them. Only the fields
-    in ``need`` are computed ("first_last" (needs ``seq``), "min", "max", "moments" (ref, mu),
-    "spread" (m2)); the others are neutral placeholders no view row reads.
+    in ``need`` are computed ("first_last", "min", "max", "moments" (ref, mu), "spread" (m2));
+    the others are neutral placeholders no view row reads. The seq range (``smin``, ``smax``)
+    is always kept: it is what a row's lineage starts from.
     """
     m, g = t.size, starts.size
     lens = np.diff(np.r_[starts, m])
     ends = starts + lens - 1
+    smin, smax = np.minimum.reduceat(seq_, starts), np.maximum.reduceat(seq_, starts)
     ok = ~np.isnan(v)
     all_ok = bool(ok.all())
-    if "first_last" not in need:
-        seq = None
+    seq = seq_ if "first_last" in need else None
     if seq is not None and g < m:
         same = np.repeat(np.arange(g), lens)
         tied = (t[1:] == t[:-1]) & (seq[1:] < seq[:-1]) & (same[1:] == same[:-1])
@@ -118,7 +127,24 @@ def reduce_runs(
             m2 = np.add.reduceat(np.square(dev, out=dev), starts)
     lo, hi, z = np.full(g, I64_MIN), np.full(g, I64_MAX), np.zeros(g, np.int64)
     out = Partials(
-        sid[starts], t[starts], t[ends], t[ends], n, ref, mu, m2, vmin, vmax, hi, z, nan, lo, z, nan
+        sid[starts],
+        t[starts],
+        t[ends],
+        t[ends],
+        n,
+        ref,
+        mu,
+        m2,
+        vmin,
+        vmax,
+        hi,
+        z,
+        nan,
+        lo,
+        z,
+        nan,
+        smin,
+        smax,
     )
     if seq is not None:
         first, last = starts, ends
@@ -168,6 +194,8 @@ def reduce_groups(p: Partials, group: np.ndarray, n_groups: int, *, first_last: 
         lt=q.lt[starts],
         ls=q.ls[starts],
         lv=q.lv[starts],
+        smin=np.minimum.reduceat(q.smin, starts),
+        smax=np.maximum.reduceat(q.smax, starts),
     )
     if first_last:
         ends = np.r_[starts[1:], len(q)] - 1

@@ -97,7 +97,7 @@ def cmd_views(args: argparse.Namespace) -> int:
     table = read_view(store, args.name, **filters(args), final_only=args.final)
     if args.out:
         return export(table, args.out, f"view {args.name!r}")
-    frame = table.drop(["run", "capture", "view_hash"]).to_pandas()
+    frame = table.drop(["run", "capture", "view_hash", "first_seq", "last_seq"]).to_pandas()
     if frame.empty:
         say(f"view {args.name!r}: no rows match")
         return 0
@@ -280,4 +280,38 @@ def cmd_sql(args: argparse.Namespace) -> int:
         print_frame(table.to_pandas(), args.limit)
     elif table.num_columns:
         say(f"no rows (columns: {', '.join(table.column_names)})")
+    return 0
+
+
+def cmd_lineage(args: argparse.Namespace) -> int:
+    from obsflow.flows.lineage import lineage
+    from obsflow.flows.replay import parse_time
+
+    store = opened(args)
+    at = parse_time(args.at, "--at")
+    if at is None:
+        raise ObsflowError("--at needs a time: the start of the window (or a time inside it)")
+    found = lineage(store, args.name, args.source, args.channel, at)
+    row = found.row
+    state = "final" if row.get("final") else "provisional (its window is still open)"
+    say(
+        f"view {found.view}: {args.source}/{args.channel} window [{row['window_start']}, "
+        f"{row['window_end']}), {state}"
+    )
+    aggregates = [a for a in found.definition.get("aggregates", []) if a in row]
+    say("  row: " + ", ".join(f"{a} {row[a]:.10g}" for a in aggregates if row[a] is not None))
+    say(
+        f"  view definition (hash {row.get('view_hash')}): "
+        + json.dumps(found.definition, sort_keys=True)
+    )
+    readings = found.readings
+    say(
+        f"  readings summarized: {readings.num_rows:,} of capture {found.capture!r}, seq "
+        f"{row.get('first_seq')}..{row.get('last_seq')}"
+    )
+    for run, inputs in found.inputs.items():
+        say(f"  captured by run {run}" + (f" from {', '.join(inputs)}" if inputs else ""))
+    if args.out:
+        return export(readings, args.out, "lineage")
+    print_frame(readings.to_pandas(), args.limit)
     return 0

@@ -305,16 +305,14 @@ class WindowKernel:
             val = (values.fill_null(np.nan) if values.null_count else values).to_numpy()
             seq = _array(batch.column("seq")).to_numpy()
             by = slice(None) if order is None else order  # (series, time, arrival) order
-            x, q = val[by], seq[by] if self._first_last else None
+            x, q = val[by], seq[by]
             partly = None if wm is None else self.policy.partly(ts, wm[by])
             if partly is None:
                 self._merge(*self._runs(s, ts, q, x))
             else:  # rare: those readings join only some of their windows
                 assert wm is not None
                 rest = ~partly
-                runs, sketch = self._runs(
-                    s[rest], ts[rest], None if q is None else q[rest], x[rest]
-                )
+                runs, sketch = self._runs(s[rest], ts[rest], q[rest], x[rest])
                 a = np.sort(np.arange(t.size)[by][partly])  # arrival order
                 more, more_sketch = self._singles(sid[a], t[a], seq[a], val[a], wm[a])
                 self._merge(Partials.concat(runs, more), Sketches.concat(sketch, more_sketch))
@@ -364,7 +362,7 @@ class WindowKernel:
         return True
 
     def _runs(
-        self, s: np.ndarray, t: np.ndarray, seq: np.ndarray | None, x: np.ndarray
+        self, s: np.ndarray, t: np.ndarray, seq: np.ndarray, x: np.ndarray
     ) -> tuple[Partials, Sketches]:
         """Partials of on-time readings sorted by (series, time, arrival): one per run sharing
         its windows, placed in those windows (fanned out, for hopping)."""
@@ -451,6 +449,7 @@ class WindowKernel:
             "window_start": pa.array(p.start[order]).cast(TIME_TYPE),
             "window_end": pa.array(p.end[order]).cast(TIME_TYPE),
         }
+        smin, smax = p.smin[order], p.smax[order]
         empty, few = n == 0, n < 2
         with np.errstate(invalid="ignore", divide="ignore"):
             var = p.m2[order] / (n - 1)
@@ -474,6 +473,9 @@ class WindowKernel:
             else:
                 q = sketch.quantiles(self._quantiles[agg])[order]
                 cols[agg] = pa.array(q, pa.float64(), mask=empty)
+        # What the row summarizes: its readings' seq range (null: from state saved before).
+        cols["first_seq"] = pa.array(smin, pa.int64(), mask=smin == I64_MAX)
+        cols["last_seq"] = pa.array(smax, pa.int64(), mask=smax == I64_MIN)
         return pa.table(cols)
 
     # saving ----------------------------------------------------------------------------------

@@ -187,7 +187,9 @@ def test_a_killed_host_stops_the_cluster_with_one_clear_error_and_a_rerun_resume
     hosts: Hosts, views: Path, one_process: dict[str, pd.DataFrame], tmp_path: Path
 ) -> None:
     store, recovery = "s3://obs/killed", tmp_path / "recovery"  # (one directory, as on NFS)
-    more = ("--recovery", str(recovery), "--snapshot-interval", "0.2")
+    # Small batches: the run lasts long enough to be caught mid-way on a fast machine (with
+    # 256 Ki-row batches it once ended before the poll below saw it connected).
+    more = ("--recovery", str(recovery), "--snapshot-interval", "0.2", "--batch-rows", "4000")
     procs = cluster(hosts, store, views, "c2", tmp_path / "first", *more)
     # Kill host w1's process once the two are connected and a snapshot is committed.
     deadline = time.monotonic() + WAIT

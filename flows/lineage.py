@@ -1,0 +1,151 @@
+"""Lineage: from one view row back to the readings, runs and inputs behind it.
+
+A view row carries the seq range of the readings it summarizes (``first_seq``, ``last_seq``),
+the hash of the view definition and the run that wrote it. ``lineage`` finds the row of a
+series whose window starts at (or holds) a time, then the capture's readings of that series
+inside the window and the seq range, less those the view set aside as late: exactly the
+readings the row's aggregates were computed from. Each reading's run is the run that captured
+it (the capture object it lies in; a compacted object names, per row group, the objects it
+replaced), and each run's inputs come from the capture's record of inputs.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from obsflow.connectors import layout
+from obsflow.connectors.capture import captured_inputs
+from obsflow.connectors.compaction import REPLACES_KEY
+from obsflow.connectors.errors import ConfigError
+from obsflow.connectors.reads import capture_files_read, read_late, read_view
+from obsflow.connectors.schema import READING_SCHEMA, TIME_TYPE, TRACE
+from obsflow.connectors.store import Store
+from obsflow.connectors.views import read_view_doc
+
+COLUMNS = [*READING_SCHEMA.names, TRACE]
+
+
+@dataclass(frozen=True)
+class Lineage:
+    """One view row and what is behind it."""
+
+    view: str
+    capture: str
+    row: dict[str, Any]  # the view row, as stored
+    definition: dict[str, Any]
+    readings: pa.Table  # the readings summarized: COLUMNS and the ``run`` that captured each
+    inputs: dict[str, list[str]]  # run -> the inputs it captured into the capture
+
+    @property
+    def runs(self) -> list[str]:
+        return sorted(set(self.readings.column("run").to_pylist()))
+
+
+def _row(store: Store, view: str, source: str, channel: str, at: int) -> dict[str, Any]:
+    """The view row of a series whose window starts at ``at``, else the one that holds it."""
+    rows = read_view(store, view, sources=[source], channels=[channel])
+    if not rows.num_rows:
+        raise ConfigError(f"view {view!r} has no rows of {source}/{channel}")
+    start = rows.column("window_start").cast(pa.int64())
+    end = rows.column("window_end").cast(pa.int64())
+    exact = pc.equal(start, at)
+    holding = pc.and_(pc.less_equal(start, at), pc.greater(end, at))
+    for mask in (exact, holding):
+        hits = rows.filter(mask)
+        if hits.num_rows == 1:
+            found: dict[str, Any] = hits.to_pylist()[0]
+            return found
+        if hits.num_rows > 1:
+            starts = ", ".join(str(s) for s in hits.column("window_start").to_pylist())
+            raise ConfigError(
+                f"{hits.num_rows} windows of {source}/{channel} in view {view!r} hold that "
+                f"time (they start at {starts}): give --at one of those starts"
+            )
+    first, last = rows.column("window_start")[0], rows.column("window_start")[-1]
+    raise ConfigError(
+        f"no window of {source}/{channel} in view {view!r} holds that time (its windows start "
+        f"from {first} to {last})"
+    )
+
+
+def _object_runs(rel: str, pf: pq.ParquetFile) -> list[str]:
+    """The run that captured each row group of a capture object."""
+    name = rel.rsplit("/", 1)[-1]
+    meta = pf.metadata.metadata or {}
+    if REPLACES_KEY in meta:  # compacted: row group i holds the i-th object it replaced
+        names = json.loads(meta[REPLACES_KEY])
+    else:
+        names = [name] * pf.metadata.num_row_groups
+    runs = []
+    for n in names:
+        m = layout.CAPTURE_OBJECT_RE.match(n)
+        runs.append(m["run"] if m else "?")
+    return runs
+
+
+def lineage(store: Store, view: str, source: str, channel: str, at: int) -> Lineage:
+    """The readings, runs and inputs behind one row of ``view`` (module docstring)."""
+    doc = read_view_doc(store, view)
+    capture = str(doc["capture"])
+    row = _row(store, view, source, channel, at)
+    t0 = pa.scalar(row["window_start"], TIME_TYPE).cast(pa.int64()).as_py()
+    t1 = pa.scalar(row["window_end"], TIME_TYPE).cast(pa.int64()).as_py()
+    s0, s1 = row.get("first_seq"), row.get("last_seq")
+    if s0 is None or s1 is None:
+        raise ConfigError(
+            f"this row of view {view!r} was written before rows carried their seq range: "
+            f"obsflow replay --capture {capture} rebuilds the view with it"
+        )
+    parts = []
+    for rel in capture_files_read(store, capture, [source]):
+        pf = pq.ParquetFile(store.arrow_fs.open_input_file(store.path(rel)))
+        runs = _object_runs(rel, pf)
+        names = [c for c in COLUMNS if c in pf.schema_arrow.names]
+        for g, run in enumerate(runs):
+            table = pf.read_row_group(g, columns=names)
+            if TRACE not in table.column_names:
+                table = table.append_column(TRACE, pa.nulls(table.num_rows, pa.string()))
+            t = table.column("time").cast(pa.int64())
+            seq = table.column("seq")
+            mask = pc.and_(
+                pc.and_(
+                    pc.equal(table.column("source"), source),
+                    pc.equal(table.column("channel"), channel),
+                ),
+                pc.and_(
+                    pc.and_(pc.greater_equal(t, t0), pc.less(t, t1)),
+                    pc.and_(pc.greater_equal(seq, s0), pc.less_equal(seq, s1)),
+                ),
+            )
+            hits = table.filter(mask).select(COLUMNS)
+            if hits.num_rows:
+                parts.append(
+                    hits.append_column("run", pa.repeat(run, hits.num_rows).cast(pa.string()))
+                )
+    schema = pa.schema(
+        [*READING_SCHEMA, pa.field(TRACE, pa.string()), pa.field("run", pa.string())]
+    )
+    readings = pa.concat_tables([p.cast(schema) for p in parts]) if parts else schema.empty_table()
+    late = read_late(store, view, sources=[source], channels=[channel], start=t0, until=t1)
+    if late.num_rows and readings.num_rows:  # set aside: in the capture, in no window of the view
+        readings = readings.join(late.select(["seq"]), "seq", join_type="left anti")
+    readings = readings.sort_by([("time", "ascending"), ("seq", "ascending")])
+    captured_by = set(readings.column("run").to_pylist())
+    inputs: dict[str, list[str]] = {r: [] for r in sorted(captured_by)}
+    for record in captured_inputs(store, capture).values():
+        if record.get("run") in captured_by:
+            inputs[record["run"]].append(str(record.get("input")))
+    return Lineage(
+        view=view,
+        capture=capture,
+        row=row,
+        definition=dict(doc["definition"]),
+        readings=readings,
+        inputs={r: sorted(v) for r, v in inputs.items()},
+    )
