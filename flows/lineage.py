@@ -20,6 +20,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from obsflow.connectors import layout
+from obsflow.connectors.archive import ns_of
 from obsflow.connectors.capture import captured_inputs
 from obsflow.connectors.compaction import REPLACES_KEY
 from obsflow.connectors.errors import ConfigError
@@ -107,7 +108,11 @@ def lineage(store: Store, view: str, source: str, channel: str, at: int) -> Line
         pf = pq.ParquetFile(store.arrow_fs.open_input_file(store.path(rel)))
         runs = _object_runs(rel, pf)
         names = [c for c in COLUMNS if c in pf.schema_arrow.names]
+        col = pf.schema_arrow.get_field_index("time")
         for g, run in enumerate(runs):
+            st = pf.metadata.row_group(g).column(col).statistics
+            if st is not None and st.has_min_max and (ns_of(st.max) < t0 or ns_of(st.min) >= t1):
+                continue  # (its footer says no reading of it lies in the window)
             table = pf.read_row_group(g, columns=names)
             if TRACE not in table.column_names:
                 table = table.append_column(TRACE, pa.nulls(table.num_rows, pa.string()))
