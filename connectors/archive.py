@@ -131,19 +131,31 @@ def _identity_hashes(table: pa.Table) -> tuple[np.ndarray, np.ndarray]:
     return mix(src ^ mix(seq ^ _SEQ_KEY)), mix(src ^ mix(ch ^ mix(t ^ _TIME_KEY)))
 
 
+def group_spans(md: Any) -> list[tuple[int, int] | None]:
+    """(min, max) event time in ns of each row group of a Parquet object, from its footer's
+    statistics (None for a row group without them)."""
+    col = md.schema.to_arrow_schema().get_field_index("time")
+    out: list[tuple[int, int] | None] = []
+    for g in range(md.num_row_groups):
+        st = md.row_group(g).column(col).statistics
+        known = st is not None and st.has_min_max
+        out.append((ns_of(st.min), ns_of(st.max)) if known else None)
+    return out
+
+
+def outside(span: tuple[int, int] | None, start: int | None, until: int | None) -> bool:
+    """Whether a row group of this span holds no reading in ``[start, until)`` for certain."""
+    return span is not None and (
+        (start is not None and span[1] < start) or (until is not None and span[0] >= until)
+    )
+
+
 def time_span(footers: Iterable[Any]) -> tuple[int, int] | None:
     """(min, max) event time in ns of Parquet objects, from their footers' statistics."""
-    lo = hi = None
-    for md in footers:
-        col = md.schema.to_arrow_schema().get_field_index("time")
-        for g in range(md.num_row_groups):
-            st = md.row_group(g).column(col).statistics
-            if st is None or not st.has_min_max:
-                continue
-            mn, mx = ns_of(st.min), ns_of(st.max)
-            lo = mn if lo is None else min(lo, mn)
-            hi = mx if hi is None else max(hi, mx)
-    return None if lo is None or hi is None else (lo, hi)
+    spans = [s for md in footers for s in group_spans(md) if s is not None]
+    if not spans:
+        return None
+    return min(s[0] for s in spans), max(s[1] for s in spans)
 
 
 def ns_of(value: object) -> int:

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import pyarrow.parquet as pq
 
 from obsflow.connectors import commits, layout
-from obsflow.connectors.archive import time_span
+from obsflow.connectors.archive import group_spans, time_span
 from obsflow.connectors.commits import Lease
 from obsflow.connectors.errors import ConfigError, StoreError
 from obsflow.connectors.store import Store
@@ -39,12 +39,8 @@ class ArchiveResult:
 def _span(md: pq.FileMetaData) -> tuple[int, int] | None:
     """(min, max) event time of a capture object from its footer; None unless every row group
     has statistics (an object is archived only when all of it is known to be old)."""
-    col = md.schema.to_arrow_schema().get_field_index("time")
-    for g in range(md.num_row_groups):
-        st = md.row_group(g).column(col).statistics
-        if st is None or not st.has_min_max:
-            return None
-    return time_span([md])
+    spans = group_spans(md)
+    return None if None in spans else time_span([md])
 
 
 def archive(store: Store, capture: str, run: str, *, before: int, to: Store) -> ArchiveResult:

@@ -26,14 +26,20 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
 
-from obsflow.connectors.archive import ns_of, time_span
+from obsflow.connectors.archive import group_spans, outside, time_span
 from obsflow.connectors.batch import DEFAULT_BATCH_ROWS
 from obsflow.connectors.capture import open_capture
 from obsflow.connectors.commits import Commit, archived_objects, capture_objects, read_log
 from obsflow.connectors.compaction import located
 from obsflow.connectors.errors import ConfigError
 from obsflow.connectors.ids import check_id
-from obsflow.connectors.partitions import ID_COLUMNS, encoded_schema, partition_of, partitions_of
+from obsflow.connectors.partitions import (
+    ID_COLUMNS,
+    conform,
+    encoded_schema,
+    partition_of,
+    partitions_of,
+)
 from obsflow.connectors.schema import READING_SCHEMA, TRACE
 from obsflow.connectors.store import Store
 
@@ -96,8 +102,9 @@ def plan(log: list[Commit], capture: str, part: int, partitions: int) -> list[Se
 def time_range(store: Store, capture: str) -> tuple[int, int] | None:
     """(min, max) event time of a capture in ns, from Parquet footers only (those of objects
     in an archive store too)."""
-    objects = capture_objects(store, capture).values()
-    cold = archived_objects(read_log(store, capture))
+    log = read_log(store, capture)
+    objects = capture_objects(store, capture, log).values()
+    cold = archived_objects(log)
     return time_span(
         [
             *(store.parquet_metadata(rel) for rels in objects for rel in rels),
@@ -183,27 +190,15 @@ class _CapturePartition(StatefulSourcePartition[ReplayBatch, Position]):
 
     def _row_groups(self, pf: pq.ParquetFile) -> list[int]:
         """Row groups that can hold readings in [start, until) (by footer statistics)."""
-        spec, md = self._spec, pf.metadata
-        col = md.schema.to_arrow_schema().get_field_index("time")
-        keep = []
-        for g in range(md.num_row_groups):
-            st = md.row_group(g).column(col).statistics
-            if (
-                st is not None
-                and st.has_min_max
-                and (
-                    (spec.start is not None and ns_of(st.max) < spec.start)
-                    or (spec.until is not None and ns_of(st.min) >= spec.until)
-                )
-            ):
-                continue
-            keep.append(g)
-        return keep
+        spans = group_spans(pf.metadata)
+        return [
+            g
+            for g, span in enumerate(spans)
+            if not outside(span, self._spec.start, self._spec.until)
+        ]
 
     def _restrict(self, table: pa.Table) -> pa.Table:
-        if TRACE not in table.column_names:
-            table = table.append_column(TRACE, pa.nulls(table.num_rows, pa.string()))
-        table = table.select(REPLAYED.names).cast(ENCODED_READINGS)
+        table = conform(table, ENCODED_READINGS)  # (a trace id the object lacks: null)
         spec = self._spec
         mask = None
         if spec.sources:

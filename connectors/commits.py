@@ -116,12 +116,15 @@ def read_log(store: Store, capture: str, *, since: int = 0) -> list[Commit]:
     return [Commit.from_json(store.read_json(layout.commit_doc(capture, n))) for n in numbers]
 
 
-def capture_objects(store: Store, capture: str) -> dict[int, list[str]]:
+def capture_objects(
+    store: Store, capture: str, log: list[Commit] | None = None
+) -> dict[int, list[str]]:
     """Every capture object in the capture's store per partition, in capture order (commit by
     commit); objects a compaction replaced give way to the one that holds them now, and those
-    moved to an archive (``archived_objects``) are left out."""
+    moved to an archive (``archived_objects``) are left out. ``log``: the capture's commit log,
+    if already read."""
     out: dict[int, list[str]] = {}
-    log = read_log(store, capture)
+    log = read_log(store, capture) if log is None else log
     gone = {old for entry in log for olds in entry.replaces.values() for old in olds}
     gone.update(archived_objects(log))
     for entry in log:

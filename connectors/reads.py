@@ -209,12 +209,18 @@ def read_deadletters(
     files = deadletter_files(store, run)
     expr = _and(pc.field("reason") == reason if reason else None, trace_filter(trace_ids))
     table = store.scan(files, schema=layout.DEADLETTER_SCHEMA, filter=expr)
-    if unresolved and table.num_rows:
-        done = read_resolved(store)
-        if done.num_rows:
-            keys = ["run", "origin", "row"]
-            table = table.join(done.select(keys), keys, join_type="left anti")
+    if unresolved:
+        table = drop_resolved(store, table)
     return _select(table, None, ("run", "origin", "row"))
+
+
+def drop_resolved(store: Store, dead: pa.Table) -> pa.Table:
+    """The dead letters of ``dead`` that no retry has captured since."""
+    done = read_resolved(store) if dead.num_rows else None
+    if done is None or not done.num_rows:
+        return dead
+    keys = ["run", "origin", "row"]
+    return _select(dead.join(done.select(keys), keys, join_type="left anti"), None, keys)
 
 
 def late_files(store: Store, view: str, run: str | None = None) -> list[str]:

@@ -13,6 +13,7 @@ import pyarrow as pa
 
 from obsflow.connectors import layout
 from obsflow.connectors.ids import check_name
+from obsflow.connectors.partitions import conform
 from obsflow.connectors.store import Store
 
 
@@ -61,9 +62,6 @@ class ChunkLog:
         buffer, self._buffer, self._rows = self._buffer, [], 0
         table = pa.concat_tables(buffer, promote_options="default")
         table = table.append_column("run", pa.repeat(self.run, table.num_rows).cast(pa.string()))
-        for f in self.schema:  # (a column some producers do not fill: null)
-            if f.name not in table.column_names:
-                table = table.append_column(f.name, pa.nulls(table.num_rows, f.type))
-        table = table.select(self.schema.names).cast(self.schema)
+        table = conform(table, self.schema)  # (a column some producers do not fill: null)
         self.store.write_parquet(self._object(self.chunk), table)
         self.chunk += 1

@@ -526,7 +526,8 @@ def cmd_archive(args: argparse.Namespace) -> int:
     before = replay.parse_time(args.before, "--before")
     if before is None:
         raise ConfigError("--before needs a time, e.g. 2025-01-01")
-    result = archive(store, args.name, new_run_id(), before=before, to=Store(args.to))
+    cold = Store(args.to)
+    result = archive(store, args.name, new_run_id(), before=before, to=cold)
     if result.commit is None:
         say(
             f"capture {args.name!r}: nothing to archive (no object lies wholly before "
@@ -535,7 +536,7 @@ def cmd_archive(args: argparse.Namespace) -> int:
     else:
         say(
             f"capture {args.name!r}: moved {result.objects:,} objects ({result.rows:,} readings, "
-            f"{result.bytes:,} bytes) to {Store(args.to).uri()} (commit #{result.commit}); "
+            f"{result.bytes:,} bytes) to {cold.uri()} (commit #{result.commit}); "
             f"manifest {result.manifest}"
         )
     return 0

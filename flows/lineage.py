@@ -20,16 +20,18 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from obsflow.connectors import layout
-from obsflow.connectors.archive import ns_of
+from obsflow.connectors.archive import group_spans, outside
 from obsflow.connectors.capture import captured_inputs
+from obsflow.connectors.capture_source import REPLAYED
 from obsflow.connectors.compaction import REPLACES_KEY
 from obsflow.connectors.errors import ConfigError
+from obsflow.connectors.partitions import conform
 from obsflow.connectors.reads import capture_files_read, read_late, read_view
-from obsflow.connectors.schema import READING_SCHEMA, TIME_TYPE, TRACE
+from obsflow.connectors.schema import TIME_TYPE
 from obsflow.connectors.store import Store
 from obsflow.connectors.views import read_view_doc
 
-COLUMNS = [*READING_SCHEMA.names, TRACE]
+READINGS = REPLAYED  # the reading columns and the trace id
 
 
 @dataclass(frozen=True)
@@ -40,7 +42,7 @@ class Lineage:
     capture: str
     row: dict[str, Any]  # the view row, as stored
     definition: dict[str, Any]
-    readings: pa.Table  # the readings summarized: COLUMNS and the ``run`` that captured each
+    readings: pa.Table  # the readings summarized: READINGS and the ``run`` that captured each
     inputs: dict[str, list[str]]  # run -> the inputs it captured into the capture
 
     @property
@@ -107,15 +109,12 @@ def lineage(store: Store, view: str, source: str, channel: str, at: int) -> Line
     for rel in capture_files_read(store, capture, [source]):
         pf = pq.ParquetFile(store.arrow_fs.open_input_file(store.path(rel)))
         runs = _object_runs(rel, pf)
-        names = [c for c in COLUMNS if c in pf.schema_arrow.names]
-        col = pf.schema_arrow.get_field_index("time")
+        names = [c for c in READINGS.names if c in pf.schema_arrow.names]
+        spans = group_spans(pf.metadata)
         for g, run in enumerate(runs):
-            st = pf.metadata.row_group(g).column(col).statistics
-            if st is not None and st.has_min_max and (ns_of(st.max) < t0 or ns_of(st.min) >= t1):
+            if outside(spans[g], t0, t1):
                 continue  # (its footer says no reading of it lies in the window)
-            table = pf.read_row_group(g, columns=names)
-            if TRACE not in table.column_names:
-                table = table.append_column(TRACE, pa.nulls(table.num_rows, pa.string()))
+            table = conform(pf.read_row_group(g, columns=names), READINGS)
             t = table.column("time").cast(pa.int64())
             seq = table.column("seq")
             mask = pc.and_(
@@ -128,15 +127,13 @@ def lineage(store: Store, view: str, source: str, channel: str, at: int) -> Line
                     pc.and_(pc.greater_equal(seq, s0), pc.less_equal(seq, s1)),
                 ),
             )
-            hits = table.filter(mask).select(COLUMNS)
+            hits = table.filter(mask)
             if hits.num_rows:
                 parts.append(
                     hits.append_column("run", pa.repeat(run, hits.num_rows).cast(pa.string()))
                 )
-    schema = pa.schema(
-        [*READING_SCHEMA, pa.field(TRACE, pa.string()), pa.field("run", pa.string())]
-    )
-    readings = pa.concat_tables([p.cast(schema) for p in parts]) if parts else schema.empty_table()
+    schema = READINGS.append(pa.field("run", pa.string()))
+    readings = pa.concat_tables(parts) if parts else schema.empty_table()
     late = read_late(store, view, sources=[source], channels=[channel], start=t0, until=t1)
     if late.num_rows and readings.num_rows:  # set aside: in the capture, in no window of the view
         readings = readings.join(late.select(["seq"]), "seq", join_type="left anti")

@@ -23,6 +23,7 @@ from obsflow.connectors.payload_format import PAYLOAD_SCHEMA, check_sha256
 from obsflow.connectors.payloads import PayloadStore
 from obsflow.connectors.reads import (
     count_by,
+    drop_resolved,
     read_capture,
     read_deadletters,
     read_late,
@@ -176,7 +177,8 @@ def verify(store: Store, name: str) -> int:
 
 def cmd_deadletters(args: argparse.Namespace) -> int:
     store = opened(args)
-    table = read_deadletters(store, run=args.run, reason=args.reason, unresolved=not args.all)
+    every = read_deadletters(store, run=args.run, reason=args.reason)
+    table = every if args.all else drop_resolved(store, every)
     keys = ["run", "reason"]
     if args.all and table.num_rows:
         done = read_resolved(store)
@@ -186,7 +188,7 @@ def cmd_deadletters(args: argparse.Namespace) -> int:
         table = table.set_column(table.schema.get_field_index("resolved_by"), "resolved_by", open_)
         keys.append("resolved_by")
     elif not args.all:
-        hidden = read_deadletters(store, run=args.run, reason=args.reason).num_rows - table.num_rows
+        hidden = every.num_rows - table.num_rows
         if hidden:
             say(f"({hidden:,} dead letters a retry resolved are hidden: --all shows them)")
     if table.num_rows == 0:
