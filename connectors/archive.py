@@ -26,11 +26,12 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from obsflow.connectors.commits import capture_objects
+from obsflow.connectors import layout
 from obsflow.connectors.dedup import content_hashes, mix, string_hashes
 from obsflow.connectors.store import Store
+from obsflow.connectors.tables import FileEntry
 
-_COLUMNS = ["source", "seq", "time", "channel", "value"]
+_COLUMNS = ["source", "seq", "time_ns", "channel", "value"]  # (as stored)
 _SEQ_KEY = np.uint64(0x243F6A8885A308D3)  # salts: a seq and a time never hash alike
 _TIME_KEY = np.uint64(0x13198A2E03707344)
 
@@ -67,29 +68,24 @@ def _lookup(
 
 @dataclass
 class Archive:
-    """The committed capture objects of one partition with their event-time spans, and the
-    identity indexes of the objects read lately (readings mostly come in time order, so one
-    object serves many batches)."""
+    """The committed files of one capture partition with their event-time spans (from the
+    table's statistics), and the identity indexes of the files read lately (readings mostly
+    come in time order, so one file serves many batches)."""
 
     store: Store
-    spans: list[tuple[str, int, int]]  # (object, first time, last time)
+    files: list[FileEntry]
     cache: dict[str, _Index] = field(default_factory=dict)
-    cache_size: int = 4  # objects: bounded memory
+    cache_size: int = 4  # files: bounded memory
 
-    @classmethod
-    def load(cls, store: Store, capture: str, part: int) -> Archive:
-        spans = []
-        for rel in capture_objects(store, capture).get(part, []):
-            span = time_span([store.parquet_metadata(rel)])
-            if span is not None:
-                spans.append((rel, *span))
-        return cls(store, spans)
+    def __post_init__(self) -> None:
+        self.spans = [(f.path, *s) for f in self.files if (s := f.span("time_ns")) is not None]
 
     def _index(self, rel: str) -> _Index:
         if rel not in self.cache:
             if len(self.cache) >= self.cache_size:
                 self.cache.pop(next(iter(self.cache)))  # the oldest
-            self.cache[rel] = _Index.of(self.store.scan([rel], columns=_COLUMNS, unify=True))
+            table = self.store.scan([rel], columns=_COLUMNS)
+            self.cache[rel] = _Index.of(layout.loaded(table, layout.CAPTURE_SCHEMA))
         return self.cache[rel]
 
     def check(self, readings: pa.Table) -> tuple[np.ndarray, np.ndarray]:
@@ -131,15 +127,17 @@ def _identity_hashes(table: pa.Table) -> tuple[np.ndarray, np.ndarray]:
     return mix(src ^ mix(seq ^ _SEQ_KEY)), mix(src ^ mix(ch ^ mix(t ^ _TIME_KEY)))
 
 
-def group_spans(md: Any) -> list[tuple[int, int] | None]:
-    """(min, max) event time in ns of each row group of a Parquet object, from its footer's
-    statistics (None for a row group without them)."""
-    col = md.schema.to_arrow_schema().get_field_index("time")
+def group_spans(md: Any, column: str = "time_ns") -> list[tuple[int, int] | None]:
+    """(min, max) event time in ns of each row group of a Parquet file, from its footer's
+    statistics of ``column`` (None for a row group without them)."""
+    col = md.schema.to_arrow_schema().get_field_index(column)
     out: list[tuple[int, int] | None] = []
     for g in range(md.num_row_groups):
-        st = md.row_group(g).column(col).statistics
-        known = st is not None and st.has_min_max
-        out.append((ns_of(st.min), ns_of(st.max)) if known else None)
+        st = md.row_group(g).column(col).statistics if col >= 0 else None
+        if st is not None and st.has_min_max:
+            out.append((ns_of(st.min), ns_of(st.max)))
+        else:
+            out.append(None)
     return out
 
 

@@ -22,7 +22,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from obsflow.connectors import layout
+from obsflow.connectors import layout, tables
 from obsflow.connectors.batch import RawBatch
 from obsflow.connectors.bluesky import SETTLED, DocumentBatch, DocumentStream, Reject, reject
 from obsflow.connectors.bluesky_external import DEFAULT_WAIT, ExternalResolver
@@ -302,10 +302,12 @@ def merge(batches: list[DocumentBatch]) -> DocumentBatch:
 def read_documents(store: Store, capture: str, *, run_uid: str | None = None) -> pa.Table:
     """The run and asset documents stored with a capture (each once, in the order they were
     stored), of one Bluesky run or all."""
-    folder = layout.documents_dir(capture)
-    files = sorted(f for f in store.walk_files(folder) if layout.visible(f))
+    from obsflow.connectors.reads import scan  # (reads imports what imports this module)
+
+    snap = tables.snapshot(store, layout.documents_dir(capture))
+    files = [] if snap is None else sorted(snap.files, key=lambda f: f.path)
     expr = pc.field("run_uid") == run_uid if run_uid else None
-    table = store.scan(files, schema=layout.DOCUMENT_LOG_SCHEMA, filter=expr)
+    table = scan(store, files, layout.DOCUMENT_LOG_SCHEMA, filter=expr)
     if not table.num_rows:
         return table
     # A document is stored once (a redelivered one is skipped), but be robust to a store that

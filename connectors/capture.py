@@ -1,23 +1,23 @@
-"""The capture: an append-only, partitioned reading log under ``<store>/captures/<name>/``.
+"""The capture: an append-only, partitioned reading log, a Delta table at ``captures/<name>/``.
 
-Objects are ``captures/<name>/part-0003/<run>-<chunk>.parquet`` (``CAPTURE_SCHEMA``, arrival
-order); a plain read of the folder returns every committed reading exactly once, since a run's
-objects only move there when it commits (``connectors.commits``). Bookkeeping (partition count,
-next seq numbers, dedup memory, inputs already captured) lives under
-``_obsflow/captures/<name>/``. A source's readings always land in one partition (a stable
-crc32 of its id), so its order is kept and replay can run partitions in parallel.
+Files are ``part-0003/<run>-<chunk>.parquet`` (``CAPTURE_TABLE_SCHEMA`` as stored), each in
+arrival order; every reading carries the number of the commit that captured it, so the table
+read in commit order is the capture's order. A source's readings always land in one partition
+(a stable crc32 of its id), so its order is kept and replay can run partitions in parallel.
+The table's description holds the partition count, fixed at creation. A run's bookkeeping —
+next seq numbers, dedup memory — goes to ``_obsflow/captures/<name>/state/<run>/``, and the
+commit names, per partition, the runs whose folders hold its current state.
 """
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import hashlib
 import json
 import secrets
 import threading
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
@@ -25,24 +25,23 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from obsflow.connectors import layout
-from obsflow.connectors.archive import Archive, time_span
-from obsflow.connectors.commits import head
-from obsflow.connectors.compaction import hidden_by_compaction
+from obsflow.connectors import layout, tables
+from obsflow.connectors.archive import Archive
 from obsflow.connectors.dedup import DEFAULT_HORIZON, Deduper
 from obsflow.connectors.errors import CaptureExistsError, ConfigError, StoreError
-from obsflow.connectors.ids import check_name
 from obsflow.connectors.partitions import ENCODED_SCHEMA, assign_seq, conform, encode_ids
 from obsflow.connectors.schema import REJECT_SCHEMA
 from obsflow.connectors.store import Store
+from obsflow.connectors.tables import DataFile, FileEntry, Snapshot
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 3
 DEFAULT_PARTITIONS = 4
 MAX_PARTITIONS = 1024
 
 ORIGIN_COLUMNS = ("_origin", "_row", "_parent_seq")
 """Where each reading came from (and, for a feature derived from a payload, the payload
 reading's seq); travels with readings up to the capture, is not stored."""
+CAPTURE_STORED = layout.stored_schema(layout.CAPTURE_TABLE_SCHEMA)
 
 
 def new_run_id() -> str:
@@ -57,21 +56,35 @@ class CaptureMeta:
     created: str
     format: int = FORMAT_VERSION
 
+    def description(self) -> dict[str, Any]:
+        """What the capture table's description holds."""
+        return {"kind": "capture", **self.__dict__}
 
-def open_capture(store: Store, name: str) -> CaptureMeta:
+
+def capture_snapshot(store: Store, name: str, *, as_of: Any = None) -> Snapshot | None:
+    """A version of the capture's table (``tables.snapshot``); None if there is none."""
+    return tables.snapshot(store, layout.capture_dir(name), as_of=as_of)
+
+
+def open_capture(store: Store, name: str, snap: Snapshot | None = None) -> CaptureMeta:
     """A capture's metadata (``StoreError`` if there is no such capture)."""
-    rel = layout.capture_doc(name)
-    try:
-        return CaptureMeta(**store.read_json(rel))
-    except FileNotFoundError:
+    snap = snap or capture_snapshot(store, name)
+    if snap is None:
         raise StoreError(
             f"no capture {name!r} in {store.uri()} (captures: "
             f"{', '.join(list_captures(store)) or 'none'})"
-        ) from None
+        )
+    d = snap.description
+    return CaptureMeta(
+        name=name,
+        partitions=int(d["partitions"]),
+        created=str(d.get("created", "")),
+        format=int(d.get("format", FORMAT_VERSION)),
+    )
 
 
 def capture_exists(store: Store, name: str) -> bool:
-    return store.exists(layout.capture_doc(name))
+    return tables.exists(store, layout.capture_dir(name))
 
 
 def planned_capture(store: Store, name: str, partitions: int | None) -> CaptureMeta:
@@ -91,15 +104,18 @@ def planned_capture(store: Store, name: str, partitions: int | None) -> CaptureM
     return CaptureMeta(name=name, partitions=n, created=datetime.now(UTC).isoformat())
 
 
-def stage_capture_doc(store: Store, run: str, meta: CaptureMeta) -> None:
-    """Stage a new capture's document (moved into place by the run's commit)."""
-    if not capture_exists(store, meta.name):
-        store.write_json(layout.staged(run, layout.capture_doc(meta.name)), meta.__dict__)
-
-
 def list_captures(store: Store) -> list[str]:
-    folder = f"{layout.META}/captures"
-    return [n for n in store.listdir(folder) if store.exists(layout.capture_doc(n))]
+    return [n for n in store.listdir("captures") if store.exists(f"captures/{n}/{tables.LOG_DIR}")]
+
+
+@dataclass(frozen=True)
+class StateRef:
+    """Where a partition's bookkeeping is after a run: the runs whose ``state/<run>/`` folders
+    hold it (the first one's holds the partition's state document)."""
+
+    table: str  # the capture's (or a view's) store-relative root
+    part: int
+    runs: tuple[str, ...]
 
 
 @dataclass
@@ -111,6 +127,7 @@ class WriterState:
     chunk: int
     next_seq: dict[str, int]
     dedup: Deduper
+    written: list[DataFile] = field(default_factory=list)  # files not reported yet
 
 
 MAX_DEDUP_DELTAS = 64
@@ -132,9 +149,11 @@ memory grew with the length of the input until that overlap set in (``bench_memo
 
 @dataclass(frozen=True)
 class SavedDedup:
-    """How a partition's dedup memory is saved: a whole state (``.dedup.parquet``, of
-    ``base_rows`` identities) plus the deltas of the runs after it (``.dedup.<run>.parquet``)."""
+    """How a partition's dedup memory is saved: a whole memory (``.dedup.parquet`` in run
+    ``base``'s folder, of ``base_rows`` identities) plus the deltas of the runs after it
+    (``.dedup-delta.parquet`` in each of their folders)."""
 
+    base: str | None = None
     base_rows: int = 0
     deltas: tuple[str, ...] = ()
     delta_rows: int = 0
@@ -143,6 +162,7 @@ class SavedDedup:
     def of(cls, state: dict[str, Any]) -> SavedDedup:
         doc = state.get("dedup", {})
         return cls(
+            doc.get("base"),
             int(doc.get("base_rows", 0)),
             tuple(map(str, doc.get("deltas", ()))),
             int(doc.get("delta_rows", 0)),
@@ -150,10 +170,15 @@ class SavedDedup:
 
     def to_json(self) -> dict[str, Any]:
         return {
+            "base": self.base,
             "base_rows": self.base_rows,
             "deltas": list(self.deltas),
             "delta_rows": self.delta_rows,
         }
+
+    @property
+    def runs(self) -> tuple[str, ...]:
+        return (*((self.base,) if self.base else ()), *self.deltas)
 
 
 @dataclass(frozen=True)
@@ -165,12 +190,14 @@ class Appended:
 
 
 class PartitionWriter:
-    """Writes one capture partition of one run: dedup, seq numbers, buffered Parquet objects.
+    """Writes one capture partition of one run: dedup, seq numbers, buffered Parquet files.
 
-    Objects go to the run's staging folder under deterministic names per (run, chunk), so a
-    resumed run rewrites exactly the objects it had not snapshotted (``discard_after`` removes
-    the rest). Seq and dedup bookkeeping start from the capture's committed state and are
-    staged at ``close``: the run's commit moves objects and bookkeeping in together.
+    Files get deterministic names per (run, chunk) in the capture table's folder, invisible
+    until the run's commit adds them, so a resumed run rewrites exactly the files it had not
+    snapshotted (``discard_after`` removes the rest). Seq numbers and dedup memory start from
+    the state of the capture's commit ``n - 1`` (``state``: the runs whose folders hold it) and
+    are saved in this run's folder at ``close``. Every reading is marked with the number ``n``
+    this run commits as.
     """
 
     def __init__(
@@ -180,29 +207,31 @@ class PartitionWriter:
         part: int,
         run_id: str,
         *,
+        n: int,
+        state: list[str] | None = None,
         horizon: int = DEFAULT_HORIZON,
         resume: WriterState | None = None,
         target_rows: int = 1 << 17,
+        files: list[FileEntry] | None = None,
     ) -> None:
-        self.store, self.capture, self.part = store, capture, part
+        self.store, self.capture, self.part, self.n = store, capture, part, n
         self.target_rows = target_rows
-        committed = self._committed_state()
+        self._files = files  # the partition's committed files (for old duplicates)
+        committed = self._committed_state(state)
         self._saved = SavedDedup.of(committed)
-        for run in committed.get("superseded", []):  # deltas a saved state made useless
-            self.store.delete(self._delta(run))
         if resume is None:
             next_seq = {str(k): int(v) for k, v in committed.get("next_seq", {}).items()}
             dedup = self._load_dedup(horizon, str(committed.get("run", "")))
             resume = WriterState(part, run_id, 0, next_seq, dedup)
             # A run restarted before its first snapshot starts over: drop what the earlier
-            # attempt staged for this partition.
+            # attempt wrote for this partition.
             self.state = resume
             self.discard_after(0)
         self.state = resume
         self._archive: Archive | None = None  # loaded when a reading older than memory comes
         self._buffer: list[pa.Table] = []
         self._buffered = 0
-        self._writing: Future[int] | None = None
+        self._writing: Future[DataFile] | None = None
 
     @property
     def run_id(self) -> str:
@@ -216,18 +245,13 @@ class PartitionWriter:
     def next_seq(self) -> dict[str, int]:
         return self.state.next_seq
 
-    def _committed_state(self) -> dict[str, Any]:
+    def _committed_state(self, runs: list[str] | None) -> dict[str, Any]:
         """The partition's bookkeeping as the capture's last commit left it."""
-        try:
-            state: dict[str, Any] = self.store.read_json(
-                layout.capture_state(self.capture, self.part, ".json")
-            )
-        except FileNotFoundError:
+        if not runs:
             return {}
+        rel = layout.capture_state(self.capture, runs[0], self.part, ".json")
+        state: dict[str, Any] = self.store.read_json(rel)
         return state
-
-    def _delta(self, run: str) -> str:
-        return layout.capture_state(self.capture, self.part, f".dedup.{check_name(run)}.parquet")
 
     def _load_dedup(self, horizon: int, written_by: str) -> Deduper:
         """The dedup memory the capture's last commit left: kept in this process if this
@@ -240,23 +264,24 @@ class PartitionWriter:
             return Deduper(horizon=horizon)
         else:
             saved = self._saved
-            tables = []
-            with contextlib.suppress(FileNotFoundError):
-                tables.append(self.store.read_parquet(self._base()))
-            tables += [self.store.read_parquet(self._delta(run)) for run in saved.deltas]
+            tables_ = []
+            if saved.base:
+                tables_.append(self.store.read_parquet(self._base(saved.base)))
+            tables_ += [self.store.read_parquet(self._delta(run)) for run in saved.deltas]
             dedup = (
-                Deduper.from_table(pa.concat_tables(tables), horizon)
-                if tables
+                Deduper.from_table(pa.concat_tables(tables_), horizon)
+                if tables_
                 else Deduper(horizon=horizon)
             )
-            if not self._saved.base_rows and tables:  # a state saved before deltas existed
-                self._saved = SavedDedup(base_rows=tables[0].num_rows)
         # A delta is worth saving while the deltas are smaller than the saved state.
         dedup.keep_journal(max(0, self._saved.base_rows - self._saved.delta_rows))
         return dedup
 
-    def _base(self) -> str:
-        return layout.capture_state(self.capture, self.part, ".dedup.parquet")
+    def _base(self, run: str) -> str:
+        return layout.capture_state(self.capture, run, self.part, ".dedup.parquet")
+
+    def _delta(self, run: str) -> str:
+        return layout.capture_state(self.capture, run, self.part, ".dedup-delta.parquet")
 
     def append(self, table: pa.Table) -> Appended:
         """Drop duplicates, set conflicts aside, number and buffer the rest."""
@@ -295,7 +320,11 @@ class PartitionWriter:
         if not old.any():
             return dedup.check(readings)
         if self._archive is None:
-            self._archive = Archive.load(self.store, self.capture, self.part)
+            files = self._files
+            if files is None:
+                snap = capture_snapshot(self.store, self.capture)
+                files = [] if snap is None else snap.under(layout.part_name(self.part) + "/")
+            self._archive = Archive(self.store, files)
         at = np.flatnonzero(old)
         dup, clash = self._archive.check(readings.filter(pa.array(old)))
         accept = np.zeros(readings.num_rows, bool)
@@ -306,13 +335,11 @@ class PartitionWriter:
         accept[rest], conflict[rest] = dedup.check(readings.filter(pa.array(rest)))
         return accept, conflict
 
-    def _object(self, chunk: int) -> str:
-        return layout.staged(
-            self.run_id, layout.capture_object(self.capture, self.part, self.run_id, chunk)
-        )
+    def _file(self, chunk: int) -> str:
+        return layout.capture_file(self.capture, self.part, self.run_id, chunk)
 
     def flush(self) -> None:
-        """Write buffered rows as the next chunk object (in the run's staging folder).
+        """Write buffered rows as the next chunk file (not yet part of the table).
 
         The write runs on a background thread (Parquet encoding and the upload release the
         GIL, so it overlaps the next batches' work); at most one write per partition is in
@@ -320,12 +347,22 @@ class PartitionWriter:
         if not self._buffer:
             return
         table = pa.concat_tables(self._buffer).cast(layout.CAPTURE_SCHEMA)
+        table = table.append_column(
+            layout.COMMIT, pa.repeat(self.n, table.num_rows).cast(pa.int64())
+        )
         self._buffer, self._buffered = [], 0
         self.wait()
         _IN_FLIGHT.acquire()
+        rel = self._file(self.chunk)
         try:
             self._writing = _WRITES.submit(
-                self.store.write_parquet, self._object(self.chunk), table
+                lambda: tables.write_file(
+                    self.store,
+                    layout.capture_dir(self.capture),
+                    rel,
+                    layout.stored(table),
+                    layout.STATS,
+                )
             )
         except BaseException:
             _IN_FLIGHT.release()
@@ -334,49 +371,49 @@ class PartitionWriter:
         self.state.chunk += 1
 
     def wait(self) -> None:
-        """Wait for the object being written, if any (its error is raised here)."""
+        """Wait for the file being written, if any (its error is raised here)."""
         if self._writing is not None:
             writing, self._writing = self._writing, None
-            writing.result()
+            self.state.written.append(writing.result())
 
-    def close(self) -> None:
-        """Flush, and stage the seq numbers and dedup memory for the next run: the identities
-        remembered in this run as a delta while the deltas stay smaller than the last saved
-        state (so a cycle of a live session saves what it added, not the whole memory), else
-        the whole memory. The memory is also kept in this process for the next cycle."""
+    def take_written(self) -> list[DataFile]:
+        """The files written since the last call (for the run's commit)."""
+        out, self.state.written = self.state.written, []
+        return out
+
+    def close(self) -> StateRef:
+        """Flush, and save the seq numbers and dedup memory for the next run in this run's
+        folder: the identities remembered in this run as a delta while the deltas stay smaller
+        than the last whole memory saved (so a cycle of a live session saves what it added,
+        not the whole memory), else the whole memory. The memory is also kept in this process
+        for the next cycle. Returns where the partition's state now is."""
         self.flush()
         self.wait()
-        dedup, saved = self.state.dedup, self._saved
-        superseded: list[str] = []
+        dedup, saved, run = self.state.dedup, self._saved, self.run_id
         if dedup.horizon > 0:
             delta = dedup.journal_table()
             if delta is not None and len(saved.deltas) < MAX_DEDUP_DELTAS:
                 if delta.num_rows:
-                    self.store.write_parquet(
-                        layout.staged(self.run_id, self._delta(self.run_id)), delta
-                    )
+                    self.store.write_parquet(self._delta(run), delta)
                     saved = SavedDedup(
+                        saved.base,
                         saved.base_rows,
-                        (*saved.deltas, self.run_id),
+                        (*saved.deltas, run),
                         saved.delta_rows + delta.num_rows,
                     )
             else:
-                self.store.write_parquet(layout.staged(self.run_id, self._base()), dedup.to_table())
-                superseded = list(saved.deltas)
-                saved = SavedDedup(base_rows=len(dedup))
+                self.store.write_parquet(self._base(run), dedup.to_table())
+                saved = SavedDedup(base=run, base_rows=len(dedup))
         self.store.write_json(
-            layout.staged(self.run_id, layout.capture_state(self.capture, self.part, ".json")),
-            {
-                "next_seq": self.state.next_seq,
-                "run": self.run_id,
-                "dedup": saved.to_json(),
-                "superseded": superseded,
-            },
+            layout.capture_state(self.capture, run, self.part, ".json"),
+            {"next_seq": self.state.next_seq, "run": run, "dedup": saved.to_json()},
         )
         with _MEMORY_LOCK:
-            _MEMORY[(self.store.url, self.capture, self.part)] = (self.run_id, dedup)
+            _MEMORY[(self.store.url, self.capture, self.part)] = (run, dedup)
             while len(_MEMORY) > MAX_KEPT_MEMORIES:
                 del _MEMORY[next(iter(_MEMORY))]
+        runs = tuple(dict.fromkeys((run, *saved.runs)))
+        return StateRef(layout.capture_dir(self.capture), self.part, runs)
 
     def snapshot(self) -> WriterState:
         """Flush (so "chunks below n are durable" is true), then copy the state."""
@@ -385,14 +422,16 @@ class PartitionWriter:
         return copy.deepcopy(self.state)
 
     def discard_after(self, chunk: int) -> int:
-        """Delete this run's staged objects numbered ``chunk`` or later; returns how many."""
-        folder = layout.staged(self.run_id, layout.capture_part_dir(self.capture, self.part))
+        """Delete this run's files numbered ``chunk`` or later; returns how many."""
+        folder = layout.capture_part_dir(self.capture, self.part)
         removed = 0
+        prefix = f"{self.run_id}-"
         for name in self.store.listdir(folder):
-            m = layout.CAPTURE_OBJECT_RE.match(name)
-            if m and m["run"] == self.run_id and int(m["chunk"]) >= chunk:
-                self.store.delete(f"{folder}/{name}")
-                removed += 1
+            if name.startswith(prefix):
+                m = layout.CAPTURE_FILE_RE.match(f"{layout.part_name(self.part)}/{name}")
+                if m and m["run"] == self.run_id and int(m["chunk"]) >= chunk:
+                    self.store.delete(f"{folder}/{name}")
+                    removed += 1
         return removed
 
 
@@ -421,17 +460,17 @@ def conflict_rejects(readings: pa.Table, origin: dict[str, pa.ChunkedArray]) -> 
     )
 
 
-def capture_files(store: Store, name: str, parts: list[int] | None = None) -> list[str]:
-    """Store-relative paths of a capture's objects (of some partitions), sorted by name."""
-    meta = open_capture(store, name)
-    wanted = range(meta.partitions) if parts is None else parts
-    out = []
-    for p in wanted:
-        folder = layout.capture_part_dir(name, p)
-        names = [n for n in store.listdir(folder) if layout.visible(n)]
-        hidden = hidden_by_compaction(store, folder, names)  # (gone once a compaction ends)
-        out += [f"{folder}/{n}" for n in names if n not in hidden]
-    return out
+def capture_files(
+    store: Store, name: str, parts: list[int] | None = None, snap: Snapshot | None = None
+) -> list[FileEntry]:
+    """The files of a capture version (of some partitions), sorted by path."""
+    snap = snap or capture_snapshot(store, name)
+    if snap is None:
+        open_capture(store, name)  # (says there is no such capture)
+        return []
+    if parts is None:
+        return list(snap.files)
+    return [f for p in sorted(set(parts)) for f in snap.under(layout.part_name(p) + "/")]
 
 
 @dataclass(frozen=True)
@@ -446,32 +485,35 @@ class CaptureInfo:
     last: str | None
     created: str
     commits: int = 0
+    version: int = 0
 
 
-def capture_info(store: Store, name: str) -> CaptureInfo:
-    """Summary of a capture from Parquet footers plus one read of the source column."""
-    meta = open_capture(store, name)
-    files = capture_files(store, name)
-    footers = [store.parquet_metadata(rel) for rel in files]
-    rows = sum(md.num_rows for md in footers)
-    size = sum(store.size(rel) for rel in files)
-    span = time_span(footers)
+def capture_info(store: Store, name: str, *, as_of: Any = None) -> CaptureInfo:
+    """Summary of a capture version from its files' statistics plus one read of the source
+    column."""
+    snap = capture_snapshot(store, name, as_of=as_of)
+    meta = open_capture(store, name, snap)
+    assert snap is not None
+    files = list(snap.files)
+    spans = [s for f in files if (s := f.span("time_ns")) is not None]
     sources = 0
-    if rows:
-        t = store.scan(files, columns=["source"])
+    if snap.rows:
+        t = store.scan([f.path for f in files], columns=["source"])
         sources = pc.count_distinct(t.column("source")).as_py()
-    first, last = (_iso(span[0]), _iso(span[1])) if span is not None else (None, None)
+    first = _iso(min(s[0] for s in spans)) if spans else None
+    last = _iso(max(s[1] for s in spans)) if spans else None
     return CaptureInfo(
         name,
         meta.partitions,
         len(files),
-        rows,
-        size,
+        snap.rows,
+        sum(f.size for f in files),
         sources,
         first,
         last,
         meta.created,
-        head(store, name),
+        snap.txn(name),
+        snap.version,
     )
 
 
@@ -507,10 +549,3 @@ def captured_inputs(store: Store, capture: str) -> dict[str, dict[str, Any]]:
         for n in store.listdir(folder)
         if n.endswith(".json")
     }
-
-
-def stage_inputs(store: Store, capture: str, run: str, records: dict[str, dict[str, Any]]) -> None:
-    """Stage records of inputs this run captured (fingerprint -> record), for its commit."""
-    for fp, record in records.items():
-        rel = f"{layout.inputs_dir(capture)}/{fp}.json"
-        store.write_json(layout.staged(run, rel), {**record, "run": run, "sha256": fp})

@@ -1,15 +1,18 @@
 """The capture as a Bytewax source: replay a reading log exactly as it was captured.
 
-One Bytewax partition per capture partition; each reads its objects in capture order — commit
-by commit, each commit's objects in the order they were written — as micro-batches, and after
-each commit a ``Boundary`` saying what the commit declared (the end of a run, windows closed
-by hand), so that the window operator repeats the decisions ingest made at that point.
+One Bytewax partition per capture partition; each reads its files of the capture version of
+commit ``upto`` in capture order — files by the first commit they hold (then by name: a run's
+chunks), each file's rows in the order they were written — as micro-batches, and after each
+commit's readings a ``Boundary`` saying what the commit declared (the end of a run, windows
+closed by hand), so that the window operator repeats the decisions ingest made at that point.
+Every reading carries the number of its commit, so this order survives compaction, which
+rewrites whole runs of commits into one file. Files moved to an archive store are read there.
 ``snapshot()`` is the exact read position, so a resumed replay neither skips nor repeats.
 
 Optional restrictions: sources (only their partitions are read), an event-time range
-``[start, until)`` (row groups outside it are skipped using Parquet statistics), commits up to
-``upto``, and pacing: with ``speed`` set, readings are released at ``speed`` times the
-original event-time rate, measured from the capture's first reading (or ``start``).
+``[start, until)`` (row groups outside it are skipped using Parquet statistics), and pacing:
+with ``speed`` set, readings are released at ``speed`` times the original event-time rate,
+measured from the capture's first reading (or ``start``).
 """
 
 from __future__ import annotations
@@ -26,12 +29,12 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
 
+from obsflow.connectors import layout, tables
 from obsflow.connectors.archive import group_spans, outside, time_span
 from obsflow.connectors.batch import DEFAULT_BATCH_ROWS
 from obsflow.connectors.capture import open_capture
-from obsflow.connectors.commits import Commit, archived_objects, capture_objects, read_log
-from obsflow.connectors.compaction import located
-from obsflow.connectors.errors import ConfigError
+from obsflow.connectors.commits import Commit, read_log
+from obsflow.connectors.errors import ConfigError, StoreError
 from obsflow.connectors.ids import check_id
 from obsflow.connectors.partitions import (
     ID_COLUMNS,
@@ -42,6 +45,7 @@ from obsflow.connectors.partitions import (
 )
 from obsflow.connectors.schema import READING_SCHEMA, TRACE
 from obsflow.connectors.store import Store
+from obsflow.connectors.tables import FileEntry
 
 PACE_TICK = 0.05  # seconds of wall time per paced slice
 
@@ -49,6 +53,8 @@ REPLAYED = READING_SCHEMA.append(pa.field(TRACE, pa.string()))
 ENCODED_READINGS = encoded_schema(REPLAYED)
 """What a replay emits: the reading columns and the trace id (which late readings keep), ids
 dictionary-encoded."""
+_READ = [*layout.stored_columns(REPLAYED.names, REPLAYED), layout.COMMIT]  # type: ignore[misc]
+_WITH_COMMIT = REPLAYED.append(pa.field(layout.COMMIT, pa.int64()))
 
 
 @dataclass(frozen=True)
@@ -61,56 +67,91 @@ class Boundary:
 
 
 ReplayBatch = tuple[int, pa.Table | Boundary]  # (capture partition, readings or a boundary)
-Position = tuple[int, int, int]  # (commit index, object index, batch index within the object)
-
-
-Piece = tuple[str, int | None, str | None]
-"""(object, row group or None for all of it, the archive store's URL or None)."""
+Position = tuple[int, int, int, int | None, int]
+"""(file index, batch index in it, items of that batch given out; and at that batch's start,
+the commit whose readings came last with its boundary not given out yet, and the last commit
+all of whose boundaries are out)."""
 
 
 @dataclass(frozen=True)
-class Segment:
-    """One commit's share of a partition: its objects (or, once compacted, the row groups
-    that hold them now), then its boundary."""
+class ReplayFile:
+    """One file a partition replays: its path, the store holding it (None: the capture's),
+    and the first commit it holds."""
 
-    objects: tuple[Piece, ...]
-    boundary: Boundary
+    path: str
+    first: int
+    url: str | None = None
 
 
-def plan(log: list[Commit], capture: str, part: int, partitions: int) -> list[Segment]:
-    """The segments a partition replays, in commit order."""
-    where = located(log)
-    cold = archived_objects(log)
-    out = []
-    for entry in log:
-        if entry.kind in ("compact", "archive"):
-            continue  # it moved readings of earlier commits, which replay reads there
-        objects = tuple(
-            (rel, group, cold.get(rel))
-            for rel, group in (where.get(r, (r, None)) for r in entry.parts(capture).get(part, ()))
-        )
-        close = tuple(
-            c
-            for c in entry.close
-            if not c.get("sources") or part in partitions_of(list(c["sources"]), partitions)
-        )
-        if objects or close:
-            out.append(Segment(objects, Boundary(entry.n, entry.end_of_run, close)))
-    return out
+@dataclass(frozen=True)
+class CapturePlan:
+    """What a replay reads: the capture version of its last commit, the commits in order, and
+    the files moved to archive stores by then (file -> store URL)."""
+
+    files: tuple[FileEntry, ...]
+    commits: tuple[Commit, ...]
+    archived: dict[str, str]
+
+
+def capture_plan(store: Store, capture: str, upto: int | None) -> CapturePlan:
+    """The capture as of commit ``upto`` (None: the last one)."""
+    log = read_log(store, capture, upto=upto)
+    if not log:
+        return CapturePlan((), (), {})
+    snap = tables.snapshot(store, layout.capture_dir(capture), as_of=log[-1].version)
+    if snap is None:
+        raise StoreError(f"capture {capture!r} has no version of commit #{log[-1].n}")
+    archived = {rel: url for c in log for rel, url in c.archived.items()}
+    return CapturePlan(snap.files, tuple(log), archived)
 
 
 def time_range(store: Store, capture: str) -> tuple[int, int] | None:
-    """(min, max) event time of a capture in ns, from Parquet footers only (those of objects
-    in an archive store too)."""
-    log = read_log(store, capture)
-    objects = capture_objects(store, capture, log).values()
-    cold = archived_objects(log)
-    return time_span(
-        [
-            *(store.parquet_metadata(rel) for rels in objects for rel in rels),
-            *(Store(url).parquet_metadata(rel) for rel, url in cold.items()),
-        ]
-    )
+    """(min, max) event time of a capture in ns, from the table's statistics (and the footers
+    of files in an archive store)."""
+    plan = capture_plan(store, capture, None)
+    spans = [s for f in plan.files if (s := f.span("time_ns")) is not None]
+    cold = time_span(Store(url).parquet_metadata(rel) for rel, url in plan.archived.items())
+    if cold is not None:
+        spans.append(cold)
+    if not spans:
+        return None
+    return min(s[0] for s in spans), max(s[1] for s in spans)
+
+
+def part_sources(plan: CapturePlan, part: int) -> list[ReplayFile]:
+    """The files a partition replays, in capture order."""
+    prefix = f"{layout.part_name(part)}/"
+    out = []
+    for f in plan.files:
+        name = f.path.split("/", 2)[2]
+        if name.startswith(prefix):
+            first = f.mins.get(layout.COMMIT)
+            out.append(ReplayFile(f.path, int(first) if first is not None else 0))
+    for rel, url in plan.archived.items():
+        name = rel.split("/", 2)[2]
+        if name.startswith(prefix):
+            first = _first_commit(Store(url), rel)
+            out.append(ReplayFile(rel, first, url))
+    return sorted(out, key=lambda s: (s.first, s.path))
+
+
+def _first_commit(store: Store, rel: str) -> int:
+    md = store.parquet_metadata(rel)
+    spans = group_spans(md, layout.COMMIT)
+    return min((s[0] for s in spans if s is not None), default=0)
+
+
+def boundaries(plan: CapturePlan, part: int, partitions: int) -> dict[int, Boundary]:
+    """Each commit's boundary as this partition repeats it (close events of its sources)."""
+    out = {}
+    for c in plan.commits:
+        close = tuple(
+            e
+            for e in c.close
+            if not e.get("sources") or part in partitions_of(list(e["sources"]), partitions)
+        )
+        out[c.n] = Boundary(c.n, c.end_of_run, close)
+    return out
 
 
 @dataclass(frozen=True)
@@ -141,12 +182,14 @@ class _CapturePartition(StatefulSourcePartition[ReplayBatch, Position]):
         store: Store,
         spec: ReplaySpec,
         part: int,
-        segments: list[Segment],
+        sources: list[ReplayFile],
+        bounds: dict[int, Boundary],
         resume: Position | None,
         pace_origin: int | None,
     ) -> None:
-        self._store, self._spec, self._part, self._segments = store, spec, part, segments
-        self._pos: Position = resume or (0, 0, 0)
+        self._store, self._spec, self._part = store, spec, part
+        self._sources, self._bounds = sources, bounds
+        self._pos: Position = resume or (0, 0, 0, None, 0)
         self._items = self._iterate()
         self._origin = pace_origin or 0  # event time paced from (only used with a speed)
         self._speed = spec.speed or 1.0
@@ -156,31 +199,64 @@ class _CapturePartition(StatefulSourcePartition[ReplayBatch, Position]):
         self._stores: dict[str, Store] = {}
 
     def _iterate(self) -> Iterator[tuple[Position, pa.Table | Boundary]]:
-        first_seg, first_obj, first_batch = self._pos
-        for s in range(first_seg, len(self._segments)):
-            seg = self._segments[s]
-            start_obj = first_obj if s == first_seg else 0
-            for i in range(start_obj, len(seg.objects)):
-                skip = first_batch if (s, i) == (first_seg, first_obj) else 0
-                rel, group, url = seg.objects[i]
-                store = self._store if url is None else self._cold(url)
-                # Ids as the file's own dictionaries: the views group by them without hashing
-                # a string per reading; only the reading columns are read.
-                pf = pq.ParquetFile(
-                    store.arrow_fs.open_input_file(store.path(rel)),
-                    read_dictionary=ID_COLUMNS,
-                )
-                groups = [g for g in self._row_groups(pf) if group is None or g == group]
-                if groups:
-                    # (objects written before the trace id existed lack it: null then)
-                    names = [n for n in REPLAYED.names if n in pf.schema_arrow.names]
-                    batches = pf.iter_batches(
-                        batch_size=self._spec.batch_rows, row_groups=groups, columns=names
-                    )
-                    for b, rb in enumerate(batches):
-                        if b >= skip:
-                            yield (s, i, b + 1), self._restrict(pa.Table.from_batches([rb]))
-            yield (s + 1, 0, 0), seg.boundary
+        """Items in capture order, each with the position just after it. A commit's
+        boundary is due after its last readings in this partition; a commit that only closed
+        windows has its boundary where it falls among the others."""
+        closing = sorted(n for n, b in self._bounds.items() if b.close)
+        first_file, first_batch, first_item, current, seen = self._pos
+
+        def due(n: int | None) -> list[Boundary]:
+            """Boundaries that come before readings of commit ``n`` (None: the end)."""
+            nonlocal current, seen
+            if n is not None and n == current:
+                return []
+            upto = n if n is not None else max([*self._bounds, seen]) + 1
+            out = [c for c in closing if seen < c < upto and c != current]
+            if current is not None:
+                out.append(current)
+            current, seen = n, max(seen, upto - 1)
+            return [self._bounds[c] for c in sorted(out) if c in self._bounds]
+
+        for f in range(first_file, len(self._sources) + 1):
+            last = f == len(self._sources)  # the end: what is due after every file
+            batches = iter([None]) if last else self._batches(self._sources[f])
+            for b, table in enumerate(batches):
+                if (f, b) < (first_file, first_batch):
+                    continue
+                state = (current, seen)  # (the position of an item keeps its batch's start)
+                items: list[pa.Table | Boundary] = []
+                if table is None:
+                    items += due(None)
+                else:
+                    commit = table.column(layout.COMMIT).to_numpy()
+                    cuts = [0, *(np.flatnonzero(np.diff(commit)) + 1).tolist(), len(commit)]
+                    for lo, hi in itertools.pairwise(cuts):
+                        items += due(int(commit[lo]))
+                        items.append(self._restrict(table.slice(lo, hi - lo)))
+                skip = first_item if (f, b) == (first_file, first_batch) else 0
+                for i in range(skip, len(items)):
+                    yield (f, b, i + 1, *state), items[i]
+
+    def _batches(self, src: ReplayFile) -> Iterator[pa.Table]:
+        """A file's readings (ids as the file's own dictionaries: the views group by them
+        without hashing a string per reading), with their commit numbers; row groups outside
+        the time range are not read."""
+        store = self._store if src.url is None else self._cold(src.url)
+        pf = pq.ParquetFile(
+            store.arrow_fs.open_input_file(store.path(src.path)), read_dictionary=ID_COLUMNS
+        )
+        groups = [
+            g
+            for g, span in enumerate(group_spans(pf.metadata))
+            if not outside(span, self._spec.start, self._spec.until)
+        ]
+        if not groups:
+            return
+        names = [n for n in _READ if n in pf.schema_arrow.names]
+        for rb in pf.iter_batches(
+            batch_size=self._spec.batch_rows, row_groups=groups, columns=names
+        ):
+            yield layout.loaded(pa.Table.from_batches([rb]), _WITH_COMMIT)
 
     def _cold(self, url: str) -> Store:
         """The archive store at ``url`` (one per replay partition)."""
@@ -188,17 +264,8 @@ class _CapturePartition(StatefulSourcePartition[ReplayBatch, Position]):
             self._stores[url] = Store(url)
         return self._stores[url]
 
-    def _row_groups(self, pf: pq.ParquetFile) -> list[int]:
-        """Row groups that can hold readings in [start, until) (by footer statistics)."""
-        spans = group_spans(pf.metadata)
-        return [
-            g
-            for g, span in enumerate(spans)
-            if not outside(span, self._spec.start, self._spec.until)
-        ]
-
     def _restrict(self, table: pa.Table) -> pa.Table:
-        table = conform(table, ENCODED_READINGS)  # (a trace id the object lacks: null)
+        table = conform(table, ENCODED_READINGS)  # (a trace id the file lacks: null)
         spec = self._spec
         mask = None
         if spec.sources:
@@ -283,16 +350,19 @@ class CaptureSource(FixedPartitionedSource[ReplayBatch, Position]):
     ) -> _CapturePartition:
         part = int(for_part)
         meta = open_capture(self.store, self.spec.capture)
-        log = [
-            c
-            for c in read_log(self.store, self.spec.capture)
-            if self.spec.upto is None or c.n <= self.spec.upto
-        ]
+        plan = capture_plan(self.store, self.spec.capture, self.spec.upto)
         origin = None
         if self.spec.speed is not None:
             origin = self.spec.start
             if origin is None:
                 span = time_range(self.store, self.spec.capture)
                 origin = span[0] if span else 0
-        segments = plan(log, self.spec.capture, part, meta.partitions)
-        return _CapturePartition(self.store, self.spec, part, segments, resume_state, origin)
+        return _CapturePartition(
+            self.store,
+            self.spec,
+            part,
+            part_sources(plan, part),
+            boundaries(plan, part, meta.partitions),
+            resume_state,
+            origin,
+        )

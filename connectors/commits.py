@@ -1,358 +1,353 @@
 """Commits: how a run's outputs become part of the store, in one order, all or nothing.
 
-A run writes everything it produces under ``_obsflow/staging/<run>/``, at the path each object
-will have. Its commit is one create-only document, ``_obsflow/captures/<capture>/commits/<n>``,
-numbered one past the capture's last commit when the run began (its *base*): if another run
-committed in between, the number is taken and this run is refused — two writers can never
-interleave. The document lists the objects the commit brings in; applying it moves them into
-place and then drops the staging folder. Applying is idempotent, so a crash during it is
-finished by the next command that writes to the store (``finish_pending``). Until then, and
-for any run that never commits, nothing of the run is visible in the data folders.
+A run writes its data files into the tables' folders, where no reader sees them, and its
+bookkeeping (seq numbers, dedup memory, open windows) under ``state/<run>/`` folders of its
+own. Its commit then:
 
-The commit numbers are the capture's order: replay reads the capture objects commit by commit
-(``capture_objects``), never in the order of object names, and repeats what a commit declared
-(the end of a run, windows closed by ``obsflow views close``).
+1. writes the run's *intent* — every table change it makes (``tables.TableChange``), the
+   inputs it captured, its summary — to ``_obsflow/captures/<c>/intents/<run>.json``;
+2. commits the capture table as the capture's next number ``n``: a Delta ``txn`` with the
+   capture as application id and ``n`` as version, accepted only on top of number ``n - 1``.
+   This is the commit point: one run wins each number, and a run whose base is no longer the
+   capture's last commit (a paused writer, a racing one) commits nothing
+   (``ConcurrentWriterError``). Its commitInfo holds what replay and the next run need: the
+   kind of run, whether it ends the run's windows, views closed by hand, and where each
+   partition's state is;
+3. *completes*: commits every other table (views, late readings, dead letters, documents)
+   with the same ``txn`` — a table that holds ``n`` already is left alone — records the inputs
+   captured and the summary, drops the bookkeeping the commit superseded, then the intent.
 
-A *lease* (``lease.json``) names the run writing a capture now, so that a second writer is
-refused when it starts rather than when it commits; a lease whose run stopped renewing it (or
-whose process is gone, on this host) is taken over.
+A crash after step 2 is completed by the next command that writes the capture
+(``finish_pending``), never twice. A crash before it leaves files no version names (``vacuum``
+deletes them once older than the time-travel retention) and an intent that is dropped once
+another run has taken its number. No command deletes another run's data files.
+
+The commit numbers are the capture's order: replay reads the capture commit by commit (each
+reading carries the number that captured it) and repeats what each commit declared.
 """
 
 from __future__ import annotations
 
-import os
-import socket
-import time
+import contextlib
 from collections.abc import Iterable
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from obsflow.connectors import layout
+from obsflow.connectors import layout, tables
 from obsflow.connectors.errors import StoreError
 from obsflow.connectors.ids import check_name
 from obsflow.connectors.store import Store
+from obsflow.connectors.tables import TableChange
 
-LEASE_SECONDS = 120.0
-"""A lease not renewed for this long belongs to a run that is gone."""
-MARKER = "_run.json"
-"""Written first into a staging folder: which capture the run writes."""
+AsOf = int | datetime | None
+"""A store as it was: a capture's commit number, or a time (None: as it is)."""
+
+
+def parse_as_of(value: object) -> AsOf:
+    """``--as-of``: a capture's commit number (an integer) or a time (ISO 8601; naive: UTC)."""
+    if value is None or (isinstance(value, int | datetime) and not isinstance(value, bool)):
+        if isinstance(value, datetime):
+            return value if value.tzinfo else value.replace(tzinfo=UTC)
+        return value
+    text = str(value).strip()
+    if text.isdigit():
+        return int(text)
+    from obsflow.connectors.schema import to_utc  # (pandas: not at start-up)
+
+    stamp = to_utc(value, "--as-of")
+    return datetime.fromtimestamp(stamp.value // 10**9, UTC).replace(
+        microsecond=(stamp.value // 1000) % 10**6
+    )
+
+
+StateMap = dict[int, list[str]]
+"""Partition -> the runs whose ``state/<run>/`` folders hold its bookkeeping (the first one's
+holds the partition's current state document; the others, files it refers to)."""
 
 
 class ConcurrentWriterError(StoreError):
-    """Another run wrote (or is writing) the same capture."""
+    """Another run committed the capture while this one was running."""
 
 
 @dataclass(frozen=True)
 class Commit:
-    """One entry of a capture's commit log."""
+    """One numbered commit of a capture (from the capture table's commitInfo)."""
 
     n: int
     run: str
-    kind: str  # ingest | replay | close | migrate | compact | archive
-    objects: tuple[str, ...] = ()  # store-relative paths this commit moved into place
+    kind: str  # ingest | replay | close | archive | migrate
     end_of_run: bool = True  # windows whose watermark passed become final here
     close: tuple[dict[str, Any], ...] = ()  # views close events: view, sources, until (ns)
-    replaced_views: tuple[str, ...] = ()  # views rebuilt whole: their other rows are dropped
+    replaced_views: tuple[str, ...] = ()  # views rebuilt whole
     rows: int = 0  # readings this commit added to the capture
     created: str = ""
-    # compact: each new object and the objects it replaces, one row group each, in order
-    replaces: dict[str, tuple[str, ...]] = field(default_factory=dict)
-    # archive: each capture object moved to another store, and that store's URL
-    archived: dict[str, str] = field(default_factory=dict)
+    state: StateMap = field(default_factory=dict)
+    archived: dict[str, str] = field(default_factory=dict)  # file -> archive store URL
+    version: int = 0  # the capture table's Delta version
+    timestamp: int = 0  # ms since the epoch
 
-    def parts(self, capture: str) -> dict[int, list[str]]:
-        """The capture objects of this commit per partition, in the order they were written
-        (for a compaction: the objects it wrote, which hold readings of earlier commits)."""
-        out: dict[int, list[str]] = {}
-        prefix = layout.capture_dir(capture) + "/"
-        for rel in self.objects:
-            if rel.startswith(prefix):
-                folder, _, name = rel[len(prefix) :].partition("/")
-                m = layout.PART_DIR_RE.match(folder)
-                if m and layout.CAPTURE_OBJECT_RE.match(name):
-                    out.setdefault(int(m["part"]), []).append(rel)
-        for rels in out.values():
-            rels.sort(key=lambda r: r.rsplit("-", 1)[-1])  # chunk number order
-        return out
-
-    def to_json(self) -> dict[str, Any]:
-        doc = asdict(self)
-        doc["objects"], doc["close"] = list(self.objects), list(self.close)
-        doc["replaced_views"] = list(self.replaced_views)
-        doc["replaces"] = {k: list(v) for k, v in self.replaces.items()}
-        doc["archived"] = dict(self.archived)
-        return doc
+    def info(self) -> dict[str, Any]:
+        """What the capture table's commitInfo holds for this commit."""
+        return {
+            "run": self.run,
+            "kind": self.kind,
+            "end_of_run": self.end_of_run,
+            "close": list(self.close),
+            "replaced_views": list(self.replaced_views),
+            "rows": self.rows,
+            "created": self.created,
+            "state": {str(k): list(v) for k, v in self.state.items()},
+            "archived": dict(self.archived),
+        }
 
     @classmethod
-    def from_json(cls, doc: dict[str, Any]) -> Commit:
+    def of(cls, entry: dict[str, Any]) -> Commit | None:
+        """The commit a history entry records (None: not a numbered commit of obsflow's)."""
+        doc = entry.get("obsflow")
+        if not isinstance(doc, dict) or "commit" not in doc or "run" not in doc:
+            return None
         return cls(
-            n=int(doc["n"]),
+            n=int(doc["commit"]),
             run=check_name(doc["run"], kind="run id"),
-            kind=str(doc["kind"]),
-            objects=tuple(doc.get("objects", ())),
+            kind=str(doc.get("kind", "")),
             end_of_run=bool(doc.get("end_of_run", True)),
             close=tuple(doc.get("close", ())),
             replaced_views=tuple(doc.get("replaced_views", ())),
             rows=int(doc.get("rows", 0)),
             created=str(doc.get("created", "")),
-            replaces={str(k): tuple(v) for k, v in doc.get("replaces", {}).items()},
-            archived={str(k): str(v) for k, v in doc.get("archived", {}).items()},
+            state=state_map(doc.get("state")),
+            archived={str(k): str(v) for k, v in (doc.get("archived") or {}).items()},
+            version=int(entry.get("version", 0)),
+            timestamp=int(entry.get("timestamp", 0)),
         )
+
+
+def state_map(doc: Any) -> StateMap:
+    return {int(k): [check_name(r, kind="run id") for r in v] for k, v in (doc or {}).items()}
+
+
+def state_runs(state: StateMap) -> set[str]:
+    return {r for runs in state.values() for r in runs}
+
+
+# -- reading the log --------------------------------------------------------------------------
 
 
 def head(store: Store, capture: str) -> int:
     """The number of a capture's last commit (0 when it has none)."""
-    numbers = [layout.commit_number(n) for n in store.listdir(layout.commits_dir(capture))]
-    return max((n for n in numbers if n is not None), default=0)
+    snap = tables.snapshot(store, layout.capture_dir(capture))
+    return 0 if snap is None else snap.txn(capture)
 
 
-def read_log(store: Store, capture: str, *, since: int = 0) -> list[Commit]:
-    """A capture's commits after number ``since``, in order."""
-    folder = layout.commits_dir(capture)
-    numbers = sorted(
-        n for n in (layout.commit_number(x) for x in store.listdir(folder)) if n and n > since
-    )
-    return [Commit.from_json(store.read_json(layout.commit_doc(capture, n))) for n in numbers]
+def read_log(
+    store: Store, capture: str, *, since: int = 0, upto: int | None = None
+) -> list[Commit]:
+    """A capture's commits numbered ``since < n <= upto``, in order."""
+    out: dict[int, Commit] = {}
+    for entry in tables.history(store, layout.capture_dir(capture)):
+        c = Commit.of(entry)
+        if c is not None and c.n > since and (upto is None or c.n <= upto):
+            out.setdefault(c.n, c)  # (newest first: a number is committed once)
+    return [out[n] for n in sorted(out)]
 
 
-def capture_objects(
-    store: Store, capture: str, log: list[Commit] | None = None
-) -> dict[int, list[str]]:
-    """Every capture object in the capture's store per partition, in capture order (commit by
-    commit); objects a compaction replaced give way to the one that holds them now, and those
-    moved to an archive (``archived_objects``) are left out. ``log``: the capture's commit log,
-    if already read."""
-    out: dict[int, list[str]] = {}
-    log = read_log(store, capture) if log is None else log
-    gone = {old for entry in log for olds in entry.replaces.values() for old in olds}
-    gone.update(archived_objects(log))
-    for entry in log:
-        for part, rels in entry.parts(capture).items():
-            out.setdefault(part, []).extend(r for r in rels if r not in gone)
-    return out
+def last_commit(store: Store, table: str, app: str, n: int | None = None) -> Commit | None:
+    """Commit ``n`` (default: the latest) of ``app`` as ``table`` recorded it, looking back
+    through the table's newest entries first."""
+    limit = 8
+    while True:
+        entries = tables.history(store, table, limit)
+        for entry in entries:
+            doc = entry.get("obsflow") or {}
+            if doc.get("app") == app and "commit" in doc and (n is None or doc["commit"] == n):
+                return Commit.of(entry)
+            if n is not None and isinstance(doc.get("commit"), int) and doc["commit"] < n:
+                return None
+        if len(entries) < limit:
+            return None
+        limit *= 4
 
 
-def archived_objects(log: Iterable[Commit]) -> dict[str, str]:
-    """Capture objects moved to an archive store: ``object -> that store's URL``."""
-    return {rel: url for entry in log for rel, url in entry.archived.items()}
+def capture_base(store: Store, capture: str, base: int | None) -> tuple[int, StateMap]:
+    """A run's base — the capture's commit it starts from (``base``; None: the last one) —
+    and where each partition's state was at that commit."""
+    if base is None:
+        base = head(store, capture)
+    if base == 0:
+        return 0, {}
+    found = last_commit(store, layout.capture_dir(capture), capture, base)
+    if found is None:
+        raise StoreError(f"capture {capture!r} has no commit #{base}")
+    return base, dict(found.state)
 
 
-def begin(store: Store, run: str, capture: str) -> None:
-    """Mark a staging folder as a run's (so ``finish_pending`` knows whose it is)."""
-    store.write_json(
-        layout.staged(run, MARKER), {"run": run, "capture": capture, "started": _now()}
-    )
+def last_info(store: Store, table: str, app: str, *, version: int | None = None) -> dict[str, Any]:
+    """The obsflow commitInfo of ``table``'s latest numbered commit of ``app`` (at or before
+    Delta ``version``; {}: none)."""
+    limit = 8
+    while True:
+        entries = tables.history(store, table, limit)
+        for entry in entries:
+            doc = entry.get("obsflow") or {}
+            if version is not None and int(entry.get("version", 0)) > version:
+                continue
+            if doc.get("app") == app and "commit" in doc:
+                return dict(doc)
+        if len(entries) < limit:
+            return {}
+        limit *= 4
 
 
-def staged_objects(store: Store, run: str) -> list[str]:
-    """Store-relative final paths of what ``run`` has staged, sorted."""
-    prefix = layout.staging_dir(run) + "/"
-    return [
-        rel[len(prefix) :]
-        for rel in store.walk_files(layout.staging_dir(run))
-        if rel[len(prefix) :] != MARKER and not rel.rsplit("/", 1)[-1].startswith(".")
-    ]
+def table_version(store: Store, table: str, app: str, n: int) -> int | None:
+    """The Delta version of ``table`` as it was at ``app``'s commit ``n``: the last version
+    before ``app``'s first commit numbered after ``n`` (None: the table did not exist yet)."""
+    entries = sorted(tables.history(store, table), key=lambda e: int(e.get("version", 0)))
+    found = None
+    for entry in entries:
+        doc = entry.get("obsflow") or {}
+        if doc.get("app") == app and int(doc.get("commit", 0)) > n:
+            break
+        found = int(entry.get("version", 0))
+    return found
 
 
-def commit(
-    store: Store,
-    capture: str,
-    run: str,
-    kind: str,
-    *,
-    base: int | None,
-    end_of_run: bool = True,
-    close: Iterable[dict[str, Any]] = (),
-    replaced_views: Iterable[str] = (),
-    rows: int = 0,
-    replaces: dict[str, list[str]] | None = None,
-    archived: dict[str, str] | None = None,
-) -> Commit:
-    """Commit what ``run`` staged as the capture's next entry, then apply it.
-
-    ``base`` is the capture's head when the run began: the entry takes number ``base + 1``
-    or the run is refused (``ConcurrentWriterError``). ``None`` takes the next free number
-    (no protection: for runs started without the job layer).
-    """
-    n = (head(store, capture) if base is None else base) + 1
-    entry = Commit(
-        n=n,
-        run=run,
-        kind=kind,
-        objects=tuple(staged_objects(store, run)),
-        end_of_run=end_of_run,
-        close=tuple(close),
-        replaced_views=tuple(replaced_views),
-        rows=rows,
-        created=_now(),
-        replaces={k: tuple(v) for k, v in (replaces or {}).items()},
-        archived=dict(archived or {}),
-    )
-    store.create_json(layout.LAYOUT_DOC, {"layout": layout.LAYOUT})
-    if not store.create_json(layout.commit_doc(capture, n), entry.to_json()):
-        other = Commit.from_json(store.read_json(layout.commit_doc(capture, n)))
-        if other.run != run:  # our own entry means an earlier attempt committed already
-            raise ConcurrentWriterError(
-                f"capture {capture!r} changed while run {run} was running: run {other.run} "
-                f"committed #{n} ({other.kind}); nothing of run {run} was committed — run the "
-                "command again"
-            )
-        entry = other
-    apply(store, capture, entry)
-    return entry
-
-
-def apply(store: Store, capture: str, entry: Commit) -> None:
-    """Move a commit's staged objects into place (idempotent), then drop its staging folder."""
-    stage = layout.staging_dir(entry.run)
-    for rel in entry.objects:
-        src = layout.staged(entry.run, rel)
-        try:
-            store.move(src, rel)
-        except FileNotFoundError:
-            if not store.exists(rel):
-                raise StoreError(
-                    f"commit #{entry.n} of capture {capture!r} lists {rel}, which is neither "
-                    f"staged nor in place: the store was changed by hand"
-                ) from None
-    for olds in entry.replaces.values():  # only once every new object is in place
-        for old in olds:
-            store.delete(old)
-    for rel in entry.archived:  # their copies were checked before the commit was written
-        store.delete(rel)
-    if entry.replaced_views:
-        kept = set(entry.objects)
-        for view in entry.replaced_views:
-            for folder in (layout.view_dir(view), layout.late_dir(view)):
-                for rel in store.walk_files(folder):
-                    if rel not in kept:
-                        store.delete(rel)
-    store.delete(stage, recursive=True)
-
-
-def applied(store: Store, entry: Commit) -> bool:
-    """Whether a commit's objects are in place: applying it drops its staging folder (and its
-    marker) only after moving them. A reader of new commits waits for this."""
-    return not store.exists(layout.staged(entry.run, MARKER))
-
-
-def finish_pending(store: Store, *, capture: str, keep: str | None = None) -> list[str]:
-    """Finish commits a crash interrupted (of any capture), and drop the staging of
-    ``capture``'s runs that never committed (except ``keep``, a run being resumed).
-
-    Returns messages describing what was done. Call it holding the capture's lease.
-    """
-    done: list[str] = []
-    for run in store.listdir(f"{layout.META}/staging"):
-        marker = layout.staged(run, MARKER)
-        if run == keep or not store.exists(marker):
-            continue
-        owner = check_name(store.read_json(marker).get("capture"), kind="capture name")
-        entry = _entry_of(store, owner, run)
-        if entry is not None:
-            apply(store, owner, entry)
-            done.append(f"finished applying commit #{entry.n} of capture {owner!r} (run {run})")
-        elif owner == capture:
-            store.delete(layout.staging_dir(run), recursive=True)
-            done.append(f"discarded the outputs of run {run}, which never committed")
-    return done
-
-
-def _entry_of(store: Store, capture: str, run: str) -> Commit | None:
-    """The commit of ``run`` among the capture's last few, if it committed."""
-    top = head(store, capture)
-    for n in range(top, max(0, top - 64), -1):
-        entry = Commit.from_json(store.read_json(layout.commit_doc(capture, n)))
-        if entry.run == run:
-            return entry
-    return None
-
-
-def committed(store: Store, capture: str, run: str) -> Commit | None:
-    """The commit of ``run``, applying it first if a crash interrupted that."""
-    entry = _entry_of(store, capture, run)
-    if entry is not None and store.exists(layout.staging_dir(run)):
-        apply(store, capture, entry)
-    return entry
-
-
-# -- leases ---------------------------------------------------------------------------------
+# -- committing -------------------------------------------------------------------------------
 
 
 @dataclass
-class Lease:
-    """The right to write a capture, held by one run while it runs (see module docstring)."""
+class Intent:
+    """A run's commit: what it changes, in every table, and what it records besides."""
 
-    store: Store
     capture: str
-    run: str
-    taken_over: str | None = None  # the run whose stale lease this one replaced
+    commit: Commit
+    capture_change: TableChange
+    changes: list[TableChange] = field(default_factory=list)
+    inputs: dict[str, dict[str, Any]] = field(default_factory=dict)  # sha256 -> record
+    summary: dict[str, Any] | None = None
+    retired: list[str] = field(default_factory=list)  # bookkeeping folders it supersedes
+
+    @property
+    def run(self) -> str:
+        return self.commit.run
+
+    @property
+    def n(self) -> int:
+        return self.commit.n
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "capture": self.capture,
+            "n": self.n,
+            "commit": self.commit.info(),
+            "capture_change": self.capture_change.to_json(),
+            "changes": [c.to_json() for c in self.changes],
+            "inputs": self.inputs,
+            "summary": self.summary,
+            "retired": self.retired,
+        }
 
     @classmethod
-    def acquire(cls, store: Store, capture: str, run: str) -> Lease:
-        rel = layout.lease_doc(capture)
-        doc = _lease_doc(run)
-        if store.create_json(rel, doc):
-            return cls(store, capture, run)
+    def from_json(cls, doc: dict[str, Any]) -> Intent:
+        commit = Commit.of({"obsflow": {**doc["commit"], "commit": doc["n"]}})
+        assert commit is not None
+        return cls(
+            capture=check_name(doc["capture"], kind="capture name"),
+            commit=commit,
+            capture_change=TableChange.from_json(doc["capture_change"]),
+            changes=[TableChange.from_json(c) for c in doc.get("changes", ())],
+            inputs=dict(doc.get("inputs", {})),
+            summary=doc.get("summary"),
+            retired=[str(r) for r in doc.get("retired", ())],
+        )
+
+
+def commit_run(store: Store, intent: Intent) -> Commit:
+    """Commit a run (see the module docstring); ``ConcurrentWriterError`` if another run
+    committed the capture since this one's base."""
+    store.create_json(layout.LAYOUT_DOC, {"layout": layout.LAYOUT})
+    rel = layout.intent_doc(intent.capture, intent.run)
+    store.write_json(rel, intent.to_json())
+    change = intent.capture_change
+    change.info = {**intent.commit.info(), **change.info}
+    try:
+        tables.commit(store, change, app=intent.capture, n=intent.n, after=intent.n - 1)
+    except tables.ConflictError:
+        won = None
+    else:
+        won = last_commit(store, layout.capture_dir(intent.capture), intent.capture, intent.n)
+    if won is None or won.run != intent.run:
+        store.delete(rel)
+        by = f": run {won.run} committed #{intent.n} ({won.kind})" if won else ""
+        raise ConcurrentWriterError(
+            f"capture {intent.capture!r} changed while run {intent.run} was running{by}; "
+            f"nothing of run {intent.run} was committed — run the command again"
+        )
+    complete(store, intent)
+    return won
+
+
+def complete(store: Store, intent: Intent) -> None:
+    """Step 3 of a committed run (idempotent: safe to repeat, and from another process)."""
+    for change in intent.changes:
+        change.info = {"run": intent.run, "kind": intent.commit.kind, **change.info}
+        tables.commit(store, change, app=intent.capture, n=intent.n)
+    for sha, record in intent.inputs.items():
+        store.write_json(f"{layout.inputs_dir(intent.capture)}/{sha}.json", record)
+    if intent.summary is not None:
+        store.write_json(layout.run_summary(intent.run), intent.summary)
+    for folder in intent.retired:
+        store.delete(folder, recursive=True)
+    store.delete(layout.intent_doc(intent.capture, intent.run))
+
+
+def finish_pending(store: Store, capture: str) -> list[str]:
+    """Complete the commits of ``capture`` a crash interrupted; drop the intents of runs that
+    lost their number. Returns messages saying what was done."""
+    done: list[str] = []
+    folder = layout.intents_dir(capture)
+    names = [n for n in store.listdir(folder) if n.endswith(".json")]
+    if not names:
+        return done
+    top = head(store, capture)
+    for name in names:
         try:
-            other = store.read_json(rel)
-        except FileNotFoundError:  # released in between: try once more
-            if store.create_json(rel, doc):
-                return cls(store, capture, run)
-            other = store.read_json(rel)
-        if other.get("run") != run and not _stale(other):
-            age = time.time() - float(other.get("renewed", 0))
-            raise ConcurrentWriterError(
-                f"capture {capture!r} is being written by run {other.get('run')} (pid "
-                f"{other.get('pid')} on {other.get('host')}, last seen {age:.0f} s ago); "
-                "wait for it to finish — one writer per capture"
-            )
-        store.write_json(rel, doc)
-        taken = None if other.get("run") == run else str(other.get("run"))
-        return cls(store, capture, run, taken)
-
-    @classmethod
-    def acquire_waiting(cls, store: Store, capture: str, run: str, wait: float) -> Lease:
-        """``acquire``, waiting up to ``wait`` seconds for the writer holding the capture (a
-        live session's cycle) to let go."""
-        deadline = time.monotonic() + wait
-        while True:
-            try:
-                return cls.acquire(store, capture, run)
-            except ConcurrentWriterError:
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.2)
-
-    def renew(self) -> None:
-        self.store.write_json(layout.lease_doc(self.capture), _lease_doc(self.run))
-
-    def release(self) -> None:
-        rel = layout.lease_doc(self.capture)
-        try:
-            if self.store.read_json(rel).get("run") == self.run:
-                self.store.delete(rel)
+            intent = Intent.from_json(store.read_json(f"{folder}/{name}"))
         except FileNotFoundError:
-            pass
+            continue  # completed meanwhile
+        if intent.n > top:
+            continue  # its run may still commit
+        won = last_commit(store, layout.capture_dir(capture), capture, intent.n)
+        if won is not None and won.run == intent.run:
+            complete(store, intent)
+            done.append(f"completed commit #{intent.n} of capture {capture!r} (run {intent.run})")
+        else:
+            with contextlib.suppress(FileNotFoundError):
+                store.delete(f"{folder}/{name}")
+    return done
 
 
-def _lease_doc(run: str) -> dict[str, Any]:
-    return {"run": run, "host": socket.gethostname(), "pid": os.getpid(), "renewed": time.time()}
+def pending(store: Store, capture: str) -> list[Intent]:
+    """Intents of ``capture`` whose runs committed but were not completed yet."""
+    folder = layout.intents_dir(capture)
+    names = [n for n in store.listdir(folder) if n.endswith(".json")]
+    if not names:
+        return []
+    top = head(store, capture)
+    out = []
+    for name in names:
+        with contextlib.suppress(FileNotFoundError):
+            intent = Intent.from_json(store.read_json(f"{folder}/{name}"))
+            if intent.n <= top:
+                out.append(intent)
+    return out
 
 
-def _stale(doc: dict[str, Any]) -> bool:
-    if time.time() - float(doc.get("renewed", 0)) > LEASE_SECONDS:
-        return True
-    if doc.get("host") == socket.gethostname():
-        try:
-            os.kill(int(doc.get("pid", 0)), 0)
-        except ProcessLookupError:
-            return True  # its process is gone
-        except (PermissionError, ValueError, OverflowError):
-            return False
-    return False
+def retired_folders(old: Iterable[str], new: Iterable[str], folder_of: Any) -> list[str]:
+    """Bookkeeping folders of runs the old state referred to and the new one does not."""
+    keep = set(new)
+    return [folder_of(r) for r in sorted(set(old) - keep)]
 
 
-def _now() -> str:
+def now() -> str:
     return datetime.now(UTC).isoformat()

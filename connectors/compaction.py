@@ -1,133 +1,166 @@
-"""Compaction: many small capture objects rewritten as a few large ones, as a commit.
+"""Compaction and clean-up: Delta's ``optimize`` and ``vacuum``, done the way a capture needs.
 
-A live session commits every second, so a capture collects one small object per partition and
-second. ``compact`` rewrites each partition's run of small objects (in capture order) into
-objects of up to ``target_rows`` readings — **one row group per small object**, in order — and
-commits them as an entry of kind ``compact`` whose ``replaces`` maps each new object to the
-objects it holds. Applying the commit moves the new objects into place and only then deletes
-the small ones.
+A live session commits every second, so a capture collects one small file per partition and
+cycle. ``compact`` rewrites each partition's runs of consecutive small files (in capture
+order) into files of up to ``target_rows`` readings and commits them as one Delta commit that
+removes the small files and adds the new ones (``dataChange`` false: the same rows). Readers
+of any version see every reading once; replay keeps the capture's order, since every reading
+carries its commit number and a new file is named after the first file it replaces (files
+sort by their first commit, then by name). The commit takes no number: it changes no reading,
+so it conflicts with no run (only with another compaction of the same files).
 
-Readers never see a reading missing or twice: a new object's Parquet footer names the objects
-it replaces (``REPLACES_KEY``), so a listing that finds the new object hides those
-(``hidden_by_compaction``) — before the move the small objects are what is listed; after it,
-the new one. Replay keeps each original commit's boundary: the commit log maps every small
-object to its row group in the new object (``located``), so replay reads the same readings in
-the same order with the same run ends. The commit holds no readings of its own.
+``vacuum`` deletes what no version younger than the retention (7 days by default) needs: files
+compactions and archiving removed, and files no commit ever added (what crashed or beaten runs
+left), in the capture, its views, their late readings and its documents; and the bookkeeping
+folders of runs older than the retention that no current state refers to.
 """
 
 from __future__ import annotations
 
-import io
-import json
-from collections.abc import Iterable
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 
-import pyarrow.parquet as pq
-
-from obsflow.connectors import commits, layout
-from obsflow.connectors.commits import Commit, Lease
+from obsflow.connectors import commits, layout, tables
+from obsflow.connectors.capture import CAPTURE_STORED
+from obsflow.connectors.capture_source import CapturePlan, part_sources
 from obsflow.connectors.errors import ConfigError
 from obsflow.connectors.partitions import conform
 from obsflow.connectors.store import Store
+from obsflow.connectors.tables import FileEntry, TableChange
+from obsflow.connectors.views import view_base
 
-REPLACES_KEY = b"obsflow.replaces"
-COMPACT_PREFIX = "compact_"  # a compacted object's run-id-like prefix: compact_<run>
+ROW_GROUP = 1 << 17
 
 
 @dataclass(frozen=True)
 class CompactResult:
-    before: int  # capture objects compacted
-    after: int  # objects written in their place
+    before: int  # capture files compacted
+    after: int  # files written in their place
     rows: int
-    commit: int | None
+    version: int | None  # the capture table's version that holds them
 
 
-def located(log: Iterable[Commit]) -> dict[str, tuple[str, int]]:
-    """Where each compacted object's readings are now: ``old -> (new object, row group)``.
-    (Only single-row-group objects are compacted, so a new object is never compacted again.)"""
-    return {
-        old: (new, group)
-        for entry in log
-        for new, olds in entry.replaces.items()
-        for group, old in enumerate(olds)
-    }
-
-
-def hidden_by_compaction(store: Store, folder: str, names: list[str]) -> set[str]:
-    """The listed objects of ``folder`` that a listed compacted object replaces."""
-    hidden: set[str] = set()
-    for name in names:
-        if name.startswith(COMPACT_PREFIX):
-            meta = store.parquet_metadata(f"{folder}/{name}").metadata or {}
-            if REPLACES_KEY in meta:
-                hidden.update(json.loads(meta[REPLACES_KEY]))
-    return hidden
+@dataclass(frozen=True)
+class VacuumResult:
+    files: int  # data files deleted
+    folders: int  # bookkeeping folders deleted
 
 
 def compact(
     store: Store, capture: str, run: str, *, target_rows: int = 1 << 20, small: int | None = None
 ) -> CompactResult:
-    """Compact the capture's small single-row-group objects (under ``small`` rows, default a
-    quarter of ``target_rows``), partition by partition, as one commit."""
+    """Compact the capture's small files (under ``small`` rows, default a quarter of
+    ``target_rows``), partition by partition, as one commit."""
     if target_rows < 2:
         raise ConfigError("--target-rows must be at least 2")
     small = small or max(1, target_rows // 4)
-    lease = Lease.acquire_waiting(store, capture, run, wait=60.0)  # between two live cycles
+    commits.finish_pending(store, capture)
+    table = layout.capture_dir(capture)
+    snap = tables.snapshot(store, table)
+    if snap is None:
+        raise ConfigError(f"no capture {capture!r} in {store.uri()}")
+    entries = {f.path: f for f in snap.files}
+    plan = CapturePlan(snap.files, (), {})
+    parts = sorted({int(f.path.split("/")[2][5:9]) for f in snap.files})
+    groups: list[list[FileEntry]] = []
+    for part in parts:
+        pending: list[FileEntry] = []
+        rows = 0
+        for src in part_sources(plan, part):
+            f = entries[src.path]
+            fits = f.rows < small
+            if fits and rows + f.rows <= target_rows:
+                pending.append(f)
+                rows += f.rows
+                continue
+            if len(pending) > 1:
+                groups.append(pending)
+            pending, rows = ([f], f.rows) if fits else ([], 0)
+        if len(pending) > 1:
+            groups.append(pending)
+    if not groups:
+        return CompactResult(0, 0, 0, None)
+    adds = []
+    for olds in groups:
+        first = olds[0].path.removesuffix(".parquet")
+        new = f"{first}.c{run}.parquet"  # sorts where its first file did
+        rows_ = conform(store.scan([f.path for f in olds], schema=CAPTURE_STORED), CAPTURE_STORED)
+        adds.append(tables.write_file(store, table, new, rows_, layout.STATS))
+    change = TableChange(
+        table,
+        CAPTURE_STORED,
+        adds=adds,
+        removes=[f.path for g in groups for f in g],
+        info={"kind": "compact", "run": run},
+        data_change=False,
+    )
     try:
-        base = commits.head(store, capture)
-        commits.finish_pending(store, capture=capture, keep=run)
-        groups: list[list[str]] = []
-        for _part, rels in sorted(commits.capture_objects(store, capture).items()):
-            run_: list[str] = []
-            rows = 0
-            for rel in rels:
-                md = store.parquet_metadata(rel)
-                fits = md.num_row_groups == 1 and md.num_rows < small
-                if fits and rows + md.num_rows <= target_rows:
-                    run_.append(rel)
-                    rows += md.num_rows
-                    continue
-                if len(run_) > 1:
-                    groups.append(run_)
-                run_, rows = ([rel], md.num_rows) if fits else ([], 0)
-            if len(run_) > 1:
-                groups.append(run_)
-        if not groups:
-            return CompactResult(0, 0, 0, None)
-        commits.begin(store, run, capture)
-        replaces: dict[str, list[str]] = {}
-        total = 0
-        for i, olds in enumerate(groups):
-            folder = olds[0].rsplit("/", 1)[0]
-            new = f"{folder}/{COMPACT_PREFIX}{run}-{i:06d}.parquet"
-            data, n = _rewrite(store, olds)
-            store.write_bytes(layout.staged(run, new), data)
-            replaces[new] = olds
-            total += n
-        entry = commits.commit(
-            store, capture, run, "compact", base=base, end_of_run=False, replaces=replaces
+        tables.commit(store, change, app=capture, n=None)
+    except tables.ConflictError:
+        for written in adds:
+            store.delete(written.path)
+        raise
+    after = tables.snapshot(store, table)
+    return CompactResult(
+        sum(len(g) for g in groups),
+        len(groups),
+        sum(a.rows for a in adds),
+        None if after is None else after.version,
+    )
+
+
+def vacuum(
+    store: Store, capture: str, *, retention_hours: float = tables.TIME_TRAVEL_HOURS
+) -> VacuumResult:
+    """Delete what no version younger than ``retention_hours`` needs (module docstring)."""
+    if retention_hours < 1:
+        raise ConfigError(
+            "the retention must be at least 1h: files younger than that may belong to a run "
+            "still writing"
         )
-        return CompactResult(sum(len(g) for g in groups), len(groups), total, entry.n)
-    finally:
-        lease.release()
+    head = commits.last_commit(store, layout.capture_dir(capture), capture)
+    views = [
+        name
+        for name in store.listdir("views")
+        if store.exists(f"views/{name}/{tables.LOG_DIR}")
+        and tables.snapshot(store, layout.view_dir(name)) is not None
+        and _capture_of(store, name) == capture
+    ]
+    deleted = 0
+    for table in (
+        layout.capture_dir(capture),
+        layout.documents_dir(capture),
+        *(layout.view_dir(v) for v in views),
+        *(layout.late_dir(v) for v in views),
+    ):
+        deleted += len(tables.vacuum(store, table, retention_hours=int(retention_hours)))
+    cutoff = datetime.now(UTC) - timedelta(hours=retention_hours)
+    folders = 0
+    keep = commits.state_runs(head.state) if head else set()
+    folders += _drop_old(store, layout.capture_state_dir(capture), keep, cutoff)
+    for v in views:
+        keep = set(view_base(store, v).state.values())
+        folders += _drop_old(store, layout.view_state_dir(v), keep, cutoff)
+    return VacuumResult(deleted, folders)
 
 
-def _rewrite(store: Store, olds: list[str]) -> tuple[bytes, int]:
-    """The objects as one Parquet object, one row group each, naming them in its footer."""
-    buf = io.BytesIO()
-    writer: pq.ParquetWriter | None = None
-    rows = 0
-    names = [rel.rsplit("/", 1)[1] for rel in olds]
-    for rel in olds:
-        table = conform(store.read_parquet(rel))  # (objects of older versions lack columns)
-        if writer is None:
-            schema = table.schema.with_metadata(
-                {**(table.schema.metadata or {}), REPLACES_KEY: json.dumps(names).encode()}
-            )
-            text = [f.name for f in schema if str(f.type) in ("string", "large_string")]
-            writer = pq.ParquetWriter(buf, schema, compression="zstd", use_dictionary=text)
-        writer.write_table(table.cast(writer.schema), row_group_size=max(1, table.num_rows))
-        rows += table.num_rows
-    assert writer is not None
-    writer.close()
-    return buf.getvalue(), rows
+def _capture_of(store: Store, view: str) -> str | None:
+    snap = tables.snapshot(store, layout.view_dir(view))
+    return None if snap is None else snap.description.get("capture")
+
+
+def _drop_old(store: Store, folder: str, keep: set[str], cutoff: datetime) -> int:
+    """Delete the run folders under ``folder`` not in ``keep`` whose runs began before
+    ``cutoff`` (a run id starts with its UTC start time)."""
+    n = 0
+    for run in store.listdir(folder):
+        if run in keep:
+            continue
+        try:
+            began = datetime.strptime(run[:16], "%Y%m%dT%H%M%SZ").replace(tzinfo=UTC)
+        except ValueError:
+            continue  # not a run id of obsflow's making: not ours to delete
+        if began < cutoff:
+            store.delete(f"{folder}/{run}", recursive=True)
+            n += 1
+    return n

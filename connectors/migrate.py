@@ -1,15 +1,16 @@
-"""Moving a store written in obsflow's first layout to the current one (``obsflow store migrate``).
+"""Moving a store written by an earlier obsflow to the current layout (``obsflow store migrate``).
 
 Layout 1 kept bookkeeping inside the data folders (``captures/<c>/_capture.json``,
 ``_state/``, ``_inputs/``, ``views/<v>/_view.json``, ``views/<v>/_state/``) and view rows in
-one folder per run. Migration moves the bookkeeping under ``_obsflow/``, writes a commit log
-with one entry per earlier run (in the order replay used to read them: by run id), and
-rewrites each view's rows into their home objects (``final`` true: layout 1 made every window
-final at the end of each run). Readings, late readings, dead letters, payloads and run
-summaries stay where they are. Every step can be repeated, so an interrupted migration is
-finished by running it again; ``_obsflow/layout.json`` is written last.
+one folder per run; layout 2 (``connectors.legacy``) moved it under ``_obsflow/`` with a
+commit log of its own; layout 3 keeps every capture, view, late reading and dead letter as a
+Delta table (``connectors.migrate_tables``). A layout-1 store goes through layout 2: its
+bookkeeping is moved under ``_obsflow/``, a commit log written with one entry per earlier run
+(in the order replay used to read them: by run id), and each view's rows rewritten into their
+home objects (``final`` true: layout 1 made every window final at the end of each run). Every
+step can be repeated, so an interrupted migration is finished by running it again.
 
-A store in layout 1 is never misread: every command checks the layout first
+A store in an older layout is never misread: every command checks the layout first
 (``check_layout``) and says how to migrate.
 """
 
@@ -22,7 +23,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from obsflow.connectors import commits, layout
+from obsflow.connectors import layout, legacy
 from obsflow.connectors.errors import StoreError
 from obsflow.connectors.partitions import conform
 from obsflow.connectors.store import Store
@@ -42,21 +43,43 @@ def old_layout(store: Store) -> list[str]:
     return found
 
 
+def store_layout(store: Store) -> int | None:
+    """The layout a store is in (None: an empty store, or not one of obsflow's)."""
+    try:
+        return int(store.read_json(layout.LAYOUT_DOC).get("layout", 0))
+    except FileNotFoundError:
+        return 1 if old_layout(store) else None
+
+
 def check_layout(store: Store) -> None:
-    """``StoreError`` with what to do, if the store is in layout 1."""
-    if store.exists(layout.LAYOUT_DOC):
+    """``StoreError`` with what to do, if the store is in an older layout."""
+    found = store_layout(store)
+    if found is None or found == layout.LAYOUT:
         return
-    old = old_layout(store)
-    if old:
+    if found > layout.LAYOUT:
         raise StoreError(
-            f"{store.uri()} is in obsflow's first store layout ({old[0]}, ...): run "
-            f"`obsflow store migrate --store {store.url}` once (it moves bookkeeping out of the "
-            "data folders and keeps every reading and view row)"
+            f"{store.uri()} was written by a newer obsflow (store layout {found}): upgrade"
         )
+    raise StoreError(
+        f"{store.uri()} is in obsflow's store layout {found}, before captures and views became "
+        f"Delta tables: run `obsflow store migrate --store {store.url}` once (it converts every "
+        "capture, view, late reading and dead letter, checks them, and keeps every reading)"
+    )
 
 
 def migrate(store: Store, say: Callable[[str], None] = lambda _m: None) -> int:
     """Migrate ``store`` to the current layout; returns how many captures and views moved."""
+    from obsflow.connectors.migrate_tables import to_tables
+
+    found = store_layout(store)
+    if found is None or found == layout.LAYOUT:
+        return 0
+    moved = _to_layout_2(store, say) if found == 1 else 0
+    return to_tables(store, say) or moved
+
+
+def _to_layout_2(store: Store, say: Callable[[str], None]) -> int:
+    """Layout 1 -> layout 2 (see the module docstring)."""
     if store.listdir("staging"):  # an empty folder is what a finished replay left
         raise StoreError(
             f"{store.uri('staging')} holds a replay that layout 1 never finished: finish or "
@@ -73,14 +96,14 @@ def migrate(store: Store, say: Callable[[str], None] = lambda _m: None) -> int:
             rows = _view(store, name)
             say(f"view {name!r}: {rows:,} rows rewritten in place")
             moved += 1
-    store.write_json(layout.LAYOUT_DOC, {"layout": layout.LAYOUT})
+    store.write_json(layout.LAYOUT_DOC, {"layout": legacy.LAYOUT})
     return moved
 
 
 def _capture(store: Store, name: str) -> None:
     old = f"captures/{name}"
     doc = store.read_json(f"{old}/_capture.json")
-    store.write_json(layout.capture_doc(name), doc)
+    store.write_json(legacy.capture_doc(name), doc)
     for fname in store.listdir(f"{old}/_state"):
         m = re.match(r"^(part-\d{4})(\..*)$", fname)
         if not m:
@@ -89,32 +112,32 @@ def _capture(store: Store, name: str) -> None:
         if suffix == ".json":
             state = store.read_json(f"{old}/_state/{fname}")
             store.write_json(
-                layout.capture_state(name, part, ".json"), {"next_seq": state.get("next_seq", {})}
+                legacy.capture_state(name, part, ".json"), {"next_seq": state.get("next_seq", {})}
             )
         elif suffix == _OLD_DEDUP:
             table = store.read_parquet(f"{old}/_state/{fname}").replace_schema_metadata(None)
-            store.write_parquet(layout.capture_state(name, part, suffix), table)
+            store.write_parquet(legacy.capture_state(name, part, suffix), table)
     for fname in store.listdir(f"{old}/_inputs"):
         store.write_json(
-            f"{layout.inputs_dir(name)}/{fname}", store.read_json(f"{old}/_inputs/{fname}")
+            f"{legacy.inputs_dir(name)}/{fname}", store.read_json(f"{old}/_inputs/{fname}")
         )
     by_run: dict[str, list[str]] = {}
     for part in range(int(doc["partitions"])):
-        for fname in store.listdir(layout.capture_part_dir(name, part)):
-            m = layout.CAPTURE_OBJECT_RE.match(fname)
+        for fname in store.listdir(legacy.capture_part_dir(name, part)):
+            m = legacy.CAPTURE_OBJECT_RE.match(fname)
             if m:
                 by_run.setdefault(m["run"], []).append(
-                    f"{layout.capture_part_dir(name, part)}/{fname}"
+                    f"{legacy.capture_part_dir(name, part)}/{fname}"
                 )
-    known = {c.run for c in commits.read_log(store, name)}
-    n = commits.head(store, name)
+    known = {c.run for c in legacy.read_log(store, name)}
+    n = legacy.head(store, name)
     for run in sorted(by_run):  # layout 1 replayed runs in the order of their ids
         if run in known:
             continue
         rows = sum(store.parquet_metadata(rel).num_rows for rel in by_run[run])
         n += 1
-        entry = commits.Commit(n=n, run=run, kind="migrate", objects=tuple(by_run[run]), rows=rows)
-        store.create_json(layout.commit_doc(name, n), entry.to_json())
+        entry = legacy.Commit(n=n, run=run, kind="migrate", objects=tuple(by_run[run]), rows=rows)
+        store.create_json(legacy.commit_doc(name, n), entry.to_json())
     for folder in ("_state", "_inputs"):
         store.delete(f"{old}/{folder}", recursive=True)
     store.delete(f"{old}/_capture.json")
@@ -143,7 +166,9 @@ def _view(store: Store, name: str) -> int:
             piece = table.filter(pa.array(seg == s)).sort_by(
                 [("source", "ascending"), ("channel", "ascending"), ("window_start", "ascending")]
             )
-            store.write_parquet(layout.view_segment(name, part, int(s)), piece)
+            store.write_parquet(
+                legacy.view_segment(name, part, layout.segment_name(int(s)) + ".parquet"), piece
+            )
         rows += table.num_rows
     for fname in store.listdir(f"{old}/_state"):
         m = re.match(r"^part-(\d{4})\.parquet$", fname)
@@ -151,9 +176,9 @@ def _view(store: Store, name: str) -> int:
             _view_state(
                 store, name, int(m[1]), definition, store.read_parquet(f"{old}/_state/{fname}")
             )
-    store.write_json(layout.view_doc(name), new_doc)
+    store.write_json(legacy.view_doc(name), new_doc)
     for child in store.listdir(old):  # old run folders and bookkeeping; the new parts stay
-        if not layout.PART_DIR_RE.match(child):
+        if not legacy.PART_DIR_RE.match(child):
             store.delete(f"{old}/{child}", recursive=True)
     return rows
 
@@ -176,4 +201,4 @@ def _view_state(
             "frontier": pa.array(frontier, pa.int64()),
         }
     )
-    store.write_parquet(layout.view_state(view, part, "series"), series)
+    store.write_parquet(legacy.view_state(view, part, "series"), series)

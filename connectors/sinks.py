@@ -1,20 +1,20 @@
 """Append-only record logs of a run (late readings, dead letters), written idempotently.
 
-``ChunkLog`` writes tables as Parquet objects ``<folder>/<run>/part-<p>-<chunk>.parquet``,
-staged for the run's commit. Names are deterministic, so after a crash and a Bytewax resume
-the writer deletes the objects it staged after the last snapshot and writes them again: each
-row ends up in the folder exactly once. A plain read of ``<folder>`` gives every committed
-run's rows; every row carries its ``run``.
+``ChunkLog`` writes tables as Parquet files ``<table>/<run>/part-<p>-<chunk>.parquet`` into a
+log table's folder, for the run's commit to add. Names are deterministic, so after a crash and
+a Bytewax resume the writer deletes the files it wrote after the last snapshot and writes them
+again: each row ends up in the table exactly once. Every row carries its ``run``.
 """
 
 from __future__ import annotations
 
 import pyarrow as pa
 
-from obsflow.connectors import layout
+from obsflow.connectors import layout, tables
 from obsflow.connectors.ids import check_name
 from obsflow.connectors.partitions import conform
 from obsflow.connectors.store import Store
+from obsflow.connectors.tables import DataFile
 
 
 class ChunkLog:
@@ -37,15 +37,13 @@ class ChunkLog:
         self.schema, self.chunk, self.target_rows = schema, chunk, target_rows
         self._buffer: list[pa.Table] = []
         self._rows = 0
+        self.written: list[DataFile] = []  # files not reported yet
         self._discard_after(chunk)
 
-    def _object(self, chunk: int) -> str:
-        return layout.staged(self.run, layout.chunk_object(self.folder, self.run, self.part, chunk))
-
     def _discard_after(self, chunk: int) -> None:
-        folder = layout.staged(self.run, f"{self.folder}/{self.run}")
+        folder = f"{self.folder}/{self.run}"
         for name in self.store.listdir(folder):
-            m = layout.CHUNK_OBJECT_RE.match(name)
+            m = layout.LOG_FILE_RE.match(f"{self.run}/{name}")
             if m and int(m["part"]) == self.part and int(m["chunk"]) >= chunk:
                 self.store.delete(f"{folder}/{name}")
 
@@ -63,5 +61,13 @@ class ChunkLog:
         table = pa.concat_tables(buffer, promote_options="default")
         table = table.append_column("run", pa.repeat(self.run, table.num_rows).cast(pa.string()))
         table = conform(table, self.schema)  # (a column some producers do not fill: null)
-        self.store.write_parquet(self._object(self.chunk), table)
+        rel = layout.log_file(self.folder, self.run, self.part, self.chunk)
+        self.written.append(
+            tables.write_file(self.store, self.folder, rel, layout.stored(table), layout.STATS)
+        )
         self.chunk += 1
+
+    def take_written(self) -> list[DataFile]:
+        """The files written since the last call (for the run's commit)."""
+        out, self.written = self.written, []
+        return out

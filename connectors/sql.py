@@ -10,27 +10,39 @@ Tables (names as in the store; quote a name holding ``-``: ``"capture_my-buoy"``
   (the retry run that captured the record since; null while it is open);
 - ``runs``: one row per run summary (its scalar fields; nested ones as JSON text).
 
-Each table reads exactly the objects the Python reads do (``connectors.reads``): committed
-capture objects (not those a compaction has replaced), visible view objects, never staging or
-bookkeeping. Objects are read where they lie; on S3 through the store's own fsspec filesystem,
-registered with DuckDB, because DuckDB's ``httpfs`` extension is downloaded at first use and
-these machines may be offline.
+Each table reads exactly the files of the table version the Python reads see
+(``connectors.reads``; ``as_of`` the store as it was), never a folder listing. Times are
+``TIMESTAMP_NS`` in UTC, exact to the nanosecond (compare them with ``TIMESTAMP '...'`` or a
+string; DuckDB wants an explicit cast for ``TIMESTAMPTZ``). Files are read where they lie; on
+S3 through the store's own fsspec filesystem, registered with DuckDB, because DuckDB's
+``httpfs`` extension is downloaded at first use and these machines may be offline.
 """
 
 from __future__ import annotations
 
 import json
 from collections.abc import Sequence
+from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
 
 from obsflow.connectors import layout
-from obsflow.connectors.capture import capture_files, list_captures
-from obsflow.connectors.errors import ConfigError
-from obsflow.connectors.reads import deadletter_files, late_files, read_resolved, run_summaries
+from obsflow.connectors.capture import list_captures
+from obsflow.connectors.commits import AsOf
+from obsflow.connectors.errors import ConfigError, StoreError
+from obsflow.connectors.reads import (
+    capture_files_read,
+    deadletter_files,
+    late_files,
+    read_resolved,
+    run_summaries,
+    view_doc_as_of,
+    view_files_read,
+)
 from obsflow.connectors.store import Store
-from obsflow.connectors.views import list_views, view_files
+from obsflow.connectors.tables import FileEntry
+from obsflow.connectors.views import list_views
 
 if TYPE_CHECKING:
     import duckdb
@@ -54,25 +66,29 @@ def _files_table(
     con: duckdb.DuckDBPyConnection,
     store: Store,
     name: str,
-    files: Sequence[str],
+    files: Sequence[FileEntry],
     schema: pa.Schema,
 ) -> None:
-    """``name`` as a view over Parquet ``files`` (an empty table of ``schema`` if none)."""
+    """``name`` as a view over a table version's ``files``, with the columns of ``schema``
+    (rows as obsflow reads them; an empty table if there are no files)."""
     if not files:
         con.register(name, schema.empty_table())
         return
-    paths = ", ".join("'" + store.uri(f).replace("'", "''") + "'" for f in files)
-    # A missing value is NaN in the store ("NaN and null both mean missing"); SQL's missing is
-    # NULL, which count(), avg() and the like skip, as pandas skips NaN.
-    select = (
-        "* REPLACE (CASE WHEN isnan(value) THEN NULL ELSE value END AS value)"
-        if "value" in schema.names
-        else "*"
-    )
-    # union_by_name: objects written before a column existed read it as null. (Table names
+    paths = ", ".join("'" + store.uri(f.path).replace("'", "''") + "'" for f in files)
+    columns = []
+    for f in schema:
+        if pa.types.is_timestamp(f.type):  # the exact twin, as TIMESTAMP_NS
+            columns.append(f"make_timestamp_ns({_quoted(f.name + layout.NS)}) AS {_quoted(f.name)}")
+        elif f.name == "value":
+            # A missing value is NaN in the store ("NaN and null both mean missing"); SQL's
+            # missing is NULL, which count(), avg() and the like skip, as pandas skips NaN.
+            columns.append("CASE WHEN isnan(value) THEN NULL ELSE value END AS value")
+        else:
+            columns.append(_quoted(f.name))
+    # union_by_name: files written before a column existed read it as null. (Table names
     # are made of checked names, quoted; paths are the store's own, their quotes doubled.)
     con.execute(
-        f"CREATE VIEW {_quoted(name)} AS SELECT {select} "  # noqa: S608
+        f"CREATE VIEW {_quoted(name)} AS SELECT {', '.join(columns)} "  # noqa: S608
         f"FROM read_parquet([{paths}], union_by_name=true)"
     )
 
@@ -98,8 +114,9 @@ def _runs(store: Store) -> pa.Table:
     return pa.table(columns)
 
 
-def connect(store: Store) -> duckdb.DuckDBPyConnection:
-    """An in-memory DuckDB connection with the store's tables (see the module docstring)."""
+def connect(store: Store, *, as_of: AsOf = None) -> duckdb.DuckDBPyConnection:
+    """An in-memory DuckDB connection with the store's tables (see the module docstring);
+    ``as_of``: the store as it was then (a time, or a commit number of its one capture)."""
     con: duckdb.DuckDBPyConnection = _duckdb().connect()
     con.execute("SET TimeZone = 'UTC'")  # times print and bucket in UTC, as everywhere else
     # DuckDB 2.0's statistics propagation, over read_parquet(union_by_name=true), takes the
@@ -108,16 +125,31 @@ def connect(store: Store) -> duckdb.DuckDBPyConnection:
     con.execute("SET disabled_optimizers = 'statistics_propagation'")
     if store.scheme != "file":
         con.register_filesystem(store.fs)
-    for name in list_captures(store):
-        _files_table(
-            con, store, f"capture_{name}", capture_files(store, name), layout.CAPTURE_SCHEMA
-        )
+    captures = list_captures(store)
+    capture = None
+    if as_of is not None and not isinstance(as_of, datetime):
+        if len(captures) != 1:
+            raise ConfigError(
+                f"--as-of {as_of}: a commit number is a capture's, and this store holds "
+                f"{len(captures)} captures; give a time (ISO 8601) instead"
+            )
+        capture = captures[0]
+    for name in captures:
+        files = capture_files_read(store, name, None, as_of=as_of)
+        _files_table(con, store, f"capture_{name}", files, layout.CAPTURE_TABLE_SCHEMA)
     for doc in list_views(store):
         name = doc["name"]
-        schema = layout.view_schema(doc["definition"]["aggregates"])
-        _files_table(con, store, f"view_{name}", view_files(store, name), schema)
-        _files_table(con, store, f"late_{name}", late_files(store, name), layout.LATE_SCHEMA)
-    dead = deadletter_files(store)
+        try:
+            schema = layout.view_schema(
+                view_doc_as_of(store, name, as_of)["definition"]["aggregates"]
+            )
+        except StoreError:
+            continue  # the view did not exist then
+        files = view_files_read(store, name, None, doc, as_of=as_of)
+        _files_table(con, store, f"view_{name}", files, schema)
+        late = late_files(store, name, as_of=as_of)
+        _files_table(con, store, f"late_{name}", late, layout.LATE_SCHEMA)
+    dead = deadletter_files(store, as_of=as_of, capture=capture)
     _files_table(con, store, "_deadletters", dead, layout.DEADLETTER_SCHEMA)
     con.register("_resolved", read_resolved(store))
     con.execute(
@@ -128,9 +160,9 @@ def connect(store: Store) -> duckdb.DuckDBPyConnection:
     return con
 
 
-def describe(store: Store) -> dict[str, list[str]]:
+def describe(store: Store, *, as_of: AsOf = None) -> dict[str, list[str]]:
     """Each table of the store (sorted by name) with its columns."""
-    con = connect(store)
+    con = connect(store, as_of=as_of)
     try:
         rows = con.execute(
             "SELECT table_name, column_name FROM information_schema.columns "
@@ -144,10 +176,11 @@ def describe(store: Store) -> dict[str, list[str]]:
     return out
 
 
-def query(store: Store, text: str) -> pa.Table:
-    """The result of one SQL query over the store, as an Arrow table."""
+def query(store: Store, text: str, *, as_of: AsOf = None) -> pa.Table:
+    """The result of one SQL query over the store (as it was at ``as_of``), as an Arrow
+    table."""
     duckdb = _duckdb()
-    con = connect(store)
+    con = connect(store, as_of=as_of)
     try:
         result = con.sql(text)
     except duckdb.Error as exc:

@@ -17,6 +17,7 @@ idempotent (a PUT of the same object twice leaves the same object; create-only w
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import errno
 import io
@@ -24,7 +25,8 @@ import json
 import logging
 import os
 import posixpath
-import threading
+import shutil
+import tempfile
 import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
@@ -46,7 +48,6 @@ DEFAULT_STORE = "./data/store"
 
 log = logging.getLogger("obsflow.store")
 T = TypeVar("T")
-_MEMORY_LOCK = threading.Lock()  # memory:// is process-wide; makes exists+write atomic
 _NO_HARDLINK = {errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EXDEV, errno.ENOSYS}
 
 
@@ -55,8 +56,29 @@ def _local(path: str) -> tuple[Any, str]:
     return fs, os.path.abspath(path)
 
 
+_MEMORY_ROOT: str | None = None
+
+
+def memory_root() -> str:
+    """This process's folder for ``memory://`` stores (RAM-backed ``/dev/shm`` where there is
+    one), removed when the process exits."""
+    global _MEMORY_ROOT
+    if _MEMORY_ROOT is None:
+        shm = "/dev/shm"  # noqa: S108 - a private folder made by mkdtemp below, mode 0700
+        base = shm if os.access(shm, os.W_OK) else tempfile.gettempdir()
+        _MEMORY_ROOT = tempfile.mkdtemp(prefix=f"obsflow-memory-{os.getpid()}-", dir=base)
+        atexit.register(shutil.rmtree, _MEMORY_ROOT, True)
+    return _MEMORY_ROOT
+
+
 def _memory(path: str) -> tuple[Any, str]:
-    return fsspec.filesystem("memory"), "/" + path.strip("/")
+    # delta-rs opens tables by path and cannot see Python's in-memory filesystems: a memory://
+    # store is a folder of this process, gone when it exits (as memory would be).
+    name = path.strip("/")
+    if not name:
+        raise ConfigError("a memory:// store needs a name: memory://NAME")
+    _check_rel(name)
+    return _local(os.path.join(memory_root(), name))
 
 
 def _s3(path: str) -> tuple[Any, str]:
@@ -150,6 +172,8 @@ class Store:
         # Only remote stores retry: a local disk error does not go away by waiting.
         self.retry: RetryPolicy | None = RetryPolicy.from_env() if scheme == "s3" else None
         self.fs, self.root = BACKENDS[scheme](rest)
+        self.local = scheme in ("file", "memory")  # (a memory:// store is a private folder)
+        self._shown = rest.strip("/") if scheme == "memory" else None
         endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
         self._endpoint = (endpoint or "", self.root.split("/", 1)[0])
         self._arrow_fs: pafs.FileSystem | None = None
@@ -222,6 +246,8 @@ class Store:
 
     def uri(self, rel: str = "") -> str:
         """A URL for a store-relative path, for messages and for users."""
+        if self._shown is not None:
+            return f"memory://{self._shown}" + (f"/{_check_rel(rel)}" if rel else "")
         path = self.path(rel)
         return path if self.scheme == "file" else f"{self.scheme}://{path.lstrip('/')}"
 
@@ -232,7 +258,7 @@ class Store:
         path = self.path(rel)
 
         def write() -> None:
-            if self.scheme == "file":
+            if self.local:
                 # Temp names start with '.', so dataset readers skip them if we die mid-write.
                 tmp = posixpath.join(posixpath.dirname(path), f".tmp-{uuid.uuid4().hex}")
                 self.fs.pipe_file(tmp, data)
@@ -245,30 +271,21 @@ class Store:
     def create(self, rel: str, data: bytes) -> bool:
         """Write an object only if it does not exist yet; False if it does (never replaces).
 
-        S3: a conditional PUT (``If-None-Match: *``; 412 means it exists). A local folder: a
-        temp file, fsync, then a hard link (atomic, create-only). ``memory://``: exists, then
-        write, under a process-wide lock.
+        S3: a conditional PUT (``If-None-Match: *``; 412 means it exists). A local folder (and
+        a ``memory://`` store's): a temp file, fsync, then a hard link (atomic, create-only).
         """
         path = self.path(rel)
 
         def create() -> bool:
-            if self.scheme == "file":
+            if self.local:
                 return _create_local(path, data)
-            if self.scheme == "s3":
-                bucket, key, _ = self.fs.split_path(path)
-                try:
-                    self.fs.call_s3(
-                        "put_object", Bucket=bucket, Key=key, Body=data, IfNoneMatch="*"
-                    )
-                except Exception as exc:
-                    if _precondition_failed(exc):
-                        return False
-                    raise
-                return True
-            with _MEMORY_LOCK:
-                if self.fs.exists(path):
+            bucket, key, _ = self.fs.split_path(path)
+            try:
+                self.fs.call_s3("put_object", Bucket=bucket, Key=key, Body=data, IfNoneMatch="*")
+            except Exception as exc:
+                if _precondition_failed(exc):
                     return False
-                self.fs.pipe_file(path, data)
+                raise
             return True
 
         return self._call("write", rel, create)
@@ -297,7 +314,7 @@ class Store:
         path = self.path(rel)
 
         def read() -> bytes:
-            if self.scheme == "file":
+            if self.local:
                 with open(path, "rb") as f:
                     f.seek(start)
                     return f.read(max(0, end - start))
@@ -339,7 +356,7 @@ class Store:
 
     def copy(self, src: str, dst: str) -> None:
         """Copy one object within the store (server-side where the backend can)."""
-        if self.scheme == "file":
+        if self.local:
             self.write_bytes(dst, self.read_bytes(src))  # keeps the atomic-rename guarantee
         else:
             src_path, dst_path = self.path(src), self.path(dst)
@@ -355,14 +372,12 @@ class Store:
                 if self.fs.exists(dst_path):
                     return  # an earlier attempt got through
                 raise FileNotFoundError(src_path)
-            if self.scheme == "file":
+            if self.local:
                 os.makedirs(posixpath.dirname(dst_path), exist_ok=True)
                 os.replace(src_path, dst_path)
-            elif self.scheme == "s3":
+            else:
                 self.fs.copy(src_path, dst_path)
                 self.fs.rm(src_path)
-            else:
-                self.fs.mv(src_path, dst_path)
 
         self._call("move", dst, move)
 
@@ -442,11 +457,46 @@ class Store:
     def arrow_fs(self) -> pafs.FileSystem:
         """A pyarrow filesystem over the store's backend whose reads retry like ``_call``."""
         if self._arrow_fs is None:
-            if self.scheme == "file":
+            if self.local:
                 self._arrow_fs = pafs.LocalFileSystem()
             else:
                 self._arrow_fs = pafs.PyFileSystem(_RetryingHandler(self))
         return self._arrow_fs
+
+    # tables ----------------------------------------------------------------------------
+
+    def table_location(self, rel: str) -> tuple[str, dict[str, str]]:
+        """The URI delta-rs opens for the table at ``rel`` and its storage options: S3's
+        endpoint and the retry budget of ``OBSFLOW_S3_RETRY_SECONDS``. Credentials are not
+        among them: delta-rs reads them from the standard AWS environment itself."""
+        path = self.path(rel)
+        if self.local:
+            return path, {}
+        options = {"AWS_ALLOW_HTTP": "false"}
+        endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
+        if endpoint:
+            options["AWS_ENDPOINT_URL"] = endpoint
+            if endpoint.startswith("http://"):
+                options["AWS_ALLOW_HTTP"] = "true"
+        policy = self.retry or RetryPolicy.from_env()
+        options["retry_timeout"] = f"{max(1, int(policy.seconds))}s"
+        options["timeout"] = f"{max(10, int(policy.seconds))}s"
+        options["connect_timeout"] = "5s"
+        if policy.attempts is not None:
+            options["max_retries"] = str(max(0, policy.attempts - 1))
+        return f"s3://{path.lstrip('/')}", options
+
+    def call_table(self, action: str, rel: str, fn: Callable[[], T]) -> T:
+        """Run one delta-rs operation on a table. delta-rs retries transient failures itself
+        (within the budget ``table_location`` gives it), so a failure here is final: it becomes
+        a ``StoreError`` naming the action and the table (its cause kept for callers that need
+        to tell a lost commit from a broken store), never showing a credential."""
+        try:
+            return fn()
+        except (StoreError, FileNotFoundError):
+            raise
+        except Exception as exc:
+            raise StoreError(f"cannot {action} {self.uri(rel)}: {reason(exc)}") from exc
 
 
 def json_bytes(obj: Any) -> bytes:

@@ -22,10 +22,13 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from obsflow.connectors import layout
+from obsflow.connectors import layout, tables
+from obsflow.connectors.capture import StateRef
+from obsflow.connectors.commits import last_info
 from obsflow.connectors.errors import ConfigError, StoreError
 from obsflow.connectors.partitions import conform
 from obsflow.connectors.store import Store
+from obsflow.connectors.tables import DataFile, FileEntry, Snapshot
 
 ROW_KEY = ("source", "channel", "window_start")  # one row per window of a series
 SEGMENT_WINDOWS = 1024
@@ -67,19 +70,39 @@ def view_doc(
     return doc
 
 
+@dataclass(frozen=True)
+class ViewHead:
+    """A view as its latest commit left it: its document and where each partition's window
+    state is (the run whose folder holds it)."""
+
+    doc: dict[str, Any]
+    state: dict[int, str]
+    commit: int = 0
+
+
+def view_head(store: Store, name: str, *, version: int | None = None) -> ViewHead | None:
+    """The view's latest commit (at or before Delta ``version``; None: no such view)."""
+    table = layout.view_dir(name)
+    snap = tables.snapshot(store, table)
+    if snap is None:
+        return None
+    app = str(snap.description.get("capture", ""))
+    info = last_info(store, table, app, version=version)
+    doc = info.get("view") or {}
+    state = {int(k): str(v) for k, v in (info.get("state") or {}).items()}
+    return ViewHead(dict(doc), state, int(info.get("commit", 0)))
+
+
 def read_view_doc(store: Store, name: str) -> dict[str, Any]:
-    try:
-        doc: dict[str, Any] = store.read_json(layout.view_doc(name))
-    except FileNotFoundError:
+    head = view_head(store, name)
+    if head is None or not head.doc:
         names = [d["name"] for d in list_views(store)]
-        raise StoreError(
-            f"no view {name!r} in {store.uri()} (views: {', '.join(names) or 'none'})"
-        ) from None
-    return doc
+        raise StoreError(f"no view {name!r} in {store.uri()} (views: {', '.join(names) or 'none'})")
+    return head.doc
 
 
 def view_exists(store: Store, name: str) -> bool:
-    return store.exists(layout.view_doc(name))
+    return tables.exists(store, layout.view_dir(name))
 
 
 def check_view(store: Store, doc: dict[str, Any]) -> bool:
@@ -97,33 +120,81 @@ def check_view(store: Store, doc: dict[str, Any]) -> bool:
     return True
 
 
-def stage_view_doc(store: Store, run: str, doc: dict[str, Any]) -> None:
-    store.write_json(layout.staged(run, layout.view_doc(doc["name"])), doc)
-
-
 def list_views(store: Store) -> list[dict[str, Any]]:
     out = []
-    for name in store.listdir(f"{layout.META}/views"):
-        try:
-            out.append(store.read_json(layout.view_doc(name)))
-        except FileNotFoundError:
+    for name in store.listdir("views"):
+        if not store.exists(f"views/{name}/{tables.LOG_DIR}"):
             continue
+        head = view_head(store, name)
+        if head is not None and head.doc:
+            out.append(head.doc)
     return out
+
+
+def view_description(name: str, capture: str) -> dict[str, Any]:
+    """What a view table's description holds (its definition is in each commit)."""
+    return {"kind": "view", "name": name, "capture": capture}
+
+
+@dataclass(frozen=True)
+class ViewBase:
+    """The view version a run starts from: its Delta version (None: no view yet), its state
+    per partition (the run whose folder holds it), the file of each segment per partition
+    (start ns -> store-relative path), and the commit that made it."""
+
+    version: int | None = None
+    state: dict[int, str] = field(default_factory=dict)
+    files: dict[int, dict[int, str]] = field(default_factory=dict)
+    commit: int = 0
+
+
+def view_base(store: Store, name: str) -> ViewBase:
+    """The latest version of a view, as a run starts from it."""
+    snap = tables.snapshot(store, layout.view_dir(name))
+    if snap is None:
+        return ViewBase()
+    head = view_head(store, name)
+    files: dict[int, dict[int, str]] = {}
+    for f in snap.files:
+        m = layout.VIEW_FILE_RE.match(f.path[len(snap.table) + 1 :])
+        if m:
+            files.setdefault(int(m["part"]), {})[segment_start(m["segment"])] = f.path
+    return ViewBase(
+        snap.version, dict(head.state) if head else {}, files, head.commit if head else 0
+    )
 
 
 # -- reading --------------------------------------------------------------------------------
 
 
-def view_files(store: Store, name: str, parts: Iterable[int] | None = None) -> list[str]:
-    """Store-relative paths of a view's objects (of some partitions)."""
+def view_files(
+    store: Store, name: str, parts: Iterable[int] | None = None, snap: Snapshot | None = None
+) -> list[FileEntry]:
+    """The files of a view version (of some partitions)."""
+    snap = snap or tables.snapshot(store, layout.view_dir(name))
+    if snap is None:
+        return []
     if parts is None:
-        return [f for f in store.walk_files(layout.view_dir(name)) if layout.visible(f)]
-    return [
-        f"{layout.view_part_dir(name, p)}/{n}"
-        for p in parts
-        for n in store.listdir(layout.view_part_dir(name, p))
-        if layout.visible(n)
-    ]
+        return list(snap.files)
+    return [f for p in sorted(set(parts)) for f in snap.under(layout.part_name(p) + "/")]
+
+
+def segment_files(snap: Snapshot | None, part: int) -> dict[int, str]:
+    """Segment start (ns) -> the file holding it, for one partition of a view version."""
+    if snap is None:
+        return {}
+    out = {}
+    for f in snap.under(layout.part_name(part) + "/"):
+        m = layout.VIEW_FILE_RE.match(f.path[len(snap.table) + 1 :])
+        if m:
+            out[segment_start(m["segment"])] = f.path
+    return out
+
+
+def segment_start(name: str) -> int:
+    """The window start (ns) a segment name stands for (``layout.segment_name``)."""
+    text = f"{name[0:4]}-{name[4:6]}-{name[6:8]}T{name[9:11]}:{name[11:13]}:{name[13:15]}"
+    return int(np.datetime64(text, "ns").astype(np.int64))
 
 
 # -- window state ------------------------------------------------------------------------------
@@ -131,20 +202,26 @@ def view_files(store: Store, name: str, parts: Iterable[int] | None = None) -> l
 STATE_TABLES = ("series", "open", "sketch")
 
 
-def load_state(store: Store, view: str, part: int) -> dict[str, pa.Table]:
-    """A view partition's committed window state (empty for a partition never written)."""
-    out = {}
+def load_state(store: Store, view: str, part: int, run: str | None) -> dict[str, pa.Table]:
+    """A view partition's window state as ``run`` left it (empty: no run did)."""
+    out: dict[str, pa.Table] = {}
+    if run is None:
+        return out
     for name in STATE_TABLES:
         try:
-            out[name] = store.read_parquet(layout.view_state(view, part, name))
+            out[name] = store.read_parquet(layout.view_state(view, run, part, name))
         except FileNotFoundError:
             continue
     return out
 
 
-def stage_state(store: Store, run: str, view: str, part: int, tables: dict[str, pa.Table]) -> None:
-    for name, table in tables.items():
-        store.write_parquet(layout.staged(run, layout.view_state(view, part, name)), table)
+def save_state(
+    store: Store, run: str, view: str, part: int, tables_: dict[str, pa.Table]
+) -> StateRef:
+    """Save a partition's window state in ``run``'s folder; where it now is."""
+    for name, table in tables_.items():
+        store.write_parquet(layout.view_state(view, run, part, name), table)
+    return StateRef(layout.view_dir(view), part, (run,))
 
 
 # -- writing rows ------------------------------------------------------------------------------
@@ -177,19 +254,24 @@ class Scope:
 @dataclass
 class WriterState:
     """What a segment writer needs to resume: segments holding the base's provisional rows,
-    the segments this run has staged, and those of them holding provisional rows."""
+    the segments this run has written, those of them holding provisional rows, and the files
+    written since they were last reported."""
 
     base_provisional: set[int] = field(default_factory=set)
     staged: set[int] = field(default_factory=set)
     staged_provisional: set[int] = field(default_factory=set)
     rows: int = 0  # final rows written by this run
     provisional: int = 0
+    written: dict[str, DataFile] = field(default_factory=dict)
 
 
 class SegmentWriter:
-    """Upserts one view partition's rows into their home objects, staged for ``run``.
+    """Upserts one view partition's rows into its segments: each segment it changes is
+    written anew as ``run``'s file of that segment (rewritten as the run goes on), which the
+    run's commit swaps for the segment's file in the base version (``base``: segment start
+    -> file).
 
-    ``fresh``: the view is being rebuilt whole (a replay), so committed objects are not merged
+    ``fresh``: the view is being rebuilt whole (a replay), so committed files are not merged
     in. ``scope``: only rows inside it are written or replaced (a filtered replay).
     """
 
@@ -206,9 +288,11 @@ class SegmentWriter:
         fresh: bool = False,
         scope: Scope | None = None,
         state: WriterState | None = None,
+        base: dict[int, str] | None = None,
     ) -> None:
         self.store, self.view, self.part, self.run = store, view, part, run
         self.span, self.schema, self.lineage = span, schema, lineage
+        self.base = base or {}
         self.fresh, self.scope = fresh, scope
         self.state = state or WriterState()
         self._final: list[pa.Table] = []
@@ -272,16 +356,14 @@ class SegmentWriter:
         return {int(s): rows.filter(pa.array(seg == s)) for s in np.unique(seg)}
 
     def _current(self, seg: int) -> pa.Table:
-        rel = layout.view_segment(self.view, self.part, seg)
         if seg in self.state.staged:
-            return self.store.read_parquet(layout.staged(self.run, rel))
-        if self.fresh:
+            rel = layout.view_file(self.view, self.part, seg, self.run)
+        elif self.fresh or seg not in self.base:
             return self.schema.empty_table()
-        try:
-            # (a segment written before a column existed, first_seq say, reads it as null)
-            return conform(self.store.read_parquet(rel), self.schema)
-        except FileNotFoundError:
-            return self.schema.empty_table()
+        else:
+            rel = self.base[seg]
+        # (a segment written before a column existed, first_seq say, reads it as null)
+        return conform(layout.loaded(self.store.read_parquet(rel), self.schema), self.schema)
 
     def _write(
         self, seg: int, final: pa.Table | None, prov: pa.Table | None, replace_prov: bool
@@ -301,8 +383,26 @@ class SegmentWriter:
         rows = rows.sort_by(
             [("source", "ascending"), ("channel", "ascending"), ("window_start", "ascending")]
         )
-        rel = layout.staged(self.run, layout.view_segment(self.view, self.part, seg))
-        if rows.num_rows == 0 and seg not in self.state.staged and self.fresh:
+        if rows.num_rows == 0 and seg not in self.state.staged and seg not in self.base:
             return
-        self.store.write_parquet(rel, rows)
+        rel = layout.view_file(self.view, self.part, seg, self.run)
+        table = layout.view_dir(self.view)
+        # (a segment left empty is written too: its commit then removes the base's file)
+        self.state.written[rel] = tables.write_file(
+            self.store, table, rel, layout.stored(rows), layout.STATS
+        )
         self.state.staged.add(seg)
+
+    def take_written(self) -> list[DataFile]:
+        """The files written since the last call (for the run's commit; a rewritten segment
+        is reported again, and its last report holds)."""
+        out = list(self.state.written.values())
+        self.state.written = {}
+        return out
+
+    def replaced(self) -> list[str]:
+        """The base version's files of the segments this run rewrote (its commit removes
+        them); with ``fresh``, every file of the partition."""
+        if self.fresh:
+            return sorted(self.base.values())
+        return sorted(self.base[s] for s in self.state.staged if s in self.base)

@@ -13,11 +13,15 @@ from dataclasses import dataclass, field
 import pyarrow as pa
 from bytewax.operators import StatefulBatchLogic
 
-from obsflow.connectors.capture import PartitionWriter, WriterState
+from obsflow.connectors.capture import PartitionWriter, StateRef, WriterState
+from obsflow.connectors.schema import REJECT_SCHEMA
 from obsflow.connectors.store import Store
-from obsflow.flows.summary import Counts
+from obsflow.connectors.tables import DataFile
+from obsflow.flows.summary import Counts, wrote
 
 PartTable = tuple[int, pa.Table]  # (capture partition, readings)
+_NO_REJECTS = REJECT_SCHEMA.empty_table()
+_NO_ROWS = pa.table({})
 
 
 @dataclass(frozen=True)
@@ -29,6 +33,7 @@ class Captured:
     conflicts: pa.Table  # REJECT_SCHEMA
     duplicates: int
     origins: dict[str, int] = field(default_factory=dict)  # rows accepted per input
+    written: tuple[DataFile | StateRef, ...] = ()  # for the run's commit
 
     @property
     def counts(self) -> Counts:
@@ -39,12 +44,13 @@ class Captured:
             rejected=n,
             reasons={"conflict": n} if n else {},
             origins=self.origins,
-        )
+        ) + wrote(*self.written)
 
 
 class CaptureLogic(StatefulBatchLogic[PartTable, Captured, WriterState]):
     """Owns one capture partition: drops duplicates, sets conflicts aside, numbers readings and
-    appends them to the partition's objects (staged for the run's commit).
+    appends them to the partition's files (for the run's commit ``n``; ``state``: partition ->
+    the runs whose folders hold its state at commit ``n - 1``).
 
     Bytewax builds the logic without telling it its key, so the partition number travels with
     each item and the writer is made on the first batch (or from the resume state).
@@ -58,30 +64,51 @@ class CaptureLogic(StatefulBatchLogic[PartTable, Captured, WriterState]):
         horizon: int,
         resume: WriterState | None,
         *,
+        n: int,
+        state: dict[int, list[str]],
         recoverable: bool = True,
     ) -> None:
         self.store, self.capture, self.run_id, self.horizon = store, capture, run_id, horizon
+        self.n, self.state = n, state
         self.recoverable = recoverable
         self.writer: PartitionWriter | None = None
         if resume is not None:
-            self.writer = PartitionWriter(store, capture, resume.part, resume.run_id, resume=resume)
-            self.writer.discard_after(resume.chunk)  # objects written after the snapshot
+            self.writer = self._writer(resume.part, resume)
+            self.writer.discard_after(resume.chunk)  # files written after the snapshot
+
+    def _writer(self, part: int, resume: WriterState | None = None) -> PartitionWriter:
+        return PartitionWriter(
+            self.store,
+            self.capture,
+            part,
+            resume.run_id if resume else self.run_id,
+            n=self.n,
+            state=self.state.get(part),
+            horizon=self.horizon,
+            resume=resume,
+        )
 
     def on_batch(self, values: list[PartTable]) -> tuple[Iterable[Captured], bool]:
         if self.writer is None:
-            self.writer = PartitionWriter(
-                self.store, self.capture, values[0][0], self.run_id, horizon=self.horizon
-            )
+            self.writer = self._writer(values[0][0])
         out = []
         for part, table in values:
             a = self.writer.append(table)
             out.append(Captured(part, a.rows, a.conflicts, a.duplicates, a.origins))
+        done = self.writer.take_written()
+        if done:
+            last = out[-1]
+            out[-1] = Captured(
+                last.part, last.rows, last.conflicts, last.duplicates, last.origins, tuple(done)
+            )
         return out, self.RETAIN
 
     def on_eof(self) -> tuple[Iterable[Captured], bool]:
-        if self.writer is not None:
-            self.writer.close()
-        return [], self.RETAIN
+        if self.writer is None:
+            return [], self.RETAIN
+        ref = self.writer.close()
+        done: tuple[DataFile | StateRef, ...] = (*self.writer.take_written(), ref)
+        return [Captured(self.writer.part, _NO_ROWS, _NO_REJECTS, 0, {}, done)], self.RETAIN
 
     def snapshot(self) -> WriterState:
         assert self.writer is not None  # Bytewax snapshots only logics that have seen an item

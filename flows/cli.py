@@ -505,8 +505,9 @@ def parser() -> argparse.ArgumentParser:
     ap = _action(
         capture,
         "compact",
-        "rewrite the capture's many small objects (a live session's) as a few large ones, "
-        "as one commit: readers and replays see the same readings throughout",
+        "rewrite the capture's many small files (a live session's) as a few large ones, as "
+        "one commit (Delta's optimize: readers and replays see the same readings throughout), "
+        "then vacuum what no version of the retention period needs",
         _lazy("commands", "cmd_compact"),
     )
     ap.add_argument("name", metavar="NAME", help="the capture")
@@ -515,12 +516,19 @@ def parser() -> argparse.ArgumentParser:
         type=int,
         default=1 << 20,
         metavar="N",
-        help="readings per new object, at most (default 1048576)",
+        help="readings per new file, at most (default 1048576)",
+    )
+    ap.add_argument(
+        "--retain",
+        default="7d",
+        metavar="DUR",
+        help="keep what time travel to the last DUR needs (default 7d; at least 1h: younger "
+        "files may belong to a run still writing)",
     )
     ap = _action(
         capture,
         "archive",
-        "move the capture's objects older than a time to another store (cold storage), with a "
+        "move the capture's files older than a time to another store (cold storage), with a "
         "manifest there; replay reads both, views keep their rows",
         _lazy("commands", "cmd_archive"),
     )
@@ -529,7 +537,7 @@ def parser() -> argparse.ArgumentParser:
         "--before",
         required=True,
         metavar="TIME",
-        help="move objects whose readings all lie before this time (ISO 8601, UTC)",
+        help="move files whose readings all lie before this time (ISO 8601, UTC)",
     )
     ap.add_argument(
         "--to",

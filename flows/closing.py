@@ -9,14 +9,13 @@ entry of the capture's log, which replay repeats at the same point of the captur
 
 from __future__ import annotations
 
-from datetime import datetime
 from typing import Any
 
 import numpy as np
 
-from obsflow.connectors import commits, layout
+from obsflow.connectors import layout
 from obsflow.connectors.capture import open_capture
-from obsflow.connectors.commits import Lease
+from obsflow.connectors.commits import ConcurrentWriterError, capture_base, finish_pending
 from obsflow.connectors.migrate import check_layout
 from obsflow.connectors.partitions import partitions_of
 from obsflow.connectors.store import Store
@@ -24,12 +23,16 @@ from obsflow.connectors.views import (
     SegmentWriter,
     load_state,
     read_view_doc,
+    save_state,
     segment_span,
-    stage_state,
+    view_base,
 )
-from obsflow.flows.summary import Counts, summary_dict
+from obsflow.flows.finish import Finish
+from obsflow.flows.summary import Counts, wrote
 from obsflow.flows.viewdef import ViewDef
 from obsflow.flows.windows import WindowKernel
+
+RETRIES = 3
 
 
 def close_view(
@@ -41,60 +44,70 @@ def close_view(
     until: int | None = None,
 ) -> dict[str, Any]:
     """Close ``view``'s windows (of ``sources``; up to ``until`` ns) and commit; a summary
-    (with ``notes`` on what crashed runs had left, when there was any)."""
+    (with ``notes`` on what crashed runs had left, when there was any). Run again from the new
+    base if another run committed the capture meanwhile."""
     check_layout(store)
+    for attempt in range(RETRIES + 1):
+        try:
+            return _close(store, view, f"{run}-{attempt}" if attempt else run, sources, until)
+        except ConcurrentWriterError:
+            if attempt == RETRIES:
+                raise
+    raise AssertionError("unreachable")
+
+
+def _close(
+    store: Store, view: str, run: str, sources: list[str] | None, until: int | None
+) -> dict[str, Any]:
     doc = read_view_doc(store, view)
     capture = doc["capture"]
+    notes = finish_pending(store, capture)
     definition = ViewDef.from_definition(doc["definition"])
     meta = open_capture(store, capture)
+    base, _state = capture_base(store, capture, None)
+    vbase = view_base(store, view)
     parts = partitions_of(sources, meta.partitions) if sources else range(meta.partitions)
-    lease = Lease.acquire(store, capture, run)
-    try:
-        base = commits.head(store, capture)
-        notes = commits.finish_pending(store, capture=capture, keep=run)
-        commits.begin(store, run, capture)
-        closed = provisional = 0
-        for part in parts:
-            state = load_state(store, view, part)
-            if not state:
-                continue
-            kernel = WindowKernel.from_state(definition, state)
-            mask = None
-            if sources:
-                mask = np.array([s in sources for s, _ in kernel.names], dtype=bool)
-            before = kernel.open.start.copy()
-            rows = kernel.close(mask, until)
-            writer = SegmentWriter(
-                store,
-                view,
-                part,
-                run,
-                span=segment_span(definition.definition),
-                schema=layout.view_schema(definition.aggregates),
-                lineage={"capture": capture, "view_hash": definition.hash},
-            )
-            writer.note_base_provisional(before)
-            writer.add_final(rows)
-            writer.flush(provisional=kernel.open_rows())
-            stage_state(store, run, view, part, kernel.state())
-            closed += rows.num_rows
-            provisional += writer.state.provisional
-        event = {"view": view, "sources": sources or None, "until": until}
-        entry = commits.commit(
-            store, capture, run, "close", base=base, end_of_run=False, close=[event]
+    outputs = Counts()
+    closed = provisional = 0
+    for part in parts:
+        state = load_state(store, view, part, vbase.state.get(part))
+        if not state:
+            continue
+        kernel = WindowKernel.from_state(definition, state)
+        mask = None
+        if sources:
+            mask = np.array([s in sources for s, _ in kernel.names], dtype=bool)
+        before = kernel.open.start.copy()
+        rows = kernel.close(mask, until)
+        writer = SegmentWriter(
+            store,
+            view,
+            part,
+            run,
+            span=segment_span(definition.definition),
+            schema=layout.view_schema(definition.aggregates),
+            lineage={"capture": capture, "view_hash": definition.hash},
+            base=vbase.files.get(part, {}),
         )
-        counts = Counts(view_rows={view: closed}, provisional={view: provisional})
-        summary = summary_dict(
-            counts,
-            run=run,
-            commit=entry.n,
-            capture=capture,
-            store_url=store.uri(),
-            finished=datetime.now().astimezone().isoformat(),
-            mode="close",
-            closed=event,
-        )
-        store.write_json(layout.run_summary(run), summary)
-        return {**summary, "notes": notes} if notes else summary
-    finally:
-        lease.release()
+        writer.note_base_provisional(before)
+        writer.add_final(rows)
+        writer.flush(provisional=kernel.open_rows())
+        ref = save_state(store, run, view, part, kernel.state())
+        outputs = outputs + wrote(*writer.take_written(), ref)
+        closed += rows.num_rows
+        provisional += writer.state.provisional
+    event = {"view": view, "sources": sources or None, "until": until}
+    counts = outputs + Counts(view_rows={view: closed}, provisional={view: provisional})
+    finish = Finish(
+        store=store.url,
+        capture=capture,
+        run=run,
+        kind="close",
+        base=base,
+        views=(doc,),
+        extra={"mode": "close", "closed": event},
+        end_of_run=False,
+        close=(event,),
+    )
+    summary = finish(counts)
+    return {**summary, "notes": notes} if notes else summary

@@ -20,7 +20,7 @@ import pyarrow.compute as pc
 from obsflow.connectors.bluesky_io import BlueskyInput
 from obsflow.connectors.brokers import BrokerURL, connect, is_broker_url, publisher
 from obsflow.connectors.capture import capture_info, new_run_id, open_capture
-from obsflow.connectors.compaction import compact
+from obsflow.connectors.compaction import compact, vacuum
 from obsflow.connectors.errors import ConfigError
 from obsflow.connectors.files import write_table
 from obsflow.connectors.ids import check_name
@@ -506,14 +506,21 @@ def cmd_compact(args: argparse.Namespace) -> int:
     store = Store(args.store)
     check_layout(store)
     open_capture(store, args.name)
+    retain = parse_duration_ns(args.retain) / 3.6e12
     result = compact(store, args.name, new_run_id(), target_rows=args.target_rows)
-    if result.commit is None:
+    if result.version is None:
         say(f"capture {args.name!r}: nothing to compact")
     else:
         say(
-            f"capture {args.name!r}: {result.before:,} objects ({result.rows:,} readings) "
-            f"rewritten as {result.after:,} (commit #{result.commit})"
+            f"capture {args.name!r}: {result.before:,} files ({result.rows:,} readings) "
+            f"rewritten as {result.after:,} (version {result.version})"
         )
+    cleaned = vacuum(store, args.name, retention_hours=retain)
+    say(
+        f"capture {args.name!r}: vacuum deleted {plural(cleaned.files, 'file')} and "
+        f"{plural(cleaned.folders, 'bookkeeping folder')} no version of the last "
+        f"{args.retain} needs"
+    )
     return 0
 
 
@@ -529,15 +536,13 @@ def cmd_archive(args: argparse.Namespace) -> int:
     cold = Store(args.to)
     result = archive(store, args.name, new_run_id(), before=before, to=cold)
     if result.commit is None:
-        say(
-            f"capture {args.name!r}: nothing to archive (no object lies wholly before "
-            f"{args.before})"
-        )
+        say(f"capture {args.name!r}: nothing to archive (no file lies wholly before {args.before})")
     else:
         say(
-            f"capture {args.name!r}: moved {result.objects:,} objects ({result.rows:,} readings, "
+            f"capture {args.name!r}: moved {result.objects:,} files ({result.rows:,} readings, "
             f"{result.bytes:,} bytes) to {cold.uri()} (commit #{result.commit}); "
-            f"manifest {result.manifest}"
+            f"manifest {result.manifest}; the next `capture compact` past its retention "
+            "deletes them here"
         )
     return 0
 

@@ -39,6 +39,7 @@ from obsflow.connectors.capture import (
     list_captures,
     new_run_id,
 )
+from obsflow.connectors.commits import AsOf, parse_as_of
 from obsflow.connectors.errors import ConfigError
 from obsflow.connectors.migrate import check_layout
 from obsflow.connectors.payload_format import PAYLOAD_SCHEMA, Payload, PayloadRef
@@ -63,10 +64,13 @@ _RUN_COLUMNS = (
 )
 
 
-def open_store(url: str | Store = DEFAULT_STORE, *, demo: bool = False) -> Explorer:
+def open_store(
+    url: str | Store = DEFAULT_STORE, *, demo: bool = False, as_of: int | TimeLike | None = None
+) -> Explorer:
     """An ``Explorer`` over ``url``; with ``demo``, first run ``obsflow demo`` into it if it
-    has no ``demo`` capture (4 simulated instruments, views ``demo_10s`` and ``demo_1m``)."""
-    explorer = Explorer(url)
+    has no ``demo`` capture (4 simulated instruments, views ``demo_10s`` and ``demo_1m``);
+    with ``as_of`` (a capture's commit number, or a time), the store as it was then."""
+    explorer = Explorer(url, as_of=as_of)
     if demo and "demo" not in explorer.capture_names():
         explorer.demo()
     return explorer
@@ -119,13 +123,24 @@ class Explorer:
     ``connectors.store.Store``, ``payload_store`` its ``PayloadStore``.
     """
 
-    def __init__(self, url: str | Store = DEFAULT_STORE) -> None:
+    def __init__(
+        self, url: str | Store = DEFAULT_STORE, *, as_of: int | TimeLike | None = None
+    ) -> None:
         self.store = url if isinstance(url, Store) else Store(url)
         self.url = self.store.url
+        self.as_of: AsOf = parse_as_of(as_of)
         self._checked = False
 
     def __repr__(self) -> str:
+        if self.as_of is not None:
+            return f"open_store({self.url!r}, as_of={self.as_of!r})"
         return f"open_store({self.url!r})"
+
+    def at(self, as_of: int | TimeLike | None) -> Explorer:
+        """The same store as it was at ``as_of``: a capture's commit number (what a run summary
+        calls ``commit``), or a time (naive: UTC). Reads of tables of other captures than the
+        one the number is of need a time."""
+        return Explorer(self.store, as_of=as_of)
 
     def _ready(self) -> Store:
         if not self._checked:
@@ -145,7 +160,10 @@ class Explorer:
 
     def captures(self) -> pd.DataFrame:
         """One row per capture: partitions, files, rows, bytes, sources, first and last time."""
-        rows = [capture_info(self._ready(), name).__dict__ for name in self.capture_names()]
+        rows = [
+            capture_info(self._ready(), name, as_of=self.as_of).__dict__
+            for name in self.capture_names()
+        ]
         frame = pd.DataFrame(rows, columns=[f.name for f in fields(CaptureInfo)])
         for col in ("first", "last", "created"):
             frame[col] = pd.to_datetime(frame[col], utc=True, format="ISO8601")
@@ -178,12 +196,18 @@ class Explorer:
         return ViewDef.from_definition(read_view_doc(self._ready(), name)["definition"])
 
     def view_files(self, name: str, *, source: Names = None) -> list[str]:
-        """Store-relative paths of the view objects a read of ``source`` opens."""
-        return reads.view_files_read(self._ready(), name, _names(source, "source"))
+        """Store-relative paths of the view files a read of ``source`` opens."""
+        files = reads.view_files_read(
+            self._ready(), name, _names(source, "source"), as_of=self.as_of
+        )
+        return [f.path for f in files]
 
     def capture_files(self, name: str, *, source: Names = None) -> list[str]:
-        """Store-relative paths of the capture objects a read of ``source`` opens."""
-        return reads.capture_files_read(self._ready(), name, _names(source, "source"))
+        """Store-relative paths of the capture files a read of ``source`` opens."""
+        files = reads.capture_files_read(
+            self._ready(), name, _names(source, "source"), as_of=self.as_of
+        )
+        return [f.path for f in files]
 
     # reading rows ------------------------------------------------------------------------
 
@@ -209,6 +233,7 @@ class Explorer:
             until=until,
             columns=columns,
             final_only=final_only,
+            as_of=self.as_of,
         )
 
     def view(self, name: str, **filters: Any) -> pd.DataFrame:
@@ -254,6 +279,7 @@ class Explorer:
             columns=columns,
             payloads=payloads,
             filter=wanted,
+            as_of=self.as_of,
         )
 
     def capture(self, name: str, **filters: Any) -> pd.DataFrame:
@@ -316,6 +342,7 @@ class Explorer:
             start=start,
             until=until,
             trace_ids=_names(trace_id, "trace id"),
+            as_of=self.as_of,
         ).to_pandas()
         return frame
 
@@ -336,6 +363,7 @@ class Explorer:
             reason=reason,
             unresolved=unresolved,
             trace_ids=_names(trace_id, "trace id"),
+            as_of=self.as_of if isinstance(self.as_of, datetime) else None,
         ).to_pandas()
         return frame
 
@@ -344,7 +372,7 @@ class Explorer:
         ``view_<name>``, ``late_<view>``, ``deadletters`` and ``runs`` (``connectors.sql``)."""
         from obsflow.connectors import sql
 
-        frame: pd.DataFrame = sql.query(self._ready(), query).to_pandas()
+        frame: pd.DataFrame = sql.query(self._ready(), query, as_of=self.as_of).to_pandas()
         return frame
 
     # payloads ----------------------------------------------------------------------------

@@ -33,8 +33,13 @@ from obsflow.connectors import layout
 from obsflow.connectors.batch import DEFAULT_BATCH_ROWS, RawBatch
 from obsflow.connectors.bluesky import SETTLED
 from obsflow.connectors.bluesky_io import BlueskyInput, stored_documents
-from obsflow.connectors.capture import capture_exists, new_run_id, planned_capture
-from obsflow.connectors.commits import read_log
+from obsflow.connectors.capture import (
+    capture_exists,
+    capture_snapshot,
+    new_run_id,
+    planned_capture,
+)
+from obsflow.connectors.commits import capture_base
 from obsflow.connectors.dedup import DEFAULT_HORIZON
 from obsflow.connectors.errors import ConfigError
 from obsflow.connectors.files import FileSource
@@ -45,7 +50,7 @@ from obsflow.connectors.payloads import PayloadStore
 from obsflow.connectors.schema import MAX_CONTEXT_CHARS, TRACE, InputSpec, normalize
 from obsflow.connectors.simulator import SimSource
 from obsflow.connectors.store import DEFAULT_STORE, Store
-from obsflow.connectors.views import check_view, view_doc
+from obsflow.connectors.views import check_view, view_base, view_doc
 from obsflow.flows.capturestep import CaptureLogic
 from obsflow.flows.chunkstep import ChunkLogic, Step
 from obsflow.flows.features import check_features
@@ -312,7 +317,8 @@ def planned_views(
         for doc in (view_doc(v.name, v.definition, v.hash, config.capture) for v in views)
         if not check_view(store, doc)
     )
-    held = sum(c.rows for c in read_log(store, config.capture)) if new else 0
+    snap = capture_snapshot(store, config.capture) if new else None
+    held = snap.rows if snap is not None else 0
     if held:
         raise ConfigError(
             f"view {new[0]['name']!r} is new, and capture {config.capture!r} already holds "
@@ -340,16 +346,17 @@ def build_flow(
     store = Store(config.store)
     meta = planned_capture(store, config.capture, config.partitions)
     spec, run_id = config.spec, config.run_id
-    views, new_views = planned_views(store, config)
+    views, _new = planned_views(store, config)
     known = dict(config.fingerprints)
+    base, state = capture_base(store, config.capture, config.base)
     finish = Finish(
         store=config.store,
         capture=config.capture,
         run=run_id,
         kind="ingest",
-        base=config.base,
+        base=base,
         capture_meta=None if capture_exists(store, config.capture) else meta,
-        views=new_views,
+        views=tuple(view_doc(v.name, v.definition, v.hash, config.capture) for v in views),
         inputs={}
         if config.live
         else {u: (known.get(u), config.input_signature()) for u in config.inputs},
@@ -396,6 +403,8 @@ def build_flow(
             run_id,
             config.dedup_horizon,
             s,
+            n=base + 1,
+            state=state,
             recoverable=durable and not config.live,
         ),
     )
@@ -440,6 +449,7 @@ def build_flow(
                 store=store,
                 capture=config.capture,
                 run_id=run_id,
+                base=view_base(store, v.name),
                 durable=durable and not config.live,
             )
             for v in views

@@ -3,27 +3,28 @@
 The ``obsflow`` command only parses arguments and prints; the Python API (``ingest``,
 ``replay``, ``execute``; the Explorer calls ``execute``) is the same functions. A job:
 
-1. *prepares*: validates what it was asked, takes the capture's lease (one writer at a time),
-   finishes commits a crash interrupted and drops what runs that never committed left staged,
-   notes the capture's last commit (the run's base), and for ingest skips inputs a committed
-   run already captured with the same options;
+1. *prepares*: validates what it was asked, completes commits a crash interrupted, notes the
+   capture's last commit (the run's base: it will commit as the next number), and for ingest
+   skips inputs a committed run already captured with the same options;
 2. *runs* the dataflow (``build_flow`` only builds it) in threads, a local cluster of
    processes, or with a recovery directory; the dataflow itself commits the run when it
    ends (``flows.finish``);
-3. *finishes*: reads the run's summary back, adds the wall time, releases the lease.
+3. *finishes*: reads the run's summary back and adds the wall time.
 
-``python -m bytewax.run`` runs the same dataflow without steps 1 and 3: it commits too (with
-no concurrent-writer check) and writes the same summary.
+There is no lock: two runs on one capture both run, and the one that commits second finds its
+base taken and commits nothing (``ConcurrentWriterError``). ``execute`` then runs it again from
+the new base — the inputs are read again, and readings the other run captured are duplicates
+— up to ``RETRIES`` times (not a run resumed from a recovery directory, or across hosts).
+
+``python -m bytewax.run`` runs the same dataflow without steps 1 and 3: it commits too (from
+the capture's last commit when the flow was built) and writes the same summary.
 """
 
 from __future__ import annotations
 
-import contextlib
 import subprocess
 import sys
-import threading
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -36,9 +37,10 @@ from obsflow.connectors.capture import (
     captured_inputs,
     input_fingerprint,
     list_captures,
+    new_run_id,
     open_capture,
 )
-from obsflow.connectors.commits import LEASE_SECONDS, Lease
+from obsflow.connectors.commits import ConcurrentWriterError
 from obsflow.connectors.errors import ConfigError, ObsflowError, StoreError
 from obsflow.connectors.migrate import check_layout
 from obsflow.connectors.store import Store
@@ -55,6 +57,8 @@ from obsflow.flows.runner import (
 from obsflow.flows.summary import Counts, summary_dict
 
 Config = ingest_flow.IngestConfig | replay_flow.ReplayConfig
+RETRIES = 3
+"""Times a run that lost its commit to another run is run again from the new base."""
 
 
 @dataclass(frozen=True)
@@ -78,7 +82,6 @@ class Job:
 
     config: Config
     store: Store
-    lease: Lease | None
     skipped: list[tuple[str, str]] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     done: dict[str, Any] | None = None  # the run had committed already (a resumed crash)
@@ -97,59 +100,45 @@ def prepare(
     """Step 1 (see the module docstring). ``given_run``: keep ``config.run_id`` (a cluster's
     processes agree on it) rather than the recovery directory's or a new one."""
     store = Store(config.store)
-    check_layout(store)  # a layout-1 store must be migrated first, or its data is not seen
+    check_layout(store)  # an older layout must be migrated first, or its data is not seen
     kind = _kind(config)
     if kind == "replay" and config.capture not in list_captures(store):
         open_capture(store, config.capture)  # names the capture before anything about views
     run = config.run_id
     if recovery is not None:
         run = recovery.run_id(kind, run if given_run else None)
-    lease = Lease.acquire(store, config.capture, run)
-    try:
-        # A resumed run keeps the base it began on, so its commit still checks that nothing
-        # else was committed since.
-        top = commits.head(store, config.capture)
-        base = recovery.base(top) if recovery is not None else top
-        config = replace(config, run_id=run, base=base)
-        job = Job(config, store, lease)
-        if lease.taken_over:
-            job.notes.append(
-                f"took over capture {config.capture!r} from run {lease.taken_over}, which stopped"
-            )
-        entry = commits.committed(store, config.capture, run)
-        if entry is not None:  # it committed before the crash: only its summary is left to read
-            job.done = (
-                store.read_json(layout.run_summary(run))
-                if store.exists(layout.run_summary(run))
-                else summary_dict(Counts(), run=run, commit=entry.n, capture=config.capture)
-            )
+    notes = commits.finish_pending(store, config.capture)
+    top = commits.head(store, config.capture)
+    # A resumed run keeps the base it began on: its commit takes the number after it or none.
+    base = recovery.base(top) if recovery is not None else top
+    config = replace(config, run_id=run, base=base)
+    job = Job(config, store, notes=notes)
+    if top > base:
+        won = commits.last_commit(
+            store, layout.capture_dir(config.capture), config.capture, base + 1
+        )
+        if won is not None and won.run == run:  # it committed before the crash
+            job.done = _summary_of(store, run, base + 1, config.capture)
             return job
-        job.notes += commits.finish_pending(store, capture=config.capture, keep=run)
-        if top != base:
-            raise commits.ConcurrentWriterError(
-                f"capture {config.capture!r} changed since run {run} began (a recovery "
-                "directory can only resume a run on the capture it started from); delete the "
-                "recovery directory and run the command again"
-            )
-        if isinstance(config, ingest_flow.IngestConfig):
-            todo = config if config.live else _skip_captured(job, config, force)
-            job.config = todo
-            if not todo.inputs:
-                return job  # nothing to do: no run begins
+        raise ConcurrentWriterError(
+            f"capture {config.capture!r} changed since run {run} began (a recovery "
+            "directory can only resume a run on the capture it started from); delete the "
+            "recovery directory and run the command again"
+        )
+    if isinstance(config, ingest_flow.IngestConfig):
+        todo = config if config.live else _skip_captured(job, config, force)
+        job.config = todo
+        if todo.inputs:
             ingest_flow.planned_views(store, todo)  # refuses a bad view before it begins
-        commits.begin(store, run, config.capture)
-    except BaseException:
-        _release_after_error(lease)
-        raise
     return job
 
 
-def _release_after_error(lease: Lease | None) -> None:
-    """Release the lease on the way out of a failed job without masking its error: the store
-    may be what failed (a lease left behind goes stale and is taken over)."""
-    if lease is not None:
-        with contextlib.suppress(ObsflowError):
-            lease.release()
+def _summary_of(store: Store, run: str, n: int, capture: str) -> dict[str, Any]:
+    rel = layout.run_summary(run)
+    if store.exists(rel):
+        doc: dict[str, Any] = store.read_json(rel)
+        return doc
+    return summary_dict(Counts(), run=run, commit=n, capture=capture)
 
 
 def _skip_captured(
@@ -172,28 +161,6 @@ def _skip_captured(
 
 
 # -- run --------------------------------------------------------------------------------------
-
-
-@contextlib.contextmanager
-def _renewing(lease: Lease | None) -> Iterator[None]:
-    """Renew the lease in the background while the run runs."""
-    if lease is None:
-        yield
-        return
-    stop = threading.Event()
-
-    def renew() -> None:
-        while not stop.wait(LEASE_SECONDS / 4):
-            with contextlib.suppress(ObsflowError):
-                lease.renew()
-
-    thread = threading.Thread(target=renew, name="obsflow-lease", daemon=True)
-    thread.start()
-    try:
-        yield
-    finally:
-        stop.set()
-        thread.join()
 
 
 def _kind(config: Config) -> str:
@@ -219,11 +186,21 @@ def run(
         flow = ingest_flow.build_flow(config, source=source, durable=durable)
     else:
         flow = replay_flow.build_flow(config, durable=durable)
-    with _renewing(job.lease):
+    try:
         if processes > 1:
             run_processes(flow, _kind(config), config.options(), processes, workers)
         else:
             run_flow(flow, workers, recovery, cluster)
+    except (StoreError, FileNotFoundError):
+        # A run that lost the race may fail before its commit: the state it started from
+        # was superseded (and dropped) by the run that won. Say so, as the commit would.
+        assert config.base is not None
+        if commits.head(job.store, config.capture) > config.base:
+            raise ConcurrentWriterError(
+                f"capture {config.capture!r} changed while run {config.run_id} was running; "
+                f"nothing of run {config.run_id} was committed — run the command again"
+            ) from None
+        raise
 
 
 def run_processes(
@@ -265,28 +242,24 @@ def run_processes(
 
 
 def finish(job: Job, started: float) -> RunResult:
-    """Step 3: the run's summary with its wall time; the lease released."""
-    try:
-        run_id = job.config.run_id
-        rel = layout.run_summary(run_id)
-        if job.done is not None:
-            summary = job.done
-            job.notes.append(f"run {run_id} had committed before it stopped; nothing left to do")
-        else:
-            try:
-                summary = job.store.read_json(rel)
-            except FileNotFoundError:
-                raise StoreError(
-                    f"run {run_id} ended without committing ({job.store.uri(rel)} is missing)"
-                ) from None
-            elapsed = time.monotonic() - started
-            summary["seconds"] = round(elapsed, 3)
-            summary["readings_per_s"] = round(summary["input"] / elapsed) if elapsed > 0 else None
-            job.store.write_json(rel, summary)
-        return RunResult(run_id, summary, tuple(job.skipped), tuple(job.notes))
-    finally:
-        if job.lease is not None:
-            job.lease.release()
+    """Step 3: the run's summary with its wall time."""
+    run_id = job.config.run_id
+    rel = layout.run_summary(run_id)
+    if job.done is not None:
+        summary = job.done
+        job.notes.append(f"run {run_id} had committed before it stopped; nothing left to do")
+    else:
+        try:
+            summary = job.store.read_json(rel)
+        except FileNotFoundError:
+            raise StoreError(
+                f"run {run_id} ended without committing ({job.store.uri(rel)} is missing)"
+            ) from None
+        elapsed = time.monotonic() - started
+        summary["seconds"] = round(elapsed, 3)
+        summary["readings_per_s"] = round(summary["input"] / elapsed) if elapsed > 0 else None
+        job.store.write_json(rel, summary)
+    return RunResult(run_id, summary, tuple(job.skipped), tuple(job.notes))
 
 
 def execute(
@@ -299,13 +272,38 @@ def execute(
     source: Source[RawBatch] | None = None,
     cluster: Cluster | None = None,
 ) -> RunResult:
-    """prepare -> run -> finish. With ``cluster`` (as its process 0), the prepared options are
-    published in the store between prepare and run (``execute_in_cluster``)."""
+    """prepare -> run -> finish, run again from the new base if another run committed the
+    capture meanwhile (see the module docstring). With ``cluster`` (as its process 0), the
+    prepared options are published in the store between prepare and run
+    (``execute_in_cluster``)."""
     if processes > 1 and recovery is not None:  # (said before anything is prepared)
         raise ConfigError(
             "--processes starts a cluster on this host without --recovery; across hosts (or "
             "with --recovery) run one process per host with --addresses"
         )
+    notes: list[str] = []
+    for attempt in range(RETRIES + 1):
+        try:
+            result = _execute(config, workers, processes, recovery, force, source, cluster)
+        except ConcurrentWriterError as exc:
+            if recovery is not None or cluster is not None or attempt == RETRIES:
+                raise
+            notes.append(f"{exc}: ran it again")
+            config = replace(config, run_id=new_run_id())
+            continue
+        return replace(result, notes=(*notes, *result.notes)) if notes else result
+    raise AssertionError("unreachable")
+
+
+def _execute(
+    config: Config,
+    workers: int,
+    processes: int,
+    recovery: Recovery | None,
+    force: bool,
+    source: Source[RawBatch] | None,
+    cluster: Cluster | None,
+) -> RunResult:
     job = prepare(config, recovery=recovery, force=force, given_run=cluster is not None)
     nothing = isinstance(job.config, ingest_flow.IngestConfig) and not job.config.inputs
     runs = job.done is None and not nothing
@@ -314,23 +312,17 @@ def execute(
         published = {"kind": _kind(config), "options": job.config.options(), "runs": runs}
         job.store.write_json(plan, published)
     if nothing:
-        if job.lease is not None:
-            job.lease.release()
         summary = summary_dict(Counts(), capture=config.capture, mode="ingest")
         return RunResult(None, summary, tuple(job.skipped), tuple(job.notes))
     started = time.monotonic()
-    try:
-        run(
-            job,
-            workers=workers,
-            processes=processes,
-            recovery=recovery,
-            source=source,
-            cluster=cluster,
-        )
-    except BaseException:
-        _release_after_error(job.lease)
-        raise
+    run(
+        job,
+        workers=workers,
+        processes=processes,
+        recovery=recovery,
+        source=source,
+        cluster=cluster,
+    )
     result = finish(job, started)
     if cluster is not None and runs:  # the others have read it (the run needed them); gone,
         job.store.delete(plan)  # it cannot mislead a later command with this run id
@@ -348,7 +340,7 @@ def execute_in_cluster(
     """One process of a run across hosts (every process runs the same command with its own
     ``--process-id`` and the same ``config.run_id``).
 
-    Process 0 prepares the run as ``execute`` does (it alone holds the lease), publishes the
+    Process 0 prepares the run as ``execute`` does, publishes the
     prepared options in the store (``layout.cluster_plan``), runs its share and reads the
     summary back. The others wait for those options, run their share from them and return
     the run's summary once it is committed.
@@ -368,7 +360,7 @@ def execute_in_cluster(
         prepared = ingest_flow.IngestConfig.from_options(**options)
     else:
         prepared = replay_flow.ReplayConfig.from_options(**options)
-    run(Job(prepared, store, None), workers=workers, recovery=recovery, cluster=cluster)
+    run(Job(prepared, store), workers=workers, recovery=recovery, cluster=cluster)
     summary = _wait_for(store, layout.run_summary(config.run_id), "the run's summary")
     note = f"process {cluster.process_id}: its share is done; process 0 reports the run"
     return RunResult(config.run_id, summary, notes=(note,))

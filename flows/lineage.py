@@ -4,29 +4,25 @@ A view row carries the seq range of the readings it summarizes (``first_seq``, `
 the hash of the view definition and the run that wrote it. ``lineage`` finds the row of a
 series whose window starts at (or holds) a time, then the capture's readings of that series
 inside the window and the seq range, less those the view set aside as late: exactly the
-readings the row's aggregates were computed from. Each reading's run is the run that captured
-it (the capture object it lies in; a compacted object names, per row group, the objects it
-replaced), and each run's inputs come from the capture's record of inputs.
+readings the row's aggregates were computed from. Each reading's run is the run of the commit
+that captured it (every reading carries its commit's number), and each run's inputs come from
+the capture's record of inputs.
 """
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from typing import Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 
 from obsflow.connectors import layout
-from obsflow.connectors.archive import group_spans, outside
 from obsflow.connectors.capture import captured_inputs
 from obsflow.connectors.capture_source import REPLAYED
-from obsflow.connectors.compaction import REPLACES_KEY
+from obsflow.connectors.commits import read_log
 from obsflow.connectors.errors import ConfigError
-from obsflow.connectors.partitions import conform
-from obsflow.connectors.reads import capture_files_read, read_late, read_view
+from obsflow.connectors.reads import read_capture, read_late, read_view
 from obsflow.connectors.schema import TIME_TYPE
 from obsflow.connectors.store import Store
 from obsflow.connectors.views import read_view_doc
@@ -77,21 +73,6 @@ def _row(store: Store, view: str, source: str, channel: str, at: int) -> dict[st
     )
 
 
-def _object_runs(rel: str, pf: pq.ParquetFile) -> list[str]:
-    """The run that captured each row group of a capture object."""
-    name = rel.rsplit("/", 1)[-1]
-    meta = pf.metadata.metadata or {}
-    if REPLACES_KEY in meta:  # compacted: row group i holds the i-th object it replaced
-        names = json.loads(meta[REPLACES_KEY])
-    else:
-        names = [name] * pf.metadata.num_row_groups
-    runs = []
-    for n in names:
-        m = layout.CAPTURE_OBJECT_RE.match(n)
-        runs.append(m["run"] if m else "?")
-    return runs
-
-
 def lineage(store: Store, view: str, source: str, channel: str, at: int) -> Lineage:
     """The readings, runs and inputs behind one row of ``view`` (module docstring)."""
     doc = read_view_doc(store, view)
@@ -105,35 +86,21 @@ def lineage(store: Store, view: str, source: str, channel: str, at: int) -> Line
             f"this row of view {view!r} was written before rows carried their seq range: "
             f"obsflow replay --capture {capture} rebuilds the view with it"
         )
-    parts = []
-    for rel in capture_files_read(store, capture, [source]):
-        pf = pq.ParquetFile(store.arrow_fs.open_input_file(store.path(rel)))
-        runs = _object_runs(rel, pf)
-        names = [c for c in READINGS.names if c in pf.schema_arrow.names]
-        spans = group_spans(pf.metadata)
-        for g, run in enumerate(runs):
-            if outside(spans[g], t0, t1):
-                continue  # (its footer says no reading of it lies in the window)
-            table = conform(pf.read_row_group(g, columns=names), READINGS)
-            t = table.column("time").cast(pa.int64())
-            seq = table.column("seq")
-            mask = pc.and_(
-                pc.and_(
-                    pc.equal(table.column("source"), source),
-                    pc.equal(table.column("channel"), channel),
-                ),
-                pc.and_(
-                    pc.and_(pc.greater_equal(t, t0), pc.less(t, t1)),
-                    pc.and_(pc.greater_equal(seq, s0), pc.less_equal(seq, s1)),
-                ),
-            )
-            hits = table.filter(mask)
-            if hits.num_rows:
-                parts.append(
-                    hits.append_column("run", pa.repeat(run, hits.num_rows).cast(pa.string()))
-                )
-    schema = READINGS.append(pa.field("run", pa.string()))
-    readings = pa.concat_tables(parts) if parts else schema.empty_table()
+    found = read_capture(
+        store,
+        capture,
+        sources=[source],
+        channels=[channel],
+        start=t0,
+        until=t1,
+        columns=[*READINGS.names, layout.COMMIT],
+        filter=(pc.field("seq") >= s0) & (pc.field("seq") <= s1),
+    )
+    runs = {c.n: c.run for c in read_log(store, capture)}
+    numbers = found.column(layout.COMMIT).to_pylist()
+    readings = found.drop_columns([layout.COMMIT]).append_column(
+        "run", pa.array([runs.get(n, "?") for n in numbers], pa.string())
+    )
     late = read_late(store, view, sources=[source], channels=[channel], start=t0, until=t1)
     if late.num_rows and readings.num_rows:  # set aside: in the capture, in no window of the view
         readings = readings.join(late.select(["seq"]), "seq", join_type="left anti")

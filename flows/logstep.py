@@ -2,8 +2,9 @@
 
 A ``stateful_batch`` step per log, keyed like its input (by capture partition), that appends
 to a ``ChunkLog``, flushes at every snapshot (so the snapshot's chunk number is durable) and at
-end of input, and reports what it wrote as count deltas. Because it flushes in ``on_eof``,
-the run's summary step, downstream of it, ends only after every row is staged.
+end of input, and reports what it wrote — rows as count deltas, files for the commit. Because
+it flushes in ``on_eof``, the run's summary step, downstream of it, ends only after every row
+is written.
 """
 
 from __future__ import annotations
@@ -17,10 +18,11 @@ from bytewax.operators import StatefulBatchLogic
 
 from obsflow.connectors.sinks import ChunkLog
 from obsflow.connectors.store import Store
+from obsflow.connectors.tables import DataFile
 from obsflow.flows.routing import part_of_key
-from obsflow.flows.summary import Counts
+from obsflow.flows.summary import Counts, wrote
 
-LogState = tuple[int, int]  # (partition, next chunk)
+LogState = tuple[int, int, list[DataFile]]  # (partition, next chunk, files not reported yet)
 
 
 class LogLogic(StatefulBatchLogic[tuple[int, pa.Table], Counts, LogState]):
@@ -37,11 +39,21 @@ class LogLogic(StatefulBatchLogic[tuple[int, pa.Table], Counts, LogState]):
         self.counts = counts
         self.log: ChunkLog | None = None
         if resume is not None:
-            self._open(*resume)
+            self._open(resume[0], resume[1])
+            assert self.log is not None
+            self.log.written = list(resume[2])
 
     def _open(self, part: int, chunk: int) -> None:
         store, folder, run, _, schema = self.args
         self.log = ChunkLog(store, folder, run, part, schema, chunk=chunk)
+
+    def _report(self, rows: int) -> list[Counts]:
+        assert self.log is not None
+        out = self.counts(rows) if self.counts and rows else Counts()
+        files = self.log.take_written()
+        if files:
+            out = out + wrote(*files)
+        return [out] if rows or files else []
 
     def on_batch(self, values: list[tuple[int, pa.Table]]) -> tuple[Iterable[Counts], bool]:
         if self.log is None:
@@ -51,17 +63,18 @@ class LogLogic(StatefulBatchLogic[tuple[int, pa.Table], Counts, LogState]):
         for _, table in values:
             self.log.append(table)
             n += table.num_rows
-        return ([self.counts(n)] if self.counts and n else []), self.RETAIN
+        return self._report(n), self.RETAIN
 
     def on_eof(self) -> tuple[Iterable[Counts], bool]:
-        if self.log is not None:
-            self.log.flush()
-        return [], self.RETAIN
+        if self.log is None:
+            return [], self.RETAIN
+        self.log.flush()
+        return self._report(0), self.RETAIN
 
     def snapshot(self) -> LogState:
         assert self.log is not None
         self.log.flush()
-        return (self.log.part, self.log.chunk)
+        return (self.log.part, self.log.chunk, list(self.log.written))
 
 
 def add_log(

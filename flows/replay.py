@@ -29,17 +29,30 @@ from bytewax.dataflow import Dataflow
 from bytewax.inputs import Source
 from bytewax.outputs import Sink
 
+from obsflow.connectors import layout
 from obsflow.connectors.batch import DEFAULT_BATCH_ROWS
 from obsflow.connectors.capture import new_run_id, open_capture
-from obsflow.connectors.capture_source import Boundary, CaptureSource, ReplayBatch, ReplaySpec
-from obsflow.connectors.commits import read_log
-from obsflow.connectors.compaction import located
+from obsflow.connectors.capture_source import (
+    Boundary,
+    CaptureSource,
+    ReplayBatch,
+    ReplaySpec,
+    capture_plan,
+)
+from obsflow.connectors.commits import capture_base
 from obsflow.connectors.errors import ConfigError
 from obsflow.connectors.ids import check_name
 from obsflow.connectors.partitions import partitions_of
 from obsflow.connectors.schema import to_utc
 from obsflow.connectors.store import DEFAULT_STORE, Store
-from obsflow.connectors.views import Scope, check_view, view_doc
+from obsflow.connectors.views import (
+    Scope,
+    ViewBase,
+    check_view,
+    read_view_doc,
+    view_base,
+    view_doc,
+)
 from obsflow.flows.finish import Finish
 from obsflow.flows.routing import partition_key
 from obsflow.flows.runner import check_cluster_run_id
@@ -167,28 +180,14 @@ class ReplayConfig:
 
 
 def capture_rows(store: Store, config: ReplayConfig) -> int:
-    """Readings the replay reads (before time restrictions), from the commit log."""
-    log = read_log(store, config.capture)
-    if not config.sources:
-        return sum(c.rows for c in log if config.base is None or c.n <= config.base)
-    meta = open_capture(store, config.capture)
-    wanted = set(partitions_of(list(config.sources), meta.partitions))
-    where = located(log)
-
-    def rows(rel: str) -> int:
-        if rel in where:  # compacted: its row group in the object that holds it now
-            new, group = where[rel]
-            return int(store.parquet_metadata(new).row_group(group).num_rows)
-        return int(store.parquet_metadata(rel).num_rows)
-
-    return sum(
-        rows(rel)
-        for c in log
-        if (config.base is None or c.n <= config.base) and c.kind != "compact"
-        for part, rels in c.parts(config.capture).items()
-        if part in wanted
-        for rel in rels
-    )
+    """Readings the replay reads (before time restrictions), from the table's statistics."""
+    plan = capture_plan(store, config.capture, config.base)
+    files = plan.files
+    if config.sources:
+        meta = open_capture(store, config.capture)
+        wanted = {layout.part_name(p) for p in partitions_of(list(config.sources), meta.partitions)}
+        files = tuple(f for f in files if f.path.split("/")[2] in wanted)
+    return sum(f.rows for f in files)
 
 
 def build_flow(
@@ -204,6 +203,8 @@ def build_flow(
     config = config or ReplayConfig.from_options(**options)
     store = Store(config.store)
     open_capture(store, config.capture)
+    base, _state = capture_base(store, config.capture, config.base)
+    config = replace(config, base=base)
     spec, target = config.spec, config.target
     docs = tuple(
         view_doc(v.name, v.definition, v.hash, config.capture, sliced=config.slice)
@@ -221,8 +222,8 @@ def build_flow(
         capture=config.capture,
         run=config.run_id,
         kind="replay",
-        base=config.base,
-        views=() if config.in_place else docs,
+        base=base,
+        views=tuple(read_view_doc(store, d["name"]) for d in docs) if config.in_place else docs,
         replaced_views=() if config.in_place else tuple(d["name"] for d in docs),
         extra={"mode": "replay", "views_replayed": [d["name"] for d in docs]},
     )
@@ -242,6 +243,7 @@ def build_flow(
                 store=store,
                 capture=config.capture,
                 run_id=config.run_id,
+                base=view_base(store, v.name) if config.in_place else ViewBase(),
                 target=target,
                 durable=durable,
             )

@@ -6,7 +6,7 @@ cannot be read another way and stays open). It checks them with the new input sp
 same validation an ingest runs (``ingest.normalize_batch``), and ingests those that now pass as
 a run of their own into the capture, so the views continue as after any ingest. The dead
 letters that run took (accepted, or found already captured) are then marked resolved by it in
-``_obsflow/deadletter-resolved/<run>.parquet``: never deleted, and hidden from ``deadletters
+the table ``_obsflow/resolved/``: never deleted, and hidden from ``deadletters
 list`` unless ``--all``. Those that still fail stay open, with their first reason.
 
 So, per retry: retried = resolved + still rejected; a retry that finds nothing newly readable
@@ -23,12 +23,13 @@ from typing import Any
 
 import pyarrow as pa
 
-from obsflow.connectors import layout
+from obsflow.connectors import layout, tables
 from obsflow.connectors.batch import DEFAULT_BATCH_ROWS
 from obsflow.connectors.files import raw_batches
 from obsflow.connectors.reads import read_deadletters
 from obsflow.connectors.schema import InputSpec
 from obsflow.connectors.store import Store
+from obsflow.connectors.tables import TableChange
 from obsflow.flows import ingest, jobs
 
 IDENTITY = ["run", "origin", "row"]  # what names a dead letter
@@ -95,9 +96,17 @@ def retry(
     if took:
         marks = dead.select(IDENTITY).take(pa.array(took, pa.int64()))
         marks = marks.append_column("resolved_by", pa.array([result.run] * len(took)))
-        store.write_parquet(
-            layout.deadletter_resolved(result.run), marks.cast(layout.RESOLVED_SCHEMA)
+        rel = layout.log_file(layout.RESOLVED_DIR, result.run, 0, 0)
+        file = tables.write_file(
+            store, layout.RESOLVED_DIR, rel, marks.cast(layout.RESOLVED_SCHEMA), layout.STATS
         )
+        change = TableChange(
+            layout.RESOLVED_DIR,
+            layout.RESOLVED_SCHEMA,
+            adds=[file],
+            description={"kind": "resolved"},
+        )
+        tables.commit(store, change, app=config.capture, n=int(result.summary["commit"]))
     out.resolved = len(took)
     out.still_rejected = dead.num_rows - len(took)
     summary = dict(result.summary)

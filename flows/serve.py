@@ -13,17 +13,17 @@ Routes (every one read-only; names are checked before they become paths):
 - ``/api/views/{name}/events``: Server-Sent Events of the view's rows (``source``/``channel``
   filters, repeatable: one stream carries every series a page shows).
 
-**Event ids are positions in the view, not counters of this process.** A view's rows change
-only by commits of its capture's log; a row carries the run that last wrote it. The event with
-id ``n`` holds the rows that commit ``n`` wrote and no later commit rewrote, so the events
-after ``n`` hold exactly the rows that changed after ``n``, each once, in its latest version.
-A client that reconnects with ``Last-Event-ID: n`` — to a restarted server too — gets those
-events: no gap, no duplicate. A first connection gets a snapshot (the rows of commits up to
-the feed's position, id = that position), then the events.
+**Event ids are positions in the view, not counters of this process.** A view's table changes
+only by commits numbered in its capture's order; a row carries the run that last wrote it. The
+event with id ``n`` holds the rows that commit ``n`` wrote and no later commit rewrote, so the
+events after ``n`` hold exactly the rows that changed after ``n``, each once, in its latest
+version. A client that reconnects with ``Last-Event-ID: n`` — to a restarted server too —
+gets those events: no gap, no duplicate. A first connection gets a snapshot (the rows of
+commits up to the feed's position, id = that position), then the events.
 
-One poller per view (``Feed``) looks for the next commit document (one request per tick, no
-listing of the view) and fans each commit's rows out to the subscribers' bounded
-queues; a subscriber whose queue is full (it stopped reading) is dropped, and slows nobody.
+One poller per view (``Feed``) looks for the view table's next log entry (one request per
+tick, no listing) and fans each commit's rows out to the subscribers' bounded queues; a
+subscriber whose queue is full (it stopped reading) is dropped, and slows nobody.
 """
 
 from __future__ import annotations
@@ -49,7 +49,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 
-from obsflow.connectors import commits, layout, reads
+from obsflow.connectors import layout, reads, tables
 from obsflow.connectors.capture import capture_info, list_captures
 from obsflow.connectors.errors import ConfigError, ObsflowError
 from obsflow.connectors.ids import check_name
@@ -255,6 +255,34 @@ class Subscriber:
         return item
 
 
+@dataclass(frozen=True)
+class ViewCommit:
+    """A commit of a view's table: its capture's number, the run, the table version, and
+    whether it rebuilt the view whole."""
+
+    n: int
+    run: str
+    version: int
+    reset: bool = False
+
+    @classmethod
+    def of(cls, info: dict[str, Any] | None, version: int) -> ViewCommit | None:
+        doc = (info or {}).get("obsflow") or {}
+        if "commit" not in doc or "run" not in doc:
+            return None  # not one of obsflow's runs (a vacuum): no rows changed
+        return cls(int(doc["commit"]), str(doc["run"]), version, bool(doc.get("rebuilt")))
+
+
+def view_commits(store: Store, view: str, since: int = 0) -> list[ViewCommit]:
+    """A view table's commits numbered after ``since``, in order."""
+    out = []
+    for entry in tables.history(store, layout.view_dir(view)):
+        c = ViewCommit.of(entry, int(entry.get("version", 0)))
+        if c is not None and c.n > since:
+            out.append(c)
+    return sorted(out, key=lambda c: c.version)
+
+
 class Feed:
     """A view's commits as they land, fanned out to subscribers (see the module docstring)."""
 
@@ -263,16 +291,18 @@ class Feed:
         self.capture = view_capture(store, view)
         self.runs: dict[str, int] = {}  # run -> the commit that holds it
         self.head = 0
+        self.version = -1  # the view table's version the feed has seen
         self.subscribers: set[Subscriber] = set()
         self._task: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
-        log = await asyncio.to_thread(commits.read_log, self.store, self.capture)
-        if log and not await asyncio.to_thread(commits.applied, self.store, log[-1]):
-            log = log[:-1]  # being applied now: the poller takes it once it is
-        for entry in log:
-            self.runs[entry.run] = entry.n
-        self.head = log[-1].n if log else 0
+        entries = await asyncio.to_thread(tables.history, self.store, layout.view_dir(self.view))
+        for entry in sorted(entries, key=lambda e: int(e.get("version", 0))):
+            self.version = int(entry.get("version", 0))
+            c = ViewCommit.of(entry, self.version)
+            if c is not None:
+                self.runs[c.run] = c.n
+                self.head = c.n
         self._task = asyncio.create_task(self._run())
 
     async def stop(self) -> None:
@@ -292,11 +322,15 @@ class Feed:
     async def _run(self) -> None:
         while True:
             try:
-                entry = await asyncio.to_thread(self._next_commit)
-            except (OSError, ObsflowError):  # the store away for a moment: look again later
-                entry = None
-            if entry is None:
+                found = await asyncio.to_thread(self._next_version)
+            except (OSError, ObsflowError, ValueError):  # the store away: look again later
+                found = None
+            if found is None:
                 await asyncio.sleep(self.poll)
+                continue
+            version, entry = found
+            if entry is None:  # not a run of obsflow's: nothing to send
+                self.version = version
                 continue
             try:
                 event = await asyncio.to_thread(CommitEvent.of, self.store, self.view, entry)
@@ -309,20 +343,19 @@ class Feed:
             # From here to the end of the fan-out nothing awaits: a subscriber either joined
             # before the new head (and gets this event queued) or after it.
             self.runs[entry.run] = entry.n
-            self.head = entry.n
+            self.head, self.version = entry.n, version
             for sub in list(self.subscribers):
                 if not sub.offer(entry.n, event.data(sub.filters)):
                     self.subscribers.discard(sub)  # it stopped reading: wait for nobody
 
-    def _next_commit(self) -> commits.Commit | None:
-        try:  # one request per tick: the read itself says whether it is there
-            doc = self.store.read_json(layout.commit_doc(self.capture, self.head + 1))
-        except FileNotFoundError:
+    def _next_version(self) -> tuple[int, ViewCommit | None] | None:
+        """The view table's next version and its commit, if it is there (one request: the
+        read of its log entry says whether it is)."""
+        version = self.version + 1
+        info = tables.log_entry(self.store, layout.view_dir(self.view), version)
+        if info is None:
             return None
-        entry = commits.Commit.from_json(doc)
-        # Committed, but its rows reach their objects only once it is applied (on S3 the
-        # moves take a moment): until then, the same look next tick.
-        return entry if commits.applied(self.store, entry) else None
+        return version, ViewCommit.of(info, version)
 
 
 class CommitEvent:
@@ -335,8 +368,8 @@ class CommitEvent:
         self._data: dict[Filters, bytes] = {}
 
     @classmethod
-    def of(cls, store: Store, view: str, entry: commits.Commit) -> CommitEvent:
-        return cls(entry.n, *commit_rows(store, view, entry))
+    def of(cls, store: Store, view: str, entry: ViewCommit) -> CommitEvent:
+        return cls(entry.n, commit_rows(store, view, entry), entry.reset)
 
     def data(self, filters: Filters) -> bytes:
         if filters not in self._data:
@@ -349,21 +382,10 @@ class CommitEvent:
             self.data(f)
 
 
-def commit_rows(store: Store, view: str, entry: commits.Commit) -> tuple[pa.Table, bool]:
-    """The rows of ``view`` that commit ``entry`` wrote and no later commit rewrote, and
-    whether the commit rebuilt the view whole (the client drops what it had)."""
-    prefix = layout.view_dir(view) + "/"
-    tables = []
-    for rel in entry.objects:
-        if rel.startswith(prefix):
-            with contextlib.suppress(FileNotFoundError):  # replaced since: its rows moved on
-                tables.append(store.read_parquet(rel))
-    reset = view in entry.replaced_views
-    if not tables:
-        return pa.table({}), reset
-    table = pa.concat_tables(tables, promote_options="default")
-    table = table.filter(pc.equal(table.column("run"), entry.run))
-    return sort_rows(table), reset
+def commit_rows(store: Store, view: str, entry: ViewCommit) -> pa.Table:
+    """The rows of ``view`` that commit ``entry`` wrote and no later commit rewrote."""
+    table = reads.read_view(store, view)
+    return sort_rows(table.filter(pc.equal(table.column("run"), entry.run)))
 
 
 def sort_rows(table: pa.Table) -> pa.Table:
@@ -383,7 +405,7 @@ async def view_events(
             for chunk in await asyncio.to_thread(snapshot, store, feed, filters, upto):
                 yield chunk
         else:
-            log = await asyncio.to_thread(commits.read_log, store, feed.capture, since=since)
+            log = await asyncio.to_thread(view_commits, store, feed.view, since)
             for entry in log:
                 if entry.n > upto:
                     break

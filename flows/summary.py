@@ -21,6 +21,9 @@ from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
 from bytewax.operators import StatefulLogic
 from bytewax.outputs import DynamicSink, Sink, StatelessSinkPartition
 
+from obsflow.connectors.capture import StateRef
+from obsflow.connectors.tables import DataFile
+
 SUMMARY_KEY = "run"
 
 
@@ -49,6 +52,9 @@ class Counts:
     epoch_units: dict[str, int] = field(default_factory=dict)  # inferred unit -> readings
     records: int = 0  # input records read (file rows and lines); a wide one holds readings
     documents: int = 0  # Bluesky run and asset documents stored (metadata, not records)
+    # What the run wrote for its commit: files (DataFile) and where partitions' state now is
+    # (StateRef), by key; a later report of the same key replaces an earlier one.
+    outputs: dict[str, Any] = field(default_factory=dict)
 
     def __add__(self, other: Counts) -> Counts:
         return Counts(
@@ -66,11 +72,23 @@ class Counts:
             _add_maps(self.epoch_units, other.epoch_units),
             self.records + other.records,
             self.documents + other.documents,
+            {**self.outputs, **other.outputs} if other.outputs else self.outputs,
         )
 
     @property
     def balanced(self) -> bool:
         return self.input == self.accepted + self.rejected + self.duplicates
+
+
+def wrote(*items: DataFile | StateRef) -> Counts:
+    """Counts that report files written and partition state saved (``Counts.outputs``)."""
+    out: dict[str, Any] = {}
+    for item in items:
+        key = (
+            f"file:{item.path}" if isinstance(item, DataFile) else f"state:{item.table}:{item.part}"
+        )
+        out[key] = item
+    return Counts(outputs=out)
 
 
 class Progress:

@@ -3,9 +3,10 @@
 Input: ``("0003", (3, readings | Boundary))`` items, keyed by capture partition (all series of
 a source live in one partition, so each partition's windows are independent). The step owns
 the partition's window kernel (``flows.windows``) and writes the view rows itself
-(``connectors.views.SegmentWriter``, staged for the run's commit), so that what it snapshots
-is exactly what it wrote. Output: ``("late", readings)`` for the late-readings writer and, at
-the end, ``("counts", Counts)``. Pure event time: nothing here reads the wall clock.
+(``connectors.views.SegmentWriter``, files for the run's commit), so that what it snapshots
+is exactly what it wrote. Output: ``("late", readings)`` for the late-readings writer and
+``("counts", Counts)`` with the files written and, at the end, the rows and the partition's
+saved state. Pure event time: nothing here reads the wall clock.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from __future__ import annotations
 import copy
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Any
 
 import bytewax.operators as op
 import numpy as np
@@ -26,13 +28,14 @@ from obsflow.connectors.store import Store
 from obsflow.connectors.views import (
     Scope,
     SegmentWriter,
+    ViewBase,
     WriterState,
     load_state,
+    save_state,
     segment_span,
-    stage_state,
 )
 from obsflow.flows.logstep import add_log
-from obsflow.flows.summary import Counts
+from obsflow.flows.summary import Counts, wrote
 from obsflow.flows.viewdef import ViewDef
 from obsflow.flows.windows import WindowKernel
 
@@ -77,6 +80,7 @@ class ViewLogic(StatefulBatchLogic[PartItem, ViewOut, ViewState]):
         target: ViewTarget,
         resume: ViewState | None,
         *,
+        base: ViewBase,
         durable: bool = True,
     ) -> None:
         self.store, self.view, self.run, self.lineage, self.target = (
@@ -86,7 +90,7 @@ class ViewLogic(StatefulBatchLogic[PartItem, ViewOut, ViewState]):
             lineage,
             target,
         )
-        self.durable = durable
+        self.durable, self.base = durable, base
         self.state: ViewState | None = None
         self.writer: SegmentWriter | None = None
         if resume is not None:
@@ -104,11 +108,16 @@ class ViewLogic(StatefulBatchLogic[PartItem, ViewOut, ViewState]):
             fresh=self.target.fresh,
             scope=self.target.scope,
             state=writer,
+            base=self.base.files.get(part, {}),
         )
         self.state = ViewState(part, kernel, self.writer.state)
 
     def _start(self, part: int) -> None:
-        committed = {} if self.target.fresh else load_state(self.store, self.view.name, part)
+        committed = (
+            {}
+            if self.target.fresh
+            else load_state(self.store, self.view.name, part, self.base.state.get(part))
+        )
         kernel = (
             WindowKernel.from_state(self.view, committed)
             if committed and self.target.keeps_state
@@ -136,6 +145,9 @@ class ViewLogic(StatefulBatchLogic[PartItem, ViewOut, ViewState]):
                 out.append(("late", late))
         if self.writer.pending >= FLUSH_ROWS:  # a long run's memory stays bounded
             self.writer.flush()
+        files = self.writer.take_written()
+        if files:
+            out.append(("counts", wrote(*files)))
         return out, self.RETAIN
 
     def _boundary(self, b: Boundary) -> None:
@@ -161,12 +173,14 @@ class ViewLogic(StatefulBatchLogic[PartItem, ViewOut, ViewState]):
         if self.target.end_at_eof:
             self.writer.add_final(kernel.finalize())
         self.writer.flush(provisional=kernel.open_rows())
+        done: list[Any] = self.writer.take_written()
         if self.target.keeps_state:
-            stage_state(self.store, self.run, self.view.name, self.state.part, kernel.state())
+            part = self.state.part
+            done.append(save_state(self.store, self.run, self.view.name, part, kernel.state()))
         counts = Counts(
             view_rows={self.view.name: self.writer.state.rows},
             provisional={self.view.name: self.writer.state.provisional},
-        )
+        ) + wrote(*done)
         return [("counts", counts)], self.RETAIN
 
     def snapshot(self) -> ViewState:
@@ -187,17 +201,19 @@ def add_view(
     store: Store,
     capture: str,
     run_id: str,
+    base: ViewBase,
     target: ViewTarget = ViewTarget(),
     durable: bool = True,
 ) -> Stream[Counts]:
     """Window ``captured`` readings into ``view``; write rows and late readings; return counts.
-    ``durable``: snapshots are resumed from (a run with recovery)."""
+    ``base``: the view version the run starts from; ``durable``: snapshots are resumed from (a
+    run with recovery)."""
     lineage = {"capture": capture, "view_hash": view.hash}
     name = view.name
     out = op.stateful_batch(
         f"window_{name}",
         captured,
-        lambda s: ViewLogic(store, view, run_id, lineage, target, s, durable=durable),
+        lambda s: ViewLogic(store, view, run_id, lineage, target, s, base=base, durable=durable),
     )
     # ("0003", ("late", readings) | ("counts", Counts))
     late = op.filter_map(

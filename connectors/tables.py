@@ -1,0 +1,507 @@
+"""Delta Lake tables in a store: snapshots to read, conditional commits to write.
+
+Every table of a store — captures, views, late readings, dead letters, documents — is a Delta
+table: Parquet data files plus a ``_delta_log`` of numbered commits. obsflow writes its own
+Parquet files (``encode``: its tuned encodings, with the statistics Delta keeps per file) into
+the table's folder, where no reader sees them until a commit adds them, and commits through
+``deltalake`` (delta-rs): each commit is one conditional put of the log's next entry, so one
+writer wins each version.
+
+Readers take a ``Snapshot``: one table version, its files with their statistics, its
+description; they never list folders. ``commit`` is the one way to change a table: it carries
+a ``txn`` (application id, version) — the capture and its commit number — and is idempotent
+on it (a table that already holds that number is left alone), it checks that every file it
+removes is still in the table, and it commits on exactly the version it checked
+(``max_commit_retries=0``), so a writer whose view of the table went stale commits nothing.
+
+A ``memory://`` store lives in a folder of this process (under ``/dev/shm`` where there is
+one) so that delta-rs, which cannot see Python's in-memory filesystems, can open its tables.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from obsflow.connectors.errors import StoreError
+
+if TYPE_CHECKING:
+    from deltalake import DeltaTable
+
+    from obsflow.connectors.store import Store
+
+LOG_DIR = "_delta_log"
+KEEP_HISTORY = {
+    # A capture's log is its commit history (replay repeats it): never expire it.
+    "delta.enableExpiredLogCleanup": "false",
+    "delta.logRetentionDuration": "interval 36500 days",
+}
+TIME_TRAVEL_HOURS = 7 * 24
+"""How long files a commit removed stay readable (``vacuum``'s default retention)."""
+
+
+class ConflictError(StoreError):
+    """A table changed under a writer: what it meant to replace is gone, or another commit
+    took the version it had checked."""
+
+
+@dataclass(frozen=True)
+class DataFile:
+    """A Parquet file written into a table's folder, not yet committed: what its ``add``
+    action needs. ``table`` and ``path`` are store-relative (the table's root, the file)."""
+
+    table: str
+    path: str
+    size: int
+    rows: int
+    stats: str  # Delta's per-file statistics, as JSON
+
+    @property
+    def name(self) -> str:
+        """The file's path inside its table."""
+        return self.path[len(self.table) + 1 :]
+
+
+@dataclass(frozen=True)
+class FileEntry:
+    """A file of a table version with the statistics of its integer columns."""
+
+    path: str  # store-relative
+    size: int
+    rows: int
+    mins: Mapping[str, int] = field(default_factory=dict)
+    maxs: Mapping[str, int] = field(default_factory=dict)
+
+    def span(self, column: str) -> tuple[int, int] | None:
+        lo, hi = self.mins.get(column), self.maxs.get(column)
+        return None if lo is None or hi is None else (int(lo), int(hi))
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """One version of a table (see the module docstring)."""
+
+    table: str  # store-relative root
+    version: int
+    files: tuple[FileEntry, ...]
+    description: dict[str, Any]
+    delta: Any = field(default=None, repr=False, compare=False)  # the DeltaTable read
+
+    def txn(self, app: str) -> int:
+        """The last number application ``app`` committed to this version (0: none)."""
+        version = self.delta.transaction_version(app) if self.delta is not None else None
+        return 0 if version is None else int(version)
+
+    def under(self, prefix: str) -> list[FileEntry]:
+        """Files whose path inside the table starts with ``prefix`` (a partition folder)."""
+        start = f"{self.table}/{prefix}"
+        return [f for f in self.files if f.path.startswith(start)]
+
+    @property
+    def rows(self) -> int:
+        return sum(f.rows for f in self.files)
+
+
+@dataclass
+class TableChange:
+    """What one run does to one table in its commit."""
+
+    table: str  # store-relative root
+    schema: pa.Schema  # the table's schema (as stored)
+    adds: list[DataFile] = field(default_factory=list)
+    removes: list[str] = field(default_factory=list)  # store-relative paths
+    description: dict[str, Any] | None = None  # set: the table is created if missing
+    overwrite: bool = False  # every file the table holds is removed
+    info: dict[str, Any] = field(default_factory=dict)  # kept in the commit's commitInfo
+    data_change: bool = True  # False: a compaction (the same rows, other files)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "table": self.table,
+            "schema": _schema_json(self.schema),
+            "adds": [
+                {"path": a.path, "size": a.size, "rows": a.rows, "stats": a.stats}
+                for a in self.adds
+            ],
+            "removes": list(self.removes),
+            "description": self.description,
+            "overwrite": self.overwrite,
+            "info": self.info,
+            "data_change": self.data_change,
+        }
+
+    @classmethod
+    def from_json(cls, doc: dict[str, Any]) -> TableChange:
+        table = str(doc["table"])
+        return cls(
+            table=table,
+            schema=_schema_of(doc["schema"]),
+            adds=[
+                DataFile(table, str(a["path"]), int(a["size"]), int(a["rows"]), str(a["stats"]))
+                for a in doc.get("adds", ())
+            ],
+            removes=[str(r) for r in doc.get("removes", ())],
+            description=doc.get("description"),
+            overwrite=bool(doc.get("overwrite", False)),
+            info=dict(doc.get("info", {})),
+            data_change=bool(doc.get("data_change", True)),
+        )
+
+
+def _schema_json(schema: pa.Schema) -> str:
+    return str(schema.serialize().to_pybytes().hex())
+
+
+def _schema_of(text: str) -> pa.Schema:
+    return pa.ipc.read_schema(pa.py_buffer(bytes.fromhex(text)))
+
+
+# -- files ------------------------------------------------------------------------------------
+
+
+def encode(table: pa.Table, stats_columns: Sequence[str]) -> tuple[bytes, str]:
+    """A table as one Parquet file (``store.parquet_bytes``: zstd, dictionaries for text,
+    delta-encoded integers) and its Delta statistics over ``stats_columns``."""
+    from obsflow.connectors.store import parquet_bytes  # (store imports this module)
+
+    return parquet_bytes(table), file_stats(table, stats_columns)
+
+
+def file_stats(table: pa.Table, columns: Sequence[str]) -> str:
+    """Delta's statistics JSON of a file's rows: ``numRecords`` and, for ``columns``, the
+    minimum, maximum (NaN skipped, as Delta does) and null count."""
+    mins: dict[str, Any] = {}
+    maxs: dict[str, Any] = {}
+    nulls: dict[str, int] = {}
+    for name in columns:
+        if name not in table.column_names:
+            continue
+        col = table.column(name)
+        if pa.types.is_dictionary(col.type):
+            col = col.cast(col.type.value_type)
+        nulls[name] = col.null_count
+        if col.null_count == len(col) or len(col) == 0:
+            continue
+        if pa.types.is_floating(col.type):
+            col = pc.drop_null(pc.if_else(pc.is_nan(col), None, col))
+            if len(col) == 0:
+                continue
+        mm = pc.min_max(col)
+        lo, hi = mm["min"].as_py(), mm["max"].as_py()
+        mins[name], maxs[name] = _stat(lo, col.type), _stat(hi, col.type)
+    return json.dumps(
+        {"numRecords": table.num_rows, "minValues": mins, "maxValues": maxs, "nullCount": nulls},
+        separators=(",", ":"),
+    )
+
+
+def _stat(value: Any, kind: pa.DataType) -> Any:
+    """A statistic as Delta writes it: timestamps to the millisecond in UTC (truncated, as
+    delta-rs and Spark write them), floats finite, strings cut to 32 characters (a cut maximum
+    is dropped by the caller's reader as not exact; Delta readers allow for that)."""
+    if pa.types.is_timestamp(kind):
+        text: str = value.astimezone(UTC).isoformat(timespec="milliseconds")
+        return text.replace("+00:00", "Z")
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, str):
+        return value[:32]
+    return value
+
+
+def write_file(
+    store: Store, table: str, rel: str, rows: pa.Table, stats: Sequence[str]
+) -> DataFile:
+    """Write ``rows`` as the Parquet file ``rel`` (store-relative, inside ``table``'s folder),
+    invisible until a commit adds it."""
+    data, text = encode(rows, stats)
+    store.write_bytes(rel, data)
+    return DataFile(table, rel, len(data), rows.num_rows, text)
+
+
+# -- reading ---------------------------------------------------------------------------------
+
+
+def _deltalake() -> Any:
+    import deltalake  # (heavy: imported on first use)
+
+    return deltalake
+
+
+def _open(store: Store, table: str, version: int | None = None) -> DeltaTable | None:
+    """The table at ``version`` (latest: None), or None if there is no such table."""
+    dl = _deltalake()
+    uri, options = store.table_location(table)
+
+    def load() -> DeltaTable | None:
+        try:
+            found: DeltaTable = dl.DeltaTable(uri, version=version, storage_options=options)
+        except dl.exceptions.TableNotFoundError:
+            return None
+        return found
+
+    return store.call_table("read", f"{table}/{LOG_DIR}", load)
+
+
+def exists(store: Store, table: str) -> bool:
+    """Whether a table has been created (its log holds a commit)."""
+    return _open(store, table) is not None
+
+
+def snapshot(store: Store, table: str, *, as_of: int | datetime | None = None) -> Snapshot | None:
+    """A version of ``table`` (the latest; a Delta version number; the version current at a
+    time), or None if the table did not exist then."""
+    dt = _open(store, table, None if isinstance(as_of, datetime) else as_of)
+    if dt is None:
+        return None
+    if isinstance(as_of, datetime):
+        try:
+            store.call_table("read", table, lambda: dt.load_as_version(as_of))
+        except StoreError as exc:
+            if "before" in str(exc).lower() or "not found" in str(exc).lower():
+                return None  # the table did not exist yet at that time
+            raise
+    return _snapshot_of(store, table, dt)
+
+
+def _snapshot_of(store: Store, table: str, dt: DeltaTable) -> Snapshot:
+    def read() -> Snapshot:
+        version = dt.version()
+        adds = pa.table(dt.get_add_actions(flatten=True))
+        files = _entries(table, adds)
+        try:
+            description = json.loads(dt.metadata().description or "{}")
+        except ValueError:
+            description = {}
+        return Snapshot(table, version, files, description, dt)
+
+    return store.call_table("read", table, read)
+
+
+def _entries(table: str, adds: pa.Table) -> tuple[FileEntry, ...]:
+    if adds.num_rows == 0:
+        return ()
+    names = adds.column_names
+    ints = [
+        n[4:]
+        for n in names
+        if n.startswith("min.") and pa.types.is_integer(adds.schema.field(n).type)
+    ]
+    cols = {c: adds.column(c).to_pylist() for c in ("path", "size_bytes", "num_records")}
+    mins = {c: adds.column(f"min.{c}").to_pylist() for c in ints}
+    maxs = {c: adds.column(f"max.{c}").to_pylist() for c in ints if f"max.{c}" in names}
+    out = []
+    for i, path in enumerate(cols["path"]):
+        rows = cols["num_records"][i]
+        out.append(
+            FileEntry(
+                f"{table}/{path}",
+                int(cols["size_bytes"][i]),
+                int(rows) if rows is not None else 0,
+                {c: v[i] for c, v in mins.items() if v[i] is not None},
+                {c: v[i] for c, v in maxs.items() if v[i] is not None},
+            )
+        )
+    out.sort(key=lambda f: f.path)
+    return tuple(out)
+
+
+def history(store: Store, table: str, limit: int | None = None) -> list[dict[str, Any]]:
+    """The table's commits, newest first: Delta's commitInfo of each (with ``version``)."""
+    dt = _open(store, table)
+    if dt is None:
+        return []
+    entries: list[dict[str, Any]] = store.call_table("read", table, lambda: dt.history(limit))
+    return entries
+
+
+def log_entry(store: Store, table: str, version: int) -> dict[str, Any] | None:
+    """The commitInfo of a table's log entry ``version`` (None: there is no such entry yet).
+    One read of the entry, as Delta's protocol lays it out: for pollers that must not list."""
+    try:
+        data = store.read_bytes(f"{table}/{LOG_DIR}/{version:020d}.json", max_bytes=64 << 20)
+    except FileNotFoundError:
+        return None
+    for line in data.splitlines():
+        action = json.loads(line) if line.strip() else {}
+        if "commitInfo" in action:
+            info: dict[str, Any] = action["commitInfo"]
+            return info
+    return {}
+
+
+def versions_at(store: Store, table: str) -> list[tuple[int, int]]:
+    """(version, commit time in ms) of every commit of the table, oldest first."""
+    return sorted((int(e["version"]), int(e.get("timestamp", 0))) for e in history(store, table))
+
+
+# -- writing ---------------------------------------------------------------------------------
+
+
+def commit(
+    store: Store, change: TableChange, *, app: str, n: int | None, after: int | None = None
+) -> bool:
+    """Commit ``change`` to its table as number ``n`` of ``app`` (see the module docstring).
+
+    Returns False when the table already holds ``n`` (an earlier attempt, or another process
+    finishing this run, committed it). With ``after``, the table's last number must be exactly
+    that (else ``ConflictError``). ``n`` None commits without a number (a compaction: the same
+    rows in other files). ``ConflictError`` when a file it removes is gone. Creates the table
+    (with ``change.description``) when it does not exist yet.
+    """
+    attempt = _Commit(store, change, app, n, after)
+    for _ in range(1000):
+        done = attempt.once()
+        if done is not None:
+            return done
+    raise StoreError(f"cannot commit to {store.uri(change.table)}: it changes all the time")
+
+
+class _Commit:
+    """One commit of a change, tried on the table's latest version until it lands."""
+
+    def __init__(
+        self, store: Store, change: TableChange, app: str, n: int | None, after: int | None
+    ) -> None:
+        dl = _deltalake()
+        self.dl, self.store, self.change, self.app, self.n, self.after = (
+            dl,
+            store,
+            change,
+            app,
+            n,
+            after,
+        )
+        self.uri, self.options = store.table_location(change.table)
+        info = {"app": app, **({"commit": n} if n is not None else {}), **change.info}
+        txns = [] if n is None else [dl.Transaction(app, n, int(time.time() * 1000))]
+        self.props = dl.CommitProperties(
+            custom_metadata={"obsflow": info}, max_commit_retries=0, app_transactions=txns
+        )
+        self.schema = dl.Schema.from_arrow(change.schema)
+        self.now = int(time.time() * 1000)
+        self.adds = [
+            dl.transaction.AddAction(a.name, a.size, {}, self.now, change.data_change, a.stats)
+            for a in change.adds
+            if a.rows
+        ]
+        self.added = {a.path for a in change.adds if a.rows}
+
+    def once(self) -> bool | None:
+        """True: committed; False: it was already; None: another commit came first, look
+        again."""
+        store, change = self.store, self.change
+        dt = _open(store, change.table)
+        if dt is None:
+            return self._create()
+        if self.n is not None:
+            done = store.call_table("read", change.table, lambda: dt.transaction_version(self.app))
+            done = 0 if done is None else int(done)
+            if done >= self.n:
+                return False
+            if self.after is not None and done != self.after:
+                raise ConflictError(
+                    f"{store.uri(change.table)} holds commit #{done} of {self.app!r}, "
+                    f"not #{self.after}"
+                )
+        paths = store.call_table(
+            "read", change.table, lambda: pa.table(dt.get_add_actions()).column("path")
+        )
+        present = {f"{change.table}/{p}" for p in paths.to_pylist()}
+        if self.added and self.added <= present:
+            return False  # an earlier attempt of this commit got through (its answer was lost)
+        removes = sorted(present) if change.overwrite else change.removes
+        gone = [r for r in removes if r not in present]
+        if gone:
+            raise ConflictError(
+                f"{store.uri(change.table)} changed while this run was running: "
+                f"{gone[0][len(change.table) + 1 :]} is no longer in it; nothing of this run "
+                "was committed to it"
+            )
+        dl = self.dl
+        actions: list[Any] = [
+            *self.adds,
+            *(
+                dl.transaction.RemoveAction(
+                    r[len(change.table) + 1 :], change.data_change, self.now, None, {}
+                )
+                for r in removes
+                if r not in self.added
+            ),
+        ]
+        try:
+            store.call_table(
+                "commit",
+                change.table,
+                lambda: dt.create_write_transaction(
+                    actions, "append", self.schema, commit_properties=self.props
+                ),
+            )
+        except StoreError as exc:
+            if not _lost(exc):
+                raise
+            return None  # another commit took that version: look again
+        return True
+
+    def _create(self) -> bool | None:
+        store, change, dl = self.store, self.change, self.dl
+        if change.description is None:
+            raise StoreError(f"no table {store.uri(change.table)}: it was never created")
+        if self.after:
+            raise ConflictError(f"{store.uri(change.table)} is gone")
+        try:
+            store.call_table(
+                "create",
+                change.table,
+                lambda: dl.transaction.create_table_with_add_actions(
+                    self.uri,
+                    self.schema,
+                    self.adds,
+                    mode="error",
+                    description=json.dumps(change.description, sort_keys=True),
+                    configuration=dict(KEEP_HISTORY),
+                    storage_options=self.options,
+                    commit_properties=self.props,
+                ),
+            )
+        except StoreError as exc:
+            if not _lost(exc):
+                raise
+            return None  # another writer created it first: check it and commit on top
+        return True
+
+
+def _lost(exc: BaseException) -> bool:
+    """Whether a failed commit lost the race for its version (or the table's creation)."""
+    dl = _deltalake()
+    cause = exc.__cause__ or exc
+    if isinstance(cause, dl.exceptions.CommitFailedError):
+        return True
+    text = str(cause).lower()
+    return "already exists" in text or ("version" in text and "exist" in text)
+
+
+def vacuum(store: Store, table: str, *, retention_hours: int = TIME_TRAVEL_HOURS) -> list[str]:
+    """Delete the files no version younger than ``retention_hours`` needs (those a commit
+    removed, and files no commit ever added: what crashed runs left). Returns them."""
+    dt = _open(store, table)
+    if dt is None:
+        return []
+    deleted: list[str] = store.call_table(
+        "vacuum",
+        table,
+        lambda: dt.vacuum(
+            retention_hours=retention_hours,
+            dry_run=False,
+            enforce_retention_duration=False,
+        ),
+    )
+    return deleted
