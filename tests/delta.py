@@ -37,12 +37,19 @@ def delta_table(store: str | Path, table: str, version: int | None = None) -> De
 
 
 def exact_times(frame: pd.DataFrame) -> pd.DataFrame:
-    """Each time column from its exact ``_ns`` twin (int64 ns), twins dropped."""
+    """Each time column from its exact ``_ns`` twin (as ``datetime64[ns, UTC]``), twins
+    dropped."""
     frame = frame.copy()
     for c in TIMES:
         if f"{c}_ns" in frame.columns:
-            frame[c] = frame.pop(f"{c}_ns").astype("int64")
+            frame[c] = pd.to_datetime(frame.pop(f"{c}_ns").astype("int64"), utc=True)
     return frame
+
+
+def table_frame(path: str | Path, version: int | None = None) -> pd.DataFrame:
+    """The Delta table at ``path`` (a local folder) read by Polars, times exact."""
+    frame = pl.scan_delta(str(path), version=version).collect()
+    return exact_times(frame.to_pandas())
 
 
 def polars_frame(store: str | Path, table: str, version: int | None = None) -> pd.DataFrame:
@@ -73,7 +80,10 @@ def capture_commits(store: str | Path, capture: str, columns: list[str]) -> list
     out = []
     for _, df in frame.groupby("commit", sort=True):
         # (files of one commit in path order: partition, then chunk; rows as written)
-        out.append(df[columns].reset_index(drop=True))
+        df = df[columns].reset_index(drop=True)
+        if "time" in df.columns:
+            df["time"] = df["time"].astype("int64")
+        out.append(df)
     return out
 
 

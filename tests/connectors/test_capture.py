@@ -1,8 +1,11 @@
-"""Capture bookkeeping: partitioning, seq assignment, partition objects staged and committed."""
+"""Capture bookkeeping: partitioning, seq assignment, partition files written and committed."""
 
 from __future__ import annotations
 
 import zlib
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -13,15 +16,19 @@ from hypothesis import strategies as st
 from obsflow.connectors import commits
 from obsflow.connectors.capture import (
     PartitionWriter,
+    capture_exists,
+    capture_files,
     open_capture,
     planned_capture,
-    stage_capture_doc,
 )
+from obsflow.connectors.commits import Commit
 from obsflow.connectors.errors import CaptureExistsError, StoreError
 from obsflow.connectors.partitions import assign_seq, partition_of, split_by_partition
 from obsflow.connectors.reads import read_capture
 from obsflow.connectors.schema import TIME_TYPE
 from obsflow.connectors.store import Store
+from obsflow.flows.finish import Finish
+from obsflow.flows.summary import wrote
 
 
 def readings(sources: list[str], seq: list[int | None] | None = None, start: int = 0) -> pa.Table:
@@ -80,80 +87,99 @@ def test_assign_seq_numbers_missing_rows_in_arrival_order(
         assert nxt[src] == max([*seen, start.get(src, 0) - 1]) + 1
 
 
-def commit(store: Store, capture: str, run: str, partitions: int = 1) -> commits.Commit:
-    """Commit what ``run`` staged (creating the capture on its first commit)."""
-    stage_capture_doc(store, run, planned_capture(store, capture, partitions))
-    return commits.commit(store, capture, run, "ingest", base=commits.head(store, capture))
+def writer(store: Store, run: str, **kw: Any) -> PartitionWriter:
+    """A writer of partition 0 of capture c for ``run``, from the capture's last commit."""
+    base, state = commits.capture_base(store, "c", None)
+    return PartitionWriter(store, "c", 0, run, n=base + 1, state=state.get(0), **kw)
 
 
-def test_partition_count_is_fixed_at_creation(tmp_path) -> None:
+def commit(store: Store, run: str, written: Sequence[Any] = (), partitions: int = 1) -> Commit:
+    """Commit what ``run`` wrote as a run's end does (creating the capture on its first)."""
+    base = commits.head(store, "c")
+    meta = planned_capture(store, "c", partitions)
+    new = meta if not capture_exists(store, "c") else None
+    Finish(store=store.url, capture="c", run=run, kind="ingest", base=base, capture_meta=new)(
+        wrote(*written)
+    )
+    found = commits.last_commit(store, "captures/c", "c")
+    assert found is not None
+    return found
+
+
+def close(w: PartitionWriter) -> list[Any]:
+    ref = w.close()
+    return [*w.take_written(), ref]
+
+
+def test_partition_count_is_fixed_at_creation(tmp_path: Path) -> None:
     store = Store(str(tmp_path))
     with pytest.raises(StoreError, match="no capture"):
         open_capture(store, "c")
     assert planned_capture(store, "c", 3).partitions == 3
-    commit(store, "c", "r0", 3)  # nothing but the capture's document
+    commit(store, "r0", partitions=3)  # a run that captured nothing creates the table
     assert open_capture(store, "c").partitions == 3
     with pytest.raises(CaptureExistsError, match="has 3 partitions, not 5"):
         planned_capture(store, "c", 5)
 
 
-def test_objects_are_staged_until_the_run_commits_then_seq_numbers_continue(tmp_path) -> None:
+def test_files_are_invisible_until_the_run_commits_then_seq_numbers_continue(
+    tmp_path: Path,
+) -> None:
     store = Store(str(tmp_path))
-    w = PartitionWriter(store, "c", 0, "run1", target_rows=3)
+    w = writer(store, "run1", target_rows=3)
     w.append(readings(["a", "a"]))
-    staged = "_obsflow/staging/run1/captures/c/part-0000"
-    assert store.listdir(staged) == []  # still buffered
+    folder = "captures/c/part-0000"
+    assert store.listdir(folder) == []  # still buffered
     w.append(readings(["a", "b"], start=2))
     w.append(readings(["b"], start=4))
-    w.close()
-    assert store.listdir(staged) == ["run1-000000.parquet", "run1-000001.parquet"]
-    assert store.listdir("captures/c/part-0000") == []  # nothing visible before the commit
-    entry = commit(store, "c", "run1")
+    written = close(w)
+    assert store.listdir(folder) == ["run1-000000.parquet", "run1-000001.parquet"]
+    assert not capture_exists(store, "c")  # nothing of it is a table before the commit
+    entry = commit(store, "run1", written)
     assert entry.n == 1
-    assert entry.parts("c") == {
-        0: ["captures/c/part-0000/run1-000000.parquet", "captures/c/part-0000/run1-000001.parquet"]
-    }
-    assert store.listdir("captures/c/part-0000") == ["run1-000000.parquet", "run1-000001.parquet"]
-    assert not store.exists("_obsflow/staging/run1")
+    assert [f.path for f in capture_files(store, "c")] == [
+        "captures/c/part-0000/run1-000000.parquet",
+        "captures/c/part-0000/run1-000001.parquet",
+    ]
     assert read_capture(store, "c").num_rows == 5
+    assert read_capture(store, "c", columns=["commit"]).column("commit").to_pylist() == [1] * 5
     # a later writer of the same capture continues the seq numbers
-    w2 = PartitionWriter(store, "c", 0, "run2")
+    w2 = writer(store, "run2")
     assert w2.append(readings(["a"], start=9)).rows.column("seq").to_pylist() == [3]
 
 
-def test_resuming_after_a_snapshot_discards_what_was_staged_after_it(tmp_path) -> None:
+def test_resuming_after_a_snapshot_discards_what_was_written_after_it(tmp_path: Path) -> None:
     store = Store(str(tmp_path))
-    w = PartitionWriter(store, "c", 0, "run1", target_rows=2)
+    w = writer(store, "run1", target_rows=2)
     w.append(readings(["a", "a"]))
     state = w.snapshot()  # chunk 0 durable
     w.append(readings(["a", "b"], start=2))  # chunk 1, after the snapshot
     w.wait()  # (its write is on a background thread: let it land, as it may before a crash)
-    staged = "_obsflow/staging/run1/captures/c/part-0000"
-    assert store.listdir(staged) == ["run1-000000.parquet", "run1-000001.parquet"]
-    resumed = PartitionWriter(store, "c", 0, "run1", resume=state)
+    folder = "captures/c/part-0000"
+    assert store.listdir(folder) == ["run1-000000.parquet", "run1-000001.parquet"]
+    resumed = writer(store, "run1", resume=state)
     assert resumed.discard_after(state.chunk) == 1
-    assert store.listdir(staged) == ["run1-000000.parquet"]
+    assert store.listdir(folder) == ["run1-000000.parquet"]
+    assert [f.name for f in state.written] == ["part-0000/run1-000000.parquet"]
 
 
-def test_a_run_restarted_without_a_snapshot_starts_over(tmp_path) -> None:
+def test_a_run_restarted_without_a_snapshot_starts_over(tmp_path: Path) -> None:
     store = Store(str(tmp_path))
-    first = PartitionWriter(store, "c", 0, "r1")
+    first = writer(store, "r1")
     first.append(readings(["a", "a"]))
-    first.close()
-    commit(store, "c", "r1")
-    # Run r2 gets as far as staging its objects, seq and dedup bookkeeping, then dies before
+    commit(store, "r1", close(first))
+    # Run r2 gets as far as writing its files, seq and dedup bookkeeping, then dies before
     # Bytewax took any snapshot: restarting it starts from scratch under the same run id.
-    attempt = PartitionWriter(store, "c", 0, "r2")
+    attempt = writer(store, "r2")
     assert attempt.append(readings(["a", "b"], start=5)).rows.column("seq").to_pylist() == [2, 0]
-    attempt.close()
-    again = PartitionWriter(store, "c", 0, "r2")
-    assert store.listdir("_obsflow/staging/r2/captures/c/part-0000") == []  # attempt removed
+    close(attempt)
+    again = writer(store, "r2")
+    assert [n for n in store.listdir("captures/c/part-0000") if n.startswith("r2")] == []
     out = again.append(readings(["a", "b"], start=5))
     assert out.duplicates == 0  # not mistaken for its own earlier attempt
     assert out.rows.column("seq").to_pylist() == [2, 0]  # the same numbers as the attempt
-    again.close()
-    commit(store, "c", "r2")
+    commit(store, "r2", close(again))
     assert read_capture(store, "c").num_rows == 4
     # A later run still sees r1's and r2's readings as already captured.
-    later = PartitionWriter(store, "c", 0, "r3")
+    later = writer(store, "r3")
     assert later.append(readings(["a", "b"], start=5)).duplicates == 2

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import pandas as pd
@@ -22,10 +23,12 @@ from obsflow.flows.ingest import IngestConfig, build_flow, normalize_batch
 from obsflow.flows.runner import run_flow
 from obsflow.flows.summary import Counts
 from tests.conftest import BUOY, BUOY_MAP, ROOT, sorted_frame
+from tests.delta import files_in_order, table_frame
 
 
 def read_dir(path: Path) -> pd.DataFrame:
-    return pd.read_parquet(path)
+    """A table as Polars reads it (Delta's list of files; times exact)."""
+    return table_frame(path)
 
 
 def test_buoy_sample_is_accounted_for_row_by_row(tmp_path: Path) -> None:
@@ -55,7 +58,7 @@ def test_buoy_sample_is_accounted_for_row_by_row(tmp_path: Path) -> None:
     assert (s["input"], s["accepted"], s["rejected"], s["duplicates"]) == (19_226, 19_225, 1, 0)
     assert s["rejected_by_reason"] == {"conflict": 1}
     assert s["capture"] == "buoy"
-    dead = pd.read_parquet(tmp_path / "store" / "deadletter")
+    dead = read_dir(tmp_path / "store" / "deadletter")
     assert dead[["origin", "row", "reason"]].values.tolist() == [[str(BUOY), 19210, "conflict"]]
     assert json.loads(dead["raw"][0])["value"] == 4.289
     # Every other input row is in the capture with its time and value, in arrival order.
@@ -104,7 +107,7 @@ def test_bad_ids_and_times_are_counted_and_kept_not_fatal(tmp_path: Path) -> Non
     assert (s["input"], s["accepted"], s["rejected"]) == (6, 3, 3)
     assert s["input"] == s["accepted"] + s["rejected"] + s["duplicates"]
     assert s["rejected_by_reason"] == {"bad_id": 2, "bad_time": 1}
-    dead = pd.read_parquet(store / "deadletter")
+    dead = read_dir(store / "deadletter")
     assert sorted(dead["reason"]) == ["bad_id", "bad_id", "bad_time"]
     assert set(dead["origin"]) == {str(csv)}
     assert {json.loads(r)["source"] for r in dead["raw"]} == {"../escape", "good-1", None}
@@ -125,7 +128,8 @@ def test_one_and_two_workers_write_the_same_capture(tmp_path: Path) -> None:
         frames.append(sorted_frame(read_dir(store / "captures" / "c")))
         # each source lives in exactly one partition folder
         owners = {}
-        for f in (store / "captures" / "c").glob("part-*/*.parquet"):
+        for uri in files_in_order(store, "captures/c"):
+            f = Path(uri.removeprefix("file://"))
             for src in pd.read_parquet(f, columns=["source"])["source"].unique():
                 assert owners.setdefault(src, f.parent.name) == f.parent.name
     pd.testing.assert_frame_equal(frames[0], frames[1])
@@ -178,6 +182,8 @@ def test_flow_accepts_a_testing_source_and_sink(tmp_path: Path) -> None:
         sink=TestingSink(out),
     )
     run_main(flow)
+    assert len(out) == 1 and out[0][1].outputs  # (the files it wrote, for a commit)
+    out = [(key, replace(counts, outputs={})) for key, counts in out]
     # the same batch twice: its valid reading is accepted once, then counted as a duplicate.
     # Its window [0, 1m) is still open at the end of the run: a provisional row, not final.
     # Times 1 and 2 are epoch numbers of the magnitude of seconds (--time-unit auto).

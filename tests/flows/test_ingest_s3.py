@@ -89,8 +89,12 @@ def ingest(case: Case, store: str, capture: str, summary: Path) -> dict[str, Any
 
 
 def layout(store: Store, capture: str, run: str) -> list[str]:
-    """The capture's object names (``part-NNNN/<run>-<chunk>.parquet``), run id made generic."""
-    return [p.replace(run, "RUN") for p in store.walk_files(paths.capture_dir(capture))]
+    """The capture's data files (``part-NNNN/<run>-<chunk>.parquet``), run id made generic."""
+    return [
+        p.replace(run, "RUN")
+        for p in store.walk_files(paths.capture_dir(capture))
+        if "_delta_log" not in p
+    ]
 
 
 def dead_letters(store: Store) -> pd.DataFrame:
@@ -130,16 +134,23 @@ def compare_with_local(case: Case, s3_url: str, tmp_path: Path) -> None:
     # ...the same objects per partition and the same seq bookkeeping.
     local = Store(str(local_dir))
     assert layout(remote, name, s_s3["run"]) == layout(local, name, s_local["run"])
-    states = list(local.walk_files(f"{paths.capture_meta_dir(name)}/state"))
+    states = list(local.walk_files(paths.capture_state_dir(name, s_local["run"])))
     assert states
-    assert list(remote.walk_files(f"{paths.capture_meta_dir(name)}/state")) == states
-    for rel in states:
+    remote_states = list(remote.walk_files(paths.capture_state_dir(name, s_s3["run"])))
+    assert [r.replace(s_s3["run"], "RUN") for r in remote_states] == [
+        r.replace(s_local["run"], "RUN") for r in states
+    ]
+    for rel, rel_s3 in zip(states, remote_states, strict=True):
         if rel.endswith(".json"):  # next seq per source (and the run that wrote it)
-            r, lo = remote.read_json(rel), local.read_json(rel)
+            r, lo = remote.read_json(rel_s3), local.read_json(rel)
             assert (r.pop("run"), lo.pop("run")) == (s_s3["run"], s_local["run"])
+            assert (r["dedup"].pop("base"), lo["dedup"].pop("base")) == (
+                s_s3["run"],
+                s_local["run"],
+            )
             assert r == lo
         else:  # the dedup memory
-            assert remote.read_parquet(rel).equals(local.read_parquet(rel))
+            assert remote.read_parquet(rel_s3).equals(local.read_parquet(rel))
 
     # The same views, row for row (final and provisional), but for the run that wrote them.
     names = sorted(d["name"] for d in list_views(local))

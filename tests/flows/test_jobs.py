@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from obsflow.connectors import commits, layout, reads
+from obsflow.connectors import commits, reads
 from obsflow.connectors.store import Store
 from obsflow.flows import jobs
 from obsflow.flows.cli import main
@@ -109,7 +109,7 @@ def test_cli_python_api_and_bytewax_run_give_identical_stores(tmp_path: Path) ->
         again = jobs.ingest(inputs=[str(csv)], store=str(root), capture="c", views=str(views))
         assert again.run is None
         assert [url for url, _ in again.skipped] == [str(csv)]
-        assert len(Store(str(root)).listdir(layout.commits_dir("c"))) == 1
+        assert commits.head(Store(str(root)), "c") == 1
 
 
 def test_a_cluster_without_a_run_id_is_refused_before_it_writes(tmp_path: Path) -> None:
@@ -174,11 +174,10 @@ def test_a_local_cluster_that_loses_a_process_stops_with_one_line_and_commits_no
         text=True,
     )
     try:
-        # Running for real: process 1 started and the cluster has staged capture objects.
+        # Running for real: process 1 started and the cluster has written capture files.
         deadline = time.monotonic() + 60
         while not (
-            (others := _children(proc.pid))
-            and list(store.glob("_obsflow/staging/*/captures/**/*.parquet"))
+            (others := _children(proc.pid)) and list(store.glob("captures/c/part-*/*.parquet"))
         ):
             assert proc.poll() is None, "the run ended before the kill"
             assert time.monotonic() < deadline, "the run never got going"

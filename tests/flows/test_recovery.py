@@ -20,6 +20,7 @@ import pytest
 
 from obsflow.connectors import layout
 from obsflow.connectors.commits import read_log
+from tests.delta import table_frame
 from obsflow.connectors.reads import read_late
 from obsflow.connectors.simulator import SimSpec, generate
 from obsflow.connectors.store import Store
@@ -64,9 +65,10 @@ def ingest_cmd(
 def outputs(store: Path) -> dict[str, pd.DataFrame]:
     """Capture, views (final and provisional rows) and late readings in canonical order,
     without the runs that wrote them."""
-    out = {"capture": sorted_frame(pd.read_parquet(store / "captures" / "c"))}
+    capture = table_frame(store / "captures" / "c").drop(columns=["commit"])
+    out = {"capture": sorted_frame(capture)}
     for view in ("s10", "sess"):
-        df = pd.read_parquet(store / "views" / view).drop(columns=["run"])
+        df = table_frame(store / "views" / view).drop(columns=["run"])
         out[view] = df.sort_values(["source", "channel", "window_start"]).reset_index(drop=True)
         late = read_late(Store(str(store)), view).to_pandas().drop(columns=["run"])
         out[f"late-{view}"] = sorted_frame(late)
@@ -97,7 +99,7 @@ def kill_and_resume(tmp: Path, seed: int, duration: float) -> tuple[Path, int]:
             cwd=ROOT,
             env={**os.environ, "PYTHONPATH": str(ROOT)},
         )
-        # The first kill lands well inside the run (once it has staged something: how long
+        # The first kill lands well inside the run (once it has written something: how long
         # the interpreter takes to start varies with the machine's load); later ones may find
         # it finished.
         if attempt == 0:
@@ -114,18 +116,22 @@ def kill_and_resume(tmp: Path, seed: int, duration: float) -> tuple[Path, int]:
     return store, kills
 
 
+def written_files(store: Path, run: str) -> list[Path]:
+    """The capture files ``run`` has written (committed or not)."""
+    return list((store / layout.capture_dir("c")).glob(f"part-*/{run}-*.parquet"))
+
+
 def wait_until_staged(proc: subprocess.Popen[bytes], store: Path, recovery: Path) -> str:
-    """Poll until the run started in ``proc`` with ``recovery`` has staged capture objects and
+    """Poll until the run started in ``proc`` with ``recovery`` has written capture files and
     taken a recovery snapshot; its run id."""
     deadline = time.monotonic() + 120
     while True:
-        assert proc.poll() is None, "the run ended before it staged anything"
-        assert time.monotonic() < deadline, "the run staged nothing in 120 s"
+        assert proc.poll() is None, "the run ended before it wrote anything"
+        assert time.monotonic() < deadline, "the run wrote nothing in 120 s"
         run_doc = recovery / "obsflow-run.json"
         if run_doc.exists():
             run = json.loads(run_doc.read_text())["run"]
-            staged = store / layout.staging_dir(run) / layout.capture_dir("c")
-            if any(staged.rglob("*.parquet")) and snapshotted(recovery):
+            if written_files(store, run) and snapshotted(recovery):
                 return str(run)
         time.sleep(0.02)
 
@@ -243,9 +249,10 @@ def test_kill_9_in_the_middle_of_run_3_of_5_and_resume(
     finally:
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait()
-    # It stopped in the middle: staged, not committed, nothing of it visible.
-    assert any((store / layout.staging_dir(run)).rglob("*.parquet"))
+    # It stopped in the middle: files written, not committed, nothing of it visible.
+    assert written_files(store, run)
     assert [c.run for c in read_log(Store(str(store)), "c")][2:] == []
+    assert table_frame(store / "captures" / "c")["commit"].max() == 2
     assert not (store / layout.run_summary(run)).exists()
     # The same command resumes it (same recovery directory, same run), then runs 4 and 5.
     subprocess.run(cmd, cwd=ROOT, check=True, timeout=300)
@@ -278,7 +285,7 @@ def test_a_run_killed_just_after_its_commit_reports_its_counts_when_resumed(
     assert done.returncode == 0, done.stderr
     summary = json.loads(first.read_text())
     (entry,) = read_log(Store(str(store)), "c")
-    assert layout.run_summary(summary["run"]) in entry.objects  # moved into place with it
+    assert entry.run == summary["run"]
     # The recovery directory as a kill after the commit leaves it: the run, its base.
     rec = tmp_path / "rec-killed"
     rec.mkdir()

@@ -19,14 +19,16 @@ import pandas as pd
 import pyarrow as pa
 import pytest
 
-from obsflow.connectors import layout
+from obsflow.connectors import commits, layout
 from obsflow.connectors.commits import read_log
 from obsflow.connectors.reads import read_late, read_view
 from obsflow.connectors.store import Store
+from obsflow.connectors.views import read_view_doc, view_base
 from obsflow.flows import jobs
 from obsflow.flows.cli import main
 from obsflow.flows.viewdef import ViewDef, parse_views
 from tests.conftest import ROOT
+from tests.delta import capture_commits, table_frame
 from tests.flows.oracle import Oracle, assert_rows_match
 
 SIM = "sim://?sources=4&channels=temperature,pressure&rate=20&duration=10m&seed=5"
@@ -59,22 +61,10 @@ def late_frame(store: Path, name: str) -> pd.DataFrame:
 
 
 def commit_runs(store: Path, capture: str) -> list[pd.DataFrame]:
-    """The capture as replay reads it: commit by commit (the order runs committed, whatever
-    their names), each commit's objects of a partition in the order they were written."""
-    s = Store(str(store))
-    out = []
-    for entry in read_log(s, capture):
-        tables = [
-            s.read_parquet(rel, columns=READING_COLUMNS)
-            for _, rels in sorted(entry.parts(capture).items())
-            for rel in rels
-        ]
-        if tables:
-            df = pa.concat_tables(tables).to_pandas()
-            df["time"] = df["time"].astype("int64")
-            df["source"], df["channel"] = df["source"].astype(str), df["channel"].astype(str)
-            out.append(df)
-    return out
+    """The capture as replay must read it: commit by commit (the order runs committed,
+    whatever their names), each commit's files of a partition in the order they were written
+    (read with deltalake's list of files and pyarrow, not obsflow's readers)."""
+    return capture_commits(store, capture, READING_COLUMNS)
 
 
 def capture_in_commit_order(store: Path, capture: str) -> pd.DataFrame:
@@ -398,22 +388,20 @@ def test_a_killed_replay_leaves_the_previous_views_intact(tmp_path: Path) -> Non
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
     proc.stderr.close()
-    staging = tmp_path / layout.META / "staging"
-    assert list(staging.iterdir())  # it was interrupted mid-run
+    store = Store(str(tmp_path))
+    assert not commits.pending(store, "paced")  # it was interrupted before its commit
     pd.testing.assert_frame_equal(view_frame(tmp_path, "p"), before)
-    meta = json.loads((tmp_path / layout.view_doc("p")).read_text())
-    assert meta["definition"]["size"] == 10**9  # still the old definition
-    # The next replay clears the abandoned staging and completes normally.
+    assert read_view_doc(store, "p")["definition"]["size"] == 10**9  # still the old definition
+    # The next replay completes normally.
     assert (
         main(
             ["replay", "--store", str(tmp_path), "--capture", "paced", "--views", str(views), "-q"]
         )
         == 0
     )
-    assert not staging.exists() or not list(staging.iterdir())
-    assert view_frame(tmp_path, "p")["count"].sum() == len(pd.read_parquet(tmp_path / "captures"))
-    meta = json.loads((tmp_path / layout.view_doc("p")).read_text())
-    assert meta["definition"]["size"] == 5 * 10**9
+    captured = table_frame(tmp_path / "captures" / "paced")
+    assert view_frame(tmp_path, "p")["count"].sum() == len(captured)
+    assert read_view_doc(store, "p")["definition"]["size"] == 5 * 10**9
 
 
 # -- a capture written in six runs (issue 11) ---------------------------------------------------
@@ -520,9 +508,15 @@ def everything(store: Path) -> dict[str, pd.DataFrame]:
 
 
 def state_bytes(store: Path, view: str) -> dict[str, bytes]:
-    """A view's saved window state (open windows, watermarks, frontiers), object by object."""
-    folder = store / layout.view_meta_dir(view) / "state"
-    return {p.name: p.read_bytes() for p in sorted(folder.glob("*.parquet"))}
+    """A view's current window state (open windows, watermarks, frontiers), file by file."""
+    s = Store(str(store))
+    out = {}
+    for part, run in view_base(s, view).state.items():
+        for table in ("series", "open", "sketch"):
+            rel = layout.view_state(view, run, part, table)
+            if s.exists(rel):
+                out[rel] = s.read_bytes(rel)
+    return out
 
 
 def assert_unchanged(store: Path, before: dict[str, pd.DataFrame]) -> None:
