@@ -48,7 +48,8 @@ def store_layout(store: Store) -> int | None:
     try:
         return int(store.read_json(layout.LAYOUT_DOC).get("layout", 0))
     except FileNotFoundError:
-        return 1 if old_layout(store) else None
+        pass
+    return 1 if old_layout(store) else None
 
 
 def check_layout(store: Store) -> None:

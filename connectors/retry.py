@@ -156,7 +156,7 @@ def transient(exc: BaseException) -> bool:
             return (status or 0) >= 500 or status in (408, 429) or code in TRANSIENT_CODES
         if isinstance(e, PermissionError | FileNotFoundError | FileExistsError):
             return False
-        todo += [e.__cause__, e.__context__]
+        todo += [e.__context__, e.__cause__]  # (its cause first: the context may be unrelated)
     return False
 
 

@@ -24,6 +24,7 @@ import json
 import math
 import time
 from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
@@ -315,12 +316,18 @@ def _entries(table: str, adds: pa.Table) -> tuple[FileEntry, ...]:
 
 
 def history(store: Store, table: str, limit: int | None = None) -> list[dict[str, Any]]:
-    """The table's commits, newest first: Delta's commitInfo of each (with ``version``)."""
+    """The table's commits, newest first (the last ``limit``): Delta's commitInfo of each,
+    with its ``version``. Read from the log entries themselves (every table of obsflow's keeps
+    its whole log), several at a time."""
     dt = _open(store, table)
     if dt is None:
         return []
-    entries: list[dict[str, Any]] = store.call_table("read", table, lambda: dt.history(limit))
-    return entries
+    latest = int(dt.version())
+    first = 0 if limit is None else max(0, latest - limit + 1)
+    versions = list(range(latest, first - 1, -1))
+    with ThreadPoolExecutor(max_workers=8 if not store.local else 1) as pool:
+        infos = list(pool.map(lambda v: log_entry(store, table, v), versions))
+    return [{**info, "version": v} for v, info in zip(versions, infos, strict=True) if info]
 
 
 def log_entry(store: Store, table: str, version: int) -> dict[str, Any] | None:

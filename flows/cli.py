@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import os
+import traceback
 import sys
 from collections.abc import Callable, Sequence
 
@@ -709,6 +710,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         code: int = args.func(args)
     except ObsflowError as exc:
+        if os.environ.get("OBSFLOW_TRACEBACK"):  # (for obsflow's developers)
+            traceback.print_exc()
         print(f"obsflow: error: {exc}", file=sys.stderr)
         return 2
     except BrokenPipeError:  # (`obsflow capture info X | head`): the reader has what it wanted

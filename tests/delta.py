@@ -83,6 +83,9 @@ def capture_commits(store: str | Path, capture: str, columns: list[str]) -> list
         df = df[columns].reset_index(drop=True)
         if "time" in df.columns:
             df["time"] = df["time"].astype("int64")
+        for c in ("source", "channel"):
+            if c in df.columns:
+                df[c] = df[c].astype(str)
         out.append(df)
     return out
 

@@ -22,7 +22,7 @@ from bluesky import RunEngine
 from bluesky.plans import scan
 from ophyd.sim import det, motor
 
-from obsflow.connectors import layout
+from obsflow.connectors.commits import head
 from obsflow.connectors.bluesky import SETTLED
 from obsflow.connectors.bluesky_io import read_documents
 from obsflow.connectors.store import Store
@@ -55,8 +55,7 @@ def documents(where: Path) -> tuple[Docs, Docs, Docs]:
 
 
 def commits(store: Path) -> int:
-    folder = store / layout.commits_dir("bl")
-    return len(list(folder.iterdir())) if folder.exists() else 0
+    return head(Store(str(store)), "bl")
 
 
 def test_kafka_documents_killed_twice_are_captured_exactly_once(tmp_path: Path) -> None:

@@ -125,11 +125,13 @@ def cluster(
 def outputs(h: Hosts, store: str, into: Path) -> dict[str, pd.DataFrame]:
     """The capture and both views (without the run that wrote them), read from S3 on ``w0``."""
     code = (
-        "import sys, pandas as pd\n"
+        "import sys\n"
+        "from tests.delta import polars_frame\n"
         "store, into = sys.argv[1], sys.argv[2]\n"
-        "pd.read_parquet(store + '/captures/c').to_parquet(into + '/capture.parquet')\n"
+        "frame = polars_frame(store, 'captures/c').drop(columns=['commit'])\n"
+        "frame.to_parquet(into + '/capture.parquet')\n"
         "for v in ('s10', 'sess'):\n"
-        "    pd.read_parquet(store + '/views/' + v).to_parquet(into + '/' + v + '.parquet')\n"
+        "    polars_frame(store, 'views/' + v).to_parquet(into + '/' + v + '.parquet')\n"
     )
     into.mkdir()
     _python(h, code, store, str(into))

@@ -12,7 +12,7 @@ import pyarrow as pa
 import pytest
 
 from obsflow.connectors import capture as capture_mod
-from obsflow.connectors import layout
+from obsflow.connectors import commits, layout
 from obsflow.connectors.batch import RawBatch
 from obsflow.connectors.capture import MAX_DEDUP_DELTAS, PartitionWriter, new_run_id
 from obsflow.connectors.dedup import Deduper
@@ -43,8 +43,11 @@ def memories(store: Store) -> dict[int, Deduper]:
     """Each partition's dedup memory as a new process would load it from the store."""
     capture_mod._MEMORY.clear()
     out = {}
+    base, state = commits.capture_base(store, "c", None)
     for part in range(2):
-        writer = PartitionWriter(store, "c", part, new_run_id(), horizon=HORIZON)
+        writer = PartitionWriter(
+            store, "c", part, new_run_id(), n=base + 1, state=state.get(part), horizon=HORIZON
+        )
         out[part] = writer.state.dedup
     return out
 
@@ -102,16 +105,16 @@ def test_deltas_whole_states_and_kept_memories_remember_what_an_unbroken_memory_
     for part in range(2):
         same_memory(loaded[part], kept[part])
         assert len(kept[part]) < SOURCES * PER_SOURCE * 7  # ~6 runs: the horizon, pruned
-        state = st.read_json(layout.capture_state("c", part, ".json"))
+        head = commits.last_commit(st, "captures/c", "c")
+        assert head is not None
+        runs = head.state[part]
+        state = st.read_json(layout.capture_state("c", runs[0], part, ".json"))
         deltas = state["dedup"]["deltas"]
         assert 0 < len(deltas) <= MAX_DEDUP_DELTAS  # deltas in use: not the whole state each run
-        names = set(st.listdir(f"{layout.capture_meta_dir('c')}/state"))
-        on_disk = {
-            n
-            for n in names
-            if n.startswith(f"part-{part:04d}.dedup.") and n != f"part-{part:04d}.dedup.parquet"
-        }
-        # Only the listed deltas (and those of the last whole state, deleted by the next run).
-        listed = {f"part-{part:04d}.dedup.{run}.parquet" for run in deltas}
-        superseded = {f"part-{part:04d}.dedup.{run}.parquet" for run in state["superseded"]}
-        assert listed <= on_disk <= listed | superseded
+        assert set(runs) == {state["run"], state["dedup"]["base"], *deltas}
+        for run in deltas:
+            assert st.exists(layout.capture_state("c", run, part, ".dedup-delta.parquet"))
+    # Only the state folders the last commit refers to are left: each commit drops the ones
+    # it superseded.
+    folders = set(st.listdir(layout.capture_state_dir("c")))
+    assert folders == commits.state_runs(head.state)

@@ -11,6 +11,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from obsflow.flows.cli import main
+from tests.delta import table_frame
 
 GOOD_CSV = [f"good{i},2024-01-01T00:00:{i:02d}Z,{i}.5,temp,{i},ok-csv-{i}" for i in range(10)]
 # (line, expected reason); every line names itself in its note column (or its text).
@@ -127,7 +128,7 @@ def test_every_bad_record_is_a_dead_letter_with_its_reason(tmp_path: Path) -> No
     assert s["input"] == s["accepted"] + s["rejected"] + s["duplicates"]
     assert s["duplicates"] == 1
     assert s["accepted"] == 10 + 5 + 1
-    dead = pd.read_parquet(store / "deadletter")
+    dead = table_frame(store / "deadletter")
     assert len(dead) == s["rejected"] == len(EXPECTED) + 2
     found = {}
     for reason, raw, origin, row in zip(
@@ -148,7 +149,7 @@ def test_every_bad_record_is_a_dead_letter_with_its_reason(tmp_path: Path) -> No
     assert (dead.loc[dead["reason"] == "bad_schema", "origin"] == str(inputs[3])).all()
     assert s["rejected_by_reason"]["bad_schema"] == 2
     # Good records are all in the capture.
-    cap = pd.read_parquet(store / "captures" / "default")
+    cap = table_frame(store / "captures" / "default")
     assert sorted(cap["source"].unique()) == sorted({f"good{i}" for i in range(10)} | {"j", "p"})
     # Nothing was written outside the store.
     after = {p for p in tmp_path.rglob("*") if p.is_file()}

@@ -15,6 +15,7 @@ from obsflow.connectors.payloads import PayloadCorruptError, PayloadStore, paylo
 from obsflow.connectors.reads import read_capture
 from obsflow.connectors.store import Store
 from obsflow.flows.cli import main
+from tests.delta import table_frame
 
 FRAME = "frame:1024x2048:uint16"  # 4 MiB per frame
 
@@ -192,7 +193,7 @@ def test_bad_payloads_are_dead_letters(tmp_path: Path) -> None:
     s = json.loads(summary.read_text())
     assert (s["accepted"], s["rejected"]) == (1, 3)
     assert s["rejected_by_reason"] == {"bad_payload": 2, "oversize": 1}
-    dead = pd.read_parquet(tmp_path / "st" / "deadletter").sort_values("row")
+    dead = table_frame(tmp_path / "st" / "deadletter").sort_values("row")
     assert dead["reason"].tolist() == ["bad_payload", "bad_payload", "oversize"]
     assert dead["row"].tolist() == [1, 2, 3]
 
@@ -259,7 +260,7 @@ def test_chunked_payloads_reassemble_in_any_order_and_incomplete_sets_are_kept(
     pstore = PayloadStore(store)
     for cid, row in zip("AB", frames.to_dict("records"), strict=True):
         np.testing.assert_array_equal(pstore.fetch(row), arrays[cid])
-    dead = pd.read_parquet(tmp_path / "st" / "deadletter").sort_values("row")
+    dead = table_frame(tmp_path / "st" / "deadletter").sort_values("row")
     assert dead["reason"].tolist() == ["chunk_expired", "chunk_expired"]
     kept = [json.loads(r) for r in dead["raw"]]
     assert sorted(k["chunk_index"] for k in kept) == [0, 2]

@@ -766,13 +766,13 @@ def outage(tmp_path_factory: pytest.TempPathFactory, views_file: Path) -> Iterat
             stderr=subprocess.PIPE,
             text=True,
         )
-        # Mid-run: its dataflow has staged capture objects (seen straight from SeaweedFS, not
+        # Mid-run: its dataflow has written capture files (seen straight from SeaweedFS, not
         # through the proxy), and snapshots have been taken.
         client = admin_client(weed.endpoint_url, access_key, secret)
 
         def staged_capture() -> bool:
-            listed = client.list_objects_v2(Bucket=bucket, Prefix="obsflow/_obsflow/staging/")
-            return any("/captures/" in o["Key"] for o in listed.get("Contents", []))
+            listed = client.list_objects_v2(Bucket=bucket, Prefix="obsflow/captures/")
+            return any(o["Key"].endswith(".parquet") for o in listed.get("Contents", []))
 
         try:
             while proc.poll() is None and (

@@ -17,6 +17,7 @@ from obsflow.flows.ingest import IngestConfig, build_flow
 from obsflow.flows.runner import run_flow
 from obsflow.flows.viewdef import ViewDef, parse_views
 from tests.conftest import BUOY, BUOY_MAP
+from tests.delta import table_frame
 
 DAILY = """
 [[view]]
@@ -52,7 +53,7 @@ def test_buoy_daily_view_equals_pandas_resample(tmp_path: Path) -> None:
         )
         == 0
     )
-    got = pd.read_parquet(store / "views" / "daily").sort_values("window_start")
+    got = table_frame(store / "views" / "daily").sort_values("window_start")
     # The last day's window is still open when the run ends (the data may go on): it is a
     # provisional row; every earlier one is final.
     assert got["final"].tolist() == [True] * (len(got) - 1) + [False]
@@ -150,13 +151,13 @@ def test_late_readings_go_to_the_late_output_and_stay_in_the_capture(tmp_path: P
         summaries.append(json.loads(summary.read_text()))
     assert [s["late"] for s in summaries] == [{}, {"t10": 1}]
     assert [s["accepted"] for s in summaries] == [2, 2]
-    assert len(pd.read_parquet(store / "captures")) == 4  # late readings are still in the capture
-    late = pd.read_parquet(store / "late" / "t10")
+    assert len(table_frame(store / "captures" / "default")) == 4  # late readings are still in the capture
+    late = table_frame(store / "late" / "t10")
     assert late["value"].tolist() == [3.0]
     assert set(late["view"]) == {"t10"}
     assert late["run"].tolist() == [summaries[1]["run"]]
     assert read_late(Store(str(store)), "t10").column("value").to_pylist() == [3.0]
-    rows = pd.read_parquet(store / "views" / "t10").sort_values("window_start")
+    rows = table_frame(store / "views" / "t10").sort_values("window_start")
     assert rows[["count", "sum"]].values.tolist() == [[1, 1.0], [2, 6.0]]
     assert rows["final"].tolist() == [True, False]
 
