@@ -27,6 +27,7 @@ import pyarrow.compute as pc
 
 from obsflow.connectors import layout, tables
 from obsflow.connectors.archive import Archive
+from obsflow.connectors.commits import snapshot_as_of
 from obsflow.connectors.dedup import DEFAULT_HORIZON, Deduper
 from obsflow.connectors.errors import CaptureExistsError, ConfigError, StoreError
 from obsflow.connectors.partitions import ENCODED_SCHEMA, assign_seq, conform, encode_ids
@@ -62,8 +63,9 @@ class CaptureMeta:
 
 
 def capture_snapshot(store: Store, name: str, *, as_of: Any = None) -> Snapshot | None:
-    """A version of the capture's table (``tables.snapshot``); None if there is none."""
-    return tables.snapshot(store, layout.capture_dir(name), as_of=as_of)
+    """A version of the capture's table — the latest, or ``as_of`` a commit number of the
+    capture or a time — None if there is none."""
+    return snapshot_as_of(store, layout.capture_dir(name), name, as_of)
 
 
 def open_capture(store: Store, name: str, snap: Snapshot | None = None) -> CaptureMeta:

@@ -35,7 +35,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from obsflow.connectors import layout, tables
-from obsflow.connectors.errors import StoreError
+from obsflow.connectors.errors import ConfigError, StoreError
 from obsflow.connectors.ids import check_name
 from obsflow.connectors.store import Store
 from obsflow.connectors.tables import TableChange
@@ -197,6 +197,37 @@ def last_info(store: Store, table: str, app: str, *, version: int | None = None)
         if len(entries) < limit:
             return {}
         limit *= 4
+
+
+def commit_at(store: Store, capture: str, as_of: AsOf) -> int | None:
+    """The capture's commit number ``as_of`` means (None: the last one): a number as it is
+    (checked), a time the last commit made by then."""
+    if as_of is None:
+        return None
+    log = read_log(store, capture)
+    if isinstance(as_of, int):
+        if not any(c.n == as_of for c in log):
+            known = f"1..{log[-1].n}" if log else "none yet"
+            raise ConfigError(f"capture {capture!r} has no commit #{as_of} (its commits: {known})")
+        return as_of
+    ms = as_of.timestamp() * 1000
+    before = [c.n for c in log if c.timestamp <= ms]
+    if not before:
+        raise ConfigError(f"capture {capture!r} had no commit yet at {as_of.isoformat()}")
+    return before[-1]
+
+
+def snapshot_as_of(
+    store: Store, table: str, app: str | None, as_of: AsOf
+) -> tables.Snapshot | None:
+    """The version of ``table`` a read ``as_of`` sees (None: the table did not exist then):
+    the latest, the one current at a time, or the one after commit ``as_of`` of ``app``."""
+    if as_of is None or isinstance(as_of, datetime):
+        return tables.snapshot(store, table, as_of=as_of)
+    if app is None:
+        raise ConfigError(f"--as-of {as_of}: a commit number is a capture's; give a time")
+    v = table_version(store, table, app, as_of)
+    return None if v is None else tables.snapshot(store, table, as_of=v)
 
 
 def table_version(store: Store, table: str, app: str, n: int) -> int | None:

@@ -23,7 +23,7 @@ import pyarrow.dataset as ds
 
 from obsflow.connectors import layout, tables
 from obsflow.connectors.capture import open_capture
-from obsflow.connectors.commits import AsOf, table_version
+from obsflow.connectors.commits import AsOf, snapshot_as_of
 from obsflow.connectors.errors import ConfigError, StoreError
 from obsflow.connectors.partitions import partitions_of
 from obsflow.connectors.payload_format import PAYLOAD_SCHEMA
@@ -117,15 +117,8 @@ def _pick(
 
 
 def version(store: Store, table: str, app: str | None, as_of: AsOf) -> Snapshot | None:
-    """The version of ``table`` a read ``as_of`` sees (None: the table did not exist then)."""
-    if as_of is None:
-        return tables.snapshot(store, table)
-    if isinstance(as_of, datetime):
-        return tables.snapshot(store, table, as_of=as_of)
-    if app is None:
-        raise ConfigError(f"--as-of {as_of}: a commit number needs a capture; give a time")
-    v = table_version(store, table, app, as_of)
-    return None if v is None else tables.snapshot(store, table, as_of=v)
+    """The version of ``table`` a read ``as_of`` sees (``commits.snapshot_as_of``)."""
+    return snapshot_as_of(store, table, app, as_of)
 
 
 def capture_files_read(

@@ -270,6 +270,9 @@ def snapshot(store: Store, table: str, *, as_of: int | datetime | None = None) -
             if "before" in str(exc).lower() or "not found" in str(exc).lower():
                 return None  # the table did not exist yet at that time
             raise
+        info = log_entry(store, table, int(dt.version())) or {}
+        if int(info.get("timestamp", 0)) > as_of.timestamp() * 1000:
+            return None  # (delta-rs gives its first version for any earlier time)
     return _snapshot_of(store, table, dt)
 
 

@@ -11,8 +11,8 @@ from __future__ import annotations
 import argparse
 import importlib
 import os
-import traceback
 import sys
+import traceback
 from collections.abc import Callable, Sequence
 
 from obsflow.connectors.batch import DEFAULT_BATCH_ROWS
@@ -193,6 +193,16 @@ def _lateness(sp: argparse.ArgumentParser) -> None:
         metavar="DURATION",
         help="override the views' lateness (e.g. 5m): how far behind a series' latest "
         "reading a window stays open",
+    )
+
+
+def _as_of(sp: argparse.ArgumentParser, what: str = "the store") -> None:
+    sp.add_argument(
+        "--as-of",
+        metavar="N|TIME",
+        help=f"{what} as it was: after the capture's commit N (the number a run summary "
+        "gives), or at TIME (ISO 8601, UTC); time travel reaches back as far as the retention "
+        "of `capture compact` (default 7 days)",
     )
 
 
@@ -378,6 +388,7 @@ def _replay(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
         "recomputing its rows in the view",
     )
     _lateness(sp)
+    _as_of(sp, "the capture")
     sp.add_argument(
         "--speed",
         default="max",
@@ -465,6 +476,7 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("name", metavar="NAME", help="the view")
     _filters(ap)
     ap.add_argument("--final", action="store_true", help="only final rows (windows closed)")
+    _as_of(ap, "the view")
     _limit(ap)
     ap = _action(
         views,
@@ -487,6 +499,7 @@ def parser() -> argparse.ArgumentParser:
     )
     ap.add_argument("name", metavar="NAME", help="the capture")
     ap.add_argument("--json", action="store_true", help="as JSON")
+    _as_of(ap, "the capture")
     ap = _action(
         capture,
         "show",
@@ -495,6 +508,7 @@ def parser() -> argparse.ArgumentParser:
     )
     ap.add_argument("name", metavar="NAME", help="the capture")
     _filters(ap, "readings")
+    _as_of(ap, "the capture")
     _limit(ap)
     ap = _action(
         capture,
@@ -675,10 +689,13 @@ def parser() -> argparse.ArgumentParser:
         "ask the store in SQL (DuckDB)\n\n"
         "Tables: capture_<name>, view_<name> (with final), late_<view>, deadletters, runs.\n"
         'Quote a name holding a dash: "capture_my-buoy". Without a query: the tables and\n'
-        "their columns. Needs DuckDB (pip install 'obsflow[sql]').",
+        "their columns. Times are TIMESTAMP_NS in UTC, exact to the nanosecond: compare them\n"
+        "with TIMESTAMP '2026-01-01 00:00:00' or a string. Needs DuckDB (pip install\n"
+        "'obsflow[sql]').",
     )
     _store(sp)
     sp.add_argument("query", nargs="?", metavar="QUERY", help="one SQL query")
+    _as_of(sp)
     sp.add_argument(
         "--format",
         choices=["table", "csv", "json", "parquet"],

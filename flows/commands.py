@@ -20,6 +20,7 @@ import pyarrow.compute as pc
 from obsflow.connectors.bluesky_io import BlueskyInput
 from obsflow.connectors.brokers import BrokerURL, connect, is_broker_url, publisher
 from obsflow.connectors.capture import capture_info, new_run_id, open_capture
+from obsflow.connectors.commits import commit_at, parse_as_of
 from obsflow.connectors.compaction import compact, vacuum
 from obsflow.connectors.errors import ConfigError
 from obsflow.connectors.files import write_table
@@ -349,6 +350,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
         speed=replay.parse_speed(args.speed),
         progress=not args.quiet,
         as_name=args.as_name,
+        upto=commit_at(store, args.capture, parse_as_of(args.as_of)),
     )
     return print_result(run_job(config, args), store, args)
 

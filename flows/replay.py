@@ -92,6 +92,7 @@ class ReplayConfig:
     batch_rows: int = DEFAULT_BATCH_ROWS
     as_name: str | None = None  # build the slice as a new view of this name
     base: int | None = None  # the capture's last commit when the run was prepared
+    upto: int | None = None  # replay the capture as of this commit (None: the base)
 
     def __post_init__(self) -> None:
         check_name(self.capture, kind="capture name")
@@ -166,7 +167,7 @@ class ReplayConfig:
             None if self.in_place else until,
             self.speed,
             self.batch_rows,
-            self.base,
+            self.upto if self.upto is not None else self.base,
         )
 
     @property
@@ -181,7 +182,7 @@ class ReplayConfig:
 
 def capture_rows(store: Store, config: ReplayConfig) -> int:
     """Readings the replay reads (before time restrictions), from the table's statistics."""
-    plan = capture_plan(store, config.capture, config.base)
+    plan = capture_plan(store, config.capture, config.spec.upto)
     files = plan.files
     if config.sources:
         meta = open_capture(store, config.capture)

@@ -15,6 +15,7 @@ import pyarrow.compute as pc
 
 from obsflow.connectors import bluesky_io, layout
 from obsflow.connectors.capture import capture_info, list_captures
+from obsflow.connectors.commits import parse_as_of
 from obsflow.connectors.errors import ObsflowError
 from obsflow.connectors.files import write_table
 from obsflow.connectors.ids import check_name
@@ -45,12 +46,14 @@ def opened(args: argparse.Namespace) -> Store:
 
 
 def filters(args: argparse.Namespace) -> dict[str, Any]:
-    """A command's --source, --channel, --from and --until, as ``connectors.reads`` takes them."""
+    """A command's --source, --channel, --from, --until and --as-of, as ``connectors.reads``
+    takes them."""
     return {
         "sources": args.source,
         "channels": args.channel,
         "start": args.start,
         "until": args.until,
+        "as_of": parse_as_of(getattr(args, "as_of", None)),
     }
 
 
@@ -137,7 +140,7 @@ def cmd_capture(args: argparse.Namespace) -> int:
             return 0
         print_frame(table.to_pandas().dropna(axis="columns", how="all"), args.limit)
         return 0
-    info = capture_info(store, args.name)
+    info = capture_info(store, args.name, as_of=parse_as_of(args.as_of))
     if args.json:
         print(json.dumps(info.__dict__, indent=2))
     else:
@@ -264,14 +267,14 @@ def cmd_sql(args: argparse.Namespace) -> int:
 
     store = opened(args)
     if args.query is None:
-        for name, columns in sql.describe(store).items():
+        for name, columns in sql.describe(store, as_of=parse_as_of(args.as_of)).items():
             print(f"{name}: {', '.join(columns)}")
         return 0
     if args.out and args.format == "table":
         raise ObsflowError("--format table prints; -o FILE takes csv, json or parquet")
     if not args.out and args.format == "parquet":
         raise ObsflowError("--format parquet needs -o FILE")
-    table = sql.query(store, args.query)
+    table = sql.query(store, args.query, as_of=parse_as_of(args.as_of))
     fmt = _SQL_FORMATS.get(args.format or "")
     if args.out:
         write_table(table, args.out, fmt)

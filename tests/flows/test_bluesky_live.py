@@ -22,9 +22,9 @@ from bluesky import RunEngine
 from bluesky.plans import scan
 from ophyd.sim import det, motor
 
-from obsflow.connectors.commits import head
 from obsflow.connectors.bluesky import SETTLED
 from obsflow.connectors.bluesky_io import read_documents
+from obsflow.connectors.commits import head
 from obsflow.connectors.store import Store
 from obsflow.flows.explore import Explorer
 from tests.bluesky_runs import (

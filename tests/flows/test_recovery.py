@@ -20,13 +20,13 @@ import pytest
 
 from obsflow.connectors import layout
 from obsflow.connectors.commits import read_log
-from tests.delta import table_frame
 from obsflow.connectors.reads import read_late
 from obsflow.connectors.simulator import SimSpec, generate
 from obsflow.connectors.store import Store
 from obsflow.flows.cli import main
 from obsflow.flows.runner import RECOVERY_FORMAT
 from tests.conftest import CRASH_VIEWS, ROOT, sorted_frame
+from tests.delta import table_frame
 
 SIM = "sim://?sources=6&channels=temperature,pressure&rate=1000&duration=120s&seed=9"
 VIEWS = CRASH_VIEWS

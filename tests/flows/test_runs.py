@@ -25,8 +25,8 @@ from obsflow.connectors.views import list_views
 from obsflow.flows import jobs
 from obsflow.flows.cli import main
 from obsflow.flows.viewdef import ViewDef
-from tests.flows.oracle import Oracle
 from tests.delta import table_frame
+from tests.flows.oracle import Oracle
 
 S = 10**9
 VIEWS = (
