@@ -182,7 +182,8 @@ def test_flow_accepts_a_testing_source_and_sink(tmp_path: Path) -> None:
         sink=TestingSink(out),
     )
     run_main(flow)
-    assert len(out) == 1 and out[0][1].outputs  # (the files it wrote, for a commit)
+    assert len(out) == 1
+    assert out[0][1].outputs  # (the files it wrote, for a commit)
     out = [(key, replace(counts, outputs={})) for key, counts in out]
     # the same batch twice: its valid reading is accepted once, then counted as a duplicate.
     # Its window [0, 1m) is still open at the end of the run: a provisional row, not final.
