@@ -66,7 +66,7 @@ def _exact(frame: pd.DataFrame) -> pd.DataFrame:
 def _readers(folder: Path) -> dict[str, pd.DataFrame]:
     """One table as Polars (``scan_delta``), DuckDB (over deltalake's dataset, offline) and
     pandas (through deltalake) read it."""
-    dataset = DeltaTable(str(folder)).to_pyarrow_dataset()
+    dataset = DeltaTable(str(folder)).to_pyarrow_dataset()  # noqa: F841 - DuckDB's "dataset"
     return {
         "polars": _exact(pl.scan_delta(str(folder)).collect().to_pandas()),
         "duckdb": _exact(duckdb.sql("SELECT * FROM dataset").df()),

@@ -151,9 +151,8 @@ def test_late_readings_go_to_the_late_output_and_stay_in_the_capture(tmp_path: P
         summaries.append(json.loads(summary.read_text()))
     assert [s["late"] for s in summaries] == [{}, {"t10": 1}]
     assert [s["accepted"] for s in summaries] == [2, 2]
-    assert (
-        len(table_frame(store / "captures" / "default")) == 4
-    )  # late readings are still in the capture
+    # late readings are still in the capture
+    assert len(table_frame(store / "captures" / "default")) == 4
     late = table_frame(store / "late" / "t10")
     assert late["value"].tolist() == [3.0]
     assert set(late["view"]) == {"t10"}
