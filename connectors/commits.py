@@ -152,51 +152,46 @@ def read_log(
     return [out[n] for n in sorted(out)]
 
 
-def last_commit(store: Store, table: str, app: str, n: int | None = None) -> Commit | None:
+def last_commit(
+    store: Store, table: str, app: str, n: int | None = None, *, delta: Any = None
+) -> Commit | None:
     """Commit ``n`` (default: the latest) of ``app`` as ``table`` recorded it, looking back
     through the table's newest entries first."""
-    limit = 8
-    while True:
-        entries = tables.history(store, table, limit)
-        for entry in entries:
-            doc = entry.get("obsflow") or {}
-            if doc.get("app") == app and "commit" in doc and (n is None or doc["commit"] == n):
-                return Commit.of(entry)
-            if n is not None and isinstance(doc.get("commit"), int) and doc["commit"] < n:
-                return None
-        if len(entries) < limit:
+    for entry in tables.entries(store, table, delta=delta):
+        doc = entry.get("obsflow") or {}
+        if doc.get("app") == app and "commit" in doc and (n is None or doc["commit"] == n):
+            return Commit.of(entry)
+        if n is not None and doc.get("app") == app and int(doc.get("commit", n)) < n:
             return None
-        limit *= 4
+    return None
 
 
 def capture_base(store: Store, capture: str, base: int | None) -> tuple[int, StateMap]:
     """A run's base — the capture's commit it starts from (``base``; None: the last one) —
     and where each partition's state was at that commit."""
+    snap = tables.snapshot(store, layout.capture_dir(capture))
     if base is None:
-        base = head(store, capture)
-    if base == 0:
-        return 0, {}
-    found = last_commit(store, layout.capture_dir(capture), capture, base)
+        base = 0 if snap is None else snap.txn(capture)
+    if base == 0 or snap is None:
+        return base, {}
+    found = last_commit(store, snap.table, capture, base, delta=snap.delta)
     if found is None:
         raise StoreError(f"capture {capture!r} has no commit #{base}")
     return base, dict(found.state)
 
 
-def last_info(store: Store, table: str, app: str, *, version: int | None = None) -> dict[str, Any]:
+def last_info(
+    store: Store, table: str, app: str, *, version: int | None = None, delta: Any = None
+) -> dict[str, Any]:
     """The obsflow commitInfo of ``table``'s latest numbered commit of ``app`` (at or before
     Delta ``version``; {}: none)."""
-    limit = 8
-    while True:
-        entries = tables.history(store, table, limit)
-        for entry in entries:
-            doc = entry.get("obsflow") or {}
-            if version is not None and int(entry.get("version", 0)) > version:
-                continue
-            if doc.get("app") == app and "commit" in doc:
-                return dict(doc)
-        if len(entries) < limit:
-            return {}
-        limit *= 4
+    for entry in tables.entries(store, table, delta=delta):
+        doc = entry.get("obsflow") or {}
+        if version is not None and int(entry.get("version", 0)) > version:
+            continue
+        if doc.get("app") == app and "commit" in doc:
+            return dict(doc)
+    return {}
 
 
 def commit_at(store: Store, capture: str, as_of: AsOf) -> int | None:

@@ -23,7 +23,8 @@ from __future__ import annotations
 import json
 import math
 import time
-from collections.abc import Mapping, Sequence
+import itertools
+from collections.abc import Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -44,6 +45,9 @@ KEEP_HISTORY = {
     # A capture's log is its commit history (replay repeats it): never expire it.
     "delta.enableExpiredLogCleanup": "false",
     "delta.logRetentionDuration": "interval 36500 days",
+    # Opening a table reads the log entries since its last checkpoint: keep them few (a
+    # live session commits every second).
+    "delta.checkpointInterval": "10",
 }
 TIME_TRAVEL_HOURS = 7 * 24
 """How long files a commit removed stay readable (``vacuum``'s default retention)."""
@@ -253,8 +257,11 @@ def _open(store: Store, table: str, version: int | None = None) -> DeltaTable | 
 
 
 def exists(store: Store, table: str) -> bool:
-    """Whether a table has been created (its log holds a commit)."""
-    return _open(store, table) is not None
+    """Whether a table has been created: its log's first entry is there (obsflow's tables
+    keep their whole log), else whether it opens (one of another tool's)."""
+    if store.exists(f"{table}/{LOG_DIR}/{0:020d}.json"):
+        return True
+    return store.exists(f"{table}/{LOG_DIR}") and _open(store, table) is not None
 
 
 def snapshot(store: Store, table: str, *, as_of: int | datetime | None = None) -> Snapshot | None:
@@ -318,19 +325,34 @@ def _entries(table: str, adds: pa.Table) -> tuple[FileEntry, ...]:
     return tuple(out)
 
 
-def history(store: Store, table: str, limit: int | None = None) -> list[dict[str, Any]]:
-    """The table's commits, newest first (the last ``limit``): Delta's commitInfo of each,
-    with its ``version``. Read from the log entries themselves (every table of obsflow's keeps
-    its whole log), several at a time."""
-    dt = _open(store, table)
+def entries(
+    store: Store, table: str, *, delta: DeltaTable | None = None
+) -> Iterator[dict[str, Any]]:
+    """The table's commits, newest first: Delta's commitInfo of each, with its ``version``.
+    Read from the log entries themselves (every table of obsflow's keeps its whole log), a
+    few at a time and more as the reader goes on: finding the last commit costs one read.
+    ``delta``: the table as already opened (else it is opened for its latest version)."""
+    dt = delta if delta is not None else _open(store, table)
     if dt is None:
-        return []
-    latest = int(dt.version())
-    first = 0 if limit is None else max(0, latest - limit + 1)
-    versions = list(range(latest, first - 1, -1))
-    with ThreadPoolExecutor(max_workers=8 if not store.local else 1) as pool:
-        infos = list(pool.map(lambda v: log_entry(store, table, v), versions))
-    return [{**info, "version": v} for v, info in zip(versions, infos, strict=True) if info]
+        return
+    version = int(dt.version())
+    batch = 1
+    with ThreadPoolExecutor(max_workers=1 if store.local else 8) as pool:
+        while version >= 0:
+            versions = list(range(version, max(-1, version - batch), -1))
+            infos = pool.map(lambda v: log_entry(store, table, v), versions)
+            for v, info in zip(versions, infos, strict=True):
+                if info:
+                    yield {**info, "version": v}
+            version -= batch
+            batch = min(batch * 4, 64)
+
+
+def history(
+    store: Store, table: str, limit: int | None = None, *, delta: DeltaTable | None = None
+) -> list[dict[str, Any]]:
+    """The table's last ``limit`` commits (all: None), newest first (``entries``)."""
+    return list(itertools.islice(entries(store, table, delta=delta), limit))
 
 
 def log_entry(store: Store, table: str, version: int) -> dict[str, Any] | None:

@@ -87,7 +87,7 @@ def view_head(store: Store, name: str, *, version: int | None = None) -> ViewHea
     if snap is None:
         return None
     app = str(snap.description.get("capture", ""))
-    info = last_info(store, table, app, version=version)
+    info = last_info(store, table, app, version=version, delta=snap.delta)
     doc = info.get("view") or {}
     state = {int(k): str(v) for k, v in (info.get("state") or {}).items()}
     return ViewHead(dict(doc), state, int(info.get("commit", 0)))
@@ -108,9 +108,10 @@ def view_exists(store: Store, name: str) -> bool:
 def check_view(store: Store, doc: dict[str, Any]) -> bool:
     """Whether a view exists with this definition over this capture (False: it is new);
     ``ConfigError`` if it exists with another."""
-    if not view_exists(store, doc["name"]):
+    head = view_head(store, doc["name"])
+    if head is None or not head.doc:
         return False
-    old = read_view_doc(store, doc["name"])
+    old = head.doc
     if old.get("hash") != doc["hash"] or old.get("capture") != doc["capture"]:
         raise ConfigError(
             f"view {doc['name']!r} exists with definition {old.get('hash')} over capture "
@@ -153,15 +154,19 @@ def view_base(store: Store, name: str) -> ViewBase:
     snap = tables.snapshot(store, layout.view_dir(name))
     if snap is None:
         return ViewBase()
-    head = view_head(store, name)
+    app = str(snap.description.get("capture", ""))
+    info = last_info(store, snap.table, app, delta=snap.delta)
+    head = ViewHead(
+        dict(info.get("view") or {}),
+        {int(k): str(v) for k, v in (info.get("state") or {}).items()},
+        int(info.get("commit", 0)),
+    )
     files: dict[int, dict[int, str]] = {}
     for f in snap.files:
         m = layout.VIEW_FILE_RE.match(f.path[len(snap.table) + 1 :])
         if m:
             files.setdefault(int(m["part"]), {})[segment_start(m["segment"])] = f.path
-    return ViewBase(
-        snap.version, dict(head.state) if head else {}, files, head.commit if head else 0
-    )
+    return ViewBase(snap.version, dict(head.state), files, head.commit)
 
 
 # -- reading --------------------------------------------------------------------------------

@@ -191,16 +191,33 @@ def run(
             run_processes(flow, _kind(config), config.options(), processes, workers)
         else:
             run_flow(flow, workers, recovery, cluster)
-    except (StoreError, FileNotFoundError):
+    except Exception as exc:
+        lost = _cause(exc, ConcurrentWriterError)  # (Bytewax wraps what a step raised)
+        if lost is not None:
+            raise lost from None
         # A run that lost the race may fail before its commit: the state it started from
         # was superseded (and dropped) by the run that won. Say so, as the commit would.
         assert config.base is not None
-        if commits.head(job.store, config.capture) > config.base:
+        if _cause(exc, StoreError | FileNotFoundError) is not None and (
+            commits.head(job.store, config.capture) > config.base
+        ):
             raise ConcurrentWriterError(
                 f"capture {config.capture!r} changed while run {config.run_id} was running; "
                 f"nothing of run {config.run_id} was committed — run the command again"
             ) from None
         raise
+
+
+def _cause(exc: BaseException, kind: Any) -> Any:
+    """``exc`` or the first exception of its cause chain that is a ``kind``, if any."""
+    seen: BaseException | None = exc
+    for _ in range(16):
+        if seen is None:
+            return None
+        if isinstance(seen, kind):
+            return seen
+        seen = seen.__cause__ or seen.__context__
+    return None
 
 
 def run_processes(
