@@ -25,6 +25,7 @@ import json
 import logging
 import os
 import posixpath
+import re
 import shutil
 import tempfile
 import time
@@ -489,14 +490,41 @@ class Store:
     def call_table(self, action: str, rel: str, fn: Callable[[], T]) -> T:
         """Run one delta-rs operation on a table. delta-rs retries transient failures itself
         (within the budget ``table_location`` gives it), so a failure here is final: it becomes
-        a ``StoreError`` naming the action and the table (its cause kept for callers that need
-        to tell a lost commit from a broken store), never showing a credential."""
+        a ``StoreError`` of one line naming the action and the table (its cause kept for
+        callers that need to tell a lost commit from a broken store), never showing a
+        credential."""
+        started = time.monotonic()
         try:
             return fn()
         except (StoreError, FileNotFoundError):
             raise
         except Exception as exc:
-            raise StoreError(f"cannot {action} {self.uri(rel)}: {reason(exc)}") from exc
+            text = plain(reason(exc))
+            down = _UNREACHABLE.search(text)
+            if down is None:
+                raise StoreError(f"cannot {action} {self.uri(rel)}: {text}") from exc
+            GaveUp.add(self._endpoint)
+            retries = _RETRIES.search(text)
+            attempts = int(retries[1]) + 1 if retries else 1
+            elapsed = time.monotonic() - started
+            raise StoreError(
+                f"cannot {action} {self.uri(rel)}: store unreachable after {attempts} "
+                f"attempt{'s' if attempts > 1 else ''} over {elapsed:.1f} s: {down[0]}"
+            ) from exc
+
+
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+_UNREACHABLE = re.compile(
+    r"(connection refused|tcp connect error|error sending request|operation timed out|"
+    r"timed out|connection reset|dns error|broken pipe)[^↳]*",
+    re.IGNORECASE,
+)
+_RETRIES = re.compile(r"after (\d+) retries")
+
+
+def plain(text: str) -> str:
+    """An error text of delta-rs as one plain line (no colours, no tree of causes)."""
+    return " ".join(_ANSI.sub("", text).replace("↳", ":").split())
 
 
 def json_bytes(obj: Any) -> bytes:

@@ -20,10 +20,10 @@ one) so that delta-rs, which cannot see Python's in-memory filesystems, can open
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import time
-import itertools
 from collections.abc import Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field

@@ -198,14 +198,23 @@ def run(
         # A run that lost the race may fail before its commit: the state it started from
         # was superseded (and dropped) by the run that won. Say so, as the commit would.
         assert config.base is not None
-        if _cause(exc, StoreError | FileNotFoundError) is not None and (
-            commits.head(job.store, config.capture) > config.base
+        if _cause(exc, StoreError | FileNotFoundError) is not None and _moved_on(
+            job.store, config.capture, config.base
         ):
             raise ConcurrentWriterError(
                 f"capture {config.capture!r} changed while run {config.run_id} was running; "
                 f"nothing of run {config.run_id} was committed — run the command again"
             ) from None
         raise
+
+
+def _moved_on(store: Store, capture: str, base: int) -> bool:
+    """Whether another run committed the capture after ``base`` (False if the store cannot
+    tell: the run's own error is the one to report)."""
+    try:
+        return commits.head(store, capture) > base
+    except ObsflowError:
+        return False
 
 
 def _cause(exc: BaseException, kind: Any) -> Any:

@@ -31,7 +31,7 @@ from tests.netns import NODES, Hosts
 S3 = f"http://{NODES['s3']}:5000"
 PORT = 2101
 ADDRESSES = f"{NODES['w0']}:{PORT};{NODES['w1']}:{PORT}"
-SIM = "sim://?sources=6&channels=temperature,pressure&rate=1000&duration=30s&seed=5"
+SIM = "sim://?sources=6&channels=temperature,pressure&rate=1000&duration=90s&seed=5"
 ENV = {
     **os.environ,
     "AWS_ENDPOINT_URL": S3,

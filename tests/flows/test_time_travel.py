@@ -197,3 +197,24 @@ def test_asking_for_a_commit_that_does_not_exist_says_so(
     argv = ["replay", "--store", str(store), "--capture", "c", "--as-of", "9", "-q"]
     assert main(argv) == 2
     assert "no commit #9 (its commits: 1..3)" in capsys.readouterr().err
+
+
+def test_the_web_app_gives_times_to_the_nanosecond(
+    three_runs: tuple[Path, list[pd.DataFrame]],
+) -> None:
+    import httpx
+
+    from tests.test_serve import serving
+
+    store, frames = three_runs
+    want = capture_oracle(frames, 3)
+    with serving(store) as base:
+        got = httpx.get(f"{base}/api/captures/c", params={"format": "json"}, timeout=30).json()
+        rows = httpx.get(f"{base}/api/views/sess", params={"format": "json"}, timeout=30).json()
+    times = sorted(pd.Timestamp(r["time"]).value for r in got)
+    assert times == sorted(want["time"])
+    assert any(t % 1000 for t in times)  # (they have digits below the microsecond)
+    assert sorted(r["value"] for r in got) == sorted(want["value"])  # doubles exact
+    starts = sorted(pd.Timestamp(r["window_start"]).value for r in rows)
+    assert starts == sorted(open_store(str(store)).view("sess")["window_start"].astype("int64"))
+    assert any(s % 1000 for s in starts)  # a session starts at its first reading's time
