@@ -120,9 +120,12 @@ def child_pandas(path: str, check_store: str | None) -> dict[str, Any]:
         "view_rows": {k: len(v) for k, v in result.items()},
     }
     if check_store:
+        from deltalake import DeltaTable  # (the views are tables: read as any tool would)
+
         checks = {}
         for name, _ in WINDOWS:
-            view = pd.read_parquet(Path(check_store) / "views" / name)
+            view = DeltaTable(str(Path(check_store) / "views" / name)).to_pandas()
+            view["window_start"] = pd.to_datetime(view.pop("window_start_ns"), utc=True)
             view = view.set_index(KEYS)[list(AGGREGATES)]
             checks[name] = compare(view, result[name])
         out["obsflow_check"] = checks
@@ -202,22 +205,27 @@ def views_toml(path: Path) -> Path:
     return path
 
 
-def end_to_end(path: str, store: Path, workers: int) -> dict[str, float]:
-    """Wall seconds of ``obsflow ingest`` (the CLI, start-up and imports included) and of the
-    tuned pandas job as a script of its own (``python -c``, start-up and imports included)."""
-    shutil.rmtree(store, ignore_errors=True)
+def end_to_end(path: str, store: Path, workers: int, before: str | None = None) -> dict[str, float]:
+    """Wall seconds of ``obsflow ingest`` (the CLI, start-up and imports included), of the
+    tuned pandas job as a script of its own (``python -c``, start-up and imports included)
+    and, with ``before`` (another installation's Python), of that obsflow's ``ingest``."""
     toml = views_toml(OUT / "bench-views.toml")
-    obsflow = [str(Path(sys.executable).with_name("obsflow")), "ingest", path]
-    obsflow += ["--store", str(store), "--capture", "bench", "--views", str(toml)]
-    obsflow += ["--workers", str(workers), "--quiet"]
     out = {}
-    for name, command in (
-        ("obsflow", obsflow),
-        ("tuned", [sys.executable, "-c", TUNED_SCRIPT, path]),
-    ):
+    commands = [("obsflow", str(Path(sys.executable).with_name("obsflow")))]
+    if before:
+        commands.append(("before", str(Path(before).with_name("obsflow"))))
+    for name, program in commands:
+        shutil.rmtree(store, ignore_errors=True)
+        argv = [program, "ingest", path, "--store", str(store), "--capture", "bench"]
+        argv += ["--views", str(toml), "--workers", str(workers), "--quiet"]
         started = time.perf_counter()
-        subprocess.run(command, check=True, stdout=subprocess.DEVNULL)
+        subprocess.run(argv, check=True, stdout=subprocess.DEVNULL)
         out[name] = time.perf_counter() - started
+    started = time.perf_counter()
+    subprocess.run(
+        [sys.executable, "-c", TUNED_SCRIPT, path], check=True, stdout=subprocess.DEVNULL
+    )
+    out["tuned"] = time.perf_counter() - started
     shutil.rmtree(store, ignore_errors=True)
     return out
 
@@ -422,6 +430,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--batch-rows", type=int, default=10_000, help=argparse.SUPPRESS)
     p.add_argument("--keep", action="store_true", help="keep the obsflow store afterwards")
     p.add_argument(
+        "--before",
+        metavar="PYTHON",
+        help="another obsflow installation's Python (e.g. an older checkout's .venv/bin/python): "
+        "its `obsflow ingest` runs end to end beside this one's, interleaved, on the same input",
+    )
+    p.add_argument(
         "--child",
         choices=["obsflow", "pandas", "tuned", "duckdb", "bytewax"],
         help=argparse.SUPPRESS,
@@ -486,7 +500,7 @@ def main(argv: list[str] | None = None) -> int:
         for name in ("tuned", "duckdb"):
             runs[name].append(run_child(script, ["--child", name, *common]))
         runs["bytewax"].append(run_child(script, ["--child", "bytewax", *bw_args, *common]))
-        e2e.append(end_to_end(str(path), store, args.workers))
+        e2e.append(end_to_end(str(path), store, args.workers, args.before))
     obs, pdr, tuned, duck, bw = (
         best(runs[k]) for k in ("obsflow", "pandas", "tuned", "duckdb", "bytewax")
     )
@@ -592,6 +606,14 @@ def main(argv: list[str] | None = None) -> int:
         f"the tuned script {fast['tuned']:.2f} s, each from spawn to exit, best of "
         f"{len(e2e)}: " + "; ".join(f"{r['obsflow']:.2f}/{r['tuned']:.2f}" for r in e2e) + ")"
     )
+    if args.before:
+        then = min(r["before"] for r in e2e)
+        print(
+            f"  before and after (`obsflow ingest` of {args.before} and of this checkout, end "
+            f"to end, interleaved): {then:.2f} s vs {fast['obsflow']:.2f} s = "
+            f"{then / fast['obsflow']:.2f}x (above 1: faster now); rounds "
+            + "; ".join(f"{r['before']:.2f}/{r['obsflow']:.2f}" for r in e2e)
+        )
     return 0 if sane and met_p and met_b and met_t else 1
 
 

@@ -148,13 +148,11 @@ def child(args: list[str]) -> dict[str, Any]:
 def latencies(store: Store, capture: str) -> dict[str, float]:
     log = commits.read_log(store, capture)
     created = {e.run: pd.Timestamp(e.created).value for e in log}
-    per_commit = []
-    for entry in log:
-        for rels in entry.parts(capture).values():
-            for rel in rels:
-                t = store.read_parquet(rel).column("time").cast(pa.int64()).to_numpy()
-                per_commit.append(pd.Timestamp(entry.created).value - t)
-    capture_ms = np.concatenate(per_commit) / 1e6
+    by_number = {e.n: pd.Timestamp(e.created).value for e in log}
+    rows = reads.read_capture(store, capture, columns=["time", "commit"])
+    t = rows.column("time").cast(pa.int64()).to_numpy()
+    committed = np.array([by_number[n] for n in rows.column("commit").to_pylist()])
+    capture_ms = (committed - t) / 1e6
     view = reads.read_view(store, "b1s", final_only=True).to_pandas()
     done = view["run"].map(created).to_numpy()
     view_ms = (done - view["window_end"].astype("int64").to_numpy()) / 1e6

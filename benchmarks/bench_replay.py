@@ -8,16 +8,22 @@ interleaved rounds, each in its own child process:
 - obsflow: ``jobs.execute(ReplayConfig(capture, views=(w1s, w1m), ...))``, the job the CLI
   runs: end to end, from reading the capture's Parquet objects to the committed view rows
   and the run summary.
-- pandas: ``pd.read_parquet(<store>/captures/<name>, columns=[source, channel, time, value])``
-  (the whole capture folder, as the README says users may; only the columns the views need)
-  and, for each window, ``floor`` the time and ``groupby().agg()``.
+- pandas: ``pd.read_parquet`` of the capture table's files (the list deltalake gives, as
+  the README says users may read a table), only the columns the views need, and for each
+  window ``floor`` the time and ``groupby().agg()``.
+- pandas tuned: the same files, the exact ``time_ns`` column, the window start by integer
+  floor, one groupby per view.
 
 Both compute 1 s and 1 min tumbling windows per (source, channel) with count/mean/min/max/std.
 After the timed part the pandas child compares the replayed views in the store with its own
 result (same windows, every aggregate within 1e-9 relative error).
 
+With ``--before PYTHON`` (another obsflow installation's Python, e.g. an older checkout's
+``.venv/bin/python``), that obsflow builds a capture of its own from the same input and
+replays it in each round too, interleaved: before and after a change, in one run.
+
 Run: ``.venv/bin/python benchmarks/bench_replay.py [--readings N] [--workers N] [--repeat N]
-[--rebuild]``.
+[--rebuild] [--before PYTHON]``.
 """
 
 from __future__ import annotations
@@ -35,7 +41,7 @@ import pandas as pd
 import pyarrow.parquet as pq
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_ingest import KEYS, child_tuned, compare
+from bench_ingest import KEYS, compare
 from common import (
     AGGREGATES,
     OUT,
@@ -64,16 +70,22 @@ def capture_folder(store: Path) -> Path:
     return store / "captures" / CAPTURE
 
 
+def capture_files(store: Path) -> list[str]:
+    """The files of the capture table's latest version (deltalake's list); none if there is
+    no such table."""
+    from deltalake import DeltaTable
+    from deltalake.exceptions import TableNotFoundError
+
+    try:
+        table = DeltaTable(str(capture_folder(store)))
+    except TableNotFoundError:
+        return []
+    return [u.removeprefix("file://") for u in table.file_uris()]
+
+
 def capture_readings(store: Path) -> int:
-    """Rows in the capture's Parquet objects (footers only); 0 if there is no capture."""
-    folder = capture_folder(store)
-    if not (store / "_obsflow" / "captures" / CAPTURE / "capture.json").exists():
-        return 0
-    return sum(
-        pq.ParquetFile(f).metadata.num_rows
-        for f in folder.glob("part-*/*.parquet")
-        if not f.name.startswith((".", "_"))
-    )
+    """Rows of the capture table (footers only); 0 if there is no capture."""
+    return sum(pq.ParquetFile(f).metadata.num_rows for f in capture_files(store))
 
 
 # -- children ---------------------------------------------------------------------------------
@@ -123,7 +135,7 @@ def child_pandas(store: str, check: bool) -> dict[str, Any]:
     started = time.perf_counter()
     # Only the columns the views need: the capture also has payload reference columns (all
     # null here) that pandas would turn into object columns, which only slows pandas down.
-    frame = pd.read_parquet(capture_folder(Path(store)), columns=COLUMNS)
+    frame = pd.read_parquet(capture_files(Path(store)), columns=COLUMNS)
     read_s = time.perf_counter() - started
     result = pandas_views(frame)
     seconds = time.perf_counter() - started
@@ -138,8 +150,11 @@ def child_pandas(store: str, check: bool) -> dict[str, Any]:
     }
     if check:
         checks = {}
+        from deltalake import DeltaTable
+
         for name, _ in WINDOWS:
-            view = pd.read_parquet(Path(store) / "views" / name)
+            view = DeltaTable(str(Path(store) / "views" / name)).to_pandas()
+            view["window_start"] = pd.to_datetime(view.pop("window_start_ns"), utc=True)
             checks[name] = compare(_plain(view.set_index(KEYS)), _plain(result[name]))
         out["obsflow_check"] = checks
     return out
@@ -155,6 +170,29 @@ def _plain(frame: pd.DataFrame) -> pd.DataFrame:
     for key in ("source", "channel"):
         flat[key] = flat[key].astype(str)
     return flat.set_index(KEYS)[list(AGGREGATES)]
+
+
+def child_tuned_table(store: str) -> dict[str, Any]:
+    """pandas tuned (``bench_ingest.child_tuned``) over the capture table's files, with the
+    exact time column."""
+    base = rss_mb()
+    started = time.perf_counter()
+    columns = ["source", "channel", "time_ns", "value"]
+    frame = pd.read_parquet(capture_files(Path(store)), columns=columns)
+    ns = frame["time_ns"].to_numpy()
+    counts = {}
+    for name, seconds in WINDOWS:
+        size = seconds * 10**9
+        window = pd.Series(ns - ns % size, index=frame.index, name="window_start")
+        rows = frame.groupby([frame["source"], frame["channel"], window], sort=False)["value"]
+        counts[name] = len(rows.agg(list(AGGREGATES)))
+    return {
+        "seconds": time.perf_counter() - started,
+        "peak_rss_mb": peak_rss_mb(),
+        "rss_before_mb": base,
+        "readings": len(frame),
+        "view_rows": counts,
+    }
 
 
 # -- parent -----------------------------------------------------------------------------------
@@ -185,6 +223,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--repeat", type=int, default=5, help="rounds; best time counts (default 5)")
     p.add_argument("--rebuild", action="store_true", help="rebuild the cached capture")
     p.add_argument(
+        "--before",
+        metavar="PYTHON",
+        help="another obsflow installation's Python: it builds its own capture of the same "
+        "input and replays it in every round too (before and after a change, interleaved)",
+    )
+    p.add_argument(
         "--child", choices=["build", "obsflow", "pandas", "tuned"], help=argparse.SUPPRESS
     )
     p.add_argument("--input", help=argparse.SUPPRESS)
@@ -202,7 +246,7 @@ def main(argv: list[str] | None = None) -> int:
         emit(child_pandas(args.store, args.check))
         return 0
     if args.child == "tuned":
-        emit(child_tuned(str(capture_folder(Path(args.store)))))
+        emit(child_tuned_table(args.store))
         return 0
 
     script = str(Path(__file__).resolve())
@@ -226,7 +270,7 @@ def main(argv: list[str] | None = None) -> int:
             return 1
         built = f", ingested in {b['seconds']:.1f} s"
     n = capture_readings(store)
-    files = [f for f in capture_folder(store).glob("part-*/*.parquet")]
+    files = [Path(f) for f in capture_files(store)]
     size = sum(f.stat().st_size for f in files)
     print(
         f"capture: {store.relative_to(OUT.parent.parent)}/captures/{CAPTURE}: {n:,} readings, "
@@ -239,7 +283,32 @@ def main(argv: list[str] | None = None) -> int:
         f"{os.getloadavg()[0]:.2f} at start; Python {sys.version.split()[0]}"
     )
 
-    runs: dict[str, list[dict[str, Any]]] = {"obsflow": [], "pandas": [], "tuned": []}
+    before_store = store.with_name(store.name + "-before")
+    if args.before:
+        print(f"building the capture of {args.before} from {path.name} ...", flush=True)
+        b = run_child(
+            script,
+            [
+                "--child",
+                "build",
+                "--input",
+                str(path),
+                "--store",
+                str(before_store),
+                "--workers",
+                "1",
+            ],
+            python=args.before,
+        )
+        if not b["balanced"] or b["accepted"] != args.readings:
+            print(f"capture build FAILED: {b}")
+            return 1
+    runs: dict[str, list[dict[str, Any]]] = {
+        "obsflow": [],
+        "pandas": [],
+        "tuned": [],
+        "before": [],
+    }
     for i in range(args.repeat):
         print(f"round {i + 1}/{args.repeat}: obsflow replay, pandas ...", flush=True)
         runs["obsflow"].append(
@@ -248,6 +317,21 @@ def main(argv: list[str] | None = None) -> int:
                 ["--child", "obsflow", "--store", str(store), "--workers", str(args.workers)],
             )
         )
+        if args.before:
+            runs["before"].append(
+                run_child(
+                    script,
+                    [
+                        "--child",
+                        "obsflow",
+                        "--store",
+                        str(before_store),
+                        "--workers",
+                        str(args.workers),
+                    ],
+                    python=args.before,
+                )
+            )
         runs["pandas"].append(
             run_child(script, ["--child", "pandas", "--store", str(store), "--check"])
         )
@@ -328,6 +412,19 @@ def main(argv: list[str] | None = None) -> int:
         f"goal (issue 16): replay >= {GOAL_VS_TUNED:g}x tuned pandas on the same capture: "
         f"{vs_tuned:.2f}x {'MET' if met else 'NOT MET'}"
     )
+    if args.before:
+        then = best(runs["before"])
+        print(
+            f"before and after (the replay job of {args.before} over its own capture of the "
+            f"same input, and of this checkout, interleaved): {then['seconds']:.2f} s vs "
+            f"{obs['seconds']:.2f} s = {then['seconds'] / obs['seconds']:.2f}x (above 1: "
+            f"faster now); peak RSS {then['peak_rss_mb']:.0f} vs {obs['peak_rss_mb']:.0f} MiB; "
+            "rounds "
+            + "; ".join(
+                f"{a:.2f}/{b:.2f}"
+                for a, b in zip(then["all_seconds"], obs["all_seconds"], strict=True)
+            )
+        )
     return 0 if sane and met else 1
 
 

@@ -50,7 +50,7 @@ import pandas as pd
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from obsflow.connectors import commits, layout, reads  # noqa: E402
+from obsflow.connectors import commits, reads  # noqa: E402
 from obsflow.connectors.store import Store  # noqa: E402
 from tests.brokers import NatsServer  # noqa: E402
 from tests.s3servers import free_port  # noqa: E402
@@ -317,7 +317,7 @@ def run(a: Any, work: Path) -> dict[str, Any]:
         )
         procs.append(ingest)
         st = Store(str(store))
-        wait_for(lambda: st.exists(layout.commit_doc(CAPTURE, 1)), "the first commit")
+        wait_for(lambda: commits.head(st, CAPTURE) >= 1, "the first commit")
         server = obsflow(
             "serve", "--store", str(store), "--port", str(port), log=work / "serve.log"
         )

@@ -152,11 +152,16 @@ def emit(result: dict[str, Any]) -> None:
     print(RESULT_TAG + json.dumps(result), flush=True)
 
 
-def run_child(script: str, args: list[str]) -> dict[str, Any]:
-    """Run ``script --child ...`` in a fresh interpreter; return the result it emitted."""
+def run_child(script: str, args: list[str], python: str | None = None) -> dict[str, Any]:
+    """Run ``script --child ...`` in a fresh interpreter (``python``: another installation's,
+    to compare obsflow before and after a change); return the result it emitted."""
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     proc = subprocess.run(
-        [sys.executable, script, *args], stdout=subprocess.PIPE, text=True, env=env, check=False
+        [python or sys.executable, script, *args],
+        stdout=subprocess.PIPE,
+        text=True,
+        env=env,
+        check=False,
     )
     results = [ln for ln in proc.stdout.splitlines() if ln.startswith(RESULT_TAG)]
     if proc.returncode != 0 or not results:

@@ -27,5 +27,9 @@ class StoreError(ObsflowError, OSError):
     """The store cannot be read or written as asked."""
 
 
+class StoreUnreachableError(StoreError):
+    """The store did not answer, however long it was retried."""
+
+
 class CaptureExistsError(StoreError, FileExistsError):
     """A capture exists with settings that differ from the ones asked for."""

@@ -39,7 +39,7 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-from obsflow.connectors.errors import ConfigError, StoreError
+from obsflow.connectors.errors import ConfigError, StoreError, StoreUnreachableError
 from obsflow.connectors.retry import GaveUp, RetryPolicy, http_error, reason, transient
 
 if TYPE_CHECKING:
@@ -487,30 +487,54 @@ class Store:
             options["max_retries"] = str(max(0, policy.attempts - 1))
         return f"s3://{path.lstrip('/')}", options
 
-    def call_table(self, action: str, rel: str, fn: Callable[[], T]) -> T:
-        """Run one delta-rs operation on a table. delta-rs retries transient failures itself
-        (within the budget ``table_location`` gives it), so a failure here is final: it becomes
-        a ``StoreError`` of one line naming the action and the table (its cause kept for
-        callers that need to tell a lost commit from a broken store), never showing a
-        credential."""
+    def call_table(self, action: str, rel: str, fn: Callable[[], T], *, retry: bool = True) -> T:
+        """Run one delta-rs operation on a table; a failure becomes a ``StoreError`` of one
+        line naming the action and the table (its cause kept, for callers that need to tell
+        a lost commit from a broken store), never showing a credential. delta-rs retries some
+        transient failures itself (within the budget ``table_location`` gives it), not all
+        (a connection reset mid-request): those are retried here, like ``_call``'s, unless
+        ``retry`` is off (a commit: its caller looks at the table again instead); a store that
+        stays unreachable is a ``StoreUnreachableError``."""
         started = time.monotonic()
-        try:
-            return fn()
-        except (StoreError, FileNotFoundError):
-            raise
-        except Exception as exc:
-            text = plain(reason(exc))
-            down = _UNREACHABLE.search(text)
-            if down is None:
-                raise StoreError(f"cannot {action} {self.uri(rel)}: {text}") from exc
-            GaveUp.add(self._endpoint)
-            retries = _RETRIES.search(text)
-            attempts = int(retries[1]) + 1 if retries else 1
-            elapsed = time.monotonic() - started
-            raise StoreError(
-                f"cannot {action} {self.uri(rel)}: store unreachable after {attempts} "
-                f"attempt{'s' if attempts > 1 else ''} over {elapsed:.1f} s: {down[0]}"
-            ) from exc
+        attempt = 0
+        while True:
+            attempt += 1
+            try:
+                return fn()
+            except (StoreError, FileNotFoundError):
+                raise
+            except Exception as exc:
+                text = plain(reason(exc))
+                down = _UNREACHABLE.search(text)
+                if down is None:
+                    raise StoreError(f"cannot {action} {self.uri(rel)}: {text}") from exc
+                policy = self.retry
+                elapsed = time.monotonic() - started
+                earlier = GaveUp.has(self._endpoint)
+                if (
+                    not retry
+                    or policy is None
+                    or elapsed >= policy.seconds
+                    or attempt == policy.attempts
+                    or earlier
+                ):
+                    if retry:
+                        GaveUp.add(self._endpoint)
+                    inner = _RETRIES.search(text)
+                    attempts = attempt + (int(inner[1]) if inner else 0)
+                    raise StoreUnreachableError(
+                        f"cannot {action} {self.uri(rel)}: store unreachable after {attempts} "
+                        f"attempt{'s' if attempts > 1 else ''} over {elapsed:.1f} s"
+                        f"{' (and earlier operations)' if earlier else ''}: {down[0]}"
+                    ) from exc
+                (log.warning if attempt == 1 else log.debug)(
+                    "%s %s failed (%s); retrying for up to %.0f s",
+                    action,
+                    self.uri(rel),
+                    down[0],
+                    policy.seconds,
+                )
+                time.sleep(min(policy.delay(attempt), policy.seconds - elapsed))
 
 
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")

@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING, Any
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from obsflow.connectors.errors import StoreError
+from obsflow.connectors.errors import StoreError, StoreUnreachableError
 
 if TYPE_CHECKING:
     from deltalake import DeltaTable
@@ -390,7 +390,9 @@ def commit(
     (with ``change.description``) when it does not exist yet.
     """
     attempt = _Commit(store, change, app, n, after)
-    for _ in range(1000):
+    budget = (store.retry.seconds if store.retry else 0.0) + 60.0
+    started = time.monotonic()
+    while time.monotonic() - started < budget:
         done = attempt.once()
         if done is not None:
             return done
@@ -476,7 +478,10 @@ class _Commit:
                 lambda: dt.create_write_transaction(
                     actions, "append", self.schema, commit_properties=self.props
                 ),
+                retry=False,
             )
+        except StoreUnreachableError:
+            return None  # it may have landed or not: look at the table again
         except StoreError as exc:
             if not _lost(exc):
                 raise

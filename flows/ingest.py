@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
 import bytewax.operators as op
@@ -303,9 +303,11 @@ def planned_views(
     Into a new capture: those given (default ``<capture>_1m``). Into an existing one: those
     given and every view already built from it, so that no view falls behind its capture; a
     view new to a capture that holds readings is refused (it would start in the middle of the
-    data: a replay builds it). ``lateness`` applies to all of them.
+    data: a replay builds it). ``lateness`` applies to all of them. The capture is taken as
+    of the run's base, if it has one (a run loses to one that committed since, at its commit).
     """
-    if not capture_exists(store, config.capture):
+    exists = capture_exists(store, config.capture) if config.base is None else config.base > 0
+    if not exists:
         views = config.views if config.views is not None else default_views(config.capture)
     else:
         given = config.views or ()
@@ -317,7 +319,8 @@ def planned_views(
         for doc in (view_doc(v.name, v.definition, v.hash, config.capture) for v in views)
         if not check_view(store, doc)
     )
-    snap = capture_snapshot(store, config.capture) if new else None
+    as_of = None if config.base is None else config.base
+    snap = capture_snapshot(store, config.capture, as_of=as_of) if new and exists else None
     held = snap.rows if snap is not None else 0
     if held:
         raise ConfigError(
@@ -346,16 +349,17 @@ def build_flow(
     store = Store(config.store)
     meta = planned_capture(store, config.capture, config.partitions)
     spec, run_id = config.spec, config.run_id
+    base, state = capture_base(store, config.capture, config.base)
+    config = replace(config, base=base)
     views, _new = planned_views(store, config)
     known = dict(config.fingerprints)
-    base, state = capture_base(store, config.capture, config.base)
     finish = Finish(
         store=config.store,
         capture=config.capture,
         run=run_id,
         kind="ingest",
         base=base,
-        capture_meta=None if capture_exists(store, config.capture) else meta,
+        capture_meta=meta if base == 0 else None,
         views=tuple(view_doc(v.name, v.definition, v.hash, config.capture) for v in views),
         inputs={}
         if config.live
