@@ -349,9 +349,7 @@ class PartitionWriter:
         if not self._buffer:
             return
         table = pa.concat_tables(self._buffer).cast(layout.CAPTURE_SCHEMA)
-        table = table.append_column(
-            layout.COMMIT, pa.repeat(self.n, table.num_rows).cast(pa.int64())
-        )
+        table = layout.with_commit(table, self.n)
         self._buffer, self._buffered = [], 0
         self.wait()
         _IN_FLIGHT.acquire()
@@ -362,7 +360,7 @@ class PartitionWriter:
                     self.store,
                     layout.capture_dir(self.capture),
                     rel,
-                    layout.stored(table),
+                    table,
                     layout.STATS,
                 )
             )

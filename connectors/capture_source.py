@@ -336,6 +336,25 @@ class CaptureSource(FixedPartitionedSource[ReplayBatch, Position]):
 
     def __init__(self, store: Store, spec: ReplaySpec) -> None:
         self.store, self.spec = store, spec
+        self._read: tuple[int, CapturePlan, int | None] | None = None
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {"store": self.store, "spec": self.spec, "_read": None}
+
+    def _capture(self) -> tuple[int, CapturePlan, int | None]:
+        """The capture's partition count, what the replay reads of it, and where pacing
+        starts: read once per process (every partition of a worker shares them)."""
+        if self._read is None:
+            meta = open_capture(self.store, self.spec.capture)
+            plan = capture_plan(self.store, self.spec.capture, self.spec.upto)
+            origin = None
+            if self.spec.speed is not None:
+                origin = self.spec.start
+                if origin is None:
+                    span = time_range(self.store, self.spec.capture)
+                    origin = span[0] if span else 0
+            self._read = (meta.partitions, plan, origin)
+        return self._read
 
     def list_parts(self) -> list[str]:
         meta = open_capture(self.store, self.spec.capture)
@@ -349,20 +368,13 @@ class CaptureSource(FixedPartitionedSource[ReplayBatch, Position]):
         self, step_id: str, for_part: str, resume_state: Position | None
     ) -> _CapturePartition:
         part = int(for_part)
-        meta = open_capture(self.store, self.spec.capture)
-        plan = capture_plan(self.store, self.spec.capture, self.spec.upto)
-        origin = None
-        if self.spec.speed is not None:
-            origin = self.spec.start
-            if origin is None:
-                span = time_range(self.store, self.spec.capture)
-                origin = span[0] if span else 0
+        partitions, plan, origin = self._capture()
         return _CapturePartition(
             self.store,
             self.spec,
             part,
             part_sources(plan, part),
-            boundaries(plan, part, meta.partitions),
+            boundaries(plan, part, partitions),
             resume_state,
             origin,
         )

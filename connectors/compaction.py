@@ -85,7 +85,7 @@ def compact(
         first = olds[0].path.removesuffix(".parquet")
         new = f"{first}.c{run}.parquet"  # sorts where its first file did
         rows_ = conform(store.scan([f.path for f in olds], schema=CAPTURE_STORED), CAPTURE_STORED)
-        adds.append(tables.write_file(store, table, new, rows_, layout.STATS))
+        adds.append(tables.write_file(store, table, new, rows_, layout.STATS, stored=True))
     change = TableChange(
         table,
         CAPTURE_STORED,

@@ -72,9 +72,17 @@ COMMIT = "commit"
 CAPTURE_SCHEMA = pa.schema([*READING_SCHEMA, *PAYLOAD_SCHEMA, *CONTEXT_SCHEMA])
 """Captured readings: the reading schema plus payload references (null without a payload) and
 context (null without)."""
-CAPTURE_TABLE_SCHEMA = CAPTURE_SCHEMA.append(pa.field(COMMIT, pa.int64()))
+CAPTURE_TABLE_SCHEMA = CAPTURE_SCHEMA.append(pa.field(COMMIT, pa.int64(), nullable=False))
 """A capture table's rows: captured readings and the number of the commit that captured each
 (replay's order, and the run behind a reading)."""
+
+
+def with_commit(rows: pa.Table, n: int) -> pa.Table:
+    """``rows`` with the column ``commit`` (never null) saying commit ``n`` captured them."""
+    return rows.append_column(
+        CAPTURE_TABLE_SCHEMA.field(COMMIT), pa.repeat(pa.scalar(n, pa.int64()), rows.num_rows)
+    )
+
 
 LINEAGE = ("capture", "view_hash", "run")
 LATE_SCHEMA = pa.schema(
@@ -142,15 +150,21 @@ def stored_schema(schema: pa.Schema) -> pa.Schema:
     microsecond ``t`` plus int64 ``t_ns``."""
     fields: list[pa.Field] = []
     for f in schema:
+        if pa.types.is_dictionary(f.type):
+            f = f.with_type(f.type.value_type)
         if _is_time(f.type):
-            fields += [pa.field(f.name, STORED_TIME), pa.field(f.name + NS, pa.int64())]
+            fields += [
+                pa.field(f.name, STORED_TIME, nullable=f.nullable),
+                pa.field(f.name + NS, pa.int64(), nullable=f.nullable),
+            ]
         else:
-            fields.append(f.with_nullable(True))
+            fields.append(f)
     return pa.schema(fields)
 
 
 def stored(table: pa.Table) -> pa.Table:
-    """Rows as a table stores them (see ``stored_schema``); dictionary ids as plain text."""
+    """Rows as a table stores them (see ``stored_schema``: columns that hold no null keep
+    saying so, which makes them quicker to read); dictionary ids as plain text."""
     columns, names = [], []
     for f, col in zip(table.schema, table.columns, strict=True):
         if pa.types.is_dictionary(f.type):
@@ -164,7 +178,7 @@ def stored(table: pa.Table) -> pa.Table:
         else:
             columns.append(col)
             names.append(f.name)
-    return pa.table(columns, names=names)
+    return pa.table(columns, names=names).cast(stored_schema(table.schema))
 
 
 def loaded(table: pa.Table, schema: pa.Schema) -> pa.Table:

@@ -66,12 +66,10 @@ class _Migration:
         ``rel`` (in ``store``, default the migrated one), remembering what it must hold."""
         rows = conform(_plain(source), schema)
         if commit is not None:
-            rows = rows.append_column(
-                layout.COMMIT, pa.repeat(commit, rows.num_rows).cast(pa.int64())
-            )
-            schema = schema.append(pa.field(layout.COMMIT, pa.int64()))
+            rows = layout.with_commit(rows, commit)
+            schema = rows.schema
         target = store or self.store
-        file = tables.write_file(target, table, rel, layout.stored(rows), layout.STATS)
+        file = tables.write_file(target, table, rel, rows, layout.STATS)
         self.expected[(target.url, rel)] = (rows.num_rows, digest(rows, schema), schema)
         return file
 

@@ -63,7 +63,7 @@ class ChunkLog:
         table = conform(table, self.schema)  # (a column some producers do not fill: null)
         rel = layout.log_file(self.folder, self.run, self.part, self.chunk)
         self.written.append(
-            tables.write_file(self.store, self.folder, rel, layout.stored(table), layout.STATS)
+            tables.write_file(self.store, self.folder, rel, table, layout.STATS)
         )
         self.chunk += 1
 

@@ -23,6 +23,7 @@ from __future__ import annotations
 import itertools
 import json
 import math
+import threading
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -99,10 +100,16 @@ class Snapshot:
     files: tuple[FileEntry, ...]
     description: dict[str, Any]
     delta: Any = field(default=None, repr=False, compare=False)  # the DeltaTable read
+    store: Any = field(default=None, repr=False, compare=False)
 
     def txn(self, app: str) -> int:
         """The last number application ``app`` committed to this version (0: none)."""
-        version = self.delta.transaction_version(app) if self.delta is not None else None
+        delta = self.delta
+        if delta is None:
+            return 0
+        if delta.version() != self.version:  # (the thread's table object moved on since)
+            delta = _open(self.store, self.table, self.version)
+        version = delta.transaction_version(app)
         return 0 if version is None else int(version)
 
     def under(self, prefix: str) -> list[FileEntry]:
@@ -172,46 +179,65 @@ def _schema_of(text: str) -> pa.Schema:
 # -- files ------------------------------------------------------------------------------------
 
 
-def encode(table: pa.Table, stats_columns: Sequence[str]) -> tuple[bytes, str]:
-    """A table as one Parquet file (``store.parquet_bytes``: zstd, dictionaries for text,
-    delta-encoded integers) and its Delta statistics over ``stats_columns``."""
-    from obsflow.connectors.store import parquet_bytes  # (store imports this module)
-
-    return parquet_bytes(table), file_stats(table, stats_columns)
-
-
 def file_stats(table: pa.Table, columns: Sequence[str]) -> str:
     """Delta's statistics JSON of a file's rows: ``numRecords`` and, for ``columns``, the
-    minimum, maximum (NaN skipped, as Delta does) and null count."""
+    minimum, maximum (NaN skipped, as Delta does) and null count. ``table`` holds the rows as
+    obsflow works with them: a nanosecond time column ``t`` gives the statistics of both
+    ``t`` (milliseconds, as Delta writes them) and ``t_ns``; ids kept as dictionaries are
+    bounded by their dictionary (bounds need not be tight to be right, and reading them is
+    cheaper than scanning every string)."""
     mins: dict[str, Any] = {}
     maxs: dict[str, Any] = {}
     nulls: dict[str, int] = {}
-    for name in columns:
-        if name not in table.column_names:
+    for name in table.column_names:
+        if name not in columns and name + "_ns" not in columns:
             continue
         col = table.column(name)
-        if pa.types.is_dictionary(col.type):
-            col = col.cast(col.type.value_type)
-        nulls[name] = col.null_count
-        if col.null_count == len(col) or len(col) == 0:
+        kind = col.type
+        names = [name]
+        if pa.types.is_timestamp(kind) and kind.unit == "ns":
+            names.append(name + "_ns")
+            col = col.cast(pa.int64())
+        elif pa.types.is_dictionary(kind):
+            kind = kind.value_type
+            col = pa.chunked_array([c.dictionary for c in col.chunks], kind)
+        for n in names:
+            nulls[n] = table.column(name).null_count
+        if len(col) == 0 or col.null_count == len(col):
             continue
-        if pa.types.is_floating(col.type):
+        if pa.types.is_floating(kind):
             col = pc.drop_null(pc.if_else(pc.is_nan(col), None, col))
             if len(col) == 0:
                 continue
         mm = pc.min_max(col)
         lo, hi = mm["min"].as_py(), mm["max"].as_py()
-        mins[name], maxs[name] = _stat(lo, col.type), _stat(hi, col.type)
+        if lo is None or hi is None:
+            continue
+        if len(names) == 2:  # a nanosecond time: both twins
+            mins[names[1]], maxs[names[1]] = int(lo), int(hi)
+            mins[name], maxs[name] = _millis(int(lo)), _millis(int(hi))
+            continue
+        low, high = _stat(lo, kind), _stat(hi, kind)
+        if low is not None:
+            mins[name] = low
+        if high is not None and not (isinstance(hi, str) and len(hi) > 32):
+            maxs[name] = high  # (a cut maximum would not bound the values: left out)
     return json.dumps(
         {"numRecords": table.num_rows, "minValues": mins, "maxValues": maxs, "nullCount": nulls},
         separators=(",", ":"),
     )
 
 
+def _millis(ns: int) -> str:
+    """A time statistic as Delta writes it: UTC, to the millisecond, truncated."""
+    ms = ns // 1_000_000
+    moment = datetime.fromtimestamp(ms // 1000, UTC).replace(microsecond=(ms % 1000) * 1000)
+    return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
 def _stat(value: Any, kind: pa.DataType) -> Any:
     """A statistic as Delta writes it: timestamps to the millisecond in UTC (truncated, as
-    delta-rs and Spark write them), floats finite, strings cut to 32 characters (a cut maximum
-    is dropped by the caller's reader as not exact; Delta readers allow for that)."""
+    delta-rs and Spark write them), floats finite, strings cut to 32 characters."""
     if pa.types.is_timestamp(kind):
         text: str = value.astimezone(UTC).isoformat(timespec="milliseconds")
         return text.replace("+00:00", "Z")
@@ -223,11 +249,22 @@ def _stat(value: Any, kind: pa.DataType) -> Any:
 
 
 def write_file(
-    store: Store, table: str, rel: str, rows: pa.Table, stats: Sequence[str]
+    store: Store,
+    table: str,
+    rel: str,
+    rows: pa.Table,
+    stats: Sequence[str],
+    *,
+    stored: bool = False,
 ) -> DataFile:
-    """Write ``rows`` as the Parquet file ``rel`` (store-relative, inside ``table``'s folder),
-    invisible until a commit adds it."""
-    data, text = encode(rows, stats)
+    """Write ``rows`` (as obsflow works with them; ``stored``: as a table holds them already)
+    as the Parquet file ``rel`` (store-relative, inside ``table``'s folder), invisible until a
+    commit adds it."""
+    from obsflow.connectors.layout import stored as as_stored  # (layout: schemas, no I/O)
+    from obsflow.connectors.store import parquet_bytes  # (store imports this module)
+
+    text = file_stats(rows, stats)
+    data = parquet_bytes(rows if stored else as_stored(rows))
     store.write_bytes(rel, data)
     return DataFile(table, rel, len(data), rows.num_rows, text)
 
@@ -241,10 +278,21 @@ def _deltalake() -> Any:
     return deltalake
 
 
+_OPENED = threading.local()
+"""Per thread: (store URL, table) -> the table as last opened, brought up to date on reuse
+(reading only the log entries since: a fraction of opening it anew)."""
+
+
 def _open(store: Store, table: str, version: int | None = None) -> DeltaTable | None:
-    """The table at ``version`` (latest: None), or None if there is no such table."""
+    """The table at ``version`` (the latest: None), or None if there is no such table."""
     dl = _deltalake()
     uri, options = store.table_location(table)
+    cache: dict[tuple[str, str], DeltaTable] = _OPENED.__dict__.setdefault("tables", {})
+    key = (store.url, table)
+    if version is None and key in cache:
+        known = cache[key]
+        store.call_table("read", f"{table}/{LOG_DIR}", known.update_incremental)
+        return known
 
     def load() -> DeltaTable | None:
         try:
@@ -253,7 +301,12 @@ def _open(store: Store, table: str, version: int | None = None) -> DeltaTable | 
             return None
         return found
 
-    return store.call_table("read", f"{table}/{LOG_DIR}", load)
+    opened = store.call_table("read", f"{table}/{LOG_DIR}", load)
+    if version is None and opened is not None:
+        if len(cache) > 256:
+            cache.clear()
+        cache[key] = opened
+    return opened
 
 
 def exists(store: Store, table: str) -> bool:
@@ -292,7 +345,7 @@ def _snapshot_of(store: Store, table: str, dt: DeltaTable) -> Snapshot:
             description = json.loads(dt.metadata().description or "{}")
         except ValueError:
             description = {}
-        return Snapshot(table, version, files, description, dt)
+        return Snapshot(table, version, files, description, dt, store)
 
     return store.call_table("read", table, read)
 
@@ -461,6 +514,9 @@ class _Commit:
                 "was committed to it"
             )
         dl = self.dl
+        # An append keeps the table's own schema (a run never changes it; one written by an
+        # earlier obsflow may differ in what it says of nulls); a rebuild may bring a new one.
+        schema = self.schema if change.overwrite else dt.schema()
         actions: list[Any] = [
             *self.adds,
             *(
@@ -476,7 +532,7 @@ class _Commit:
                 "commit",
                 change.table,
                 lambda: dt.create_write_transaction(
-                    actions, "append", self.schema, commit_properties=self.props
+                    actions, "append", schema, commit_properties=self.props
                 ),
                 retry=False,
             )

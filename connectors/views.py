@@ -394,7 +394,7 @@ class SegmentWriter:
         table = layout.view_dir(self.view)
         # (a segment left empty is written too: its commit then removes the base's file)
         self.state.written[rel] = tables.write_file(
-            self.store, table, rel, layout.stored(rows), layout.STATS
+            self.store, table, rel, rows, layout.STATS
         )
         self.state.staged.add(seg)
 

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from obsflow.connectors import commits, layout
+from obsflow.connectors import commits, layout, tables
 from obsflow.connectors.capture import CAPTURE_STORED, CaptureMeta, StateRef, input_fingerprint
 from obsflow.connectors.commits import Commit, Intent
 from obsflow.connectors.errors import StoreError
@@ -114,7 +114,8 @@ class Finish:
             retired += gone
         for doc in self.views:
             late = layout.late_dir(doc["name"])
-            if late in files or doc["name"] in self.replaced_views:
+            rebuilt = doc["name"] in self.replaced_views and tables.exists(store, late)
+            if late in files or rebuilt:  # (a view rebuilt whole drops its late readings)
                 changes.append(
                     TableChange(
                         late,
