@@ -62,9 +62,7 @@ class ChunkLog:
         table = table.append_column("run", pa.repeat(self.run, table.num_rows).cast(pa.string()))
         table = conform(table, self.schema)  # (a column some producers do not fill: null)
         rel = layout.log_file(self.folder, self.run, self.part, self.chunk)
-        self.written.append(
-            tables.write_file(self.store, self.folder, rel, table, layout.STATS)
-        )
+        self.written.append(tables.write_file(self.store, self.folder, rel, table, layout.STATS))
         self.chunk += 1
 
     def take_written(self) -> list[DataFile]:

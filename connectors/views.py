@@ -393,9 +393,7 @@ class SegmentWriter:
         rel = layout.view_file(self.view, self.part, seg, self.run)
         table = layout.view_dir(self.view)
         # (a segment left empty is written too: its commit then removes the base's file)
-        self.state.written[rel] = tables.write_file(
-            self.store, table, rel, rows, layout.STATS
-        )
+        self.state.written[rel] = tables.write_file(self.store, table, rel, rows, layout.STATS)
         self.state.staged.add(seg)
 
     def take_written(self) -> list[DataFile]:
