@@ -3,12 +3,12 @@
 The in-memory dedup (``connectors.dedup``) remembers identities for a horizon of event time per
 key space, so memory stays bounded. A reading older than that horizon — a file ingested again
 a day later, an instrument replaying its buffer — would otherwise be captured twice. For those
-readings only, a partition writer asks the ``Archive``: the committed capture objects of its
-partition, pruned by their footers' time spans to those that overlap the readings' times. An
-object's identities are read once (only the identity and content columns) into sorted 64-bit
-hashes, and the few objects read last are kept, since readings mostly come in time order; a
-batch is then a binary search. So the cost is paid only by readings in time already captured,
-and memory is bounded by a few objects.
+readings only, a partition writer asks the ``Archive``: the committed capture files of its
+partition, pruned by their time statistics (from the table's log) to those that overlap the
+readings' times. A file's identities are read once (only the identity and content columns) into
+sorted 64-bit hashes, and the few files read last are kept, since readings mostly come in time
+order; a batch is then a binary search. So the cost is paid only by readings in time already
+captured, and memory is bounded by a few files.
 
 Identity and content are the dedup's: (source, seq) for readings with a seq, else (source,
 channel, time); content is the hash of (time, channel, value). Same identity and content is a
@@ -38,7 +38,7 @@ _TIME_KEY = np.uint64(0x13198A2E03707344)
 
 @dataclass
 class _Index:
-    """The identities of one capture object as sorted 64-bit hashes, with content hashes:
+    """The identities of one capture file as sorted 64-bit hashes, with content hashes:
     by (source, seq) and by (source, channel, time)."""
 
     seq_keys: np.ndarray

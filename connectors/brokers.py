@@ -580,7 +580,7 @@ class KafkaClient:
     capture commit (auto-commit off): a rerun starts from the last offsets committed. The message
     time is the record's Kafka timestamp (create or log-append time), the same on every delivery.
 
-    No group membership: one session writes a capture (its lease), so there is nobody to share
+    No group membership: one session writes a capture, so there is nobody to share
     partitions with, and a rerun after a kill starts at once instead of waiting for a join
     delay and for the killed member's session to expire."""
 

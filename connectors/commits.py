@@ -29,7 +29,6 @@ reading carries the number that captured it) and repeats what each commit declar
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -367,12 +366,6 @@ def pending(store: Store, capture: str) -> list[Intent]:
             if intent.n <= top:
                 out.append(intent)
     return out
-
-
-def retired_folders(old: Iterable[str], new: Iterable[str], folder_of: Any) -> list[str]:
-    """Bookkeeping folders of runs the old state referred to and the new one does not."""
-    keep = set(new)
-    return [folder_of(r) for r in sorted(set(old) - keep)]
 
 
 def now() -> str:

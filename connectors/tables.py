@@ -423,11 +423,6 @@ def log_entry(store: Store, table: str, version: int) -> dict[str, Any] | None:
     return {}
 
 
-def versions_at(store: Store, table: str) -> list[tuple[int, int]]:
-    """(version, commit time in ms) of every commit of the table, oldest first."""
-    return sorted((int(e["version"]), int(e.get("timestamp", 0))) for e in history(store, table))
-
-
 # -- writing ---------------------------------------------------------------------------------
 
 

@@ -1,15 +1,14 @@
-"""View storage: rows under ``<store>/views/<name>/``, definition and window state under
-``_obsflow/views/<name>/``.
+"""View storage: a Delta table at ``<store>/views/<name>/``; window state of each run under
+``_obsflow/views/<name>/state/<run>/``; the definition in the table's description.
 
-Every (source, channel, window) has exactly one home object, ``part-NNNN/<segment>.parquet``:
-the partition of its source and the stretch of window starts (``segment_span`` of them) its
-start falls in. Rows of open windows are *provisional* (``final`` false) and are replaced in
-their home object when they change or become final, so a reader — ``pandas.read_parquet`` of
-the folder included — sees each window once: every object is replaced atomically, and no row
-ever moves to another object.
+Every (source, channel, window) lives in one segment: the partition of its source and the
+stretch of window starts (``segment_span`` of them) its start falls in. A segment is one file of
+the table, ``part-NNNN/<segment>-<run>.parquet``. Rows of open windows are *provisional*
+(``final`` false); a run that changes a segment writes the segment's new file and its commit
+removes the old one, so every version of the table holds each window once.
 
-``SegmentWriter`` upserts a partition's rows into its home objects (staged, for the run's
-commit); ``connectors.reads`` reads them.
+``SegmentWriter`` upserts a partition's rows into segment files (committed with the run);
+``connectors.reads`` reads them.
 """
 
 from __future__ import annotations

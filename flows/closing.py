@@ -2,9 +2,9 @@
 
 A small job without a dataflow: for each partition of the view (or of the sources given), the
 committed window state is loaded, the windows are closed (``WindowKernel.close``: the
-watermark of those series is taken to be ``until``, or every open window ends), the rows are
-rewritten in their home objects and the state is saved — all staged and committed as one
-entry of the capture's log, which replay repeats at the same point of the capture's order.
+watermark of those series is taken to be ``until``, or every open window ends), the segments
+are rewritten and the state is saved — all committed as one run of the capture
+(``flows.finish``), which replay repeats at the same point of the capture's order.
 """
 
 from __future__ import annotations

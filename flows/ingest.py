@@ -1,10 +1,10 @@
 """Ingest: input files or simulated instruments -> a capture and windowed views.
 
 Input: ``RawBatch`` micro-batches from ``FileSource``/``SimSource`` (or a ``TestingSource``).
-Output, staged and committed together when the run ends (``flows.finish``): the capture's new
-objects under ``<store>/captures/<name>/``, each view's rows in ``<store>/views/<view>/`` (late
+Output, committed together when the run ends (``flows.finish``): the capture's new files in the
+Delta table ``<store>/captures/<name>/``, each view's rows in ``<store>/views/<view>/`` (late
 readings in ``<store>/late/<view>/``), rejected records in ``<store>/deadletter/``, and a run
-summary ``<store>/runs/<run>.json``.
+summary ``<store>/runs/<run>.json``. One Delta commit per table, each carrying the run's number.
 Guarantee: every input record is accounted for once: accepted, rejected (kept with a reason)
 or a duplicate; ``input == accepted + rejected + duplicates``; exactly once with recovery.
 

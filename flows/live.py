@@ -41,7 +41,7 @@ from obsflow.flows.closing import close_view
 from obsflow.flows.ingest import IngestConfig
 from obsflow.flows.summary import Counts
 
-LEASE_WAIT = 300.0
+CAPTURE_WAIT = 300.0
 T = TypeVar("T")
 
 
@@ -208,8 +208,8 @@ def run_cycle(ingest: IngestConfig, batch: RawBatch, workers: int) -> jobs.RunRe
 
 def waiting_for_the_capture(job: Callable[[], T]) -> T:
     """Run ``job``; while another job holds the capture (a compaction, a ``views close``),
-    wait for it and try again (up to ``LEASE_WAIT`` seconds)."""
-    deadline = time.monotonic() + LEASE_WAIT
+    wait for it and try again (up to ``CAPTURE_WAIT`` seconds)."""
+    deadline = time.monotonic() + CAPTURE_WAIT
     while True:
         try:
             return job()

@@ -2,7 +2,7 @@
 
 Input: the capture read by ``CaptureSource`` in capture order (commit by commit), with each
 commit's boundary so that windows become final exactly where they did during ingest.
-Output, staged and committed when the run ends: the views it rebuilds (rows, late readings,
+Output, committed when the run ends (``flows.finish``): the views it rebuilds (rows, late readings,
 window state) and a run summary.
 Guarantee: the same capture and definitions give the same rows — the rows ingest built — for
 any worker or process count and any speed; an interrupted replay changes nothing.

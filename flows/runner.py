@@ -70,7 +70,7 @@ class Recovery:
                     f"recovery directory {str(self.directory)!r} was written by an older "
                     "obsflow, whose steps kept their state under other names: it cannot resume "
                     "that run. Delete the directory and run the command again (the run starts "
-                    "over; nothing it staged was committed)"
+                    "over; nothing it wrote was committed)"
                 )
             if doc.get("command") != command:
                 raise ConfigError(
@@ -126,7 +126,7 @@ class Cluster:
     """This process's place in a Bytewax cluster across hosts: every process is given the same
     ``addresses`` (``host:port`` of each, in process order) and its own ``process_id``.
 
-    Process 0 coordinates: it prepares the run (lease, base, inputs to skip), publishes the
+    Process 0 coordinates: it prepares the run (base commit, inputs to skip), publishes the
     prepared options in the store for the others (``flows.jobs``) and reads the summary back.
     """
 

@@ -40,7 +40,7 @@ from obsflow.flows.viewdef import ViewDef
 from obsflow.flows.windows import WindowKernel
 
 FLUSH_ROWS = 200_000
-"""Final rows a view step holds before it writes them (staged) without waiting for a snapshot."""
+"""Final rows a view step holds before it writes them (uncommitted) without a snapshot."""
 PartItem = tuple[int, pa.Table | Boundary]
 ViewOut = tuple[str, pa.Table | Counts]  # ("late", readings) or ("counts", Counts)
 
@@ -190,7 +190,7 @@ class ViewLogic(StatefulBatchLogic[PartItem, ViewOut, ViewState]):
             # Bytewax asks at every epoch, recovery or not; without recovery nothing resumes
             # from a snapshot, and flushing would only cut the view into small objects.
             return self.state
-        self.writer.flush()  # rows up to here are staged: the snapshot may rely on them
+        self.writer.flush()  # rows up to here are written: the snapshot may rely on them
         return copy.deepcopy(self.state)
 
 
