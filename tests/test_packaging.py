@@ -63,4 +63,4 @@ def test_make_demo_installs_only_what_running_needs_and_shows_pip_progress() -> 
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
     runtime = [*project["dependencies"], *project["optional-dependencies"]["sql"]]
     names = {d.split("=")[0].split(">")[0].split("<")[0].strip() for d in runtime}
-    assert names == {"bytewax", "numpy", "pandas", "pyarrow", "s3fs", "duckdb"}
+    assert names == {"bytewax", "deltalake", "numpy", "pandas", "pyarrow", "s3fs", "duckdb"}

@@ -1,7 +1,8 @@
 """The README's Quick start session runs as printed (issue 12, must-show 4): each ``$``
 command of its ``console`` block runs in a fresh folder holding the repository's sample data,
 and its output (stdout and stderr, in terminal order) matches the block, ``...`` standing for
-run ids, timings and paths."""
+run ids, timings and paths. Then the Store layout's Python session (other readers of the
+tables) runs as a doctest on the store the session made."""
 
 from __future__ import annotations
 
@@ -13,6 +14,8 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 OBSFLOW = str(Path(sys.executable).parent / "obsflow")
@@ -34,7 +37,14 @@ def make_demo_command() -> str:
     return recipe.strip().replace("$(BIN)/obsflow", OBSFLOW)
 
 
-def test_the_quick_start_runs_as_printed(tmp_path: Path) -> None:
+def store_layout_session() -> str:
+    """The ``pycon`` block of the README's Store layout section."""
+    section = (ROOT / "README.md").read_text().split("## Store layout", 1)[1].split("\n## ")[0]
+    (block,) = re.findall(r"```pycon\n(.*?)```", section, flags=re.S)
+    return str(block)
+
+
+def test_the_quick_start_runs_as_printed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     steps = quick_start()
     assert [c.split()[0] for c, _ in steps[:2]] == ["make", ".venv/bin/obsflow"]
     assert len(steps) >= 5
@@ -64,3 +74,9 @@ def test_the_quick_start_runs_as_printed(tmp_path: Path) -> None:
         assert checker.check_output(expected, got, flags), (
             f"$ {command}\n--- README\n{expected}\n--- got\n{got}"
         )
+    monkeypatch.chdir(tmp_path)
+    test = doctest.DocTestParser().get_doctest(store_layout_session(), {}, "README", None, 0)
+    runner = doctest.DocTestRunner(optionflags=flags)
+    runner.run(test)
+    assert runner.summarize(verbose=False).attempted >= 5
+    assert runner.summarize(verbose=False).failed == 0
