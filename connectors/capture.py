@@ -348,8 +348,9 @@ class PartitionWriter:
         flight, and ``wait`` (called by ``snapshot`` and ``close``) makes them durable."""
         if not self._buffer:
             return
-        table = pa.concat_tables(self._buffer).cast(layout.CAPTURE_SCHEMA)
-        table = layout.with_commit(table, self.n)
+        # Ids stay dictionaries: the statistics are bounded by the dictionaries (not a pass over
+        # every string), and the writer thread turns them into text.
+        table = layout.with_commit(pa.concat_tables(self._buffer), self.n)
         self._buffer, self._buffered = [], 0
         self.wait()
         _IN_FLIGHT.acquire()

@@ -76,11 +76,13 @@ all of whose boundaries are out)."""
 @dataclass(frozen=True)
 class ReplayFile:
     """One file a partition replays: its path, the store holding it (None: the capture's),
-    and the first commit it holds."""
+    and the first and last commit it holds (a file of one commit is read without its
+    ``commit`` column)."""
 
     path: str
     first: int
     url: str | None = None
+    last: int | None = None  # None: not known
 
 
 @dataclass(frozen=True)
@@ -125,8 +127,15 @@ def part_sources(plan: CapturePlan, part: int) -> list[ReplayFile]:
     for f in plan.files:
         name = f.path.split("/", 2)[2]
         if name.startswith(prefix):
-            first = f.mins.get(layout.COMMIT)
-            out.append(ReplayFile(f.path, int(first) if first is not None else 0))
+            first, last = f.mins.get(layout.COMMIT), f.maxs.get(layout.COMMIT)
+            out.append(
+                ReplayFile(
+                    f.path,
+                    int(first) if first is not None else 0,
+                    None,
+                    int(last) if last is not None and first is not None else None,
+                )
+            )
     for rel, url in plan.archived.items():
         name = rel.split("/", 2)[2]
         if name.startswith(prefix):
@@ -219,14 +228,17 @@ class _CapturePartition(StatefulSourcePartition[ReplayBatch, Position]):
 
         for f in range(first_file, len(self._sources) + 1):
             last = f == len(self._sources)  # the end: what is due after every file
-            batches = iter([None]) if last else self._batches(self._sources[f])
-            for b, table in enumerate(batches):
+            batches = iter([(None, 0)]) if last else self._batches(self._sources[f])
+            for b, (table, one) in enumerate(batches):
                 if (f, b) < (first_file, first_batch):
                     continue
                 state = (current, seen)  # (the position of an item keeps its batch's start)
                 items: list[pa.Table | Boundary] = []
                 if table is None:
                     items += due(None)
+                elif one is not None:  # a file of one commit
+                    items += due(one)
+                    items.append(self._restrict(table))
                 else:
                     commit = table.column(layout.COMMIT).to_numpy()
                     cuts = [0, *(np.flatnonzero(np.diff(commit)) + 1).tolist(), len(commit)]
@@ -237,10 +249,11 @@ class _CapturePartition(StatefulSourcePartition[ReplayBatch, Position]):
                 for i in range(skip, len(items)):
                     yield (f, b, i + 1, *state), items[i]
 
-    def _batches(self, src: ReplayFile) -> Iterator[pa.Table]:
+    def _batches(self, src: ReplayFile) -> Iterator[tuple[pa.Table, int | None]]:
         """A file's readings (ids as the file's own dictionaries: the views group by them
-        without hashing a string per reading), with their commit numbers; row groups outside
-        the time range are not read."""
+        without hashing a string per reading), with their commit numbers — the one commit of
+        a file that holds one, else a ``commit`` column; row groups outside the time range are
+        not read."""
         store = self._store if src.url is None else self._cold(src.url)
         pf = pq.ParquetFile(
             store.arrow_fs.open_input_file(store.path(src.path)), read_dictionary=ID_COLUMNS
@@ -252,11 +265,14 @@ class _CapturePartition(StatefulSourcePartition[ReplayBatch, Position]):
         ]
         if not groups:
             return
+        one = src.first if src.last == src.first else None
         names = [n for n in _READ if n in pf.schema_arrow.names]
+        if one is not None:
+            names = [n for n in names if n != layout.COMMIT]
         for rb in pf.iter_batches(
             batch_size=self._spec.batch_rows, row_groups=groups, columns=names
         ):
-            yield layout.loaded(pa.Table.from_batches([rb]), _WITH_COMMIT)
+            yield layout.loaded(pa.Table.from_batches([rb]), _WITH_COMMIT), one
 
     def _cold(self, url: str) -> Store:
         """The archive store at ``url`` (one per replay partition)."""

@@ -152,11 +152,11 @@ def read_log(
 
 
 def last_commit(
-    store: Store, table: str, app: str, n: int | None = None, *, delta: Any = None
+    store: Store, table: str, app: str, n: int | None = None, *, version: int | None = None
 ) -> Commit | None:
     """Commit ``n`` (default: the latest) of ``app`` as ``table`` recorded it, looking back
-    through the table's newest entries first."""
-    for entry in tables.entries(store, table, delta=delta):
+    through the table's newest entries first (from Delta ``version``; None: the latest)."""
+    for entry in tables.entries(store, table, version=version):
         doc = entry.get("obsflow") or {}
         if doc.get("app") == app and "commit" in doc and (n is None or doc["commit"] == n):
             return Commit.of(entry)
@@ -173,21 +173,17 @@ def capture_base(store: Store, capture: str, base: int | None) -> tuple[int, Sta
         base = 0 if snap is None else snap.txn(capture)
     if base == 0 or snap is None:
         return base, {}
-    found = last_commit(store, snap.table, capture, base, delta=snap.delta)
+    found = last_commit(store, snap.table, capture, base, version=snap.version)
     if found is None:
         raise StoreError(f"capture {capture!r} has no commit #{base}")
     return base, dict(found.state)
 
 
-def last_info(
-    store: Store, table: str, app: str, *, version: int | None = None, delta: Any = None
-) -> dict[str, Any]:
+def last_info(store: Store, table: str, app: str, *, version: int | None = None) -> dict[str, Any]:
     """The obsflow commitInfo of ``table``'s latest numbered commit of ``app`` (at or before
     Delta ``version``; {}: none)."""
-    for entry in tables.entries(store, table, delta=delta):
+    for entry in tables.entries(store, table, version=version):
         doc = entry.get("obsflow") or {}
-        if version is not None and int(entry.get("version", 0)) > version:
-            continue
         if doc.get("app") == app and "commit" in doc:
             return dict(doc)
     return {}

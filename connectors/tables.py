@@ -20,6 +20,7 @@ one) so that delta-rs, which cannot see Python's in-memory filesystems, can open
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
 import math
@@ -289,10 +290,20 @@ def _open(store: Store, table: str, version: int | None = None) -> DeltaTable | 
     uri, options = store.table_location(table)
     cache: dict[tuple[str, str], DeltaTable] = _OPENED.__dict__.setdefault("tables", {})
     key = (store.url, table)
+    if version is not None and key in cache and int(cache[key].version()) == version:
+        return cache[key]  # (the version asked for is the one last read)
     if version is None and key in cache:
         known = cache[key]
-        store.call_table("read", f"{table}/{LOG_DIR}", known.update_incremental)
-        return known
+        # Versions are numbered without gaps and a log entry, once written, stays: while the
+        # next one does not exist the table is current (one stat, not a listing of the log) —
+        # if its own entry is still there (else the table was deleted: open it anew).
+        v = int(known.version())
+        if store.exists(f"{table}/{LOG_DIR}/{v + 1:020d}.json"):
+            store.call_table("read", f"{table}/{LOG_DIR}", known.update_incremental)
+            return known
+        if store.exists(f"{table}/{LOG_DIR}/{v:020d}.json"):
+            return known
+        del cache[key]
 
     def load() -> DeltaTable | None:
         try:
@@ -337,8 +348,15 @@ def snapshot(store: Store, table: str, *, as_of: int | datetime | None = None) -
 
 
 def _snapshot_of(store: Store, table: str, dt: DeltaTable) -> Snapshot:
+    # A version never changes: its files are listed once per table object (a run reads the
+    # same version of a table in several places), kept on the object itself so that a table
+    # deleted and made anew is never answered from the old one's.
+    version = int(dt.version())
+    known: dict[int, Snapshot] | None = getattr(dt, "_obsflow_snapshots", None)
+    if known is not None and version in known:
+        return known[version]
+
     def read() -> Snapshot:
-        version = dt.version()
         adds = pa.table(dt.get_add_actions(flatten=True))
         files = _entries(table, adds)
         try:
@@ -347,7 +365,11 @@ def _snapshot_of(store: Store, table: str, dt: DeltaTable) -> Snapshot:
             description = {}
         return Snapshot(table, version, files, description, dt, store)
 
-    return store.call_table("read", table, read)
+    found = store.call_table("read", table, read)
+    with contextlib.suppress(AttributeError):  # (a table object that takes no attributes)
+        # (the last version read: a run reads one)
+        setattr(dt, "_obsflow_snapshots", {version: found})  # noqa: B010 - not a DeltaTable field
+    return found
 
 
 def _entries(table: str, adds: pa.Table) -> tuple[FileEntry, ...]:
@@ -378,19 +400,24 @@ def _entries(table: str, adds: pa.Table) -> tuple[FileEntry, ...]:
     return tuple(out)
 
 
-def entries(
-    store: Store, table: str, *, delta: DeltaTable | None = None
-) -> Iterator[dict[str, Any]]:
+def entries(store: Store, table: str, *, version: int | None = None) -> Iterator[dict[str, Any]]:
     """The table's commits, newest first: Delta's commitInfo of each, with its ``version``.
     Read from the log entries themselves (every table of obsflow's keeps its whole log), a
     few at a time and more as the reader goes on: finding the last commit costs one read.
-    ``delta``: the table as already opened (else it is opened for its latest version)."""
-    dt = delta if delta is not None else _open(store, table)
-    if dt is None:
+    ``version``: start there (else at the table's latest version)."""
+    if version is None:
+        dt = _open(store, table)
+        if dt is None:
+            return
+        version = int(dt.version())
+    if store.local:  # (a local read is quicker than handing it to a thread)
+        for v in range(version, -1, -1):
+            info = log_entry(store, table, v)
+            if info:
+                yield {**info, "version": v}
         return
-    version = int(dt.version())
     batch = 1
-    with ThreadPoolExecutor(max_workers=1 if store.local else 8) as pool:
+    with ThreadPoolExecutor(max_workers=8) as pool:
         while version >= 0:
             versions = list(range(version, max(-1, version - batch), -1))
             infos = pool.map(lambda v: log_entry(store, table, v), versions)
@@ -402,10 +429,10 @@ def entries(
 
 
 def history(
-    store: Store, table: str, limit: int | None = None, *, delta: DeltaTable | None = None
+    store: Store, table: str, limit: int | None = None, *, version: int | None = None
 ) -> list[dict[str, Any]]:
     """The table's last ``limit`` commits (all: None), newest first (``entries``)."""
-    return list(itertools.islice(entries(store, table, delta=delta), limit))
+    return list(itertools.islice(entries(store, table, version=version), limit))
 
 
 def log_entry(store: Store, table: str, version: int) -> dict[str, Any] | None:

@@ -14,6 +14,7 @@ removes the old one, so every version of the table holds each window once.
 from __future__ import annotations
 
 from collections.abc import Iterable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -86,7 +87,7 @@ def view_head(store: Store, name: str, *, version: int | None = None) -> ViewHea
     if snap is None:
         return None
     app = str(snap.description.get("capture", ""))
-    info = last_info(store, table, app, version=version, delta=snap.delta)
+    info = last_info(store, table, app, version=snap.version if version is None else version)
     doc = info.get("view") or {}
     state = {int(k): str(v) for k, v in (info.get("state") or {}).items()}
     return ViewHead(dict(doc), state, int(info.get("commit", 0)))
@@ -154,7 +155,7 @@ def view_base(store: Store, name: str) -> ViewBase:
     if snap is None:
         return ViewBase()
     app = str(snap.description.get("capture", ""))
-    info = last_info(store, snap.table, app, delta=snap.delta)
+    info = last_info(store, snap.table, app, version=snap.version)
     head = ViewHead(
         dict(info.get("view") or {}),
         {int(k): str(v) for k, v in (info.get("state") or {}).items()},
@@ -269,11 +270,18 @@ class WriterState:
     written: dict[str, DataFile] = field(default_factory=dict)
 
 
+_WRITES = ThreadPoolExecutor(max_workers=1, thread_name_prefix="obsflow-view-write")
+IN_FLIGHT = 2
+"""Segment files a writer encodes and writes in the background at most (Parquet encoding
+releases the GIL: the next segment is prepared meanwhile)."""
+
+
 class SegmentWriter:
     """Upserts one view partition's rows into its segments: each segment it changes is
     written anew as ``run``'s file of that segment (rewritten as the run goes on), which the
     run's commit swaps for the segment's file in the base version (``base``: segment start
-    -> file).
+    -> file). Files are written on a background thread; ``take_written`` and ``wait`` wait
+    for them.
 
     ``fresh``: the view is being rebuilt whole (a replay), so committed files are not merged
     in. ``scope``: only rows inside it are written or replaced (a filtered replay).
@@ -300,6 +308,7 @@ class SegmentWriter:
         self.fresh, self.scope = fresh, scope
         self.state = state or WriterState()
         self._final: list[pa.Table] = []
+        self._writing: dict[str, Future[DataFile]] = {}
 
     def segments_of(self, starts: np.ndarray) -> set[int]:
         return set(np.unique(np.floor_divide(starts, self.span) * self.span).tolist())
@@ -362,6 +371,7 @@ class SegmentWriter:
     def _current(self, seg: int) -> pa.Table:
         if seg in self.state.staged:
             rel = layout.view_file(self.view, self.part, seg, self.run)
+            self._wait(rel)
         elif self.fresh or seg not in self.base:
             return self.schema.empty_table()
         else:
@@ -392,12 +402,29 @@ class SegmentWriter:
         rel = layout.view_file(self.view, self.part, seg, self.run)
         table = layout.view_dir(self.view)
         # (a segment left empty is written too: its commit then removes the base's file)
-        self.state.written[rel] = tables.write_file(self.store, table, rel, rows, layout.STATS)
+        while len(self._writing) >= IN_FLIGHT:
+            self._wait(next(iter(self._writing)))
+        self._wait(rel)
+        self._writing[rel] = _WRITES.submit(
+            tables.write_file, self.store, table, rel, rows, layout.STATS
+        )
         self.state.staged.add(seg)
+
+    def _wait(self, rel: str) -> None:
+        """Wait for the file ``rel`` being written, if it is (its error is raised here)."""
+        future = self._writing.pop(rel, None)
+        if future is not None:
+            self.state.written[rel] = future.result()
+
+    def wait(self) -> None:
+        """Wait for every file being written: then ``state`` says what is written."""
+        while self._writing:
+            self._wait(next(iter(self._writing)))
 
     def take_written(self) -> list[DataFile]:
         """The files written since the last call (for the run's commit; a rewritten segment
         is reported again, and its last report holds)."""
+        self.wait()
         out = list(self.state.written.values())
         self.state.written = {}
         return out

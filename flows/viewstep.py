@@ -191,6 +191,7 @@ class ViewLogic(StatefulBatchLogic[PartItem, ViewOut, ViewState]):
             # from a snapshot, and flushing would only cut the view into small objects.
             return self.state
         self.writer.flush()  # rows up to here are written: the snapshot may rely on them
+        self.writer.wait()
         return copy.deepcopy(self.state)
 
 

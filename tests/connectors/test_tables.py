@@ -123,3 +123,20 @@ def test_file_statistics_are_deltas_own_form() -> None:
     assert stats["maxValues"]["time"] == "2017-07-14T02:40:00.123Z"  # ms, truncated
     assert stats["maxValues"]["time_ns"] == 1_500_000_000_123_456_789
     assert stats["minValues"]["value"] == stats["maxValues"]["value"] == 2.0  # NaN skipped
+
+
+def test_a_table_deleted_and_made_anew_is_read_anew(store: Store) -> None:
+    """A process that read a table and then sees it deleted (a store removed and made again
+    under the same path) reads the new table, never the old one it had open."""
+    tables.commit(store, change(store, "a", 1, 2), app="c", n=1)
+    tables.commit(store, change(store, "b", 3), app="c", n=2)
+    first = tables.snapshot(store, "t")
+    assert first is not None
+    assert (first.version, first.rows, first.txn("c")) == (1, 3, 2)
+    store.delete("t", recursive=True)
+    assert tables.snapshot(store, "t") is None
+    tables.commit(store, change(store, "x", 7), app="c", n=1)
+    again = tables.snapshot(store, "t")
+    assert again is not None
+    assert (again.version, again.rows, again.txn("c")) == (0, 1, 1)
+    assert [f.path for f in again.files] == ["t/x.parquet"]
