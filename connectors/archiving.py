@@ -53,8 +53,7 @@ def archive(store: Store, capture: str, run: str, *, before: int, to: Store) -> 
     # objects onto themselves would delete them)
     if (to.scheme, to.root.rstrip("/")) == (store.scheme, store.root.rstrip("/")):
         raise ConfigError(f"--to {to.uri()} is the capture's own store: give another one")
-    commits.finish_pending(store, capture)
-    base, state = commits.capture_base(store, capture, None)
+    base, state = commits.capture_base(store, capture, None)  # (pending commits completed)
     snap = capture_snapshot(store, capture)
     files = [] if snap is None else [f.path for f in snap.files]
     footers = {rel: store.parquet_metadata(rel) for rel in files}

@@ -166,11 +166,12 @@ def last_commit(
 
 
 def capture_base(store: Store, capture: str, base: int | None) -> tuple[int, StateMap]:
-    """A run's base — the capture's commit it starts from (``base``; None: the last one) —
-    and where each partition's state was at that commit."""
-    snap = tables.snapshot(store, layout.capture_dir(capture))
+    """A run's base — the capture's commit it starts from (``base``; None: the last one,
+    every commit up to it completed first: ``finish_pending``) — and where each partition's
+    state was at that commit."""
     if base is None:
-        base = 0 if snap is None else snap.txn(capture)
+        base, _ = finish_pending(store, capture)
+    snap = tables.snapshot(store, layout.capture_dir(capture))
     if base == 0 or snap is None:
         return base, {}
     found = last_commit(store, snap.table, capture, base, version=snap.version)
@@ -322,20 +323,23 @@ def complete(store: Store, intent: Intent) -> None:
     store.delete(layout.intent_doc(intent.capture, intent.run))
 
 
-def finish_pending(store: Store, capture: str) -> list[str]:
-    """Complete the commits of ``capture`` a crash interrupted; drop the intents of runs that
-    lost their number. Returns messages saying what was done."""
+def finish_pending(store: Store, capture: str) -> tuple[int, list[str]]:
+    """Complete, in order, every commit of ``capture`` up to its last one whose run did not
+    complete it (a crash, or a run completing it right now); drop the intents of runs that
+    lost their number. Returns that last commit's number — every table then holds every
+    commit up to it, so a run may start from it — and messages saying what was done.
+
+    The number is read before the intents: a run writes its intent before its capture
+    commit, so every commit up to it has its intent listed (or completed already)."""
     done: list[str] = []
+    top = head(store, capture)
     folder = layout.intents_dir(capture)
     names = [n for n in store.listdir(folder) if n.endswith(".json")]
-    if not names:
-        return done
-    top = head(store, capture)
+    intents: list[Intent] = []
     for name in names:
-        try:
-            intent = Intent.from_json(store.read_json(f"{folder}/{name}"))
-        except FileNotFoundError:
-            continue  # completed meanwhile
+        with contextlib.suppress(FileNotFoundError):  # (completed meanwhile)
+            intents.append(Intent.from_json(store.read_json(f"{folder}/{name}")))
+    for intent in sorted(intents, key=lambda i: i.n):
         if intent.n > top:
             continue  # its run may still commit
         won = last_commit(store, layout.capture_dir(capture), capture, intent.n)
@@ -343,9 +347,8 @@ def finish_pending(store: Store, capture: str) -> list[str]:
             complete(store, intent)
             done.append(f"completed commit #{intent.n} of capture {capture!r} (run {intent.run})")
         else:
-            with contextlib.suppress(FileNotFoundError):
-                store.delete(f"{folder}/{name}")
-    return done
+            store.delete(layout.intent_doc(capture, intent.run))
+    return top, done
 
 
 def pending(store: Store, capture: str) -> list[Intent]:

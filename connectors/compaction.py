@@ -11,8 +11,10 @@ so it conflicts with no run (only with another compaction of the same files).
 
 ``vacuum`` deletes what no version younger than the retention (7 days by default) needs: files
 compactions and archiving removed, and files no commit ever added (what crashed or beaten runs
-left), in the capture, its views, their late readings and its documents; and the bookkeeping
-folders of runs older than the retention that no current state refers to.
+left, older than the retention: so it must exceed the longest run, whose commit otherwise
+finds its files gone and commits nothing), in the capture, its views, their late readings and
+its documents; and the bookkeeping folders no current state refers to and nothing was written
+in within the retention.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from obsflow.connectors import commits, layout, tables
 from obsflow.connectors.capture import CAPTURE_STORED
 from obsflow.connectors.capture_source import CapturePlan, part_sources
 from obsflow.connectors.errors import ConfigError
+from obsflow.connectors.ids import is_name
 from obsflow.connectors.partitions import conform
 from obsflow.connectors.store import Store
 from obsflow.connectors.tables import FileEntry, TableChange
@@ -54,7 +57,7 @@ def compact(
     if target_rows < 2:
         raise ConfigError("--target-rows must be at least 2")
     small = small or max(1, target_rows // 4)
-    commits.finish_pending(store, capture)
+    commits.finish_pending(store, capture)  # (its files are final before they are merged)
     table = layout.capture_dir(capture)
     snap = tables.snapshot(store, table)
     if snap is None:
@@ -118,6 +121,7 @@ def vacuum(
             "the retention must be at least 1h: files younger than that may belong to a run "
             "still writing"
         )
+    commits.finish_pending(store, capture)  # (what their commits name is then in the tables)
     head = commits.last_commit(store, layout.capture_dir(capture), capture)
     views = [
         name
@@ -133,7 +137,7 @@ def vacuum(
         *(layout.view_dir(v) for v in views),
         *(layout.late_dir(v) for v in views),
     ):
-        deleted += len(tables.vacuum(store, table, retention_hours=int(retention_hours)))
+        deleted += len(tables.vacuum(store, table, retention_hours=retention_hours))
     cutoff = datetime.now(UTC) - timedelta(hours=retention_hours)
     folders = 0
     keep = commits.state_runs(head.state) if head else set()
@@ -150,17 +154,15 @@ def _capture_of(store: Store, view: str) -> str | None:
 
 
 def _drop_old(store: Store, folder: str, keep: set[str], cutoff: datetime) -> int:
-    """Delete the run folders under ``folder`` not in ``keep`` whose runs began before
-    ``cutoff`` (a run id starts with its UTC start time)."""
+    """Delete the run folders under ``folder`` not in ``keep`` in which nothing was written
+    since ``cutoff`` (a run still going, or resumed, writes its state at its end: its folder
+    is young however long ago the run began)."""
     n = 0
     for run in store.listdir(folder):
-        if run in keep:
+        if run in keep or not is_name(run):  # (not a run's folder: not ours to delete)
             continue
-        try:
-            began = datetime.strptime(run[:16], "%Y%m%dT%H%M%SZ").replace(tzinfo=UTC)
-        except ValueError:
-            continue  # not a run id of obsflow's making: not ours to delete
-        if began < cutoff:
+        written = store.newest(f"{folder}/{run}")
+        if written is None or written < cutoff:
             store.delete(f"{folder}/{run}", recursive=True)
             n += 1
     return n

@@ -45,6 +45,11 @@ def check_name(value: object, *, kind: str = "name") -> str:
     return _check(value, _NAME_RE, "[A-Za-z0-9_-]", 64, kind)
 
 
+def is_name(value: str) -> bool:
+    """Whether ``value`` is a valid capture, view or run name (``check_name``)."""
+    return _NAME_RE.fullmatch(value) is not None
+
+
 def valid_ids(values: pa.Array | pa.ChunkedArray) -> pa.Array | pa.ChunkedArray:
     """Vectorized check: a boolean array, true where the id is valid (null counts as invalid)."""
     # Ids repeat: run the regex once per distinct value, then map back through the indices.

@@ -31,6 +31,7 @@ import tempfile
 import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
+from datetime import UTC, datetime
 from functools import partial
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -355,6 +356,42 @@ class Store:
         for path in self._call("list", rel, find):
             yield self.rel(path)
 
+    def signature(self, rel: str) -> tuple[Any, ...] | None:
+        """What tells this object from another one written at the same path later (size,
+        time, inode or ETag; None: there is no such object)."""
+        path = self.path(rel)
+
+        def info() -> tuple[Any, ...] | None:
+            try:
+                found = self.fs.info(path, refresh=True) if not self.local else self.fs.info(path)
+            except FileNotFoundError:
+                return None
+            return (
+                found.get("size"),
+                found.get("mtime", found.get("LastModified")),
+                found.get("ino", found.get("ETag")),
+            )
+
+        return self._call("check", rel, info)
+
+    def newest(self, rel: str) -> datetime | None:
+        """When the most recently written object under ``rel`` was written (None: none)."""
+        base = self.path(rel)
+
+        def find() -> list[Any]:
+            if not self.fs.exists(base):
+                return []
+            self.fs.invalidate_cache(base)
+            found = self.fs.find(base, detail=True)
+            return [i.get("mtime", i.get("LastModified")) for i in found.values()]
+
+        times = [
+            t if isinstance(t, datetime) else datetime.fromtimestamp(float(t), UTC)
+            for t in self._call("list", rel, find)
+            if t is not None
+        ]
+        return max(times, default=None)
+
     def copy(self, src: str, dst: str) -> None:
         """Copy one object within the store (server-side where the backend can)."""
         if self.local:
@@ -386,8 +423,10 @@ class Store:
         path = self.path(rel)
 
         def delete() -> None:
-            if self.fs.exists(path):  # a retry after a lost answer finds it gone: fine
-                self.fs.rm(path, recursive=recursive)
+            # (gone already — a retry after a lost answer, another process — is fine)
+            with contextlib.suppress(FileNotFoundError):
+                if self.fs.exists(path):
+                    self.fs.rm(path, recursive=recursive)
 
         self._call("delete", rel, delete)
 

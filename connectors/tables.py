@@ -281,29 +281,29 @@ def _deltalake() -> Any:
 
 _OPENED = threading.local()
 """Per thread: (store URL, table) -> the table as last opened, brought up to date on reuse
-(reading only the log entries since: a fraction of opening it anew)."""
+(reading only the log entries since: a fraction of opening it anew), and the signature of its
+first log entry, which tells the table from one deleted and made anew at the same place."""
 
 
 def _open(store: Store, table: str, version: int | None = None) -> DeltaTable | None:
     """The table at ``version`` (the latest: None), or None if there is no such table."""
     dl = _deltalake()
     uri, options = store.table_location(table)
-    cache: dict[tuple[str, str], DeltaTable] = _OPENED.__dict__.setdefault("tables", {})
+    cache: dict[tuple[str, str], tuple[DeltaTable, Any]] = _OPENED.__dict__.setdefault("tables", {})
     key = (store.url, table)
-    if version is not None and key in cache and int(cache[key].version()) == version:
-        return cache[key]  # (the version asked for is the one last read)
-    if version is None and key in cache:
-        known = cache[key]
-        # Versions are numbered without gaps and a log entry, once written, stays: while the
-        # next one does not exist the table is current (one stat, not a listing of the log) —
-        # if its own entry is still there (else the table was deleted: open it anew).
-        v = int(known.version())
-        if store.exists(f"{table}/{LOG_DIR}/{v + 1:020d}.json"):
-            store.call_table("read", f"{table}/{LOG_DIR}", known.update_incremental)
+    first = f"{table}/{LOG_DIR}/{0:020d}.json"
+    if key in cache:
+        known, signature = cache[key]
+        if store.signature(first) != signature:  # (deleted, or made anew)
+            del cache[key]
+        elif version is not None and int(known.version()) == version:
+            return known  # (the version asked for is the one last read)
+        elif version is None:
+            # Versions are numbered without gaps and a log entry, once written, stays: while
+            # the next one does not exist the table is current (a stat, not a listing).
+            if store.exists(f"{table}/{LOG_DIR}/{int(known.version()) + 1:020d}.json"):
+                store.call_table("read", f"{table}/{LOG_DIR}", known.update_incremental)
             return known
-        if store.exists(f"{table}/{LOG_DIR}/{v:020d}.json"):
-            return known
-        del cache[key]
 
     def load() -> DeltaTable | None:
         try:
@@ -312,11 +312,12 @@ def _open(store: Store, table: str, version: int | None = None) -> DeltaTable | 
             return None
         return found
 
+    signature = store.signature(first)
     opened = store.call_table("read", f"{table}/{LOG_DIR}", load)
     if version is None and opened is not None:
         if len(cache) > 256:
             cache.clear()
-        cache[key] = opened
+        cache[key] = (opened, signature)
     return opened
 
 
@@ -535,6 +536,13 @@ class _Commit:
                 f"{gone[0][len(change.table) + 1 :]} is no longer in it; nothing of this run "
                 "was committed to it"
             )
+        lost = _missing(store, [a for a in self.added if a not in present])
+        if lost:  # (Delta would take the commit, and the table could not be read)
+            raise StoreError(
+                f"{store.uri(lost[0])} is gone before its run committed it (a vacuum whose "
+                "retention was shorter than the run deletes the files the run wrote first); "
+                "nothing of the run was committed to it — run the command again"
+            )
         dl = self.dl
         # An append keeps the table's own schema (a run never changes it; one written by an
         # earlier obsflow may differ in what it says of nulls); a rebuild may bring a new one.
@@ -594,6 +602,15 @@ class _Commit:
         return True
 
 
+def _missing(store: Store, paths: Sequence[str]) -> list[str]:
+    """Those of ``paths`` that do not exist (checked in parallel on a remote store)."""
+    if store.local or len(paths) < 2:
+        return [p for p in paths if not store.exists(p)]
+    with ThreadPoolExecutor(max_workers=min(16, len(paths))) as pool:
+        there = list(pool.map(store.exists, paths))
+    return [p for p, ok in zip(paths, there, strict=True) if not ok]
+
+
 def _lost(exc: BaseException) -> bool:
     """Whether a failed commit lost the race for its version (or the table's creation)."""
     dl = _deltalake()
@@ -604,9 +621,11 @@ def _lost(exc: BaseException) -> bool:
     return "already exists" in text or ("version" in text and "exist" in text)
 
 
-def vacuum(store: Store, table: str, *, retention_hours: int = TIME_TRAVEL_HOURS) -> list[str]:
-    """Delete the files no version younger than ``retention_hours`` needs (those a commit
-    removed, and files no commit ever added: what crashed runs left). Returns them."""
+def vacuum(store: Store, table: str, *, retention_hours: float = TIME_TRAVEL_HOURS) -> list[str]:
+    """Delete the files older than ``retention_hours`` that no version younger than that
+    needs: those a commit removed, and files no commit ever added (what crashed or beaten
+    runs left — and the files of a run still going that began longer ago than that, whose
+    commit then fails saying so). Returns them."""
     dt = _open(store, table)
     if dt is None:
         return []
@@ -614,9 +633,10 @@ def vacuum(store: Store, table: str, *, retention_hours: int = TIME_TRAVEL_HOURS
         "vacuum",
         table,
         lambda: dt.vacuum(
-            retention_hours=retention_hours,
+            retention_hours=math.ceil(retention_hours),
             dry_run=False,
             enforce_retention_duration=False,
+            full=True,  # (else delta-rs leaves the files no commit added)
         ),
     )
     return deleted

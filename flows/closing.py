@@ -61,10 +61,10 @@ def _close(
 ) -> dict[str, Any]:
     doc = read_view_doc(store, view)
     capture = doc["capture"]
-    notes = finish_pending(store, capture)
+    base, notes = finish_pending(store, capture)
     definition = ViewDef.from_definition(doc["definition"])
     meta = open_capture(store, capture)
-    base, _state = capture_base(store, capture, None)
+    base, _state = capture_base(store, capture, base)
     vbase = view_base(store, view)
     parts = partitions_of(sources, meta.partitions) if sources else range(meta.partitions)
     outputs = Counts()

@@ -107,8 +107,9 @@ def prepare(
     run = config.run_id
     if recovery is not None:
         run = recovery.run_id(kind, run if given_run else None)
-    notes = commits.finish_pending(store, config.capture)
-    top = commits.head(store, config.capture)
+    # Every commit up to the run's base is complete in every table before the run plans on
+    # them (a run that committed and crashed, or one completing right now).
+    top, notes = commits.finish_pending(store, config.capture)
     # A resumed run keeps the base it began on: its commit takes the number after it or none.
     base = recovery.base(top) if recovery is not None else top
     config = replace(config, run_id=run, base=base)
@@ -198,23 +199,31 @@ def run(
         # A run that lost the race may fail before its commit: the state it started from
         # was superseded (and dropped) by the run that won. Say so, as the commit would.
         assert config.base is not None
-        if _cause(exc, StoreError | FileNotFoundError) is not None and _moved_on(
-            job.store, config.capture, config.base
-        ):
-            raise ConcurrentWriterError(
-                f"capture {config.capture!r} changed while run {config.run_id} was running; "
-                f"nothing of run {config.run_id} was committed — run the command again"
-            ) from None
+        if _cause(exc, StoreError | FileNotFoundError) is not None:
+            taken = _taken_by(job.store, config.capture, config.base + 1)
+            if taken == config.run_id:  # it committed; completing the other tables failed
+                raise StoreError(
+                    f"run {config.run_id} committed #{config.base + 1} of capture "
+                    f"{config.capture!r}, but completing it failed ({exc}); the next command "
+                    "on the capture completes it"
+                ) from exc
+            if taken is not None:
+                raise ConcurrentWriterError(
+                    f"capture {config.capture!r} changed while run {config.run_id} was "
+                    f"running; nothing of run {config.run_id} was committed — run the "
+                    "command again"
+                ) from None
         raise
 
 
-def _moved_on(store: Store, capture: str, base: int) -> bool:
-    """Whether another run committed the capture after ``base`` (False if the store cannot
-    tell: the run's own error is the one to report)."""
+def _taken_by(store: Store, capture: str, n: int) -> str | None:
+    """The run that committed number ``n`` of the capture (None: none yet, or the store
+    cannot tell: then the run's own error is the one to report)."""
     try:
-        return commits.head(store, capture) > base
+        won = commits.last_commit(store, layout.capture_dir(capture), capture, n)
     except ObsflowError:
-        return False
+        return None
+    return None if won is None else won.run
 
 
 def _cause(exc: BaseException, kind: Any) -> Any:

@@ -4,7 +4,10 @@ put, ``If-None-Match: *``, so no lock service is needed) — and exact times."""
 
 from __future__ import annotations
 
+import os
 import threading
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +17,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from obsflow.connectors import layout, tables
+from obsflow.connectors.errors import StoreError
 from obsflow.connectors.schema import TIME_TYPE
 from obsflow.connectors.store import Store
 from obsflow.connectors.tables import ConflictError, TableChange
@@ -126,17 +130,61 @@ def test_file_statistics_are_deltas_own_form() -> None:
 
 
 def test_a_table_deleted_and_made_anew_is_read_anew(store: Store) -> None:
-    """A process that read a table and then sees it deleted (a store removed and made again
-    under the same path) reads the new table, never the old one it had open."""
-    tables.commit(store, change(store, "a", 1, 2), app="c", n=1)
-    tables.commit(store, change(store, "b", 3), app="c", n=2)
-    first = tables.snapshot(store, "t")
-    assert first is not None
-    assert (first.version, first.rows, first.txn("c")) == (1, 3, 2)
-    store.delete("t", recursive=True)
-    assert tables.snapshot(store, "t") is None
-    tables.commit(store, change(store, "x", 7), app="c", n=1)
-    again = tables.snapshot(store, "t")
-    assert again is not None
-    assert (again.version, again.rows, again.txn("c")) == (0, 1, 1)
-    assert [f.path for f in again.files] == ["t/x.parquet"]
+    """A reader that opened a table, while another writer deletes it and makes it anew at the
+    same place (a store removed and written again), then reads the new table, never the old
+    one it had open: whether the new log is shorter than the one it read, as long, or longer."""
+
+    def elsewhere(fn: Callable[[], object]) -> None:  # (another thread: its own open tables)
+        worker = threading.Thread(target=fn)
+        worker.start()
+        worker.join()
+
+    def remake(made: int) -> None:
+        store.delete("t", recursive=True)
+        for i in range(made):
+            tables.commit(store, change(store, f"x{made}-{i}", 10 + i), app="c", n=i + 1)
+
+    for made in (1, 2, 3):
+        elsewhere(lambda: store.delete("t", recursive=True))
+        tables.commit(store, change(store, "a", 1, 2), app="c", n=1)
+        tables.commit(store, change(store, "b", 3), app="c", n=2)
+        first = tables.snapshot(store, "t")
+        assert first is not None
+        assert (first.version, first.rows, first.txn("c")) == (1, 3, 2)
+        elsewhere(lambda made=made: remake(made))  # type: ignore[misc]
+        again = tables.snapshot(store, "t")
+        assert again is not None
+        assert (again.version, again.rows, again.txn("c")) == (made - 1, made, made)
+        assert [f.path for f in again.files] == [f"t/x{made}-{i}.parquet" for i in range(made)]
+
+
+def test_a_commit_whose_file_is_gone_commits_nothing(store: Store) -> None:
+    """A vacuum with a retention shorter than a run deletes the run's uncommitted files; the
+    run's commit then fails saying so (Delta would take it, and the table could not be read)."""
+    assert tables.commit(store, change(store, "base", 0), app="c", n=1)
+    slow = change(store, "slow", 1)
+    store.delete(slow.adds[0].path)
+    with pytest.raises(StoreError, match="is gone before its run committed it"):
+        tables.commit(store, slow, app="c", n=2, after=1)
+    snap = tables.snapshot(store, "t")
+    assert snap is not None
+    assert (snap.txn("c"), snap.rows) == (1, 1)
+
+
+def test_vacuum_deletes_what_no_commit_added_once_it_is_older_than_the_retention(
+    tmp_path: Path,
+) -> None:
+    store = Store(str(tmp_path / "store"))
+    assert tables.commit(store, change(store, "kept", 0), app="c", n=1)
+    crashed, going = change(store, "crashed", 1), change(store, "going", 2)
+    hours_ago = time.time() - 3 * 3600
+    os.utime(tmp_path / "store" / crashed.adds[0].path, (hours_ago, hours_ago))
+    deleted = tables.vacuum(store, "t", retention_hours=2)
+    assert deleted == [crashed.adds[0].name]
+    assert not store.exists(crashed.adds[0].path)
+    # a file younger than the retention is a run still writing: its commit lands
+    assert tables.commit(store, going, app="c", n=2, after=1)
+    snap = tables.snapshot(store, "t")
+    assert snap is not None
+    assert sorted(f.path for f in snap.files) == ["t/going.parquet", "t/kept.parquet"]
+    assert tables.vacuum(store, "t", retention_hours=2) == []

@@ -4,14 +4,16 @@ while it runs; replay gives the same rows before and after; ingest goes on."""
 
 from __future__ import annotations
 
+import os
 import threading
+import time
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pyarrow as pa
 
-from obsflow.connectors import reads
+from obsflow.connectors import compaction, layout, reads
 from obsflow.connectors.batch import RawBatch
 from obsflow.connectors.capture import capture_files, new_run_id
 from obsflow.connectors.store import Store
@@ -116,3 +118,34 @@ def test_a_thousand_small_objects_become_a_handful_and_nothing_else_changes(tmp_
     summary = ingest(store, pa.concat_tables([run_batch(RUNS), run_batch(0).slice(0, 1)]))
     assert (summary["accepted"], summary["duplicates"]) == (PER_RUN, 1)
     assert main(["capture", "compact", "live", "--store", store]) == 0  # nothing left to do
+
+
+def test_vacuum_drops_state_folders_by_when_they_were_written_not_by_the_run_id(
+    tmp_path: Path,
+) -> None:
+    """A run's state folder is deleted once no commit needs it and nothing was written in it
+    within the retention: a resumed run whose id says it began long ago keeps its folder."""
+    store = str(tmp_path / "store")
+    ingest(store, run_batch(0))
+    ingest(store, run_batch(1))
+    state = tmp_path / "store" / layout.capture_state_dir("live")
+    runs = sorted(p.name for p in state.iterdir())  # (the last commit names both: a chain)
+    hours_ago = time.time() - 3 * 3600
+
+    def folder(name: str, *, old: bool) -> None:
+        (state / name).mkdir()
+        (state / name / "part-0000.json").write_text("{}")
+        if old:
+            os.utime(state / name / "part-0000.json", (hours_ago, hours_ago))
+
+    folder("20260101T000000Z-dead00", old=True)  # a crashed run's
+    folder("20000101T000000Z-0000aa", old=False)  # began long ago, writing now
+    folder("not ours", old=True)  # not a run's folder
+    for path in (state / runs[0]).rglob("*"):  # needed by the last commit, however old
+        os.utime(path, (hours_ago, hours_ago))
+    result = compaction.vacuum(Store(store), "live", retention_hours=2)
+    assert result.folders == 1
+    left = sorted(p.name for p in state.iterdir())
+    assert left == sorted([*runs, "20000101T000000Z-0000aa", "not ours"])
+    assert ingest(store, run_batch(2))["accepted"] == PER_RUN  # the capture goes on
+    assert main(["capture", "info", "live", "--store", store]) == 0

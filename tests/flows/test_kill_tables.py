@@ -245,6 +245,35 @@ def test_a_killed_ingest_leaves_every_reader_on_the_last_committed_version(
     assert_equals_the_oracle(store, inputs, [1, 2, 3])
 
 
+def test_a_bytewax_run_after_a_kill_completes_the_commit_before_it_starts(
+    base: tuple[Path, dict[int, pa.Table]], tmp_path: Path
+) -> None:
+    """``python -m bytewax.run`` does not go through the CLI's preparation: its flow still
+    completes a killed run's commit in every view before it plans on the capture."""
+    root, inputs = base
+    store = tmp_path / "store"
+    shutil.copytree(root / "store", store)
+    v = log_version(store / "captures" / "c")
+    argv = ["ingest", str(root / "run3.parquet"), "--store", str(store), "--capture", "c", "-q"]
+    assert kill_when(argv, lambda: log_version(store / "captures" / "c") > v), "never killed"
+    if commits.head(Store(str(store)), "c") != 3 or not commits.pending(Store(str(store)), "c"):
+        pytest.fail("the kill did not land between the capture's commit and its views'")
+    expr = (
+        f"obsflow.flows.ingest:build_flow(inputs=[{str(root / 'run3.parquet')!r}], "
+        f"store={str(store)!r}, capture='c', progress=False)"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-m", "bytewax.run", expr, "-w", "2"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert not commits.pending(Store(str(store)), "c")
+    assert_equals_the_oracle(store, inputs, [1, 2, 3])
+
+
 def test_killed_compactions_and_vacuums_leave_the_last_committed_version(
     base: tuple[Path, dict[int, pa.Table]], tmp_path: Path
 ) -> None:
@@ -281,7 +310,10 @@ def test_killed_compactions_and_vacuums_leave_the_last_committed_version(
         time.sleep(0.001)
     if proc.poll() is None:
         os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
+    code = proc.wait()
+    gone = {p for p in removed if not p.exists()}
+    assert gone  # the vacuum deleted before it was killed, or finished
+    assert code == -signal.SIGKILL or (code == 0 and gone == removed)
     readers_agree(store)
     assert_equals_the_oracle(store, inputs, [1, 2])
     # and runs go on over the compacted capture
