@@ -85,6 +85,13 @@ def open_capture(store: Store, name: str, snap: Snapshot | None = None) -> Captu
     )
 
 
+def no_version(store: Store, name: str, as_of: Any) -> StoreError:
+    """The error for a read of capture ``name`` that found no version ``as_of``: there is no
+    such capture, or it did not exist yet then."""
+    open_capture(store, name)  # (raises: no such capture)
+    return StoreError(f"capture {name!r} did not exist then (--as-of {as_of})")
+
+
 def capture_exists(store: Store, name: str) -> bool:
     return tables.exists(store, layout.capture_dir(name))
 
@@ -493,8 +500,9 @@ def capture_info(store: Store, name: str, *, as_of: Any = None) -> CaptureInfo:
     """Summary of a capture version from its files' statistics plus one read of the source
     column."""
     snap = capture_snapshot(store, name, as_of=as_of)
+    if snap is None:
+        raise no_version(store, name, as_of)
     meta = open_capture(store, name, snap)
-    assert snap is not None
     files = list(snap.files)
     spans = [s for f in files if (s := f.span("time_ns")) is not None]
     sources = 0

@@ -22,7 +22,7 @@ import pyarrow.compute as pc
 import pyarrow.dataset as ds
 
 from obsflow.connectors import layout, tables
-from obsflow.connectors.capture import open_capture
+from obsflow.connectors.capture import no_version, open_capture
 from obsflow.connectors.commits import AsOf, snapshot_as_of
 from obsflow.connectors.errors import ConfigError, StoreError
 from obsflow.connectors.partitions import partitions_of
@@ -133,7 +133,7 @@ def capture_files_read(
     """The capture files a read of ``sources`` in ``[start, until)`` opens."""
     snap = version(store, layout.capture_dir(name), name, as_of)
     if snap is None:
-        open_capture(store, name)  # (says there is no such capture)
+        raise no_version(store, name, as_of)
     return _pick(snap, _partitions(store, name, _list(sources)), start, until)
 
 

@@ -20,6 +20,7 @@ import pytest
 
 from obsflow.connectors import tables
 from obsflow.connectors.commits import read_log
+from obsflow.connectors.errors import StoreError
 from obsflow.connectors.store import Store
 from obsflow.flows.cli import main
 from obsflow.flows.explore import open_store
@@ -197,6 +198,15 @@ def test_asking_for_a_commit_that_does_not_exist_says_so(
     argv = ["replay", "--store", str(store), "--capture", "c", "--as-of", "9", "-q"]
     assert main(argv) == 2
     assert "no commit #9 (its commits: 1..3)" in capsys.readouterr().err
+    # before the capture's first commit (a number, or a time) it did not exist: every read
+    # says so rather than showing the latest version or nothing
+    for as_of in ("0", "2000-01-01"):
+        for action in ("info", "show"):
+            argv = ["capture", action, "c", "--store", str(store), "--as-of", as_of]
+            assert main(argv) == 2
+            assert "capture 'c' did not exist then" in capsys.readouterr().err
+        with pytest.raises(StoreError, match="did not exist then"):
+            open_store(str(store), as_of=as_of).capture("c")
 
 
 def test_the_web_app_gives_times_to_the_nanosecond(
