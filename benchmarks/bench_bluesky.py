@@ -76,8 +76,8 @@ def documents_path(events: int) -> Path:
 
 
 def child_obsflow(path: Path) -> dict[str, Any]:
-    from obsflow.flows import jobs
-    from obsflow.flows.ingest import IngestConfig
+    from obsflow.flows.pipeline import jobs
+    from obsflow.flows.pipeline.ingest import IngestConfig
 
     store = Path(tempfile.mkdtemp(prefix="bench-bluesky-")) / "store"
     base = rss_mb()

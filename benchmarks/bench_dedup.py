@@ -3,7 +3,8 @@
 A capture of 20 M readings holds a 1 M-reading file F (8 instruments x 2 channels at 50 Hz).
 Later readings, 13 hours of event time on, move every series far beyond the in-memory dedup
 horizon (10 min), so when F is ingested again (``--force``) only the capture itself can tell
-its readings were captured already (``connectors.archive``). The benchmark times, in each
+its readings were captured already (``connectors.datasets.dedup_index``). The benchmark times, in
+each
 round on a fresh copy of the same 19 M-reading base capture, each in its own child process:
 
 - fresh: ingest F into the 19 M capture (F is new: nothing to find);
@@ -31,8 +32,8 @@ GOAL = 1.5  # the second ingest may cost at most this times the first
 
 
 def child_ingest(path: str, store: str, force: bool) -> dict[str, Any]:
-    from obsflow.flows import jobs
-    from obsflow.flows.ingest import IngestConfig
+    from obsflow.flows.pipeline import jobs
+    from obsflow.flows.pipeline.ingest import IngestConfig
 
     base = rss_mb()
     config = IngestConfig(inputs=(path,), store=store, capture="c", progress=False, views=())

@@ -5,7 +5,8 @@ All three read the same Parquet file of simulated readings (8 instruments x 2 ch
 event-time order) and compute the same two views: 1 s and 1 min tumbling windows per
 (source, channel) with count/mean/min/max/std.
 
-- obsflow: ``obsflow.flows.ingest`` end to end (read, validate, capture write, both views written).
+- obsflow: ``obsflow.flows.pipeline.ingest`` end to end (read, validate, capture write, both views
+written).
 - pandas: ``read_parquet`` + for each window ``floor`` the time and ``groupby().agg()``.
 - pandas tuned: only the four columns, the time as int64 ns, the window start by integer
   floor (``t - t % size``), ``groupby(sort=False).agg()`` per view (issue 16's baseline).

@@ -1,7 +1,7 @@
 """Payload offload throughput to S3: obsflow ``PayloadStore`` vs a plain s3fs ``pipe_file``.
 
 The same detector frames (64 x 4 MiB uint16 Poisson frames by default, made once with
-``obsflow.connectors.simulator.PayloadSpec("frame:1024x2048:uint16").make`` and cached under
+``obsflow.connectors.sources.simulator.PayloadSpec("frame:1024x2048:uint16").make`` and cached under
 ``benchmarks/out/``) go to the same S3 endpoint: a moto server started on 127.0.0.1, and with
 ``--seaweed`` also SeaweedFS (``weed mini``). Each contender runs in its own child process and
 reads the frames one at a time from the cached ``.npy`` file (plain reads, no mmap), so peak
@@ -15,7 +15,8 @@ RSS shows what the upload itself holds, not the whole data set:
   planes when it saves >= 20 %, conditional create-only PUT; ``max_in_flight`` at a time.
 - obsflow, zstd off: the same with ``min_saving=0.99`` (the trial runs, nothing is compressed):
   a diagnostic of what the obsflow path costs besides compression.
-- obsflow ingest: ``obsflow.flows.ingest`` end to end of a Parquet file holding the same frames as
+- obsflow ingest: ``obsflow.flows.pipeline.ingest`` end to end of a Parquet file holding the same
+frames as
   binary payloads (read, validate, offload, capture written to S3), no views (``--no-ingest``
   skips it).
 
@@ -53,7 +54,7 @@ from common import OUT, ROOT, emit, peak_rss_mb, rss_mb, run_child
 sys.path.insert(0, str(ROOT / "tests"))  # the S3 test servers: a plain module, no pytest
 import s3servers
 
-from obsflow.connectors.simulator import PayloadSpec
+from obsflow.connectors.sources.simulator import PayloadSpec
 
 GOAL = 0.7
 MEMORY_FACTOR = 2.0  # "bounded": obsflow grows at most this times the s3fs thread pool
@@ -208,8 +209,8 @@ def child_s3fs(frames: str, prefix: str, threads: int) -> dict[str, Any]:
 
 def child_obsflow(frames: str, prefix: str, threads: int, min_saving: float) -> dict[str, Any]:
     """``PayloadStore.offload_many`` of the frames; then (untimed) read two of them back."""
-    from obsflow.connectors.payloads import PayloadStore
-    from obsflow.connectors.store import Store
+    from obsflow.connectors.payloads.offload import PayloadStore
+    from obsflow.connectors.storage.store import Store
 
     ps = PayloadStore(
         Store(f"s3://{BUCKET}/{prefix}"), max_in_flight=threads, min_saving=min_saving
@@ -241,9 +242,9 @@ def child_obsflow(frames: str, prefix: str, threads: int, min_saving: float) -> 
 
 def child_ingest(parquet: str, prefix: str) -> dict[str, Any]:
     """An ingest job of the frames file into an S3 store, no views; time it all."""
-    from obsflow.connectors.store import Store
-    from obsflow.flows import jobs
-    from obsflow.flows.ingest import IngestConfig
+    from obsflow.connectors.storage.store import Store
+    from obsflow.flows.pipeline import jobs
+    from obsflow.flows.pipeline.ingest import IngestConfig
 
     url = f"s3://{BUCKET}/{prefix}"
     Store(url).fs.ls(BUCKET)

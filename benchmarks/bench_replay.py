@@ -93,8 +93,8 @@ def capture_readings(store: Path) -> int:
 
 def child_build(path: str, store: str, workers: int) -> dict[str, Any]:
     """Ingest the input file into a fresh store as capture ``CAPTURE``, with no views."""
-    from obsflow.flows import jobs
-    from obsflow.flows.ingest import IngestConfig
+    from obsflow.flows.pipeline import jobs
+    from obsflow.flows.pipeline.ingest import IngestConfig
 
     shutil.rmtree(store, ignore_errors=True)
     config = IngestConfig(inputs=(path,), store=store, capture=CAPTURE, progress=False, views=())
@@ -106,8 +106,8 @@ def child_build(path: str, store: str, workers: int) -> dict[str, Any]:
 
 def child_obsflow(store: str, workers: int) -> dict[str, Any]:
     """Time a replay of the capture into the two views, end to end (job, run, commit)."""
-    from obsflow.flows import jobs
-    from obsflow.flows.replay import ReplayConfig
+    from obsflow.flows.pipeline import jobs
+    from obsflow.flows.pipeline.replay import ReplayConfig
 
     base = rss_mb()
     config = ReplayConfig(capture=CAPTURE, views=views(), store=store, progress=False)

@@ -50,8 +50,9 @@ import pandas as pd
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from obsflow.connectors import commits, reads  # noqa: E402
-from obsflow.connectors.store import Store  # noqa: E402
+from obsflow.connectors.datasets import reads  # noqa: E402
+from obsflow.connectors.storage import commits  # noqa: E402
+from obsflow.connectors.storage.store import Store  # noqa: E402
 from tests.brokers import NatsServer  # noqa: E402
 from tests.s3servers import free_port  # noqa: E402
 

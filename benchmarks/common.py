@@ -26,8 +26,8 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:  # run as a plain script from anywhere: import the project
     sys.path.insert(0, str(ROOT))
 
-from obsflow.connectors.simulator import SimSpec, generate_block  # noqa: E402
-from obsflow.flows.viewdef import ViewDef  # noqa: E402
+from obsflow.connectors.sources.simulator import SimSpec, generate_block  # noqa: E402
+from obsflow.flows.kernels.viewdef import ViewDef  # noqa: E402
 
 OUT = ROOT / "benchmarks" / "out"
 AGGREGATES = ("count", "mean", "min", "max", "std")
@@ -180,8 +180,8 @@ def run_obsflow(inputs: list[str], store: Path, workers: int) -> dict[str, Any]:
     Runs in the calling process (call it from a child). Returns seconds, peak RSS and the run
     summary's counts.
     """
-    from obsflow.flows import jobs
-    from obsflow.flows.ingest import IngestConfig
+    from obsflow.flows.pipeline import jobs
+    from obsflow.flows.pipeline.ingest import IngestConfig
 
     shutil.rmtree(store, ignore_errors=True)
     base = rss_mb()

@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 
 import pyarrow as pa
 
-from obsflow.connectors.schema import DOCUMENT_SCHEMA, REJECT_SCHEMA
+from obsflow.connectors.formats.schema import DOCUMENT_SCHEMA, REJECT_SCHEMA
 
 # Rows per micro-batch: large enough that per-batch work (Python, Arrow calls, one Bytewax
 # item per step) is a small share; measured on bench_ingest, 256 Ki rows ran ~30 % faster

@@ -1,7 +1,7 @@
 """Broker clients for live ingest: URLs, credentials, and one client per protocol.
 
 ``connect(url, topics, consumer)`` gives an object with ``fetch(max_messages, timeout)``,
-``ack(messages)`` and ``close()`` (``flows.live.BrokerClient``). The session acknowledges a
+``ack(messages)`` and ``close()`` (``flows.pipeline.live.BrokerClient``). The session acknowledges a
 message only after the capture commit holding it, so every client is at-least-once and the
 capture's identity dedup makes it exactly-once.
 
@@ -43,8 +43,8 @@ from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
 from obsflow.connectors.errors import ConfigError, ObsflowError
-from obsflow.connectors.messages import Message, text_headers
-from obsflow.connectors.retry import reason
+from obsflow.connectors.formats.messages import Message, text_headers
+from obsflow.connectors.storage.retry import reason
 
 SCHEMES = ("nats", "mqtt", "mqtts", "kafka")
 CONSUMER_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")

@@ -49,14 +49,15 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 
-from obsflow.connectors import layout, reads, tables
-from obsflow.connectors.capture import capture_info, list_captures
+from obsflow.connectors.datasets import reads
+from obsflow.connectors.datasets.capture import capture_info, list_captures
+from obsflow.connectors.datasets.views import list_views, read_view_doc
 from obsflow.connectors.errors import ConfigError, ObsflowError
+from obsflow.connectors.formats.schema import READING_SCHEMA, TRACE
 from obsflow.connectors.ids import check_name
-from obsflow.connectors.schema import READING_SCHEMA, TRACE
-from obsflow.connectors.store import Store
-from obsflow.connectors.views import list_views, read_view_doc
-from obsflow.flows.json_records import json_array, records_json, row_texts
+from obsflow.connectors.storage import layout, tables
+from obsflow.connectors.storage.store import Store
+from obsflow.flows.kernels.json_records import json_array, records_json, row_texts
 
 LOG = logging.getLogger("uvicorn.error")  # printed as the server's own messages are
 TOKEN_ENV = "OBSFLOW_SERVE_TOKEN"  # noqa: S105 - a variable name, not a secret

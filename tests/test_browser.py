@@ -16,7 +16,7 @@ import pytest
 from playwright.sync_api import Page, sync_playwright
 from playwright.sync_api import TimeoutError as PlaywrightTimeout
 
-from obsflow.flows.explore import open_store
+from obsflow.flows.explore.explorer import open_store
 from tests.s3servers import free_port
 from tests.test_serve import OBSFLOW, VIEWS, run_file, serving
 

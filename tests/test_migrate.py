@@ -14,12 +14,12 @@ from typing import Any
 import pandas as pd
 import pytest
 
-from obsflow.connectors import layout
 from obsflow.connectors.errors import StoreError
-from obsflow.connectors.migrate import check_layout, migrate
-from obsflow.connectors.store import Store
-from obsflow.flows.cli import main
-from obsflow.flows.explore import open_store
+from obsflow.connectors.storage import layout
+from obsflow.connectors.storage.migrate import check_layout, migrate
+from obsflow.connectors.storage.store import Store
+from obsflow.flows.cli.main import main
+from obsflow.flows.explore.explorer import open_store
 from tests.delta import files_in_order, polars_frame
 
 FIXTURE = Path(__file__).parent / "fixtures" / "store_v1"

@@ -34,14 +34,19 @@ def test_pip_install_puts_only_obsflow_in_site_packages(tmp_path: Path) -> None:
     assert {p.name for p in (site / "obsflow").iterdir()} >= {"connectors", "flows"}
     assert not (site / "flows").exists()
     assert not (site / "connectors").exists()
-    assert (site / "obsflow" / "flows" / "cli.py").is_file()
-    assert (site / "obsflow" / "connectors" / "store.py").is_file()
+    # every package of the tree is installed, with all its modules (a sub-package missing
+    # from pyproject's list would import here, from the checkout, and fail once installed)
+    for top in ("connectors", "flows"):
+        for init in (ROOT / top).rglob("__init__.py"):
+            package = init.parent.relative_to(ROOT)
+            for module in init.parent.glob("*.py"):
+                assert (site / "obsflow" / package / module.name).is_file(), module
     # The modules import by their installed names (a stdlib-only check: no dependencies here).
-    check = "import importlib.util as u; print(u.find_spec('obsflow.flows.cli').origin)"
+    check = "import importlib.util as u; print(u.find_spec('obsflow.flows.cli.main').origin)"
     origin = subprocess.run(
         [str(python), "-c", check], check=True, capture_output=True, text=True, cwd=tmp_path
     ).stdout.strip()
-    assert origin == str(site / "obsflow" / "flows" / "cli.py")
+    assert origin == str(site / "obsflow" / "flows" / "cli" / "main.py")
     assert sys.version_info >= (3, 11)
 
 

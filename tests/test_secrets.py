@@ -29,20 +29,20 @@ from bytewax.dataflow import Dataflow
 from bytewax.inputs import Source
 from bytewax.outputs import Sink
 
-from obsflow.connectors import layout
-from obsflow.connectors.capture_source import CaptureSource, ReplaySpec
+from obsflow.connectors.datasets.capture_source import CaptureSource, ReplaySpec
+from obsflow.connectors.datasets.sinks import ChunkLog
 from obsflow.connectors.errors import ConfigError, StoreError
-from obsflow.connectors.files import FileSource
-from obsflow.connectors.retry import RETRY_SECONDS_ENV, reason, redact
-from obsflow.connectors.schema import REJECT_SCHEMA
-from obsflow.connectors.simulator import SimSource
-from obsflow.connectors.sinks import ChunkLog
-from obsflow.connectors.store import Store
-from obsflow.flows import ingest, jobs, replay
-from obsflow.flows.cli import main
-from obsflow.flows.finish import Finish
-from obsflow.flows.summary import FinishSink
-from obsflow.flows.viewdef import ViewDef
+from obsflow.connectors.formats.schema import REJECT_SCHEMA
+from obsflow.connectors.sources.files import FileSource
+from obsflow.connectors.sources.simulator import SimSource
+from obsflow.connectors.storage import layout
+from obsflow.connectors.storage.retry import RETRY_SECONDS_ENV, reason, redact
+from obsflow.connectors.storage.store import Store
+from obsflow.flows.cli.main import main
+from obsflow.flows.kernels.viewdef import ViewDef
+from obsflow.flows.pipeline import ingest, jobs, replay
+from obsflow.flows.pipeline.finish import Finish
+from obsflow.flows.pipeline.summary import FinishSink
 from tests import s3servers
 from tests.conftest import ROOT, TEST_KEY, TEST_SECRET, create_bucket, point_aws_env
 from tests.faultproxy import FaultProxy
@@ -166,7 +166,7 @@ def test_a_successful_s3_ingest_shows_and_keeps_no_credentials(
     cmd = [
         sys.executable,
         "-m",
-        "obsflow.flows.cli",
+        "obsflow.flows.cli.main",
         "ingest",
         SIM,
         "--store",
@@ -274,7 +274,7 @@ def test_wrong_credentials_on_seaweedfs_fail_cleanly_without_showing_them(
 
     # Through the CLI: a clean one-line error, no credentials.
     proc = subprocess.run(
-        [sys.executable, "-m", "obsflow.flows.cli", "ingest", SIM, "--store", url, "-q"],
+        [sys.executable, "-m", "obsflow.flows.cli.main", "ingest", SIM, "--store", url, "-q"],
         cwd=ROOT,
         env={**os.environ, "PYTHONPATH": str(ROOT)},
         capture_output=True,
@@ -298,7 +298,7 @@ def test_an_unreachable_endpoint_fails_cleanly_without_showing_credentials(
         Store(url).read_bytes("k")
     assert_clean("".join(traceback.format_exception(info.value)), "the traceback")
     proc = subprocess.run(
-        [sys.executable, "-m", "obsflow.flows.cli", "ingest", SIM, "--store", url, "-q"],
+        [sys.executable, "-m", "obsflow.flows.cli.main", "ingest", SIM, "--store", url, "-q"],
         cwd=ROOT,
         env={**os.environ, "PYTHONPATH": str(ROOT)},
         capture_output=True,
@@ -392,7 +392,7 @@ def test_broker_credentials_from_the_environment_are_never_shown_or_kept(
     works and shows or keeps them nowhere; with a wrong password it fails in one line without
     them; a URL that carries credentials is refused without echoing them."""
     from obsflow.connectors.brokers import BrokerURL, connect
-    from obsflow.flows.live import LiveConfig
+    from obsflow.flows.pipeline.live import LiveConfig
     from tests.brokers import NatsServer, publish
 
     server = NatsServer(tmp_path / "js", user="obsflow", password=SECRET).start()
@@ -401,7 +401,15 @@ def test_broker_credentials_from_the_environment_are_never_shown_or_kept(
         publish(url, "OBS", ["obs.>"], [("obs.a", b'{"source": "a", "time": 1, "value": 2}')])
         env = {**os.environ, "OBSFLOW_NATS_USER": "obsflow", "OBSFLOW_NATS_PASSWORD": SECRET}
         store = tmp_path / "store"
-        cmd = [sys.executable, "-m", "obsflow.flows.cli", "ingest", server.url, "--topic", "obs.>"]
+        cmd = [
+            sys.executable,
+            "-m",
+            "obsflow.flows.cli.main",
+            "ingest",
+            server.url,
+            "--topic",
+            "obs.>",
+        ]
         cmd += ["--consumer", "c", "--store", str(store), "--stop-when-idle", "1s"]
         cmd += ["--summary", str(tmp_path / "summary.json")]
         done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
@@ -442,7 +450,7 @@ def test_broker_credentials_from_the_environment_are_never_shown_or_kept(
 
 
 def live_ingest_cmd(url: str, topic: str, store: Path, summary: Path) -> list[str]:
-    cmd = [sys.executable, "-m", "obsflow.flows.cli", "ingest", url, "--topic", topic]
+    cmd = [sys.executable, "-m", "obsflow.flows.cli.main", "ingest", url, "--topic", topic]
     cmd += ["--consumer", "c", "--store", str(store), "--stop-when-idle", "1s"]
     return [*cmd, "--summary", str(summary)]
 

@@ -28,9 +28,9 @@ import pyarrow as pa
 import pyarrow.csv as pacsv
 import pytest
 
-from obsflow.connectors import commits
-from obsflow.connectors.store import Store
-from obsflow.flows.explore import Explorer, open_store
+from obsflow.connectors.storage import commits
+from obsflow.connectors.storage.store import Store
+from obsflow.flows.explore.explorer import Explorer, open_store
 from obsflow.flows.serve import QUEUE_BYTES, QUEUE_EVENTS, Filters, Subscriber
 from tests.s3servers import free_port
 

@@ -12,9 +12,9 @@ import polars as pl
 import pytest
 from deltalake import DeltaTable
 
-from obsflow.connectors import reads
-from obsflow.connectors.store import Store
-from obsflow.flows.cli import main
+from obsflow.connectors.datasets import reads
+from obsflow.connectors.storage.store import Store
+from obsflow.flows.cli.main import main
 from tests.delta import exact_times
 
 VIEWS = """

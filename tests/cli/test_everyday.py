@@ -15,10 +15,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from obsflow.connectors import reads
-from obsflow.connectors.simulator import SimSpec, generate
-from obsflow.connectors.store import Store
-from obsflow.flows.cli import main
+from obsflow.connectors.datasets import reads
+from obsflow.connectors.sources.simulator import SimSpec, generate
+from obsflow.connectors.storage.store import Store
+from obsflow.flows.cli.main import main
 
 WIDE_NAMES = "station,timestamp,temp_c\n"
 ROWS = "A,2026-01-01T00:00:00Z,18.0\nA,2026-01-01T00:01:00Z,18.2\nB,2026-01-01T00:00:30Z,17.5\n"
@@ -304,7 +304,15 @@ def test_a_file_that_is_not_what_its_extension_says_is_one_line_without_a_panic(
     bad = tmp_path / "bad.parquet"
     bad.write_text("source,time,value\n")
     proc = subprocess.run(
-        [sys.executable, "-m", "obsflow.flows.cli", "ingest", str(bad), "--store", str(tmp_path)],
+        [
+            sys.executable,
+            "-m",
+            "obsflow.flows.cli.main",
+            "ingest",
+            str(bad),
+            "--store",
+            str(tmp_path),
+        ],
         capture_output=True,
         text=True,
         env={**os.environ, "RUST_BACKTRACE": "1"},
@@ -542,7 +550,7 @@ def test_a_mistaken_cluster_option_says_what_to_do_and_writes_nothing(
 def test_output_cut_short_by_its_reader_ends_quietly(tmp_path: Path) -> None:
     """``obsflow capture show ... | head -1``: no traceback, the shell's status for SIGPIPE."""
     store = str(tmp_path / "store")
-    cli = [sys.executable, "-m", "obsflow.flows.cli"]
+    cli = [sys.executable, "-m", "obsflow.flows.cli.main"]
     subprocess.run([*cli, "demo", "--store", store], check=True, capture_output=True)
     show = [*cli, "capture", "show", "demo", "--store", store, "--limit", "4800"]
     proc = subprocess.Popen(show, stdout=subprocess.PIPE, stderr=subprocess.PIPE)

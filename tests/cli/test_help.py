@@ -8,7 +8,7 @@ import shlex
 
 import pytest
 
-from obsflow.flows.cli import COMMAND_EXAMPLES, parser
+from obsflow.flows.cli.main import COMMAND_EXAMPLES, parser
 
 
 def commands() -> dict[str, argparse.ArgumentParser]:

@@ -14,7 +14,7 @@ from bluesky import RunEngine
 from bluesky.plans import count, scan
 from ophyd.sim import det, det1, det2, motor
 
-from obsflow.connectors.bluesky import DocumentStream
+from obsflow.connectors.sources.bluesky.documents import DocumentStream
 from tests.bluesky_runs import as_written
 from tests.bluesky_runs import scalar_oracle as oracle
 

@@ -30,9 +30,9 @@ from ophyd_async.core import (
     init_devices,
 )
 
-from obsflow.connectors.bluesky import DocumentBatch, DocumentStream, seq_of
-from obsflow.connectors.bluesky_external import ExternalResolver
-from obsflow.connectors.payload_format import array_from_bytes
+from obsflow.connectors.payloads.format import array_from_bytes
+from obsflow.connectors.sources.bluesky.documents import DocumentBatch, DocumentStream, seq_of
+from obsflow.connectors.sources.bluesky.external import ExternalResolver
 from tests.bluesky_runs import (
     as_written,
     blob_scan,

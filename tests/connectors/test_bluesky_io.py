@@ -1,4 +1,4 @@
-"""Decoding Bluesky document messages and files (``connectors.bluesky_io``): msgpack as
+"""Decoding Bluesky document messages and files (``connectors.sources.bluesky.io``): msgpack as
 bluesky-kafka publishes it (numpy arrays in msgpack-numpy's wire form, decoded without pickle),
 JSON pairs and objects, and what is refused."""
 
@@ -10,8 +10,8 @@ import msgpack
 import numpy as np
 import pytest
 
-from obsflow.connectors.bluesky import Reject
-from obsflow.connectors.bluesky_io import MAX_DOCUMENT_BYTES, file_pairs, message_pair
+from obsflow.connectors.sources.bluesky.documents import Reject
+from obsflow.connectors.sources.bluesky.io import MAX_DOCUMENT_BYTES, file_pairs, message_pair
 
 
 def nd(array: np.ndarray, kind: bytes = b"") -> dict[bytes, object]:

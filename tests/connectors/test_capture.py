@@ -13,22 +13,22 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from obsflow.connectors import commits
-from obsflow.connectors.capture import (
+from obsflow.connectors.algorithms.partitions import assign_seq, partition_of, split_by_partition
+from obsflow.connectors.datasets.capture import (
     PartitionWriter,
     capture_exists,
     capture_files,
     open_capture,
     planned_capture,
 )
-from obsflow.connectors.commits import Commit
+from obsflow.connectors.datasets.reads import read_capture
 from obsflow.connectors.errors import CaptureExistsError, StoreError
-from obsflow.connectors.partitions import assign_seq, partition_of, split_by_partition
-from obsflow.connectors.reads import read_capture
-from obsflow.connectors.schema import TIME_TYPE
-from obsflow.connectors.store import Store
-from obsflow.flows.finish import Finish
-from obsflow.flows.summary import wrote
+from obsflow.connectors.formats.schema import TIME_TYPE
+from obsflow.connectors.storage import commits
+from obsflow.connectors.storage.commits import Commit
+from obsflow.connectors.storage.store import Store
+from obsflow.flows.pipeline.finish import Finish
+from obsflow.flows.pipeline.summary import wrote
 
 
 def readings(sources: list[str], seq: list[int | None] | None = None, start: int = 0) -> pa.Table:

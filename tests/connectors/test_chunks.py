@@ -12,7 +12,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from obsflow.connectors.chunks import (
+from obsflow.connectors.errors import SchemaError
+from obsflow.connectors.formats.schema import TIME_TYPE
+from obsflow.connectors.payloads.chunks import (
     REASON_CONFLICT,
     REASON_EXPIRED,
     REASON_INCONSISTENT,
@@ -21,8 +23,6 @@ from obsflow.connectors.chunks import (
     ChunkAssembler,
     ChunkOutput,
 )
-from obsflow.connectors.errors import SchemaError
-from obsflow.connectors.schema import TIME_TYPE
 
 S = 1_000_000_000
 

@@ -9,8 +9,8 @@ import pyarrow as pa
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from obsflow.connectors.dedup import Deduper
-from obsflow.connectors.schema import TIME_TYPE
+from obsflow.connectors.algorithms.dedup import Deduper
+from obsflow.connectors.formats.schema import TIME_TYPE
 
 Row = tuple[str, int | None, int, str, float]  # source, seq, time, channel, value
 

@@ -10,7 +10,7 @@ import pytest
 
 from obsflow.connectors.batch import RawBatch
 from obsflow.connectors.errors import ConfigError
-from obsflow.connectors.files import FileSource, format_of
+from obsflow.connectors.sources.files import FileSource, format_of
 
 
 def drain(source: FileSource, part: str, resume: int | None = None) -> tuple[list[RawBatch], int]:

@@ -1,5 +1,5 @@
-"""Broker messages as raw batches (``connectors.messages``): every body shape, columnar where
-the batch allows, and the broker's time for records without one (through ``normalize``)."""
+"""Broker messages as raw batches (``connectors.formats.messages``): every body shape, columnar
+where the batch allows, and the broker's time for records without one (through ``normalize``)."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ import json
 import pyarrow as pa
 import pytest
 
-from obsflow.connectors.messages import Message, decode
-from obsflow.connectors.schema import InputSpec, normalize
+from obsflow.connectors.formats.messages import Message, decode
+from obsflow.connectors.formats.schema import InputSpec, normalize
 
 T0 = 1_767_225_600 * 10**9  # 2026-01-01T00:00:00Z
 

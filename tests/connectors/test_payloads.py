@@ -23,8 +23,8 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 from obsflow.connectors.errors import StoreError
-from obsflow.connectors.payload_codec import decode_payload, encode_payload
-from obsflow.connectors.payload_format import (
+from obsflow.connectors.payloads.codec import decode_payload, encode_payload
+from obsflow.connectors.payloads.format import (
     CODEC_INLINE,
     CODEC_NONE,
     CODEC_ZSTD,
@@ -49,9 +49,9 @@ from obsflow.connectors.payload_format import (
     refs_from_arrow,
     refs_to_arrow,
 )
-from obsflow.connectors.payloads import PayloadStore
-from obsflow.connectors.retry import transient
-from obsflow.connectors.store import Store
+from obsflow.connectors.payloads.offload import PayloadStore
+from obsflow.connectors.storage.retry import transient
+from obsflow.connectors.storage.store import Store
 
 RNG = np.random.default_rng(5)
 BIG_FRAME = RNG.poisson(100, (2048, 1024)).astype(np.uint16)  # 4 MiB detector frame of counts

@@ -12,8 +12,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from obsflow.connectors.errors import ConfigError, SchemaError
+from obsflow.connectors.formats.schema import READING_SCHEMA, InputSpec, normalize, parse_times
 from obsflow.connectors.ids import check_id, check_name
-from obsflow.connectors.schema import READING_SCHEMA, InputSpec, normalize, parse_times
 
 
 def norm(table: pa.Table, **spec: object):

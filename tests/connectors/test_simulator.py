@@ -8,7 +8,13 @@ import pyarrow as pa
 import pytest
 
 from obsflow.connectors.errors import ConfigError, ObsflowError
-from obsflow.connectors.simulator import BLOCK_SAMPLES, SimSource, SimSpec, generate, parse_duration
+from obsflow.connectors.sources.simulator import (
+    BLOCK_SAMPLES,
+    SimSource,
+    SimSpec,
+    generate,
+    parse_duration,
+)
 
 
 def test_durations() -> None:

@@ -14,8 +14,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from obsflow.flows.cli import main
-from obsflow.flows.explore import Explorer, open_store
+from obsflow.flows.cli.main import main
+from obsflow.flows.explore.explorer import Explorer, open_store
 
 VIEWS = """
 [[view]]

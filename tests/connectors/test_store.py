@@ -14,7 +14,7 @@ import pyarrow as pa
 import pytest
 
 from obsflow.connectors.errors import ConfigError, StoreError
-from obsflow.connectors.store import Store
+from obsflow.connectors.storage.store import Store
 from tests.conftest import TEST_SECRET
 
 

@@ -1,4 +1,4 @@
-"""Delta tables in a store (``connectors.tables``): conditional commits that fence, on every
+"""Delta tables in a store (``connectors.storage.tables``): conditional commits that fence, on every
 backend — a local folder, ``memory://``, moto's S3 and SeaweedFS (both take S3's conditional
 put, ``If-None-Match: *``, so no lock service is needed) — and exact times."""
 
@@ -16,11 +16,11 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from obsflow.connectors import layout, tables
 from obsflow.connectors.errors import StoreError
-from obsflow.connectors.schema import TIME_TYPE
-from obsflow.connectors.store import Store
-from obsflow.connectors.tables import ConflictError, TableChange
+from obsflow.connectors.formats.schema import TIME_TYPE
+from obsflow.connectors.storage import layout, tables
+from obsflow.connectors.storage.store import Store
+from obsflow.connectors.storage.tables import ConflictError, TableChange
 
 SCHEMA = pa.schema([pa.field("k", pa.int64()), pa.field("t", TIME_TYPE)])
 

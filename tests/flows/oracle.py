@@ -1,7 +1,7 @@
 """An independent oracle for windowed views over runs: a per-reading loop for lateness and
 finality, pandas for the aggregates.
 
-It follows the semantics in ``flows/windows.py``'s docstring, written the slow, obvious way
+It follows the semantics in ``flows/kernels/windows.py``'s docstring, written the slow, obvious way
 (Python integers, so nothing overflows): readings arrive in order, cut into runs. Per series
 (source, channel), ``maxt`` is the largest time seen and the frontier ``F`` the watermark
 (``maxt - lateness``) at the end of the last run, or the time a ``close`` declared the data
@@ -20,8 +20,8 @@ from collections.abc import Collection, Sequence
 import numpy as np
 import pandas as pd
 
-from obsflow.flows import windows
-from obsflow.flows.viewdef import ViewDef
+from obsflow.flows.kernels import windows
+from obsflow.flows.kernels.viewdef import ViewDef
 
 KEYS = ["source", "channel", "window_start", "window_end"]
 NEVER = -(2**80)  # a frontier before every time

@@ -13,12 +13,12 @@ import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 
-from obsflow.connectors import layout
-from obsflow.connectors.capture import capture_files
-from obsflow.connectors.simulator import SimSpec, generate
-from obsflow.connectors.store import Store
-from obsflow.flows.cli import main
-from obsflow.flows.explore import open_store
+from obsflow.connectors.datasets.capture import capture_files
+from obsflow.connectors.sources.simulator import SimSpec, generate
+from obsflow.connectors.storage import layout
+from obsflow.connectors.storage.store import Store
+from obsflow.flows.cli.main import main
+from obsflow.flows.explore.explorer import open_store
 from tests.delta import table_frame
 
 VIEWS = """

@@ -23,9 +23,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from obsflow.connectors.bluesky import RUN_DOCUMENTS
-from obsflow.connectors.bluesky_external import ASSET_DOCUMENTS
-from obsflow.flows.explore import Explorer
+from obsflow.connectors.sources.bluesky.documents import RUN_DOCUMENTS
+from obsflow.connectors.sources.bluesky.external import ASSET_DOCUMENTS
+from obsflow.flows.explore.explorer import Explorer
 from tests.bluesky_runs import (
     Docs,
     blob_scan,

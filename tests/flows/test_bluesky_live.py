@@ -22,11 +22,11 @@ from bluesky import RunEngine
 from bluesky.plans import scan
 from ophyd.sim import det, motor
 
-from obsflow.connectors.bluesky import SETTLED
-from obsflow.connectors.bluesky_io import read_documents
-from obsflow.connectors.commits import head
-from obsflow.connectors.store import Store
-from obsflow.flows.explore import Explorer
+from obsflow.connectors.sources.bluesky.documents import SETTLED
+from obsflow.connectors.sources.bluesky.io import read_documents
+from obsflow.connectors.storage.commits import head
+from obsflow.connectors.storage.store import Store
+from obsflow.flows.explore.explorer import Explorer
 from tests.bluesky_runs import (
     Docs,
     blob_scan,

@@ -91,7 +91,7 @@ def ingest(store: str, views: Path, *more: str) -> list[str]:
     return [
         sys.executable,
         "-m",
-        "obsflow.flows.cli",
+        "obsflow.flows.cli.main",
         "ingest",
         SIM,
         "--store",

@@ -13,14 +13,15 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
-from obsflow.connectors import compaction, layout, reads
 from obsflow.connectors.batch import RawBatch
-from obsflow.connectors.capture import capture_files, new_run_id
-from obsflow.connectors.store import Store
-from obsflow.flows import jobs
-from obsflow.flows.cli import main
-from obsflow.flows.ingest import IngestConfig
-from obsflow.flows.live import BatchesSource
+from obsflow.connectors.datasets import reads
+from obsflow.connectors.datasets.capture import capture_files, new_run_id
+from obsflow.connectors.storage import compaction, layout
+from obsflow.connectors.storage.store import Store
+from obsflow.flows.cli.main import main
+from obsflow.flows.pipeline import jobs
+from obsflow.flows.pipeline.ingest import IngestConfig
+from obsflow.flows.pipeline.live import BatchesSource
 
 # 63 committed runs x 16 partitions = 1,008 objects (a session of 4 partitions makes as many in
 # 252 cycles, four times slower to set up for the same test of compaction).

@@ -24,9 +24,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from obsflow.connectors import commits, tables
-from obsflow.connectors.store import Store
-from obsflow.flows.viewdef import parse_views
+from obsflow.connectors.storage import commits, tables
+from obsflow.connectors.storage.store import Store
+from obsflow.flows.kernels.viewdef import parse_views
 from tests.conftest import ROOT
 from tests.delta import polars_frame
 from tests.flows.oracle import Oracle, assert_rows_match
@@ -57,7 +57,7 @@ def readings(sources: list[str], n: int, seed: int, start: int = T0) -> pa.Table
 
 def obsflow(*argv: str) -> subprocess.Popen[str]:
     return subprocess.Popen(
-        [sys.executable, "-m", "obsflow.flows.cli", *argv],
+        [sys.executable, "-m", "obsflow.flows.cli.main", *argv],
         cwd=ROOT,
         env={**os.environ, "PYTHONPATH": str(ROOT)},
         stderr=subprocess.PIPE,

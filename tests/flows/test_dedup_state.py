@@ -11,15 +11,15 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from obsflow.connectors import capture as capture_mod
-from obsflow.connectors import commits, layout
+from obsflow.connectors.algorithms.dedup import Deduper
 from obsflow.connectors.batch import RawBatch
-from obsflow.connectors.capture import MAX_DEDUP_DELTAS, PartitionWriter, new_run_id
-from obsflow.connectors.dedup import Deduper
-from obsflow.connectors.store import Store
-from obsflow.flows import jobs
-from obsflow.flows.ingest import IngestConfig
-from obsflow.flows.live import BatchesSource
+from obsflow.connectors.datasets import capture as capture_mod
+from obsflow.connectors.datasets.capture import MAX_DEDUP_DELTAS, PartitionWriter, new_run_id
+from obsflow.connectors.storage import commits, layout
+from obsflow.connectors.storage.store import Store
+from obsflow.flows.pipeline import jobs
+from obsflow.flows.pipeline.ingest import IngestConfig
+from obsflow.flows.pipeline.live import BatchesSource
 
 T0 = 1_780_000_000 * 10**9
 SOURCES, PER_SOURCE, RUNS = 8, 25, 45

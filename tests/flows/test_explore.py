@@ -1,8 +1,8 @@
-"""The notebook API (``flows.explore``): filtered reads equal pandas filtering, filters are pushed
-down (bytes read), payloads by verified reference, run/late/dead-letter tables, final and
+"""The notebook API (``flows.explore.explorer``): filtered reads equal pandas filtering, filters
+are pushed down (bytes read), payloads by verified reference, run/late/dead-letter tables, final and
 provisional view rows over runs (against the oracle), ingest, replay and close from Python, the
-gap and spike finders (``flows.analysis``), plots (``flows.plotting``), and the README session
-exactly as printed."""
+gap and spike finders (``flows.explore.analysis``), plots (``flows.explore.plotting``), and the
+README session exactly as printed."""
 
 from __future__ import annotations
 
@@ -19,14 +19,14 @@ import pytest
 from fsspec.implementations.local import LocalFileSystem
 
 from obsflow.connectors.errors import ConfigError
-from obsflow.connectors.payload_format import PayloadCorruptError, payloads_to_arrow
-from obsflow.connectors.simulator import SimSpec, generate
-from obsflow.connectors.store import Store
-from obsflow.flows.analysis import compare_views, find_gaps, find_spikes
-from obsflow.flows.cli import main
-from obsflow.flows.explore import Explorer, open_store, utc
-from obsflow.flows.plotting import plot_readings, plot_windows
-from obsflow.flows.viewdef import ViewDef
+from obsflow.connectors.payloads.format import PayloadCorruptError, payloads_to_arrow
+from obsflow.connectors.sources.simulator import SimSpec, generate
+from obsflow.connectors.storage.store import Store
+from obsflow.flows.cli.main import main
+from obsflow.flows.explore.analysis import compare_views, find_gaps, find_spikes
+from obsflow.flows.explore.explorer import Explorer, open_store, utc
+from obsflow.flows.explore.plotting import plot_readings, plot_windows
+from obsflow.flows.kernels.viewdef import ViewDef
 from tests.conftest import ROOT
 from tests.flows.oracle import Oracle
 

@@ -12,9 +12,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-import obsflow.flows.features as features
+import obsflow.flows.kernels.features as features
 from obsflow.connectors.errors import ConfigError, SchemaError
-from obsflow.flows.features import (
+from obsflow.flows.kernels.features import (
     DEFAULT_FEATURES,
     FEATURE_SCHEMA,
     FEATURES,

@@ -9,7 +9,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from obsflow.flows.cli import main
+from obsflow.flows.cli.main import main
 from tests.delta import table_frame
 
 GOOD_CSV = [f"good{i},2024-01-01T00:00:{i:02d}Z,{i}.5,temp,{i},ok-csv-{i}" for i in range(10)]

@@ -14,14 +14,14 @@ import pytest
 from bytewax.testing import TestingSink, TestingSource, run_main
 
 from obsflow.connectors.batch import RawBatch
-from obsflow.connectors.capture import list_captures
-from obsflow.connectors.schema import InputSpec
-from obsflow.connectors.store import Store
-from obsflow.flows import jobs
-from obsflow.flows.cli import main
-from obsflow.flows.ingest import IngestConfig, build_flow, normalize_batch
-from obsflow.flows.runner import run_flow
-from obsflow.flows.summary import Counts
+from obsflow.connectors.datasets.capture import list_captures
+from obsflow.connectors.formats.schema import InputSpec
+from obsflow.connectors.storage.store import Store
+from obsflow.flows.cli.main import main
+from obsflow.flows.pipeline import jobs
+from obsflow.flows.pipeline.ingest import IngestConfig, build_flow, normalize_batch
+from obsflow.flows.pipeline.runner import run_flow
+from obsflow.flows.pipeline.summary import Counts
 from tests.conftest import BUOY, BUOY_MAP, ROOT, sorted_frame
 from tests.delta import files_in_order, table_frame
 
@@ -210,7 +210,7 @@ def test_flow_accepts_a_testing_source_and_sink(tmp_path: Path) -> None:
 
 
 def test_normalize_batch_counts_reader_and_schema_rejects() -> None:
-    from obsflow.connectors.files import malformed
+    from obsflow.connectors.sources.files import malformed
 
     batch = RawBatch(
         "f",
@@ -227,8 +227,8 @@ def test_normalize_batch_counts_reader_and_schema_rejects() -> None:
 def test_bytewax_run_module_runs_the_flow(tmp_path: Path) -> None:
     store = tmp_path / "store"
     expr = (
-        f"obsflow.flows.ingest:build_flow(inputs=['{BUOY}'], store='{store}', capture='bw', "
-        f"map='{BUOY_MAP}', progress=False)"
+        f"obsflow.flows.pipeline.ingest:build_flow(inputs=['{BUOY}'], store='{store}', "
+        f"capture='bw', map='{BUOY_MAP}', progress=False)"
     )
     proc = subprocess.run(
         [sys.executable, "-m", "bytewax.run", expr, "-w", "2"],

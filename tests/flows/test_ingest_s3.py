@@ -20,11 +20,11 @@ from typing import Any
 import pandas as pd
 import pytest
 
-from obsflow.connectors import layout as paths
-from obsflow.connectors.reads import read_capture, read_deadletters, read_view
-from obsflow.connectors.store import Store
-from obsflow.connectors.views import list_views
-from obsflow.flows.cli import main
+from obsflow.connectors.datasets.reads import read_capture, read_deadletters, read_view
+from obsflow.connectors.datasets.views import list_views
+from obsflow.connectors.storage import layout as paths
+from obsflow.connectors.storage.store import Store
+from obsflow.flows.cli.main import main
 from tests import s3servers
 from tests.conftest import BUOY, BUOY_MAP, ROOT, sorted_frame
 
@@ -220,7 +220,7 @@ def test_wrong_secret_on_seaweedfs_is_a_clean_error_without_the_secret(
     csv.write_text(MIXED_CSV)
     url = f"s3://{seaweed_env}/obsflow"
     proc = subprocess.run(
-        [sys.executable, "-m", "obsflow.flows.cli", "ingest", str(csv), "--store", url, "-q"],
+        [sys.executable, "-m", "obsflow.flows.cli.main", "ingest", str(csv), "--store", url, "-q"],
         cwd=ROOT,
         env=env,
         capture_output=True,

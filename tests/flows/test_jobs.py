@@ -14,11 +14,12 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from obsflow.connectors import commits, reads
-from obsflow.connectors.store import Store
-from obsflow.flows import jobs
-from obsflow.flows.cli import main
-from obsflow.flows.runner import free_port
+from obsflow.connectors.datasets import reads
+from obsflow.connectors.storage import commits
+from obsflow.connectors.storage.store import Store
+from obsflow.flows.cli.main import main
+from obsflow.flows.pipeline import jobs
+from obsflow.flows.pipeline.runner import free_port
 
 VIEWS = """
 [[view]]
@@ -66,7 +67,7 @@ def _store_contents(root: Path) -> dict[str, Any]:
 
 def _run_bytewax_cluster(csv: Path, store: Path, views: Path) -> None:
     expr = (
-        f"obsflow.flows.ingest:build_flow(inputs=[{str(csv)!r}], store={str(store)!r}, "
+        f"obsflow.flows.pipeline.ingest:build_flow(inputs=[{str(csv)!r}], store={str(store)!r}, "
         f"capture='c', views={str(views)!r}, run_id='cluster-run', progress=False)"
     )
     addresses = f"127.0.0.1:{free_port()};127.0.0.1:{free_port()}"
@@ -115,7 +116,10 @@ def test_cli_python_api_and_bytewax_run_give_identical_stores(tmp_path: Path) ->
 def test_a_cluster_without_a_run_id_is_refused_before_it_writes(tmp_path: Path) -> None:
     csv = tmp_path / "in.csv"
     csv.write_text("source,channel,time,value\ns,temp,2026-05-01T00:00:00Z,1\n")
-    expr = f"obsflow.flows.ingest:build_flow(inputs=[{str(csv)!r}], store={str(tmp_path / 's')!r})"
+    expr = (
+        f"obsflow.flows.pipeline.ingest:build_flow(inputs=[{str(csv)!r}], "
+        f"store={str(tmp_path / 's')!r})"
+    )
     addresses = f"127.0.0.1:{free_port()}"
     proc = subprocess.run(
         [sys.executable, "-m", "bytewax.run", expr, "-i", "0", "-a", addresses],
@@ -169,7 +173,7 @@ def test_a_local_cluster_that_loses_a_process_stops_with_one_line_and_commits_no
     sim = "sim://?sources=8&rate=50&duration=20000s&seed=3"
     argv = ["ingest", sim, "--store", str(store), "--capture", "c", "-q", "--processes", "2"]
     proc = subprocess.Popen(
-        [sys.executable, "-m", "obsflow.flows.cli", *argv],
+        [sys.executable, "-m", "obsflow.flows.cli.main", *argv],
         stderr=subprocess.PIPE,
         text=True,
     )

@@ -27,11 +27,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from obsflow.connectors import commits, layout, tables
-from obsflow.connectors.store import Store
-from obsflow.flows.cli import main
-from obsflow.flows.explore import open_store
-from obsflow.flows.viewdef import parse_views
+from obsflow.connectors.storage import commits, layout, tables
+from obsflow.connectors.storage.store import Store
+from obsflow.flows.cli.main import main
+from obsflow.flows.explore.explorer import open_store
+from obsflow.flows.kernels.viewdef import parse_views
 from tests.conftest import ROOT
 from tests.delta import table_frame
 from tests.flows.oracle import Oracle, assert_rows_match
@@ -81,7 +81,7 @@ def run_input(k: int, n: int = 20_000) -> pa.Table:
 
 def obsflow(*argv: str) -> subprocess.Popen[str]:
     return subprocess.Popen(
-        [sys.executable, "-m", "obsflow.flows.cli", *argv],
+        [sys.executable, "-m", "obsflow.flows.cli.main", *argv],
         cwd=ROOT,
         env={**os.environ, "PYTHONPATH": str(ROOT)},
         stderr=subprocess.PIPE,
@@ -134,7 +134,7 @@ def readers_agree(store: Path) -> dict[str, pd.DataFrame]:
     assert by_sql["n"].tolist() == by_sql["d"].tolist() == [len(capture)]
     argv = ["capture", "info", "c", "--json", "--store", str(store)]
     info = subprocess.run(
-        [sys.executable, "-m", "obsflow.flows.cli", *argv],
+        [sys.executable, "-m", "obsflow.flows.cli.main", *argv],
         cwd=ROOT,
         capture_output=True,
         text=True,
@@ -259,7 +259,7 @@ def test_a_bytewax_run_after_a_kill_completes_the_commit_before_it_starts(
     if commits.head(Store(str(store)), "c") != 3 or not commits.pending(Store(str(store)), "c"):
         pytest.fail("the kill did not land between the capture's commit and its views'")
     expr = (
-        f"obsflow.flows.ingest:build_flow(inputs=[{str(root / 'run3.parquet')!r}], "
+        f"obsflow.flows.pipeline.ingest:build_flow(inputs=[{str(root / 'run3.parquet')!r}], "
         f"store={str(store)!r}, capture='c', progress=False)"
     )
     proc = subprocess.run(
@@ -302,7 +302,7 @@ def test_killed_compactions_and_vacuums_leave_the_last_committed_version(
     assert removed  # the small files the compaction replaced are still there
     code = (
         "from obsflow.connectors import tables\n"
-        "from obsflow.connectors.store import Store\n"
+        "from obsflow.connectors.storage.store import Store\n"
         f"tables.vacuum(Store({str(store)!r}), 'captures/c', retention_hours=0)\n"
     )
     proc = subprocess.Popen([sys.executable, "-c", code], cwd=ROOT)

@@ -13,10 +13,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from obsflow.connectors.store import Store
-from obsflow.flows.cli import main
-from obsflow.flows.explore import open_store
-from obsflow.flows.lineage import lineage
+from obsflow.connectors.storage.store import Store
+from obsflow.flows.cli.main import main
+from obsflow.flows.explore.explorer import open_store
+from obsflow.flows.explore.lineage import lineage
 
 VIEWS = """
 [[view]]

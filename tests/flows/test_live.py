@@ -26,11 +26,12 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from obsflow.connectors import commits, reads, tables, views
 from obsflow.connectors.brokers import connect
-from obsflow.connectors.simulator import SimSpec, generate
-from obsflow.connectors.store import Store
-from obsflow.flows.explore import open_store
+from obsflow.connectors.datasets import reads, views
+from obsflow.connectors.sources.simulator import SimSpec, generate
+from obsflow.connectors.storage import commits, tables
+from obsflow.connectors.storage.store import Store
+from obsflow.flows.explore.explorer import open_store
 from tests.brokers import KafkaMock, MosquittoServer, NatsServer, mqtt_publish, publish
 from tests.delta import capture_commits
 

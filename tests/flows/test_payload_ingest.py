@@ -10,10 +10,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from obsflow.connectors.payloads import PayloadCorruptError, PayloadStore, payload_key
-from obsflow.connectors.reads import read_capture
-from obsflow.connectors.store import Store
-from obsflow.flows.cli import main
+from obsflow.connectors.datasets.reads import read_capture
+from obsflow.connectors.payloads.offload import PayloadCorruptError, PayloadStore, payload_key
+from obsflow.connectors.storage.store import Store
+from obsflow.flows.cli.main import main
 from tests.delta import table_frame
 
 FRAME = "frame:1024x2048:uint16"  # 4 MiB per frame

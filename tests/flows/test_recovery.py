@@ -18,13 +18,13 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from obsflow.connectors import layout
-from obsflow.connectors.commits import read_log
-from obsflow.connectors.reads import read_late
-from obsflow.connectors.simulator import SimSpec, generate
-from obsflow.connectors.store import Store
-from obsflow.flows.cli import main
-from obsflow.flows.runner import RECOVERY_FORMAT
+from obsflow.connectors.datasets.reads import read_late
+from obsflow.connectors.sources.simulator import SimSpec, generate
+from obsflow.connectors.storage import layout
+from obsflow.connectors.storage.commits import read_log
+from obsflow.connectors.storage.store import Store
+from obsflow.flows.cli.main import main
+from obsflow.flows.pipeline.runner import RECOVERY_FORMAT
 from tests.conftest import CRASH_VIEWS, ROOT, sorted_frame
 from tests.delta import table_frame
 
@@ -42,7 +42,7 @@ def ingest_cmd(
     cmd = [
         sys.executable,
         "-m",
-        "obsflow.flows.cli",
+        "obsflow.flows.cli.main",
         "ingest",
         source,
         "--store",

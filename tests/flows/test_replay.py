@@ -18,14 +18,14 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from obsflow.connectors import commits, layout
-from obsflow.connectors.commits import read_log
-from obsflow.connectors.reads import read_late, read_view
-from obsflow.connectors.store import Store
-from obsflow.connectors.views import read_view_doc, view_base
-from obsflow.flows import jobs
-from obsflow.flows.cli import main
-from obsflow.flows.viewdef import ViewDef, parse_views
+from obsflow.connectors.datasets.reads import read_late, read_view
+from obsflow.connectors.datasets.views import read_view_doc, view_base
+from obsflow.connectors.storage import commits, layout
+from obsflow.connectors.storage.commits import read_log
+from obsflow.connectors.storage.store import Store
+from obsflow.flows.cli.main import main
+from obsflow.flows.kernels.viewdef import ViewDef, parse_views
+from obsflow.flows.pipeline import jobs
 from tests.conftest import ROOT
 from tests.delta import capture_commits, table_frame
 from tests.flows.oracle import Oracle, assert_rows_match
@@ -360,7 +360,7 @@ def test_a_killed_replay_leaves_the_previous_views_intact(tmp_path: Path) -> Non
         [
             sys.executable,
             "-m",
-            "obsflow.flows.cli",
+            "obsflow.flows.cli.main",
             "replay",
             "--store",
             str(tmp_path),

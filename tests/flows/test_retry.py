@@ -13,8 +13,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from obsflow.flows.cli import main
-from obsflow.flows.explore import open_store
+from obsflow.flows.cli.main import main
+from obsflow.flows.explore.explorer import open_store
 
 GOOD = "source,time,value\n" + "".join(f"a,2024-01-01T00:{m:02d}:00Z,{m / 10}\n" for m in range(30))
 # A station logger's file: other column names. Ingested without --map, all of it is rejected;

@@ -1,4 +1,4 @@
-"""Capture partitions spread evenly over Bytewax workers: ``flows.routing`` predicts where
+"""Capture partitions spread evenly over Bytewax workers: ``flows.steps.routing`` predicts where
 Bytewax sends a key, checked against real dataflows."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ from bytewax.dataflow import Dataflow
 from bytewax.run import cli_main
 from bytewax.testing import TestingSource
 
-from obsflow.flows.routing import part_of_key, partition_key, worker_of
+from obsflow.flows.steps.routing import part_of_key, partition_key, worker_of
 
 
 class _Keep(op.StatefulBatchLogic[str, str, None]):

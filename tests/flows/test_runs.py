@@ -19,12 +19,13 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from obsflow.connectors import commits, reads, tables
-from obsflow.connectors.store import Store
-from obsflow.connectors.views import list_views
-from obsflow.flows import jobs
-from obsflow.flows.cli import main
-from obsflow.flows.viewdef import ViewDef
+from obsflow.connectors.datasets import reads
+from obsflow.connectors.datasets.views import list_views
+from obsflow.connectors.storage import commits, tables
+from obsflow.connectors.storage.store import Store
+from obsflow.flows.cli.main import main
+from obsflow.flows.kernels.viewdef import ViewDef
+from obsflow.flows.pipeline import jobs
 from tests.delta import table_frame
 from tests.flows.oracle import Oracle
 

@@ -30,12 +30,12 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from obsflow.connectors import reads
+from obsflow.connectors.datasets import reads
 from obsflow.connectors.errors import ConfigError, StoreError
-from obsflow.connectors.retry import RETRY_SECONDS_ENV, RetryPolicy
-from obsflow.connectors.store import Store
-from obsflow.flows.cli import main
-from obsflow.flows.explore import open_store
+from obsflow.connectors.storage.retry import RETRY_SECONDS_ENV, RetryPolicy
+from obsflow.connectors.storage.store import Store
+from obsflow.flows.cli.main import main
+from obsflow.flows.explore.explorer import open_store
 from tests import s3servers
 from tests.conftest import (
     CRASH_VIEWS,
@@ -63,7 +63,7 @@ def ingest_cmd(store: str, views: Path, summary: Path, *extra: str) -> list[str]
     return [
         sys.executable,
         "-m",
-        "obsflow.flows.cli",
+        "obsflow.flows.cli.main",
         "ingest",
         SIM,
         "--store",
@@ -860,9 +860,9 @@ import bytewax.operators as op
 from bytewax.dataflow import Dataflow
 from bytewax.testing import TestingSink, TestingSource
 from obsflow.connectors.errors import StoreError
-from obsflow.connectors.store import Store
-from obsflow.flows.logstep import add_log
-from obsflow.flows.runner import run_flow
+from obsflow.connectors.storage.store import Store
+from obsflow.flows.steps.logs import add_log
+from obsflow.flows.pipeline.runner import run_flow
 
 DOWN = False
 

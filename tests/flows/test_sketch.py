@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from obsflow.flows.sketch import CAP, EXACT, Sketches
+from obsflow.flows.kernels.sketch import CAP, EXACT, Sketches
 
 
 def oracle(values: np.ndarray, rows: np.ndarray, q: float) -> np.ndarray:

@@ -18,13 +18,13 @@ import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 
-from obsflow.connectors import tables
-from obsflow.connectors.commits import read_log
 from obsflow.connectors.errors import StoreError
-from obsflow.connectors.store import Store
-from obsflow.flows.cli import main
-from obsflow.flows.explore import open_store
-from obsflow.flows.viewdef import parse_views
+from obsflow.connectors.storage import tables
+from obsflow.connectors.storage.commits import read_log
+from obsflow.connectors.storage.store import Store
+from obsflow.flows.cli.main import main
+from obsflow.flows.explore.explorer import open_store
+from obsflow.flows.kernels.viewdef import parse_views
 from tests.delta import polars_frame
 from tests.flows.oracle import Oracle, assert_rows_match
 

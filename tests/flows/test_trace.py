@@ -10,8 +10,8 @@ import httpx
 import numpy as np
 import pandas as pd
 
-from obsflow.flows.cli import main
-from obsflow.flows.explore import open_store
+from obsflow.flows.cli.main import main
+from obsflow.flows.explore.explorer import open_store
 from tests.test_serve import serving
 
 VIEWS = """

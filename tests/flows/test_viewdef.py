@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from obsflow.connectors.errors import ConfigError
-from obsflow.flows.viewdef import ViewDef, load_views, parse_views, quantile_of
+from obsflow.flows.kernels.viewdef import ViewDef, load_views, parse_views, quantile_of
 
 GOOD = """
 [[view]]

@@ -9,13 +9,13 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from obsflow.connectors.reads import read_late, read_view
-from obsflow.connectors.store import Store
-from obsflow.flows import jobs
-from obsflow.flows.cli import main
-from obsflow.flows.ingest import IngestConfig, build_flow
-from obsflow.flows.runner import run_flow
-from obsflow.flows.viewdef import ViewDef, parse_views
+from obsflow.connectors.datasets.reads import read_late, read_view
+from obsflow.connectors.storage.store import Store
+from obsflow.flows.cli.main import main
+from obsflow.flows.kernels.viewdef import ViewDef, parse_views
+from obsflow.flows.pipeline import jobs
+from obsflow.flows.pipeline.ingest import IngestConfig, build_flow
+from obsflow.flows.pipeline.runner import run_flow
 from tests.conftest import BUOY, BUOY_MAP
 from tests.delta import table_frame
 

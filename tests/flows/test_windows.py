@@ -23,12 +23,12 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from obsflow.connectors.schema import TIME_TYPE
-from obsflow.connectors.store import parquet_bytes
-from obsflow.flows import windows
-from obsflow.flows.partials import running_max
-from obsflow.flows.viewdef import ViewDef
-from obsflow.flows.windows import WindowKernel
+from obsflow.connectors.formats.schema import TIME_TYPE
+from obsflow.connectors.storage.store import parquet_bytes
+from obsflow.flows.kernels import windows
+from obsflow.flows.kernels.partials import running_max
+from obsflow.flows.kernels.viewdef import ViewDef
+from obsflow.flows.kernels.windows import WindowKernel
 from tests.flows.oracle import Oracle, assert_rows_match
 
 MS = 1_000_000

@@ -1,0 +1,1 @@
+"""Pure functions over reading tables: deduplication, partitions and seq numbers."""

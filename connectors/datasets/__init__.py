@@ -1,0 +1,1 @@
+"""What a store holds, read and written: captures, views, record logs, SQL."""

@@ -1,0 +1,1 @@
+"""Readings' schema and the formats readings arrive in."""

@@ -1,0 +1,1 @@
+"""Array payloads stored by reference: the claim-check store, codecs, chunks."""

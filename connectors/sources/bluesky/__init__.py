@@ -1,0 +1,1 @@
+"""Bluesky event-model documents: their readings, files and external assets."""

@@ -1,0 +1,1 @@
+"""Pure, engine-independent batch kernels: windows, aggregates, sketches, features."""

@@ -1,0 +1,1 @@
+"""Jobs: prepare, run and finish ingests, replays and live sessions."""

@@ -1,0 +1,277 @@
+"""Live ingest: read a broker until stopped, as a sequence of short committed runs.
+
+A live session takes messages from a broker client (``connectors.brokers``) for up to
+``flush_interval`` (or ``max_messages``), runs them through the ingest dataflow as one ordinary
+run — a *cycle*, with its own run id, commit and summary — and acknowledges the messages only
+after that commit. At-least-once delivery plus identity deduplication makes the capture hold
+each reading once, whatever is killed when: messages of a cycle that never committed come
+again; messages of a cycle that committed but was not acknowledged come again as duplicates.
+
+Views carry over from cycle to cycle the way they carry over between any two runs (open
+windows continue), so live rows equal a replay of the capture. A series that has been quiet
+for ``idle_timeout`` of wall time has its open windows closed by a ``views close`` commit —
+recorded in the capture's log, so that replay closes them at the same point.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import signal
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field, replace
+from typing import Any, Protocol, TypeVar
+
+import pyarrow as pa
+import pyarrow.compute as pc
+from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
+
+from obsflow.connectors.batch import RawBatch
+from obsflow.connectors.datasets.capture import new_run_id
+from obsflow.connectors.datasets.views import list_views
+from obsflow.connectors.errors import ConfigError
+from obsflow.connectors.formats.messages import Message, check_format, decode
+from obsflow.connectors.sources.bluesky.io import raw_batch
+from obsflow.connectors.storage.commits import ConcurrentWriterError
+from obsflow.connectors.storage.store import Store
+from obsflow.flows.pipeline import jobs
+from obsflow.flows.pipeline.closing import close_view
+from obsflow.flows.pipeline.ingest import IngestConfig
+from obsflow.flows.pipeline.summary import Counts
+
+CAPTURE_WAIT = 300.0
+T = TypeVar("T")
+
+
+class BrokerClient(Protocol):
+    """What a live session needs from a broker (``connectors.brokers`` implements it)."""
+
+    def fetch(self, max_messages: int, timeout: float) -> list[Message]:
+        """Messages that arrive within ``timeout`` seconds (up to ``max_messages``)."""
+        ...
+
+    def ack(self, messages: list[Message]) -> None:
+        """Acknowledge messages: the broker will not deliver them again."""
+        ...
+
+    def drained(self) -> bool:
+        """Whether the broker holds no message for this consumer (delivered or not)."""
+        ...
+
+    def close(self) -> None: ...
+
+
+@dataclass(frozen=True)
+class LiveConfig:
+    """A live session: the broker, and the ingest every cycle runs (``ingest.inputs`` holds
+    the broker URL; ``run_id`` is drawn anew for every cycle)."""
+
+    ingest: IngestConfig
+    fmt: str = "json"
+    flush_interval: float = 1.0  # seconds: a cycle's longest wait for messages
+    max_messages: int = 50_000  # a cycle's largest batch of messages
+    idle_timeout: float | None = None  # seconds of wall time without readings from a source
+    stop_when_idle: float | None = None  # seconds without any message: the session ends
+
+    def __post_init__(self) -> None:
+        check_format(self.fmt)
+        if (self.fmt == "bluesky") != (self.ingest.format == "bluesky"):
+            raise ConfigError("a Bluesky session reads its messages and its inputs as bluesky")
+        if not self.flush_interval > 0:
+            raise ConfigError("--flush-interval must be a positive duration")
+        if self.max_messages < 1:
+            raise ConfigError("--max-batch must be at least 1")
+        for name in ("idle_timeout", "stop_when_idle"):
+            value = getattr(self, name)
+            if value is not None and not value > 0:
+                raise ConfigError(f"--{name.replace('_', '-')} must be a positive duration")
+
+    @property
+    def url(self) -> str:
+        return self.ingest.inputs[0]
+
+
+@dataclass
+class LiveResult:
+    """What a session did: its cycles' totals and summaries, and why it stopped."""
+
+    counts: Counts = field(default_factory=Counts)
+    cycles: list[dict[str, Any]] = field(default_factory=list)
+    closes: list[dict[str, Any]] = field(default_factory=list)  # idle closing commits
+    stopped: str = ""
+    seconds: float = 0.0
+
+    @property
+    def balanced(self) -> bool:
+        return self.counts.balanced
+
+
+class _Batches(StatefulSourcePartition[RawBatch, None]):
+    def __init__(self, batches: list[RawBatch]) -> None:
+        self._batches = batches
+
+    def next_batch(self) -> list[RawBatch]:
+        if not self._batches:
+            raise StopIteration
+        return [self._batches.pop(0)]
+
+    def snapshot(self) -> None:
+        return None
+
+
+class BatchesSource(FixedPartitionedSource[RawBatch, None]):
+    """The raw batches of one cycle (already in memory), as one partition."""
+
+    def __init__(self, batches: list[RawBatch]) -> None:
+        self.batches = batches
+
+    def list_parts(self) -> list[str]:
+        return ["messages"]
+
+    def build_part(self, step_id: str, for_part: str, resume_state: None) -> _Batches:
+        return _Batches(list(self.batches))
+
+
+def run_live(
+    config: LiveConfig,
+    client: BrokerClient,
+    *,
+    workers: int = 1,
+    stop: threading.Event | None = None,
+    on_cycle: Callable[[LiveResult], None] | None = None,
+) -> LiveResult:
+    """Run cycles until ``stop`` is set, or no message came for ``stop_when_idle``."""
+    stop = stop or threading.Event()
+    result = LiveResult()
+    started = last_message = time.monotonic()
+    quiet: dict[str, float] = {}  # source -> wall time of its last reading (monotonic)
+    offset = 0
+    # Bluesky documents: one stream for the session, primed with the documents the capture
+    # holds (the runs and descriptors of committed cycles, and of earlier sessions).
+    bluesky = config.ingest.bluesky_input(Store(config.ingest.store))
+    documents = bluesky.stream() if bluesky else None
+    try:
+        while not stop.is_set():
+            messages = client.fetch(config.max_messages, config.flush_interval)
+            now = time.monotonic()
+            if messages:
+                last_message = now
+                if bluesky and documents:
+                    taken = bluesky.messages(documents, [m.body for m in messages])
+                    batch = raw_batch(documents, taken, config.url, offset)
+                else:
+                    batch = decode(
+                        messages, config.fmt, config.ingest.spec, origin=config.url, offset=offset
+                    )
+                offset += batch.records
+                done = run_cycle(config.ingest, batch, workers)
+                client.ack(messages)  # only now: the cycle's readings are committed
+                result.counts = result.counts + counts_of(done.summary)
+                result.cycles.append(done.summary)
+                if config.idle_timeout is not None:
+                    for source in sources_of(batch, config.ingest.spec.column("source")):
+                        quiet[source] = now
+            if config.idle_timeout is not None:
+                idle = sorted(s for s, t in quiet.items() if now - t >= config.idle_timeout)
+                if idle:
+                    result.closes += close_idle(config.ingest, idle)
+                    for source in idle:
+                        del quiet[source]
+            if on_cycle is not None:
+                on_cycle(result)
+            if (
+                config.stop_when_idle is not None
+                and now - last_message >= config.stop_when_idle
+                and client.drained()  # not merely waiting for messages a killed run took
+            ):
+                result.stopped = f"no message for {config.stop_when_idle:g} s"
+                break
+        else:
+            result.stopped = "stopped"
+    finally:
+        result.seconds = time.monotonic() - started
+        client.close()
+    return result
+
+
+def run_cycle(ingest: IngestConfig, batch: RawBatch, workers: int) -> jobs.RunResult:
+    """One cycle: an ordinary ingest run of the batch."""
+
+    def once() -> jobs.RunResult:
+        cycle = replace(ingest, run_id=new_run_id(), live=True, progress=False)
+        return jobs.execute(cycle, workers=workers, source=BatchesSource([batch]))
+
+    return waiting_for_the_capture(once)
+
+
+def waiting_for_the_capture(job: Callable[[], T]) -> T:
+    """Run ``job``; while another job holds the capture (a compaction, a ``views close``),
+    wait for it and try again (up to ``CAPTURE_WAIT`` seconds)."""
+    deadline = time.monotonic() + CAPTURE_WAIT
+    while True:
+        try:
+            return job()
+        except ConcurrentWriterError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.5)
+
+
+def close_idle(config: IngestConfig, sources: list[str]) -> list[dict[str, Any]]:
+    """Close the open windows of quiet sources in every view of the capture (one commit per
+    view, which replay repeats at the same point)."""
+    store = Store(config.store)
+    views = [m["name"] for m in list_views(store) if m.get("capture") == config.capture]
+
+    def close(view: str) -> dict[str, Any]:
+        return waiting_for_the_capture(
+            lambda: close_view(store, view, new_run_id(), sources=sources)
+        )
+
+    return [close(view) for view in views]
+
+
+def sources_of(batch: RawBatch, column: str) -> list[str]:
+    """The distinct sources of a batch's records (what idle tracking needs, columnar)."""
+    if column not in batch.table.column_names or not batch.table.num_rows:
+        return []
+    values = pc.unique(batch.table.column(column).cast(pa.string()))
+    return [str(v) for v in values.to_pylist() if v is not None]
+
+
+def counts_of(summary: dict[str, Any]) -> Counts:
+    """A cycle's counts from its run summary."""
+    return Counts(
+        input=summary["input"],
+        accepted=summary["accepted"],
+        rejected=summary["rejected"],
+        duplicates=summary["duplicates"],
+        late=dict(summary.get("late", {})),
+        reasons=dict(summary.get("rejected_by_reason", {})),
+        records=summary.get("records", 0),
+        documents=summary.get("documents", 0),
+    )
+
+
+@contextlib.contextmanager
+def stop_on_signals() -> Iterator[threading.Event]:
+    """SIGINT and SIGTERM set the event: the session finishes its cycle (commit, ack) and
+    stops, keeping its open windows open."""
+    stop = threading.Event()
+
+    def handler(signum: int, frame: Any) -> None:
+        stop.set()
+        print(
+            f"\nobsflow: {signal.Signals(signum).name}: finishing the current cycle, then stopping",
+            file=sys.stderr,
+            flush=True,
+        )
+
+    previous = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield stop
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h)

@@ -1,0 +1,1 @@
+"""Bytewax steps: the thin layer between the dataflow and the kernels."""
