@@ -36,6 +36,9 @@ def test_pip_install_puts_only_obsflow_in_site_packages(tmp_path: Path) -> None:
     assert not (site / "connectors").exists()
     assert (site / "obsflow" / "flows" / "cli.py").is_file()
     assert (site / "obsflow" / "connectors" / "store.py").is_file()
+    # The web app: its package (listed in pyproject) and its static files (package data).
+    assert (site / "obsflow" / "flows" / "serve" / "app.py").is_file()
+    assert (site / "obsflow" / "flows" / "static" / "app.js").is_file()
     # The modules import by their installed names (a stdlib-only check: no dependencies here).
     check = "import importlib.util as u; print(u.find_spec('obsflow.flows.cli').origin)"
     origin = subprocess.run(
