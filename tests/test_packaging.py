@@ -41,6 +41,7 @@ def test_pip_install_puts_only_obsflow_in_site_packages(tmp_path: Path) -> None:
             package = init.parent.relative_to(ROOT)
             for module in init.parent.glob("*.py"):
                 assert (site / "obsflow" / package / module.name).is_file(), module
+    assert (site / "obsflow" / "flows" / "static" / "app.js").is_file()  # (package data)
     # The modules import by their installed names (a stdlib-only check: no dependencies here).
     check = "import importlib.util as u; print(u.find_spec('obsflow.flows.cli.main').origin)"
     origin = subprocess.run(

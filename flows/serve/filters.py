@@ -1,0 +1,78 @@
+"""A request's filters (``source``, ``channel``, ``from``, ``until``, ``limit``, ``trace_id``):
+checked once, pushed down to the reads, and applied to a live commit's rows."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from obsflow.connectors.errors import ConfigError
+from obsflow.flows.kernels.json_records import json_array
+
+MAX_LIMIT = 1_000_000
+
+
+@dataclass(frozen=True)
+class Filters:
+    sources: tuple[str, ...] = ()
+    channels: tuple[str, ...] = ()
+    start: str | None = None
+    until: str | None = None
+    limit: int | None = None
+    traces: tuple[str, ...] = ()  # trace_id=... (captures, late readings, dead letters)
+
+    @classmethod
+    def of(cls, query: Any) -> Filters:
+        limit = query.get("limit")
+        try:
+            n = None if limit in (None, "") else int(limit)
+        except ValueError:
+            raise ConfigError(f"limit={limit!r} is not a whole number") from None
+        if n is not None and not 0 <= n <= MAX_LIMIT:
+            raise ConfigError(f"limit must be between 0 and {MAX_LIMIT:,}")
+        for key in ("from", "until"):
+            value = query.get(key)
+            if value:
+                try:
+                    pd.Timestamp(value)
+                except ValueError:
+                    raise ConfigError(f"{key}={value!r} is not an ISO-8601 time") from None
+        return cls(
+            sources=tuple(query.getlist("source")),
+            channels=tuple(query.getlist("channel")),
+            start=query.get("from") or None,
+            until=query.get("until") or None,
+            limit=n,
+            traces=tuple(query.getlist("trace_id")),
+        )
+
+    @property
+    def trace_ids(self) -> list[str] | None:
+        return list(self.traces) or None
+
+    @property
+    def read_args(self) -> dict[str, Any]:
+        return {
+            "sources": list(self.sources) or None,
+            "channels": list(self.channels) or None,
+            "start": self.start,
+            "until": self.until,
+        }
+
+    def rows_json(self, rows: pa.Table, texts: pa.LargeStringArray) -> str:
+        """The JSON array of the rows of ``rows`` (a commit's; ``texts`` its rows' JSON) that
+        this subscription shows."""
+        mask = None
+        for column, values in (("source", self.sources), ("channel", self.channels)):
+            if values and column in rows.column_names:
+                m = pc.is_in(rows.column(column), value_set=pa.array(values, pa.string()))
+                mask = m if mask is None else pc.and_(mask, m)
+        if mask is None:
+            return json_array(texts)
+        if isinstance(mask, pa.ChunkedArray):  # (a commit's rows come from several objects)
+            mask = mask.combine_chunks()
+        return json_array(texts.filter(mask))
