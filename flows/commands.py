@@ -18,7 +18,6 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from obsflow.connectors.bluesky_io import BlueskyInput
-from obsflow.connectors.brokers import BrokerURL, connect, is_broker_url, publisher
 from obsflow.connectors.capture import capture_info, new_run_id, open_capture
 from obsflow.connectors.commits import commit_at, parse_as_of
 from obsflow.connectors.compaction import compact, vacuum
@@ -28,6 +27,7 @@ from obsflow.connectors.ids import check_name
 from obsflow.connectors.migrate import check_layout, migrate
 from obsflow.connectors.schema import InputSpec
 from obsflow.connectors.simulator import SimSpec, generate, parse_duration_ns
+from obsflow.connectors.sources.brokers import BrokerURL, connect, is_broker_url, publisher
 from obsflow.connectors.store import Store
 from obsflow.flows import ingest, jobs, live, replay
 from obsflow.flows.closing import close_view

@@ -27,8 +27,8 @@ import pandas as pd
 import pytest
 
 from obsflow.connectors import commits, reads, tables, views
-from obsflow.connectors.brokers import connect
 from obsflow.connectors.simulator import SimSpec, generate
+from obsflow.connectors.sources.brokers import connect
 from obsflow.connectors.store import Store
 from obsflow.flows.explore import open_store
 from tests.brokers import KafkaMock, MosquittoServer, NatsServer, mqtt_publish, publish
