@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import importlib
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 from urllib.parse import urlsplit
@@ -76,57 +76,6 @@ class BrokerPublisher(Protocol):
     def close(self) -> None: ...
 
 
-class ClientFactory(Protocol):
-    """A scheme's client class: opens its connection in the constructor."""
-
-    def __call__(
-        self,
-        broker: BrokerURL,
-        topics: list[str],
-        consumer: str,
-        *,
-        stream: str | None,
-        max_in_flight: int,
-    ) -> BrokerClient: ...
-
-
-class PublisherFactory(Protocol):
-    """A scheme's publisher class."""
-
-    def __call__(self, broker: BrokerURL, topic: str) -> BrokerPublisher: ...
-
-
-@dataclass(frozen=True)
-class Scheme:
-    """What serves a URL scheme. ``client`` and ``publisher`` are classes, or ``module:Class``
-    names (a leading ``.`` is this package) imported when the scheme is first used; ``library``
-    is the client library's import name and ``package`` what pip installs it as."""
-
-    client: str | ClientFactory
-    publisher: str | PublisherFactory | None
-    port: int  # the default port
-    library: str | None = None
-    package: str | None = None
-
-
-SCHEMES: dict[str, Scheme] = {
-    "nats": Scheme(".nats:NatsClient", ".nats:NatsPublisher", 4222, "nats", "nats-py"),
-    "mqtt": Scheme(
-        ".mqtt:MqttClient", ".mqtt:MqttPublisher", 1883, "paho.mqtt.client", "paho-mqtt"
-    ),
-    "mqtts": Scheme(
-        ".mqtt:MqttClient", ".mqtt:MqttPublisher", 8883, "paho.mqtt.client", "paho-mqtt"
-    ),
-    "kafka": Scheme(
-        ".kafka:KafkaClient", ".kafka:KafkaPublisher", 9092, "confluent_kafka", "confluent-kafka"
-    ),
-}
-
-
-def is_broker_url(url: str) -> bool:
-    return url.partition("://")[0] in SCHEMES and "://" in url
-
-
 @dataclass(frozen=True)
 class BrokerURL:
     scheme: str
@@ -162,6 +111,59 @@ class BrokerURL:
         return f"{self.scheme}://" + ",".join(f"{h}:{p}" for h, p in self.hosts)
 
 
+@dataclass(frozen=True)
+class Subscription:
+    """What a client reads: ``topics`` at ``broker`` as consumer ``consumer``, with at most
+    ``max_in_flight`` messages delivered and not acknowledged (``stream``: JetStream's, where
+    the scheme has streams)."""
+
+    broker: BrokerURL
+    topics: tuple[str, ...]
+    consumer: str
+    stream: str | None = None
+    max_in_flight: int = 100_000
+
+    def describe(self, kind: str) -> str:
+        """A client's repr: where and what it reads (never a credential)."""
+        return f"{kind}({self.broker}, topics={list(self.topics)!r}, consumer={self.consumer!r})"
+
+
+# A scheme's client class (it connects in its constructor), and its publisher class.
+ClientFactory = Callable[[Subscription], BrokerClient]
+PublisherFactory = Callable[[BrokerURL, str], BrokerPublisher]
+
+
+@dataclass(frozen=True)
+class Scheme:
+    """What serves a URL scheme. ``client`` and ``publisher`` are classes, or ``module:Class``
+    names (a leading ``.`` is this package) imported when the scheme is first used; ``library``
+    is the client library's import name and ``package`` what pip installs it as."""
+
+    client: str | ClientFactory
+    publisher: str | PublisherFactory | None
+    port: int  # the default port
+    library: str | None = None
+    package: str | None = None
+
+
+SCHEMES: dict[str, Scheme] = {
+    "nats": Scheme(".nats:NatsClient", ".nats:NatsPublisher", 4222, "nats", "nats-py"),
+    "mqtt": Scheme(
+        ".mqtt:MqttClient", ".mqtt:MqttPublisher", 1883, "paho.mqtt.client", "paho-mqtt"
+    ),
+    "mqtts": Scheme(
+        ".mqtt:MqttClient", ".mqtt:MqttPublisher", 8883, "paho.mqtt.client", "paho-mqtt"
+    ),
+    "kafka": Scheme(
+        ".kafka:KafkaClient", ".kafka:KafkaPublisher", 9092, "confluent_kafka", "confluent-kafka"
+    ),
+}
+
+
+def is_broker_url(url: str) -> bool:
+    return url.partition("://")[0] in SCHEMES and "://" in url
+
+
 def check_consumer(name: str) -> str:
     if not CONSUMER_RE.fullmatch(name or ""):
         raise ConfigError(f"--consumer {name!r}: use [A-Za-z0-9_-]{{1,64}}")
@@ -182,7 +184,7 @@ def connect(
         raise ConfigError(f"{broker.scheme}:// needs --topic")
     check_consumer(consumer)
     factory: ClientFactory = _load(SCHEMES[broker.scheme].client)
-    return factory(broker, list(topics), consumer, stream=stream, max_in_flight=max_in_flight)
+    return factory(Subscription(broker, tuple(topics), consumer, stream, max_in_flight))
 
 
 def publisher(url: str, topic: str) -> BrokerPublisher:

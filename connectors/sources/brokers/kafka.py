@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from obsflow.connectors.messages import Message, text_headers
 from obsflow.connectors.retry import reason
-from obsflow.connectors.sources.brokers import BrokerError, BrokerURL, client_library
+from obsflow.connectors.sources.brokers import BrokerError, BrokerURL, Subscription, client_library
 from obsflow.connectors.sources.brokers.common import Outage, login, retry_seconds
 
 if TYPE_CHECKING:
@@ -63,31 +63,24 @@ class KafkaClient:
     REFRESH_SECONDS = 2.0  # topics matching a pattern, and new partitions, found this soon
     _OUTAGE = frozenset((-195, -187, -169))  # _TRANSPORT, _ALL_BROKERS_DOWN, _AUTHENTICATION
 
-    def __init__(
-        self,
-        broker: BrokerURL,
-        topics: list[str],
-        consumer: str,
-        *,
-        stream: str | None,
-        max_in_flight: int,
-    ) -> None:
+    def __init__(self, sub: Subscription) -> None:
         kafka = client_library("kafka")
-        self.broker, self.topics, self.consumer = broker, topics, consumer
+        self.sub = sub
+        self.broker, self.topics, self.consumer = sub.broker, list(sub.topics), sub.consumer
         self._kafka = kafka
         self._c = kafka.Consumer(
-            kafka_settings(broker)
+            kafka_settings(sub.broker)
             | {
-                "group.id": consumer,
+                "group.id": sub.consumer,
                 "enable.auto.commit": False,
                 "auto.offset.reset": "earliest",
                 "queued.max.messages.kbytes": KAFKA_PREFETCH_KIB,
             }
         )
-        self._patterns = [re.compile(t) for t in topics if t.startswith("^")]
+        self._patterns = [re.compile(t) for t in sub.topics if t.startswith("^")]
         self._assigned: set[tuple[str, int]] = set()
         self._refreshed = -math.inf
-        self._outage = Outage(f"Kafka at {broker} unavailable")
+        self._outage = Outage(f"Kafka at {sub.broker} unavailable")
         self._refresh()
 
     def _refresh(self) -> None:
@@ -126,7 +119,7 @@ class KafkaClient:
         self._outage.failed(text)
 
     def __repr__(self) -> str:
-        return f"KafkaClient({self.broker}, topics={self.topics!r}, consumer={self.consumer!r})"
+        return self.sub.describe("KafkaClient")
 
     def fetch(self, max_messages: int, timeout: float) -> list[Message]:
         if time.monotonic() - self._refreshed > self.REFRESH_SECONDS:

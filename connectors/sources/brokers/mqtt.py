@@ -12,7 +12,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from obsflow.connectors.messages import Message, text_headers
-from obsflow.connectors.sources.brokers import BrokerError, BrokerURL, client_library
+from obsflow.connectors.sources.brokers import BrokerError, BrokerURL, Subscription, client_library
 from obsflow.connectors.sources.brokers.common import Outage, login, retry_seconds
 
 if TYPE_CHECKING:
@@ -52,26 +52,19 @@ class MqttClient:
 
     SESSION_SECONDS = 7 * 24 * 3600
 
-    def __init__(
-        self,
-        broker: BrokerURL,
-        topics: list[str],
-        consumer: str,
-        *,
-        stream: str | None,
-        max_in_flight: int,
-    ) -> None:
-        self.broker, self.topics, self.consumer = broker, topics, consumer
+    def __init__(self, sub: Subscription) -> None:
+        self.sub = sub
+        self.broker, self.topics, self.consumer = sub.broker, list(sub.topics), sub.consumer
         self._queue: list[Message] = []
         # messages held at most (see ``_on_message``)
-        self._most = max(1, min(max_in_flight, MAX_RECEIVE))
+        self._most = max(1, min(sub.max_in_flight, MAX_RECEIVE))
         self._closing = False
         self._ready = threading.Condition()
         self._connected = threading.Event()
         self._answered = threading.Event()  # connected, or the login was refused
         self._refused: str | None = None
-        self._outage = Outage(f"MQTT broker at {broker} unreachable", away=True)
-        self.client = paho_client(broker, client_id=consumer, manual_ack=True)
+        self._outage = Outage(f"MQTT broker at {sub.broker} unreachable", away=True)
+        self.client = paho_client(sub.broker, client_id=sub.consumer, manual_ack=True)
         self.client.on_connect = self._on_connect
         self.client.on_disconnect = self._on_disconnect
         self.client.on_message = self._on_message
@@ -102,7 +95,7 @@ class MqttClient:
             )
 
     def __repr__(self) -> str:
-        return f"MqttClient({self.broker}, topics={self.topics!r}, consumer={self.consumer!r})"
+        return self.sub.describe("MqttClient")
 
     def _on_connect(self, client: Any, userdata: Any, flags: Any, reason: Any, props: Any) -> None:
         if reason.is_failure:

@@ -21,6 +21,7 @@ from obsflow.connectors.sources.brokers import (
     CONSUMER_RE,
     BrokerError,
     BrokerURL,
+    Subscription,
     client_library,
 )
 from obsflow.connectors.sources.brokers.common import Loop, Outage, login, retry_seconds
@@ -66,27 +67,20 @@ def connect_options(broker: BrokerURL) -> dict[str, Any]:
 class NatsClient:
     """JetStream durable pull consumers, one per topic (see the module docstring)."""
 
-    def __init__(
-        self,
-        broker: BrokerURL,
-        topics: list[str],
-        consumer: str,
-        *,
-        stream: str | None,
-        max_in_flight: int,
-    ) -> None:
-        self.broker, self.topics, self.consumer = broker, topics, consumer
+    def __init__(self, sub: Subscription) -> None:
+        self.sub = sub
+        self.broker, self.topics, self.consumer = sub.broker, list(sub.topics), sub.consumer
         self._nats = client_library("nats")
         self._loop = Loop("obsflow-nats")
-        self._outage = Outage(f"NATS at {broker} unavailable")
+        self._outage = Outage(f"NATS at {sub.broker} unavailable")
         self._message_bytes = 64 * 1024  # a cautious guess until messages were seen
         self.last_error = ""
-        self._loop.open(self._connect(stream, max_in_flight))
+        self._loop.open(self._connect())
 
     def __repr__(self) -> str:
-        return f"NatsClient({self.broker}, topics={self.topics!r}, consumer={self.consumer!r})"
+        return self.sub.describe("NatsClient")
 
-    async def _connect(self, stream: str | None, max_in_flight: int) -> None:
+    async def _connect(self) -> None:
         async def quiet(exc: Exception) -> None:
             """Without an error callback nats-py prints a traceback per reconnect attempt;
             the session reports an outage itself (``_wait_out``)."""
@@ -110,11 +104,12 @@ class NatsClient:
                 await asyncio.sleep(0.5)
         self.js = self.nc.jetstream()
         self.subs = []
+        stream = self.sub.stream
         for topic in self.topics:
             name = await self._named(stream, topic) if stream else await self._stream_of(topic)
-            self.subs.append(await self._subscribe(topic, name, max_in_flight))
+            self.subs.append(await self._subscribe(topic, name))
 
-    async def _subscribe(self, topic: str, name: str, max_in_flight: int) -> Any:
+    async def _subscribe(self, topic: str, name: str) -> Any:
         """A durable pull consumer of ``topic`` on stream ``name``, with this session's
         bounds."""
         from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
@@ -127,7 +122,7 @@ class NatsClient:
             # Messages a killed session took come again after this: short, so a rerun
             # catches up soon; every cycle acks well within it.
             ack_wait=float(os.environ.get("OBSFLOW_NATS_ACK_WAIT", "30")),
-            max_ack_pending=max_in_flight,
+            max_ack_pending=self.sub.max_in_flight,
         )
         try:
             sub = await self.js.pull_subscribe(topic, durable=durable, stream=name, config=config)
