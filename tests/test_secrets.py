@@ -391,7 +391,7 @@ def test_broker_credentials_from_the_environment_are_never_shown_or_kept(
     """A NATS server that needs a user and password: a live ingest with them in the environment
     works and shows or keeps them nowhere; with a wrong password it fails in one line without
     them; a URL that carries credentials is refused without echoing them."""
-    from obsflow.connectors.brokers import BrokerURL, connect
+    from obsflow.connectors.sources.brokers import BrokerURL, connect
     from obsflow.flows.pipeline.live import LiveConfig
     from tests.brokers import NatsServer, publish
 
@@ -461,7 +461,7 @@ def test_mqtt_credentials_from_the_environment_are_never_shown_or_kept(
     """A Mosquitto that takes one user with a password (``password_file``, no anonymous
     clients): a live ingest with them in the environment works and shows or keeps them nowhere;
     a wrong password is refused at once in one line without them."""
-    from obsflow.connectors.brokers import connect
+    from obsflow.connectors.sources.brokers import connect
     from tests.brokers import MosquittoServer, mqtt_publish
 
     server = MosquittoServer(tmp_path / "mq", user="obsflow", password=SECRET).start()
@@ -507,7 +507,7 @@ def test_kafka_credentials_from_the_environment_are_never_shown_or_kept(
     Kafka here) has no SASL, so the login cannot succeed: the session stops after the broker
     budget in one line that holds no secret, and neither the client's repr nor its output
     shows it."""
-    from obsflow.connectors.brokers import connect
+    from obsflow.connectors.sources.brokers import connect
     from tests.brokers import KafkaMock
 
     mock = KafkaMock()

@@ -1,7 +1,7 @@
 """Broker messages as raw batches: the one place where message bodies become tables.
 
-A live source (``connectors.brokers``) hands over ``Message`` objects — body, topic, broker
-time. ``decode`` turns a list of them into one ``RawBatch``, column by column:
+A live source (``connectors.sources.brokers``) hands over ``Message`` objects — body, topic,
+broker time. ``decode`` turns a list of them into one ``RawBatch``, column by column:
 
 - ``json``: each body is one reading object, an array of them, or a bare number (the value,
   as MQTT sensors often publish). Bodies that are all objects go through Arrow's JSON reader

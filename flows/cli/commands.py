@@ -17,12 +17,12 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from obsflow.connectors.brokers import BrokerURL, connect, is_broker_url, publisher
 from obsflow.connectors.datasets.capture import capture_info, new_run_id, open_capture
 from obsflow.connectors.errors import ConfigError
 from obsflow.connectors.formats.schema import InputSpec
 from obsflow.connectors.ids import check_name
 from obsflow.connectors.sources.bluesky.io import BlueskyInput
+from obsflow.connectors.sources.brokers import BrokerURL, connect, is_broker_url, publisher
 from obsflow.connectors.sources.files import write_table
 from obsflow.connectors.sources.simulator import SimSpec, generate, parse_duration_ns
 from obsflow.connectors.storage.commits import commit_at, parse_as_of

@@ -1,6 +1,6 @@
 """Live ingest: read a broker until stopped, as a sequence of short committed runs.
 
-A live session takes messages from a broker client (``connectors.brokers``) for up to
+A live session takes messages from a broker client (``connectors.sources.brokers``) for up to
 ``flush_interval`` (or ``max_messages``), runs them through the ingest dataflow as one ordinary
 run — a *cycle*, with its own run id, commit and summary — and acknowledges the messages only
 after that commit. At-least-once delivery plus identity deduplication makes the capture hold
@@ -22,7 +22,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
-from typing import Any, Protocol, TypeVar
+from typing import Any, TypeVar
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -32,8 +32,9 @@ from obsflow.connectors.batch import RawBatch
 from obsflow.connectors.datasets.capture import new_run_id
 from obsflow.connectors.datasets.views import list_views
 from obsflow.connectors.errors import ConfigError
-from obsflow.connectors.formats.messages import Message, check_format, decode
+from obsflow.connectors.formats.messages import check_format, decode
 from obsflow.connectors.sources.bluesky.io import raw_batch
+from obsflow.connectors.sources.brokers import BrokerClient
 from obsflow.connectors.storage.commits import ConcurrentWriterError
 from obsflow.connectors.storage.store import Store
 from obsflow.flows.pipeline import jobs
@@ -43,24 +44,6 @@ from obsflow.flows.pipeline.summary import Counts
 
 CAPTURE_WAIT = 300.0
 T = TypeVar("T")
-
-
-class BrokerClient(Protocol):
-    """What a live session needs from a broker (``connectors.brokers`` implements it)."""
-
-    def fetch(self, max_messages: int, timeout: float) -> list[Message]:
-        """Messages that arrive within ``timeout`` seconds (up to ``max_messages``)."""
-        ...
-
-    def ack(self, messages: list[Message]) -> None:
-        """Acknowledge messages: the broker will not deliver them again."""
-        ...
-
-    def drained(self) -> bool:
-        """Whether the broker holds no message for this consumer (delivered or not)."""
-        ...
-
-    def close(self) -> None: ...
 
 
 @dataclass(frozen=True)

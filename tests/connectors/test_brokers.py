@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from obsflow.connectors.brokers import subjects_overlap
+from obsflow.connectors.sources.brokers.nats import subjects_overlap
 
 
 @pytest.mark.parametrize(

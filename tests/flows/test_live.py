@@ -26,8 +26,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from obsflow.connectors.brokers import connect
 from obsflow.connectors.datasets import reads, views
+from obsflow.connectors.sources.brokers import connect
 from obsflow.connectors.sources.simulator import SimSpec, generate
 from obsflow.connectors.storage import commits, tables
 from obsflow.connectors.storage.store import Store
