@@ -42,7 +42,7 @@ from obsflow.flows.cli.main import main
 from obsflow.flows.kernels.viewdef import ViewDef
 from obsflow.flows.pipeline import ingest, jobs, replay
 from obsflow.flows.pipeline.finish import Finish
-from obsflow.flows.pipeline.summary import FinishSink
+from obsflow.flows.steps.summary import FinishSink
 from tests import s3servers
 from tests.conftest import ROOT, TEST_KEY, TEST_SECRET, create_bucket, point_aws_env
 from tests.faultproxy import FaultProxy

@@ -33,7 +33,7 @@ from obsflow.flows.kernels.viewdef import load_views, stored_views, with_latenes
 from obsflow.flows.pipeline import ingest, jobs, live, replay
 from obsflow.flows.pipeline.closing import close_view
 from obsflow.flows.pipeline.runner import Cluster, Recovery
-from obsflow.flows.pipeline.summary import Progress, summary_dict
+from obsflow.flows.steps.summary import Progress, summary_dict
 
 
 def say(text: str) -> None:

@@ -30,7 +30,7 @@ from obsflow.connectors.storage.store import Store
 from obsflow.flows.kernels.viewdef import ViewDef
 from obsflow.flows.kernels.windows import WindowKernel
 from obsflow.flows.pipeline.finish import Finish
-from obsflow.flows.pipeline.summary import Counts, wrote
+from obsflow.flows.steps.summary import Counts, wrote
 
 RETRIES = 3
 

@@ -27,7 +27,7 @@ from obsflow.connectors.storage import commits, layout, tables
 from obsflow.connectors.storage.commits import Commit, Intent
 from obsflow.connectors.storage.store import Store
 from obsflow.connectors.storage.tables import DataFile, TableChange
-from obsflow.flows.pipeline.summary import Counts, summary_dict
+from obsflow.flows.steps.summary import Counts, summary_dict
 
 
 def log_tables() -> dict[str, tuple[Any, dict[str, Any]]]:

@@ -61,12 +61,12 @@ from obsflow.flows.kernels.viewdef import (
 )
 from obsflow.flows.pipeline.finish import Finish
 from obsflow.flows.pipeline.runner import check_cluster_run_id
-from obsflow.flows.pipeline.summary import Counts, add_summary
 from obsflow.flows.steps.capture import CaptureLogic
 from obsflow.flows.steps.chunks import ChunkLogic, Step
 from obsflow.flows.steps.logs import add_log
 from obsflow.flows.steps.payloads import offload_batch
 from obsflow.flows.steps.routing import partition_key
+from obsflow.flows.steps.summary import Counts, add_summary
 from obsflow.flows.steps.views import add_view
 
 

@@ -54,7 +54,7 @@ from obsflow.flows.pipeline.runner import (
     free_port,
     run_flow,
 )
-from obsflow.flows.pipeline.summary import Counts, summary_dict
+from obsflow.flows.steps.summary import Counts, summary_dict
 
 Config = ingest_flow.IngestConfig | replay_flow.ReplayConfig
 RETRIES = 3

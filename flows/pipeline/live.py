@@ -40,7 +40,7 @@ from obsflow.connectors.storage.store import Store
 from obsflow.flows.pipeline import jobs
 from obsflow.flows.pipeline.closing import close_view
 from obsflow.flows.pipeline.ingest import IngestConfig
-from obsflow.flows.pipeline.summary import Counts
+from obsflow.flows.steps.summary import Counts
 
 CAPTURE_WAIT = 300.0
 T = TypeVar("T")

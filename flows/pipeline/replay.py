@@ -56,8 +56,8 @@ from obsflow.connectors.storage.store import DEFAULT_STORE, Store
 from obsflow.flows.kernels.viewdef import ViewDef, stored_views, views_option
 from obsflow.flows.pipeline.finish import Finish
 from obsflow.flows.pipeline.runner import check_cluster_run_id
-from obsflow.flows.pipeline.summary import Counts, add_summary
 from obsflow.flows.steps.routing import partition_key
+from obsflow.flows.steps.summary import Counts, add_summary
 from obsflow.flows.steps.views import ViewTarget, add_view
 
 

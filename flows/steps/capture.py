@@ -17,7 +17,7 @@ from obsflow.connectors.datasets.capture import PartitionWriter, StateRef, Write
 from obsflow.connectors.formats.schema import REJECT_SCHEMA
 from obsflow.connectors.storage.store import Store
 from obsflow.connectors.storage.tables import DataFile
-from obsflow.flows.pipeline.summary import Counts, wrote
+from obsflow.flows.steps.summary import Counts, wrote
 
 PartTable = tuple[int, pa.Table]  # (capture partition, readings)
 _NO_REJECTS = REJECT_SCHEMA.empty_table()

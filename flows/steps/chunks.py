@@ -26,7 +26,7 @@ from bytewax.operators import StatefulBatchLogic
 from obsflow.connectors.formats.schema import REJECT_SCHEMA, TIME_TYPE
 from obsflow.connectors.payloads.chunks import ChunkAssembler, ChunkOutput, IncompleteSet
 from obsflow.connectors.payloads.offload import PayloadStore
-from obsflow.flows.pipeline.summary import Counts
+from obsflow.flows.steps.summary import Counts
 
 CHUNK_COLUMNS = ("_chunk_id", "_chunk_index", "_chunk_count")
 PartTable = tuple[int, pa.Table]

@@ -19,8 +19,8 @@ from bytewax.operators import StatefulBatchLogic
 from obsflow.connectors.datasets.sinks import ChunkLog
 from obsflow.connectors.storage.store import Store
 from obsflow.connectors.storage.tables import DataFile
-from obsflow.flows.pipeline.summary import Counts, wrote
 from obsflow.flows.steps.routing import part_of_key
+from obsflow.flows.steps.summary import Counts, wrote
 
 LogState = tuple[int, int, list[DataFile]]  # (partition, next chunk, files not reported yet)
 

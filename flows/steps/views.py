@@ -36,8 +36,8 @@ from obsflow.connectors.storage import layout
 from obsflow.connectors.storage.store import Store
 from obsflow.flows.kernels.viewdef import ViewDef
 from obsflow.flows.kernels.windows import WindowKernel
-from obsflow.flows.pipeline.summary import Counts, wrote
 from obsflow.flows.steps.logs import add_log
+from obsflow.flows.steps.summary import Counts, wrote
 
 FLUSH_ROWS = 200_000
 """Final rows a view step holds before it writes them (uncommitted) without a snapshot."""

@@ -28,7 +28,7 @@ from obsflow.connectors.storage import commits
 from obsflow.connectors.storage.commits import Commit
 from obsflow.connectors.storage.store import Store
 from obsflow.flows.pipeline.finish import Finish
-from obsflow.flows.pipeline.summary import wrote
+from obsflow.flows.steps.summary import wrote
 
 
 def readings(sources: list[str], seq: list[int | None] | None = None, start: int = 0) -> pa.Table:

@@ -21,7 +21,7 @@ from obsflow.flows.cli.main import main
 from obsflow.flows.pipeline import jobs
 from obsflow.flows.pipeline.ingest import IngestConfig, build_flow, normalize_batch
 from obsflow.flows.pipeline.runner import run_flow
-from obsflow.flows.pipeline.summary import Counts
+from obsflow.flows.steps.summary import Counts
 from tests.conftest import BUOY, BUOY_MAP, ROOT, sorted_frame
 from tests.delta import files_in_order, table_frame
 
