@@ -3,19 +3,20 @@
 
 from __future__ import annotations
 
-from obsflow.flows.cli.options import Subparsers, add_limit, group, lazy
+from obsflow.flows.cli.options import Help, Subparsers, add_limit, group, lazy
 
-EXAMPLES = {
-    "bluesky": """\
+HELP = {
+    "bluesky": Help(
+        "Bluesky runs held by a capture: list them, export one",
+        """\
   obsflow bluesky runs --capture beamline    (after obsflow ingest --format bluesky ...)
   obsflow bluesky export --capture beamline --run 5f1c...e2 -o run.jsonl""",
+    ),
 }
 
 
 def add_parser(sub: Subparsers) -> None:
-    bluesky = group(
-        sub, "bluesky", "Bluesky runs held by a capture: list them, export one", EXAMPLES["bluesky"]
-    )
+    bluesky = group(sub, "bluesky", HELP["bluesky"])
     ap = bluesky.action(
         "runs",
         "the Bluesky runs of a capture: uid, plan, scan id, start, stop, exit status, events",

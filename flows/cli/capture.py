@@ -3,41 +3,47 @@ and archive one (``commands``)."""
 
 from __future__ import annotations
 
-from obsflow.flows.cli.options import Subparsers, add_as_of, add_filters, add_limit, group, lazy
+from obsflow.flows.cli.options import (
+    Help,
+    Subparsers,
+    add_as_of,
+    add_filters,
+    add_limit,
+    group,
+    lazy,
+)
 
-EXAMPLES = {
-    "capture": """\
+HELP = {
+    "capture": Help(
+        "list captures, describe one, show or export its readings",
+        """\
   obsflow capture list
   obsflow capture info buoy
   obsflow capture show buoy --source b01 --channel sst -o b01.parquet
   obsflow capture verify buoy
   obsflow capture compact live
   obsflow capture archive buoy --before 2025-01-01 --to s3://cold-bucket/obs""",
+    ),
 }
 
 
 def add_parser(sub: Subparsers) -> None:
-    capture = group(
-        sub,
-        "capture",
-        "list captures, describe one, show or export its readings",
-        EXAMPLES["capture"],
-    )
+    capture = group(sub, "capture", HELP["capture"])
     capture.action("list", "the store's captures", lazy("show", "cmd_capture"))
     ap = capture.action(
         "info",
         "one capture: readings, sources, time span, files, commits",
         lazy("show", "cmd_capture"),
+        named="the capture",
     )
-    ap.add_argument("name", metavar="NAME", help="the capture")
     ap.add_argument("--json", action="store_true", help="as JSON")
     add_as_of(ap, "the capture")
     ap = capture.action(
         "show",
         "a capture's readings (or -o FILE: all of them, to a file)",
         lazy("show", "cmd_capture"),
+        named="the capture",
     )
-    ap.add_argument("name", metavar="NAME", help="the capture")
     add_filters(ap, "readings")
     add_as_of(ap, "the capture")
     add_limit(ap)
@@ -45,16 +51,16 @@ def add_parser(sub: Subparsers) -> None:
         "verify",
         "check that every payload reference resolves and matches",
         lazy("show", "cmd_capture"),
+        named="the capture",
     )
-    ap.add_argument("name", metavar="NAME", help="the capture")
     ap = capture.action(
         "compact",
         "rewrite the capture's many small files (a live session's) as a few large ones, as "
         "one commit (Delta's optimize: readers and replays see the same readings throughout), "
         "then vacuum what no version of the retention period needs",
         lazy("commands", "cmd_compact"),
+        named="the capture",
     )
-    ap.add_argument("name", metavar="NAME", help="the capture")
     ap.add_argument(
         "--target-rows",
         type=int,
@@ -74,8 +80,8 @@ def add_parser(sub: Subparsers) -> None:
         "move the capture's files older than a time to another store (cold storage), with a "
         "manifest there; replay reads both, views keep their rows",
         lazy("commands", "cmd_archive"),
+        named="the capture",
     )
-    ap.add_argument("name", metavar="NAME", help="the capture")
     ap.add_argument(
         "--before",
         required=True,

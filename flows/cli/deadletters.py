@@ -3,24 +3,22 @@ ingested again (``commands.cmd_deadletters_retry``)."""
 
 from __future__ import annotations
 
-from obsflow.flows.cli.options import Subparsers, add_limit, group, lazy
+from obsflow.flows.cli.options import Help, Subparsers, add_limit, group, lazy
 
-EXAMPLES = {
-    "deadletters": """\
+HELP = {
+    "deadletters": Help(
+        "rejected records: counts by run and reason, or the records",
+        """\
   obsflow deadletters list
   obsflow deadletters show --reason bad_time --limit 10
   obsflow deadletters retry --capture wx --reason missing --map source=station,value=temp_c
   obsflow deadletters list --all                     (the resolved ones too)""",
+    ),
 }
 
 
 def add_parser(sub: Subparsers) -> None:
-    dead = group(
-        sub,
-        "deadletters",
-        "rejected records: counts by run and reason, or the records",
-        EXAMPLES["deadletters"],
-    )
+    dead = group(sub, "deadletters", HELP["deadletters"])
     for name, summary in (
         ("list", "dead letters counted by run and reason"),
         ("show", "the rejected records: origin, row, reason, message, raw text"),

@@ -2,19 +2,20 @@
 
 from __future__ import annotations
 
-from obsflow.flows.cli.options import Subparsers, add_store, command, lazy
+from obsflow.flows.cli.options import Help, Subparsers, add_store, command, lazy
 
-EXAMPLES = {
-    "demo": """\
+HELP = {
+    "demo": Help(
+        "simulate instruments and ingest them into ./data/store",
+        """\
   obsflow demo
   obsflow demo --store /tmp/demo --duration 10m --workers 2""",
+    ),
 }
 
 
 def add_parser(sub: Subparsers) -> None:
-    sp = command(
-        sub, "demo", "simulate instruments and ingest them into ./data/store", EXAMPLES["demo"]
-    )
+    sp = command(sub, "demo", HELP["demo"])
     add_store(sp)
     sp.add_argument("--duration", default="60s", help="event time simulated (default 60s)")
     sp.add_argument("--workers", type=int, default=1, help="worker threads (default 1)")

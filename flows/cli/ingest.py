@@ -8,6 +8,7 @@ import argparse
 from obsflow.connectors.batch import DEFAULT_BATCH_ROWS
 from obsflow.connectors.formats.schema import TIME_UNITS
 from obsflow.flows.cli.options import (
+    Help,
     Subparsers,
     add_as_of,
     add_lateness,
@@ -19,8 +20,10 @@ from obsflow.flows.cli.options import (
     lazy,
 )
 
-EXAMPLES = {
-    "ingest": """\
+HELP = {
+    "ingest": Help(
+        "ingest files or a sim:// URL into a capture",
+        """\
   obsflow ingest hour0.csv --capture buoy
   obsflow ingest hour1.csv --capture buoy            (the views continue from hour0)
   obsflow ingest wx.csv --capture wx --map source=station,time=timestamp,value=temp_c
@@ -29,15 +32,27 @@ EXAMPLES = {
   obsflow ingest nats://127.0.0.1:4222 --topic obs.> --consumer lab --capture live
   obsflow ingest --format bluesky scan.jsonl --capture beamline --root-map /old/data=/mnt/data
   obsflow ingest kafka://127.0.0.1:9092 --format bluesky --topic bs --consumer o --capture bl""",
-    "replay": """\
+        description="ingest files or a sim:// URL into a capture\n\n"
+        "Files are long format: columns source, time, value and optionally channel and seq\n"
+        "(--map names other columns), or wide: source, time and one numeric column per\n"
+        "channel. CSV may be comma-, semicolon-, tab- or bar-delimited. Inputs a committed\n"
+        "run already captured are skipped; the views continue where the last run stopped.",
+    ),
+    "replay": Help(
+        "rebuild views from a capture (full speed or paced)",
+        """\
   obsflow replay --capture buoy                      (rebuild the capture's views)
   obsflow replay --capture buoy --views new.toml --lateness 10m
   obsflow replay --capture buoy --source b01 --from 2026-01-01 --until 2026-01-02
   obsflow replay --capture buoy --speed 10           (ten times the original rate)""",
-    "simulate": """\
+    ),
+    "simulate": Help(
+        "write simulated instrument readings to a file",
+        """\
   obsflow simulate sim.parquet --sources 8 --channels t,p --rate 50 --duration 10m
   obsflow simulate frames.parquet --payload frame:64x64:uint16 --payload-rate 2
   obsflow simulate --to nats://127.0.0.1:4222 --topic obs.sim --rate 20 --duration 10m""",
+    ),
 }
 
 
@@ -48,17 +63,7 @@ def add_parser(sub: Subparsers) -> None:
 
 
 def _ingest(sub: Subparsers) -> None:
-    sp = command(
-        sub,
-        "ingest",
-        "ingest files or a sim:// URL into a capture",
-        EXAMPLES["ingest"],
-        "ingest files or a sim:// URL into a capture\n\n"
-        "Files are long format: columns source, time, value and optionally channel and seq\n"
-        "(--map names other columns), or wide: source, time and one numeric column per\n"
-        "channel. CSV may be comma-, semicolon-, tab- or bar-delimited. Inputs a committed\n"
-        "run already captured are skipped; the views continue where the last run stopped.",
-    )
+    sp = command(sub, "ingest", HELP["ingest"])
     sp.add_argument(
         "inputs",
         nargs="+",
@@ -208,9 +213,7 @@ def _live_options(sp: argparse.ArgumentParser) -> None:
 
 
 def _replay(sub: Subparsers) -> None:
-    sp = command(
-        sub, "replay", "rebuild views from a capture (full speed or paced)", EXAMPLES["replay"]
-    )
+    sp = command(sub, "replay", HELP["replay"])
     add_store(sp)
     sp.add_argument("--capture", required=True, help="capture to replay")
     sp.add_argument(
@@ -242,9 +245,7 @@ def _replay(sub: Subparsers) -> None:
 
 
 def _simulate(sub: Subparsers) -> None:
-    sp = command(
-        sub, "simulate", "write simulated instrument readings to a file", EXAMPLES["simulate"]
-    )
+    sp = command(sub, "simulate", HELP["simulate"])
     sp.add_argument("out", metavar="OUT", nargs="?", help="output file: .parquet, .csv or .jsonl")
     sp.add_argument(
         "--to",

@@ -49,7 +49,7 @@ COMMANDS = (
 )
 
 # Examples shown by each command's --help (and checked by tests/cli/test_help.py).
-COMMAND_EXAMPLES = {name: text for module in COMMANDS for name, text in module.EXAMPLES.items()}
+COMMAND_EXAMPLES = {name: h.examples for module in COMMANDS for name, h in module.HELP.items()}
 
 EXAMPLES = """examples:
   obsflow demo                                   simulate 4 instruments into ./data/store

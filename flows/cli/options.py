@@ -16,19 +16,24 @@ Handler = Callable[[argparse.Namespace], int]
 Subparsers: TypeAlias = "argparse._SubParsersAction[argparse.ArgumentParser]"
 
 
-def command(
-    sub: Subparsers,
-    name: str,
-    summary: str,
-    examples: str,
-    description: str | None = None,
-) -> argparse.ArgumentParser:
+@dataclass(frozen=True)
+class Help:
+    """What a command's --help says: a one-line summary (also listed by its parent's --help),
+    examples (``obsflow ...`` lines, each may end with a ``(comment)``), and a longer
+    description when the summary is not enough."""
+
+    summary: str
+    examples: str
+    description: str | None = None
+
+
+def command(sub: Subparsers, name: str, help: Help) -> argparse.ArgumentParser:
     """A sub-command whose --help ends with its examples."""
     sp: argparse.ArgumentParser = sub.add_parser(
         name,
-        help=summary,
-        description=description or summary,
-        epilog="examples:\n" + examples,
+        help=help.summary,
+        description=help.description or help.summary,
+        epilog="examples:\n" + help.examples,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     return sp
@@ -42,25 +47,30 @@ class Group:
     examples: str
     actions: Subparsers
 
-    def action(self, name: str, summary: str, func: Handler) -> argparse.ArgumentParser:
-        """One action, with --store, and the group's examples of this action."""
+    def action(
+        self, name: str, summary: str, func: Handler, named: str | None = None
+    ) -> argparse.ArgumentParser:
+        """One action, with --store, and the group's examples of this action; ``named``: it
+        takes the NAME of what it acts on (``named`` is NAME's help)."""
         mine = [
             line
             for line in self.examples.splitlines()
             if line.split()[:3] == ["obsflow", self.name, name]
         ]
-        sp = command(self.actions, name, summary, "\n".join(mine))
+        sp = command(self.actions, name, Help(summary, "\n".join(mine)))
         add_store(sp)
+        if named is not None:
+            sp.add_argument("name", metavar="NAME", help=named)
         sp.set_defaults(func=func)
         return sp
 
 
-def group(sub: Subparsers, name: str, summary: str, examples: str) -> Group:
-    sp = command(sub, name, summary, examples)
+def group(sub: Subparsers, name: str, help: Help) -> Group:
+    sp = command(sub, name, help)
     actions = sp.add_subparsers(
         dest="action", required=True, metavar="ACTION", help="one of these; ACTION --help for more"
     )
-    return Group(name, examples, actions)
+    return Group(name, help.examples, actions)
 
 
 def lazy(module: str, name: str) -> Handler:

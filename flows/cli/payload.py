@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
-from obsflow.flows.cli.options import Subparsers, group, lazy
+from obsflow.flows.cli.options import Help, Subparsers, group, lazy
 
-EXAMPLES = {
-    "payload": """\
+HELP = {
+    "payload": Help(
+        "fetch a payload array by its sha256",
+        """\
   obsflow payload get 3f9a...e1 -o frame.npy""",
+    ),
 }
 
 
 def add_parser(sub: Subparsers) -> None:
-    payload = group(sub, "payload", "fetch a payload array by its sha256", EXAMPLES["payload"])
+    payload = group(sub, "payload", HELP["payload"])
     ap = payload.action(
         "get", "write one payload array to a .npy file", lazy("show", "cmd_payload")
     )

@@ -2,22 +2,20 @@
 
 from __future__ import annotations
 
-from obsflow.flows.cli.options import Subparsers, add_store, command, lazy
+from obsflow.flows.cli.options import Help, Subparsers, add_store, command, lazy
 
-EXAMPLES = {
-    "serve": """\
+HELP = {
+    "serve": Help(
+        "watch views live in a browser (a read-only web app and API)",
+        """\
   obsflow serve --store data/store  (then open http://127.0.0.1:8000)
   obsflow serve --host 0.0.0.0 --token-file ~/.obsflow-token  (reachable by others: a token)""",
+    ),
 }
 
 
 def add_parser(sub: Subparsers) -> None:
-    sp = command(
-        sub,
-        "serve",
-        "watch views live in a browser (a read-only web app and API)",
-        EXAMPLES["serve"],
-    )
+    sp = command(sub, "serve", HELP["serve"])
     add_store(sp)
     sp.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
     sp.add_argument("--port", type=int, default=8000, help="port (default 8000)")
