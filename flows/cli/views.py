@@ -1,0 +1,53 @@
+"""``obsflow views``: list views, show or export a view's rows (``show.cmd_views``), close
+its windows (``commands.cmd_close``)."""
+
+from __future__ import annotations
+
+from obsflow.flows.cli.options import (
+    Help,
+    Subparsers,
+    add_as_of,
+    add_filters,
+    add_limit,
+    group,
+    lazy,
+)
+
+HELP = {
+    "views": Help(
+        "list views, show or export a view's rows, close its windows",
+        """\
+  obsflow views list
+  obsflow views show buoy_1m --source b01 --from 2026-01-01 --limit 20
+  obsflow views show buoy_1m --final -o buoy_1m.csv
+  obsflow views close buoy_1m --until 2026-01-02     (the data is complete up to then)""",
+    ),
+}
+
+
+def add_parser(sub: Subparsers) -> None:
+    views = group(sub, "views", HELP["views"])
+    views.action(
+        "list",
+        "the store's views: rows, open windows, last update",
+        lazy("show", "cmd_views"),
+    )
+    ap = views.action(
+        "show",
+        "a view's rows (or -o FILE: all of them, to a file)",
+        lazy("show", "cmd_views"),
+        named="the view",
+    )
+    add_filters(ap)
+    ap.add_argument("--final", action="store_true", help="only final rows (windows closed)")
+    add_as_of(ap, "the view")
+    add_limit(ap)
+    ap = views.action(
+        "close",
+        "declare the data complete: the view's open windows (of --source, or up to --until) "
+        "become final now",
+        lazy("commands", "cmd_close"),
+        named="the view",
+    )
+    ap.add_argument("--source", action="append", help="only this source's windows (repeatable)")
+    ap.add_argument("--until", metavar="TIME", help="only windows ending at or before TIME")
