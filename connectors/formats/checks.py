@@ -96,6 +96,11 @@ class Batch:
         return self.table.column(RECEIVED) if RECEIVED in names else None
 
 
+def _stands_in(batch: Batch, name: str) -> bool:
+    """Whether a missing field's column is not needed: a broker's receipt time is the time."""
+    return name == "time" and batch.received is not None
+
+
 def check_columns(batch: Batch) -> Checked:
     """Whole-batch problems: ``--channels`` that cannot apply, a field's column that appears
     twice, a required field with no column (a broker's receipt time stands in for time)."""
@@ -106,9 +111,7 @@ def check_columns(batch: Batch) -> Checked:
         col, problem = batch.lookup(spec.column(name))
         if problem:
             rejects.append(batch.everyone("bad_schema", problem))
-        elif (
-            col is None and name in REQUIRED and not (name == "time" and batch.received is not None)
-        ):
+        elif col is None and name in REQUIRED and not _stands_in(batch, name):
             have = ", ".join(batch.table.column_names) or "none"
             rejects.append(
                 batch.everyone(
@@ -120,7 +123,8 @@ def check_columns(batch: Batch) -> Checked:
     return Checked({}, tuple(rejects))
 
 
-def _id_rejects(batch: Batch, name: str, ids: pa.DictionaryArray) -> Rejected:
+def _invalid_ids(name: str, ids: pa.DictionaryArray) -> Rejected:
+    """Rows whose id is not in the id charset or is too long (or empty)."""
     message = f"{name} id must match [A-Za-z0-9._:-]{{1,128}}"
     return Rejected(~np_bool(valid_ids(ids)), "bad_id", message)
 
@@ -132,7 +136,7 @@ def check_source(batch: Batch) -> Checked:
     if ids is None:  # (a column of another type stays as it is: every row is rejected)
         rejects = () if col is None else (batch.everyone("bad_id", "source column is not text"),)
         return Checked({"source": col if col is not None else pa.nulls(batch.n, ID_TYPE)}, rejects)
-    return Checked({"source": ids}, (_id_rejects(batch, "source", ids),))
+    return Checked({"source": ids}, (_invalid_ids("source", ids),))
 
 
 def check_channel(batch: Batch) -> Checked:
@@ -155,7 +159,7 @@ def check_channel(batch: Batch) -> Checked:
                 "channel names; leave channel out and each numeric column becomes a channel",
             )
         )
-    found.append(_id_rejects(batch, "channel", ids))
+    found.append(_invalid_ids("channel", ids))
     return Checked({"channel": ids}, tuple(found))
 
 

@@ -82,7 +82,7 @@ PAYLOAD_INPUTS = (
 """Optional input columns of an array payload (list column, or binary with dtype and shape),
 possibly one chunk of it (Pulsar-style: chunk_id, chunk_index, chunk_count)."""
 TIME_UNITS = {"ns": 1, "us": 1_000, "ms": 1_000_000, "s": 1_000_000_000}
-AUTO = "auto"  # the unit of epoch numbers, from their magnitude (``infer_epoch_unit``)
+AUTO = "auto"  # the unit of epoch numbers, from their magnitude (``parsing.infer_epoch_unit``)
 
 
 @dataclass(frozen=True)
