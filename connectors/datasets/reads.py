@@ -25,7 +25,8 @@ from obsflow.connectors.algorithms.partitions import partitions_of
 from obsflow.connectors.datasets.capture import no_version, open_capture
 from obsflow.connectors.datasets.views import read_view_doc, view_head
 from obsflow.connectors.errors import ConfigError, StoreError
-from obsflow.connectors.formats.schema import READING_SCHEMA, TRACE, to_utc
+from obsflow.connectors.formats.parsing import to_utc
+from obsflow.connectors.formats.schema import READING_SCHEMA, TRACE
 from obsflow.connectors.payloads.format import PAYLOAD_SCHEMA
 from obsflow.connectors.storage import layout, tables
 from obsflow.connectors.storage.commits import AsOf, snapshot_as_of

@@ -25,7 +25,8 @@ from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
 
 from obsflow.connectors.batch import RawBatch
 from obsflow.connectors.errors import ConfigError
-from obsflow.connectors.formats.schema import TIME_TYPE, to_utc
+from obsflow.connectors.formats.parsing import to_utc
+from obsflow.connectors.formats.schema import TIME_TYPE
 from obsflow.connectors.ids import check_id
 
 BLOCK_SAMPLES = 16_384  # samples per channel per generated block

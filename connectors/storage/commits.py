@@ -52,7 +52,7 @@ def parse_as_of(value: object) -> AsOf:
     text = str(value).strip()
     if text.isdigit():
         return int(text)
-    from obsflow.connectors.formats.schema import to_utc  # (pandas: not at start-up)
+    from obsflow.connectors.formats.parsing import to_utc  # (pandas: not at start-up)
 
     stamp = to_utc(value, "--as-of")
     return datetime.fromtimestamp(stamp.value // 10**9, UTC).replace(

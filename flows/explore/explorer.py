@@ -41,13 +41,8 @@ from obsflow.connectors.datasets.capture import (
 )
 from obsflow.connectors.datasets.views import list_views, read_view_doc
 from obsflow.connectors.errors import ConfigError
-from obsflow.connectors.formats.schema import (
-    CONTEXT_FIELDS,
-    READING_SCHEMA,
-    TRACE,
-    InputSpec,
-    to_utc,
-)
+from obsflow.connectors.formats.parsing import to_utc
+from obsflow.connectors.formats.schema import CONTEXT_FIELDS, READING_SCHEMA, TRACE, InputSpec
 from obsflow.connectors.payloads.format import PAYLOAD_SCHEMA, Payload, PayloadRef
 from obsflow.connectors.payloads.offload import PayloadStore
 from obsflow.connectors.sources.bluesky import io as bluesky_io

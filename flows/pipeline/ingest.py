@@ -40,7 +40,8 @@ from obsflow.connectors.datasets.capture import (
 )
 from obsflow.connectors.datasets.views import check_view, view_base, view_doc
 from obsflow.connectors.errors import ConfigError
-from obsflow.connectors.formats.schema import MAX_CONTEXT_CHARS, TRACE, InputSpec, normalize
+from obsflow.connectors.formats.normalize import normalize
+from obsflow.connectors.formats.schema import MAX_CONTEXT_CHARS, TRACE, InputSpec
 from obsflow.connectors.ids import check_name
 from obsflow.connectors.payloads.format import INLINE_LIMIT
 from obsflow.connectors.payloads.offload import PayloadStore

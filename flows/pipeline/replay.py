@@ -48,7 +48,7 @@ from obsflow.connectors.datasets.views import (
     view_doc,
 )
 from obsflow.connectors.errors import ConfigError
-from obsflow.connectors.formats.schema import to_utc
+from obsflow.connectors.formats.parsing import to_utc
 from obsflow.connectors.ids import check_name
 from obsflow.connectors.storage import layout
 from obsflow.connectors.storage.commits import capture_base

@@ -9,7 +9,8 @@ import pyarrow as pa
 import pytest
 
 from obsflow.connectors.formats.messages import Message, decode
-from obsflow.connectors.formats.schema import InputSpec, normalize
+from obsflow.connectors.formats.normalize import normalize
+from obsflow.connectors.formats.schema import InputSpec
 
 T0 = 1_767_225_600 * 10**9  # 2026-01-01T00:00:00Z
 

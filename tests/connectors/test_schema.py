@@ -12,7 +12,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from obsflow.connectors.errors import ConfigError, SchemaError
-from obsflow.connectors.formats.schema import READING_SCHEMA, InputSpec, normalize, parse_times
+from obsflow.connectors.formats.normalize import normalize
+from obsflow.connectors.formats.parsing import parse_times
+from obsflow.connectors.formats.schema import READING_SCHEMA, InputSpec
 from obsflow.connectors.ids import check_id, check_name
 
 

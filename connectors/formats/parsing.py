@@ -1,0 +1,213 @@
+"""Whole columns parsed at once: times (text, epochs, timestamps) to int64 ns, numbers to
+float64, sequence numbers to int64, ids to dictionary arrays. Each parser returns the parsed
+values and a mask of the rows it could not read; none touches a row in Python.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from obsflow.connectors.errors import ConfigError
+from obsflow.connectors.formats.schema import ID_TYPE, TIME_UNITS
+
+if TYPE_CHECKING:  # pandas is imported where text is parsed: an ingest of typed files, and
+    import pandas as pd  # the CLI's start, do without it (it takes half a second to import)
+
+_MAGNITUDES = (1e11, 1e14, 1e17)  # below each: s, ms, us; above the last: ns
+_BY_MAGNITUDE = ("s", "ms", "us", "ns")
+_I64_MAX = np.iinfo(np.int64).max
+
+
+def np_bool(arr: pa.Array | pa.ChunkedArray) -> np.ndarray:
+    """A boolean Arrow result as a numpy mask (null counts as false)."""
+    return np.asarray(pc.fill_null(arr, False).to_numpy(zero_copy_only=False), dtype=bool)
+
+
+def _scale_to_ns(raw: np.ndarray, known: np.ndarray, factor: int) -> tuple[np.ndarray, np.ndarray]:
+    """Multiply epoch integers by ``factor``; rows that would overflow int64 ns become invalid."""
+    limit = _I64_MAX // factor
+    ok = known & (np.abs(np.where(known, raw, 0)) <= limit)
+    return np.where(ok, raw, 0) * factor, ok
+
+
+def to_utc(value: object, what: str = "time") -> pd.Timestamp:
+    """One time (ISO-8601 text, datetime, Timestamp) as UTC; naive means UTC."""
+    import pandas as pd
+
+    try:
+        ts = pd.Timestamp(value)  # type: ignore[arg-type]
+    except (ValueError, TypeError):
+        raise ConfigError(
+            f"{what} {value!r} is not a time — use ISO-8601, e.g. 2026-01-01T00:00Z"
+        ) from None
+    if pd.isna(ts):
+        raise ConfigError(f"{what} {value!r} is not a time")
+    return ts.tz_localize("UTC") if ts.tzinfo is None else ts.tz_convert("UTC")
+
+
+def parse_times(column: pa.ChunkedArray, time_unit: str) -> tuple[np.ndarray, np.ndarray]:
+    """Parse any supported time column to (int64 ns since epoch UTC, valid mask).
+
+    Timestamps (naive means UTC), dates, ISO-8601 strings, and integer or float epochs in
+    ``time_unit`` are supported; anything unparseable or outside the ns range is invalid.
+    """
+    typ = column.type
+    n = len(column)
+    if pa.types.is_timestamp(typ) or pa.types.is_date(typ):
+        if pa.types.is_date(typ):
+            column = column.cast(pa.timestamp("s"))
+            typ = column.type
+        known = ~np.asarray(column.is_null().to_numpy(zero_copy_only=False), dtype=bool)
+        raw = column.cast(pa.int64()).fill_null(0).to_numpy()
+        return _scale_to_ns(raw, known, TIME_UNITS[typ.unit])
+    if pa.types.is_integer(typ):
+        if pa.types.is_unsigned_integer(typ):
+            too_big = np_bool(pc.greater(column, _I64_MAX))
+            column = pc.if_else(too_big, None, column)
+        known = ~np.asarray(column.is_null().to_numpy(zero_copy_only=False), dtype=bool)
+        raw = column.cast(pa.int64()).fill_null(0).to_numpy()
+        return _scale_to_ns(raw, known, TIME_UNITS[time_unit])
+    if pa.types.is_floating(typ):
+        f = column.cast(pa.float64()).fill_null(np.nan).to_numpy() * TIME_UNITS[time_unit]
+        ok = np.isfinite(f) & (np.abs(f) < 9.2e18)
+        return np.where(ok, np.round(np.where(ok, f, 0.0)), 0).astype(np.int64), ok
+    if pa.types.is_string(typ) or pa.types.is_large_string(typ):
+        column = pc.utf8_trim_whitespace(column.cast(pa.string()))
+        digits = np_bool(pc.match_substring_regex(column, r"^-?[0-9]{1,19}$"))
+        import pandas as pd
+
+        series = pd.Series(column.to_numpy(zero_copy_only=False), dtype=object)
+        parsed = pd.to_datetime(
+            series.where(~digits, None), utc=True, format="ISO8601", errors="coerce"
+        )
+        unit = parsed.dt.unit  # pandas may pick s/ms/us/ns resolution
+        known = ~parsed.isna().to_numpy()
+        ns, ok = _scale_to_ns(_as_int(parsed), known, TIME_UNITS[unit])
+        if digits.any():  # text epochs, as CSV and JSON hold them
+            eps, eps_ok = _scale_to_ns(*_digits_to_int(column, digits), TIME_UNITS[time_unit])
+            ns, ok = np.where(digits, eps, ns), np.where(digits, eps_ok, ok)
+        return ns, ok
+    return np.zeros(n, dtype=np.int64), np.zeros(n, dtype=bool)
+
+
+def infer_epoch_unit(column: pa.ChunkedArray) -> tuple[str | None, np.ndarray]:
+    """The unit of a time column's epoch numbers from their magnitude — below 1e11 seconds,
+    1e14 milliseconds, 1e17 microseconds, else nanoseconds, so any time from 1973 to 5138
+    reads right — and the rows whose magnitude says another unit than most of the column's
+    (those are ``bad_time``). ``(None, none)`` when it holds no epoch number."""
+    typ, n = column.type, len(column)
+    if pa.types.is_integer(typ) or pa.types.is_floating(typ):  # (only the magnitude matters)
+        mag = np.abs(column.cast(pa.float64(), safe=False).fill_null(np.nan).to_numpy())
+    elif pa.types.is_string(typ) or pa.types.is_large_string(typ):
+        text = pc.utf8_trim_whitespace(column.cast(pa.string()))
+        digits = np_bool(pc.match_substring_regex(text, r"^-?[0-9]{1,19}$"))
+        if not digits.any():  # ISO text, the usual case: nothing to infer
+            return None, np.zeros(n, dtype=bool)
+        mag = np.full(n, np.nan)
+        mag[digits] = np.abs(text.filter(pa.array(digits)).cast(pa.float64()).to_numpy())
+    else:
+        return None, np.zeros(n, dtype=bool)
+    known = np.isfinite(mag)
+    if not known.any():
+        return None, np.zeros(n, dtype=bool)
+    magnitude = np.digitize(np.where(known, mag, 0.0), _MAGNITUDES)
+    most = int(np.bincount(magnitude[known], minlength=len(_BY_MAGNITUDE)).argmax())
+    return _BY_MAGNITUDE[most], known & (magnitude != most)
+
+
+def _as_int(parsed: pd.Series) -> np.ndarray:
+    """Epoch integers (in the series' own unit) of a tz-aware datetime series; NaT -> 0."""
+    values = parsed.dt.tz_localize(None).to_numpy()
+    return np.where(parsed.isna().to_numpy(), 0, values.view(np.int64))
+
+
+def _digits_to_int(column: pa.Array, digits: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Exact int64 of strings of up to 19 digits (split in two halves so nothing overflows)."""
+    text = pc.if_else(pa.array(digits), column, "0")
+    neg = np_bool(pc.starts_with(text, "-"))
+    text = pc.utf8_ltrim(text, characters="-")
+    length = pc.utf8_length(text).to_numpy(zero_copy_only=False)
+    low = pc.utf8_slice_codeunits(text, -9).cast(pa.int64()).to_numpy(zero_copy_only=False)
+    head = pc.utf8_slice_codeunits(text, 0, -9)
+    high = (
+        pc.if_else(pa.array(length > 9), head, "0").cast(pa.int64()).to_numpy(zero_copy_only=False)
+    )
+    ok = digits & (high <= _I64_MAX // 10**9)
+    high = np.where(ok, high, 0)
+    value = high * 10**9 + low
+    ok &= value >= 0  # the final add can still wrap for the last few values
+    return np.where(neg, -value, value), ok
+
+
+def parse_float(column: pa.ChunkedArray) -> tuple[np.ndarray, np.ndarray]:
+    """Values as float64 and a mask of rows whose value is unusable (unparseable or ±inf)."""
+    typ = column.type
+    n = len(column)
+    if pa.types.is_floating(typ) or pa.types.is_integer(typ) or pa.types.is_decimal(typ):
+        values = column.cast(pa.float64()).fill_null(np.nan).to_numpy()
+        return values, np.isinf(values)
+    if pa.types.is_null(typ):
+        return np.full(n, np.nan), np.zeros(n, dtype=bool)
+    if pa.types.is_string(typ) or pa.types.is_large_string(typ):
+        text = pc.utf8_trim_whitespace(column)
+        blank = np_bool(pc.equal(text, "")) | np.asarray(
+            text.is_null().to_numpy(zero_copy_only=False), dtype=bool
+        )
+        import pandas as pd
+
+        series = pd.Series(text.to_numpy(zero_copy_only=False), dtype=object)
+        values = pd.to_numeric(series.where(~blank, None), errors="coerce").to_numpy(
+            dtype=np.float64, na_value=np.nan
+        )
+        lowered = pc.ascii_lower(text)
+        spelled_nan = np_bool(pc.is_in(lowered, pa.array(["nan", "null", "none", "na"])))
+        bad = (np.isnan(values) & ~blank & ~spelled_nan) | np.isinf(values)
+        return values, bad
+    return np.full(n, np.nan), np.ones(n, dtype=bool)
+
+
+def parse_seq(column: pa.ChunkedArray) -> tuple[pa.Array, np.ndarray]:
+    """Sequence numbers as int64 and a mask of rows whose seq is unusable."""
+    if pa.types.is_integer(column.type):
+        known = ~np.asarray(column.is_null().to_numpy(zero_copy_only=False), dtype=bool)
+        if pa.types.is_unsigned_integer(column.type):
+            known &= ~np_bool(pc.greater(column, _I64_MAX))
+        raw = pc.if_else(pa.array(known), column, 0).cast(pa.int64(), safe=False).to_numpy()
+        bad = ~known | (raw < 0)
+        return pa.array(np.where(bad, 0, raw)), bad
+    s, bad = parse_float(column)
+    bad = bad | np.isnan(s) | (s < 0) | (s != np.floor(s)) | (s >= 2.0**63)
+    return pa.array(np.where(bad, 0, s).astype(np.int64)), bad
+
+
+def looks_like_values(column: pa.Array) -> bool:
+    """Whether a text column holds measurements (numbers written with a point or an exponent),
+    not channel names (plain integers like ``1``, ``2`` may well be channel numbers)."""
+    values, bad = parse_float(column)
+    known = ~np.isnan(values)
+    if not known.any() or bad.any():
+        return False
+    integers = np_bool(pc.match_substring_regex(column, r"^\s*[-+]?\d+\s*$"))
+    return not integers[known].all()
+
+
+def as_ids(col: pa.Array | pa.ChunkedArray) -> pa.DictionaryArray | None:
+    """An id column (text, or integers read as text) as one ``ID_TYPE`` array; None if it is
+    neither. Dictionary-encoded once, here: the id check, the partition split, dedup, seq
+    numbers and the views all group by ids, and read these codes instead of hashing strings
+    again (a Parquet reader hands text over already encoded: ``files.read_parquet``)."""
+    typ = col.type.value_type if pa.types.is_dictionary(col.type) else col.type
+    if pa.types.is_integer(typ):
+        col = col.cast(pa.string())
+    elif not (pa.types.is_string(typ) or pa.types.is_large_string(typ)):
+        return None
+    if not pa.types.is_dictionary(col.type):
+        col = pc.dictionary_encode(col)
+    if isinstance(col, pa.ChunkedArray):  # (one dictionary for all chunks)
+        col = col.combine_chunks()
+    ids: pa.DictionaryArray = col.cast(ID_TYPE)
+    return ids
