@@ -111,20 +111,7 @@ def reduce_runs(
     vmax = np.fmax.reduceat(v, starts) if "max" in need else nan
     ref, mu, m2 = zero, zero, zero
     if "moments" in need:
-        # Two passes on offsets from the run's smallest value (a data value): differences of
-        # nearby floats are exact, so a large common offset costs no precision.
-        ref = np.where(n > 0, vmin, 0.0)
-        off = np.repeat(ref, lens)  # in place from here on: fewer big temporaries
-        np.subtract(v, off, out=off)
-        if not all_ok:
-            off[~ok] = 0.0
-        mu = np.add.reduceat(off, starts) / np.maximum(n, 1)
-        if "spread" in need:
-            dev = np.repeat(mu, lens)
-            np.subtract(off, dev, out=dev)
-            if not all_ok:
-                dev[~ok] = 0.0
-            m2 = np.add.reduceat(np.square(dev, out=dev), starts)
+        ref, mu, m2 = _moments(v, None if all_ok else ok, vmin, n, lens, starts, "spread" in need)
     lo, hi, z = np.full(g, I64_MIN), np.full(g, I64_MAX), np.zeros(g, np.int64)
     out = Partials(
         sid[starts],
@@ -157,6 +144,35 @@ def reduce_runs(
         out.fs, out.ls = np.where(has, seq[first], 0), np.where(has, seq[last], 0)
         out.fv, out.lv = np.where(has, v[first], np.nan), np.where(has, v[last], np.nan)
     return out
+
+
+def _moments(
+    v: np.ndarray,
+    ok: np.ndarray | None,
+    vmin: np.ndarray,
+    n: np.ndarray,
+    lens: np.ndarray,
+    starts: np.ndarray,
+    spread: bool,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Each run's reference value, mean offset from it and (with ``spread``) sum of squared
+    deviations; ``ok``: where values are present (None: everywhere)."""
+    # Two passes on offsets from the run's smallest value (a data value): differences of
+    # nearby floats are exact, so a large common offset costs no precision.
+    ref = np.where(n > 0, vmin, 0.0)
+    off = np.repeat(ref, lens)  # in place from here on: fewer big temporaries
+    np.subtract(v, off, out=off)
+    if ok is not None:
+        off[~ok] = 0.0
+    mu = np.add.reduceat(off, starts) / np.maximum(n, 1)
+    m2 = np.zeros(starts.size)
+    if spread:
+        dev = np.repeat(mu, lens)
+        np.subtract(off, dev, out=dev)
+        if ok is not None:
+            dev[~ok] = 0.0
+        m2 = np.add.reduceat(np.square(dev, out=dev), starts)
+    return ref, mu, m2
 
 
 def reduce_groups(p: Partials, group: np.ndarray, n_groups: int, *, first_last: bool) -> Partials:

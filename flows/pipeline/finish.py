@@ -11,6 +11,7 @@ documents — and commits them as the capture's next number (``connectors.storag
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -67,21 +68,9 @@ class Finish:
     def __call__(self, counts: Counts) -> dict[str, Any]:
         store = Store(self.store)
         n = self.base + 1
-        files: dict[str, list[DataFile]] = {}
-        states: dict[str, dict[int, StateRef]] = {}
-        for item in counts.outputs.values():
-            if isinstance(item, DataFile):
-                files.setdefault(item.table, []).append(item)
-            elif isinstance(item, StateRef):
-                states.setdefault(item.table, {})[item.part] = item
+        files, states = _outputs(counts)
         capture_table = layout.capture_dir(self.capture)
-        for f in files.get(capture_table, ()):
-            stats = json.loads(f.stats)
-            if {stats["minValues"].get("commit"), stats["maxValues"].get("commit")} != {n}:
-                raise StoreError(
-                    f"{f.path} holds readings of another commit than #{n}: the processes of "
-                    "this run did not start from the same capture version; run it again"
-                )
+        _check_commit(files.get(capture_table, ()), n)
         previous = (
             commits.last_commit(store, capture_table, self.capture, self.base)
             if self.base
@@ -117,6 +106,28 @@ class Finish:
             change, gone = self._view_change(store, doc, files, states)
             changes.append(change)
             retired += gone
+        changes += self._log_changes(store, files)
+        doc = self.summary(counts, store, n)
+        intent = Intent(
+            self.capture,
+            commit,
+            capture_change,
+            changes,
+            inputs=self._inputs(counts),
+            summary=doc,
+            retired=retired,
+        )
+        try:
+            commits.commit_run(store, intent)
+        except commits.ConcurrentWriterError:
+            discard(store, intent)  # (this run's own files: nobody will ever commit them)
+            raise
+        return doc
+
+    def _log_changes(self, store: Store, files: dict[str, list[DataFile]]) -> list[TableChange]:
+        """The changes of the run's record logs: each view's late readings, the capture's
+        documents, dead letters."""
+        changes = []
         for doc in self.views:
             late = layout.late_dir(doc["name"])
             rebuilt = doc["name"] in self.replaced_views and tables.exists(store, late)
@@ -142,22 +153,7 @@ class Finish:
             if table in files:
                 adds = sorted(files[table], key=lambda f: f.path)
                 changes.append(TableChange(table, schema, adds=adds, description=description))
-        doc = self.summary(counts, store, n)
-        intent = Intent(
-            self.capture,
-            commit,
-            capture_change,
-            changes,
-            inputs=self._inputs(counts),
-            summary=doc,
-            retired=retired,
-        )
-        try:
-            commits.commit_run(store, intent)
-        except commits.ConcurrentWriterError:
-            discard(store, intent)  # (this run's own files: nobody will ever commit them)
-            raise
-        return doc
+        return changes
 
     def _view_change(
         self,
@@ -242,3 +238,29 @@ def discard(store: Store, intent: Intent) -> None:
         if change.table.startswith("views/"):
             view = change.table.split("/", 1)[1]
             store.delete(layout.view_state_dir(view, run), recursive=True)
+
+
+def _outputs(
+    counts: Counts,
+) -> tuple[dict[str, list[DataFile]], dict[str, dict[int, StateRef]]]:
+    """What the run's steps wrote, by table: data files, and each partition's state."""
+    files: dict[str, list[DataFile]] = {}
+    states: dict[str, dict[int, StateRef]] = {}
+    for item in counts.outputs.values():
+        if isinstance(item, DataFile):
+            files.setdefault(item.table, []).append(item)
+        elif isinstance(item, StateRef):
+            states.setdefault(item.table, {})[item.part] = item
+    return files, states
+
+
+def _check_commit(files: Iterable[DataFile], n: int) -> None:
+    """Every capture file of the run holds readings of commit ``n`` alone (the processes of a
+    cluster all started from the same capture version)."""
+    for f in files:
+        stats = json.loads(f.stats)
+        if {stats["minValues"].get("commit"), stats["maxValues"].get("commit")} != {n}:
+            raise StoreError(
+                f"{f.path} holds readings of another commit than #{n}: the processes of "
+                "this run did not start from the same capture version; run it again"
+            )

@@ -33,6 +33,7 @@ from obsflow.connectors.algorithms.dedup import DEFAULT_HORIZON
 from obsflow.connectors.algorithms.partitions import split_by_partition
 from obsflow.connectors.batch import DEFAULT_BATCH_ROWS, RawBatch
 from obsflow.connectors.datasets.capture import (
+    CaptureMeta,
     capture_exists,
     capture_snapshot,
     new_run_id,
@@ -353,30 +354,9 @@ def build_flow(
     base, state = capture_base(store, config.capture, config.base)
     config = replace(config, base=base)
     views, _new = planned_views(store, config)
-    known = dict(config.fingerprints)
-    finish = Finish(
-        store=config.store,
-        capture=config.capture,
-        run=run_id,
-        kind="ingest",
-        base=base,
-        capture_meta=meta if base == 0 else None,
-        views=tuple(view_doc(v.name, v.definition, v.hash, config.capture) for v in views),
-        inputs={}
-        if config.live
-        else {u: (known.get(u), config.input_signature()) for u in config.inputs},
-        extra={"mode": "ingest", **({"format": config.format} if config.format else {})},
-    )
 
     flow = Dataflow("ingest")
-    raw = op.input(
-        "read_inputs",
-        flow,
-        source
-        or source_for(
-            config.inputs, config.batch_rows, config.spec.delimiter, config.bluesky_input(store)
-        ),
-    )
+    raw = op.input("read_inputs", flow, source or _source(config, store))
     # RawBatch
     checked = op.map("normalize", raw, lambda b: normalize_batch(spec, b))
     # (readings, rejects, Counts)
@@ -422,6 +402,67 @@ def build_flow(
         _take("take_step_rejects", prepared, "rejects", log=True),
         _take("take_conflicts", outcome, "conflicts", log=True),
     )
+    counts = op.merge(
+        "merge_counts",
+        op.map("count_input", checked, lambda r: r[2]),
+        op.map("count_prepared", prepared, lambda kv: kv[1].counts),
+        op.map("count_captured", outcome, lambda kv: kv[1].counts),
+        *_logs(config, store, raw, rejects),
+        *(_view(captured, v, store, config, durable) for v in views),
+    )
+    add_summary(counts, "ingest", config.progress, sink or _finish(config, meta, views))
+    return flow
+
+
+def _source(config: IngestConfig, store: Store) -> Source[RawBatch]:
+    """The run's input: its files, a simulation, or a Bluesky run's documents."""
+    spec = config.spec
+    return source_for(config.inputs, config.batch_rows, spec.delimiter, config.bluesky_input(store))
+
+
+def _view(
+    captured: Stream[Any], view: ViewDef, store: Store, config: IngestConfig, durable: bool
+) -> Stream[Counts]:
+    """The steps that build ``view`` from the run's captured rows; what they counted."""
+    return add_view(
+        captured,
+        view,
+        store=store,
+        capture=config.capture,
+        run_id=config.run_id,
+        base=view_base(store, view.name),
+        durable=durable and not config.live,
+    )
+
+
+def _finish(config: IngestConfig, meta: CaptureMeta, views: Iterable[ViewDef]) -> Finish:
+    """The run's end: its commit on top of ``config.base``."""
+    assert config.base is not None
+    known = dict(config.fingerprints)
+    return Finish(
+        store=config.store,
+        capture=config.capture,
+        run=config.run_id,
+        kind="ingest",
+        base=config.base,
+        capture_meta=meta if config.base == 0 else None,
+        views=tuple(view_doc(v.name, v.definition, v.hash, config.capture) for v in views),
+        inputs={}
+        if config.live
+        else {u: (known.get(u), config.input_signature()) for u in config.inputs},
+        extra={"mode": "ingest", **({"format": config.format} if config.format else {})},
+    )
+
+
+def _logs(
+    config: IngestConfig,
+    store: Store,
+    raw: Stream[RawBatch],
+    rejects: Stream[tuple[str, pa.Table]],
+) -> tuple[Stream[Counts], Stream[Counts], Stream[Counts]]:
+    """The run's record logs: dead letters (each with its trace id) and the Bluesky run and
+    asset documents kept with the capture; what each counted."""
+    spec, run_id = config.spec, config.run_id
     # ("0000", rejected records): one dead-letter log per run, each with its trace id
     traced = op.map("trace_rejects", rejects, lambda kv: (kv[0], with_trace(kv[1], spec)))
     written = add_log(traced, store, "deadletter", run_id, layout.DEADLETTER_SCHEMA)
@@ -433,35 +474,12 @@ def build_flow(
         documents, store, layout.documents_dir(config.capture), run_id, layout.DOCUMENT_LOG_SCHEMA
     )
     # (obsflow's own notes among them are no documents)
-    documents_counted = op.map(
+    counted = op.map(
         "count_documents",
         raw,
         lambda b: Counts(documents=b.documents.num_rows - _notes(b.documents)),
     )
-
-    counts = op.merge(
-        "merge_counts",
-        op.map("count_input", checked, lambda r: r[2]),
-        op.map("count_prepared", prepared, lambda kv: kv[1].counts),
-        op.map("count_captured", outcome, lambda kv: kv[1].counts),
-        written,
-        stored,
-        documents_counted,
-        *(
-            add_view(
-                captured,
-                v,
-                store=store,
-                capture=config.capture,
-                run_id=run_id,
-                base=view_base(store, v.name),
-                durable=durable and not config.live,
-            )
-            for v in views
-        ),
-    )
-    add_summary(counts, "ingest", config.progress, sink or finish)
-    return flow
+    return written, stored, counted
 
 
 def _take(
