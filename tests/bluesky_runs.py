@@ -25,7 +25,7 @@ from ophyd.sim import SynSignalWithRegistry, det, det1, det2, motor
 from ophyd_async import sim
 from ophyd_async.core import StaticPathProvider, UUIDFilenameProvider, init_devices
 
-from obsflow.connectors.sources.bluesky.documents import seq_of
+from obsflow.connectors.sources.bluesky.events import seq_of
 
 Docs = list[tuple[str, dict[str, Any]]]
 

@@ -30,7 +30,7 @@ from obsflow.connectors.algorithms.partitions import ENCODED_SCHEMA, assign_seq,
 from obsflow.connectors.datasets.dedup_index import Archive
 from obsflow.connectors.errors import CaptureExistsError, ConfigError, StoreError
 from obsflow.connectors.formats.schema import REJECT_SCHEMA
-from obsflow.connectors.storage import layout, tables
+from obsflow.connectors.storage import layout, table_writes, tables
 from obsflow.connectors.storage.commits import snapshot_as_of
 from obsflow.connectors.storage.store import Store
 from obsflow.connectors.storage.tables import DataFile, FileEntry, Snapshot
@@ -364,7 +364,7 @@ class PartitionWriter:
         rel = self._file(self.chunk)
         try:
             self._writing = _WRITES.submit(
-                lambda: tables.write_file(
+                lambda: table_writes.write_file(
                     self.store,
                     layout.capture_dir(self.capture),
                     rel,

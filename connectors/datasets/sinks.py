@@ -12,7 +12,7 @@ import pyarrow as pa
 
 from obsflow.connectors.algorithms.partitions import conform
 from obsflow.connectors.ids import check_name
-from obsflow.connectors.storage import layout, tables
+from obsflow.connectors.storage import layout, table_writes
 from obsflow.connectors.storage.store import Store
 from obsflow.connectors.storage.tables import DataFile
 
@@ -62,7 +62,9 @@ class ChunkLog:
         table = table.append_column("run", pa.repeat(self.run, table.num_rows).cast(pa.string()))
         table = conform(table, self.schema)  # (a column some producers do not fill: null)
         rel = layout.log_file(self.folder, self.run, self.part, self.chunk)
-        self.written.append(tables.write_file(self.store, self.folder, rel, table, layout.STATS))
+        self.written.append(
+            table_writes.write_file(self.store, self.folder, rel, table, layout.STATS)
+        )
         self.chunk += 1
 
     def take_written(self) -> list[DataFile]:

@@ -25,7 +25,7 @@ import pyarrow.compute as pc
 from obsflow.connectors.algorithms.partitions import conform
 from obsflow.connectors.datasets.capture import StateRef
 from obsflow.connectors.errors import ConfigError, StoreError
-from obsflow.connectors.storage import layout, tables
+from obsflow.connectors.storage import layout, table_writes, tables
 from obsflow.connectors.storage.commits import last_info
 from obsflow.connectors.storage.store import Store
 from obsflow.connectors.storage.tables import DataFile, FileEntry, Snapshot
@@ -406,7 +406,7 @@ class SegmentWriter:
             self._wait(next(iter(self._writing)))
         self._wait(rel)
         self._writing[rel] = _WRITES.submit(
-            tables.write_file, self.store, table, rel, rows, layout.STATS
+            table_writes.write_file, self.store, table, rel, rows, layout.STATS
         )
         self.state.staged.add(seg)
 

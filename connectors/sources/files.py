@@ -29,7 +29,7 @@ from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
 from obsflow.connectors.batch import DEFAULT_BATCH_ROWS, RawBatch
 from obsflow.connectors.errors import ConfigError
 from obsflow.connectors.formats.schema import REJECT_SCHEMA
-from obsflow.connectors.storage.store import BACKENDS
+from obsflow.connectors.storage.backends import BACKENDS
 
 if TYPE_CHECKING:
     from obsflow.connectors.sources.bluesky.io import BlueskyInput

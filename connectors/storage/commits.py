@@ -35,7 +35,7 @@ from typing import Any
 
 from obsflow.connectors.errors import ConfigError, StoreError
 from obsflow.connectors.ids import check_name
-from obsflow.connectors.storage import layout, tables
+from obsflow.connectors.storage import layout, table_writes, tables
 from obsflow.connectors.storage.store import Store
 from obsflow.connectors.storage.tables import TableChange
 
@@ -293,7 +293,7 @@ def commit_run(store: Store, intent: Intent) -> Commit:
     change = intent.capture_change
     change.info = {**intent.commit.info(), **change.info}
     try:
-        tables.commit(store, change, app=intent.capture, n=intent.n, after=intent.n - 1)
+        table_writes.commit(store, change, app=intent.capture, n=intent.n, after=intent.n - 1)
     except tables.ConflictError:
         won = None
     else:
@@ -313,7 +313,7 @@ def complete(store: Store, intent: Intent) -> None:
     """Step 3 of a committed run (idempotent: safe to repeat, and from another process)."""
     for change in intent.changes:
         change.info = {"run": intent.run, "kind": intent.commit.kind, **change.info}
-        tables.commit(store, change, app=intent.capture, n=intent.n)
+        table_writes.commit(store, change, app=intent.capture, n=intent.n)
     for sha, record in intent.inputs.items():
         store.write_json(f"{layout.inputs_dir(intent.capture)}/{sha}.json", record)
     if intent.summary is not None:

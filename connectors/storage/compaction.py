@@ -28,7 +28,7 @@ from obsflow.connectors.datasets.capture_source import CapturePlan, part_sources
 from obsflow.connectors.datasets.views import view_base
 from obsflow.connectors.errors import ConfigError
 from obsflow.connectors.ids import is_name
-from obsflow.connectors.storage import commits, layout, tables
+from obsflow.connectors.storage import commits, layout, table_writes, tables
 from obsflow.connectors.storage.store import Store
 from obsflow.connectors.storage.tables import FileEntry, TableChange
 
@@ -88,7 +88,7 @@ def compact(
         first = olds[0].path.removesuffix(".parquet")
         new = f"{first}.c{run}.parquet"  # sorts where its first file did
         rows_ = conform(store.scan([f.path for f in olds], schema=CAPTURE_STORED), CAPTURE_STORED)
-        adds.append(tables.write_file(store, table, new, rows_, layout.STATS, stored=True))
+        adds.append(table_writes.write_file(store, table, new, rows_, layout.STATS, stored=True))
     change = TableChange(
         table,
         CAPTURE_STORED,
@@ -98,7 +98,7 @@ def compact(
         data_change=False,
     )
     try:
-        tables.commit(store, change, app=capture, n=None)
+        table_writes.commit(store, change, app=capture, n=None)
     except tables.ConflictError:
         for written in adds:
             store.delete(written.path)
@@ -137,7 +137,7 @@ def vacuum(
         *(layout.view_dir(v) for v in views),
         *(layout.late_dir(v) for v in views),
     ):
-        deleted += len(tables.vacuum(store, table, retention_hours=retention_hours))
+        deleted += len(table_writes.vacuum(store, table, retention_hours=retention_hours))
     cutoff = datetime.now(UTC) - timedelta(hours=retention_hours)
     folders = 0
     keep = commits.state_runs(head.state) if head else set()

@@ -32,7 +32,7 @@ from obsflow.connectors.algorithms.partitions import conform
 from obsflow.connectors.datasets.capture import CAPTURE_STORED, CaptureMeta, new_run_id
 from obsflow.connectors.datasets.views import view_description
 from obsflow.connectors.errors import StoreError
-from obsflow.connectors.storage import layout, legacy, tables
+from obsflow.connectors.storage import layout, legacy, table_writes, tables
 from obsflow.connectors.storage.commits import Commit
 from obsflow.connectors.storage.store import Store
 from obsflow.connectors.storage.tables import DataFile, TableChange
@@ -69,7 +69,7 @@ class _Migration:
             rows = layout.with_commit(rows, commit)
             schema = rows.schema
         target = store or self.store
-        file = tables.write_file(target, table, rel, rows, layout.STATS)
+        file = table_writes.write_file(target, table, rel, rows, layout.STATS)
         self.expected[(target.url, rel)] = (rows.num_rows, digest(rows, schema), schema)
         return file
 
@@ -179,7 +179,7 @@ def _capture(m: _Migration, name: str) -> None:
             description=meta.description() if i == 0 else None,
             info=commit.info(),
         )
-        tables.commit(store, change, app=name, n=entry.n, after=entry.n - 1)
+        table_writes.commit(store, change, app=name, n=entry.n, after=entry.n - 1)
     m.say(f"capture {name!r}: {len(log)} commits, {rows_total:,} readings rewritten as a table")
 
 
@@ -264,7 +264,7 @@ def _view(m: _Migration, name: str, heads: dict[str, int]) -> None:
         description=view_description(name, capture),
         info={"view": doc, "state": state, "run": run, "kind": "migrate"},
     )
-    tables.commit(store, change, app=capture, n=heads.get(capture, 0) or 1)
+    table_writes.commit(store, change, app=capture, n=heads.get(capture, 0) or 1)
     m.say(f"view {name!r}: {rows:,} rows rewritten as a table")
 
 
@@ -306,7 +306,7 @@ def _logs(m: _Migration, captures: list[str], heads: dict[str, int]) -> None:
         change = TableChange(
             layout.RESOLVED_DIR, layout.RESOLVED_SCHEMA, adds=adds, description={"kind": "resolved"}
         )
-        tables.commit(store, change, app="migrate", n=None)
+        table_writes.commit(store, change, app="migrate", n=None)
 
 
 def _capture_of_view(store: Store, view: str) -> str | None:
@@ -339,7 +339,7 @@ def _log(
         change = TableChange(
             table, layout.stored_schema(schema), adds=adds, description=description
         )
-        tables.commit(store, change, app=app or "migrate", n=n)
+        table_writes.commit(store, change, app=app or "migrate", n=n)
         m.say(f"{table}: {sum(a.rows for a in adds):,} rows rewritten as a table")
 
 

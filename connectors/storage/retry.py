@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 import os
 import random
+import re
 import threading
 from dataclasses import dataclass
 from typing import Any, ClassVar
@@ -200,3 +201,18 @@ class GaveUp:
         if endpoint in cls._endpoints:
             with cls._lock:
                 cls._endpoints.discard(endpoint)
+
+
+# delta-rs reports failures as text: these tell an unreachable store from a broken table.
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+DELTA_UNREACHABLE = re.compile(
+    r"(connection refused|tcp connect error|error sending request|operation timed out|"
+    r"timed out|connection reset|dns error|broken pipe)[^↳]*",
+    re.IGNORECASE,
+)
+DELTA_RETRIES = re.compile(r"after (\d+) retries")
+
+
+def plain(text: str) -> str:
+    """An error text of delta-rs as one plain line (no colours, no tree of causes)."""
+    return " ".join(_ANSI.sub("", text).replace("↳", ":").split())

@@ -4,10 +4,11 @@ Everything goes through fsspec, so the same code serves every backend, and every
 goes through ``Store._call``: transient failures of a remote store are retried under one
 budget (``connectors.storage.retry``), and every failure becomes a ``StoreError`` that names the
 action and the object, never a credential. That includes reads: Parquet scans use a pyarrow
-filesystem whose opens and ranged reads go through the same retries. A small registry maps a
-URL scheme to a backend factory. S3 endpoint and credentials come only from the standard AWS
-environment (``AWS_ENDPOINT_URL``, ``AWS_ACCESS_KEY_ID``, ...): they are never passed in code,
-never part of a repr, and a pickled ``Store`` holds nothing but its URL.
+filesystem whose opens and ranged reads go through the same retries (``storage.parquet``). A
+small registry maps a URL scheme to a backend factory (``storage.backends``). S3 endpoint and
+credentials come only from the standard AWS environment (``AWS_ENDPOINT_URL``,
+``AWS_ACCESS_KEY_ID``, ...): they are never passed in code, never part of a repr, and a
+pickled ``Store`` holds nothing but its URL.
 
 Inside each attempt s3fs tries a call twice when the connection fails (0.1 s apart);
 botocore's own retries are off so that the layers do not multiply. Every operation is
@@ -17,31 +18,41 @@ idempotent (a PUT of the same object twice leaves the same object; create-only w
 
 from __future__ import annotations
 
-import atexit
 import contextlib
-import errno
 import io
 import json
 import logging
 import os
 import posixpath
-import re
-import shutil
-import tempfile
 import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
 from datetime import UTC, datetime
-from functools import partial
 from typing import TYPE_CHECKING, Any, TypeVar
 
-import fsspec
 import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from obsflow.connectors.errors import ConfigError, StoreError, StoreUnreachableError
-from obsflow.connectors.storage.retry import GaveUp, RetryPolicy, http_error, reason, transient
+from obsflow.connectors.storage.backends import (
+    BACKENDS,
+    check_rel,
+    create_local,
+    delta_s3_options,
+    precondition_failed,
+    s3_endpoint,
+)
+from obsflow.connectors.storage.parquet import RetryingHandler, parquet_bytes
+from obsflow.connectors.storage.retry import (
+    DELTA_RETRIES,
+    DELTA_UNREACHABLE,
+    GaveUp,
+    RetryPolicy,
+    plain,
+    reason,
+    transient,
+)
 
 if TYPE_CHECKING:
     import pyarrow.dataset as ds
@@ -50,109 +61,6 @@ DEFAULT_STORE = "./data/store"
 
 log = logging.getLogger("obsflow.store")
 T = TypeVar("T")
-_NO_HARDLINK = {errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EXDEV, errno.ENOSYS}
-
-
-def _local(path: str) -> tuple[Any, str]:
-    fs = fsspec.filesystem("file", auto_mkdir=True)
-    return fs, os.path.abspath(path)
-
-
-_MEMORY_ROOT: str | None = None
-
-
-def memory_root() -> str:
-    """This process's folder for ``memory://`` stores (RAM-backed ``/dev/shm`` where there is
-    one), removed when the process exits."""
-    global _MEMORY_ROOT
-    if _MEMORY_ROOT is None:
-        shm = "/dev/shm"  # noqa: S108 - a private folder made by mkdtemp below, mode 0700
-        base = shm if os.access(shm, os.W_OK) else tempfile.gettempdir()
-        _MEMORY_ROOT = tempfile.mkdtemp(prefix=f"obsflow-memory-{os.getpid()}-", dir=base)
-        atexit.register(shutil.rmtree, _MEMORY_ROOT, True)
-    return _MEMORY_ROOT
-
-
-def _memory(path: str) -> tuple[Any, str]:
-    # delta-rs opens tables by path and cannot see Python's in-memory filesystems: a memory://
-    # store is a folder of this process, gone when it exits (as memory would be).
-    name = path.strip("/")
-    if not name:
-        raise ConfigError("a memory:// store needs a name: memory://NAME")
-    _check_rel(name)
-    return _local(os.path.join(memory_root(), name))
-
-
-def _s3(path: str) -> tuple[Any, str]:
-    # s3fs reads keys and region from the environment itself; the endpoint is passed
-    # explicitly so that older botocore releases that ignore AWS_ENDPOINT_URL still work.
-    # No listings cache: other writers (processes, other Store objects) change the bucket, and
-    # a stale listing makes exists() miss new objects and size() report old sizes.
-    kwargs: dict[str, Any] = {
-        "skip_instance_cache": True,
-        "use_listings_cache": False,
-        "config_kwargs": RetryPolicy.from_env().client_config(),
-    }
-    endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
-    if endpoint:
-        kwargs["client_kwargs"] = {"endpoint_url": endpoint}
-    fs = fsspec.filesystem("s3", **kwargs)
-    # s3fs retries connection errors and SlowDown itself, 5 times by default: keep one quick
-    # retry (a stale pooled connection) without multiplying the store's attempts or stretching
-    # one attempt beyond the store's budget.
-    fs.retries = 2
-    return fs, path.strip("/")
-
-
-BACKENDS: dict[str, Callable[[str], tuple[Any, str]]] = {
-    "file": _local,
-    "memory": _memory,
-    "s3": _s3,
-}
-"""URL scheme -> factory returning (fsspec filesystem, root path)."""
-
-
-def _check_rel(rel: str) -> str:
-    """A store-relative path must stay inside the store: no absolute paths, no ``..``."""
-    parts = rel.split("/")
-    if rel.startswith("/") or any(p in ("", ".", "..") for p in parts) or "\\" in rel:
-        raise StoreError(f"path {rel!r} would leave the store")
-    return rel
-
-
-def _create_local(path: str, data: bytes) -> bool:
-    """Write a new file atomically, never replacing one: temp file, fsync, hard link."""
-    folder = os.path.dirname(path)
-    os.makedirs(folder, exist_ok=True)
-    if os.path.exists(path):
-        return False
-    tmp = os.path.join(folder, f".tmp-{uuid.uuid4().hex}")
-    try:
-        with open(tmp, "xb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())  # the bytes are on disk before the name exists
-        try:
-            os.link(tmp, path)  # atomic and create-only: FileExistsError if another won
-        except FileExistsError:
-            return False
-        except OSError as exc:
-            if exc.errno not in _NO_HARDLINK:
-                raise
-            # No hard links here: a rename is still atomic for readers, and two racing writers
-            # of one key both write a complete object with the same bytes.
-            if os.path.exists(path):
-                return False
-            os.replace(tmp, path)
-        return True
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-
-
-def _precondition_failed(exc: BaseException) -> bool:
-    status, code = http_error(exc)
-    return isinstance(exc, FileExistsError) or status == 412 or code == "PreconditionFailed"
 
 
 class Store:
@@ -176,8 +84,7 @@ class Store:
         self.fs, self.root = BACKENDS[scheme](rest)
         self.local = scheme in ("file", "memory")  # (a memory:// store is a private folder)
         self._shown = rest.strip("/") if scheme == "memory" else None
-        endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
-        self._endpoint = (endpoint or "", self.root.split("/", 1)[0])
+        self._endpoint = (s3_endpoint() or "", self.root.split("/", 1)[0])
         self._arrow_fs: pafs.FileSystem | None = None
 
     def __repr__(self) -> str:
@@ -240,7 +147,7 @@ class Store:
         """Backend path of a store-relative path (validated to stay inside the store)."""
         if not rel:
             return self.root
-        return posixpath.join(self.root, _check_rel(rel))
+        return posixpath.join(self.root, check_rel(rel))
 
     def rel(self, path: str) -> str:
         """The store-relative path of a backend path under the root."""
@@ -249,7 +156,7 @@ class Store:
     def uri(self, rel: str = "") -> str:
         """A URL for a store-relative path, for messages and for users."""
         if self._shown is not None:
-            return f"memory://{self._shown}" + (f"/{_check_rel(rel)}" if rel else "")
+            return f"memory://{self._shown}" + (f"/{check_rel(rel)}" if rel else "")
         path = self.path(rel)
         return path if self.scheme == "file" else f"{self.scheme}://{path.lstrip('/')}"
 
@@ -280,12 +187,12 @@ class Store:
 
         def create() -> bool:
             if self.local:
-                return _create_local(path, data)
+                return create_local(path, data)
             bucket, key, _ = self.fs.split_path(path)
             try:
                 self.fs.call_s3("put_object", Bucket=bucket, Key=key, Body=data, IfNoneMatch="*")
             except Exception as exc:
-                if _precondition_failed(exc):
+                if precondition_failed(exc):
                     return False
                 raise
             return True
@@ -500,7 +407,7 @@ class Store:
             if self.local:
                 self._arrow_fs = pafs.LocalFileSystem()
             else:
-                self._arrow_fs = pafs.PyFileSystem(_RetryingHandler(self))
+                self._arrow_fs = pafs.PyFileSystem(RetryingHandler(self))
         return self._arrow_fs
 
     # tables ----------------------------------------------------------------------------
@@ -512,19 +419,7 @@ class Store:
         path = self.path(rel)
         if self.local:
             return path, {}
-        options = {"AWS_ALLOW_HTTP": "false"}
-        endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
-        if endpoint:
-            options["AWS_ENDPOINT_URL"] = endpoint
-            if endpoint.startswith("http://"):
-                options["AWS_ALLOW_HTTP"] = "true"
-        policy = self.retry or RetryPolicy.from_env()
-        options["retry_timeout"] = f"{max(1, int(policy.seconds))}s"
-        options["timeout"] = f"{max(10, int(policy.seconds))}s"
-        options["connect_timeout"] = "5s"
-        if policy.attempts is not None:
-            options["max_retries"] = str(max(0, policy.attempts - 1))
-        return f"s3://{path.lstrip('/')}", options
+        return f"s3://{path.lstrip('/')}", delta_s3_options(self.retry or RetryPolicy.from_env())
 
     def call_table(self, action: str, rel: str, fn: Callable[[], T], *, retry: bool = True) -> T:
         """Run one delta-rs operation on a table; a failure becomes a ``StoreError`` of one
@@ -544,7 +439,7 @@ class Store:
                 raise
             except Exception as exc:
                 text = plain(reason(exc))
-                down = _UNREACHABLE.search(text)
+                down = DELTA_UNREACHABLE.search(text)
                 if down is None:
                     raise StoreError(f"cannot {action} {self.uri(rel)}: {text}") from exc
                 policy = self.retry
@@ -559,7 +454,7 @@ class Store:
                 ):
                     if retry:
                         GaveUp.add(self._endpoint)
-                    inner = _RETRIES.search(text)
+                    inner = DELTA_RETRIES.search(text)
                     attempts = attempt + (int(inner[1]) if inner else 0)
                     raise StoreUnreachableError(
                         f"cannot {action} {self.uri(rel)}: store unreachable after {attempts} "
@@ -576,97 +471,5 @@ class Store:
                 time.sleep(min(policy.delay(attempt), policy.seconds - elapsed))
 
 
-_ANSI = re.compile(r"\x1b\[[0-9;]*m")
-_UNREACHABLE = re.compile(
-    r"(connection refused|tcp connect error|error sending request|operation timed out|"
-    r"timed out|connection reset|dns error|broken pipe)[^↳]*",
-    re.IGNORECASE,
-)
-_RETRIES = re.compile(r"after (\d+) retries")
-
-
-def plain(text: str) -> str:
-    """An error text of delta-rs as one plain line (no colours, no tree of causes)."""
-    return " ".join(_ANSI.sub("", text).replace("↳", ":").split())
-
-
 def json_bytes(obj: Any) -> bytes:
     return (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode()
-
-
-def parquet_bytes(table: pa.Table) -> bytes:
-    """A table as one Parquet object: zstd, dictionary pages for text columns only (ids repeat;
-    numbers rarely do, and skipping them is a third faster with smaller files), integers and
-    times delta-encoded (seq numbers and reading times mostly step evenly: a capture's time
-    column shrank ~100x, and writing got faster)."""
-    buf = io.BytesIO()
-    text, deltas = [], {}
-    for f in table.schema:
-        if pa.types.is_string(f.type) or pa.types.is_large_string(f.type):
-            text.append(f.name)
-        elif pa.types.is_int64(f.type) or pa.types.is_timestamp(f.type):
-            deltas[f.name] = "DELTA_BINARY_PACKED"
-    pq.write_table(
-        table,
-        buf,
-        compression="zstd",
-        row_group_size=1 << 20,
-        use_dictionary=text,
-        column_encoding=deltas,
-    )
-    return buf.getvalue()
-
-
-class _RangeReader(io.RawIOBase):
-    """A read-only file over one object whose every read is a retried ranged read."""
-
-    def __init__(self, store: Store, rel: str, size: int) -> None:
-        self._store, self._rel, self._size, self._pos = store, rel, size, 0
-
-    def readable(self) -> bool:
-        return True
-
-    def seekable(self) -> bool:
-        return True
-
-    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
-        base = {io.SEEK_SET: 0, io.SEEK_CUR: self._pos, io.SEEK_END: self._size}[whence]
-        self._pos = max(0, base + offset)
-        return self._pos
-
-    def tell(self) -> int:
-        return self._pos
-
-    def readinto(self, buffer: Any) -> int:
-        view = memoryview(buffer).cast("B")
-        end = min(self._size, self._pos + len(view))
-        if end <= self._pos:
-            return 0
-        data = self._store.read_range(self._rel, self._pos, end)
-        view[: len(data)] = data
-        self._pos += len(data)
-        return len(data)
-
-
-class _RetryingHandler(pafs.FSSpecHandler):  # type: ignore[misc]
-    """pyarrow's fsspec bridge with opens, stats and reads going through ``Store._call``."""
-
-    def __init__(self, store: Store) -> None:
-        super().__init__(store.fs)
-        self._store = store
-
-    def get_file_info(self, paths: list[str]) -> list[pafs.FileInfo]:
-        infos = []
-        for path in paths:
-            rel = self._store.rel(path)
-            try:
-                info = self._store._call("check", rel, partial(self.fs.info, path))
-            except FileNotFoundError:
-                infos.append(pafs.FileInfo(path, pafs.FileType.NotFound))
-            else:
-                infos.append(self._create_file_info(path, info))
-        return infos
-
-    def open_input_file(self, path: str) -> pa.PythonFile:
-        rel = self._store.rel(path)
-        return pa.PythonFile(_RangeReader(self._store, rel, self._store.size(rel)), mode="r")

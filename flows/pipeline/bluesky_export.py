@@ -32,7 +32,7 @@ from obsflow.connectors.errors import ConfigError, ObsflowError
 from obsflow.connectors.ids import check_name
 from obsflow.connectors.payloads.offload import PayloadStore
 from obsflow.connectors.sources.bluesky import io as bluesky_io
-from obsflow.connectors.sources.bluesky.documents import NUMERIC, schema_error, seqs
+from obsflow.connectors.sources.bluesky.events import NUMERIC, schema_error, seqs
 from obsflow.connectors.storage.layout import CAPTURE_SCHEMA
 from obsflow.connectors.storage.store import Store
 

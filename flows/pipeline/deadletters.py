@@ -27,7 +27,7 @@ from obsflow.connectors.batch import DEFAULT_BATCH_ROWS
 from obsflow.connectors.datasets.reads import read_deadletters
 from obsflow.connectors.formats.schema import InputSpec
 from obsflow.connectors.sources.files import raw_batches
-from obsflow.connectors.storage import layout, tables
+from obsflow.connectors.storage import layout, table_writes
 from obsflow.connectors.storage.store import Store
 from obsflow.connectors.storage.tables import TableChange
 from obsflow.flows.pipeline import ingest, jobs
@@ -97,7 +97,7 @@ def retry(
         marks = dead.select(IDENTITY).take(pa.array(took, pa.int64()))
         marks = marks.append_column("resolved_by", pa.array([result.run] * len(took)))
         rel = layout.log_file(layout.RESOLVED_DIR, result.run, 0, 0)
-        file = tables.write_file(
+        file = table_writes.write_file(
             store, layout.RESOLVED_DIR, rel, marks.cast(layout.RESOLVED_SCHEMA), layout.STATS
         )
         change = TableChange(
@@ -106,7 +106,7 @@ def retry(
             adds=[file],
             description={"kind": "resolved"},
         )
-        tables.commit(store, change, app=config.capture, n=int(result.summary["commit"]))
+        table_writes.commit(store, change, app=config.capture, n=int(result.summary["commit"]))
     out.resolved = len(took)
     out.still_rejected = dead.num_rows - len(took)
     summary = dict(result.summary)

@@ -31,7 +31,8 @@ from ophyd_async.core import (
 )
 
 from obsflow.connectors.payloads.format import array_from_bytes
-from obsflow.connectors.sources.bluesky.documents import DocumentBatch, DocumentStream, seq_of
+from obsflow.connectors.sources.bluesky.documents import DocumentBatch, DocumentStream
+from obsflow.connectors.sources.bluesky.events import seq_of
 from obsflow.connectors.sources.bluesky.external import ExternalResolver
 from tests.bluesky_runs import (
     as_written,

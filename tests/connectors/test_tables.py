@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 
 from obsflow.connectors.errors import StoreError
 from obsflow.connectors.formats.schema import TIME_TYPE
-from obsflow.connectors.storage import layout, tables
+from obsflow.connectors.storage import layout, table_writes, tables
 from obsflow.connectors.storage.store import Store
 from obsflow.connectors.storage.tables import ConflictError, TableChange
 
@@ -31,7 +31,7 @@ def rows(*ks: int) -> pa.Table:
 
 def change(store: Store, name: str, *ks: int, removes: list[str] | None = None) -> TableChange:
     """A change adding one new file of rows ``ks`` to table ``t``."""
-    f = tables.write_file(store, "t", f"t/{name}.parquet", rows(*ks), ["k"])
+    f = table_writes.write_file(store, "t", f"t/{name}.parquet", rows(*ks), ["k"])
     return TableChange(
         "t", layout.stored_schema(SCHEMA), adds=[f], removes=removes or [], description={}
     )
@@ -48,21 +48,23 @@ def store(request: pytest.FixtureRequest, tmp_path: Path) -> Store:
 
 
 def test_numbered_commits_are_idempotent_and_fenced(store: Store) -> None:
-    assert tables.commit(store, change(store, "a", 1), app="c", n=1, after=0)
-    assert not tables.commit(store, change(store, "a", 1), app="c", n=1, after=0)  # already in
+    assert table_writes.commit(store, change(store, "a", 1), app="c", n=1, after=0)
+    assert not table_writes.commit(
+        store, change(store, "a", 1), app="c", n=1, after=0
+    )  # already in
     snap = tables.snapshot(store, "t")
     assert snap is not None
     assert snap.txn("c") == 1
     assert snap.rows == 1
     # a writer whose base is stale (it started from #0, #1 is taken) commits nothing
     with pytest.raises(ConflictError, match="holds commit #1"):
-        tables.commit(store, change(store, "b", 2), app="c", n=3, after=1 - 1)
-    assert tables.commit(store, change(store, "b", 2), app="c", n=2, after=1)
+        table_writes.commit(store, change(store, "b", 2), app="c", n=3, after=1 - 1)
+    assert table_writes.commit(store, change(store, "b", 2), app="c", n=2, after=1)
     # a file another commit removed cannot be removed (or replaced) again
     first = [f.path for f in tables.snapshot(store, "t").files if f.path.endswith("a.parquet")]  # type: ignore[union-attr]
-    assert tables.commit(store, change(store, "c", 3, removes=first), app="c", n=3)
+    assert table_writes.commit(store, change(store, "c", 3, removes=first), app="c", n=3)
     with pytest.raises(ConflictError, match="no longer in it"):
-        tables.commit(store, change(store, "d", 4, removes=first), app="c", n=4)
+        table_writes.commit(store, change(store, "d", 4, removes=first), app="c", n=4)
     latest = tables.snapshot(store, "t")
     assert latest is not None
     assert latest.rows == 2  # b and c; a removed once, d never committed
@@ -75,13 +77,13 @@ def test_numbered_commits_are_idempotent_and_fenced(store: Store) -> None:
 def test_racing_commits_of_one_version_have_one_winner(store: Store) -> None:
     """Eight writers commit number 1 at once, each with its own file: exactly one commit
     lands, the others are told the table moved on (conditional puts of the log entry)."""
-    tables.commit(store, change(store, "base", 0), app="c", n=0)
+    table_writes.commit(store, change(store, "base", 0), app="c", n=0)
     results: list[object] = []
     changes = [change(store, f"w{i}", i) for i in range(8)]
 
     def write(c: TableChange) -> None:
         try:
-            results.append(tables.commit(store, c, app="c", n=1, after=0))
+            results.append(table_writes.commit(store, c, app="c", n=1, after=0))
         except ConflictError as exc:
             results.append(exc)
 
@@ -118,7 +120,7 @@ def test_file_statistics_are_deltas_own_form() -> None:
         }
     )
     table = table.set_column(0, "source", table.column("source").dictionary_encode())
-    text = tables.file_stats(table, ["source", "time", "time_ns", "value"])
+    text = table_writes.file_stats(table, ["source", "time", "time_ns", "value"])
     import json
 
     stats = json.loads(text)
@@ -142,12 +144,12 @@ def test_a_table_deleted_and_made_anew_is_read_anew(store: Store) -> None:
     def remake(made: int) -> None:
         store.delete("t", recursive=True)
         for i in range(made):
-            tables.commit(store, change(store, f"x{made}-{i}", 10 + i), app="c", n=i + 1)
+            table_writes.commit(store, change(store, f"x{made}-{i}", 10 + i), app="c", n=i + 1)
 
     for made in (1, 2, 3):
         elsewhere(lambda: store.delete("t", recursive=True))
-        tables.commit(store, change(store, "a", 1, 2), app="c", n=1)
-        tables.commit(store, change(store, "b", 3), app="c", n=2)
+        table_writes.commit(store, change(store, "a", 1, 2), app="c", n=1)
+        table_writes.commit(store, change(store, "b", 3), app="c", n=2)
         first = tables.snapshot(store, "t")
         assert first is not None
         assert (first.version, first.rows, first.txn("c")) == (1, 3, 2)
@@ -161,11 +163,11 @@ def test_a_table_deleted_and_made_anew_is_read_anew(store: Store) -> None:
 def test_a_commit_whose_file_is_gone_commits_nothing(store: Store) -> None:
     """A vacuum with a retention shorter than a run deletes the run's uncommitted files; the
     run's commit then fails saying so (Delta would take it, and the table could not be read)."""
-    assert tables.commit(store, change(store, "base", 0), app="c", n=1)
+    assert table_writes.commit(store, change(store, "base", 0), app="c", n=1)
     slow = change(store, "slow", 1)
     store.delete(slow.adds[0].path)
     with pytest.raises(StoreError, match="is gone before its run committed it"):
-        tables.commit(store, slow, app="c", n=2, after=1)
+        table_writes.commit(store, slow, app="c", n=2, after=1)
     snap = tables.snapshot(store, "t")
     assert snap is not None
     assert (snap.txn("c"), snap.rows) == (1, 1)
@@ -175,16 +177,16 @@ def test_vacuum_deletes_what_no_commit_added_once_it_is_older_than_the_retention
     tmp_path: Path,
 ) -> None:
     store = Store(str(tmp_path / "store"))
-    assert tables.commit(store, change(store, "kept", 0), app="c", n=1)
+    assert table_writes.commit(store, change(store, "kept", 0), app="c", n=1)
     crashed, going = change(store, "crashed", 1), change(store, "going", 2)
     hours_ago = time.time() - 3 * 3600
     os.utime(tmp_path / "store" / crashed.adds[0].path, (hours_ago, hours_ago))
-    deleted = tables.vacuum(store, "t", retention_hours=2)
+    deleted = table_writes.vacuum(store, "t", retention_hours=2)
     assert deleted == [crashed.adds[0].name]
     assert not store.exists(crashed.adds[0].path)
     # a file younger than the retention is a run still writing: its commit lands
-    assert tables.commit(store, going, app="c", n=2, after=1)
+    assert table_writes.commit(store, going, app="c", n=2, after=1)
     snap = tables.snapshot(store, "t")
     assert snap is not None
     assert sorted(f.path for f in snap.files) == ["t/going.parquet", "t/kept.parquet"]
-    assert tables.vacuum(store, "t", retention_hours=2) == []
+    assert table_writes.vacuum(store, "t", retention_hours=2) == []

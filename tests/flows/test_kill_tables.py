@@ -301,9 +301,9 @@ def test_killed_compactions_and_vacuums_leave_the_last_committed_version(
     removed = {p for p in folder.glob("part-*/*.parquet") if str(p.relative_to(store)) not in held}
     assert removed  # the small files the compaction replaced are still there
     code = (
-        "from obsflow.connectors.storage import tables\n"
+        "from obsflow.connectors.storage import table_writes\n"
         "from obsflow.connectors.storage.store import Store\n"
-        f"tables.vacuum(Store({str(store)!r}), 'captures/c', retention_hours=0)\n"
+        f"table_writes.vacuum(Store({str(store)!r}), 'captures/c', retention_hours=0)\n"
     )
     proc = subprocess.Popen([sys.executable, "-c", code], cwd=ROOT)
     while all(p.exists() for p in removed) and proc.poll() is None:

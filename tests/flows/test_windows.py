@@ -24,7 +24,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from obsflow.connectors.formats.schema import TIME_TYPE
-from obsflow.connectors.storage.store import parquet_bytes
+from obsflow.connectors.storage.parquet import parquet_bytes
 from obsflow.flows.kernels import windows
 from obsflow.flows.kernels.partials import running_max
 from obsflow.flows.kernels.viewdef import ViewDef
