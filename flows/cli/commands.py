@@ -8,7 +8,7 @@ from __future__ import annotations
 import argparse
 import json
 import time
-from dataclasses import replace
+from dataclasses import fields, replace
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -31,6 +31,7 @@ from obsflow.flows.cli.report import format_summary, plural, print_result, say
 from obsflow.flows.kernels.viewdef import load_views, stored_views, with_lateness
 from obsflow.flows.pipeline import ingest, jobs, live, replay
 from obsflow.flows.pipeline.closing import close_view
+from obsflow.flows.pipeline.options import IngestOptions
 from obsflow.flows.pipeline.runner import Cluster, Recovery
 from obsflow.flows.steps.summary import Progress, summary_dict
 
@@ -89,34 +90,12 @@ def run_job(config: jobs.Config, args: argparse.Namespace) -> jobs.RunResult:
 
 
 def ingest_config(args: argparse.Namespace, inputs: tuple[str, ...]) -> ingest.IngestConfig:
-    return ingest.IngestConfig(
-        inputs=inputs,
-        store=args.store,
-        capture=args.capture,
-        spec=InputSpec.parse_map(
-            args.map, args.time_unit, channels=args.channels, delimiter=args.delimiter
-        ),
-        partitions=args.partitions,
-        batch_rows=args.batch_rows,
-        progress=not args.quiet,
-        views=load_views(args.views) if args.views else None,
-        lateness=lateness_ns(args.lateness),
-        dedup_horizon=parse_duration_ns(args.dedup_horizon),
-        inline_limit=args.inline_limit,
-        features=tuple(f for f in (args.features or "").split(",") if f),
-        format="bluesky" if args.format == "bluesky" else None,
-        root_map=tuple(root_map(entry) for entry in args.root_map or ()),
-        external_wait=parse_duration_ns(args.external_wait) / 1e9,
-        external_roots=tuple(args.external_root or ()),
-    )
-
-
-def root_map(entry: str) -> tuple[str, str]:
-    """``--root-map OLD=NEW`` as a pair."""
-    old, sep, new = entry.partition("=")
-    if not sep or not old.strip() or not new.strip():
-        raise ConfigError(f"--root-map {entry!r} is not OLD=NEW")
-    return old.strip(), new.strip()
+    """The run ``obsflow ingest`` asks for (its options are ``IngestOptions``' fields)."""
+    # (an option not given is None here: the default is IngestOptions')
+    given = {f.name: getattr(args, f.name) for f in fields(IngestOptions)}
+    given = {k: v for k, v in given.items() if v is not None}
+    given["views"] = load_views(args.views) if args.views else None  # (a file, not text)
+    return IngestOptions(**given).config(inputs, args.store, progress=not args.quiet)
 
 
 def cmd_live(args: argparse.Namespace, store: Store) -> int:

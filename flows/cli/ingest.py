@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import argparse
 
-from obsflow.connectors.batch import DEFAULT_BATCH_ROWS
 from obsflow.connectors.formats.schema import TIME_UNITS
 from obsflow.flows.cli.options import (
     Help,
@@ -19,6 +18,7 @@ from obsflow.flows.cli.options import (
     command,
     lazy,
 )
+from obsflow.flows.pipeline.options import DEFAULTS
 
 HELP = {
     "ingest": Help(
@@ -71,11 +71,13 @@ def _ingest(sub: Subparsers) -> None:
         help="Parquet/CSV/JSONL files (by extension) or one sim:// URL",
     )
     add_store(sp)
-    sp.add_argument("--capture", default="default", help="capture name (default: default)")
+    sp.add_argument(
+        "--capture", default=DEFAULTS.capture, help=f"capture name (default: {DEFAULTS.capture})"
+    )
     sp.add_argument("--map", help="rename input columns: source=source_id,time=event_time")
     sp.add_argument(
         "--time-unit",
-        default="auto",
+        default=DEFAULTS.time_unit,
         choices=["auto", *TIME_UNITS],
         help="unit of integer epoch times (default auto: from their magnitude, and said)",
     )
@@ -99,7 +101,7 @@ def _ingest(sub: Subparsers) -> None:
         help="TOML view definitions (default: per-minute stats of every series)",
     )
     add_lateness(sp)
-    sp.add_argument("--batch-rows", type=int, default=DEFAULT_BATCH_ROWS, help=argparse.SUPPRESS)
+    sp.add_argument("--batch-rows", type=int, default=DEFAULTS.batch_rows, help=argparse.SUPPRESS)
     add_run_output(sp)
     sp.add_argument(
         "--force",
@@ -110,9 +112,9 @@ def _ingest(sub: Subparsers) -> None:
     sp.add_argument(
         "--inline-limit",
         type=int,
-        default=64 * 1024,
+        default=DEFAULTS.inline_limit,
         metavar="BYTES",
-        help="payloads up to this size stay in the capture (default 65536)",
+        help=f"payloads up to this size stay in the capture (default {DEFAULTS.inline_limit})",
     )
     sp.add_argument(
         "--features",
@@ -122,8 +124,9 @@ def _ingest(sub: Subparsers) -> None:
     _bluesky_options(sp)
     sp.add_argument(
         "--dedup-horizon",
-        default="10m",
-        help="how long (event time) identities are remembered (default 10m); 0 turns dedup off",
+        default=DEFAULTS.dedup_horizon,
+        help="how long (event time) identities are remembered "
+        f"(default {DEFAULTS.dedup_horizon}); 0 turns dedup off",
     )
     add_recovery(sp)
     _live_options(sp)
@@ -146,6 +149,7 @@ def _bluesky_options(sp: argparse.ArgumentParser) -> None:
     bluesky.add_argument(
         "--external-root",
         action="append",
+        dest="external_roots",
         metavar="DIR",
         help="read external files only from under DIR (repeatable; after --root-map): "
         "documents name the files, this keeps an ingest to the data folders",
@@ -153,9 +157,9 @@ def _bluesky_options(sp: argparse.ArgumentParser) -> None:
     bluesky.add_argument(
         "--external-wait",
         metavar="DURATION",
-        default="10s",
+        default=DEFAULTS.external_wait,
         help="how long a missing external file is waited for before it is a dead letter "
-        "(detectors write late; default 10s)",
+        f"(detectors write late; default {DEFAULTS.external_wait})",
     )
 
 

@@ -42,23 +42,24 @@ from obsflow.connectors.datasets.capture import (
 from obsflow.connectors.datasets.views import list_views, read_view_doc
 from obsflow.connectors.errors import ConfigError
 from obsflow.connectors.formats.parsing import to_utc
-from obsflow.connectors.formats.schema import CONTEXT_FIELDS, READING_SCHEMA, TRACE, InputSpec
+from obsflow.connectors.formats.schema import CONTEXT_FIELDS, READING_SCHEMA, TRACE
 from obsflow.connectors.payloads.format import PAYLOAD_SCHEMA, Payload, PayloadRef
 from obsflow.connectors.payloads.offload import PayloadStore
 from obsflow.connectors.sources.bluesky import io as bluesky_io
-from obsflow.connectors.sources.simulator import parse_duration_ns
 from obsflow.connectors.storage import layout
 from obsflow.connectors.storage.commits import AsOf, parse_as_of
 from obsflow.connectors.storage.migrate import check_layout
 from obsflow.connectors.storage.store import DEFAULT_STORE, Store
-from obsflow.flows.kernels.viewdef import ViewDef, load_views, parse_views, stored_views
+from obsflow.flows.kernels.viewdef import ViewDef, stored_views
 from obsflow.flows.pipeline import jobs
-from obsflow.flows.pipeline.ingest import IngestConfig, demo_config
+from obsflow.flows.pipeline.ingest import demo_config
+from obsflow.flows.pipeline.options import DEFAULTS, IngestOptions, view_defs
 from obsflow.flows.pipeline.replay import ReplayConfig
 
 TimeLike = str | datetime | pd.Timestamp | np.datetime64
 Names = str | Sequence[str] | None
 ViewsLike = str | ViewDef | Sequence[ViewDef]
+_INGEST_OPTIONS = {f.name for f in fields(IngestOptions)}
 
 _PAYLOAD_INTS = ("payload_raw_size", "payload_stored_size")
 _RUN_COLUMNS = (
@@ -92,18 +93,6 @@ def _names(value: Names, what: str) -> list[str] | None:
 def utc(value: TimeLike, what: str = "time") -> pd.Timestamp:
     """A time as a UTC timestamp; naive times and ISO strings without an offset mean UTC."""
     return to_utc(value, what)
-
-
-def view_defs(views: ViewsLike) -> tuple[ViewDef, ...]:
-    """View definitions from a ``ViewDef``, a sequence of them, TOML text or a TOML file path."""
-    if isinstance(views, ViewDef):
-        return (views,)
-    if isinstance(views, str):
-        return parse_views(views, origin="views text") if "[[view]]" in views else load_views(views)
-    defs = tuple(views)
-    if not all(isinstance(v, ViewDef) for v in defs):
-        raise ConfigError("views must be ViewDef objects, TOML text or a TOML file path")
-    return defs
 
 
 def _payload_item(item: Payload | PayloadRef | Mapping[str, Any] | pd.Series) -> Any:
@@ -411,24 +400,29 @@ class Explorer:
         self,
         inputs: str | Iterable[str],
         *,
-        capture: str = "default",
-        views: ViewsLike | None = None,
-        map: str | None = None,  # the name of the CLI option
-        time_unit: str = "auto",
-        channels: str | list[str] | None = None,
-        delimiter: str | None = None,
-        partitions: int | None = None,
-        dedup_horizon: str = "10m",
+        capture: str = DEFAULTS.capture,
+        views: ViewsLike | None = DEFAULTS.views,
+        map: str | None = DEFAULTS.map,  # the name of the CLI option
+        time_unit: str = DEFAULTS.time_unit,
+        channels: str | Sequence[str] | None = DEFAULTS.channels,
+        delimiter: str | None = DEFAULTS.delimiter,
+        partitions: int | None = DEFAULTS.partitions,
+        lateness: str | None = DEFAULTS.lateness,
+        dedup_horizon: str = DEFAULTS.dedup_horizon,
+        inline_limit: int = DEFAULTS.inline_limit,
+        features: str | Sequence[str] = DEFAULTS.features,
+        format: str | None = DEFAULTS.format,
+        root_map: Mapping[str, str] | Sequence[str] = DEFAULTS.root_map,
+        external_roots: Sequence[str] = DEFAULTS.external_roots,
+        external_wait: str = DEFAULTS.external_wait,
+        batch_rows: int = DEFAULTS.batch_rows,
         workers: int = 1,
         force: bool = False,
-        format: str | None = None,
-        root_map: Mapping[str, str] | None = None,
-        external_wait: str = "10s",
-        features: Sequence[str] = (),
     ) -> dict[str, Any]:
         """Ingest files (or one ``sim://`` URL) into ``capture``, as ``obsflow ingest`` does,
-        and return the run summary. Inputs a committed run already captured with the same
-        options are skipped (listed in ``skipped_inputs``) unless ``force``.
+        with the same options and defaults (``flows.pipeline.options.IngestOptions``), and
+        return the run summary. Inputs a committed run already captured with the same options
+        are skipped (listed in ``skipped_inputs``) unless ``force``.
 
         ``views``: ``ViewDef`` objects, TOML text or a TOML file path; ``None`` builds
         ``<capture>_1m`` into a new capture. Views already built from the capture are always
@@ -439,21 +433,9 @@ class Explorer:
         its external files (old prefix -> new), missing ones waited for ``external_wait``.
         ``features`` derives scalar channels from each payload (``mean``, ``sum``, ...).
         """
-        urls = tuple(dict.fromkeys([inputs] if isinstance(inputs, str) else inputs))
-        config = IngestConfig(
-            inputs=urls,
-            store=self.url,
-            capture=capture,
-            spec=InputSpec.parse_map(map, time_unit, channels=channels, delimiter=delimiter),
-            partitions=partitions,
-            progress=False,
-            views=None if views is None else view_defs(views),
-            dedup_horizon=parse_duration_ns(dedup_horizon),
-            format=format,
-            root_map=tuple((root_map or {}).items()),
-            external_wait=parse_duration_ns(external_wait) / 1e9,
-            features=tuple(features),
-        )
+        given = {k: v for k, v in locals().items() if k in _INGEST_OPTIONS}
+        urls = [inputs] if isinstance(inputs, str) else inputs
+        config = IngestOptions(**given).config(urls, self.url, progress=False)
         result = jobs.execute(config, workers=workers, force=force)
         return {**result.summary, "skipped_inputs": [u for u, _ in result.skipped]}
 
