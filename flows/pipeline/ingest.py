@@ -19,7 +19,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable
 from dataclasses import dataclass, field, fields, replace
-from typing import Any
+from typing import Any, ClassVar
 
 import bytewax.operators as op
 import numpy as np
@@ -36,6 +36,8 @@ from obsflow.connectors.datasets.capture import (
     CaptureMeta,
     capture_exists,
     capture_snapshot,
+    captured_inputs,
+    input_fingerprint,
     new_run_id,
     planned_capture,
 )
@@ -116,6 +118,39 @@ class IngestConfig:
             )
         if not self.external_wait >= 0:
             raise ConfigError("--external-wait must be zero or more seconds")
+
+    kind: ClassVar[str] = "ingest"
+
+    def flow(self, *, source: Source[RawBatch] | None = None, durable: bool = True) -> Dataflow:
+        """The run's dataflow (``build_flow``)."""
+        return build_flow(self, source=source, durable=durable)
+
+    def planned(self, store: Store, *, force: bool) -> tuple[IngestConfig, list[tuple[str, str]]]:
+        """The run to do: without the inputs a committed run captured with the same options
+        (unless ``force``; a live cycle has none), its views checked before it begins; and
+        the inputs skipped, each with the run that captured it."""
+        if self.live:
+            return self, []
+        fingerprints = {url: input_fingerprint(url) for url in dict.fromkeys(self.inputs)}
+        known = {} if force else captured_inputs(store, self.capture)
+        signature = self.input_signature()
+        todo, skipped = [], []
+        for url, fp in fingerprints.items():
+            record = known.get(fp)
+            if record is not None and record.get("options", signature) == signature:
+                skipped.append((url, str(record.get("run"))))
+            else:
+                todo.append(url)
+        config = replace(
+            self, inputs=tuple(todo), fingerprints=tuple((u, fingerprints[u]) for u in todo)
+        )
+        if config.inputs:
+            planned_views(store, config)  # refuses a bad view before it begins
+        return config, skipped
+
+    def idle(self) -> bool:
+        """Whether the run has nothing to read (every input captured already)."""
+        return not self.inputs
 
     def input_signature(self) -> dict[str, Any]:
         """What shapes the readings read from an input (recorded with inputs captured)."""

@@ -33,8 +33,6 @@ from bytewax.inputs import Source
 
 from obsflow.connectors.batch import RawBatch
 from obsflow.connectors.datasets.capture import (
-    captured_inputs,
-    input_fingerprint,
     list_captures,
     new_run_id,
     open_capture,
@@ -57,6 +55,11 @@ from obsflow.flows.pipeline.runner import (
 from obsflow.flows.steps.summary import Counts, summary_dict
 
 Config = ingest_flow.IngestConfig | replay_flow.ReplayConfig
+"""A job's config: each kind says what it is (``kind``), plans itself (``planned``: what to
+skip), builds its dataflow (``flow``), rebuilds from ``options()`` (``from_options``)."""
+CONFIGS: dict[str, type[ingest_flow.IngestConfig] | type[replay_flow.ReplayConfig]] = {
+    c.kind: c for c in (ingest_flow.IngestConfig, replay_flow.ReplayConfig)
+}
 RETRIES = 3
 """Times a run that lost its commit to another run is run again from the new base."""
 
@@ -101,7 +104,7 @@ def prepare(
     processes agree on it) rather than the recovery directory's or a new one."""
     store = Store(config.store)
     check_layout(store)  # an older layout must be migrated first, or its data is not seen
-    kind = _kind(config)
+    kind = config.kind
     if kind == "replay" and config.capture not in list_captures(store):
         open_capture(store, config.capture)  # names the capture before anything about views
     run = config.run_id
@@ -126,11 +129,7 @@ def prepare(
             "directory can only resume a run on the capture it started from); delete the "
             "recovery directory and run the command again"
         )
-    if isinstance(config, ingest_flow.IngestConfig):
-        todo = config if config.live else _skip_captured(job, config, force)
-        job.config = todo
-        if todo.inputs:
-            ingest_flow.planned_views(store, todo)  # refuses a bad view before it begins
+    job.config, job.skipped = config.planned(store, force=force)
     return job
 
 
@@ -142,30 +141,7 @@ def _summary_of(store: Store, run: str, n: int, capture: str) -> dict[str, Any]:
     return summary_dict(Counts(), run=run, commit=n, capture=capture)
 
 
-def _skip_captured(
-    job: Job, config: ingest_flow.IngestConfig, force: bool
-) -> ingest_flow.IngestConfig:
-    """Inputs a committed run captured with the same options are skipped (unless ``force``)."""
-    fingerprints = {url: input_fingerprint(url) for url in dict.fromkeys(config.inputs)}
-    known = {} if force else captured_inputs(job.store, config.capture)
-    signature = config.input_signature()
-    todo = []
-    for url, fp in fingerprints.items():
-        record = known.get(fp)
-        if record is not None and record.get("options", signature) == signature:
-            job.skipped.append((url, str(record.get("run"))))
-        else:
-            todo.append(url)
-    return replace(
-        config, inputs=tuple(todo), fingerprints=tuple((u, fingerprints[u]) for u in todo)
-    )
-
-
 # -- run --------------------------------------------------------------------------------------
-
-
-def _kind(config: Config) -> str:
-    return "ingest" if isinstance(config, ingest_flow.IngestConfig) else "replay"
 
 
 def run(
@@ -183,13 +159,10 @@ def run(
         return
     config = job.config
     durable = recovery is not None  # else nothing resumes from the steps' snapshots
-    if isinstance(config, ingest_flow.IngestConfig):
-        flow = ingest_flow.build_flow(config, source=source, durable=durable)
-    else:
-        flow = replay_flow.build_flow(config, durable=durable)
+    flow = config.flow(source=source, durable=durable)
     try:
         if processes > 1:
-            run_processes(flow, _kind(config), config.options(), processes, workers)
+            run_processes(flow, config.kind, config.options(), processes, workers)
         else:
             run_flow(flow, workers, recovery, cluster)
     except Exception as exc:
@@ -340,14 +313,14 @@ def _execute(
     cluster: Cluster | None,
 ) -> RunResult:
     job = prepare(config, recovery=recovery, force=force, given_run=cluster is not None)
-    nothing = isinstance(job.config, ingest_flow.IngestConfig) and not job.config.inputs
+    nothing = job.config.idle()
     runs = job.done is None and not nothing
     plan = layout.cluster_plan(job.config.run_id)
     if cluster is not None:  # (when nothing runs, the others must not wait for it)
-        published = {"kind": _kind(config), "options": job.config.options(), "runs": runs}
+        published = {"kind": config.kind, "options": job.config.options(), "runs": runs}
         job.store.write_json(plan, published)
     if nothing:
-        summary = summary_dict(Counts(), capture=config.capture, mode="ingest")
+        summary = summary_dict(Counts(), capture=config.capture, mode=config.kind)
         return RunResult(None, summary, tuple(job.skipped), tuple(job.notes))
     started = time.monotonic()
     run(
@@ -385,16 +358,12 @@ def execute_in_cluster(
     plan = layout.cluster_plan(config.run_id)
     store = Store(config.store)
     doc = _wait_for(store, plan, f"the options process 0 prepared for run {config.run_id}")
-    if doc.get("kind") != _kind(config):
-        raise ConfigError(f"run {config.run_id} is a {doc.get('kind')} run, not {_kind(config)}")
+    if doc.get("kind") != config.kind:
+        raise ConfigError(f"run {config.run_id} is a {doc.get('kind')} run, not {config.kind}")
     if not doc.get("runs"):
         return RunResult(None, {}, notes=("process 0 found nothing to run",))
     options = dict(doc["options"])
-    prepared: Config
-    if isinstance(config, ingest_flow.IngestConfig):
-        prepared = ingest_flow.IngestConfig.from_options(**options)
-    else:
-        prepared = replay_flow.ReplayConfig.from_options(**options)
+    prepared: Config = CONFIGS[config.kind].from_options(**options)
     run(Job(prepared, store), workers=workers, recovery=recovery, cluster=cluster)
     summary = _wait_for(store, layout.run_summary(config.run_id), "the run's summary")
     note = f"process {cluster.process_id}: its share is done; process 0 reports the run"

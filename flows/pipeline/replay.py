@@ -21,7 +21,7 @@ views='views.toml', run_id='r1')" -i 0 -a "h1:2101;h2:2101"`` on each host.
 from __future__ import annotations
 
 from dataclasses import dataclass, field, fields, replace
-from typing import Any
+from typing import Any, ClassVar
 
 import bytewax.operators as op
 import pyarrow as pa
@@ -30,7 +30,7 @@ from bytewax.inputs import Source
 from bytewax.outputs import Sink
 
 from obsflow.connectors.algorithms.partitions import partitions_of
-from obsflow.connectors.batch import DEFAULT_BATCH_ROWS
+from obsflow.connectors.batch import DEFAULT_BATCH_ROWS, RawBatch
 from obsflow.connectors.datasets.capture import new_run_id, open_capture
 from obsflow.connectors.datasets.capture_source import (
     Boundary,
@@ -109,6 +109,21 @@ class ReplayConfig:
                     f"--as names one view, but {len(self.views)} are replayed: {names}"
                 )
         self.spec  # noqa: B018 - the times and the slice are checked before anything runs
+
+    kind: ClassVar[str] = "replay"
+
+    def flow(self, *, source: Source[RawBatch] | None = None, durable: bool = True) -> Dataflow:
+        """The run's dataflow (``build_flow``); its input is the capture, never ``source``."""
+        if source is not None:
+            raise ConfigError("a replay reads its capture: it takes no other source")
+        return build_flow(self, durable=durable)
+
+    def planned(self, store: Store, *, force: bool) -> tuple[ReplayConfig, list[tuple[str, str]]]:
+        """The run to do (a replay skips nothing)."""
+        return self, []
+
+    def idle(self) -> bool:
+        return False
 
     @classmethod
     def from_options(cls, **options: Any) -> ReplayConfig:
