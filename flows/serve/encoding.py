@@ -14,7 +14,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from obsflow.connectors.errors import ConfigError
-from obsflow.flows.kernels.json_records import records_json
+from obsflow.connectors.formats.json_records import records_json
 from obsflow.flows.serve.filters import Filters
 
 FORMATS = {
