@@ -33,8 +33,9 @@ import pyarrow.json as pajson
 
 from obsflow.connectors.batch import RawBatch
 from obsflow.connectors.errors import ConfigError
+from obsflow.connectors.formats.jsonl_files import MAX_LINE_BYTES
 from obsflow.connectors.formats.schema import RECEIVED, TRACE, InputSpec
-from obsflow.connectors.sources.files import MAX_LINE_BYTES, malformed
+from obsflow.connectors.sources.files import malformed
 
 FORMATS = ("json", "arrow", "bluesky")  # bluesky: connectors.sources.bluesky.io, a stateful decoder
 TOPIC_FIELD = re.compile(r"^topic:(\d{1,3})$")

@@ -17,11 +17,11 @@ import pyarrow as pa
 
 from obsflow.connectors.datasets.capture import capture_info, new_run_id, open_capture
 from obsflow.connectors.errors import ConfigError
+from obsflow.connectors.formats.registry import encoder, write_table
 from obsflow.connectors.formats.schema import InputSpec
 from obsflow.connectors.ids import check_name
 from obsflow.connectors.sources.bluesky.io import BlueskyInput
 from obsflow.connectors.sources.brokers import BrokerURL, connect, is_broker_url, publisher
-from obsflow.connectors.sources.files import write_table
 from obsflow.connectors.sources.simulator import SimSpec, generate, parse_duration_ns
 from obsflow.connectors.storage.commits import commit_at, parse_as_of
 from obsflow.connectors.storage.compaction import compact, vacuum
@@ -257,10 +257,7 @@ def encode_messages(table: pa.Table, fmt: str) -> list[bytes]:
     """Readings as message bodies: one JSON object each, or Arrow IPC streams of at most
     ``MAX_MESSAGE_BYTES`` (one, unless the readings are many)."""
     if fmt == "arrow":
-        sink = pa.BufferOutputStream()
-        with pa.ipc.new_stream(sink, table.schema) as writer:
-            writer.write_table(table)
-        body = sink.getvalue().to_pybytes()
+        body = encoder("arrow")(table)
         if len(body) <= MAX_MESSAGE_BYTES or table.num_rows < 2:
             return [body]
         half = table.num_rows // 2

@@ -25,11 +25,11 @@ from obsflow.connectors.datasets.reads import (
 )
 from obsflow.connectors.datasets.views import list_views
 from obsflow.connectors.errors import ObsflowError
+from obsflow.connectors.formats.registry import encoder, format_of, write_table
 from obsflow.connectors.ids import check_name
 from obsflow.connectors.payloads.format import PAYLOAD_SCHEMA, check_sha256
 from obsflow.connectors.payloads.offload import PayloadStore
 from obsflow.connectors.sources.bluesky import io as bluesky_io
-from obsflow.connectors.sources.files import write_table
 from obsflow.connectors.storage import layout
 from obsflow.connectors.storage.commits import parse_as_of
 from obsflow.connectors.storage.migrate import check_layout
@@ -133,7 +133,7 @@ def cmd_capture(args: argparse.Namespace) -> int:
     if args.action == "show":
         table = read_capture(store, args.name, **filters(args), payloads=True)
         if args.out:
-            if not args.out.endswith(".parquet"):  # text formats get references, not bytes
+            if not format_of(args.out, "write").binary:  # text formats get references
                 table = table.drop_columns(["payload_inline"])
             return export(table, args.out, f"capture {args.name!r}")
         if table.num_rows == 0:
@@ -281,7 +281,7 @@ def cmd_sql(args: argparse.Namespace) -> int:
         write_table(table, args.out, fmt)
         say(f"query: wrote {table.num_rows:,} rows to {args.out}")
     elif fmt:
-        write_table(table, sys.stdout.buffer, fmt)
+        sys.stdout.buffer.write(encoder(fmt)(table))
     elif table.num_rows:
         print_frame(table.to_pandas(), args.limit)
     elif table.num_columns:

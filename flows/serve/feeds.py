@@ -21,9 +21,9 @@ import pyarrow.compute as pc
 
 from obsflow.connectors.datasets import reads
 from obsflow.connectors.errors import ConfigError, ObsflowError
+from obsflow.connectors.formats.json_records import json_array, row_texts
 from obsflow.connectors.storage import layout, tables
 from obsflow.connectors.storage.store import Store
-from obsflow.flows.kernels.json_records import json_array, row_texts
 from obsflow.flows.serve.errors import view_capture
 from obsflow.flows.serve.filters import Filters
 

@@ -11,7 +11,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from obsflow.connectors.errors import ConfigError
-from obsflow.flows.kernels.json_records import json_array
+from obsflow.connectors.formats.json_records import json_array
 
 MAX_LIMIT = 1_000_000
 

@@ -10,7 +10,8 @@ import pytest
 
 from obsflow.connectors.batch import RawBatch
 from obsflow.connectors.errors import ConfigError
-from obsflow.connectors.sources.files import FileSource, format_of
+from obsflow.connectors.formats.registry import format_of
+from obsflow.connectors.sources.files import FileSource
 
 
 def drain(source: FileSource, part: str, resume: int | None = None) -> tuple[list[RawBatch], int]:
@@ -28,9 +29,9 @@ def drain(source: FileSource, part: str, resume: int | None = None) -> tuple[lis
 
 
 def test_format_is_chosen_by_extension() -> None:
-    assert format_of("s3://b/x.PARQUET") == "parquet"
-    assert format_of("a.csv") == "csv"
-    assert format_of("a.jsonl") == "jsonl"
+    assert format_of("s3://b/x.PARQUET").name == "parquet"
+    assert format_of("a.csv").name == "csv"
+    assert format_of("a.jsonl").name == "jsonl"
     with pytest.raises(ConfigError, match=r"\.parquet, \.csv or \.jsonl"):
         format_of("a.xlsx")
 

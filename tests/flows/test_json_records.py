@@ -11,7 +11,7 @@ import pyarrow as pa
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from obsflow.flows.kernels.json_records import records_json
+from obsflow.connectors.formats.json_records import records_json
 
 UTC = dt.UTC
 

@@ -94,3 +94,8 @@ def one_by_one(column: pa.Array) -> pa.Array:
     """The slow, general way: Python's json per value (bytes as text, like ``str``)."""
     texts = [None if v is None else json.dumps(v, default=str) for v in column.to_pylist()]
     return pa.array(texts, pa.large_string())
+
+
+def encode(table: pa.Table) -> bytes:
+    """Rows as the UTF-8 bytes of ``records_json``."""
+    return records_json(table).encode()

@@ -1,0 +1,131 @@
+"""The format table: every file and response format by name, the one place that says which
+extensions, media type and functions a format has.
+
+An entry leaves out what its format cannot do: ``read`` (a file into tables, for
+``obsflow ingest``), ``write`` (a table into a file or stdout: exports, ``sql -o``,
+``simulate``), ``encode`` (a table as bytes: HTTP responses, broker messages). A new format
+is one module with those functions and one entry in ``FORMATS``; the front ends choose which
+names they offer (``serve`` json, csv, arrow; ``sql`` csv, json, parquet).
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO, Literal
+
+import pyarrow as pa
+
+from obsflow.connectors.errors import ConfigError
+from obsflow.connectors.formats import (
+    arrow_ipc,
+    csv_files,
+    json_records,
+    jsonl_files,
+    parquet_files,
+)
+
+# (file, batch_rows, delimiter) -> (table, [(line, why, text) of malformed lines]) per batch
+Reader = Callable[
+    [BinaryIO, int, str | None], Iterator[tuple[pa.Table, list[tuple[int, str, str]]]]
+]
+Writer = Callable[[pa.Table, BinaryIO], None]
+Encoder = Callable[[pa.Table], bytes]
+
+
+@dataclass(frozen=True)
+class Format:
+    """One format. ``extensions`` (lower case, with the dot; the first is the one messages
+    name) choose it for a file; ``binary``: its cells may hold bytes (``payload_inline``),
+    where text formats get references."""
+
+    name: str
+    extensions: tuple[str, ...] = ()
+    media_type: str = "application/octet-stream"
+    read: Reader | None = None
+    write: Writer | None = None
+    encode: Encoder | None = None
+    binary: bool = False
+
+
+def written(write: Writer) -> Encoder:
+    """An encoder from a writer: the bytes it would write to a file."""
+
+    def encode(table: pa.Table) -> bytes:
+        sink = io.BytesIO()
+        write(table, sink)
+        return sink.getvalue()
+
+    return encode
+
+
+FORMATS: dict[str, Format] = {
+    f.name: f
+    for f in (
+        Format(
+            "parquet",
+            (".parquet", ".pq"),
+            "application/vnd.apache.parquet",
+            read=parquet_files.read,
+            write=parquet_files.write,
+            binary=True,
+        ),
+        Format(
+            "csv",
+            (".csv",),
+            "text/csv",
+            read=csv_files.read,
+            write=csv_files.write,
+            encode=written(csv_files.write),
+        ),
+        Format(
+            "jsonl",
+            (".jsonl", ".ndjson", ".json"),
+            "application/x-ndjson",
+            read=jsonl_files.read,
+            write=jsonl_files.write,
+            encode=written(jsonl_files.write),
+        ),
+        Format("json", (), "application/json", encode=json_records.encode),
+        Format("arrow", (), "application/vnd.apache.arrow.stream", encode=arrow_ipc.encode),
+    )
+}
+
+
+def format_of(url: str, use: Literal["read", "write"] = "read") -> Format:
+    """The format that can ``use`` a file, from its name's extension."""
+    name = url.lower().split("?")[0]
+    able = [f for f in FORMATS.values() if getattr(f, use) is not None and f.extensions]
+    for fmt in able:
+        if name.endswith(fmt.extensions):
+            return fmt
+    first = [f.extensions[0] for f in able]
+    listed = ", ".join(first[:-1]) + " or " + first[-1] if len(first) > 1 else "".join(first)
+    raise ConfigError(f"cannot tell the format of {url!r}: use {listed}")
+
+
+def reader_of(url: str) -> Reader:
+    """How to read the file ``url`` names, chosen by its extension."""
+    read = format_of(url, "read").read
+    assert read is not None
+    return read
+
+
+def encoder(name: str) -> Encoder:
+    """How format ``name`` encodes a table as bytes (a name the caller offered)."""
+    encode = FORMATS[name].encode
+    if encode is None:
+        raise ConfigError(f"format {name!r} cannot be sent as bytes")
+    return encode
+
+
+def write_table(table: pa.Table, out: str, fmt: str | None = None) -> None:
+    """Write a table to a local file in format ``fmt``, or the one its extension names."""
+    write = (FORMATS[fmt] if fmt else format_of(out, "write")).write
+    if write is None:
+        raise ConfigError(f"format {fmt!r} cannot be written to a file")
+    Path(out).parent.mkdir(parents=True, exist_ok=True)
+    with open(out, "wb") as f:
+        write(table, f)
