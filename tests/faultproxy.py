@@ -9,6 +9,7 @@ faults on and off while a run goes through it::
         proxy.reset_all()              # RST every open (e.g. pooled keep-alive) connection
         proxy.fail_next(4, status=503) # answer the next 4 requests with an S3 error (SlowDown)
         proxy.stall(3.0)               # hold all bytes, both ways, for 3 s
+        proxy.end_stall()              # ... or until now
         proxy.cycle(4, ["reset", "503", "stall"])  # every 4th request from now on meets the
                                        # next of these faults in turn; proxy.cycle(0) stops
         proxy.down(); proxy.up()       # refuse connections (the port is closed), then serve again
@@ -343,6 +344,11 @@ class FaultProxy:
         with self._lock:
             self._stall_until = max(self._stall_until, time.monotonic() + seconds)
             self._stats.stalled += 1
+
+    def end_stall(self) -> None:
+        """End a stall now (a test holds bytes with ``stall(max_stall)`` until it says so)."""
+        with self._lock:
+            self._stall_until = 0.0
 
     def down(self) -> None:
         """The server is gone: close the port (connections are refused) and reset open ones."""
