@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import os
 import secrets
@@ -14,6 +15,7 @@ import fsspec
 import pandas as pd
 import pytest
 
+from obsflow.connectors.store import Store
 from tests import s3servers
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -44,6 +46,29 @@ def sorted_frame(df: pd.DataFrame, keys: list[str] | None = None) -> pd.DataFram
     """A frame in a canonical row order, for comparing outputs regardless of arrival order."""
     keys = keys or ["source", "channel", "time", "seq"]
     return df.sort_values(keys, kind="stable").reset_index(drop=True)
+
+
+class RetryClock:
+    """A store's retry clock and sleep: time moves only by the backoff the store asks for."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+        self.sleeps: list[float] = []
+
+    def clock(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.sleeps.append(seconds)
+        self.now += seconds
+
+
+def on_retry_clock(store: Store) -> RetryClock:
+    """Give ``store``'s retry policy a ``RetryClock``: its budget is spent by backoff alone."""
+    assert store.retry is not None
+    fake = RetryClock()
+    store.retry = dataclasses.replace(store.retry, clock=fake.clock, sleep=fake.sleep)
+    return fake
 
 
 # --- S3 servers and stores ----------------------------------------------------------------------

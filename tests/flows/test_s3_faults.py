@@ -44,6 +44,7 @@ from tests.conftest import (
     TEST_SECRET,
     admin_client,
     create_bucket,
+    on_retry_clock,
     sorted_frame,
 )
 from tests.faultproxy import FaultProxy
@@ -151,29 +152,6 @@ class Chaos(threading.Thread):
     def stop(self) -> None:
         self.done.set()
         self.join(timeout=5)
-
-
-class RetryClock:
-    """A store's retry clock and sleep: time moves only by the backoff the store asks for."""
-
-    def __init__(self) -> None:
-        self.now = 0.0
-        self.sleeps: list[float] = []
-
-    def clock(self) -> float:
-        return self.now
-
-    def sleep(self, seconds: float) -> None:
-        self.sleeps.append(seconds)
-        self.now += seconds
-
-
-def on_retry_clock(store: Store) -> RetryClock:
-    """Give ``store``'s retry policy a ``RetryClock``: its budget is spent by backoff alone."""
-    assert store.retry is not None
-    fake = RetryClock()
-    store.retry = dataclasses.replace(store.retry, clock=fake.clock, sleep=fake.sleep)
-    return fake
 
 
 @pytest.fixture(scope="module")
