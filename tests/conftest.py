@@ -71,6 +71,28 @@ def on_retry_clock(store: Store) -> RetryClock:
     return fake
 
 
+# --- tiers ----------------------------------------------------------------------------------------
+#
+# A test is `integration` (run by `make test`, not by `make check`) when it starts a server, a
+# broker, a browser, a notebook kernel or a child process, or runs a long flow. Marked:
+# - per module (``pytestmark = pytest.mark.integration``) where that is what the module tests;
+# - per test (``@pytest.mark.integration``) in modules of unit tests;
+# - here, by the fixtures it uses: an S3 server fixture, or a backend parameter that gets one.
+# Everything else is a unit test: in-process, local or memory stores, seconds at most.
+
+SERVER_FIXTURES = frozenset({"moto_server", "seaweed", "s3_env", "seaweed_env"})
+SERVER_BACKENDS = frozenset({"s3", "moto", "seaweed"})  # backend parameters that start a server
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        params = getattr(getattr(item, "callspec", None), "params", {})
+        if SERVER_FIXTURES.intersection(getattr(item, "fixturenames", ())) or any(
+            isinstance(v, str) and v in SERVER_BACKENDS for v in params.values()
+        ):
+            item.add_marker(pytest.mark.integration)
+
+
 # --- S3 servers and stores ----------------------------------------------------------------------
 #
 # Servers start once per session (on first use) and stop at its end. Each test that uses S3 gets

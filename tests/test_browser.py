@@ -20,6 +20,8 @@ from obsflow.flows.explore import open_store
 from tests.s3servers import free_port
 from tests.test_serve import OBSFLOW, VIEWS, run_file, serving
 
+pytestmark = pytest.mark.integration  # servers, brokers, child processes (tests/conftest.py)
+
 SHOTS = Path(__file__).resolve().parents[1] / ".build" / "screenshots"
 CHROMIUM_ARGS = [
     "--no-sandbox",

@@ -53,6 +53,8 @@ from tests.conftest import (
 )
 from tests.faultproxy import FaultProxy
 
+pytestmark = pytest.mark.integration  # servers, brokers, child processes (tests/conftest.py)
+
 SECRET = "obsflow-TOPSECRET-" + secrets.token_hex(12)
 ACCESS_KEY = "obsflow-ACCESSKEY-" + secrets.token_hex(6)
 SIM = "sim://?sources=3&channels=temperature,pressure&rate=50&duration=3m&seed=5"

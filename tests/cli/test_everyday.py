@@ -299,6 +299,7 @@ def test_late_readings_are_explained_with_the_command_that_includes_them(
     assert first_minute["count"].tolist() == [2]
 
 
+@pytest.mark.integration
 def test_a_file_that_is_not_what_its_extension_says_is_one_line_without_a_panic(
     tmp_path: Path,
 ) -> None:
@@ -540,6 +541,7 @@ def test_a_mistaken_cluster_option_says_what_to_do_and_writes_nothing(
     assert not store.exists()
 
 
+@pytest.mark.integration
 def test_output_cut_short_by_its_reader_ends_quietly(tmp_path: Path) -> None:
     """``obsflow capture show ... | head -1``: no traceback, the shell's status for SIGPIPE."""
     store = str(tmp_path / "store")

@@ -20,6 +20,8 @@ from obsflow.flows import jobs
 from obsflow.flows.cli import main
 from obsflow.flows.runner import free_port
 
+pytestmark = pytest.mark.integration  # servers, brokers, child processes (tests/conftest.py)
+
 VIEWS = """
 [[view]]
 name = "w1m"

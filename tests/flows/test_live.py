@@ -34,6 +34,8 @@ from obsflow.flows.explore import open_store
 from tests.brokers import KafkaMock, MosquittoServer, NatsServer, mqtt_publish, publish
 from tests.delta import capture_commits
 
+pytestmark = pytest.mark.integration  # servers, brokers, child processes (tests/conftest.py)
+
 OBSFLOW = str(Path(sys.executable).parent / "obsflow")
 SECOND = 10**9
 # Messages a killed run took come again after the ack wait: 3 s, not 30, in these tests.

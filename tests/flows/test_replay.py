@@ -287,6 +287,7 @@ def test_replay_restricted_by_time_and_source_equals_the_restricted_oracle(
     assert_rows_match(got, oracle_of(runs, view).rows(), view, pd.concat(runs)["value"])
 
 
+@pytest.mark.integration
 def test_one_worker_two_workers_and_two_processes_give_identical_rows(
     live: Path, tmp_path: Path
 ) -> None:
@@ -392,6 +393,7 @@ def test_paced_replay_releases_each_slice_at_its_event_time_divided_by_speed(
     assert seconds / speed - tick <= max(offsets) < seconds / speed, max(offsets)
 
 
+@pytest.mark.integration
 def test_a_killed_replay_leaves_the_previous_views_intact(tmp_path: Path) -> None:
     _sim_capture(tmp_path, 30)
     before = view_frame(tmp_path, "p")

@@ -49,6 +49,8 @@ from tests.conftest import (
 )
 from tests.faultproxy import FaultProxy
 
+pytestmark = pytest.mark.integration  # servers, brokers, child processes (tests/conftest.py)
+
 # 4 sources x 2 channels x 1000 Hz x 60 s: ~480,000 readings, 8 capture partitions.
 SIM = "sim://?sources=4&channels=temperature,pressure&rate=1000&duration=60s&seed=11"
 VIEWS = CRASH_VIEWS
