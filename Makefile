@@ -1,13 +1,16 @@
 # Two commands do all set-up on a fresh machine with Python 3.11 and make:
 #   make demo   create .venv, install obsflow, run the demo ingest into ./data/store
 #   make test   create .venv, install obsflow with test tools, lint, type-check, run the tests
+#               (all but those marked `slow`; what CI runs, .ci/run)
+# and one is for every change while working:
+#   make check  lint, type-check and the unit tests (not `integration`, not `slow`): < 3 min
 PYTHON ?= $(shell command -v python3.11 || command -v python3.12 || command -v python3)
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 RUN_STAMP := $(VENV)/.installed-run
 
-.PHONY: demo nats live-demo system-deps test lint typecheck pytest test-slow bench notebooks clean
+.PHONY: demo nats live-demo system-deps check unit test lint typecheck pytest test-slow bench notebooks clean
 
 # Two stamps: `make demo` installs what running needs (with pip's progress); the test targets
 # add the test tools (S3 servers, linters, notebook runner).
@@ -74,9 +77,18 @@ system-deps:
 	      apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; \
 	    else echo "the tests need Debian's$$missing: sudo apt-get install$$missing"; exit 1; fi; fi
 
-# pytest exits 5 when it collected no test: make treats that, like any failure, as an error.
-# Three workers on two cores: most tests wait on servers and child processes (CPU ~65 % busy
-# with two); worksteal keeps both cores busy until the last long test ends.
+# pytest exits 5 when it collected no test: make treats that, like any failure, as an error
+# (in `unit` and `pytest` alike).
+# The unit tier: in-process tests, no server, broker, browser or child process (those are
+# marked `integration`, by the rule in tests/conftest.py). No system packages needed.
+unit: $(STAMP)
+	$(BIN)/python -m pytest -q -m "not slow and not integration" -n 2 --durations=10
+
+check: lint typecheck unit
+
+# Everything but `slow`. Three workers on two cores: most integration tests wait on servers and
+# child processes (CPU ~65 % busy with two); worksteal keeps both cores busy until the last
+# long test ends.
 pytest: $(STAMP) system-deps
 	$(BIN)/python -m pytest -q -m "not slow" -n 3 --dist worksteal --durations=15
 

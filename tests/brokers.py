@@ -188,6 +188,14 @@ class MosquittoServer(_ChildServer):
         self._launch([find_mosquitto(), "-c", str(config)], {}, workdir, lambda: _accepts(port))
         return self
 
+    def connections(self) -> int:
+        """Client connections the broker has accepted (counted in its log), logins refused
+        too."""
+        log = self.log_path
+        if log is None or not log.exists():
+            return 0
+        return log.read_text(errors="replace").count("New connection from ")
+
     def restart(self) -> None:
         """SIGTERM (mosquitto saves its sessions and queues), then start again."""
         self._kill_child()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import os
 import secrets
@@ -14,6 +15,7 @@ import fsspec
 import pandas as pd
 import pytest
 
+from obsflow.connectors.storage.store import Store
 from tests import s3servers
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -44,6 +46,51 @@ def sorted_frame(df: pd.DataFrame, keys: list[str] | None = None) -> pd.DataFram
     """A frame in a canonical row order, for comparing outputs regardless of arrival order."""
     keys = keys or ["source", "channel", "time", "seq"]
     return df.sort_values(keys, kind="stable").reset_index(drop=True)
+
+
+class RetryClock:
+    """A store's retry clock and sleep: time moves only by the backoff the store asks for."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+        self.sleeps: list[float] = []
+
+    def clock(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.sleeps.append(seconds)
+        self.now += seconds
+
+
+def on_retry_clock(store: Store) -> RetryClock:
+    """Give ``store``'s retry policy a ``RetryClock``: its budget is spent by backoff alone."""
+    assert store.retry is not None
+    fake = RetryClock()
+    store.retry = dataclasses.replace(store.retry, clock=fake.clock, sleep=fake.sleep)
+    return fake
+
+
+# --- tiers ----------------------------------------------------------------------------------------
+#
+# A test is `integration` (run by `make test`, not by `make check`) when it starts a server, a
+# broker, a browser, a notebook kernel or a child process, or runs a long flow. Marked:
+# - per module (``pytestmark = pytest.mark.integration``) where that is what the module tests;
+# - per test (``@pytest.mark.integration``) in modules of unit tests;
+# - here, by the fixtures it uses: an S3 server fixture, or a backend parameter that gets one.
+# Everything else is a unit test: in-process, local or memory stores, seconds at most.
+
+SERVER_FIXTURES = frozenset({"moto_server", "seaweed", "s3_env", "seaweed_env"})
+SERVER_BACKENDS = frozenset({"s3", "moto", "seaweed"})  # backend parameters that start a server
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        params = getattr(getattr(item, "callspec", None), "params", {})
+        if SERVER_FIXTURES.intersection(getattr(item, "fixturenames", ())) or any(
+            isinstance(v, str) and v in SERVER_BACKENDS for v in params.values()
+        ):
+            item.add_marker(pytest.mark.integration)
 
 
 # --- S3 servers and stores ----------------------------------------------------------------------

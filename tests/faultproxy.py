@@ -9,9 +9,11 @@ faults on and off while a run goes through it::
         proxy.reset_all()              # RST every open (e.g. pooled keep-alive) connection
         proxy.fail_next(4, status=503) # answer the next 4 requests with an S3 error (SlowDown)
         proxy.stall(3.0)               # hold all bytes, both ways, for 3 s
+        proxy.end_stall()              # ... or until now
         proxy.cycle(4, ["reset", "503", "stall"])  # every 4th request from now on meets the
                                        # next of these faults in turn; proxy.cycle(0) stops
-        proxy.down(); proxy.up()       # refuse connections (the port is closed), then serve again
+        proxy.down(); proxy.up()       # refuse connections (the port is closed, but kept), then
+                                       # serve again on it
         proxy.stats()                  # counters: connections, requests, resets, ...
 
 A *request* is approximated at the TCP level: client bytes that arrive on a new connection or
@@ -248,6 +250,7 @@ class FaultProxy:
         self._cycle_next = 0  # index of the next fault in the cycle
         self._conns: set[_Conn] = set()
         self._listener: socket.socket | None = None
+        self._placeholder: socket.socket | None = None  # holds the port while down
         self._acceptor: threading.Thread | None = None
         self._accepting = threading.Event()
         self._stopping = threading.Event()
@@ -270,6 +273,7 @@ class FaultProxy:
         """Close the listener and every connection; join all threads. Idempotent."""
         self._stopping.set()
         self._unlisten()
+        self._release_placeholder()
         for conn in self._snapshot_conns():
             conn.kill.set()
         for conn in self._snapshot_conns():
@@ -344,6 +348,11 @@ class FaultProxy:
             self._stall_until = max(self._stall_until, time.monotonic() + seconds)
             self._stats.stalled += 1
 
+    def end_stall(self) -> None:
+        """End a stall now (a test holds bytes with ``stall(max_stall)`` until it says so)."""
+        with self._lock:
+            self._stall_until = 0.0
+
     def down(self) -> None:
         """The server is gone: close the port (connections are refused) and reset open ones."""
         self._unlisten()
@@ -385,6 +394,7 @@ class FaultProxy:
         sock.settimeout(_TICK)
         self.port = sock.getsockname()[1]
         self._listener = sock
+        self._release_placeholder()
         self._accepting.set()
         self._acceptor = threading.Thread(
             target=self._accept_loop, args=(sock,), name="faultproxy-accept", daemon=True
@@ -400,6 +410,22 @@ class FaultProxy:
             with contextlib.suppress(OSError):
                 self._listener.close()
             self._listener = None
+            # While down, the port stays bound (not listening: connections are refused), so
+            # that no other server (another test's, another checkout's) is given it meanwhile.
+            placeholder = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            placeholder.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                placeholder.bind((HOST, self.port))
+            except OSError:
+                placeholder.close()
+            else:
+                self._placeholder = placeholder
+
+    def _release_placeholder(self) -> None:
+        if self._placeholder is not None:
+            with contextlib.suppress(OSError):
+                self._placeholder.close()
+            self._placeholder = None
 
     def _accept_loop(self, sock: socket.socket) -> None:
         while self._accepting.is_set() and not self._stopping.is_set():

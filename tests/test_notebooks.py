@@ -16,6 +16,8 @@ from nbclient import NotebookClient
 
 from tests.conftest import ROOT
 
+pytestmark = pytest.mark.integration  # servers, brokers, child processes (tests/conftest.py)
+
 NOTEBOOKS = ROOT / "notebooks"
 EXPECTED = ("bluesky_run", "explore_views", "payloads", "real_data", "replay_capture")
 PLOTTING = re.compile(r"\b(plot_windows|plot_readings|imshow|subplots|mark_windows)\(|\bplt\.")

@@ -7,6 +7,10 @@ import sys
 import venv
 from pathlib import Path
 
+import pytest
+
+pytestmark = pytest.mark.integration  # servers, brokers, child processes (tests/conftest.py)
+
 ROOT = Path(__file__).resolve().parents[1]
 
 

@@ -34,6 +34,8 @@ from obsflow.flows.explore.explorer import Explorer, open_store
 from obsflow.flows.serve import QUEUE_BYTES, QUEUE_EVENTS, Filters, Subscriber
 from tests.s3servers import free_port
 
+pytestmark = pytest.mark.integration  # servers, brokers, child processes (tests/conftest.py)
+
 OBSFLOW = str(Path(sys.executable).parent / "obsflow")
 RUNS, SOURCES, SECONDS_PER_RUN, HZ = 20, 10, 50, 2
 T0 = pd.Timestamp("2026-06-01T00:00:00Z")
@@ -118,11 +120,13 @@ def events(
     until_id: int | None,
     wait: float = 10,
     params: dict[str, Any] | None = None,
+    out: list[dict[str, Any]] | None = None,
 ) -> list[dict[str, Any]]:
     """The events of one SSE connection (with filters ``params``), read until the event with
-    id ``until_id`` (or for ``wait`` seconds when it is None)."""
+    id ``until_id`` (or for ``wait`` seconds when it is None); appended to ``out`` as they
+    arrive, when given (another thread may watch it)."""
     headers = {"Last-Event-ID": last_id} if last_id is not None else {}
-    out: list[dict[str, Any]] = []
+    out = [] if out is None else out
     deadline = time.monotonic() + wait
     with (
         contextlib.suppress(httpx.ReadTimeout),
@@ -456,9 +460,10 @@ def big_run(folder: Path, r: int, sources: int = 50, seconds: int = 100) -> Path
 
 
 def test_a_stalled_client_slows_nobody_and_is_dropped(tmp_path: Path) -> None:
-    """A client that never reads while 6 big commits land: a reading client gets every commit
-    within 2 s of it, and the server closes the stalled connection (its send timeout), with one
-    line on its log."""
+    """A client that never reads while 6 big commits land: a reading client gets the first
+    commit's event while the stalled stream is still attached (the fan-out waits for nobody),
+    then every other one, and the server closes the stalled connection (its send timeout), with
+    one line on its log."""
     store = tmp_path / "store"
     open_store(str(store)).ingest(str(big_run(tmp_path, 0)), capture="big", views=VIEWS)
     st = Store(str(store))
@@ -474,11 +479,19 @@ def test_a_stalled_client_slows_nobody_and_is_dropped(tmp_path: Path) -> None:
         )
 
         def read() -> None:
-            got.extend(events(base, "v1s", last_id=str(head), until_id=head + 6, wait=120))
+            events(base, "v1s", last_id=str(head), until_id=head + 6, wait=120, out=got)
+
+        def subscribers() -> int:
+            feeds = httpx.get(f"{base}/api/status").json()["feeds"]  # (none before a stream)
+            return int(feeds.get("v1s", {}).get("subscribers", 0))
 
         reader = threading.Thread(target=read)
         reader.start()
-        committed = {}
+        deadline = time.monotonic() + 60
+        while subscribers() < 2:  # both streams follow the view
+            assert time.monotonic() < deadline, "the streams never subscribed"
+            time.sleep(0.05)
+        committed = []
         for r in range(1, 7):
             path = big_run(tmp_path, r)
             done = subprocess.run(
@@ -488,20 +501,22 @@ def test_a_stalled_client_slows_nobody_and_is_dropped(tmp_path: Path) -> None:
                 timeout=120,
             )
             assert done.returncode == 0, done.stderr
-            committed[str(head + r)] = time.monotonic()
+            committed.append(str(head + r))
+            if r == 1:
+                # The stalled client cannot take a megabyte event; the reader has it while
+                # the stalled stream is still attached, not once the server gave up on it.
+                deadline = time.monotonic() + 60
+                while str(head + 1) not in [e["id"] for e in got]:
+                    assert time.monotonic() < deadline, "the reader never got the first commit"
+                    time.sleep(0.02)
+                assert subscribers() == 2
         reader.join(120)
-        arrived = {e["id"]: e["at"] for e in got}
-        delays = [arrived[n] - t for n, t in committed.items()]
-        print(f"a reading client beside a stalled one: events {max(delays):.2f} s after commits")
-        assert max(delays) < 2.0
-        assert [e["id"] for e in got] == list(committed)
+        assert [e["id"] for e in got] == committed
         # The server drops the stalled stream (a send blocked for 10 s)...
         deadline = time.monotonic() + 60
-        while httpx.get(f"{base}/api/status").json()["feeds"]["v1s"]["subscribers"]:
+        while subscribers():
             assert time.monotonic() < deadline, "the stalled stream was never dropped"
             time.sleep(0.5)
-        dropped = time.monotonic() - committed[str(head + 6)]
-        print(f"the stalled stream was dropped {dropped:.1f} s after the last commit")
         # ... and closes its connection: drained now, it ends.
         stalled.settimeout(5)
         total, ends = 0, time.monotonic() + 30

@@ -18,7 +18,7 @@ measured from the capture's first reading (or ``start``).
 from __future__ import annotations
 
 import itertools
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -48,6 +48,13 @@ from obsflow.connectors.storage.store import Store
 from obsflow.connectors.storage.tables import FileEntry
 
 PACE_TICK = 0.05  # seconds of wall time per paced slice
+Clock = Callable[[], datetime]
+
+
+def utc_now() -> datetime:
+    """The wall clock pacing reads (a replay's ``clock`` by default)."""
+    return datetime.now(UTC)
+
 
 REPLAYED = READING_SCHEMA.append(pa.field(TRACE, pa.string()))
 ENCODED_READINGS = encoded_schema(REPLAYED)
@@ -195,14 +202,16 @@ class _CapturePartition(StatefulSourcePartition[ReplayBatch, Position]):
         bounds: dict[int, Boundary],
         resume: Position | None,
         pace_origin: int | None,
+        clock: Clock = utc_now,
     ) -> None:
         self._store, self._spec, self._part = store, spec, part
+        self._clock = clock
         self._sources, self._bounds = sources, bounds
         self._pos: Position = resume or (0, 0, 0, None, 0)
         self._items = self._iterate()
         self._origin = pace_origin or 0  # event time paced from (only used with a speed)
         self._speed = spec.speed or 1.0
-        self._wall0 = datetime.now(UTC)
+        self._wall0 = clock()
         self._pending: list[pa.Table | Boundary] = []
         self._due: datetime | None = None
         self._stores: dict[str, Store] = {}
@@ -306,7 +315,7 @@ class _CapturePartition(StatefulSourcePartition[ReplayBatch, Position]):
 
     def _paced(self) -> list[ReplayBatch]:
         """Release slices of about PACE_TICK wall seconds when their time has come."""
-        now = datetime.now(UTC)
+        now = self._clock()
         while not self._pending:
             item = next(self._items, None)
             if item is None:
@@ -348,14 +357,19 @@ class _CapturePartition(StatefulSourcePartition[ReplayBatch, Position]):
 
 
 class CaptureSource(FixedPartitionedSource[ReplayBatch, Position]):
-    """Replay a capture (see module docstring). Opens nothing until partitions are built."""
+    """Replay a capture (see module docstring). Opens nothing until partitions are built.
 
-    def __init__(self, store: Store, spec: ReplaySpec) -> None:
-        self.store, self.spec = store, spec
+    ``clock`` is the wall clock pacing reads (a module-level function: the source is pickled);
+    a paced partition never sleeps, it asks Bytewax to wake it (``next_awake``) at the time of
+    that clock its next slice is due.
+    """
+
+    def __init__(self, store: Store, spec: ReplaySpec, *, clock: Clock = utc_now) -> None:
+        self.store, self.spec, self.clock = store, spec, clock
         self._read: tuple[int, CapturePlan, int | None] | None = None
 
     def __getstate__(self) -> dict[str, Any]:
-        return {"store": self.store, "spec": self.spec, "_read": None}
+        return {"store": self.store, "spec": self.spec, "clock": self.clock, "_read": None}
 
     def _capture(self) -> tuple[int, CapturePlan, int | None]:
         """The capture's partition count, what the replay reads of it, and where pacing
@@ -393,4 +407,5 @@ class CaptureSource(FixedPartitionedSource[ReplayBatch, Position]):
             boundaries(plan, part, partitions),
             resume_state,
             origin,
+            self.clock,
         )

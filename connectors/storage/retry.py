@@ -14,7 +14,9 @@ import os
 import random
 import re
 import threading
-from dataclasses import dataclass
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 from obsflow.connectors.errors import ConfigError
@@ -66,12 +68,15 @@ class RetryPolicy:
     attempt, which the connect and read timeouts bound). ``attempts``, when set, also caps the
     number of attempts. Waits double from ``first_delay`` up to ``max_delay``, each jittered
     down by up to half so that workers do not retry in step. ``seconds=0`` makes one attempt.
+    ``clock`` and ``sleep`` measure the budget and wait out the backoff (tests pass fakes).
     """
 
     seconds: float = DEFAULT_RETRY_SECONDS
     attempts: int | None = None
     first_delay: float = 0.2
     max_delay: float = 5.0
+    clock: Callable[[], float] = field(default=time.monotonic, compare=False, repr=False)
+    sleep: Callable[[float], None] = field(default=time.sleep, compare=False, repr=False)
 
     @classmethod
     def from_env(cls) -> RetryPolicy:

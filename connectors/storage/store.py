@@ -107,7 +107,8 @@ class Store:
         everything else (OSError, the botocore errors s3fs passes on) becomes a ``StoreError``
         naming the action and path.
         """
-        started = time.monotonic()
+        clock = self.retry.clock if self.retry is not None else time.monotonic
+        started = clock()
         attempt = 0
         while True:
             attempt += 1
@@ -119,7 +120,7 @@ class Store:
                 policy = self.retry
                 if policy is None or not transient(exc):
                     raise StoreError(f"cannot {action} {self.uri(rel)}: {reason(exc)}") from exc
-                elapsed = time.monotonic() - started
+                elapsed = clock() - started
                 earlier = GaveUp.has(self._endpoint)
                 if elapsed >= policy.seconds or attempt == policy.attempts or earlier:
                     GaveUp.add(self._endpoint)
@@ -136,7 +137,7 @@ class Store:
                     policy.seconds,
                 )
                 # The last attempt starts at the deadline, not a backoff before it.
-                time.sleep(min(policy.delay(attempt), policy.seconds - elapsed))
+                policy.sleep(min(policy.delay(attempt), policy.seconds - elapsed))
             else:
                 GaveUp.discard(self._endpoint)  # it answers again: full retries
                 return result
@@ -429,7 +430,8 @@ class Store:
         (a connection reset mid-request): those are retried here, like ``_call``'s, unless
         ``retry`` is off (a commit: its caller looks at the table again instead); a store that
         stays unreachable is a ``StoreUnreachableError``."""
-        started = time.monotonic()
+        clock = self.retry.clock if self.retry is not None else time.monotonic
+        started = clock()
         attempt = 0
         while True:
             attempt += 1
@@ -443,7 +445,7 @@ class Store:
                 if down is None:
                     raise StoreError(f"cannot {action} {self.uri(rel)}: {text}") from exc
                 policy = self.retry
-                elapsed = time.monotonic() - started
+                elapsed = clock() - started
                 earlier = GaveUp.has(self._endpoint)
                 if (
                     not retry
@@ -468,7 +470,7 @@ class Store:
                     down[0],
                     policy.seconds,
                 )
-                time.sleep(min(policy.delay(attempt), policy.seconds - elapsed))
+                policy.sleep(min(policy.delay(attempt), policy.seconds - elapsed))
 
 
 def json_bytes(obj: Any) -> bytes:

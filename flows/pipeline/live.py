@@ -124,11 +124,15 @@ def run_live(
     workers: int = 1,
     stop: threading.Event | None = None,
     on_cycle: Callable[[LiveResult], None] | None = None,
+    clock: Callable[[], float] = time.monotonic,
 ) -> LiveResult:
-    """Run cycles until ``stop`` is set, or no message came for ``stop_when_idle``."""
+    """Run cycles until ``stop`` is set, or no message came for ``stop_when_idle``.
+
+    ``clock`` (seconds) is what idle closing and ``stop_when_idle`` measure quiet by, read
+    once after each fetch."""
     stop = stop or threading.Event()
     result = LiveResult()
-    started = last_message = time.monotonic()
+    started = last_message = clock()
     quiet: dict[str, float] = {}  # source -> wall time of its last reading (monotonic)
     offset = 0
     # Bluesky documents: one stream for the session, primed with the documents the capture
@@ -138,7 +142,7 @@ def run_live(
     try:
         while not stop.is_set():
             messages = client.fetch(config.max_messages, config.flush_interval)
-            now = time.monotonic()
+            now = clock()
             if messages:
                 last_message = now
                 if bluesky and documents:
@@ -174,7 +178,7 @@ def run_live(
         else:
             result.stopped = "stopped"
     finally:
-        result.seconds = time.monotonic() - started
+        result.seconds = clock() - started
         client.close()
     return result
 

@@ -94,21 +94,28 @@ def wrote(*items: DataFile | StateRef) -> Counts:
 class Progress:
     """Progress lines on stderr at a steady interval of wall time: counts named as in the run
     summary, the rate since the previous line, and (with a known ``total``) a percentage and
-    an ETA. A run shorter than one interval prints none."""
+    an ETA. A run shorter than one interval prints none. ``clock`` (seconds) times the lines
+    and the rates."""
 
-    def __init__(self, label: str, total: int | None, every: float = 2.0) -> None:
-        self.label, self.total, self.every = label, total, every
-        self.started = self.last = time.monotonic()
+    def __init__(
+        self,
+        label: str,
+        total: int | None,
+        every: float = 2.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.label, self.total, self.every, self.clock = label, total, every, clock
+        self.started = self.last = clock()
         self.last_input: int | None = None  # counts at the previous line (None: no line yet)
         self.lines = 0
 
     def due(self) -> datetime:
         """When the next line is due."""
-        wait = max(self.last + self.every - time.monotonic(), 0.0)
+        wait = max(self.last + self.every - self.clock(), 0.0)
         return datetime.now(UTC) + timedelta(seconds=wait)
 
     def line(self, c: Counts, *, final: bool = False) -> str:
-        now = time.monotonic()
+        now = self.clock()
         if final:  # the totals the summary will report, and how long reading them took
             tail = f" · all read in {now - self.started:,.1f} s, committing"
         else:

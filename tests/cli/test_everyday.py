@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -298,6 +299,7 @@ def test_late_readings_are_explained_with_the_command_that_includes_them(
     assert first_minute["count"].tolist() == [2]
 
 
+@pytest.mark.integration
 def test_a_file_that_is_not_what_its_extension_says_is_one_line_without_a_panic(
     tmp_path: Path,
 ) -> None:
@@ -495,8 +497,9 @@ def test_the_summary_says_how_records_and_readings_differ(
 def test_progress_comes_at_a_steady_interval_and_its_last_line_is_the_summary(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """A paced replay takes ~5 s of wall time: lines every 2 s, true rates, an ETA, and a last
-    line holding the counts the summary reports."""
+    """A paced replay takes at least 5 s of wall time: lines every 2 s, rates, an ETA, and a
+    last line holding the counts the summary reports. (The rates and ETAs themselves are
+    checked on a fake clock in tests/flows/test_progress.py.)"""
     store = str(tmp_path / "s")
     sim = "sim://?sources=4&channels=t&rate=20&duration=50s&seed=3"
     assert run(capsys, "ingest", sim, "--store", store, "--capture", "p", "-q")[0] == 0
@@ -507,13 +510,12 @@ def test_progress_comes_at_a_steady_interval_and_its_last_line_is_the_summary(
     doc = json.loads(summary.read_text())
     lines = [ln for ln in err.splitlines() if ln.startswith("[replay] ")]
     *steps, last = lines
-    assert 2 <= len(steps) <= 4, err  # 5 s (and start-up) at one line per 2 s
+    assert len(steps) >= 2, err  # pacing holds the replay for 5 s at least: a line per 2 s
     counts = [int(ln.split()[1].replace(",", "")) for ln in steps]
     assert counts == sorted(counts)
     assert counts[-1] <= doc["input"]
     for ln in steps:
-        rate = float(ln.split(" · ")[4].split()[0].replace(",", ""))
-        assert 0 < rate < 4 * 20 * 10 * 3  # paced at 800/s: never the absurd first-batch rate
+        assert re.fullmatch(r"[\d,]+ readings/s", ln.split(" · ")[4]), ln
         assert "% · ETA " in ln
     assert last.startswith(
         f"[replay] {doc['input']:,} input · {doc['accepted']:,} accepted · {doc['rejected']:,} "
@@ -547,6 +549,7 @@ def test_a_mistaken_cluster_option_says_what_to_do_and_writes_nothing(
     assert not store.exists()
 
 
+@pytest.mark.integration
 def test_output_cut_short_by_its_reader_ends_quietly(tmp_path: Path) -> None:
     """``obsflow capture show ... | head -1``: no traceback, the shell's status for SIGPIPE."""
     store = str(tmp_path / "store")

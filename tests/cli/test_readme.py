@@ -17,6 +17,8 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = pytest.mark.integration  # servers, brokers, child processes (tests/conftest.py)
+
 ROOT = Path(__file__).resolve().parents[2]
 OBSFLOW = str(Path(sys.executable).parent / "obsflow")
 # Progress lines appear only when a run takes longer than their interval: timing, not content.

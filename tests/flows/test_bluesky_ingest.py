@@ -39,6 +39,8 @@ from tests.bluesky_runs import (
     write_msgpack,
 )
 
+pytestmark = pytest.mark.integration  # servers, brokers, child processes (tests/conftest.py)
+
 OBSFLOW = str(Path(sys.executable).parent / "obsflow")
 COLUMNS = [
     "source",

@@ -40,6 +40,8 @@ from tests.bluesky_runs import (
 from tests.brokers import KafkaMock
 from tests.flows.test_live import live_ingest, running, wait_for
 
+pytestmark = pytest.mark.integration  # servers, brokers, child processes (tests/conftest.py)
+
 OBSFLOW = str(Path(sys.executable).parent / "obsflow")
 TOPIC = "bluesky.docs"
 

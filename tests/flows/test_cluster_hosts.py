@@ -28,6 +28,8 @@ from tests.conftest import CRASH_VIEWS, ROOT, sorted_frame
 from tests.flows.test_recovery import snapshotted
 from tests.netns import NODES, Hosts
 
+pytestmark = pytest.mark.integration  # servers, brokers, child processes (tests/conftest.py)
+
 S3 = f"http://{NODES['s3']}:5000"
 PORT = 2101
 ADDRESSES = f"{NODES['w0']}:{PORT};{NODES['w1']}:{PORT}"

@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pytest
 
 from obsflow.connectors.batch import RawBatch
 from obsflow.connectors.datasets import reads
@@ -63,6 +64,7 @@ def view_rows(store: str) -> pd.DataFrame:
     return frame.sort_values(["source", "channel", "window_start"]).reset_index(drop=True)
 
 
+@pytest.mark.integration
 def test_a_thousand_small_objects_become_a_handful_and_nothing_else_changes(tmp_path: Path) -> None:
     store = str(tmp_path / "store")
     for k in range(RUNS):

@@ -31,6 +31,8 @@ from tests.conftest import ROOT
 from tests.delta import polars_frame
 from tests.flows.oracle import Oracle, assert_rows_match
 
+pytestmark = pytest.mark.integration  # servers, brokers, child processes (tests/conftest.py)
+
 VIEWS = """
 [[view]]
 name = "m1"

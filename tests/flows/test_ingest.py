@@ -224,6 +224,7 @@ def test_normalize_batch_counts_reader_and_schema_rejects() -> None:
     assert rejects.num_rows == 2
 
 
+@pytest.mark.integration
 def test_bytewax_run_module_runs_the_flow(tmp_path: Path) -> None:
     store = tmp_path / "store"
     expr = (

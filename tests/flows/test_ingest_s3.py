@@ -28,6 +28,8 @@ from obsflow.flows.cli.main import main
 from tests import s3servers
 from tests.conftest import BUOY, BUOY_MAP, ROOT, sorted_frame
 
+pytestmark = pytest.mark.integration  # servers, brokers, child processes (tests/conftest.py)
+
 # A small CSV with good rows from three sources and one of each kind of bad row.
 MIXED_CSV = (
     "source,time,value,channel\n"

@@ -21,6 +21,8 @@ from obsflow.flows.cli.main import main
 from obsflow.flows.pipeline import jobs
 from obsflow.flows.pipeline.runner import free_port
 
+pytestmark = pytest.mark.integration  # servers, brokers, child processes (tests/conftest.py)
+
 VIEWS = """
 [[view]]
 name = "w1m"

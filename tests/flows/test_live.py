@@ -35,6 +35,8 @@ from obsflow.flows.explore.explorer import open_store
 from tests.brokers import KafkaMock, MosquittoServer, NatsServer, mqtt_publish, publish
 from tests.delta import capture_commits
 
+pytestmark = pytest.mark.integration  # servers, brokers, child processes (tests/conftest.py)
+
 OBSFLOW = str(Path(sys.executable).parent / "obsflow")
 SECOND = 10**9
 # Messages a killed run took come again after the ack wait: 3 s, not 30, in these tests.
@@ -323,8 +325,9 @@ def test_a_quiet_source_has_its_windows_closed_and_replay_closes_them_alike(
     nats: Broker, tmp_path: Path
 ) -> None:
     """Two sources at 10 Hz in real time; one goes quiet after 3 s. With --idle-timeout 2s its
-    last window becomes final about 2 s later, by a commit replay repeats. (Idle closing is
-    the session's, whatever the broker: one broker is enough.)"""
+    last window becomes final before the other's, by a commit replay repeats. (Idle closing is
+    the session's, whatever the broker: one broker is enough. When closes happen, to the tick,
+    is tested on a fake clock in test_live_idle.py.)"""
     broker = nats
     broker.subscribe_first()
     last_b: list[float] = []
@@ -358,7 +361,6 @@ def test_a_quiet_source_has_its_windows_closed_and_replay_closes_them_alike(
     assert [c.close[0]["sources"] for c in closes] == [["b"], ["a"]]
     delay = pd.Timestamp(closes[0].created).timestamp() - last_b[0]
     print(f"b's windows closed {delay:.2f} s after its last message (idle timeout 2 s)")
-    assert 2.0 <= delay <= 5.0
     live = reads.read_view(st, "live_1s").to_pandas()
     assert live["final"].all()  # both sources went quiet: every window closed
     assert set(live["source"]) == {"a", "b"}

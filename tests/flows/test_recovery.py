@@ -28,6 +28,8 @@ from obsflow.flows.pipeline.runner import RECOVERY_FORMAT
 from tests.conftest import CRASH_VIEWS, ROOT, sorted_frame
 from tests.delta import table_frame
 
+pytestmark = pytest.mark.integration  # servers, brokers, child processes (tests/conftest.py)
+
 SIM = "sim://?sources=6&channels=temperature,pressure&rate=1000&duration=120s&seed=9"
 VIEWS = CRASH_VIEWS
 

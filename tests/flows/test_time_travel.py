@@ -209,6 +209,7 @@ def test_asking_for_a_commit_that_does_not_exist_says_so(
             open_store(str(store), as_of=as_of).capture("c")
 
 
+@pytest.mark.integration
 def test_the_web_app_gives_times_to_the_nanosecond(
     three_runs: tuple[Path, list[pd.DataFrame]],
 ) -> None:

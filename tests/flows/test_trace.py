@@ -9,6 +9,7 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pandas as pd
+import pytest
 
 from obsflow.flows.cli.main import main
 from obsflow.flows.explore.explorer import open_store
@@ -50,6 +51,7 @@ def _input(path: Path, column: str = "trace_id") -> pd.DataFrame:
     return frame
 
 
+@pytest.mark.integration
 def test_a_trace_id_on_one_percent_of_records_is_on_exactly_their_rows(
     tmp_path: Path,
 ) -> None:
