@@ -3,7 +3,7 @@ and the last line's reading time, exactly."""
 
 from __future__ import annotations
 
-from obsflow.flows.pipeline.summary import Counts, Progress
+from obsflow.flows.steps.summary import Counts, Progress
 
 
 class Clock:
