@@ -107,6 +107,16 @@ class RetryPolicy:
         ceiling = min(self.max_delay, self.first_delay * 2.0 ** min(attempt - 1, 30))
         return ceiling * random.uniform(0.5, 1.0)
 
+    def wait(self, attempt: int, elapsed: float) -> float | None:
+        """Seconds to wait after failed attempt ``attempt``, ``elapsed`` seconds into the
+        operation; None when no attempt is left. The last attempt starts at the deadline, not
+        a backoff before it; a remainder under a millisecond counts as spent, so that a clock
+        whose sum cannot grow by it (floats at a large offset) cannot retry forever."""
+        left = self.seconds - elapsed
+        if left < 1e-3 or attempt == self.attempts:
+            return None
+        return min(self.delay(attempt), left)
+
     def client_config(self) -> dict[str, Any]:
         """botocore ``Config`` arguments: timeouts scaled to the budget, and no retries of
         botocore's own, which would multiply the store's (explicit settings beat the

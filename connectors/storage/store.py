@@ -122,7 +122,8 @@ class Store:
                     raise StoreError(f"cannot {action} {self.uri(rel)}: {reason(exc)}") from exc
                 elapsed = clock() - started
                 earlier = GaveUp.has(self._endpoint)
-                if elapsed >= policy.seconds or attempt == policy.attempts or earlier:
+                wait = policy.wait(attempt, elapsed)
+                if wait is None or earlier:
                     GaveUp.add(self._endpoint)
                     raise StoreError(
                         f"cannot {action} {self.uri(rel)}: store unreachable after {attempt} "
@@ -136,8 +137,7 @@ class Store:
                     reason(exc),
                     policy.seconds,
                 )
-                # The last attempt starts at the deadline, not a backoff before it.
-                policy.sleep(min(policy.delay(attempt), policy.seconds - elapsed))
+                policy.sleep(wait)
             else:
                 GaveUp.discard(self._endpoint)  # it answers again: full retries
                 return result
@@ -447,13 +447,8 @@ class Store:
                 policy = self.retry
                 elapsed = clock() - started
                 earlier = GaveUp.has(self._endpoint)
-                if (
-                    not retry
-                    or policy is None
-                    or elapsed >= policy.seconds
-                    or attempt == policy.attempts
-                    or earlier
-                ):
+                wait = policy.wait(attempt, elapsed) if retry and policy is not None else None
+                if wait is None or earlier:
                     if retry:
                         GaveUp.add(self._endpoint)
                     inner = DELTA_RETRIES.search(text)
@@ -470,7 +465,8 @@ class Store:
                     down[0],
                     policy.seconds,
                 )
-                policy.sleep(min(policy.delay(attempt), policy.seconds - elapsed))
+                assert policy is not None  # (wait is None without one)
+                policy.sleep(wait)
 
 
 def json_bytes(obj: Any) -> bytes:

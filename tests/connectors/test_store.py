@@ -12,8 +12,11 @@ from typing import Any
 
 import pyarrow as pa
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from obsflow.connectors.errors import ConfigError, StoreError
+from obsflow.connectors.storage.retry import RetryPolicy
 from obsflow.connectors.storage.store import Store
 from tests.conftest import TEST_SECRET
 
@@ -411,3 +414,57 @@ def test_a_folder_path_and_file_url_are_local_stores(tmp_path: Any) -> None:
     a.write_bytes("x", b"1")
     assert b.read_bytes("x") == b"1"
     assert (tmp_path / "s" / "x").read_bytes() == b"1"
+
+
+# --- the retry budget ---------------------------------------------------------------------------
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    offset=st.floats(0, 1e12, allow_nan=False),
+    seconds=st.floats(0, 120, allow_nan=False),
+    attempts=st.one_of(st.none(), st.integers(1, 10)),
+)
+def test_a_retry_budget_runs_out_on_any_clock(
+    offset: float, seconds: float, attempts: int | None
+) -> None:
+    """Backoff spends the budget and stops, whatever the clock reads: a monotonic clock far
+    from zero cannot grow by a remainder of 1e-15 s, which once retried forever."""
+    policy = RetryPolicy(seconds=seconds, attempts=attempts)
+    now, waits = offset, []
+    for attempt in range(1, 1000):
+        wait = policy.wait(attempt, now - offset)  # (elapsed, computed as the store does)
+        if wait is None:
+            break
+        assert 0 < wait <= policy.max_delay
+        waits.append(wait)
+        now += wait
+    else:
+        pytest.fail(f"still retrying after 1000 attempts: {waits[-3:]}")
+    assert len(waits) + 1 == attempt
+    assert attempts is None or attempt <= attempts
+    rounding = 1e-9 + len(waits) * offset * 4.5e-16  # (a float's ulp per step, at offset)
+    assert sum(waits) <= seconds + rounding
+    if attempts is None:  # the whole budget, less the millisecond counted as spent
+        assert sum(waits) >= seconds - 1e-3 - rounding
+
+
+def test_an_operation_that_keeps_failing_gives_up_within_the_budget() -> None:
+    """``Store._call``'s loop, on an injected clock far from zero: the failure names the
+    attempts and the budget it spent."""
+    store = Store("memory://retry-budget")
+    now = [1e9 + 0.1]
+    waited: list[float] = []
+
+    def sleep(seconds: float) -> None:
+        waited.append(seconds)
+        now[0] += seconds
+
+    store.retry = RetryPolicy(seconds=4.0, clock=lambda: now[0], sleep=sleep)
+
+    def refused() -> None:
+        raise ConnectionRefusedError(111, "Connection refused")
+
+    with pytest.raises(StoreError, match=r"store unreachable after \d+ attempts over 4\.0 s"):
+        store._call("read", "k", refused)
+    assert sum(waited) == pytest.approx(4.0, abs=1e-3)
