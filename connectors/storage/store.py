@@ -448,7 +448,7 @@ class Store:
                 elapsed = clock() - started
                 earlier = GaveUp.has(self._endpoint)
                 wait = policy.wait(attempt, elapsed) if retry and policy is not None else None
-                if wait is None or earlier:
+                if policy is None or wait is None or earlier:
                     if retry:
                         GaveUp.add(self._endpoint)
                     inner = DELTA_RETRIES.search(text)
@@ -465,7 +465,6 @@ class Store:
                     down[0],
                     policy.seconds,
                 )
-                assert policy is not None  # (wait is None without one)
                 policy.sleep(wait)
 
 
