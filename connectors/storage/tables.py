@@ -231,20 +231,22 @@ def exists(store: Store, table: str) -> bool:
 
 def snapshot(store: Store, table: str, *, as_of: int | datetime | None = None) -> Snapshot | None:
     """A version of ``table`` (the latest; a Delta version number; the version current at a
-    time), or None if the table did not exist then."""
-    dt = open_table(store, table, None if isinstance(as_of, datetime) else as_of)
+    time: the newest whose commit time is at or before it), or None if the table did not
+    exist then."""
+    if isinstance(as_of, datetime):
+        # By the commit times the log records (what `history` shows), not by the log files'
+        # modification times, which delta-rs goes by: a file is written after the time its
+        # commit records (under load, by more than a millisecond), and S3 lists it to the
+        # second.
+        ms = as_of.timestamp() * 1000
+        found = next(
+            (e["version"] for e in entries(store, table) if int(e.get("timestamp", 0)) <= ms),
+            None,
+        )
+        return None if found is None else snapshot(store, table, as_of=int(found))
+    dt = open_table(store, table, as_of)
     if dt is None:
         return None
-    if isinstance(as_of, datetime):
-        try:
-            store.call_table("read", table, lambda: dt.load_as_version(as_of))
-        except StoreError as exc:
-            if "before" in str(exc).lower() or "not found" in str(exc).lower():
-                return None  # the table did not exist yet at that time
-            raise
-        info = log_entry(store, table, int(dt.version())) or {}
-        if int(info.get("timestamp", 0)) > as_of.timestamp() * 1000:
-            return None  # (delta-rs gives its first version for any earlier time)
     return _snapshot_of(store, table, dt)
 
 

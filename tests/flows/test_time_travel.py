@@ -164,6 +164,28 @@ def test_as_of_each_commit_gives_exactly_that_version(
     assert pd.Timestamp(answer["first"][0]).value == want_capture["time"].min()  # exact ns
 
 
+def test_a_time_goes_by_the_commit_times_the_log_records_not_by_file_times(
+    three_runs: tuple[Path, list[pd.DataFrame]], tmp_path: Path
+) -> None:
+    """A commit's log file is written after the time it records (under load, by more than a
+    millisecond; S3 lists it to the second): a time just after the recorded one sees it."""
+    import os
+    import shutil
+
+    store, frames = three_runs
+    copy = tmp_path / "s"
+    shutil.copytree(store, copy)
+    when = moment_after(Store(str(copy)), 2)
+    for log in copy.glob("*/*/_delta_log/*.json"):  # every log file written an hour late
+        stat = log.stat()
+        os.utime(log, (stat.st_atime + 3600, stat.st_mtime + 3600))
+    ex = open_store(str(copy), as_of=when)
+    assert len(ex.capture("c")) == len(capture_oracle(frames, 2))
+    assert len(ex.view("t10")) == len(oracle(frames, 2, "t10").rows())
+    with pytest.raises(StoreError, match="did not exist"):
+        open_store(str(copy), as_of="2000-01-01T00:00:00Z").capture("c")
+
+
 def test_replay_as_of_an_earlier_commit_rebuilds_that_versions_views(
     three_runs: tuple[Path, list[pd.DataFrame]], tmp_path: Path
 ) -> None:
