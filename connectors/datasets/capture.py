@@ -242,18 +242,6 @@ class PartitionWriter:
         self._buffered = 0
         self._writing: Future[DataFile] | None = None
 
-    @property
-    def run_id(self) -> str:
-        return self.state.run_id
-
-    @property
-    def chunk(self) -> int:
-        return self.state.chunk
-
-    @property
-    def next_seq(self) -> dict[str, int]:
-        return self.state.next_seq
-
     def _committed_state(self, runs: list[str] | None) -> dict[str, Any]:
         """The partition's bookkeeping as the capture's last commit left it."""
         if not runs:
@@ -345,7 +333,7 @@ class PartitionWriter:
         return accept, conflict
 
     def _file(self, chunk: int) -> str:
-        return layout.capture_file(self.capture, self.part, self.run_id, chunk)
+        return layout.capture_file(self.capture, self.part, self.state.run_id, chunk)
 
     def flush(self) -> None:
         """Write buffered rows as the next chunk file (not yet part of the table).
@@ -361,7 +349,7 @@ class PartitionWriter:
         self._buffer, self._buffered = [], 0
         self.wait()
         _IN_FLIGHT.acquire()
-        rel = self._file(self.chunk)
+        rel = self._file(self.state.chunk)
         try:
             self._writing = _WRITES.submit(
                 lambda: table_writes.write_file(
@@ -397,7 +385,7 @@ class PartitionWriter:
         for the next cycle. Returns where the partition's state now is."""
         self.flush()
         self.wait()
-        dedup, saved, run = self.state.dedup, self._saved, self.run_id
+        dedup, saved, run = self.state.dedup, self._saved, self.state.run_id
         if dedup.horizon > 0:
             delta = dedup.journal_table()
             if delta is not None and len(saved.deltas) < MAX_DEDUP_DELTAS:
@@ -433,11 +421,11 @@ class PartitionWriter:
         """Delete this run's files numbered ``chunk`` or later; returns how many."""
         folder = layout.capture_part_dir(self.capture, self.part)
         removed = 0
-        prefix = f"{self.run_id}-"
+        prefix = f"{self.state.run_id}-"
         for name in self.store.listdir(folder):
             if name.startswith(prefix):
                 m = layout.CAPTURE_FILE_RE.match(f"{layout.part_name(self.part)}/{name}")
-                if m and m["run"] == self.run_id and int(m["chunk"]) >= chunk:
+                if m and m["run"] == self.state.run_id and int(m["chunk"]) >= chunk:
                     self.store.delete(f"{folder}/{name}")
                     removed += 1
         return removed

@@ -211,6 +211,15 @@ def stored_columns(columns: Sequence[str] | None, schema: pa.Schema) -> list[str
 
 # -- tables ----------------------------------------------------------------------------------
 
+# What a name in a path is, for ``check_name``'s messages.
+CAPTURE_NAME, VIEW_NAME, RUN_ID = "capture name", "view name", "run id"
+
+
+def named(folder: str, name: str, kind: str, suffix: str = "") -> str:
+    """``folder/name`` plus ``suffix``, once ``name`` is checked to be a valid ``kind`` (a
+    single path segment: no ``/``, no ``..``)."""
+    return f"{folder}/{check_name(name, kind=kind)}{suffix}"
+
 
 def part_name(part: int) -> str:
     return f"part-{part:04d}"
@@ -218,7 +227,7 @@ def part_name(part: int) -> str:
 
 def capture_dir(capture: str) -> str:
     """The capture's table."""
-    return f"captures/{check_name(capture, kind='capture name')}"
+    return named("captures", capture, CAPTURE_NAME)
 
 
 def capture_part_dir(capture: str, part: int) -> str:
@@ -226,12 +235,12 @@ def capture_part_dir(capture: str, part: int) -> str:
 
 
 def capture_file(capture: str, part: int, run: str, chunk: int) -> str:
-    return f"{capture_part_dir(capture, part)}/{check_name(run, kind='run id')}-{chunk:06d}.parquet"
+    return named(capture_part_dir(capture, part), run, RUN_ID, f"-{chunk:06d}.parquet")
 
 
 def view_dir(view: str) -> str:
     """The view's table."""
-    return f"views/{check_name(view, kind='view name')}"
+    return named("views", view, VIEW_NAME)
 
 
 def view_part_dir(view: str, part: int) -> str:
@@ -246,18 +255,18 @@ def segment_name(start_ns: int) -> str:
 
 def view_file(view: str, part: int, start_ns: int, run: str) -> str:
     """A run's file of one view segment (the rows of windows starting in that stretch)."""
-    name = f"{segment_name(start_ns)}-{check_name(run, kind='run id')}.parquet"
+    name = f"{segment_name(start_ns)}-{check_name(run, kind=RUN_ID)}.parquet"
     return f"{view_part_dir(view, part)}/{name}"
 
 
 def late_dir(view: str) -> str:
     """The table of a view's late readings."""
-    return f"late/{check_name(view, kind='view name')}"
+    return named("late", view, VIEW_NAME)
 
 
 def documents_dir(capture: str) -> str:
     """The table of Bluesky run and asset documents stored with a capture."""
-    return f"documents/{check_name(capture, kind='capture name')}"
+    return named("documents", capture, CAPTURE_NAME)
 
 
 DEADLETTER_DIR = "deadletter"
@@ -266,19 +275,16 @@ RESOLVED_DIR = f"{META}/resolved"
 
 def log_file(table: str, run: str, part: int, chunk: int) -> str:
     """A chunk of an append-only record log (late readings, dead letters) of one run."""
-    return f"{table}/{check_name(run, kind='run id')}/{part_name(part)}-{chunk:06d}.parquet"
+    return f"{named(table, run, RUN_ID)}/{part_name(part)}-{chunk:06d}.parquet"
 
 
 def run_summary(run: str) -> str:
-    return f"runs/{check_name(run, kind='run id')}.json"
+    return named("runs", run, RUN_ID, ".json")
 
 
 def archive_manifest(capture: str, run: str) -> str:
     """In an archive store: what an archive run moved there, from which store."""
-    return (
-        f"{META}/archives/{check_name(capture, kind='capture name')}/"
-        f"{check_name(run, kind='run id')}.json"
-    )
+    return named(named(f"{META}/archives", capture, CAPTURE_NAME), run, RUN_ID, ".json")
 
 
 # -- bookkeeping ----------------------------------------------------------------------------
@@ -293,21 +299,23 @@ def intents_dir(capture: str) -> str:
 
 
 def intent_doc(capture: str, run: str) -> str:
-    return f"{intents_dir(capture)}/{check_name(run, kind='run id')}.json"
+    return named(intents_dir(capture), run, RUN_ID, ".json")
+
+
+def _state_dir(meta_dir: str, run: str | None) -> str:
+    """A capture's or view's ``state`` folder, or the part of it one run wrote."""
+    folder = f"{meta_dir}/state"
+    return folder if run is None else named(folder, run, RUN_ID)
 
 
 def capture_state(capture: str, run: str, part: int, suffix: str) -> str:
     """Per-partition bookkeeping a run left: ``.json`` (next seq, dedup), ``.dedup.parquet``
     (the whole dedup memory), ``.dedup-delta.parquet`` (identities it added)."""
-    return (
-        f"{capture_meta_dir(capture)}/state/{check_name(run, kind='run id')}/"
-        f"{part_name(part)}{suffix}"
-    )
+    return f"{capture_state_dir(capture, run)}/{part_name(part)}{suffix}"
 
 
 def capture_state_dir(capture: str, run: str | None = None) -> str:
-    folder = f"{capture_meta_dir(capture)}/state"
-    return folder if run is None else f"{folder}/{check_name(run, kind='run id')}"
+    return _state_dir(capture_meta_dir(capture), run)
 
 
 def inputs_dir(capture: str) -> str:
@@ -320,17 +328,13 @@ def view_meta_dir(view: str) -> str:
 
 def view_state(view: str, run: str, part: int, table: str) -> str:
     """One table of a view partition's window state, as ``run`` left it (``series``, ...)."""
-    return (
-        f"{view_meta_dir(view)}/state/{check_name(run, kind='run id')}/"
-        f"{part_name(part)}.{table}.parquet"
-    )
+    return f"{view_state_dir(view, run)}/{part_name(part)}.{table}.parquet"
 
 
 def view_state_dir(view: str, run: str | None = None) -> str:
-    folder = f"{view_meta_dir(view)}/state"
-    return folder if run is None else f"{folder}/{check_name(run, kind='run id')}"
+    return _state_dir(view_meta_dir(view), run)
 
 
 def cluster_plan(run: str) -> str:
     """The options a cluster's process 0 prepared, for its other processes to run."""
-    return f"{META}/cluster/{check_name(run, kind='run id')}.json"
+    return named(f"{META}/cluster", run, RUN_ID, ".json")

@@ -24,6 +24,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from obsflow.connectors.ids import check_name
+from obsflow.connectors.storage.layout import CAPTURE_NAME, RUN_ID, VIEW_NAME, named
 from obsflow.connectors.storage.store import Store
 
 LAYOUT = 2
@@ -32,12 +33,16 @@ CAPTURE_OBJECT_RE = re.compile(r"^(?P<run>[A-Za-z0-9_-]+)-(?P<chunk>\d{6})\.parq
 PART_DIR_RE = re.compile(r"^part-(?P<part>\d{4})$")
 
 
+# The paths below are layout 2's, frozen: they do not follow layout 3's (``layout``), whose
+# helper ``named`` they only share to check the names in them.
+
+
 def capture_part_dir(capture: str, part: int) -> str:
-    return f"captures/{check_name(capture, kind='capture name')}/part-{part:04d}"
+    return f"{named('captures', capture, CAPTURE_NAME)}/part-{part:04d}"
 
 
 def capture_meta_dir(capture: str) -> str:
-    return f"{META}/captures/{check_name(capture, kind='capture name')}"
+    return named(f"{META}/captures", capture, CAPTURE_NAME)
 
 
 def capture_doc(capture: str) -> str:
@@ -61,7 +66,7 @@ def inputs_dir(capture: str) -> str:
 
 
 def view_meta_dir(view: str) -> str:
-    return f"{META}/views/{check_name(view, kind='view name')}"
+    return named(f"{META}/views", view, VIEW_NAME)
 
 
 def view_doc(view: str) -> str:
@@ -73,7 +78,7 @@ def view_state(view: str, part: int, table: str) -> str:
 
 
 def view_segment(view: str, part: int, name: str) -> str:
-    return f"views/{check_name(view, kind='view name')}/part-{part:04d}/{name}"
+    return f"{named('views', view, VIEW_NAME)}/part-{part:04d}/{name}"
 
 
 @dataclass(frozen=True)
@@ -117,7 +122,7 @@ class Commit:
     def from_json(cls, doc: dict[str, Any]) -> Commit:
         return cls(
             n=int(doc["n"]),
-            run=check_name(doc["run"], kind="run id"),
+            run=check_name(doc["run"], kind=RUN_ID),
             kind=str(doc["kind"]),
             objects=tuple(doc.get("objects", ())),
             end_of_run=bool(doc.get("end_of_run", True)),

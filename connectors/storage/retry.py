@@ -19,7 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
-from obsflow.connectors.errors import ConfigError
+from obsflow.connectors.errors import ConfigError, StoreError, StoreUnreachableError
 
 RETRY_SECONDS_ENV = "OBSFLOW_S3_RETRY_SECONDS"
 DEFAULT_RETRY_SECONDS = 30.0
@@ -231,3 +231,30 @@ DELTA_RETRIES = re.compile(r"after (\d+) retries")
 def plain(text: str) -> str:
     """An error text of delta-rs as one plain line (no colours, no tree of causes)."""
     return " ".join(_ANSI.sub("", text).replace("↳", ":").split())
+
+
+@dataclass(frozen=True)
+class Failure:
+    """What one failed attempt of a store operation tells the loop that retries it."""
+
+    detail: str  # what a message shows of it: one line, credentials masked
+    transient: bool  # worth another attempt
+    error: type[StoreError] = StoreError  # what giving up on it raises
+    inner: int = 0  # attempts the backend made itself within this one (delta-rs's retries)
+
+
+def store_failure(exc: BaseException, *, retries: bool) -> Failure:
+    """A failure of an fsspec (s3fs, botocore) operation; transient only on a store that
+    ``retries`` (a remote one: a local disk error does not go away by waiting)."""
+    return Failure(reason(exc), retries and transient(exc))
+
+
+def delta_failure(exc: BaseException) -> Failure:
+    """A failure of a delta-rs operation, told from its text: transient if the store did not
+    answer (shown as just that part of the text), else the whole text as one line."""
+    text = plain(reason(exc))
+    down = DELTA_UNREACHABLE.search(text)
+    if down is None:
+        return Failure(text, transient=False)
+    inner = DELTA_RETRIES.search(text)
+    return Failure(down[0], True, StoreUnreachableError, int(inner[1]) if inner else 0)

@@ -34,7 +34,7 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-from obsflow.connectors.errors import ConfigError, StoreError, StoreUnreachableError
+from obsflow.connectors.errors import ConfigError, StoreError
 from obsflow.connectors.storage.backends import (
     BACKENDS,
     check_rel,
@@ -45,13 +45,11 @@ from obsflow.connectors.storage.backends import (
 )
 from obsflow.connectors.storage.parquet import RetryingHandler, parquet_bytes
 from obsflow.connectors.storage.retry import (
-    DELTA_RETRIES,
-    DELTA_UNREACHABLE,
+    Failure,
     GaveUp,
     RetryPolicy,
-    plain,
-    reason,
-    transient,
+    delta_failure,
+    store_failure,
 )
 
 if TYPE_CHECKING:
@@ -107,40 +105,64 @@ class Store:
         everything else (OSError, the botocore errors s3fs passes on) becomes a ``StoreError``
         naming the action and path.
         """
+        result = self._retrying(
+            action,
+            rel,
+            fn,
+            lambda exc: store_failure(exc, retries=self.retry is not None),
+            keep=(StoreError, FileNotFoundError, FileExistsError),
+        )
+        GaveUp.discard(self._endpoint)  # it answers again: full retries
+        return result
+
+    def _retrying(
+        self,
+        action: str,
+        rel: str,
+        fn: Callable[[], T],
+        judge: Callable[[Exception], Failure],
+        *,
+        keep: tuple[type[Exception], ...],
+        retry: bool = True,
+    ) -> T:
+        """Run ``fn``, retrying the failures ``judge`` calls transient under the store's
+        policy until its budget is spent (or, once the endpoint was given up on, at once);
+        ``keep`` pass through, any other failure becomes a ``StoreError`` naming the action
+        and ``rel``. ``retry=False``: one attempt, and giving up marks nothing in ``GaveUp``."""
         clock = self.retry.clock if self.retry is not None else time.monotonic
         started = clock()
         attempt = 0
         while True:
             attempt += 1
             try:
-                result = fn()
-            except (StoreError, FileNotFoundError, FileExistsError):
+                return fn()
+            except keep:
                 raise
             except Exception as exc:
+                failure = judge(exc)
+                if not failure.transient:
+                    raise StoreError(f"cannot {action} {self.uri(rel)}: {failure.detail}") from exc
                 policy = self.retry
-                if policy is None or not transient(exc):
-                    raise StoreError(f"cannot {action} {self.uri(rel)}: {reason(exc)}") from exc
                 elapsed = clock() - started
                 earlier = GaveUp.has(self._endpoint)
-                wait = policy.wait(attempt, elapsed)
-                if wait is None or earlier:
-                    GaveUp.add(self._endpoint)
-                    raise StoreError(
-                        f"cannot {action} {self.uri(rel)}: store unreachable after {attempt} "
-                        f"attempt{'s' if attempt > 1 else ''} over {elapsed:.1f} s"
-                        f"{' (and earlier operations)' if earlier else ''}: {reason(exc)}"
+                wait = policy.wait(attempt, elapsed) if retry and policy is not None else None
+                if policy is None or wait is None or earlier:
+                    if retry:
+                        GaveUp.add(self._endpoint)
+                    attempts = attempt + failure.inner
+                    raise failure.error(
+                        f"cannot {action} {self.uri(rel)}: store unreachable after {attempts} "
+                        f"attempt{'s' if attempts > 1 else ''} over {elapsed:.1f} s"
+                        f"{' (and earlier operations)' if earlier else ''}: {failure.detail}"
                     ) from exc
                 (log.warning if attempt == 1 else log.debug)(
                     "%s %s failed (%s); retrying for up to %.0f s",
                     action,
                     self.uri(rel),
-                    reason(exc),
+                    failure.detail,
                     policy.seconds,
                 )
                 policy.sleep(wait)
-            else:
-                GaveUp.discard(self._endpoint)  # it answers again: full retries
-                return result
 
     # paths -----------------------------------------------------------------------------
 
@@ -430,42 +452,11 @@ class Store:
         (a connection reset mid-request): those are retried here, like ``_call``'s, unless
         ``retry`` is off (a commit: its caller looks at the table again instead); a store that
         stays unreachable is a ``StoreUnreachableError``."""
-        clock = self.retry.clock if self.retry is not None else time.monotonic
-        started = clock()
-        attempt = 0
-        while True:
-            attempt += 1
-            try:
-                return fn()
-            except (StoreError, FileNotFoundError):
-                raise
-            except Exception as exc:
-                text = plain(reason(exc))
-                down = DELTA_UNREACHABLE.search(text)
-                if down is None:
-                    raise StoreError(f"cannot {action} {self.uri(rel)}: {text}") from exc
-                policy = self.retry
-                elapsed = clock() - started
-                earlier = GaveUp.has(self._endpoint)
-                wait = policy.wait(attempt, elapsed) if retry and policy is not None else None
-                if policy is None or wait is None or earlier:
-                    if retry:
-                        GaveUp.add(self._endpoint)
-                    inner = DELTA_RETRIES.search(text)
-                    attempts = attempt + (int(inner[1]) if inner else 0)
-                    raise StoreUnreachableError(
-                        f"cannot {action} {self.uri(rel)}: store unreachable after {attempts} "
-                        f"attempt{'s' if attempts > 1 else ''} over {elapsed:.1f} s"
-                        f"{' (and earlier operations)' if earlier else ''}: {down[0]}"
-                    ) from exc
-                (log.warning if attempt == 1 else log.debug)(
-                    "%s %s failed (%s); retrying for up to %.0f s",
-                    action,
-                    self.uri(rel),
-                    down[0],
-                    policy.seconds,
-                )
-                policy.sleep(wait)
+        # No GaveUp.discard on success, unlike _call: some delta-rs calls answer from a table
+        # already loaded, which says nothing about whether the store answers.
+        return self._retrying(
+            action, rel, fn, delta_failure, keep=(StoreError, FileNotFoundError), retry=retry
+        )
 
 
 def json_bytes(obj: Any) -> bytes:
