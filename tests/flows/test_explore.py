@@ -251,6 +251,8 @@ def test_arrow_tables_and_column_selection(big: Explorer) -> None:
         big.view("big_10s", columns=["nope"])
     with pytest.raises(ConfigError, match="not a time"):
         big.view("big_10s", start="not a time")
+    with pytest.raises(TypeError, match="sorce"):  # a misspelt filter is not ignored
+        big.view("big_10s", sorce="sim-002")
 
 
 # -- pushdown --------------------------------------------------------------------------------
