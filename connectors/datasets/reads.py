@@ -2,20 +2,22 @@
 
 One reader per kind of data, used by the CLI, the Explorer, SQL and the web app alike. Each
 reads one version of a table (``connectors.storage.tables``): the latest, or the store as it was
-(``as_of``: a capture's commit number, or a time). Filters on source, channel and time
-(``start <= t < until``, UTC; naive times mean UTC) are pushed down: a source's readings and
-its view rows live in one capture partition, so a read restricted to some sources opens only
-that partition's files; files whose time statistics lie outside the range are not opened;
-pyarrow skips row groups by their statistics and reads only the columns asked for. Times come
-back exact to the nanosecond. Every read goes through ``Store`` (retries, ``StoreError``).
-Results are sorted, and an empty result still has its columns.
+(``as_of``: a capture's commit number, or a time). A ``Selection`` says which rows and
+columns to read; its filters on source, channel and time (``start <= t < until``, UTC; naive
+times mean UTC) are pushed down: a source's readings and its view rows live in one capture
+partition, so a read restricted to some sources opens only that partition's files; files whose
+time statistics lie outside the range are not opened; pyarrow skips row groups by their
+statistics and reads only the columns asked for. Times come back exact to the nanosecond.
+Every read goes through ``Store`` (retries, ``StoreError``). Results are sorted, and an empty
+result still has its columns.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
 from datetime import datetime
-from typing import Any
+from typing import Any, TypedDict, Unpack
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -41,26 +43,49 @@ def _ns(value: object, what: str) -> int | None:
     return None if value is None else int(to_utc(value, what).value)
 
 
+class Where(TypedDict, total=False):
+    """``Selection``'s fields as keywords of a read: ``read_view(store, name, sources=["a"])``
+    is ``read_view(store, name, Selection(sources=["a"]))``."""
+
+    sources: Sequence[str] | None
+    channels: Sequence[str] | None
+    start: object
+    until: object
+    columns: Sequence[str] | None
+
+
+@dataclass(frozen=True)
+class Selection:
+    """Which rows and columns a read returns: rows of ``sources`` and ``channels`` (None: all)
+    with ``start <= t < until`` (UTC; naive times mean UTC; None: unbounded), and ``columns``
+    (None: the read's default columns)."""
+
+    sources: Sequence[str] | None = None
+    channels: Sequence[str] | None = None
+    start: object = None
+    until: object = None
+    columns: Sequence[str] | None = None
+
+    @classmethod
+    def of(cls, select: Selection | None, where: Where) -> Selection:
+        """``select`` (default: everything) with the fields ``where`` gives replaced."""
+        return replace(select or cls(), **where)
+
+
 def row_filter(
-    *,
-    sources: Iterable[str] | None = None,
-    channels: Iterable[str] | None = None,
-    start: object = None,
-    until: object = None,
-    time_column: str = "time",
-    final_only: bool = False,
+    select: Selection, time_column: str = "time", final_only: bool = False
 ) -> ds.Expression | None:
-    """A pushed-down filter on stored rows: series, ``start <= time_column < until`` (on the
-    column's exact twin), and with ``final_only`` only final view rows. None when nothing is
-    restricted."""
+    """A pushed-down filter on stored rows: ``select``'s series, ``start <= time_column <
+    until`` (on the column's exact twin), and with ``final_only`` only final view rows. None
+    when nothing is restricted."""
     parts: list[ds.Expression] = []
-    if sources is not None:
-        parts.append(pc.field("source").isin(list(sources)))
-    if channels is not None:
-        parts.append(pc.field("channel").isin(list(channels)))
-    if (lo := _ns(start, "start")) is not None:
+    if select.sources is not None:
+        parts.append(pc.field("source").isin(list(select.sources)))
+    if select.channels is not None:
+        parts.append(pc.field("channel").isin(list(select.channels)))
+    if (lo := _ns(select.start, "start")) is not None:
         parts.append(pc.field(time_column + layout.NS) >= lo)
-    if (hi := _ns(until, "until")) is not None:
+    if (hi := _ns(select.until, "until")) is not None:
         parts.append(pc.field(time_column + layout.NS) < hi)
     if final_only:
         parts.append(pc.field("final"))
@@ -191,59 +216,70 @@ def scan(
     return layout.loaded(table, schema)
 
 
+def _read(
+    store: Store,
+    files: Sequence[FileEntry],
+    schema: pa.Schema,
+    select: Selection,
+    keys: Sequence[str],
+    *,
+    filter: ds.Expression | None = None,
+    time_column: str = "time",
+    final_only: bool = False,
+) -> pa.Table:
+    """The rows of ``files`` that ``select`` (and ``filter``) keep, with ``select``'s columns,
+    sorted by ``keys``: what every read of captures, views and late readings does once it
+    knows which files to open."""
+    expr = _all([row_filter(select, time_column, final_only), filter])
+    columns = _columns(schema, select.columns, keys)
+    table = scan(store, files, schema, columns=columns, filter=expr)
+    return _select(table, select.columns, keys)
+
+
 def read_capture(
     store: Store,
     name: str,
+    select: Selection | None = None,
     *,
-    sources: Sequence[str] | None = None,
-    channels: Sequence[str] | None = None,
-    start: object = None,
-    until: object = None,
-    columns: Sequence[str] | None = None,
     payloads: bool = False,
     filter: ds.Expression | None = None,
     as_of: AsOf = None,
+    **where: Unpack[Where],
 ) -> pa.Table:
-    """A capture's readings, sorted by source, channel, time and seq. Columns: the reading
-    fields, with ``payloads`` the ``payload_*`` references too, or exactly ``columns`` (any of
+    """A capture's readings that ``select`` (or the ``where`` keywords) picks, sorted by
+    source, channel, time and seq. Columns: the reading fields, with ``payloads`` the
+    ``payload_*`` references too, or exactly ``select.columns`` (any of
     ``CAPTURE_TABLE_SCHEMA``: context, payload, ``commit``); ``filter`` may name any of them
     (as stored)."""
-    schema = layout.CAPTURE_TABLE_SCHEMA
-    if columns is None:  # (a filter may still name any column: context, payload)
-        columns = [*READING_SCHEMA.names, *(PAYLOAD_SCHEMA.names if payloads else ())]
-    expr = _all([row_filter(sources=sources, channels=channels, start=start, until=until), filter])
-    files = capture_files_read(store, name, sources, start=start, until=until, as_of=as_of)
-    table = scan(store, files, schema, columns=_columns(schema, columns, CAPTURE_KEYS), filter=expr)
-    return _select(table, columns, CAPTURE_KEYS)
+    select = Selection.of(select, where)
+    if select.columns is None:  # (a filter may still name any column: context, payload)
+        defaults = [*READING_SCHEMA.names, *(PAYLOAD_SCHEMA.names if payloads else ())]
+        select = replace(select, columns=defaults)
+    files = capture_files_read(
+        store, name, select.sources, start=select.start, until=select.until, as_of=as_of
+    )
+    return _read(store, files, layout.CAPTURE_TABLE_SCHEMA, select, CAPTURE_KEYS, filter=filter)
 
 
 def read_view(
     store: Store,
     name: str,
+    select: Selection | None = None,
     *,
-    sources: Sequence[str] | None = None,
-    channels: Sequence[str] | None = None,
-    start: object = None,
-    until: object = None,
-    columns: Sequence[str] | None = None,
     final_only: bool = False,
     as_of: AsOf = None,
+    **where: Unpack[Where],
 ) -> pa.Table:
     """A view's rows — final, and the provisional rows of windows still open (``final``
-    false) — windows with ``start <= window_start < until``, sorted by series and window."""
+    false) — that ``select`` (or the ``where`` keywords) picks, its times bounding
+    ``window_start``; sorted by series and window."""
+    select = Selection.of(select, where)
     doc = view_doc_as_of(store, name, as_of)
     schema = layout.view_schema(doc["definition"]["aggregates"])
-    expr = row_filter(
-        sources=sources,
-        channels=channels,
-        start=start,
-        until=until,
-        time_column="window_start",
-        final_only=final_only,
+    files = view_files_read(store, name, select.sources, doc, as_of=as_of)
+    return _read(
+        store, files, schema, select, VIEW_KEYS, time_column="window_start", final_only=final_only
     )
-    files = view_files_read(store, name, sources, doc, as_of=as_of)
-    table = scan(store, files, schema, columns=_columns(schema, columns, VIEW_KEYS), filter=expr)
-    return _select(table, columns, VIEW_KEYS)
 
 
 def view_doc_as_of(store: Store, name: str, as_of: AsOf) -> dict[str, Any]:
@@ -261,27 +297,20 @@ def view_doc_as_of(store: Store, name: str, as_of: AsOf) -> dict[str, Any]:
 def read_late(
     store: Store,
     view: str,
+    select: Selection | None = None,
     *,
     run: str | None = None,
-    sources: Sequence[str] | None = None,
-    channels: Sequence[str] | None = None,
-    start: object = None,
-    until: object = None,
     trace_ids: Sequence[str] | None = None,
     as_of: AsOf = None,
+    **where: Unpack[Where],
 ) -> pa.Table:
-    """Late readings of a view (every run, or one): the reading, its ``trace_id``, ``view``,
-    ``reason``, ``run``; ``trace_ids`` keeps those of these trace ids."""
+    """Late readings of a view (every run, or one) that ``select`` (or the ``where`` keywords)
+    picks: the reading, its ``trace_id``, ``view``, ``reason``, ``run``; ``trace_ids`` keeps
+    those of these trace ids."""
     files = late_files(store, view, run, as_of=as_of)
-    expr = _all(
-        [
-            row_filter(sources=sources, channels=channels, start=start, until=until),
-            trace_filter(trace_ids),
-            None if run is None else pc.field("run") == run,
-        ]
-    )
-    table = scan(store, files, layout.LATE_SCHEMA, filter=expr)
-    return _select(table, None, ("run", *CAPTURE_KEYS))
+    expr = _all([trace_filter(trace_ids), None if run is None else pc.field("run") == run])
+    keys = ("run", *CAPTURE_KEYS)
+    return _read(store, files, layout.LATE_SCHEMA, Selection.of(select, where), keys, filter=expr)
 
 
 def read_deadletters(

@@ -22,9 +22,9 @@ helpers are in ``flows.explore.plotting`` and ``flows.explore.analysis``.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import fields
+from dataclasses import fields, replace
 from datetime import datetime
-from typing import Any
+from typing import Any, TypedDict, Unpack
 
 import numpy as np
 import pandas as pd
@@ -88,6 +88,32 @@ def _names(value: Names, what: str) -> list[str] | None:
     if not names or not all(isinstance(n, str) for n in names):
         raise ConfigError(f"{what} must be a string or a non-empty list of strings, not {value!r}")
     return names
+
+
+class Rows(TypedDict, total=False):
+    """Which rows and columns ``view_table``, ``capture_table`` and ``late`` read: ``source``
+    and ``channel`` (a name or several; default all), times with ``start <= t < until``
+    (default unbounded) and ``columns`` (default: the table's usual ones)."""
+
+    source: Names
+    channel: Names
+    start: TimeLike | None
+    until: TimeLike | None
+    columns: Sequence[str] | None
+
+
+def _selection(rows: Rows) -> reads.Selection:
+    """The ``reads.Selection`` of the ``Rows`` keywords a notebook passed."""
+    known = Rows.__optional_keys__
+    if unknown := sorted(set(rows) - known):  # (``**rows`` takes any keyword at run time)
+        raise TypeError(f"unknown keyword(s) {unknown}: rows are picked by {sorted(known)}")
+    return reads.Selection(
+        sources=_names(rows.get("source"), "source"),
+        channels=_names(rows.get("channel"), "channel"),
+        start=rows.get("start"),
+        until=rows.get("until"),
+        columns=rows.get("columns"),
+    )
 
 
 def utc(value: TimeLike, what: str = "time") -> pd.Timestamp:
@@ -203,29 +229,12 @@ class Explorer:
 
     # reading rows ------------------------------------------------------------------------
 
-    def view_table(
-        self,
-        name: str,
-        *,
-        source: Names = None,
-        channel: Names = None,
-        start: TimeLike | None = None,
-        until: TimeLike | None = None,
-        columns: Sequence[str] | None = None,
-        final_only: bool = False,
-    ) -> pa.Table:
-        """A view's rows as an Arrow table, windows with ``start <= window_start < until``,
-        sorted by source, channel and window; with ``final_only``, windows still open left out."""
+    def view_table(self, name: str, *, final_only: bool = False, **rows: Unpack[Rows]) -> pa.Table:
+        """A view's rows (``Rows``: ``start``/``until`` bound ``window_start``) as an Arrow table,
+        sorted by source, channel and window; with ``final_only``, windows still open left
+        out."""
         return reads.read_view(
-            self._ready(),
-            name,
-            sources=_names(source, "source"),
-            channels=_names(channel, "channel"),
-            start=start,
-            until=until,
-            columns=columns,
-            final_only=final_only,
-            as_of=self.as_of,
+            self._ready(), name, _selection(rows), final_only=final_only, as_of=self.as_of
         )
 
     def view(self, name: str, **filters: Any) -> pd.DataFrame:
@@ -237,41 +246,30 @@ class Explorer:
         self,
         name: str,
         *,
-        source: Names = None,
-        channel: Names = None,
-        start: TimeLike | None = None,
-        until: TimeLike | None = None,
-        columns: Sequence[str] | None = None,
         payloads: bool = False,
         run_uid: Names = None,
         trace_id: Names = None,
+        **rows: Unpack[Rows],
     ) -> pa.Table:
-        """A capture's readings as an Arrow table, ``start <= time < until``, sorted by source,
-        channel, time and seq. Columns: the reading fields, plus the ``payload_*`` reference
-        columns with ``payloads`` (null on readings without one), or exactly ``columns`` (the
-        context columns ``run_uid``, ``stream``, ``descriptor``, ``trace_id`` among them).
-        ``run_uid`` keeps the readings of those Bluesky runs, ``trace_id`` those of these trace
-        ids (both with the context columns)."""
+        """A capture's readings (``Rows``: ``start <= time < until``) as an Arrow table, sorted
+        by source, channel, time and seq. Columns: the reading fields, plus the ``payload_*``
+        reference columns with ``payloads`` (null on readings without one), or exactly
+        ``columns`` (the context columns ``run_uid``, ``stream``, ``descriptor``, ``trace_id``
+        among them). ``run_uid`` keeps the readings of those Bluesky runs, ``trace_id`` those of
+        these trace ids (both with the context columns)."""
+        select = _selection(rows)
         runs, traces = _names(run_uid, "run uid"), _names(trace_id, "trace id")
-        if (runs is not None or traces is not None) and columns is None:  # say which
+        if (runs is not None or traces is not None) and select.columns is None:  # say which
             columns = [*READING_SCHEMA.names, *CONTEXT_FIELDS]
             columns += [f.name for f in PAYLOAD_SCHEMA] if payloads else []
+            select = replace(select, columns=columns)
         wanted = None
         for field_name, values in (("run_uid", runs), (TRACE, traces)):
             if values is not None:
                 cond = pc.field(field_name).isin(values)
                 wanted = cond if wanted is None else wanted & cond
         return reads.read_capture(
-            self._ready(),
-            name,
-            sources=_names(source, "source"),
-            channels=_names(channel, "channel"),
-            start=start,
-            until=until,
-            columns=columns,
-            payloads=payloads,
-            filter=wanted,
-            as_of=self.as_of,
+            self._ready(), name, select, payloads=payloads, filter=wanted, as_of=self.as_of
         )
 
     def capture(self, name: str, **filters: Any) -> pd.DataFrame:
@@ -314,25 +312,14 @@ class Explorer:
         frame["finished"] = pd.to_datetime(frame["finished"], utc=True, format="ISO8601")
         return frame.sort_values(["finished", "run"], kind="stable").reset_index(drop=True)
 
-    def late(
-        self,
-        view: str,
-        *,
-        source: Names = None,
-        channel: Names = None,
-        start: TimeLike | None = None,
-        until: TimeLike | None = None,
-        trace_id: Names = None,
-    ) -> pd.DataFrame:
+    def late(self, view: str, *, trace_id: Names = None, **rows: Unpack[Rows]) -> pd.DataFrame:
         """Readings that came too late for ``view`` (and count in no window of it), with their
-        trace id and the run that set them aside; ``trace_id`` keeps those of these ids."""
+        trace id and the run that set them aside, as ``Rows`` picks them; ``trace_id`` keeps
+        those of these ids."""
         frame: pd.DataFrame = reads.read_late(
             self._ready(),
             view,
-            sources=_names(source, "source"),
-            channels=_names(channel, "channel"),
-            start=start,
-            until=until,
+            _selection(rows),
             trace_ids=_names(trace_id, "trace id"),
             as_of=self.as_of,
         ).to_pandas()

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any, TypedDict, Unpack
 
 import numpy as np
 import pandas as pd
@@ -20,6 +21,30 @@ CHANNEL_UNITS = {
     "sea_water_temperature": "°C",
 }
 """Units of the simulator's channels and of the buoy sample, for axis labels."""
+
+
+class Look(TypedDict, total=False):
+    """How ``plot_windows`` and ``plot_readings`` draw: ``by``, the column with a line per value
+    (default ``source``); ``ax``, the axes (default: a new figure); ``label``, the lines' name
+    (default: the group; with several groups ``label: group``); ``ylabel`` (default: the
+    frame's one channel with its unit, else the value column); ``title``; and line properties
+    for ``Axes.plot``: the usual ones are typed here, any other ``Line2D`` property is passed
+    on as well."""
+
+    by: str
+    ax: Axes | None
+    label: str | None
+    ylabel: str | None
+    title: str | None
+    color: str | tuple[float, ...]
+    marker: str
+    linestyle: str
+    linewidth: float
+    markersize: float
+    alpha: float
+
+
+_LAYOUT = ("by", "ax", "label", "ylabel", "title")  # the rest of a Look styles the lines
 
 
 def unit_label(channel: str) -> str:
@@ -42,20 +67,36 @@ def _naive_utc(times: pd.Series) -> pd.Series:
     return naive
 
 
-def _axes(ax: Axes | None) -> Axes:
+def _axes(look: Look) -> Axes:
+    ax = look.get("ax")
     if ax is not None:
         return ax
     new: Axes = _pyplot().subplots(figsize=(10, 3.5), layout="constrained")[1]
     return new
 
 
-def _finish(
-    ax: Axes, frame: pd.DataFrame, value: str, ylabel: str | None, title: str | None
-) -> Axes:
-    """Axis labels (units, UTC), readable dates, legend."""
+def _style(look: Look, **defaults: Any) -> dict[str, Any]:
+    """The line properties of ``look`` over ``defaults``: what goes to ``Axes.plot``."""
+    return {**defaults, **{k: v for k, v in look.items() if k not in _LAYOUT}}
+
+
+def _groups(frame: pd.DataFrame, look: Look) -> Iterator[tuple[str, pd.DataFrame]]:
+    """Each ``by`` group of ``frame``, in order, with the name its line is labelled with."""
+    label = look.get("label")
+    groups = frame.groupby(look.get("by", "source"), sort=True)
+    for key, group in groups:
+        if label is None:
+            yield str(key), group
+        else:
+            yield (label if groups.ngroups == 1 else f"{label}: {key}"), group
+
+
+def _finish(ax: Axes, frame: pd.DataFrame, value: str, look: Look) -> Axes:
+    """Axis labels (units, UTC), readable dates, title, legend."""
     import matplotlib.dates as mdates
 
     channels = sorted(frame["channel"].unique()) if "channel" in frame else []
+    ylabel = look.get("ylabel")
     if ylabel is None and not ax.get_ylabel():  # a later plot on the axes keeps its label
         ylabel = unit_label(str(channels[0])) if len(channels) == 1 else value
     if ylabel is not None:
@@ -64,17 +105,11 @@ def _finish(
     locator = mdates.AutoDateLocator()  # type: ignore[no-untyped-call]
     ax.xaxis.set_major_locator(locator)
     ax.xaxis.set_major_formatter(mdates.ConciseDateFormatter(locator))  # type: ignore[no-untyped-call]
-    if title is not None:
+    if (title := look.get("title")) is not None:
         ax.set_title(title)
     if ax.get_legend_handles_labels()[0]:
         ax.legend(fontsize="small")
     return ax
-
-
-def _label(label: str | None, key: object, groups: int) -> str:
-    if label is None:
-        return str(key)
-    return label if groups == 1 else f"{label}: {key}"
 
 
 def plot_windows(
@@ -83,23 +118,13 @@ def plot_windows(
     value: str = "mean",
     low: str | None = "min",
     high: str | None = "max",
-    by: str = "source",
-    ax: Axes | None = None,
-    label: str | None = None,
-    ylabel: str | None = None,
-    title: str | None = None,
-    **style: Any,
+    **look: Unpack[Look],
 ) -> Axes:
-    """Plot a view's ``value`` over time at window midpoints (UTC), one line per ``by`` group
-    (default: per source), with a ``low``–``high`` band (default min/max; None: no band).
-
-    ``label`` names the lines (default: the group); the y label defaults to the frame's one
-    channel with its unit; ``style`` goes to ``Axes.plot``. Needs matplotlib
-    (``pip install 'obsflow[notebooks]'``).
-    """
-    ax = _axes(ax)
-    groups = frame.groupby(by, sort=True)
-    for key, group in groups:
+    """Plot a view's ``value`` over time at window midpoints (UTC), one line per group
+    (``Look``: default per source), with a ``low``–``high`` band (default min/max; None: no
+    band). Needs matplotlib (``pip install 'obsflow[notebooks]'``)."""
+    ax, style = _axes(look), _style(look)
+    for name, group in _groups(frame, look):
         group = group.sort_values("window_start")
         start = _naive_utc(group["window_start"]).to_numpy()
         end = _naive_utc(group["window_end"]).to_numpy()
@@ -107,7 +132,7 @@ def plot_windows(
         after = np.append(end[:-1] < start[1:], False)
         mid = start + (end - start) / 2
         x, y = _broken(mid, group[value].to_numpy(dtype=np.float64), after)
-        (line,) = ax.plot(x, y, label=_label(label, key, groups.ngroups), **style)
+        (line,) = ax.plot(x, y, label=name, **style)
         if low is None or high is None:
             continue
         lo = group[low].to_numpy(dtype=np.float64)
@@ -119,7 +144,7 @@ def plot_windows(
             bx, blo = _broken(edges, np.repeat(lo, 2), after, 2)
             _, bhi = _broken(edges, np.repeat(hi, 2), after, 2)
         ax.fill_between(bx, blo, bhi, color=line.get_color(), alpha=0.2, lw=0)
-    return _finish(ax, frame, value, ylabel, title)
+    return _finish(ax, frame, value, look)
 
 
 def _broken(
@@ -131,29 +156,13 @@ def _broken(
     return np.insert(x, at, np.datetime64("NaT")), np.insert(y, at, np.nan)
 
 
-def plot_readings(
-    frame: pd.DataFrame,
-    *,
-    value: str = "value",
-    by: str = "source",
-    ax: Axes | None = None,
-    label: str | None = None,
-    ylabel: str | None = None,
-    title: str | None = None,
-    **style: Any,
-) -> Axes:
-    """Plot readings (a capture, late readings) as points over time (UTC), per ``by`` group."""
-    ax = _axes(ax)
-    style = {"marker": ".", "linestyle": "none", "markersize": 3, **style}
-    groups = frame.groupby(by, sort=True)
-    for key, group in groups:
-        ax.plot(
-            _naive_utc(group["time"]),
-            group[value],
-            label=_label(label, key, groups.ngroups),
-            **style,
-        )
-    return _finish(ax, frame, value, ylabel, title)
+def plot_readings(frame: pd.DataFrame, *, value: str = "value", **look: Unpack[Look]) -> Axes:
+    """Plot readings (a capture, late readings) as points over time (UTC), per group
+    (``Look``: default per source)."""
+    ax, style = _axes(look), _style(look, marker=".", linestyle="none", markersize=3)
+    for name, group in _groups(frame, look):
+        ax.plot(_naive_utc(group["time"]), group[value], label=name, **style)
+    return _finish(ax, frame, value, look)
 
 
 def mark_windows(

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import replace
 from importlib import resources
 from typing import Any
 
@@ -132,14 +133,11 @@ class App:
             raise NotFoundError(f"no capture {name!r}")
 
         def read(f: Filters) -> pa.Table:
-            if not f.traces:
-                return reads.read_capture(self.store, name, **f.read_args)
+            select = f.selection
+            if f.traces:  # (asked for by trace id, each reading shows its own)
+                select = replace(select, columns=[*READING_SCHEMA.names, TRACE])
             return reads.read_capture(
-                self.store,
-                name,
-                **f.read_args,
-                columns=[*READING_SCHEMA.names, TRACE],
-                filter=reads.trace_filter(f.trace_ids),
+                self.store, name, select, filter=reads.trace_filter(f.trace_ids)
             )
 
         return table_response(request, read)
@@ -147,14 +145,14 @@ class App:
     def view(self, request: Request) -> Response:
         name = request.path_params["name"]
         view_capture(self.store, name)
-        return table_response(request, lambda f: reads.read_view(self.store, name, **f.read_args))
+        return table_response(request, lambda f: reads.read_view(self.store, name, f.selection))
 
     def late(self, request: Request) -> Response:
         name = request.path_params["name"]
         view_capture(self.store, name)
         return table_response(
             request,
-            lambda f: reads.read_late(self.store, name, **f.read_args, trace_ids=f.trace_ids),
+            lambda f: reads.read_late(self.store, name, f.selection, trace_ids=f.trace_ids),
         )
 
     def deadletters(self, request: Request) -> Response:

@@ -229,7 +229,7 @@ async def view_events(
 
 def snapshot(store: Store, feed: Feed, filters: Filters, upto: int) -> list[bytes]:
     """The view's rows of commits up to ``upto`` as events, the last with id ``upto``."""
-    table = reads.read_view(store, feed.view, **filters.read_args)
+    table = reads.read_view(store, feed.view, filters.selection)
     known = [run for run, n in feed.runs.items() if n <= upto]
     table = table.filter(pc.is_in(table.column("run"), value_set=pa.array(known, pa.string())))
     texts = row_texts(table)

@@ -10,6 +10,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from obsflow.connectors.datasets.reads import Selection
 from obsflow.connectors.errors import ConfigError
 from obsflow.connectors.formats.json_records import json_array
 
@@ -55,13 +56,14 @@ class Filters:
         return list(self.traces) or None
 
     @property
-    def read_args(self) -> dict[str, Any]:
-        return {
-            "sources": list(self.sources) or None,
-            "channels": list(self.channels) or None,
-            "start": self.start,
-            "until": self.until,
-        }
+    def selection(self) -> Selection:
+        """The rows these filters pick, as the reads take them."""
+        return Selection(
+            sources=list(self.sources) or None,
+            channels=list(self.channels) or None,
+            start=self.start,
+            until=self.until,
+        )
 
     def rows_json(self, rows: pa.Table, texts: pa.LargeStringArray) -> str:
         """The JSON array of the rows of ``rows`` (a commit's; ``texts`` its rows' JSON) that

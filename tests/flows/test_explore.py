@@ -251,6 +251,8 @@ def test_arrow_tables_and_column_selection(big: Explorer) -> None:
         big.view("big_10s", columns=["nope"])
     with pytest.raises(ConfigError, match="not a time"):
         big.view("big_10s", start="not a time")
+    with pytest.raises(TypeError, match="sorce"):  # a misspelt filter is not ignored
+        big.view("big_10s", sorce="sim-002")
 
 
 # -- pushdown --------------------------------------------------------------------------------
@@ -565,6 +567,18 @@ def test_plots_label_axes_with_units_and_utc() -> None:
     assert ax.get_ylabel() == "pressure (hPa)"
     x = ax.get_lines()[0].get_xdata()
     assert pd.Timestamp(x[0]) == T0.tz_localize(None)  # drawn at the UTC wall time
+    # Onto given axes: labels name the lines (with the group when there are several), line
+    # properties reach matplotlib, the readings' own defaults give way to them.
+    two = pd.concat([readings, readings.assign(source="b")])
+    plot_readings(two, ax=ax, label="r", color="red", linestyle="-")
+    assert [line.get_label() for line in ax.get_lines()] == ["a", "r: a", "r: b"]
+    assert ax.get_lines()[1].get_color() == "red"
+    assert ax.get_lines()[1].get_linestyle() == "-"
+    assert ax.get_lines()[1].get_marker() == "."
+    ax = plot_windows(windows([100, 100]), by="channel", label="w", marker="o", ylabel="T")
+    assert [line.get_label() for line in ax.get_lines()] == ["w"]
+    assert ax.get_lines()[0].get_marker() == "o"
+    assert ax.get_ylabel() == "T"
     plt.close("all")
 
 

@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from obsflow.connectors.datasets.reads import read_late, read_view
+from obsflow.connectors.datasets.reads import Selection, read_late, read_view
 from obsflow.connectors.storage.store import Store
 from obsflow.flows.cli.main import main
 from obsflow.flows.kernels.viewdef import ViewDef, parse_views
@@ -239,6 +239,12 @@ def test_read_view_filters_match_filtering_in_pandas(tmp_path: Path) -> None:
     ].reset_index(drop=True)
     assert len(want) == 8  # 4 minutes x 2 channels
     pd.testing.assert_frame_equal(part.reset_index(drop=True), want)
+    # A Selection reads the same rows as its keywords; keywords replace its fields.
+    select = Selection(sources=["sim-002"], start=lo, until=hi)
+    pd.testing.assert_frame_equal(read_view(store, "m", select).to_pandas(), part)
+    other = read_view(store, "m", select, sources=["sim-001"]).to_pandas()
+    assert set(other["source"]) == {"sim-001"}
+    assert len(other) == 8
     final = read_view(store, "m", final_only=True).to_pandas()
     pd.testing.assert_frame_equal(final, full[full["final"]].reset_index(drop=True))
     assert 0 < len(final) < len(full)  # the last minute of each series is still open
