@@ -138,7 +138,7 @@ def test_reprs_and_pickles_of_what_a_flow_is_made_of_hold_no_credentials(
     jobs.ingest(
         ingest.IngestConfig(inputs=(TINY,), store=url, capture="c", views=VIEWS, progress=False)
     )
-    flows = [ingest.build_flow(icfg), replay.build_flow(rcfg)]
+    flows = [ingest.dataflow(icfg), replay.dataflow(rcfg)]
     with pytest.raises((pickle.PicklingError, AttributeError, TypeError)):
         pickle.dumps(flows[0])
     parts: list[object] = [p for f in flows for p in flow_parts(f)]

@@ -3,15 +3,7 @@ and archive one (``commands``)."""
 
 from __future__ import annotations
 
-from obsflow.flows.cli.options import (
-    Help,
-    Subparsers,
-    add_as_of,
-    add_filters,
-    add_limit,
-    group,
-    lazy,
-)
+from obsflow.flows.cli.options import Help, Subparsers, add_as_of, add_rows, group, lazy
 
 HELP = {
     "capture": Help(
@@ -44,9 +36,7 @@ def add_parser(sub: Subparsers) -> None:
         lazy("show", "cmd_capture"),
         named="the capture",
     )
-    add_filters(ap, "readings")
-    add_as_of(ap, "the capture")
-    add_limit(ap)
+    add_rows(ap, "the capture", "readings")
     ap = capture.action(
         "verify",
         "check that every payload reference resolves and matches",

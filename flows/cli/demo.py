@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from obsflow.flows.cli.options import Help, Subparsers, add_store, command, lazy
+from obsflow.flows.cli.options import Help, Subparsers, command, lazy
 
 HELP = {
     "demo": Help(
@@ -15,8 +15,6 @@ HELP = {
 
 
 def add_parser(sub: Subparsers) -> None:
-    sp = command(sub, "demo", HELP["demo"])
-    add_store(sp)
+    sp = command(sub, "demo", HELP["demo"], lazy("commands", "cmd_demo"))
     sp.add_argument("--duration", default="60s", help="event time simulated (default 60s)")
     sp.add_argument("--workers", type=int, default=1, help="worker threads (default 1)")
-    sp.set_defaults(func=lazy("commands", "cmd_demo"))

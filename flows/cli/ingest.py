@@ -8,13 +8,13 @@ import argparse
 from obsflow.connectors.formats.schema import TIME_UNITS
 from obsflow.flows.cli.options import (
     Help,
+    Listing,
     Subparsers,
     add_as_of,
     add_lateness,
     add_parallel,
     add_recovery,
     add_run_output,
-    add_store,
     command,
     lazy,
 )
@@ -62,228 +62,167 @@ def add_parser(sub: Subparsers) -> None:
     _simulate(sub)
 
 
+INGEST = Listing(
+    f"""
+    --capture NAME        capture name (default: {DEFAULTS.capture})
+    --map OLD=NEW,...     rename input columns: source=source_id,time=event_time
+    --time-unit           unit of integer epoch times (default auto: from their magnitude, and
+                          said)
+    --channels COL,COL    wide input: only these columns become channels (default: every
+                          numeric column)
+    --delimiter CHAR      CSV field delimiter, e.g. ';' or tab (default: read from the header
+                          line)
+    --partitions N        capture partitions, fixed at creation (default 4)
+    --views FILE          TOML view definitions (default: per-minute stats of every series)
+    --force               read inputs again even if their content is already in the capture
+                          (duplicates are still dropped)
+    --inline-limit BYTES  payloads up to this size stay in the capture (default
+                          {DEFAULTS.inline_limit})
+    --features F,F        scalar channels derived from each payload: mean,max,min,sum,std,rms
+    --dedup-horizon DURATION  how long (event time) identities are remembered (default
+                          {DEFAULTS.dedup_horizon}); 0 turns dedup off
+    """
+)
+BLUESKY = Listing(
+    f"""
+    --root-map OLD=NEW    external files (resource roots, stream_resource URIs) under OLD are
+                          under NEW now (repeatable)
+    --external-root DIR   read external files only from under DIR (repeatable; after
+                          --root-map): documents name the files, this keeps an ingest to the
+                          data folders
+    --external-wait DURATION  how long a missing external file is waited for before it is a dead
+                          letter (detectors write late; default {DEFAULTS.external_wait})
+    """,
+    title="Bluesky documents (--format bluesky: every file is a document stream, JSON lines of "
+    "[name, doc] or {name, doc}, or .msgpack)",
+)
+LIVE = Listing(
+    """
+    --topic T             subject (NATS), topic filter (MQTT) or topic (Kafka) to read
+                          (repeatable)
+    --consumer NAME       durable consumer (NATS), client id (MQTT) or group id (Kafka): a rerun
+                          with the same name resumes after the last acknowledged message
+    --stream S            JetStream stream (default: from the subject)
+    --format              message bodies: a JSON reading, an array of them or a number; an Arrow
+                          IPC stream; or one Bluesky document (msgpack as bluesky-kafka
+                          publishes, or JSON) (default json)
+    --flush-interval DURATION  longest wait before the messages received are committed (default
+                          1s)
+    --max-batch N         most messages one commit takes; the broker holds the rest until then,
+                          so memory stays bounded however far behind the session is (default
+                          50000)
+    --idle-timeout DURATION  close the open windows of a source that sent nothing for this long
+                          (wall time; recorded, so a replay closes them too)
+    --stop-when-idle DURATION  end the session after this long without a message (default: run
+                          until stopped)
+    """,
+    title="live ingest from a broker (INPUT is nats://, mqtt://, mqtts:// or kafka://host:port; "
+    "credentials from the environment)",
+)
+
+
 def _ingest(sub: Subparsers) -> None:
-    sp = command(sub, "ingest", HELP["ingest"])
+    sp = command(sub, "ingest", HELP["ingest"], lazy("commands", "cmd_ingest"))
     sp.add_argument(
         "inputs",
         nargs="+",
         metavar="INPUT",
         help="Parquet/CSV/JSONL files (by extension) or one sim:// URL",
     )
-    add_store(sp)
-    sp.add_argument(
-        "--capture", default=DEFAULTS.capture, help=f"capture name (default: {DEFAULTS.capture})"
-    )
-    sp.add_argument("--map", help="rename input columns: source=source_id,time=event_time")
-    sp.add_argument(
-        "--time-unit",
-        default=DEFAULTS.time_unit,
-        choices=["auto", *TIME_UNITS],
-        help="unit of integer epoch times (default auto: from their magnitude, and said)",
-    )
-    sp.add_argument(
-        "--channels",
-        metavar="COL,COL",
-        help="wide input: only these columns become channels (default: every numeric column)",
-    )
-    sp.add_argument(
-        "--delimiter",
-        metavar="CHAR",
-        help="CSV field delimiter, e.g. ';' or tab (default: read from the header line)",
-    )
-    sp.add_argument(
-        "--partitions", type=int, help="capture partitions, fixed at creation (default 4)"
-    )
+    add = INGEST.on(sp)
+    add("--capture", default=DEFAULTS.capture)
+    add("--map")
+    add("--time-unit", default=DEFAULTS.time_unit, choices=["auto", *TIME_UNITS])
+    add("--channels")
+    add("--delimiter")
+    add("--partitions", type=int)
     add_parallel(sp)
-    sp.add_argument(
-        "--views",
-        metavar="FILE",
-        help="TOML view definitions (default: per-minute stats of every series)",
-    )
+    add("--views")
     add_lateness(sp)
     sp.add_argument("--batch-rows", type=int, default=DEFAULTS.batch_rows, help=argparse.SUPPRESS)
     add_run_output(sp)
-    sp.add_argument(
-        "--force",
-        action="store_true",
-        help="read inputs again even if their content is already in the capture "
-        "(duplicates are still dropped)",
-    )
-    sp.add_argument(
-        "--inline-limit",
-        type=int,
-        default=DEFAULTS.inline_limit,
-        metavar="BYTES",
-        help=f"payloads up to this size stay in the capture (default {DEFAULTS.inline_limit})",
-    )
-    sp.add_argument(
-        "--features",
-        metavar="F,F",
-        help="scalar channels derived from each payload: mean,max,min,sum,std,rms",
-    )
-    _bluesky_options(sp)
-    sp.add_argument(
-        "--dedup-horizon",
-        default=DEFAULTS.dedup_horizon,
-        help="how long (event time) identities are remembered "
-        f"(default {DEFAULTS.dedup_horizon}); 0 turns dedup off",
-    )
+    add("--force", action="store_true")
+    add("--inline-limit", type=int, default=DEFAULTS.inline_limit)
+    add("--features")
+    add_bluesky = BLUESKY.on(sp)
+    add_bluesky("--root-map", action="append")
+    add_bluesky("--external-root", action="append", dest="external_roots")
+    add_bluesky("--external-wait", default=DEFAULTS.external_wait)
+    add("--dedup-horizon", default=DEFAULTS.dedup_horizon)
     add_recovery(sp)
-    _live_options(sp)
-    sp.set_defaults(func=lazy("commands", "cmd_ingest"))
+    add_live = LIVE.on(sp)
+    add_live("--topic", action="append")
+    add_live("--consumer")
+    add_live("--stream")
+    add_live("--format", choices=["json", "arrow", "bluesky"])
+    add_live("--flush-interval", default="1s")
+    add_live("--max-batch", type=int, default=50_000)
+    add_live("--idle-timeout")
+    add_live("--stop-when-idle")
 
 
-def _bluesky_options(sp: argparse.ArgumentParser) -> None:
-    """Ingest's options for Bluesky documents (``--format bluesky``)."""
-    bluesky = sp.add_argument_group(
-        "Bluesky documents (--format bluesky: every file is a document stream, JSON lines of "
-        "[name, doc] or {name, doc}, or .msgpack)"
-    )
-    bluesky.add_argument(
-        "--root-map",
-        action="append",
-        metavar="OLD=NEW",
-        help="external files (resource roots, stream_resource URIs) under OLD are under NEW "
-        "now (repeatable)",
-    )
-    bluesky.add_argument(
-        "--external-root",
-        action="append",
-        dest="external_roots",
-        metavar="DIR",
-        help="read external files only from under DIR (repeatable; after --root-map): "
-        "documents name the files, this keeps an ingest to the data folders",
-    )
-    bluesky.add_argument(
-        "--external-wait",
-        metavar="DURATION",
-        default=DEFAULTS.external_wait,
-        help="how long a missing external file is waited for before it is a dead letter "
-        f"(detectors write late; default {DEFAULTS.external_wait})",
-    )
-
-
-def _live_options(sp: argparse.ArgumentParser) -> None:
-    """Ingest's options for a broker URL (a live session)."""
-    live = sp.add_argument_group(
-        "live ingest from a broker (INPUT is nats://, mqtt://, mqtts:// or kafka://host:port; "
-        "credentials from the environment)"
-    )
-    live.add_argument(
-        "--topic",
-        action="append",
-        metavar="T",
-        help="subject (NATS), topic filter (MQTT) or topic (Kafka) to read (repeatable)",
-    )
-    live.add_argument(
-        "--consumer",
-        metavar="NAME",
-        help="durable consumer (NATS), client id (MQTT) or group id (Kafka): a rerun with the "
-        "same name resumes after the last acknowledged message",
-    )
-    live.add_argument("--stream", metavar="S", help="JetStream stream (default: from the subject)")
-    live.add_argument(
-        "--format",
-        choices=["json", "arrow", "bluesky"],
-        help="message bodies: a JSON reading, an array of them or a number; an Arrow IPC "
-        "stream; or one Bluesky document (msgpack as bluesky-kafka publishes, or JSON) "
-        "(default json)",
-    )
-    live.add_argument(
-        "--flush-interval",
-        metavar="DURATION",
-        default="1s",
-        help="longest wait before the messages received are committed (default 1s)",
-    )
-    live.add_argument(
-        "--max-batch",
-        metavar="N",
-        type=int,
-        default=50_000,
-        help="most messages one commit takes; the broker holds the rest until then, so memory "
-        "stays bounded however far behind the session is (default 50000)",
-    )
-    live.add_argument(
-        "--idle-timeout",
-        metavar="DURATION",
-        help="close the open windows of a source that sent nothing for this long (wall time; "
-        "recorded, so a replay closes them too)",
-    )
-    live.add_argument(
-        "--stop-when-idle",
-        metavar="DURATION",
-        help="end the session after this long without a message (default: run until stopped)",
-    )
+REPLAY = Listing(
+    """
+    --capture NAME        capture to replay
+    --views FILE          TOML view definitions (default: the views built from this capture)
+    --from ISO            readings at or after this time
+    --until ISO           readings before this time
+    --source SOURCE       only this source (repeatable)
+    --as NAME             build the slice (--source, --from, --until) as a new view NAME instead
+                          of recomputing its rows in the view
+    --speed SPEED         max (default) or X times the original event-time rate (1 = real time)
+    """
+)
+SIMULATE = Listing(
+    """
+    --to URL              publish to a broker instead, in real time (nats://, mqtt:// or
+                          kafka://host:port; with --topic)
+    --topic T             subject to publish to (with --to)
+    --format              with --to: one JSON reading per message, or Arrow IPC per 100 ms
+                          (default json)
+    --sources N           instruments (default 4)
+    --channels C,C        scalar channels (default temperature,pressure)
+    --rate HZ             Hz per channel (default 10)
+    --duration DURATION   event time span (default 60s)
+    --start ISO           ISO-8601 start time (default 2026-01-01T00:00:00Z; with --to: now)
+    --seed N              random seed (default 0)
+    --payload NAME:SHAPE:DTYPE  add array payloads, e.g. frame:512x512:uint16 (repeatable;
+                          Parquet only)
+    --payload-rate N      payloads per second per source (default 1)
+    """
+)
 
 
 def _replay(sub: Subparsers) -> None:
-    sp = command(sub, "replay", HELP["replay"])
-    add_store(sp)
-    sp.add_argument("--capture", required=True, help="capture to replay")
-    sp.add_argument(
-        "--views",
-        metavar="FILE",
-        help="TOML view definitions (default: the views built from this capture)",
-    )
-    sp.add_argument("--from", dest="start", metavar="ISO", help="readings at or after this time")
-    sp.add_argument("--until", metavar="ISO", help="readings before this time")
-    sp.add_argument("--source", action="append", help="only this source (repeatable)")
-    sp.add_argument(
-        "--as",
-        dest="as_name",
-        metavar="NAME",
-        help="build the slice (--source, --from, --until) as a new view NAME instead of "
-        "recomputing its rows in the view",
-    )
+    sp = command(sub, "replay", HELP["replay"], lazy("commands", "cmd_replay"))
+    add = REPLAY.on(sp)
+    add("--capture", required=True)
+    add("--views")
+    add("--from", dest="start")
+    add("--until")
+    add("--source", action="append")
+    add("--as", dest="as_name")
     add_lateness(sp)
     add_as_of(sp, "the capture")
-    sp.add_argument(
-        "--speed",
-        default="max",
-        help="max (default) or X times the original event-time rate (1 = real time)",
-    )
+    add("--speed", default="max")
     add_parallel(sp)
     add_run_output(sp)
     add_recovery(sp)
-    sp.set_defaults(func=lazy("commands", "cmd_replay"))
 
 
 def _simulate(sub: Subparsers) -> None:
     sp = command(sub, "simulate", HELP["simulate"])
     sp.add_argument("out", metavar="OUT", nargs="?", help="output file: .parquet, .csv or .jsonl")
-    sp.add_argument(
-        "--to",
-        metavar="URL",
-        help="publish to a broker instead, in real time (nats://, mqtt:// or kafka://host:port; "
-        "with --topic)",
-    )
-    sp.add_argument("--topic", metavar="T", help="subject to publish to (with --to)")
-    sp.add_argument(
-        "--format",
-        default="json",
-        choices=["json", "arrow"],
-        help="with --to: one JSON reading per message, or Arrow IPC per 100 ms (default json)",
-    )
-    sp.add_argument("--sources", type=int, default=4, help="instruments (default 4)")
-    sp.add_argument(
-        "--channels",
-        default="temperature,pressure",
-        help="scalar channels (default temperature,pressure)",
-    )
-    sp.add_argument("--rate", type=float, default=10.0, help="Hz per channel (default 10)")
-    sp.add_argument("--duration", default="60s", help="event time span (default 60s)")
-    sp.add_argument(
-        "--start",
-        help="ISO-8601 start time (default 2026-01-01T00:00:00Z; with --to: now)",
-    )
-    sp.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
-    sp.add_argument(
-        "--payload",
-        action="append",
-        metavar="NAME:SHAPE:DTYPE",
-        help="add array payloads, e.g. frame:512x512:uint16 (repeatable; Parquet only)",
-    )
-    sp.add_argument(
-        "--payload-rate", type=float, default=1.0, help="payloads per second per source (default 1)"
-    )
+    add = SIMULATE.on(sp)
+    add("--to")
+    add("--topic")
+    add("--format", default="json", choices=["json", "arrow"])
+    add("--sources", type=int, default=4)
+    add("--channels", default="temperature,pressure")
+    add("--rate", type=float, default=10.0)
+    add("--duration", default="60s")
+    add("--start")
+    add("--seed", type=int, default=0)
+    add("--payload", action="append")
+    add("--payload-rate", type=float, default=1.0)
     sp.set_defaults(func=lazy("commands", "cmd_simulate"))

@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from obsflow.flows.cli.options import Help, Subparsers, add_limit, add_store, command, lazy
+from obsflow.flows.cli.options import Help, Subparsers, add_limit, command, lazy
 
 HELP = {
     "lineage": Help(
@@ -20,12 +20,10 @@ HELP = {
 
 
 def add_parser(sub: Subparsers) -> None:
-    sp = command(sub, "lineage", HELP["lineage"])
-    add_store(sp)
+    sp = command(sub, "lineage", HELP["lineage"], lazy("show", "cmd_lineage"))
     sp.add_argument("name", metavar="VIEW", help="the view")
     sp.add_argument("--source", required=True, help="the row's source")
     sp.add_argument("--channel", required=True, help="the row's channel")
     sp.add_argument("--at", required=True, metavar="TIME", help="the window's start (ISO 8601)")
     sp.add_argument("-o", "--out", metavar="FILE", help="write the readings to FILE")
     add_limit(sp)
-    sp.set_defaults(func=lazy("show", "cmd_lineage"))

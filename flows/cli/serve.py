@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from obsflow.flows.cli.options import Help, Subparsers, add_store, command, lazy
+from obsflow.flows.cli.options import Help, Subparsers, command, lazy
 
 HELP = {
     "serve": Help(
@@ -15,8 +15,7 @@ HELP = {
 
 
 def add_parser(sub: Subparsers) -> None:
-    sp = command(sub, "serve", HELP["serve"])
-    add_store(sp)
+    sp = command(sub, "serve", HELP["serve"], lazy("commands", "cmd_serve"))
     sp.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
     sp.add_argument("--port", type=int, default=8000, help="port (default 8000)")
     sp.add_argument(
@@ -38,4 +37,3 @@ def add_parser(sub: Subparsers) -> None:
         default=0.5,
         help="seconds between looks for new commits (default 0.5)",
     )
-    sp.set_defaults(func=lazy("commands", "cmd_serve"))

@@ -6,7 +6,8 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from typing import Any
+from collections.abc import Sequence
+from typing import Any, TypeVar
 
 import numpy as np
 import pandas as pd
@@ -34,6 +35,8 @@ from obsflow.connectors.storage import layout
 from obsflow.connectors.storage.commits import parse_as_of
 from obsflow.connectors.storage.migrate import check_layout
 from obsflow.connectors.storage.store import Store
+
+T = TypeVar("T")
 
 
 def say(text: str) -> None:
@@ -68,6 +71,13 @@ def print_frame(frame: pd.DataFrame, limit: int, width: int = 200) -> None:
         say(f"... {len(frame) - len(shown):,} more rows (--limit 0 shows all)")
 
 
+def listed(items: Sequence[T], what: str) -> Sequence[T]:
+    """``items``; when there are none, a line saying so (``no {what}``)."""
+    if not items:
+        say(f"no {what}")
+    return items
+
+
 def dur(ns: int) -> str:
     for unit, size in (
         ("d", 86_400 * 10**9),
@@ -84,10 +94,7 @@ def dur(ns: int) -> str:
 def cmd_views(args: argparse.Namespace) -> int:
     store = opened(args)
     if args.action == "list":
-        docs = list_views(store)
-        if not docs:
-            say(f"no views in {store.uri()}")
-        for m in docs:
+        for m in listed(list_views(store), f"views in {store.uri()}"):
             d = m["definition"]
             shape = {
                 "tumbling": f"size {dur(d['size'])}",
@@ -122,10 +129,7 @@ def cmd_views(args: argparse.Namespace) -> int:
 def cmd_capture(args: argparse.Namespace) -> int:
     store = opened(args)
     if args.action == "list":
-        names = list_captures(store)
-        if not names:
-            say(f"no captures in {store.uri()}")
-        for name in names:
+        for name in listed(list_captures(store), f"captures in {store.uri()}"):
             print(name)
         return 0
     if args.action == "verify":

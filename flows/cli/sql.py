@@ -7,7 +7,6 @@ from obsflow.flows.cli.options import (
     Subparsers,
     add_as_of,
     add_limit,
-    add_store,
     command,
     lazy,
 )
@@ -32,8 +31,7 @@ HELP = {
 
 
 def add_parser(sub: Subparsers) -> None:
-    sp = command(sub, "sql", HELP["sql"])
-    add_store(sp)
+    sp = command(sub, "sql", HELP["sql"], lazy("show", "cmd_sql"))
     sp.add_argument("query", nargs="?", metavar="QUERY", help="one SQL query")
     add_as_of(sp)
     sp.add_argument(
@@ -45,4 +43,3 @@ def add_parser(sub: Subparsers) -> None:
         "-o", "--out", metavar="FILE", help="write the result to FILE instead of printing"
     )
     add_limit(sp)
-    sp.set_defaults(func=lazy("show", "cmd_sql"))

@@ -3,15 +3,7 @@ its windows (``commands.cmd_close``)."""
 
 from __future__ import annotations
 
-from obsflow.flows.cli.options import (
-    Help,
-    Subparsers,
-    add_as_of,
-    add_filters,
-    add_limit,
-    group,
-    lazy,
-)
+from obsflow.flows.cli.options import Help, Subparsers, add_rows, group, lazy
 
 HELP = {
     "views": Help(
@@ -38,10 +30,8 @@ def add_parser(sub: Subparsers) -> None:
         lazy("show", "cmd_views"),
         named="the view",
     )
-    add_filters(ap)
+    add_rows(ap, "the view")
     ap.add_argument("--final", action="store_true", help="only final rows (windows closed)")
-    add_as_of(ap, "the view")
-    add_limit(ap)
     ap = views.action(
         "close",
         "declare the data complete: the view's open windows (of --source, or up to --until) "

@@ -27,7 +27,6 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from bytewax.dataflow import Dataflow, Stream
 from bytewax.inputs import Source
-from bytewax.outputs import Sink
 
 from obsflow.connectors.algorithms.dedup import DEFAULT_HORIZON
 from obsflow.connectors.algorithms.partitions import split_by_partition
@@ -53,7 +52,6 @@ from obsflow.connectors.sources.bluesky.io import BlueskyInput, stored_documents
 from obsflow.connectors.sources.files import FileSource
 from obsflow.connectors.sources.simulator import SimSource
 from obsflow.connectors.storage import layout
-from obsflow.connectors.storage.commits import capture_base
 from obsflow.connectors.storage.store import DEFAULT_STORE, Store
 from obsflow.flows.kernels.features import check_features
 from obsflow.flows.kernels.viewdef import (
@@ -64,7 +62,13 @@ from obsflow.flows.kernels.viewdef import (
     with_lateness,
 )
 from obsflow.flows.pipeline.finish import Finish
-from obsflow.flows.pipeline.runner import check_cluster_run_id
+from obsflow.flows.pipeline.runner import (
+    DEFAULT_WIRING,
+    Wiring,
+    check_cluster_run_id,
+    entry_point,
+    on_base,
+)
 from obsflow.flows.steps.capture import CaptureLogic
 from obsflow.flows.steps.chunks import ChunkLogic, Step
 from obsflow.flows.steps.logs import add_log
@@ -121,9 +125,9 @@ class IngestConfig:
 
     kind: ClassVar[str] = "ingest"
 
-    def flow(self, *, source: Source[RawBatch] | None = None, durable: bool = True) -> Dataflow:
+    def flow(self, wiring: Wiring = DEFAULT_WIRING) -> Dataflow:
         """The run's dataflow (``build_flow``)."""
-        return build_flow(self, source=source, durable=durable)
+        return dataflow(self, wiring)
 
     def planned(self, store: Store, *, force: bool) -> tuple[IngestConfig, list[tuple[str, str]]]:
         """The run to do: without the inputs a committed run captured with the same options
@@ -368,26 +372,14 @@ def planned_views(
     return views, new
 
 
-def build_flow(
-    config: IngestConfig | None = None,
-    *,
-    source: Source[RawBatch] | None = None,
-    sink: Sink[Any] | None = None,
-    durable: bool = True,
-    **options: Any,
-) -> Dataflow:
-    """The ingest dataflow. ``options`` build an ``IngestConfig`` when ``config`` is not given.
-
-    ``source`` replaces the input (tests feed a ``TestingSource`` of ``RawBatch``); ``sink``
-    receives the final ``("run", Counts)`` instead of the run's finish (no commit then).
-    ``durable=False`` when the run has no recovery: snapshots then write and copy nothing.
-    """
-    config = config or IngestConfig.from_options(**options)
+def dataflow(config: IngestConfig, wiring: Wiring = DEFAULT_WIRING) -> Dataflow:
+    """The ingest dataflow (its input a ``RawBatch`` source in place of the files, if
+    ``wiring`` says so)."""
     store = Store(config.store)
     meta = planned_capture(store, config.capture, config.partitions)
+    config, base, state = on_base(config, store)
     spec, run_id = config.spec, config.run_id
-    base, state = capture_base(store, config.capture, config.base)
-    config = replace(config, base=base)
+    source, sink, durable = wiring.source, wiring.sink, wiring.durable
     views, _new = planned_views(store, config)
 
     flow = Dataflow("ingest")
@@ -537,3 +529,6 @@ def _notes(documents: pa.Table) -> int:
     if not documents.num_rows:
         return 0
     return int(pc.sum(pc.equal(documents.column("name"), SETTLED)).as_py() or 0)
+
+
+build_flow = entry_point(IngestConfig.from_options, dataflow)

@@ -42,6 +42,7 @@ from obsflow.connectors.storage import commits, layout
 from obsflow.connectors.storage.commits import ConcurrentWriterError
 from obsflow.connectors.storage.migrate import check_layout
 from obsflow.connectors.storage.store import Store
+from obsflow.connectors.waiting import poll
 from obsflow.flows.pipeline import ingest as ingest_flow
 from obsflow.flows.pipeline import replay as replay_flow
 from obsflow.flows.pipeline.runner import (
@@ -49,6 +50,7 @@ from obsflow.flows.pipeline.runner import (
     Cluster,
     ClusterLostError,
     Recovery,
+    Wiring,
     free_port,
     run_flow,
 )
@@ -159,7 +161,7 @@ def run(
         return
     config = job.config
     durable = recovery is not None  # else nothing resumes from the steps' snapshots
-    flow = config.flow(source=source, durable=durable)
+    flow = config.flow(Wiring(source=source, durable=durable))
     try:
         if processes > 1:
             run_processes(flow, config.kind, config.options(), processes, workers)
@@ -372,18 +374,17 @@ def execute_in_cluster(
 
 def _wait_for(store: Store, rel: str, what: str) -> dict[str, Any]:
     """A JSON document another process of the cluster writes, once it is there."""
-    deadline = time.monotonic() + CLUSTER_WAIT
-    while True:
-        try:
-            doc: dict[str, Any] = store.read_json(rel)
-            return doc
-        except FileNotFoundError:
-            if time.monotonic() > deadline:
-                raise ConfigError(
-                    f"no {what} in {store.uri(rel)} after {CLUSTER_WAIT:.0f} s: start process "
-                    "0 with the same --store and --run-id"
-                ) from None
-            time.sleep(0.2)
+    doc: dict[str, Any] = poll(
+        lambda: store.read_json(rel),
+        retry_on=FileNotFoundError,
+        seconds=CLUSTER_WAIT,
+        every=0.2,
+        gave_up=lambda _: ConfigError(
+            f"no {what} in {store.uri(rel)} after {CLUSTER_WAIT:.0f} s: start process 0 with "
+            "the same --store and --run-id"
+        ),
+    )
+    return doc
 
 
 def ingest(config: ingest_flow.IngestConfig | None = None, **kwargs: Any) -> RunResult:

@@ -37,6 +37,7 @@ from obsflow.connectors.sources.bluesky.io import raw_batch
 from obsflow.connectors.sources.brokers import BrokerClient
 from obsflow.connectors.storage.commits import ConcurrentWriterError
 from obsflow.connectors.storage.store import Store
+from obsflow.connectors.waiting import poll
 from obsflow.flows.pipeline import jobs
 from obsflow.flows.pipeline.closing import close_view
 from obsflow.flows.pipeline.ingest import IngestConfig
@@ -196,14 +197,7 @@ def run_cycle(ingest: IngestConfig, batch: RawBatch, workers: int) -> jobs.RunRe
 def waiting_for_the_capture(job: Callable[[], T]) -> T:
     """Run ``job``; while another job holds the capture (a compaction, a ``views close``),
     wait for it and try again (up to ``CAPTURE_WAIT`` seconds)."""
-    deadline = time.monotonic() + CAPTURE_WAIT
-    while True:
-        try:
-            return job()
-        except ConcurrentWriterError:
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(0.5)
+    return poll(job, retry_on=ConcurrentWriterError, seconds=CAPTURE_WAIT, every=0.5)
 
 
 def close_idle(config: IngestConfig, sources: list[str]) -> list[dict[str, Any]]:

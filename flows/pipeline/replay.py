@@ -26,16 +26,13 @@ from typing import Any, ClassVar
 import bytewax.operators as op
 import pyarrow as pa
 from bytewax.dataflow import Dataflow
-from bytewax.inputs import Source
-from bytewax.outputs import Sink
 
 from obsflow.connectors.algorithms.partitions import partitions_of
-from obsflow.connectors.batch import DEFAULT_BATCH_ROWS, RawBatch
+from obsflow.connectors.batch import DEFAULT_BATCH_ROWS
 from obsflow.connectors.datasets.capture import new_run_id, open_capture
 from obsflow.connectors.datasets.capture_source import (
     Boundary,
     CaptureSource,
-    ReplayBatch,
     ReplaySpec,
     capture_plan,
 )
@@ -51,11 +48,16 @@ from obsflow.connectors.errors import ConfigError
 from obsflow.connectors.formats.parsing import to_utc
 from obsflow.connectors.ids import check_name
 from obsflow.connectors.storage import layout
-from obsflow.connectors.storage.commits import capture_base
 from obsflow.connectors.storage.store import DEFAULT_STORE, Store
 from obsflow.flows.kernels.viewdef import ViewDef, stored_views, views_option
 from obsflow.flows.pipeline.finish import Finish
-from obsflow.flows.pipeline.runner import check_cluster_run_id
+from obsflow.flows.pipeline.runner import (
+    DEFAULT_WIRING,
+    Wiring,
+    check_cluster_run_id,
+    entry_point,
+    on_base,
+)
 from obsflow.flows.steps.routing import partition_key
 from obsflow.flows.steps.summary import Counts, add_summary
 from obsflow.flows.steps.views import ViewTarget, add_view
@@ -112,11 +114,11 @@ class ReplayConfig:
 
     kind: ClassVar[str] = "replay"
 
-    def flow(self, *, source: Source[RawBatch] | None = None, durable: bool = True) -> Dataflow:
-        """The run's dataflow (``build_flow``); its input is the capture, never ``source``."""
-        if source is not None:
+    def flow(self, wiring: Wiring = DEFAULT_WIRING) -> Dataflow:
+        """The run's dataflow (``build_flow``); its input is the capture, never a source."""
+        if wiring.source is not None:
             raise ConfigError("a replay reads its capture: it takes no other source")
-        return build_flow(self, durable=durable)
+        return dataflow(self, wiring)
 
     def planned(self, store: Store, *, force: bool) -> tuple[ReplayConfig, list[tuple[str, str]]]:
         """The run to do (a replay skips nothing)."""
@@ -206,22 +208,14 @@ def capture_rows(store: Store, config: ReplayConfig) -> int:
     return sum(f.rows for f in files)
 
 
-def build_flow(
-    config: ReplayConfig | None = None,
-    *,
-    source: Source[ReplayBatch] | None = None,
-    sink: Sink[Any] | None = None,
-    durable: bool = True,
-    **options: Any,
-) -> Dataflow:
-    """The replay dataflow. ``options`` build a ``ReplayConfig`` when ``config`` is not given;
-    ``durable=False`` when the run has no recovery (snapshots then write nothing)."""
-    config = config or ReplayConfig.from_options(**options)
+def dataflow(config: ReplayConfig, wiring: Wiring = DEFAULT_WIRING) -> Dataflow:
+    """The replay dataflow (its input a ``ReplayBatch`` source in place of the capture, if
+    ``wiring`` says so)."""
     store = Store(config.store)
     open_capture(store, config.capture)
-    base, _state = capture_base(store, config.capture, config.base)
-    config = replace(config, base=base)
+    config, base, _state = on_base(config, store)
     spec, target = config.spec, config.target
+    source, sink, durable = wiring.source, wiring.sink, wiring.durable
     docs = tuple(
         view_doc(v.name, v.definition, v.hash, config.capture, sliced=config.slice)
         for v in config.targets
@@ -275,3 +269,6 @@ def _count_read(item: tuple[int, pa.Table | Boundary]) -> Counts:
     data = item[1]
     n = 0 if isinstance(data, Boundary) else data.num_rows
     return Counts(input=n, accepted=n)
+
+
+build_flow = entry_point(ReplayConfig.from_options, dataflow)

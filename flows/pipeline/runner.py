@@ -16,25 +16,76 @@ import socket
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, replace
 from datetime import timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol, TypeVar
 
 from bytewax.dataflow import Dataflow
+from bytewax.inputs import Source
+from bytewax.outputs import Sink
 from bytewax.recovery import RecoveryConfig, init_db_dir
 from bytewax.run import cli_main
 
 from obsflow.connectors.datasets.capture import new_run_id
 from obsflow.connectors.errors import ConfigError, ObsflowError
 from obsflow.connectors.ids import check_name
+from obsflow.connectors.storage.commits import StateMap, capture_base
+from obsflow.connectors.storage.store import Store
 
 EPOCH = timedelta(seconds=2)
 CLUSTER_WAIT = 120.0  # s a cluster process waits for what process 0 prepares
 # What the steps' snapshots are keyed by; 2: capture partitions keyed by ``routing``.
 RECOVERY_FORMAT = 2
 _RUN_FILE = "obsflow-run.json"
+
+
+@dataclass(frozen=True)
+class Wiring:
+    """What a flow reads and writes in place of its defaults: ``source`` replaces its input
+    (a live cycle's messages; tests feed a ``TestingSource``), ``sink`` receives its final
+    ``("run", Counts)`` instead of the run's finish (no commit then), and ``durable=False``
+    when the run has no recovery (snapshots then write and copy nothing)."""
+
+    source: Source[Any] | None = None
+    sink: Sink[Any] | None = None
+    durable: bool = True
+
+
+DEFAULT_WIRING = Wiring()
+
+
+def entry_point(
+    config: Callable[..., C], dataflow: Callable[[C], Dataflow]
+) -> Callable[..., Dataflow]:
+    """A job's ``build_flow`` for ``python -m bytewax.run "<module>:build_flow(option=...)"``:
+    the dataflow of the config those options build (``config``: its ``from_options``)."""
+
+    def build_flow(**options: Any) -> Dataflow:
+        return dataflow(config(**options))
+
+    return build_flow
+
+
+class _OnCapture(Protocol):
+    @property
+    def capture(self) -> str: ...
+
+    @property
+    def base(self) -> int | None:
+        """The capture's commit a run builds on (None: its last)."""
+
+
+J = TypeVar("J", bound=_OnCapture)
+C = TypeVar("C")
+
+
+def on_base(config: J, store: Store) -> tuple[J, int, StateMap]:
+    """``config`` with the capture's commit it builds on settled (commits up to it completed
+    first), that commit, and where each partition's state was at it."""
+    base, state = capture_base(store, config.capture, config.base)
+    return replace(config, base=base), base, state  # type: ignore[type-var]
 
 
 @dataclass(frozen=True)

@@ -9,6 +9,7 @@ import shlex
 import pytest
 
 from obsflow.flows.cli.main import COMMAND_EXAMPLES, parser
+from obsflow.flows.cli.options import LISTINGS, Listing
 
 
 def commands() -> dict[str, argparse.ArgumentParser]:
@@ -69,3 +70,39 @@ def test_every_example_is_a_valid_command(line: str) -> None:
     assert words[0] == "obsflow"
     args = parser().parse_args(words[1:])  # exits (fails the test) on a bad example
     assert callable(args.func)
+
+
+def test_every_listed_option_is_an_option_of_some_command() -> None:
+    """An option's help written in a ``Listing`` and never added (a typo in its flag, an
+    option removed) would be dead text: each listed flag is on a parser."""
+    flags = {flag for p in commands().values() for a in p._actions for flag in a.option_strings}
+    assert LISTINGS  # (the command modules made theirs when the parser was built)
+    unused = {flag for listing in LISTINGS for flag in listing} - flags
+    assert not unused
+
+
+def test_a_listing_reads_flags_metavars_and_continued_help() -> None:
+    listing = Listing(
+        """
+        --to URL              publish to a broker
+                              instead
+        --quiet               no output
+        --payload NAME:SHAPE:DTYPE  arrays
+        """
+    )
+    LISTINGS.remove(listing)  # (not one of the CLI's)
+    assert listing == {
+        "--to": ("URL", "publish to a broker instead"),
+        "--quiet": (None, "no output"),
+        "--payload": ("NAME:SHAPE:DTYPE", "arrays"),
+    }
+    p = argparse.ArgumentParser()
+    add = listing.on(p)
+    add("--to")
+    add("-q", "--quiet", action="store_true")
+    assert p.parse_args(["--to", "x", "-q"]) == argparse.Namespace(to="x", quiet=True)
+    assert "URL" in p.format_help()
+    with pytest.raises(KeyError):
+        add("--not-listed")
+    with pytest.raises(ValueError, match="not an option listing line"):
+        Listing("--to URL only one space between")

@@ -19,8 +19,8 @@ from obsflow.connectors.formats.schema import InputSpec
 from obsflow.connectors.storage.store import Store
 from obsflow.flows.cli.main import main
 from obsflow.flows.pipeline import jobs
-from obsflow.flows.pipeline.ingest import IngestConfig, build_flow, normalize_batch
-from obsflow.flows.pipeline.runner import run_flow
+from obsflow.flows.pipeline.ingest import IngestConfig, dataflow, normalize_batch
+from obsflow.flows.pipeline.runner import Wiring, run_flow
 from obsflow.flows.steps.summary import Counts
 from tests.conftest import BUOY, BUOY_MAP, ROOT, sorted_frame
 from tests.delta import files_in_order, table_frame
@@ -124,7 +124,7 @@ def test_one_and_two_workers_write_the_same_capture(tmp_path: Path) -> None:
         cfg = IngestConfig(
             inputs=(url,), store=str(store), capture="c", progress=False, run_id=f"r{workers}"
         )
-        run_flow(build_flow(cfg), workers)
+        run_flow(dataflow(cfg), workers)
         frames.append(sorted_frame(read_dir(store / "captures" / "c")))
         # each source lives in exactly one partition folder
         owners = {}
@@ -176,10 +176,9 @@ def test_flow_accepts_a_testing_source_and_sink(tmp_path: Path) -> None:
         "mem", 0, pa.table({"source": ["a", "b/"], "time": [1, 2], "value": [1.0, 2.0]})
     )
     out: list = []
-    flow = build_flow(
+    flow = dataflow(
         IngestConfig(inputs=("unused.csv",), store="memory://t-flow", capture="c", progress=False),
-        source=TestingSource([batch, batch]),
-        sink=TestingSink(out),
+        Wiring(source=TestingSource([batch, batch]), sink=TestingSink(out)),
     )
     run_main(flow)
     assert len(out) == 1

@@ -14,7 +14,7 @@ from obsflow.connectors.storage.store import Store
 from obsflow.flows.cli.main import main
 from obsflow.flows.kernels.viewdef import ViewDef, parse_views
 from obsflow.flows.pipeline import jobs
-from obsflow.flows.pipeline.ingest import IngestConfig, build_flow
+from obsflow.flows.pipeline.ingest import IngestConfig, dataflow
 from obsflow.flows.pipeline.runner import run_flow
 from tests.conftest import BUOY, BUOY_MAP
 from tests.delta import table_frame
@@ -96,7 +96,7 @@ gap = "2s"
     for workers in (1, 2):
         store = tmp_path / f"w{workers}"
         run_flow(
-            build_flow(
+            dataflow(
                 IngestConfig(
                     inputs=(url,), store=str(store), capture="c", progress=False, views=views
                 )

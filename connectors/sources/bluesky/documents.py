@@ -255,12 +255,9 @@ class DocumentStream:
         return None
 
     def _known(self, name: str, doc: dict[str, Any]) -> bool:
-        if name == "start":
-            return doc["uid"] in self.starts
-        if name == "descriptor":
-            return doc["uid"] in self.descriptors
-        if name == "stop":
-            return doc["uid"] in self.stops
+        run_documents = {"start": self.starts, "descriptor": self.descriptors, "stop": self.stops}
+        if name in run_documents:
+            return doc["uid"] in run_documents[name]
         if name == "stream_datum" and any(w.doc["uid"] == doc["uid"] for w in self.waiting):
             return True
         return self.resolver.knows(name, doc)

@@ -39,7 +39,7 @@ import math
 import os
 import re
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Container, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
@@ -169,17 +169,16 @@ class ExternalResolver:
 
     def knows(self, name: str, doc: Mapping[str, Any]) -> bool:
         """Whether an asset document (by its uid) was remembered already."""
-        if name == "resource":
-            return doc["uid"] in self.resources
-        if name == "datum":
-            return doc["datum_id"] in self.datums
         if name == "datum_page":
             return all(i in self.datums for i in doc["datum_id"])
-        if name == "stream_resource":
-            return doc["uid"] in self.stream_resources
-        if name == "stream_datum":
-            return doc["uid"] in self.stream_datums
-        return False
+        remembered: dict[str, Container[str]] = {
+            "resource": self.resources,
+            "datum": self.datums,
+            "stream_resource": self.stream_resources,
+            "stream_datum": self.stream_datums,
+        }
+        kept = remembered.get(name)
+        return kept is not None and doc["datum_id" if name == "datum" else "uid"] in kept
 
     def remember(self, name: str, doc: Mapping[str, Any]) -> None:
         """Keep an asset document; ``bad_reference`` when it points at nothing remembered."""

@@ -19,6 +19,7 @@ from obsflow.connectors.formats.messages import Message, text_headers
 from obsflow.connectors.sources.brokers import BrokerError, BrokerURL, Subscription, client_library
 from obsflow.connectors.sources.brokers.common import Outage, login, retry_seconds
 from obsflow.connectors.storage.retry import reason
+from obsflow.connectors.waiting import poll
 
 if TYPE_CHECKING:
     from obsflow.connectors.sources.brokers import ClientFactory, PublisherFactory
@@ -149,18 +150,16 @@ class KafkaClient:
             topic, partition, offset = m.token
             last[(topic, partition)] = max(offset, last.get((topic, partition), -1))
         offsets = [self._kafka.TopicPartition(t, p, o + 1) for (t, p), o in last.items()]
-        deadline = time.monotonic() + retry_seconds()
-        while True:
-            try:
-                self._c.commit(offsets=offsets, asynchronous=False)
-                return
-            except self._kafka.KafkaException as exc:
-                if time.monotonic() > deadline:
-                    raise BrokerError(
-                        f"Kafka at {self.broker}: cannot commit offsets ({reason(exc)}); the "
-                        "messages come again to the next run and are dropped as duplicates"
-                    ) from None
-                time.sleep(0.5)
+        poll(
+            lambda: self._c.commit(offsets=offsets, asynchronous=False),
+            retry_on=self._kafka.KafkaException,
+            seconds=retry_seconds(),
+            every=0.5,
+            gave_up=lambda exc: BrokerError(
+                f"Kafka at {self.broker}: cannot commit offsets ({reason(exc)}); the "
+                "messages come again to the next run and are dropped as duplicates"
+            ),
+        )
 
     def drained(self) -> bool:
         """Partitions assigned, and each read up to its end (what was committed or consumed)."""
