@@ -14,9 +14,10 @@ HELP = {
 
 
 def add_parser(sub: Subparsers) -> None:
-    store = group(sub, "store", HELP["store"])
-    store.action(
+    # (one action so far: a store's upkeep lives with the captures and views it keeps)
+    group(sub, "store", HELP["store"]).action(
         "migrate",
-        "convert a store written before layout 2 to the current layout",
+        "convert a store of an earlier layout (the lease and commit log of layouts 1 and 2) "
+        "to the current one (Delta tables)",
         lazy("commands", "cmd_store"),
     )
