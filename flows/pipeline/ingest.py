@@ -71,11 +71,11 @@ from obsflow.flows.pipeline.runner import (
 )
 from obsflow.flows.steps.capture import CaptureLogic
 from obsflow.flows.steps.chunks import ChunkLogic, Step
-from obsflow.flows.steps.logs import add_log
+from obsflow.flows.steps.logs import write_log
 from obsflow.flows.steps.payloads import offload_batch
 from obsflow.flows.steps.routing import partition_key
-from obsflow.flows.steps.summary import Counts, add_summary
-from obsflow.flows.steps.views import add_view
+from obsflow.flows.steps.summary import Counts, summarize
+from obsflow.flows.steps.views import window_view
 
 
 @dataclass(frozen=True)
@@ -437,7 +437,7 @@ def dataflow(config: IngestConfig, wiring: Wiring = DEFAULT_WIRING) -> Dataflow:
         *_logs(config, store, raw, rejects),
         *(_view(captured, v, store, config, durable) for v in views),
     )
-    add_summary(counts, "ingest", config.progress, sink or _finish(config, meta, views))
+    summarize("summary", counts, "ingest", config.progress, sink or _finish(config, meta, views))
     return flow
 
 
@@ -451,7 +451,8 @@ def _view(
     captured: Stream[Any], view: ViewDef, store: Store, config: IngestConfig, durable: bool
 ) -> Stream[Counts]:
     """The steps that build ``view`` from the run's captured rows; what they counted."""
-    return add_view(
+    return window_view(
+        f"view_{view.name}",
         captured,
         view,
         store=store,
@@ -492,13 +493,20 @@ def _logs(
     spec, run_id = config.spec, config.run_id
     # ("0000", rejected records): one dead-letter log per run, each with its trace id
     traced = op.map("trace_rejects", rejects, lambda kv: (kv[0], with_trace(kv[1], spec)))
-    written = add_log(traced, store, "deadletter", run_id, layout.DEADLETTER_SCHEMA)
+    written = write_log(
+        "deadletters", traced, store, layout.DEADLETTER_DIR, run_id, layout.DEADLETTER_SCHEMA
+    )
     documents = op.filter_map(
         "take_documents", raw, lambda b: ("0000", b.documents) if b.documents.num_rows else None
     )
     # ("0000", Bluesky run and asset documents): one log per run, kept with the capture
-    stored = add_log(
-        documents, store, layout.documents_dir(config.capture), run_id, layout.DOCUMENT_LOG_SCHEMA
+    stored = write_log(
+        "documents",
+        documents,
+        store,
+        layout.documents_dir(config.capture),
+        run_id,
+        layout.DOCUMENT_LOG_SCHEMA,
     )
     # (obsflow's own notes among them are no documents)
     counted = op.map(

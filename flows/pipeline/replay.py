@@ -59,8 +59,8 @@ from obsflow.flows.pipeline.runner import (
     on_base,
 )
 from obsflow.flows.steps.routing import partition_key
-from obsflow.flows.steps.summary import Counts, add_summary
-from obsflow.flows.steps.views import ViewTarget, add_view
+from obsflow.flows.steps.summary import Counts, summarize
+from obsflow.flows.steps.views import ViewTarget, window_view
 
 
 def parse_time(text: object, what: str) -> int | None:
@@ -247,7 +247,8 @@ def dataflow(config: ReplayConfig, wiring: Wiring = DEFAULT_WIRING) -> Dataflow:
         "merge_counts",
         op.map("count_read", items, _count_read),
         *(
-            add_view(
+            window_view(
+                f"view_{v.name}",
                 keyed,
                 v,
                 store=store,
@@ -261,7 +262,7 @@ def dataflow(config: ReplayConfig, wiring: Wiring = DEFAULT_WIRING) -> Dataflow:
         ),
     )
     total = capture_rows(store, config) if config.progress else None
-    add_summary(counts, "replay", config.progress, sink or finish, total=total)
+    summarize("summary", counts, "replay", config.progress, sink or finish, total=total)
     return flow
 
 

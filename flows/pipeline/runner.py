@@ -36,8 +36,9 @@ from obsflow.connectors.storage.store import Store
 
 EPOCH = timedelta(seconds=2)
 CLUSTER_WAIT = 120.0  # s a cluster process waits for what process 0 prepares
-# What the steps' snapshots are keyed by; 2: capture partitions keyed by ``routing``.
-RECOVERY_FORMAT = 2
+# What the steps' snapshots are keyed by; 2: capture partitions keyed by ``routing``;
+# 3: composite steps as Bytewax operators (``ingest.view_<v>.window``, ``ingest.summary.totals``).
+RECOVERY_FORMAT = 3
 _RUN_FILE = "obsflow-run.json"
 
 

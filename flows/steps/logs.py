@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterable
 
 import bytewax.operators as op
 import pyarrow as pa
-from bytewax.dataflow import Stream
+from bytewax.dataflow import Stream, operator
 from bytewax.operators import StatefulBatchLogic
 
 from obsflow.connectors.datasets.sinks import ChunkLog
@@ -77,7 +77,9 @@ class LogLogic(StatefulBatchLogic[tuple[int, pa.Table], Counts, LogState]):
         return (self.log.part, self.log.chunk, list(self.log.written))
 
 
-def add_log(
+@operator
+def write_log(
+    step_id: str,
     items: Stream[tuple[str, pa.Table]],
     store: Store,
     folder: str,
@@ -87,9 +89,8 @@ def add_log(
 ) -> Stream[Counts]:
     """Write ``("0003", table)`` items to the run's log ``folder``; ``counts`` says what the
     rows written count as (e.g. a view's late readings)."""
-    step = folder.replace("/", "_")
-    keyed = op.map(f"part_{step}", items, lambda kv: (kv[0], (part_of_key(kv[0]), kv[1])))
+    keyed = op.map("part", items, lambda kv: (kv[0], (part_of_key(kv[0]), kv[1])))
     written = op.stateful_batch(
-        f"write_{step}", keyed, lambda s: LogLogic(store, folder, run, schema, counts, s)
+        "write", keyed, lambda s: LogLogic(store, folder, run, schema, counts, s)
     )
-    return op.map(f"counts_{step}", written, lambda kv: kv[1])
+    return op.map("counts", written, lambda kv: kv[1])

@@ -16,7 +16,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import bytewax.operators as op
-from bytewax.dataflow import Stream
+from bytewax.dataflow import Stream, operator
 from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
 from bytewax.operators import StatefulLogic
 from bytewax.outputs import DynamicSink, Sink, StatelessSinkPartition
@@ -235,7 +235,9 @@ def _say(line: str) -> None:
     print(line, file=sys.stderr, flush=True)
 
 
-def add_summary(
+@operator
+def summarize(
+    step_id: str,
     flow_counts: Stream[Counts],
     label: str,
     progress: bool,
@@ -246,10 +248,8 @@ def add_summary(
     ``Sink`` receives ``("run", Counts)`` instead). ``total`` input rows, if known, gives
     progress a percentage and an ETA."""
     # A zero to start from: a run that reads nothing (a header-only file) still finishes.
-    start = op.input("start_counts", flow_counts.flow(), _StartSource())
-    keyed = op.key_on(
-        "key_counts", op.merge("with_start", start, flow_counts), lambda _c: SUMMARY_KEY
-    )
-    totals = op.stateful("summarize", keyed, lambda s: SummarizeLogic(label, progress, total, s))
+    start = op.input("start", flow_counts.flow(), _StartSource())
+    keyed = op.key_on("key", op.merge("with_start", start, flow_counts), lambda _c: SUMMARY_KEY)
+    totals = op.stateful("totals", keyed, lambda s: SummarizeLogic(label, progress, total, s))
     sink = finish if isinstance(finish, Sink) else FinishSink(finish)
     op.output("finish_run", totals, sink)

@@ -19,7 +19,7 @@ from typing import Any
 import bytewax.operators as op
 import numpy as np
 import pyarrow as pa
-from bytewax.dataflow import Stream
+from bytewax.dataflow import Stream, operator
 from bytewax.operators import StatefulBatchLogic
 
 from obsflow.connectors.datasets.capture_source import Boundary
@@ -36,7 +36,7 @@ from obsflow.connectors.storage import layout
 from obsflow.connectors.storage.store import Store
 from obsflow.flows.kernels.viewdef import ViewDef
 from obsflow.flows.kernels.windows import WindowKernel
-from obsflow.flows.steps.logs import add_log
+from obsflow.flows.steps.logs import write_log
 from obsflow.flows.steps.summary import Counts, wrote
 
 FLUSH_ROWS = 200_000
@@ -195,7 +195,9 @@ class ViewLogic(StatefulBatchLogic[PartItem, ViewOut, ViewState]):
         return copy.deepcopy(self.state)
 
 
-def add_view(
+@operator
+def window_view(
+    step_id: str,
     captured: Stream[tuple[str, PartItem]],
     view: ViewDef,
     *,
@@ -212,17 +214,18 @@ def add_view(
     lineage = {"capture": capture, "view_hash": view.hash}
     name = view.name
     out = op.stateful_batch(
-        f"window_{name}",
+        "window",
         captured,
         lambda s: ViewLogic(store, view, run_id, lineage, target, s, base=base, durable=durable),
     )
     # ("0003", ("late", readings) | ("counts", Counts))
     late = op.filter_map(
-        f"take_late_{name}",
+        "take_late",
         out,
         lambda kv: (kv[0], _late_rows(kv[1][1], name)) if kv[1][0] == "late" else None,
     )
-    late_counts = add_log(
+    late_counts = write_log(
+        "late_log",
         late,
         store,
         layout.late_dir(name),
@@ -231,9 +234,9 @@ def add_view(
         lambda n: Counts(late={name: n}),
     )
     counts = op.filter_map(
-        f"take_counts_{name}", out, lambda kv: kv[1][1] if kv[1][0] == "counts" else None
+        "take_counts", out, lambda kv: kv[1][1] if kv[1][0] == "counts" else None
     )
-    return op.merge(f"merge_counts_{name}", counts, late_counts)
+    return op.merge("merge_counts", counts, late_counts)
 
 
 def _late_rows(table: pa.Table | Counts, view: str) -> pa.Table:

@@ -318,9 +318,11 @@ def test_a_recovery_directory_of_an_older_obsflow_is_refused_before_anything_run
     """Its steps' state has other keys: resuming it would start them empty mid-input."""
     rec = tmp_path / "rec"
     rec.mkdir()
-    (rec / "obsflow-run.json").write_text(json.dumps({"command": "ingest", "run": "r1"}))
     store = tmp_path / "store"
     argv = ["ingest", "sim://?sources=1&duration=5s", "--store", str(store), "--recovery", str(rec)]
-    assert main(argv) == 2
-    assert "written by an older obsflow" in capsys.readouterr().err
-    assert not (store / "captures").exists()
+    for older in ({}, {"format": 2}):  # (1: before routing keys; 2: before operators)
+        doc = {"command": "ingest", "run": "r1", **older}
+        (rec / "obsflow-run.json").write_text(json.dumps(doc))
+        assert main(argv) == 2
+        assert "written by an older obsflow" in capsys.readouterr().err
+        assert not (store / "captures").exists()

@@ -880,7 +880,7 @@ from bytewax.dataflow import Dataflow
 from bytewax.testing import TestingSink, TestingSource
 from obsflow.connectors.errors import StoreError
 from obsflow.connectors.storage.store import Store
-from obsflow.flows.steps.logs import add_log
+from obsflow.flows.steps.logs import write_log
 from obsflow.flows.pipeline.runner import run_flow
 
 DOWN = False
@@ -901,7 +901,8 @@ def step(item):
 flow = Dataflow("repro")
 items = op.input("in", flow, TestingSource([1, 2, "fail"], batch_size=1))
 schema = pa.schema([("x", pa.int64()), ("run", pa.string())])
-counts = add_log(
+counts = write_log(
+    "log",
     op.map("step", items, step), FlakyStore("memory://abort-repro"), "deadletter", "r1", schema
 )
 op.output("out", counts, TestingSink([]))
