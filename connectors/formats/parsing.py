@@ -5,6 +5,7 @@ values and a mask of the rows it could not read; none touches a row in Python.
 
 from __future__ import annotations
 
+import math
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -34,6 +35,32 @@ def _scale_to_ns(raw: np.ndarray, known: np.ndarray, factor: int) -> tuple[np.nd
     return np.where(ok, raw, 0) * factor, ok
 
 
+_DURATION_UNITS = {"ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+
+
+def parse_duration(text: str) -> float:
+    """Seconds in ``"500ms"``, ``"10s"``, ``"1m"``, ``"1h"``, ``"1d"``; a bare number is seconds."""
+    t = text.strip().lower()
+    for unit in sorted(_DURATION_UNITS, key=len, reverse=True):
+        if t.endswith(unit):
+            number = t[: -len(unit)]
+            break
+    else:
+        number, unit = t, "s"
+    try:
+        seconds = float(number) * _DURATION_UNITS[unit]
+    except ValueError:
+        raise ConfigError(f"duration {text!r} — use e.g. 500ms, 10s, 1m, 1h, 1d") from None
+    if not math.isfinite(seconds) or seconds < 0:
+        raise ConfigError(f"duration {text!r} must be a finite, non-negative length")
+    return seconds
+
+
+def parse_duration_ns(text: str) -> int:
+    """``parse_duration`` in nanoseconds."""
+    return round(parse_duration(text) * 1e9)
+
+
 def to_utc(value: object, what: str = "time") -> pd.Timestamp:
     """One time (ISO-8601 text, datetime, Timestamp) as UTC; naive means UTC."""
     import pandas as pd
@@ -47,6 +74,11 @@ def to_utc(value: object, what: str = "time") -> pd.Timestamp:
     if pd.isna(ts):
         raise ConfigError(f"{what} {value!r} is not a time")
     return ts.tz_localize("UTC") if ts.tzinfo is None else ts.tz_convert("UTC")
+
+
+def parse_time(text: object, what: str) -> int | None:
+    """ISO-8601 (naive = UTC) to ns since the epoch; None stays None."""
+    return None if text is None else int(to_utc(text, what).value)
 
 
 def parse_times(column: pa.ChunkedArray, time_unit: str) -> tuple[np.ndarray, np.ndarray]:

@@ -25,32 +25,13 @@ from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
 
 from obsflow.connectors.batch import RawBatch
 from obsflow.connectors.errors import ConfigError
-from obsflow.connectors.formats.parsing import to_utc
+from obsflow.connectors.formats.parsing import parse_duration, to_utc
 from obsflow.connectors.formats.schema import TIME_TYPE
 from obsflow.connectors.ids import check_id
 
 BLOCK_SAMPLES = 16_384  # samples per channel per generated block
 MAX_READINGS = 10**10  # refuse absurd requests before generating anything
-_UNITS = {"ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
 _CHANNEL_BASE = {"temperature": (12.0, 0.8), "pressure": (1013.0, 2.0), "salinity": (35.0, 0.1)}
-
-
-def parse_duration(text: str) -> float:
-    """Seconds in ``"500ms"``, ``"10s"``, ``"1m"``, ``"1h"``, ``"1d"``; a bare number is seconds."""
-    t = text.strip().lower()
-    for unit in sorted(_UNITS, key=len, reverse=True):
-        if t.endswith(unit):
-            number = t[: -len(unit)]
-            break
-    else:
-        number, unit = t, "s"
-    try:
-        seconds = float(number) * _UNITS[unit]
-    except ValueError:
-        raise ConfigError(f"duration {text!r} — use e.g. 500ms, 10s, 1m, 1h, 1d") from None
-    if not math.isfinite(seconds) or seconds < 0:
-        raise ConfigError(f"duration {text!r} must be a finite, non-negative length")
-    return seconds
 
 
 @dataclass(frozen=True)
@@ -155,11 +136,6 @@ class SimSpec:
     @property
     def blocks(self) -> int:
         return -(-self.samples // BLOCK_SAMPLES)
-
-
-def parse_duration_ns(text: str) -> int:
-    """``parse_duration`` in nanoseconds."""
-    return round(parse_duration(text) * 1e9)
 
 
 def generate_block(spec: SimSpec, source: int, block: int) -> pa.Table:

@@ -17,12 +17,13 @@ import pyarrow as pa
 
 from obsflow.connectors.datasets.capture import capture_info, new_run_id, open_capture
 from obsflow.connectors.errors import ConfigError
+from obsflow.connectors.formats.parsing import parse_duration_ns, parse_time
 from obsflow.connectors.formats.registry import encoder, write_table
 from obsflow.connectors.formats.schema import InputSpec
 from obsflow.connectors.ids import check_name
 from obsflow.connectors.sources.bluesky.io import BlueskyInput
 from obsflow.connectors.sources.brokers import BrokerURL, connect, is_broker_url, publisher
-from obsflow.connectors.sources.simulator import SimSpec, generate, parse_duration_ns
+from obsflow.connectors.sources.simulator import SimSpec, generate
 from obsflow.connectors.storage.commits import commit_at, parse_as_of
 from obsflow.connectors.storage.compaction import compact, vacuum
 from obsflow.connectors.storage.migrate import check_layout, migrate
@@ -355,7 +356,7 @@ def cmd_archive(args: argparse.Namespace) -> int:
     store = Store(args.store)
     check_layout(store)
     open_capture(store, args.name)
-    before = replay.parse_time(args.before, "--before")
+    before = parse_time(args.before, "--before")
     if before is None:
         raise ConfigError("--before needs a time, e.g. 2025-01-01")
     cold = Store(args.to)
@@ -374,7 +375,7 @@ def cmd_archive(args: argparse.Namespace) -> int:
 
 def cmd_close(args: argparse.Namespace) -> int:
     store = Store(args.store)
-    until = replay.parse_time(args.until, "--until")
+    until = parse_time(args.until, "--until")
     summary = close_view(store, args.name, new_run_id(), sources=args.source, until=until)
     for note in summary.get("notes", ()):
         say(f"obsflow: {note}")

@@ -294,8 +294,8 @@ def cmd_sql(args: argparse.Namespace) -> int:
 
 
 def cmd_lineage(args: argparse.Namespace) -> int:
+    from obsflow.connectors.formats.parsing import parse_time
     from obsflow.flows.explore.lineage import lineage
-    from obsflow.flows.pipeline.replay import parse_time
 
     store = opened(args)
     at = parse_time(args.at, "--at")

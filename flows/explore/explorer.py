@@ -59,7 +59,6 @@ from obsflow.flows.pipeline.replay import ReplayConfig
 TimeLike = str | datetime | pd.Timestamp | np.datetime64
 Names = str | Sequence[str] | None
 ViewsLike = str | ViewDef | Sequence[ViewDef]
-_INGEST_OPTIONS = {f.name for f in fields(IngestOptions)}
 
 _PAYLOAD_INTS = ("payload_raw_size", "payload_stored_size")
 _RUN_COLUMNS = (
@@ -420,9 +419,26 @@ class Explorer:
         its external files (old prefix -> new), missing ones waited for ``external_wait``.
         ``features`` derives scalar channels from each payload (``mean``, ``sum``, ...).
         """
-        given = {k: v for k, v in locals().items() if k in _INGEST_OPTIONS}
+        options = IngestOptions(
+            capture=capture,
+            views=views,
+            map=map,
+            time_unit=time_unit,
+            channels=channels,
+            delimiter=delimiter,
+            partitions=partitions,
+            lateness=lateness,
+            dedup_horizon=dedup_horizon,
+            inline_limit=inline_limit,
+            features=features,
+            format=format,
+            root_map=root_map,
+            external_roots=external_roots,
+            external_wait=external_wait,
+            batch_rows=batch_rows,
+        )
         urls = [inputs] if isinstance(inputs, str) else inputs
-        config = IngestOptions(**given).config(urls, self.url, progress=False)
+        config = options.config(urls, self.url, progress=False)
         result = jobs.execute(config, workers=workers, force=force)
         return {**result.summary, "skipped_inputs": [u for u, _ in result.skipped]}
 

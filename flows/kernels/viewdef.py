@@ -24,8 +24,8 @@ from typing import Any
 
 from obsflow.connectors.datasets.views import list_views
 from obsflow.connectors.errors import ConfigError
+from obsflow.connectors.formats.parsing import parse_duration_ns
 from obsflow.connectors.ids import NAME_PATTERN
-from obsflow.connectors.sources.simulator import parse_duration_ns
 from obsflow.connectors.storage.store import Store
 
 KINDS = ("tumbling", "hopping", "session")

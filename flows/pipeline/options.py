@@ -47,8 +47,8 @@ class IngestOptions:
 
     def config(self, inputs: Iterable[str], store: str, *, progress: bool) -> IngestConfig:
         """The run these options ask for, of ``inputs`` (duplicates dropped) into ``store``."""
+        from obsflow.connectors.formats.parsing import parse_duration_ns
         from obsflow.connectors.formats.schema import InputSpec
-        from obsflow.connectors.sources.simulator import parse_duration_ns
         from obsflow.flows.pipeline.ingest import IngestConfig
 
         return IngestConfig(

@@ -45,7 +45,7 @@ from obsflow.connectors.datasets.views import (
     view_doc,
 )
 from obsflow.connectors.errors import ConfigError
-from obsflow.connectors.formats.parsing import to_utc
+from obsflow.connectors.formats.parsing import parse_time
 from obsflow.connectors.ids import check_name
 from obsflow.connectors.storage import layout
 from obsflow.connectors.storage.store import DEFAULT_STORE, Store
@@ -61,11 +61,6 @@ from obsflow.flows.pipeline.runner import (
 from obsflow.flows.steps.routing import partition_key
 from obsflow.flows.steps.summary import Counts, summarize
 from obsflow.flows.steps.views import ViewTarget, window_view
-
-
-def parse_time(text: object, what: str) -> int | None:
-    """ISO-8601 (naive = UTC) to ns since the epoch."""
-    return None if text is None else int(to_utc(text, what).value)
 
 
 def parse_speed(text: str | float | None) -> float | None:

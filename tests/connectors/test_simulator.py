@@ -8,12 +8,12 @@ import pyarrow as pa
 import pytest
 
 from obsflow.connectors.errors import ConfigError, ObsflowError
+from obsflow.connectors.formats.parsing import parse_duration
 from obsflow.connectors.sources.simulator import (
     BLOCK_SAMPLES,
     SimSource,
     SimSpec,
     generate,
-    parse_duration,
 )
 
 
