@@ -546,3 +546,6 @@ def captured_inputs(store: Store, capture: str) -> dict[str, dict[str, Any]]:
         for n in store.listdir(folder)
         if n.endswith(".json")
     }
+
+
+_CONTRACT: type[table_writes.StagedWriter] = PartitionWriter  # (mypy holds it to the contract)

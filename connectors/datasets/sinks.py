@@ -71,3 +71,6 @@ class ChunkLog:
         """The files written since the last call (for the run's commit)."""
         out, self.written = self.written, []
         return out
+
+
+_CONTRACT: type[table_writes.StagedWriter] = ChunkLog  # (mypy holds it to the contract)

@@ -435,3 +435,6 @@ class SegmentWriter:
         if self.fresh:
             return sorted(self.base.values())
         return sorted(self.base[s] for s in self.state.staged if s in self.base)
+
+
+_CONTRACT: type[table_writes.StagedWriter] = SegmentWriter  # (mypy holds it to the contract)

@@ -18,7 +18,7 @@ import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -40,6 +40,28 @@ if TYPE_CHECKING:
 
 
 # -- files ------------------------------------------------------------------------------------
+
+
+@runtime_checkable
+class StagedWriter(Protocol):
+    """What every writer of a run's table files promises — a capture partition's
+    (``PartitionWriter``), a view partition's segments (``SegmentWriter``), a record log's
+    share (``ChunkLog``):
+
+    1. Its files are written with ``write_file`` under names fixed by (run, partition, chunk
+       or segment) in the table's folder, and no reader sees them until the run's commit adds
+       them (``commit``): a run that never commits leaves nothing visible.
+    2. ``flush()`` writes what it buffers; ``take_written()`` hands over, once each, the files
+       written since the last call. The step reports them with its snapshot, so the run's
+       commit adds exactly the files of the epochs that were snapshotted.
+    3. A resumed writer first deletes its files past the snapshot it resumes from, then writes
+       the same names again: a crash between a write and its snapshot never leaves a file of
+       two attempts behind.
+    """
+
+    def flush(self) -> object: ...
+
+    def take_written(self) -> list[DataFile]: ...
 
 
 def file_stats(table: pa.Table, columns: Sequence[str]) -> str:

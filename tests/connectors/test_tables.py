@@ -190,3 +190,25 @@ def test_vacuum_deletes_what_no_commit_added_once_it_is_older_than_the_retention
     assert snap is not None
     assert sorted(f.path for f in snap.files) == ["t/going.parquet", "t/kept.parquet"]
     assert table_writes.vacuum(store, "t", retention_hours=2) == []
+
+
+def test_every_staged_writer_keeps_the_one_contract() -> None:
+    """Capture partitions, view segments and record logs are all ``StagedWriter``s (mypy
+    checks the signatures; this, that none drifts out of the contract's list)."""
+    from obsflow.connectors.datasets.capture import PartitionWriter
+    from obsflow.connectors.datasets.sinks import ChunkLog
+    from obsflow.connectors.datasets.views import SegmentWriter
+    from obsflow.connectors.storage.table_writes import StagedWriter
+
+    for writer in (PartitionWriter, SegmentWriter, ChunkLog):
+        assert writer.__name__ in StagedWriter.__doc__
+        assert all(callable(getattr(writer, m, None)) for m in ("flush", "take_written"))
+    store = Store("memory://staged-contract")
+    log = ChunkLog(store, "deadletter", "r1", 0, pa.schema([("x", pa.int64())]))
+    assert isinstance(log, StagedWriter)
+    log.append(pa.table({"x": [1, 2]}))
+    assert log.take_written() == []  # (buffered: nothing written yet)
+    log.flush()
+    (written,) = log.take_written()
+    assert written.path.endswith("part-0000-000000.parquet")
+    assert log.take_written() == []  # handed over once
