@@ -22,9 +22,12 @@ the capture's last commit when the flow was built) and writes the same summary.
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
+import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -231,6 +234,8 @@ def run_processes(
     others = [
         subprocess.Popen([*bytewax_run, "-i", str(i), "-a", addresses]) for i in range(1, processes)
     ]
+    done = threading.Event()
+    threading.Thread(target=_watch, args=(others, module, done), daemon=True).start()
     try:
         run_flow(flow, workers, None, Cluster.parse(addresses, 0))
     except BaseException as exc:
@@ -243,9 +248,38 @@ def run_processes(
                 f"{codes}); nothing was committed"
             ) from None
         raise
+    finally:
+        done.set()
     codes = [p.wait() for p in others]
     if any(codes):
         raise ObsflowError(f"{module} process exit codes {codes}; nothing was committed")
+
+
+PEER_GRACE = 30.0  # s process 0 has to notice a lost process itself (ClusterLostError)
+
+
+def _watch(
+    others: list[subprocess.Popen[bytes]],
+    module: str,
+    done: threading.Event,
+    exit: Callable[[int], object] = os._exit,
+) -> None:
+    """Process 0 waits for ever for a process that died before it connected (timely keeps
+    listening): once one has failed and process 0 is still running ``PEER_GRACE`` later, end
+    it with one line. Nothing was committed (the commit is process 0's last step)."""
+    while not done.wait(min(0.5, PEER_GRACE)):
+        failed = [(i, p.returncode) for i, p in enumerate(others, 1) if p.poll() not in (None, 0)]
+        if failed and not done.wait(PEER_GRACE):
+            i, code = failed[0]
+            sys.stderr.write(
+                f"obsflow: error: {module} stopped: process {i} of the local cluster exited "
+                f"with code {code} before the run ended; nothing was committed\n"
+            )
+            sys.stderr.flush()
+            for p in others:
+                p.kill()
+            exit(1)  # (process 0 is blocked in Bytewax's networking: nothing to unwind)
+            return
 
 
 # -- finish -----------------------------------------------------------------------------------

@@ -58,13 +58,14 @@ DEFAULT_WIRING = Wiring()
 
 
 def entry_point(
-    config: Callable[..., C], dataflow: Callable[[C], Dataflow]
+    config: Callable[..., C], dataflow: Callable[[C, Wiring], Dataflow]
 ) -> Callable[..., Dataflow]:
     """A job's ``build_flow`` for ``python -m bytewax.run "<module>:build_flow(option=...)"``:
-    the dataflow of the config those options build (``config``: its ``from_options``)."""
+    the dataflow of the config those options build (``config``: its ``from_options``);
+    ``durable=False`` for a run without recovery (a local cluster's other processes)."""
 
-    def build_flow(**options: Any) -> Dataflow:
-        return dataflow(config(**options))
+    def build_flow(durable: bool = True, **options: Any) -> Dataflow:
+        return dataflow(config(**options), Wiring(durable=durable))
 
     return build_flow
 

@@ -6,6 +6,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -197,3 +198,30 @@ def test_a_local_cluster_that_loses_a_process_stops_with_one_line_and_commits_no
     assert line.startswith("obsflow: error: ingest stopped: a process of the local cluster")
     assert line.endswith("nothing was committed")
     assert commits.head(Store(str(store)), "c") == 0  # (the capture never committed)
+
+
+def test_a_cluster_process_that_dies_before_connecting_ends_the_run_with_one_line(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Process 0 of a local cluster would wait for ever for a process that never connects:
+    the watch ends it with one line once the grace has passed (exit injected here)."""
+    monkeypatch.setattr(jobs, "PEER_GRACE", 0.2)
+    dead = subprocess.Popen([sys.executable, "-c", "raise SystemExit(3)"])
+    dead.wait()
+    fine = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    exits: list[int] = []
+    try:
+        jobs._watch([fine, dead], "ingest", threading.Event(), exits.append)
+    finally:
+        fine.kill()
+    assert exits == [1]
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [
+        "obsflow: error: ingest stopped: process 2 of the local cluster exited with code 3 "
+        "before the run ended; nothing was committed"
+    ]
+    assert fine.wait(10) != 0  # (killed with the rest)
+    done = threading.Event()
+    done.set()  # a run that ended: the watch stops without a word
+    jobs._watch([dead], "ingest", done, exits.append)
+    assert exits == [1]
