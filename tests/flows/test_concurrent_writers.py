@@ -114,24 +114,28 @@ def assert_capture_and_views(store: str, want: pd.DataFrame) -> None:
     assert_rows_match(rows, oracle.rows(), view, got["value"])
 
 
-@pytest.fixture(params=["local", "s3"])
-def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    if request.param == "local":
-        return str(tmp_path / "store")
-    bucket = request.getfixturevalue("s3_env")
-    return f"s3://{bucket}/store"
-
-
-@pytest.mark.parametrize("overlap", [False, True], ids=["disjoint", "overlapping"])
+@pytest.mark.parametrize(
+    ("where", "overlap"),
+    [
+        ("local", True),
+        ("s3", False),
+        # (the other two pairs add a minute of a loaded CI machine each: the slow tier)
+        pytest.param("local", False, marks=pytest.mark.slow),
+        pytest.param("s3", True, marks=pytest.mark.slow),
+    ],
+    ids=["local-overlapping", "s3-disjoint", "local-disjoint", "s3-overlapping"],
+)
 def test_a_writer_stopped_while_another_commits_commits_nothing_stale(
-    tmp_path: Path, store_url: str, overlap: bool
+    tmp_path: Path, request: pytest.FixtureRequest, where: str, overlap: bool
 ) -> None:
-    base_url = store_url
     """Writer A is stopped (SIGSTOP) once it has written 4 capture files; writer B ingests
     its own file into the same capture and commits; A is continued. A's commit finds the
     capture changed, commits nothing, and A runs again from B's commit: it exits 0 having
     captured all of its readings and none of B's twice. Its command run once more adds
     nothing."""
+    base_url = str(tmp_path / "store")
+    if where == "s3":
+        base_url = f"s3://{request.getfixturevalue('s3_env')}/store"
     views = tmp_path / "views.toml"
     views.write_text(VIEWS)
     a = readings([f"a{i}" for i in range(12)], 100_000, seed=1)
