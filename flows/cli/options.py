@@ -97,7 +97,7 @@ LISTINGS: list[Listing] = []  # every listing made (a test holds each to the par
 class Listing(dict[str, tuple[str | None, str]]):
     """Options written as ``--help`` prints them: a line per option (its flag, its METAVAR if
     it takes a value, two spaces or more, its help), indented lines continuing the help.
-    ``options(parser_or_group)`` then adds them by flag, so that each option's declaration
+    ``on(parser_or_group)`` then adds them by flag, so that each option's declaration
     is one line naming only its parsing (type, default, action)."""
 
     def __init__(self, text: str, title: str | None = None) -> None:

@@ -55,6 +55,7 @@ class Wiring:
 
 
 DEFAULT_WIRING = Wiring()
+C = TypeVar("C")  # a job's config
 
 
 def entry_point(
@@ -80,7 +81,6 @@ class _OnCapture(Protocol):
 
 
 J = TypeVar("J", bound=_OnCapture)
-C = TypeVar("C")
 
 
 def on_base(config: J, store: Store) -> tuple[J, int, StateMap]:
