@@ -41,7 +41,11 @@ from obsflow.connectors.errors import ConfigError
 from obsflow.connectors.formats.messages import Message, check_format, decode
 from obsflow.connectors.sources.bluesky.io import raw_batch
 from obsflow.connectors.sources.brokers import BrokerClient
-from obsflow.connectors.storage.commits import ConcurrentWriterError, SessionLostError
+from obsflow.connectors.storage.commits import (
+    ConcurrentWriterError,
+    SessionLostError,
+    finish_pending,
+)
 from obsflow.connectors.storage.migrate import check_layout
 from obsflow.connectors.storage.store import Store
 from obsflow.connectors.waiting import poll
@@ -163,6 +167,10 @@ def run_live(
     quiet: dict[str, float] = {}  # source -> wall time of its last reading (monotonic)
     offset = 0
     try:
+        # A commit a killed session made and did not complete is completed first: the next
+        # messages come after its positions, so what it holds (Bluesky descriptors in the
+        # documents table, say) must be there before anything reads it.
+        finish_pending(store, ingest.capture)
         client = connect(held.position)
     except BaseException:
         held.release()
