@@ -136,15 +136,19 @@ class Hold:
     lost: threading.Event = field(default_factory=threading.Event)  # another took it over
     _stop: threading.Event = field(default_factory=threading.Event)
     _thread: threading.Thread | None = None
+    _start: tables.Snapshot | None = None
 
     @property
     def fence(self) -> tuple[str, int]:
         return SESSION_APP, self.holder.token
 
     def position(self, key: str) -> int:
-        """The next position of source partition ``key`` the capture recorded (0: none)."""
+        """The next position of source partition ``key`` the capture recorded (0: none), as
+        the capture stood when the session began (only its own commits move it since)."""
         if key not in self.recorded:
-            snap = tables.snapshot(self.store, layout.capture_dir(self.capture))
+            if self._start is None:
+                self._start = tables.snapshot(self.store, layout.capture_dir(self.capture))
+            snap = self._start
             self.recorded[key] = 0 if snap is None else snap.txn(POSITION_APP + key)
         return self.recorded[key]
 
