@@ -44,13 +44,15 @@ TOPIC_FIELD = re.compile(r"^topic:(\d{1,3})$")
 @dataclass(frozen=True)
 class Message:
     """One broker message: its body, the topic (subject) it came on, the broker's timestamp
-    (or the time it was received) in ns since the epoch, and what the client needs to ack it."""
+    (or the time it was received) in ns since the epoch, what the client needs to ack it, and
+    where it stands on the broker: (source partition key, position), when the broker says."""
 
     body: bytes
     topic: str
     time_ns: int
     token: Any = None
     headers: tuple[tuple[str, str], ...] = ()
+    position: tuple[str, int] | None = None
 
 
 def check_format(fmt: str) -> str:

@@ -69,6 +69,11 @@ class ConcurrentWriterError(StoreError):
     """Another run committed the capture while this one was running."""
 
 
+class SessionLostError(StoreError):
+    """A live session's capture was taken over by another session (its fence no longer
+    holds): the run committed nothing, and its session must stop."""
+
+
 @dataclass(frozen=True)
 class Commit:
     """One numbered commit of a capture (from the capture table's commitInfo)."""
@@ -294,6 +299,12 @@ def commit_run(store: Store, intent: Intent) -> Commit:
     change.info = {**intent.commit.info(), **change.info}
     try:
         table_writes.commit(store, change, app=intent.capture, n=intent.n, after=intent.n - 1)
+    except tables.FencedError:
+        store.delete(rel)
+        raise SessionLostError(
+            f"capture {intent.capture!r} was taken over by another live session while run "
+            f"{intent.run} was running; nothing of run {intent.run} was committed"
+        ) from None
     except tables.ConflictError:
         won = None
     else:

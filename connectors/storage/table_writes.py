@@ -8,6 +8,9 @@ commit adds them. ``commit`` is the one way to change a table: it carries a ``tx
 table that already holds that number is left alone), it checks that every file it removes is
 still in the table, and it commits on exactly the version it checked
 (``max_commit_retries=0``), so a writer whose view of the table went stale commits nothing.
+A change may carry more ``txn`` entries (a live session's broker positions) and a *fence*:
+another application's number the table must still hold (a live session's token,
+``connectors.datasets.sessions``), checked on that same version (``FencedError``).
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ from obsflow.connectors.storage.tables import (
     TIME_TRAVEL_HOURS,
     ConflictError,
     DataFile,
+    FencedError,
     TableChange,
     deltalake_module,
     open_table,
@@ -194,7 +198,8 @@ class _Commit:
         )
         self.uri, self.options = store.table_location(change.table)
         info = {"app": app, **({"commit": n} if n is not None else {}), **change.info}
-        txns = [] if n is None else [dl.Transaction(app, n, int(time.time() * 1000))]
+        numbers = ({} if n is None else {app: n}) | change.txns
+        txns = [dl.Transaction(a, v, int(time.time() * 1000)) for a, v in numbers.items()]
         self.props = dl.CommitProperties(
             custom_metadata={"obsflow": info}, max_commit_retries=0, app_transactions=txns
         )
@@ -213,7 +218,16 @@ class _Commit:
         store, change = self.store, self.change
         dt = open_table(store, change.table)
         if dt is None:
+            if change.fence is not None and change.fence[1] != 0:
+                raise FencedError(f"{store.uri(change.table)} is gone")
             return self._create()
+        if change.fence is not None:
+            app, held = change.fence
+            now = store.call_table("read", change.table, lambda: dt.transaction_version(app))
+            if (now or 0) != held:
+                raise FencedError(
+                    f"{store.uri(change.table)} holds number {now or 0} of {app!r}, not {held}"
+                )
         if self.n is not None:
             done = store.call_table("read", change.table, lambda: dt.transaction_version(self.app))
             done = 0 if done is None else int(done)

@@ -53,6 +53,11 @@ class ConflictError(StoreError):
     took the version it had checked."""
 
 
+class FencedError(StoreError):
+    """A commit's fence did not hold: the table's number of the fencing application is not
+    the one the writer holds (``TableChange.fence``), so another writer took it over."""
+
+
 @dataclass(frozen=True)
 class DataFile:
     """A Parquet file written into a table's folder, not yet committed: what its ``add``
@@ -128,6 +133,12 @@ class TableChange:
     overwrite: bool = False  # every file the table holds is removed
     info: dict[str, Any] = field(default_factory=dict)  # kept in the commit's commitInfo
     data_change: bool = True  # False: a compaction (the same rows, other files)
+    # More Delta ``txn`` entries committed with the change: application id -> number (a live
+    # session's broker positions, its token).
+    txns: dict[str, int] = field(default_factory=dict)
+    # (application id, number): committed only while the table holds exactly that number
+    # for that application (0: none) — checked in the same conditional commit.
+    fence: tuple[str, int] | None = None
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -142,6 +153,8 @@ class TableChange:
             "overwrite": self.overwrite,
             "info": self.info,
             "data_change": self.data_change,
+            "txns": dict(self.txns),
+            "fence": None if self.fence is None else list(self.fence),
         }
 
     @classmethod
@@ -159,6 +172,8 @@ class TableChange:
             overwrite=bool(doc.get("overwrite", False)),
             info=dict(doc.get("info", {})),
             data_change=bool(doc.get("data_change", True)),
+            txns={str(k): int(v) for k, v in (doc.get("txns") or {}).items()},
+            fence=None if not doc.get("fence") else (str(doc["fence"][0]), int(doc["fence"][1])),
         )
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from collections.abc import Callable
 from dataclasses import fields, replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -22,7 +23,13 @@ from obsflow.connectors.formats.registry import encoder, write_table
 from obsflow.connectors.formats.schema import InputSpec
 from obsflow.connectors.ids import check_name
 from obsflow.connectors.sources.bluesky.io import BlueskyInput
-from obsflow.connectors.sources.brokers import BrokerURL, connect, is_broker_url, publisher
+from obsflow.connectors.sources.brokers import (
+    BrokerClient,
+    BrokerURL,
+    connect,
+    is_broker_url,
+    publisher,
+)
 from obsflow.connectors.sources.simulator import SimSpec, generate
 from obsflow.connectors.storage.commits import commit_at, parse_as_of
 from obsflow.connectors.storage.compaction import compact, vacuum
@@ -52,8 +59,10 @@ def cmd_ingest(args: argparse.Namespace) -> int:
     check_name(args.capture, kind="capture name")
     if any(is_broker_url(u) for u in args.inputs):
         return cmd_live(args, store)
-    if args.topic or args.consumer:
-        raise ConfigError("--topic and --consumer are for a broker URL (nats://, mqtt://, ...)")
+    if args.topic or args.consumer or args.wait:
+        raise ConfigError(
+            "--topic, --consumer and --wait are for a broker URL (nats://, mqtt://, ...)"
+        )
     if args.format not in (None, "bluesky"):
         raise ConfigError(
             f"--format {args.format} is for broker messages; files are read by "
@@ -128,7 +137,17 @@ def cmd_live(args: argparse.Namespace, store: Store) -> int:
     )
     # Twice a cycle's batch in flight: a rerun is not held up by what a killed session took.
     in_flight = 2 * config.max_messages
-    client = connect(url, args.topic, args.consumer, stream=args.stream, max_in_flight=in_flight)
+
+    def client(positions: Callable[[str], int]) -> BrokerClient:
+        return connect(
+            url,
+            args.topic,
+            args.consumer,
+            stream=args.stream,
+            max_in_flight=in_flight,
+            positions=positions,
+        )
+
     progress = None if args.quiet else Progress("live", None)
 
     def on_cycle(result: live.LiveResult) -> None:
@@ -139,7 +158,15 @@ def cmd_live(args: argparse.Namespace, store: Store) -> int:
             say(progress.line(result.counts) + f" · {len(result.cycles):,} commits")
 
     with live.stop_on_signals() as stop:
-        result = live.run_live(config, client, workers=args.workers, stop=stop, on_cycle=on_cycle)
+        result = live.run_live(
+            config,
+            client,
+            workers=args.workers,
+            wait=args.wait,
+            stop=stop,
+            on_cycle=on_cycle,
+            on_wait=say,
+        )
     c = result.counts
     commits_ = [s["commit"] for s in result.cycles]
     span = f"commits #{commits_[0]}..#{commits_[-1]}" if commits_ else "no commit"

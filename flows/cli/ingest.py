@@ -100,8 +100,10 @@ LIVE = Listing(
     """
     --topic T             subject (NATS), topic filter (MQTT) or topic (Kafka) to read
                           (repeatable)
-    --consumer NAME       durable consumer (NATS), client id (MQTT) or group id (Kafka): a rerun
-                          with the same name resumes after the last acknowledged message
+    --consumer NAME       durable consumer (NATS), client id (MQTT) or group id (Kafka); a rerun
+                          resumes where the capture's last commit stopped, in the broker's order
+    --wait                when another live session holds the capture, start once it ends (default:
+                          refuse, naming it)
     --stream S            JetStream stream (default: from the subject)
     --format              message bodies: a JSON reading, an array of them or a number; an Arrow
                           IPC stream; or one Bluesky document (msgpack as bluesky-kafka
@@ -153,6 +155,7 @@ def _ingest(sub: Subparsers) -> None:
     add_live = LIVE.on(sp)
     add_live("--topic", action="append")
     add_live("--consumer")
+    add_live("--wait", action="store_true")
     add_live("--stream")
     add_live("--format", choices=["json", "arrow", "bluesky"])
     add_live("--flush-interval", default="1s")

@@ -42,14 +42,17 @@ def close_view(
     *,
     sources: list[str] | None = None,
     until: int | None = None,
+    fence: tuple[str, int] | None = None,
 ) -> dict[str, Any]:
     """Close ``view``'s windows (of ``sources``; up to ``until`` ns) and commit; a summary
     (with ``notes`` on what crashed runs had left, when there was any). Run again from the new
-    base if another run committed the capture meanwhile."""
+    base if another run committed the capture meanwhile. ``fence``: a live session's
+    (``connectors.datasets.sessions``)."""
     check_layout(store)
     for attempt in range(RETRIES + 1):
         try:
-            return _close(store, view, f"{run}-{attempt}" if attempt else run, sources, until)
+            name = f"{run}-{attempt}" if attempt else run
+            return _close(store, view, name, sources, until, fence)
         except ConcurrentWriterError:
             if attempt == RETRIES:
                 raise
@@ -57,7 +60,12 @@ def close_view(
 
 
 def _close(
-    store: Store, view: str, run: str, sources: list[str] | None, until: int | None
+    store: Store,
+    view: str,
+    run: str,
+    sources: list[str] | None,
+    until: int | None,
+    fence: tuple[str, int] | None,
 ) -> dict[str, Any]:
     doc = read_view_doc(store, view)
     capture = doc["capture"]
@@ -108,6 +116,7 @@ def _close(
         extra={"mode": "close", "closed": event},
         end_of_run=False,
         close=(event,),
+        fence=fence,
     )
     summary = finish(counts)
     return {**summary, "notes": notes} if notes else summary

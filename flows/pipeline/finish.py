@@ -64,6 +64,10 @@ class Finish:
     extra: dict[str, Any] = field(default_factory=dict)
     end_of_run: bool = True
     close: tuple[dict[str, Any], ...] = ()  # views close events (``obsflow views close``)
+    # A live cycle's: the broker positions its commit records (txn application id -> the
+    # next position to read), and its session's fence (``connectors.datasets.sessions``).
+    positions: tuple[tuple[str, int], ...] = ()
+    fence: tuple[str, int] | None = None
 
     def __call__(self, counts: Counts) -> dict[str, Any]:
         store = Store(self.store)
@@ -100,6 +104,8 @@ class Finish:
             CAPTURE_STORED,
             adds=sorted(files.get(capture_table, ()), key=lambda f: f.path),
             description=self.capture_meta.description() if self.capture_meta else None,
+            txns=dict(self.positions),
+            fence=self.fence,
         )
         changes = []
         for doc in self.views:
@@ -119,7 +125,7 @@ class Finish:
         )
         try:
             commits.commit_run(store, intent)
-        except commits.ConcurrentWriterError:
+        except (commits.ConcurrentWriterError, commits.SessionLostError):
             discard(store, intent)  # (this run's own files: nobody will ever commit them)
             raise
         return doc

@@ -108,6 +108,10 @@ class IngestConfig:
     root_map: tuple[tuple[str, str], ...] = ()
     external_wait: float = 10.0
     external_roots: tuple[str, ...] = ()  # external files only from under these (empty: any)
+    # A live cycle's broker positions (txn application id -> next position) and its session's
+    # fence, recorded with and checked by its commit (``flows.pipeline.live``).
+    positions: tuple[tuple[str, int], ...] = ()
+    fence: tuple[str, int] | None = None
 
     def __post_init__(self) -> None:
         check_name(self.capture, kind="capture name")
@@ -184,7 +188,9 @@ class IngestConfig:
             if name in options:
                 options[name] = tuple(options[name])
         options["views"] = views_option(options.get("views"))
-        for name in ("fingerprints", "root_map"):
+        if options.get("fence") is not None:
+            options["fence"] = tuple(options["fence"])
+        for name in ("fingerprints", "root_map", "positions"):
             if name in options:
                 options[name] = tuple(tuple(x) for x in options[name])
         if any(k in options for k in ("map", "time_unit", "channels", "delimiter")):
@@ -210,6 +216,8 @@ class IngestConfig:
             features=list(self.features),
             fingerprints=[list(x) for x in self.fingerprints],
             root_map=[list(x) for x in self.root_map],
+            positions=[list(x) for x in self.positions],
+            fence=None if self.fence is None else list(self.fence),
             external_roots=list(self.external_roots),
         )
         return out
@@ -479,6 +487,8 @@ def _finish(config: IngestConfig, meta: CaptureMeta, views: Iterable[ViewDef]) -
         if config.live
         else {u: (known.get(u), config.input_signature()) for u in config.inputs},
         extra={"mode": "ingest", **({"format": config.format} if config.format else {})},
+        positions=config.positions,
+        fence=config.fence,
     )
 
 

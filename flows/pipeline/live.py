@@ -1,11 +1,16 @@
 """Live ingest: read a broker until stopped, as a sequence of short committed runs.
 
-A live session takes messages from a broker client (``connectors.sources.brokers``) for up to
-``flush_interval`` (or ``max_messages``), runs them through the ingest dataflow as one ordinary
-run — a *cycle*, with its own run id, commit and summary — and acknowledges the messages only
-after that commit. At-least-once delivery plus identity deduplication makes the capture hold
-each reading once, whatever is killed when: messages of a cycle that never committed come
-again; messages of a cycle that committed but was not acknowledged come again as duplicates.
+A live session first holds its capture (``connectors.datasets.sessions``): one session at a
+time, the next refused in one line (or waiting, ``wait``). It then connects to its broker at
+the positions the capture's commits recorded, takes messages for up to ``flush_interval`` (or
+``max_messages``), runs them through the ingest dataflow as one ordinary run — a *cycle*, with
+its own run id, commit and summary — and acknowledges the messages only after that commit.
+Each commit records, per source partition, the next broker position (a JetStream stream
+sequence, a Kafka offset), and is fenced by the session's hold. A session killed anywhere
+resumes where its last commit stopped and reads on in the broker's order, so its views equal
+those of a session that was never interrupted. MQTT records no position (the protocol has
+none): a resumed session relies on the broker sending the unacknowledged messages again first,
+in order (MQTT v5, 4.4 and 4.6), and identity deduplication drops what was committed twice.
 
 Views carry over from cycle to cycle the way they carry over between any two runs (open
 windows continue), so live rows equal a replay of the capture. A series that has been quiet
@@ -29,13 +34,19 @@ import pyarrow.compute as pc
 from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
 
 from obsflow.connectors.batch import RawBatch
-from obsflow.connectors.datasets.capture import new_run_id
+from obsflow.connectors.datasets import sessions
+from obsflow.connectors.datasets.capture import new_run_id, planned_capture
 from obsflow.connectors.datasets.views import list_views
 from obsflow.connectors.errors import ConfigError
-from obsflow.connectors.formats.messages import check_format, decode
+from obsflow.connectors.formats.messages import Message, check_format, decode
 from obsflow.connectors.sources.bluesky.io import raw_batch
 from obsflow.connectors.sources.brokers import BrokerClient
-from obsflow.connectors.storage.commits import ConcurrentWriterError
+from obsflow.connectors.storage.commits import (
+    ConcurrentWriterError,
+    SessionLostError,
+    finish_pending,
+)
+from obsflow.connectors.storage.migrate import check_layout
 from obsflow.connectors.storage.store import Store
 from obsflow.connectors.waiting import poll
 from obsflow.flows.pipeline import jobs
@@ -45,6 +56,9 @@ from obsflow.flows.steps.summary import Counts
 
 CAPTURE_WAIT = 300.0
 T = TypeVar("T")
+Connect = Callable[[Callable[[str], int]], BrokerClient]
+"""Connects a session's broker client, given where the capture stands on each source
+partition (key -> the next position to read; 0: none recorded)."""
 
 
 @dataclass(frozen=True)
@@ -81,6 +95,7 @@ class LiveConfig:
 class LiveResult:
     """What a session did: its cycles' totals and summaries, and why it stopped."""
 
+    session: str = field(default_factory=new_run_id)
     counts: Counts = field(default_factory=Counts)
     cycles: list[dict[str, Any]] = field(default_factory=list)
     closes: list[dict[str, Any]] = field(default_factory=list)  # idle closing commits
@@ -120,29 +135,57 @@ class BatchesSource(FixedPartitionedSource[RawBatch, None]):
 
 def run_live(
     config: LiveConfig,
-    client: BrokerClient,
+    connect: Connect,
     *,
     workers: int = 1,
+    wait: bool = False,
     stop: threading.Event | None = None,
     on_cycle: Callable[[LiveResult], None] | None = None,
+    on_wait: Callable[[str], None] = lambda _m: None,
     clock: Callable[[], float] = time.monotonic,
 ) -> LiveResult:
-    """Run cycles until ``stop`` is set, or no message came for ``stop_when_idle``.
+    """Hold the capture, connect, and run cycles until ``stop`` is set, or no message came
+    for ``stop_when_idle`` (see the module docstring).
 
     ``clock`` (seconds) is what idle closing and ``stop_when_idle`` measure quiet by, read
     once after each fetch."""
     stop = stop or threading.Event()
     result = LiveResult()
+    ingest = config.ingest
+    store = Store(ingest.store)
+    check_layout(store)
+    held = sessions.hold(
+        store,
+        ingest.capture,
+        lambda: planned_capture(store, ingest.capture, ingest.partitions),
+        session=result.session,
+        broker=config.url,
+        wait=wait,
+        on_wait=on_wait,
+    )
     started = last_message = clock()
     quiet: dict[str, float] = {}  # source -> wall time of its last reading (monotonic)
     offset = 0
+    try:
+        # A commit a killed session made and did not complete is completed first: the next
+        # messages come after its positions, so what it holds (Bluesky descriptors in the
+        # documents table, say) must be there before anything reads it.
+        finish_pending(store, ingest.capture)
+        client = connect(held.position)
+    except BaseException:
+        held.release()
+        raise
     # Bluesky documents: one stream for the session, primed with the documents the capture
     # holds (the runs and descriptors of committed cycles, and of earlier sessions).
-    bluesky = config.ingest.bluesky_input(Store(config.ingest.store))
+    bluesky = ingest.bluesky_input(store)
     documents = bluesky.stream() if bluesky else None
     try:
         while not stop.is_set():
             messages = client.fetch(config.max_messages, config.flush_interval)
+            if held.lost.is_set():  # (its commits would be refused: stop before trying)
+                raise SessionLostError(
+                    f"capture {ingest.capture!r} was taken over by another live session"
+                )
             now = clock()
             if messages:
                 last_message = now
@@ -150,21 +193,21 @@ def run_live(
                     taken = bluesky.messages(documents, [m.body for m in messages])
                     batch = raw_batch(documents, taken, config.url, offset)
                 else:
-                    batch = decode(
-                        messages, config.fmt, config.ingest.spec, origin=config.url, offset=offset
-                    )
+                    spec, url = ingest.spec, config.url
+                    batch = decode(messages, config.fmt, spec, origin=url, offset=offset)
                 offset += batch.records
-                done = run_cycle(config.ingest, batch, workers)
+                cycle = replace(ingest, positions=positions_after(messages), fence=held.fence)
+                done = run_cycle(cycle, batch, workers)
                 client.ack(messages)  # only now: the cycle's readings are committed
                 result.counts = result.counts + counts_of(done.summary)
                 result.cycles.append(done.summary)
                 if config.idle_timeout is not None:
-                    for source in sources_of(batch, config.ingest.spec.column("source")):
+                    for source in sources_of(batch, ingest.spec.column("source")):
                         quiet[source] = now
             if config.idle_timeout is not None:
                 idle = sorted(s for s, t in quiet.items() if now - t >= config.idle_timeout)
                 if idle:
-                    result.closes += close_idle(config.ingest, idle)
+                    result.closes += close_idle(ingest, idle, held.fence)
                     for source in idle:
                         del quiet[source]
             if on_cycle is not None:
@@ -178,10 +221,28 @@ def run_live(
                 break
         else:
             result.stopped = "stopped"
+    except SessionLostError as exc:
+        _, holder = sessions.holder_of(store, ingest.capture)
+        by = f" (now {holder.describe(time.time_ns())})" if holder else ""
+        raise SessionLostError(
+            f"{exc}{by}: live session {result.session} stops; its messages come to the new one"
+        ) from None
     finally:
         result.seconds = clock() - started
         client.close()
+        held.release()
     return result
+
+
+def positions_after(messages: list[Message]) -> tuple[tuple[str, int], ...]:
+    """Per source partition, the next position after ``messages`` (as ``txn`` entries of the
+    capture's commit, ``sessions.POSITION_APP`` + the client's key)."""
+    after: dict[str, int] = {}
+    for m in messages:
+        if m.position is not None:
+            key, at = m.position
+            after[key] = max(after.get(key, 0), at + 1)
+    return tuple(sorted((sessions.POSITION_APP + k, v) for k, v in after.items()))
 
 
 def run_cycle(ingest: IngestConfig, batch: RawBatch, workers: int) -> jobs.RunResult:
@@ -200,7 +261,9 @@ def waiting_for_the_capture(job: Callable[[], T]) -> T:
     return poll(job, retry_on=ConcurrentWriterError, seconds=CAPTURE_WAIT, every=0.5)
 
 
-def close_idle(config: IngestConfig, sources: list[str]) -> list[dict[str, Any]]:
+def close_idle(
+    config: IngestConfig, sources: list[str], fence: tuple[str, int] | None = None
+) -> list[dict[str, Any]]:
     """Close the open windows of quiet sources in every view of the capture (one commit per
     view, which replay repeats at the same point)."""
     store = Store(config.store)
@@ -208,7 +271,7 @@ def close_idle(config: IngestConfig, sources: list[str]) -> list[dict[str, Any]]
 
     def close(view: str) -> dict[str, Any]:
         return waiting_for_the_capture(
-            lambda: close_view(store, view, new_run_id(), sources=sources)
+            lambda: close_view(store, view, new_run_id(), sources=sources, fence=fence)
         )
 
     return [close(view) for view in views]

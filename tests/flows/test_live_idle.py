@@ -77,7 +77,7 @@ def test_quiet_sources_are_closed_and_the_session_stops_on_exact_ticks(tmp_path:
     def on_cycle(result: LiveResult) -> None:
         closed_at.extend([broker.now] * (len(result.closes) - len(closed_at)))
 
-    result = run_live(config, broker, on_cycle=on_cycle, clock=broker.clock)
+    result = run_live(config, lambda _positions: broker, on_cycle=on_cycle, clock=broker.clock)
 
     assert closed_at == [5.0, 8.0]
     assert result.stopped == "no message for 4 s"

@@ -1,20 +1,26 @@
 """Broker clients for live ingest: URLs, the scheme registry, and one module per protocol.
 
-``connect(url, topics, consumer)`` gives a ``BrokerClient``: ``fetch(max_messages, timeout)``,
-``ack(messages)``, ``drained()`` and ``close()``. The session acknowledges a message only after
-the capture commit holding it, so every client is at-least-once and the capture's identity
-dedup makes it exactly-once. ``publisher(url, topic)`` gives a ``BrokerPublisher`` (``obsflow
-simulate --to``).
+``connect(url, topics, consumer, positions=...)`` gives a ``BrokerClient``:
+``fetch(max_messages, timeout)``, ``ack(messages)``, ``drained()`` and ``close()``. Where the
+broker numbers its messages, each message says where it stands (``Message.position``: a source
+partition's key and its position) and the client starts every partition at the position the
+capture recorded (``positions(key)``), reading in the broker's order; messages before it that
+come again are dropped. The session acknowledges a message only after the capture commit
+holding it, so every client is at-least-once and the capture's identity dedup makes it
+exactly-once. ``publisher(url, topic)`` gives a ``BrokerPublisher`` (``obsflow simulate
+--to``).
 
 ``SCHEMES`` maps a URL scheme to what serves it (``Scheme``): the client and publisher classes
 (``module:Class``, imported when the scheme is first used), the default port, and the client
 library with its package for the install hint. A new protocol is one module and one entry.
 
-- ``nats://host:port``: JetStream durable pull consumers (``nats.NatsClient``).
-- ``mqtt://host:port`` (``mqtts://`` for TLS): an MQTT v5 persistent session with manual acks
-  (``mqtt.MqttClient``).
-- ``kafka://host:port[,host:port]``: every partition of the topics, offsets kept in the group
-  ``consumer`` (``kafka.KafkaClient``).
+- ``nats://host:port``: JetStream durable pull consumers from a start sequence, keyed
+  ``nats:<stream>:<subject>`` (``nats.NatsClient``).
+- ``mqtt://host:port`` (``mqtts://`` for TLS): an MQTT v5 persistent session with manual acks;
+  no positions (``mqtt.MqttClient``).
+- ``kafka://host:port[,host:port]``: every partition of the topics, keyed
+  ``kafka:<topic>:<partition>``, offsets also committed to the group ``consumer``
+  (``kafka.KafkaClient``).
 
 Back-pressure: ``max_in_flight`` bounds the messages delivered and not yet acknowledged (NATS
 ``max_ack_pending``, MQTT ``ReceiveMaximum``); a Kafka consumer prefetches at most
@@ -34,7 +40,7 @@ from __future__ import annotations
 import importlib
 import re
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 from urllib.parse import urlsplit
 
@@ -122,6 +128,8 @@ class Subscription:
     consumer: str
     stream: str | None = None
     max_in_flight: int = 100_000
+    # Where the capture stands on a source partition: key -> the next position (0: none).
+    positions: Callable[[str], int] = field(default=lambda _key: 0, compare=False)
 
     def describe(self, kind: str) -> str:
         """A client's repr: where and what it reads (never a credential)."""
@@ -177,6 +185,7 @@ def connect(
     *,
     stream: str | None = None,
     max_in_flight: int = 100_000,
+    positions: Callable[[str], int] = lambda _key: 0,
 ) -> BrokerClient:
     """A client for ``url`` (see the module docstring)."""
     broker = BrokerURL.parse(url)
@@ -184,7 +193,8 @@ def connect(
         raise ConfigError(f"{broker.scheme}:// needs --topic")
     check_consumer(consumer)
     factory: ClientFactory = _load(SCHEMES[broker.scheme].client)
-    return factory(Subscription(broker, tuple(topics), consumer, stream, max_in_flight))
+    sub = Subscription(broker, tuple(topics), consumer, stream, max_in_flight, positions)
+    return factory(sub)
 
 
 def publisher(url: str, topic: str) -> BrokerPublisher:

@@ -52,14 +52,18 @@ def kafka_settings(broker: BrokerURL) -> dict[str, Any]:
 
 class KafkaClient:
     """A Kafka consumer (confluent-kafka) that assigns itself every partition of its topics
-    (names or ``^regex``) and keeps its offsets in group ``consumer``, committed only after the
-    capture commit (auto-commit off): a rerun starts from the last offsets committed. The message
-    time is the record's Kafka timestamp (create or log-append time), the same on every delivery.
+    (names or ``^regex``). Each partition starts at the offset the capture's commits recorded
+    (``kafka:<topic>:<partition>``), else at the one group ``consumer`` committed (a capture
+    older than positions), else at the earliest; offsets are committed to the group too, only
+    after the capture commit (auto-commit off), for the tools that watch a group's lag. The
+    message time is the record's Kafka timestamp (create or log-append time), the same on every
+    delivery.
 
-    No group membership: one session writes a capture, so there is nobody to share
-    partitions with, and a rerun after a kill starts at once instead of waiting for a join
-    delay and for the killed member's session to expire. ``stream`` means nothing to Kafka, and
-    librdkafka's prefetch (``KAFKA_PREFETCH_KIB``) bounds what is in flight."""
+    No group membership: one session holds a capture (``connectors.datasets.sessions``), so
+    there is nobody to share partitions with, and a rerun after a kill starts at once instead
+    of waiting for a join delay and for the killed member's session to expire. ``stream``
+    means nothing to Kafka, and librdkafka's prefetch (``KAFKA_PREFETCH_KIB``) bounds what is
+    in flight."""
 
     REFRESH_SECONDS = 2.0  # topics matching a pattern, and new partitions, found this soon
     _OUTAGE = frozenset((-195, -187, -169))  # _TRANSPORT, _ALL_BROKERS_DOWN, _AUTHENTICATION
@@ -86,7 +90,7 @@ class KafkaClient:
 
     def _refresh(self) -> None:
         """Assign the partitions of matching topics not assigned yet, each from the offset the
-        group committed (the earliest when none)."""
+        capture recorded, else the group's (the earliest when none)."""
         self._refreshed = time.monotonic()
         try:
             metadata = self._c.list_topics(timeout=2)  # retried at the next fetch
@@ -99,7 +103,11 @@ class KafkaClient:
                 if (name, p) not in self._assigned
             ]
             if new:
-                self._c.incremental_assign(self._c.committed(new, timeout=10))
+                starts = self._c.committed(new, timeout=10)
+                for tp in starts:
+                    if recorded := self.sub.positions(_key(tp.topic, tp.partition)):
+                        tp.offset = recorded
+                self._c.incremental_assign(starts)
                 self._assigned |= {(tp.topic, tp.partition) for tp in new}
         except self._kafka.KafkaException as exc:
             self._away(exc.args[0] if exc.args else exc)  # fetch waits; this runs again
@@ -185,7 +193,13 @@ def _message(m: Any) -> Message:
     stands (topic, partition, offset)."""
     ts = m.timestamp()[1]
     token = (m.topic(), m.partition(), m.offset())
-    return Message(m.value() or b"", m.topic(), ts * 1_000_000, token, text_headers(m.headers()))
+    headers = text_headers(m.headers())
+    at = (_key(m.topic(), m.partition()), m.offset())
+    return Message(m.value() or b"", m.topic(), ts * 1_000_000, token, headers, at)
+
+
+def _key(topic: str, partition: int) -> str:
+    return f"kafka:{topic}:{partition}"
 
 
 class KafkaPublisher:

@@ -43,11 +43,12 @@ class MqttClient:
 
     The broker keeps the session (``SessionExpiryInterval``, a week) and what it queued for it
     while the session is away; messages delivered and not acknowledged come again when the
-    session reconnects. ``ReceiveMaximum`` bounds the messages in flight, and the client itself
-    holds no more (back-pressure, ``_on_message``); the broker's own limits (mosquitto's
-    ``max_inflight_messages``, ``max_queued_messages``, whose default of 1000 silently drops
-    messages) must allow as much. MQTT carries no broker time: a record without a time gets the
-    time it was received. ``stream`` means nothing to MQTT.
+    session reconnects, first and in their order (MQTT v5 4.4, 4.6): MQTT has no positions to
+    record, so a resumed session's order rests on that. ``ReceiveMaximum`` bounds the messages
+    in flight, and the client itself holds no more (back-pressure, ``_on_message``); the
+    broker's own limits (mosquitto's ``max_inflight_messages``, ``max_queued_messages``, whose
+    default of 1000 silently drops messages) must allow as much. MQTT carries no broker time: a
+    record without a time gets the time it was received. ``stream`` means nothing to MQTT.
     """
 
     SESSION_SECONDS = 7 * 24 * 3600

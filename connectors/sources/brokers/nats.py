@@ -1,9 +1,11 @@
-"""``nats://host:port``: JetStream durable pull consumers, one per topic (subject).
+"""``nats://host:port``: JetStream durable pull consumers, one per topic (subject), each
+starting at the stream sequence the capture recorded (``nats:<stream>:<subject>``).
 
 The stream is found from the subject, or named with ``stream``. The message time is the
 stream's. Credentials: ``OBSFLOW_NATS_USER``/``OBSFLOW_NATS_PASSWORD``, ``OBSFLOW_NATS_TOKEN``
 or ``OBSFLOW_NATS_CREDS`` (a file); ``OBSFLOW_NATS_ACK_WAIT`` (30 s) is how soon JetStream
-redelivers what a killed session took.
+sends again a message the session has not acknowledged (a killed session's are read again at
+once: the next session starts at the capture's position).
 """
 
 from __future__ import annotations
@@ -74,6 +76,7 @@ class NatsClient:
         self._loop = Loop("obsflow-nats")
         self._outage = Outage(f"NATS at {sub.broker} unavailable")
         self._message_bytes = 64 * 1024  # a cautious guess until messages were seen
+        self._next: dict[str, int] = {}  # key -> the next stream sequence to take
         self.last_error = ""
         self._loop.open(self._connect())
 
@@ -109,43 +112,60 @@ class NatsClient:
             name = await self._named(stream, topic) if stream else await self._stream_of(topic)
             self.subs.append(await self._subscribe(topic, name))
 
-    async def _subscribe(self, topic: str, name: str) -> Any:
-        """A durable pull consumer of ``topic`` on stream ``name``, with this session's
-        bounds."""
+    async def _subscribe(self, topic: str, name: str) -> tuple[str, Any]:
+        """A durable pull consumer of ``topic`` on stream ``name`` that starts where the
+        capture stands, with this session's bounds, and its key. It is made anew at every
+        start (a consumer's start cannot be changed): what a killed session had taken comes
+        first, in the stream's order, not after the ack wait behind newer messages."""
         from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
         durable = self.consumer if len(self.topics) == 1 else _durable(self.consumer, topic)
+        key = f"nats:{name}:{topic}"
+        start = self.sub.positions(key)
+        errors = self._nats.js.errors
+        try:
+            info = await self.js.consumer_info(name, durable)
+        except errors.NotFoundError:
+            info = None
+        if info is not None:
+            subjects = [info.config.filter_subject, *(info.config.filter_subjects or [])]
+            if topic not in subjects:  # an existing durable of that name reads something else
+                raise ConfigError(
+                    f"--consumer {self.consumer!r} on stream {name!r} already reads "
+                    f"{', '.join(s for s in subjects if s)!r}, not {topic!r}: use another "
+                    "--consumer name"
+                )
+            if not start:  # no position recorded (a capture older than positions): its acks
+                start = info.ack_floor.stream_seq + 1
+            await self.js.delete_consumer(name, durable)
+        last = (await self.js.stream_info(name)).state.last_seq
+        if start > last + 1:
+            raise BrokerError(
+                f"stream {name!r} on {self.broker} ends at sequence {last}, but the capture "
+                f"recorded reading {topic!r} up to {start - 1}: the stream was made anew (or "
+                "is another one); capture it under another --capture name"
+            )
         config = ConsumerConfig(
             durable_name=durable,
+            filter_subject=topic,
             ack_policy=AckPolicy.EXPLICIT,
-            deliver_policy=DeliverPolicy.ALL,
-            # Messages a killed session took come again after this: short, so a rerun
-            # catches up soon; every cycle acks well within it.
+            deliver_policy=DeliverPolicy.BY_START_SEQUENCE if start > 1 else DeliverPolicy.ALL,
+            opt_start_seq=start if start > 1 else None,
+            # A message not acknowledged within this comes again (only a cycle slower than it
+            # sees one: dropped, as behind the position); every cycle acks well within it.
             ack_wait=float(os.environ.get("OBSFLOW_NATS_ACK_WAIT", "30")),
             max_ack_pending=self.sub.max_in_flight,
         )
         try:
-            sub = await self.js.pull_subscribe(topic, durable=durable, stream=name, config=config)
-        except self._nats.js.errors.APIError as exc:  # e.g. a subject outside the stream
+            await self.js.add_consumer(name, config=config)
+            sub = await self.js.pull_subscribe_bind(durable=durable, stream=name)
+        except errors.APIError as exc:  # e.g. a subject outside the stream
             raise BrokerError(
                 f"JetStream on {self.broker} refused a consumer of {topic!r} on stream "
                 f"{name!r}: {exc.description}"
             ) from None
-        info = await sub.consumer_info()
-        subjects = [info.config.filter_subject, *(info.config.filter_subjects or [])]
-        if topic not in subjects:  # an existing durable of that name reads something else
-            raise ConfigError(
-                f"--consumer {self.consumer!r} on stream {name!r} already reads "
-                f"{', '.join(s for s in subjects if s)!r}, not {topic!r}: use another "
-                "--consumer name"
-            )
-        if (info.config.max_ack_pending, info.config.ack_wait) != (
-            config.max_ack_pending,
-            config.ack_wait,
-        ):  # a durable keeps what it was created with: this session's bounds apply now
-            config.name, config.filter_subject = durable, topic
-            await self.js.add_consumer(name, config=config)
-        return sub
+        self._next[key] = max(start, 1)
+        return key, sub
 
     async def _named(self, stream: str, topic: str) -> str:
         """``--stream``: a valid name of a stream that exists and can hold ``topic`` (the
@@ -190,7 +210,7 @@ class NatsClient:
             if left <= 0.01:
                 break
             got = 0
-            for sub in self.subs:
+            for key, sub in self.subs:
                 # Ask for what fits the client's buffer: more than its 256 MiB and the server's
                 # extra messages are dropped, to come again only after the ack wait.
                 fits = max(1, FETCH_BYTES // self._message_bytes)
@@ -209,13 +229,26 @@ class NatsClient:
                     await self._wait_out(exc)
                     msgs = []
                 got += len(msgs)
-                out.extend(_message(m) for m in msgs)
+                out.extend(await self._in_order(key, msgs))
                 if msgs:
                     fetched = sum(len(m.data) for m in msgs)
                     size += fetched
                     self._message_bytes = max(64, fetched // len(msgs))
             if not got and out:
                 break  # something arrived, and nothing more is coming now
+        return out
+
+    async def _in_order(self, key: str, msgs: list[Any]) -> list[Message]:
+        """The messages past the position, each with its own; one that comes again (a cycle
+        slower than the ack wait) was committed already: acknowledged, dropped."""
+        out = []
+        for m in msgs:
+            seq = m.metadata.sequence.stream
+            if seq < self._next[key]:
+                await m.ack()
+                continue
+            self._next[key] = seq + 1
+            out.append(_message(m, (key, seq)))
         return out
 
     async def _wait_out(self, exc: BaseException) -> None:
@@ -234,7 +267,7 @@ class NatsClient:
 
     async def _drained(self) -> bool:
         try:
-            infos = [await sub.consumer_info() for sub in self.subs]
+            infos = [await sub.consumer_info() for _key, sub in self.subs]
         except Exception:  # unknown (the server restarting): not drained
             return False
         return all(i.num_pending == 0 and i.num_ack_pending == 0 for i in infos)
@@ -263,12 +296,13 @@ def _durable(consumer: str, topic: str) -> str:
     return f"{consumer}_{re.sub(r'[^A-Za-z0-9_-]', '_', topic)}"[:64]
 
 
-def _message(m: Any) -> Message:
+def _message(m: Any, position: tuple[str, int]) -> Message:
     """A JetStream message: its time is the stream's (ns, in the ack subject), so it is the
-    same when the message is delivered again."""
+    same when the message is delivered again; its position its stream sequence."""
     tokens = m.reply.split(".")
     ts = int(tokens[7] if len(tokens) == 9 else tokens[9])
-    return Message(m.data, m.subject, ts, m, text_headers((m.headers or {}).items()))
+    headers = text_headers((m.headers or {}).items())
+    return Message(m.data, m.subject, ts, m, headers, position)
 
 
 class NatsPublisher:
