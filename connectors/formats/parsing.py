@@ -73,6 +73,12 @@ def to_utc(value: object, what: str = "time") -> pd.Timestamp:
         ) from None
     if pd.isna(ts):
         raise ConfigError(f"{what} {value!r} is not a time")
+    try:  # pandas reads years 1 to 9999; obsflow's times are int64 ns (1677 to 2262)
+        ts = ts.as_unit("ns")
+    except (OverflowError, ValueError):
+        raise ConfigError(
+            f"{what} {value!r} is outside the times obsflow holds (1677-09-21 to 2262-04-11)"
+        ) from None
     return ts.tz_localize("UTC") if ts.tzinfo is None else ts.tz_convert("UTC")
 
 

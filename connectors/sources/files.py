@@ -22,7 +22,7 @@ import pyarrow as pa
 from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
 
 from obsflow.connectors.batch import DEFAULT_BATCH_ROWS, RawBatch
-from obsflow.connectors.errors import ConfigError
+from obsflow.connectors.errors import ConfigError, ObsflowError
 from obsflow.connectors.formats.registry import format_of, reader_of
 from obsflow.connectors.formats.schema import REJECT_SCHEMA
 from obsflow.connectors.storage.backends import BACKENDS
@@ -90,8 +90,11 @@ class _FilePartition(StatefulSourcePartition[RawBatch, int]):
     def next_batch(self) -> list[RawBatch]:
         try:
             return self._next_batch()
-        except (pa.ArrowInvalid, pa.ArrowNotImplementedError, UnicodeDecodeError) as exc:
-            # A file that cannot be read as its extension says (not a bad record in it).
+        except ObsflowError:
+            raise  # (a store's own errors say what they are)
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError, UnicodeDecodeError, OSError) as exc:
+            # A file that cannot be read as its extension says (not a bad record in it; a
+            # corrupt Parquet page is an OSError from pyarrow).
             raise ConfigError(f"cannot read {self._url} as {self._format}: {exc}") from exc
 
     def _next_batch(self) -> list[RawBatch]:

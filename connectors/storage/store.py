@@ -88,6 +88,23 @@ class Store:
     def __repr__(self) -> str:
         return f"Store({self.url!r})"
 
+    def check_bucket(self) -> None:
+        """``StoreError`` if an S3 store's bucket does not exist (a listing of a missing
+        bucket would otherwise read as an empty store, and a write fail with S3's XML)."""
+        if self.scheme != "s3":
+            return
+        bucket = self.root.split("/", 1)[0]
+        try:
+            self._call("check", "", lambda: self.fs.call_s3("head_bucket", Bucket=bucket))
+        except FileNotFoundError:
+            where = self._endpoint[0] or "AWS"
+            raise StoreError(
+                f"no bucket {bucket!r} at {where}: create it, or check --store and "
+                "AWS_ENDPOINT_URL"
+            ) from None
+        except PermissionError:
+            pass  # (allowed to use its objects, not to ask about the bucket: fine)
+
     def __reduce__(self) -> tuple[type[Store], tuple[str]]:
         # Rebuild from the URL alone: no filesystem object (and no session state) is pickled.
         return (Store, (self.url,))

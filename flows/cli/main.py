@@ -74,9 +74,19 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
+INTERRUPTED = (
+    "obsflow: interrupted: what the command had not committed is not in the store (a commit it "
+    "had begun, the next command completes) — run the same command again"
+)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = parser().parse_args(argv)
     try:
+        if str(getattr(args, "store", "") or "").startswith("s3://"):
+            from obsflow.connectors.storage.store import Store
+
+            Store(args.store).check_bucket()  # said once, up front, not by the first request
         code: int = args.func(args)
     except ObsflowError as exc:
         if os.environ.get("OBSFLOW_TRACEBACK"):  # (for obsflow's developers)
@@ -87,15 +97,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 141
     except Exception as exc:
-        # Errors inside a running dataflow come back wrapped by Bytewax: report our own.
+        # Errors inside a running dataflow come back wrapped by Bytewax: report our own (and
+        # Ctrl-C, which Bytewax wraps too).
         cause = exc.__cause__
-        while cause is not None and not isinstance(cause, ObsflowError):
+        while cause is not None and not isinstance(cause, ObsflowError | KeyboardInterrupt):
             cause = cause.__cause__
         if cause is None:
             raise
+        if isinstance(cause, KeyboardInterrupt):
+            print(INTERRUPTED, file=sys.stderr)
+            return 130
         print(f"obsflow: error: {cause}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
+        print(INTERRUPTED, file=sys.stderr)
         return 130
     return code
 

@@ -6,13 +6,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
 from obsflow.connectors.datasets.reads import Selection
 from obsflow.connectors.errors import ConfigError
 from obsflow.connectors.formats.json_records import json_array
+from obsflow.connectors.formats.parsing import to_utc
 
 MAX_LIMIT = 1_000_000
 
@@ -38,10 +38,7 @@ class Filters:
         for key in ("from", "until"):
             value = query.get(key)
             if value:
-                try:
-                    pd.Timestamp(value)
-                except ValueError:
-                    raise ConfigError(f"{key}={value!r} is not an ISO-8601 time") from None
+                to_utc(value, key)  # (a ConfigError is a 400 saying why)
         return cls(
             sources=tuple(query.getlist("source")),
             channels=tuple(query.getlist("channel")),
