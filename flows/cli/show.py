@@ -79,6 +79,9 @@ def listed(items: Sequence[T], what: str) -> Sequence[T]:
 
 
 def dur(ns: int) -> str:
+    """A duration as a view definition writes it: ``90s``, ``1h``; ``0`` for none."""
+    if ns == 0:
+        return "0"
     for unit, size in (
         ("d", 86_400 * 10**9),
         ("h", 3_600 * 10**9),
@@ -86,7 +89,7 @@ def dur(ns: int) -> str:
         ("s", 10**9),
         ("ms", 10**6),
     ):
-        if ns and ns % size == 0:
+        if ns % size == 0:
             return f"{ns // size}{unit}"
     return f"{ns}ns"
 
