@@ -179,7 +179,17 @@ def cmd_replay(args: argparse.Namespace) -> int:
         as_name=args.as_name,
         upto=commit_at(store, args.capture, parse_as_of(args.as_of)),
     )
-    return print_result(run_job(config, args), store, args)
+    # (read before the run: a replay's definitions become the views' own at its commit)
+    redefined = config.redefines(store)
+    result = run_job(config, args)
+    code = print_result(result, store, args)
+    for name, changes in redefined.items() if result.run is not None else ():
+        say(
+            f"obsflow: view {name} redefined ({'; '.join(changes)}): its rows were rebuilt "
+            f"with it, and later runs of capture {args.capture!r} keep it (--as NEW_VIEW "
+            "tries a definition under a new name)"
+        )
+    return code
 
 
 def cmd_simulate(args: argparse.Namespace) -> int:

@@ -35,6 +35,7 @@ from obsflow.connectors.storage import layout
 from obsflow.connectors.storage.commits import parse_as_of
 from obsflow.connectors.storage.migrate import check_layout
 from obsflow.connectors.storage.store import Store
+from obsflow.flows.kernels.viewdef import duration_text
 
 T = TypeVar("T")
 
@@ -78,34 +79,19 @@ def listed(items: Sequence[T], what: str) -> Sequence[T]:
     return items
 
 
-def dur(ns: int) -> str:
-    """A duration as a view definition writes it: ``90s``, ``1h``; ``0`` for none."""
-    if ns == 0:
-        return "0"
-    for unit, size in (
-        ("d", 86_400 * 10**9),
-        ("h", 3_600 * 10**9),
-        ("m", 60 * 10**9),
-        ("s", 10**9),
-        ("ms", 10**6),
-    ):
-        if ns % size == 0:
-            return f"{ns // size}{unit}"
-    return f"{ns}ns"
-
-
 def cmd_views(args: argparse.Namespace) -> int:
     store = opened(args)
     if args.action == "list":
         for m in listed(list_views(store), f"views in {store.uri()}"):
             d = m["definition"]
             shape = {
-                "tumbling": f"size {dur(d['size'])}",
-                "hopping": f"size {dur(d['size'])} step {dur(d['step'])}",
-                "session": f"gap {dur(d['gap'])}",
+                "tumbling": f"size {duration_text(d['size'])}",
+                "hopping": f"size {duration_text(d['size'])} step {duration_text(d['step'])}",
+                "session": f"gap {duration_text(d['gap'])}",
             }[d["kind"]]
             print(
-                f"{m['name']:<20} {d['kind']:<9} {shape:<20} lateness {dur(d['lateness']):<6}"
+                f"{m['name']:<20} {d['kind']:<9} {shape:<20} "
+                f"lateness {duration_text(d['lateness']):<6}"
                 f" {','.join(d['aggregates']):<40} capture {m['capture']}  hash {m['hash']}"
             )
         return 0
