@@ -293,7 +293,7 @@ def cmd_deadletters_retry(args: argparse.Namespace) -> int:
     done = retry.retry(config, run=args.run, reason=args.reason)
     if not done.retried:
         asked = " (of those asked for)" if args.run or args.reason else ""
-        say(f"no open dead letters to retry{asked}")
+        say(f"capture {args.capture!r}: no open dead letters to retry{asked}")
         return 0
     still = ", ".join(f"{k} {v:,}" for k, v in sorted(done.reasons.items()))
     if done.run is None:
@@ -305,8 +305,9 @@ def cmd_deadletters_retry(args: argparse.Namespace) -> int:
     if not args.quiet:
         say(format_summary(done.run.summary, store))
     say(
-        f"retry: {done.retried:,} open dead letters: {done.resolved:,} captured by run "
-        f"{done.run.run} (marked resolved), {done.still_rejected:,} still rejected"
+        f"retry: {done.retried:,} open dead letters: {done.resolved:,} resolved by run "
+        f"{done.run.run} ({done.captured:,} captured, {done.duplicates:,} duplicates: already "
+        f"in the capture), {done.still_rejected:,} still rejected"
         + (f" ({still})" if still else "")
     )
     return 0
