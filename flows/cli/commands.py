@@ -185,9 +185,9 @@ def cmd_replay(args: argparse.Namespace) -> int:
     code = print_result(result, store, args)
     for name, changes in redefined.items() if result.run is not None else ():
         say(
-            f"obsflow: view {name} redefined ({'; '.join(changes)}): its rows were rebuilt "
-            f"with it, and later runs of capture {args.capture!r} keep it (--as NEW_VIEW "
-            "tries a definition under a new name)"
+            f"obsflow: view {name} redefined ({'; '.join(changes)}): rebuilt with the new "
+            f"definition, which later runs of capture {args.capture!r} keep (--as NEW_VIEW "
+            "tries one under a new name)"
         )
     return code
 

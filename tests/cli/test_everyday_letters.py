@@ -153,6 +153,16 @@ def test_dead_letters_of_a_migrated_store_belong_to_their_runs_captures(tmp_path
     assert "no open dead letters of capture 'cam'" in none.stderr
 
 
+def test_the_reason_codes_hold_those_the_checks_name_as_constants() -> None:
+    """The codes ``--reason`` takes include every code a module names as a constant."""
+    from obsflow.connectors.payloads import chunks
+    from obsflow.connectors.sources.bluesky import external
+
+    named = {v for k, v in vars(chunks).items() if k.startswith("REASON_")}
+    assert len(named) == 5
+    assert {*named, *external.REASONS} <= set(reads.REASONS)
+
+
 def test_retry_into_a_capture_that_does_not_exist_names_the_captures(tmp_path: Path) -> None:
     """A typo in ``--capture`` used to create that capture and put every dead letter in it."""
     store = tmp_path / "store"
@@ -245,8 +255,8 @@ def test_replay_lateness_redefines_the_views_and_says_so(tmp_path: Path) -> None
     done = obsflow("replay", *common, "--lateness", "3h", "-q")
     assert done.returncode == 0, done.stderr
     assert done.stderr.splitlines() == [
-        "obsflow: view c_1m redefined (lateness 0 -> 3h): its rows were rebuilt with it, and "
-        "later runs of capture 'c' keep it (--as NEW_VIEW tries a definition under a new name)"
+        "obsflow: view c_1m redefined (lateness 0 -> 3h): rebuilt with the new definition, "
+        "which later runs of capture 'c' keep (--as NEW_VIEW tries one under a new name)"
     ]
     lateness, new_hash = definition()
     assert (lateness, new_hash != old_hash) == ("3h", True)
