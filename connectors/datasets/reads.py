@@ -14,6 +14,7 @@ result still has its columns.
 
 from __future__ import annotations
 
+import difflib
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime
@@ -24,14 +25,14 @@ import pyarrow.compute as pc
 import pyarrow.dataset as ds
 
 from obsflow.connectors.algorithms.partitions import partitions_of
-from obsflow.connectors.datasets.capture import no_version, open_capture
+from obsflow.connectors.datasets.capture import list_captures, no_version, open_capture
 from obsflow.connectors.datasets.views import read_view_doc, view_head
 from obsflow.connectors.errors import ConfigError, StoreError
 from obsflow.connectors.formats.parsing import to_utc
 from obsflow.connectors.formats.schema import READING_SCHEMA, TRACE
 from obsflow.connectors.payloads.format import PAYLOAD_SCHEMA
 from obsflow.connectors.storage import layout, tables
-from obsflow.connectors.storage.commits import AsOf, snapshot_as_of
+from obsflow.connectors.storage.commits import AsOf, read_log, snapshot_as_of
 from obsflow.connectors.storage.store import Store
 from obsflow.connectors.storage.tables import FileEntry, Snapshot
 
@@ -313,19 +314,74 @@ def read_late(
     return _read(store, files, layout.LATE_SCHEMA, Selection.of(select, where), keys, filter=expr)
 
 
+REASONS = (
+    # a record's fields (connectors.formats.checks) and what its text was (sources.files)
+    *("bad_id", "bad_time", "bad_value", "bad_seq", "missing_field", "bad_schema"),
+    *("bad_context", "malformed", "conflict", "bad_payload", "oversize"),
+    # payloads in chunks (connectors.payloads.chunks)
+    *("chunk_expired", "chunk_overflow", "chunk_invalid", "chunk_conflict", "chunk_inconsistent"),
+    # Bluesky documents and the files they name (connectors.sources.bluesky)
+    *("invalid_document", "unknown_descriptor", "no_start", "not_a_document"),
+    *("unsupported_external", "missing_file", "index_out_of_range", "bad_reference"),
+)
+"""The reason codes a dead letter may have (README, Guarantees)."""
+
+
+def check_reason(store: Store, reason: str | None) -> None:
+    """``ConfigError`` for a reason code that is none (with the codes, and the one meant):
+    a filter on it would match nothing and hide every dead letter."""
+    if reason is None or reason in REASONS:
+        return
+    stored = scan(store, deadletter_files(store), layout.DEADLETTER_SCHEMA, columns=["reason"])
+    present = set(pc.unique(stored.column("reason")).to_pylist())
+    if reason in present:  # (a code newer than this list)
+        return
+    codes = sorted({*REASONS, *present})
+    meant = [c for c in codes if reason in c] or difflib.get_close_matches(reason, codes, n=2)
+    hint = f" (did you mean {' or '.join(meant)}?)" if 0 < len(meant) <= 3 else ""
+    raise ConfigError(f"no reason code {reason!r}{hint}; reason codes: {', '.join(codes)}")
+
+
+def deadletter_captures(store: Store) -> dict[str, str]:
+    """The capture of each run that has dead letters: the one the run's commit of the
+    dead-letter table names (its application id; the commit names the run too). Dead letters
+    a migration from layout 1 or 2 brought in, in one commit of no run, are their run's
+    capture's: the capture whose commit log holds the run."""
+    out: dict[str, str] = {}
+    migrated = False
+    for entry in tables.entries(store, layout.DEADLETTER_DIR):
+        doc = entry.get("obsflow") or {}
+        if "run" in doc and "app" in doc:
+            out.setdefault(str(doc["run"]), str(doc["app"]))
+        else:
+            migrated = True
+    if migrated:
+        for capture in list_captures(store):
+            for commit in read_log(store, capture):
+                out.setdefault(commit.run, capture)
+    return out
+
+
 def read_deadletters(
     store: Store,
     *,
     run: str | None = None,
     reason: str | None = None,
+    capture: str | None = None,
     unresolved: bool = False,
     trace_ids: Sequence[str] | None = None,
     as_of: AsOf = None,
 ) -> pa.Table:
-    """Dead letters of every run (or one), optionally of one reason or of some trace ids,
-    sorted by run, origin and record; with ``unresolved`` only those no retry has captured
-    since."""
-    files = deadletter_files(store, run, as_of=as_of)
+    """Dead letters of every run (or one, or those of ``capture``'s runs:
+    ``deadletter_captures``), optionally of one reason (``check_reason``) or of some trace
+    ids, sorted by run, origin and record; with ``unresolved`` only those no retry has
+    captured since. ``as_of`` a commit number needs ``capture``."""
+    check_reason(store, reason)
+    files = deadletter_files(store, run, as_of=as_of, capture=capture)
+    if capture is not None:
+        owners = deadletter_captures(store)
+        mine = {r for r, c in owners.items() if c == capture}
+        files = [f for f in files if _log_run(f) in mine]
     expr = _all(
         [
             pc.field("reason") == reason if reason else None,
@@ -346,6 +402,11 @@ def drop_resolved(store: Store, dead: pa.Table) -> pa.Table:
         return dead
     keys = ["run", "origin", "row"]
     return _select(dead.join(done.select(keys), keys, join_type="left anti"), None, keys)
+
+
+def _log_run(file: FileEntry) -> str:
+    """The run of a record log's file (``<table>/<run>/part-...``)."""
+    return file.path.rsplit("/", 2)[-2]
 
 
 def _run_files(files: list[FileEntry], table: str, run: str | None) -> list[FileEntry]:

@@ -206,7 +206,17 @@ def cmd_replay(args: argparse.Namespace) -> int:
         as_name=args.as_name,
         upto=commit_at(store, args.capture, parse_as_of(args.as_of)),
     )
-    return print_result(run_job(config, args), store, args)
+    # (read before the run: a replay's definitions become the views' own at its commit)
+    redefined = config.redefines(store)
+    result = run_job(config, args)
+    code = print_result(result, store, args)
+    for name, changes in redefined.items() if result.run is not None else ():
+        say(
+            f"obsflow: view {name} redefined ({'; '.join(changes)}): rebuilt with the new "
+            f"definition, which later runs of capture {args.capture!r} keep (--as NEW_VIEW "
+            "tries one under a new name)"
+        )
+    return code
 
 
 def cmd_simulate(args: argparse.Namespace) -> int:
@@ -310,7 +320,7 @@ def cmd_deadletters_retry(args: argparse.Namespace) -> int:
     done = retry.retry(config, run=args.run, reason=args.reason)
     if not done.retried:
         asked = " (of those asked for)" if args.run or args.reason else ""
-        say(f"no open dead letters to retry{asked}")
+        say(f"capture {args.capture!r}: no open dead letters to retry{asked}")
         return 0
     still = ", ".join(f"{k} {v:,}" for k, v in sorted(done.reasons.items()))
     if done.run is None:
@@ -322,8 +332,9 @@ def cmd_deadletters_retry(args: argparse.Namespace) -> int:
     if not args.quiet:
         say(format_summary(done.run.summary, store))
     say(
-        f"retry: {done.retried:,} open dead letters: {done.resolved:,} captured by run "
-        f"{done.run.run} (marked resolved), {done.still_rejected:,} still rejected"
+        f"retry: {done.retried:,} open dead letters: {done.resolved:,} resolved by run "
+        f"{done.run.run} ({done.captured:,} captured, {done.duplicates:,} duplicates: already "
+        f"in the capture), {done.still_rejected:,} still rejected"
         + (f" ({still})" if still else "")
     )
     return 0

@@ -149,8 +149,9 @@ COMMON = Listing(
     --quiet               no progress or summary lines
     --out FILE            write every matching row to FILE (.parquet, .csv or .jsonl) instead
                           of printing
-    --lateness DURATION   override the views' lateness (e.g. 5m): how far behind a series'
-                          latest reading a window stays open
+    --lateness DURATION   the views' lateness (e.g. 5m): how far behind a series' latest
+                          reading a window stays open; part of their definition, so a replay
+                          rebuilds its views with it and later runs keep it
     """
 )
 

@@ -14,9 +14,10 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from obsflow.connectors.datasets.capture import capture_info, list_captures
+from obsflow.connectors.datasets.capture import capture_info, list_captures, open_capture
 from obsflow.connectors.datasets.reads import (
     count_by,
+    deadletter_captures,
     drop_resolved,
     read_capture,
     read_deadletters,
@@ -35,6 +36,7 @@ from obsflow.connectors.storage import layout
 from obsflow.connectors.storage.commits import parse_as_of
 from obsflow.connectors.storage.migrate import check_layout
 from obsflow.connectors.storage.store import Store
+from obsflow.flows.kernels.viewdef import duration_text
 
 T = TypeVar("T")
 
@@ -78,31 +80,19 @@ def listed(items: Sequence[T], what: str) -> Sequence[T]:
     return items
 
 
-def dur(ns: int) -> str:
-    for unit, size in (
-        ("d", 86_400 * 10**9),
-        ("h", 3_600 * 10**9),
-        ("m", 60 * 10**9),
-        ("s", 10**9),
-        ("ms", 10**6),
-    ):
-        if ns and ns % size == 0:
-            return f"{ns // size}{unit}"
-    return f"{ns}ns"
-
-
 def cmd_views(args: argparse.Namespace) -> int:
     store = opened(args)
     if args.action == "list":
         for m in listed(list_views(store), f"views in {store.uri()}"):
             d = m["definition"]
             shape = {
-                "tumbling": f"size {dur(d['size'])}",
-                "hopping": f"size {dur(d['size'])} step {dur(d['step'])}",
-                "session": f"gap {dur(d['gap'])}",
+                "tumbling": f"size {duration_text(d['size'])}",
+                "hopping": f"size {duration_text(d['size'])} step {duration_text(d['step'])}",
+                "session": f"gap {duration_text(d['gap'])}",
             }[d["kind"]]
             print(
-                f"{m['name']:<20} {d['kind']:<9} {shape:<20} lateness {dur(d['lateness']):<6}"
+                f"{m['name']:<20} {d['kind']:<9} {shape:<20} "
+                f"lateness {duration_text(d['lateness']):<6}"
                 f" {','.join(d['aggregates']):<40} capture {m['capture']}  hash {m['hash']}"
             )
         return 0
@@ -185,9 +175,17 @@ def verify(store: Store, name: str) -> int:
 
 def cmd_deadletters(args: argparse.Namespace) -> int:
     store = opened(args)
-    every = read_deadletters(store, run=args.run, reason=args.reason)
+    owners = deadletter_captures(store)
+    if args.capture is not None and args.capture not in owners.values():
+        open_capture(store, args.capture)  # (a name that is no capture: say which are)
+    every = read_deadletters(store, run=args.run, reason=args.reason, capture=args.capture)
     table = every if args.all else drop_resolved(store, every)
-    keys = ["run", "reason"]
+    # Which capture each is (its run's): the capture to retry it into.
+    runs = table.column("run").to_pylist()
+    table = table.add_column(
+        0, "capture", pa.array([owners.get(r, "(unknown)") for r in runs], pa.string())
+    )
+    keys = ["capture", "run", "reason"]
     if args.all and table.num_rows:
         done = read_resolved(store)
         table = table.join(done, ["run", "origin", "row"], join_type="left outer")
@@ -200,7 +198,21 @@ def cmd_deadletters(args: argparse.Namespace) -> int:
         if hidden:
             say(f"({hidden:,} dead letters a retry resolved are hidden: --all shows them)")
     if table.num_rows == 0:
-        say(f"no {'' if args.all else 'open '}dead letters in {store.uri('deadletter')}")
+        asked = [
+            f"{what} {value}"
+            for what, value in (
+                ("capture", None if args.capture is None else repr(args.capture)),
+                ("run", args.run),
+                ("reason", args.reason),
+            )
+            if value is not None
+        ]
+        of = f" of {', '.join(asked)}" if asked else ""
+        kind = "dead letters" if args.all else "open dead letters"
+        say(f"no {kind}{of} in {store.uri('deadletter')}")
+        others = read_deadletters(store, unresolved=not args.all).num_rows if asked else 0
+        if others:
+            say(f"  {others:,} other {kind} (obsflow deadletters list)")
         return 0
     if args.action == "list":
         print(count_by(table, keys).to_pandas().to_string(index=False))

@@ -7,7 +7,7 @@ kind = "tumbling"          # tumbling | hopping | session
 size = "1m"                # tumbling/hopping length
 step = "10s"               # hopping only
 gap = "30s"                # session only
-lateness = "0s"            # default 0s
+lateness = "0s"            # default 0s; part of the definition (and of its hash)
 aggregates = ["count", "mean", "min", "max", "std"]
 ```
 """
@@ -201,6 +201,39 @@ def stored_views(store: Store, capture: str) -> tuple[ViewDef, ...]:
         for m in list_views(store)
         if m.get("capture") == capture and not m.get("slice")
     )
+
+
+def duration_text(ns: int) -> str:
+    """A duration as a definition writes it: ``90s``, ``1h``, ``250ms``; ``0`` for none."""
+    if ns == 0:
+        return "0"
+    for unit, size in (
+        ("d", 86_400 * 10**9),
+        ("h", 3_600 * 10**9),
+        ("m", 60 * 10**9),
+        ("s", 10**9),
+        ("ms", 10**6),
+    ):
+        if ns % size == 0:
+            return f"{ns // size}{unit}"
+    return f"{ns}ns"
+
+
+def definition_changes(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
+    """What differs between two definitions (``ViewDef.definition``), in words:
+    ``["lateness 0 -> 3h"]``."""
+    out = []
+    for key in ("kind", "size", "step", "gap", "lateness", "aggregates"):
+        was, now = old.get(key), new.get(key)
+        if was == now:
+            continue
+        if key == "aggregates":
+            out.append(f"aggregates {','.join(was or [])} -> {','.join(now or [])}")
+        elif key == "kind":
+            out.append(f"kind {was} -> {now}")
+        else:
+            out.append(f"{key} {duration_text(int(was or 0))} -> {duration_text(int(now or 0))}")
+    return out
 
 
 def with_lateness(views: tuple[ViewDef, ...], lateness: int | None) -> tuple[ViewDef, ...]:

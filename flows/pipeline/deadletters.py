@@ -1,6 +1,6 @@
 """Dead-letter reprocessing: after fixing a mapping, ingest again what was rejected.
 
-``retry`` takes a store's open dead letters (those no earlier retry resolved), optionally of
+``retry`` takes a capture's open dead letters (those no earlier retry resolved), optionally of
 one run or one reason, whose raw form is a record (a malformed line is text, not a record: it
 cannot be read another way and stays open). It checks them with the new input spec first, the
 same validation an ingest runs (``ingest.normalize_batch``), and ingests those that now pass as
@@ -11,6 +11,9 @@ list`` unless ``--all``. Those that still fail stay open, with their first reaso
 
 So, per retry: retried = resolved + still rejected; a retry that finds nothing newly readable
 writes nothing.
+
+A dead letter is the capture's whose run rejected it (``reads.deadletter_captures``): a retry
+never takes another capture's, and a run of another capture is refused.
 """
 
 from __future__ import annotations
@@ -24,7 +27,9 @@ from typing import Any
 import pyarrow as pa
 
 from obsflow.connectors.batch import DEFAULT_BATCH_ROWS
-from obsflow.connectors.datasets.reads import read_deadletters
+from obsflow.connectors.datasets.capture import open_capture
+from obsflow.connectors.datasets.reads import check_reason, deadletter_captures, read_deadletters
+from obsflow.connectors.errors import ConfigError
 from obsflow.connectors.formats.schema import InputSpec
 from obsflow.connectors.sources.files import raw_batches
 from obsflow.connectors.storage import layout, table_writes
@@ -51,6 +56,8 @@ class RetryResult:
     retried: int = 0
     resolved: int = 0
     still_rejected: int = 0
+    captured: int = 0  # readings the run added (of the resolved)
+    duplicates: int = 0  # readings the capture held already (the rest of the resolved)
     reasons: dict[str, int] = field(default_factory=dict)  # of the still rejected, as now
     not_records: int = 0  # malformed lines among the still rejected
     run: jobs.RunResult | None = None
@@ -62,10 +69,20 @@ def retry(
     run: str | None = None,
     reason: str | None = None,
 ) -> RetryResult:
-    """Ingest the open dead letters (of ``run``, of ``reason``) into ``config.capture`` with
+    """Ingest ``config.capture``'s open dead letters (of ``run``, of ``reason``) into it with
     ``config``'s spec and views; mark those it captured resolved (module docstring)."""
     store = Store(config.store)
-    dead = read_deadletters(store, run=run, reason=reason, unresolved=True)
+    check_reason(store, reason)
+    owners = deadletter_captures(store)
+    owner = owners.get(run or "", config.capture)
+    if owner != config.capture:
+        raise ConfigError(
+            f"run {run} is a run of capture {owner!r}, not {config.capture!r}: its dead "
+            f"letters are retried with --capture {owner}"
+        )
+    if config.capture not in owners.values():
+        open_capture(store, config.capture)  # (a name that is no capture: say which are)
+    dead = read_deadletters(store, run=run, reason=reason, capture=config.capture, unresolved=True)
     out = RetryResult(retried=dead.num_rows)
     if not dead.num_rows:
         return out
@@ -108,6 +125,8 @@ def retry(
         )
         table_writes.commit(store, change, app=config.capture, n=int(result.summary["commit"]))
     out.resolved = len(took)
+    out.captured = int(result.summary["accepted"])
+    out.duplicates = int(result.summary["duplicates"])
     out.still_rejected = dead.num_rows - len(took)
     summary = dict(result.summary)
     summary["retry"] = {

@@ -43,13 +43,19 @@ from obsflow.connectors.datasets.views import (
     read_view_doc,
     view_base,
     view_doc,
+    view_head,
 )
 from obsflow.connectors.errors import ConfigError
 from obsflow.connectors.formats.parsing import parse_time
 from obsflow.connectors.ids import check_name
 from obsflow.connectors.storage import layout
 from obsflow.connectors.storage.store import DEFAULT_STORE, Store
-from obsflow.flows.kernels.viewdef import ViewDef, stored_views, views_option
+from obsflow.flows.kernels.viewdef import (
+    ViewDef,
+    definition_changes,
+    stored_views,
+    views_option,
+)
 from obsflow.flows.pipeline.finish import Finish
 from obsflow.flows.pipeline.runner import (
     DEFAULT_WIRING,
@@ -164,6 +170,16 @@ class ReplayConfig:
         if self.as_name is None:
             return self.views
         return (replace(self.views[0], name=self.as_name),)
+
+    def redefines(self, store: Store) -> dict[str, list[str]]:
+        """The existing views this replay gives another definition, each with what changes
+        (``lateness 0 -> 3h``): the replay rebuilds them with it, and it stays theirs."""
+        out = {}
+        for v in self.targets:
+            head = view_head(store, v.name)
+            if head is not None and head.doc and head.doc.get("hash") != v.hash:
+                out[v.name] = definition_changes(head.doc["definition"], v.definition)
+        return out
 
     @property
     def spec(self) -> ReplaySpec:

@@ -39,8 +39,9 @@ def _summary(store: Path, capsys: pytest.CaptureFixture[str]) -> dict[str, int]:
     """Open dead letters by reason (``deadletters list``), as printed."""
     capsys.readouterr()
     assert main(["deadletters", "list", "--store", str(store)]) == 0
-    out = capsys.readouterr().out.splitlines()[1:]
-    return {line.split()[1]: int(line.split()[-1]) for line in out}
+    header, *out = capsys.readouterr().out.splitlines()
+    reason = header.split().index("reason")
+    return {line.split()[reason]: int(line.split()[-1]) for line in out}
 
 
 def test_a_retry_after_fixing_the_mapping_adds_up_and_a_second_one_changes_nothing(
@@ -62,7 +63,8 @@ def test_a_retry_after_fixing_the_mapping_adds_up_and_a_second_one_changes_nothi
     retry = ["deadletters", "retry", "--store", str(store), "--capture", "c", *FIX]
     assert main(retry) == 0
     said = capsys.readouterr().err
-    assert "32 open dead letters: 30 captured by run" in said
+    assert "32 open dead letters: 30 resolved by run" in said
+    assert "(30 captured, 0 duplicates: already in the capture)" in said
     assert "2 still rejected (bad_time 1, bad_value 1)" in said
 
     # Counts add up across both runs: originally rejected = now accepted + still rejected.
