@@ -39,7 +39,8 @@ def print_result(result: jobs.RunResult, store: Store, args: argparse.Namespace)
         return 0
     if not quiet:
         say(format_summary(summary, store))
-    if summary.get("mode") == "ingest" and summary["rejected"] and not summary["accepted"]:
+    nothing = not summary["accepted"] and not summary["duplicates"]  # (all known: not nothing)
+    if summary.get("mode") == "ingest" and summary["rejected"] and nothing:
         say(nothing_accepted(store, summary))
         return 1
     return 0 if result.balanced else 1

@@ -130,3 +130,24 @@ def test_a_time_outside_what_obsflow_holds_is_a_400_and_a_one_line_error(tmp_pat
             assert got.status_code == 400, got.text
             assert "outside the times obsflow holds" in got.text
         assert httpx.get(f"{base}/api/views/default_1m", timeout=30).status_code == 200
+
+
+def test_a_file_overlapping_the_capture_says_duplicates_not_nothing_accepted(
+    tmp_path: Path,
+) -> None:
+    """Item 6: a file overlapping what is captured (all duplicates but one conflict) said
+    "nothing was accepted: all 1 records were rejected" and exited 1."""
+    times = pd.date_range("2026-01-01", periods=500, freq="s", tz="UTC")
+    first = pd.DataFrame({"source": "a", "time": times, "value": np.arange(500.0)})
+    one, two = tmp_path / "one.csv", tmp_path / "two.csv"
+    first.to_csv(one, index=False)
+    overlap = first.iloc[100:].copy()
+    overlap.loc[overlap.index[0], "value"] = -1.0  # the same reading, other content
+    overlap.to_csv(two, index=False)
+    store = str(tmp_path / "store")
+    assert obsflow("ingest", str(one), "--store", store, "-q").returncode == 0
+    done = obsflow("ingest", str(two), "--store", store)
+    assert done.returncode == 0, done.stderr
+    assert "nothing was accepted" not in done.stderr
+    assert "400 input = 0 accepted + 1 rejected + 399 duplicates" in done.stderr
+    assert "rejected conflict: 1" in done.stderr
