@@ -207,12 +207,13 @@ def delta_log(table: Path) -> list[tuple[int, dict[str, Any]]]:
     return out
 
 
-def numbered(table: Path) -> dict[int, tuple[int, str]]:
-    """Obsflow's commit number -> (Delta commit time in ms, run) of a table's log entries."""
+def numbered(table: Path, capture: str) -> dict[int, tuple[int, str]]:
+    """The capture's commit number -> (Delta commit time in ms, run) of a table's log entries
+    (not its other entries: a live session's claim, a compaction)."""
     out: dict[int, tuple[int, str]] = {}
     for _, info in delta_log(table):
         doc = info.get("obsflow")
-        if isinstance(doc, dict) and "commit" in doc:
+        if isinstance(doc, dict) and doc.get("app") == capture and "commit" in doc:
             out.setdefault(int(doc["commit"]), (int(info["timestamp"]), str(doc.get("run", ""))))
     return out
 
@@ -230,8 +231,8 @@ def measure(store: str, capture: str, view: str) -> dict[str, Any]:
     import numpy as np
 
     cap_dir, view_dir = Path(store) / "captures" / capture, Path(store) / "views" / view
-    cap_log = numbered(cap_dir)  # n -> (ms, run)
-    view_log = numbered(view_dir)
+    cap_log = numbered(cap_dir, capture)  # n -> (ms, run)
+    view_log = numbered(view_dir, capture)
     cap_ms = np.zeros(max(cap_log) + 1, np.int64)
     for n, (ms, _) in cap_log.items():
         cap_ms[n] = ms
