@@ -40,6 +40,7 @@ SAFE_DEPTH = 2048
 takes ~420 bytes of stack a level, and a Bytewax worker's thread holds 6,000 levels (a main
 thread 20,000). A text with no more ``[`` and ``{`` than this nests no deeper."""
 DEFAULT_BLOCK = 1 << 20  # Arrow's JSON reader's block size: a text must fit in one
+CAP_OPTION = "(--max-record-size)"
 SKIP_BYTES = 1 << 16  # the rest of an over-long line is skipped in reads of this size
 ARROW_ERRORS = (
     pa.ArrowInvalid,
@@ -126,13 +127,13 @@ def _fallback(
             continue
         try:
             if isinstance(line, _Cut):
-                raise RecordError(f"longer than the record cap of {max_bytes:,} bytes")
+                raise RecordError(f"over the record cap of {max_bytes:,} bytes {CAP_OPTION}")
             obj = parse(line)
             if not isinstance(obj, dict):
                 raise RecordError(f"a line holds a JSON object, not {kind(obj)}")
             records.append(as_record(obj))
         except RecordError as exc:
-            bad.append((first_line + i, *refused(line, str(exc))))
+            bad.append((first_line + i, *refused(line, str(exc), line=True)))
     return records_table(records), bad
 
 
@@ -143,7 +144,7 @@ def parse(doc: bytes) -> Any:
     except UnicodeDecodeError as exc:
         raise RecordError(f"not UTF-8 (byte {exc.start:,}: {exc.reason})") from None
     try:
-        obj = json.loads(text, object_pairs_hook=_unique_keys)
+        obj = json.loads(text, object_pairs_hook=_unique_keys, parse_int=_integer)
         if _SURROGATE.search(text):  # (only then can a string be no UTF-8 text)
             json.dumps(obj, ensure_ascii=False).encode()
     except RecursionError:
@@ -152,9 +153,15 @@ def parse(doc: bytes) -> Any:
         raise
     except UnicodeEncodeError:
         raise RecordError("a string holds a lone surrogate (\\ud800-\\udfff): no text") from None
-    except ValueError as exc:  # not JSON; an integer of more than 4,300 digits
+    except ValueError as exc:
         raise RecordError(f"not JSON: {exc}") from None
     return obj
+
+
+def _integer(digits: str) -> int | float:
+    # Python refuses to read an integer of over 4,300 digits (quadratic time): a float (inf),
+    # as Arrow's reader makes of it, so that either path gives the same reading.
+    return int(digits) if len(digits) <= 4300 else float(digits)
 
 
 _SURROGATE = re.compile(r"\\u[dD][89a-fA-F]")
@@ -191,11 +198,15 @@ def kind(obj: Any) -> str:
     return "null" if obj is None else names.get(type(obj), "a number")
 
 
-def refused(doc: bytes, why: str) -> tuple[str, str]:
-    """(why, raw) of a record refused: raw is its first ``RAW_BYTES`` bytes as text, or,
-    when they are not UTF-8, escaped (and why says so; ``raw_bytes`` gives them back)."""
-    head = doc[:RAW_BYTES].rstrip(b"\r\n")
-    cut = len(doc) > RAW_BYTES or isinstance(doc, _Cut)
+def refused(doc: bytes, why: str, *, line: bool = False) -> tuple[str, str]:
+    """(why, raw) of a record refused: raw is its first ``RAW_BYTES`` bytes (a ``line``'s
+    without its line end) as text, or, when they are not UTF-8, escaped (and why says so;
+    ``raw_bytes`` gives them back)."""
+    end = len(doc)
+    while line and end and doc[end - 1] in b"\r\n":
+        end -= 1
+    head = doc[: min(end, RAW_BYTES)]
+    cut = end > RAW_BYTES or isinstance(doc, _Cut)
     try:
         return why, head.decode("utf-8")
     except UnicodeDecodeError as exc:

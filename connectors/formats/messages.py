@@ -33,6 +33,7 @@ from obsflow.connectors.batch import RawBatch
 from obsflow.connectors.errors import ConfigError
 from obsflow.connectors.formats.jsonl_files import (
     ARROW_ERRORS,
+    CAP_OPTION,
     RecordError,
     arrow_read,
     arrow_safe,
@@ -117,7 +118,8 @@ def _records_of(
     """One message's records (every value as text, as JSON-lines fallbacks read it), and its
     refused parts as (element, why, raw)."""
     if len(body) > cap:
-        return [], [(0, *refused(body, f"{len(body):,} bytes, over the record cap of {cap:,}"))]
+        why = f"{len(body):,} bytes, over the record cap of {cap:,} bytes {CAP_OPTION}"
+        return [], [(0, *refused(body, why))]
     try:
         doc = parse(body)
     except RecordError as exc:
