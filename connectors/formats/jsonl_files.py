@@ -47,9 +47,10 @@ ARROW_ERRORS = (
     pa.ArrowNotImplementedError,
     pa.ArrowTypeError,
     pa.ArrowCapacityError,
+    pa.ArrowIndexError,
 )
-"""What Arrow's JSON reader raises for input it cannot read as one table: the block is then
-read in Python, which says which record is at fault."""
+"""What Arrow raises for input it cannot read as one table (or reads into an invalid one): the
+block is then read in Python, which says which record is at fault."""
 
 
 class RecordError(ValueError):
@@ -111,6 +112,9 @@ def arrow_read(block: bytes, longest: int) -> pa.Table | None:
         options = pajson.ReadOptions(block_size=longest + 2)
     try:
         table = pajson.read_json(io.BytesIO(block), read_options=options)
+        # Arrow's type inference can build an invalid array (a list of nulls in a struct
+        # field first seen empty, then holding values): checked, in time independent of rows.
+        table.validate()
     except ARROW_ERRORS:
         return None
     return None if type_depth(table.schema) > ARROW_DEPTH else table
@@ -188,7 +192,11 @@ def as_record(obj: dict[str, Any]) -> dict[str, str | None]:
 
 
 def records_table(records: list[dict[str, str | None]]) -> pa.Table:
+    """Records as a table of text columns, one row each: ``{}`` too (a row of no fields, as
+    Arrow's reader makes of it, that the normalizer finds missing its fields)."""
     names = list(dict.fromkeys(k for r in records for k in r))
+    if not names:
+        return pa.Table.from_struct_array(pa.array(records, pa.struct([])))
     return pa.table({n: pa.array([r.get(n) for r in records], pa.string()) for n in names})
 
 

@@ -243,7 +243,11 @@ def _decode_arrow(bodies: list[bytes]) -> tuple[pa.Table, np.ndarray, list[Refus
     for i, body in enumerate(bodies):
         try:
             t = pa.ipc.open_stream(pa.py_buffer(body)).read_all()
-        except (*ARROW_ERRORS, OSError) as exc:  # (pa.ArrowIOError is an OSError)
+            t.validate(full=True)  # (a stream's offsets may point anywhere: checked, not trusted)
+            if len(set(t.column_names)) != t.num_columns:
+                raise pa.ArrowInvalid("a column name given twice")
+        # (pa.ArrowIOError is an OSError; a column name not UTF-8, a UnicodeDecodeError)
+        except (*ARROW_ERRORS, OSError, UnicodeDecodeError) as exc:
             bad.append((i, 0, f"not an Arrow IPC stream: {exc}"[:300], body[:256].hex()))
             continue
         tables.append(t)

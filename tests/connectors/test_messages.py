@@ -374,3 +374,50 @@ def test_nesting_sees_through_strings_and_refuses_what_does_not_close() -> None:
     assert nesting(b'["\\"[[[["]') == 1  # an escaped quote ends no string
     assert nesting(b'"open\n[[[[') > 1000  # a string that does not close: no guess
     assert nesting(b"]]]]]]\n[[[") == 3  # closers too many lower nothing after them
+
+
+def test_an_object_with_no_fields_is_a_record_missing_them_in_either_path() -> None:
+    assert readings([msg(b"{}")]) == ([], ["missing_field"])  # Arrow's reader
+    assert readings([msg(b"{}"), msg(b"x")]) == ([], ["malformed", "missing_field"])  # Python
+    (table,), bad = read_jsonl(b"{}\n{}\n")
+    assert (table.num_rows, table.num_columns, bad) == (2, 0, [])
+    out = normalize(table, InputSpec(), origin="f", offset=0)
+    assert out.rejects.column("reason").to_pylist() == ["missing_field"] * 2
+    assert out.rejects.column("raw").to_pylist() == ["{}"] * 2
+
+
+def test_a_table_arrow_builds_invalid_is_read_in_python_instead() -> None:
+    # Arrow's reader types "m" as a list of nulls, then of booleans, in a struct first seen
+    # empty: an invalid array, which would fail or mislead every later step.
+    lines = [
+        b'{"source":"a","time":1,"value":1,"c":{}}',
+        b'{"source":"b","time":2,"value":2,"c":{"m":[null,true]}}',
+    ]
+    tables, bad = read_jsonl(b"\n".join(lines))
+    (table,) = tables
+    table.validate(full=True)
+    assert (table.column("c").to_pylist(), bad) == (["{}", '{"m": [null, true]}'], [])
+    assert readings([msg(line) for line in lines])[0] == [("a", 10**9, 1.0), ("b", 2 * 10**9, 2.0)]
+
+
+@given(st.lists(st.binary(max_size=60), min_size=1, max_size=6), st.sampled_from(["json", "arrow"]))
+def test_any_bytes_at_all_are_records_or_malformed_dead_letters(
+    bodies: list[bytes], fmt: str
+) -> None:
+    batch = decode([msg(b) for b in bodies], fmt, InputSpec(), origin="x", offset=0)
+    assert set(batch.rejects.column("reason").to_pylist()) <= {"malformed"}
+    assert batch.table.num_rows + batch.rejects.num_rows >= sum(
+        not b.strip().startswith(b"[") for b in bodies
+    )
+
+
+def test_a_corrupt_arrow_ipc_stream_is_a_dead_letter() -> None:
+    body = bytearray(ipc(pa.table({"source": ["a"], "value": [1.0]})))
+    body[body.index(b"value") : body.index(b"value") + 5] = b"\xff\xfeval"  # a name not UTF-8
+    batch = decode([Message(bytes(body), "obs.x", T0)], "arrow", InputSpec(), origin="x", offset=0)
+    assert batch.table.num_rows == 0
+    assert (
+        batch.rejects.column("message")[0]
+        .as_py()
+        .startswith("message on obs.x: not an Arrow IPC stream")
+    )
