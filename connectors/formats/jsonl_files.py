@@ -246,7 +246,7 @@ def arrow_safe(docs: Sequence[bytes], lengths: np.ndarray) -> bool:
     than ``SAFE_DEPTH``. A doc that short cannot; a longer one with as few ``[`` and ``{``
     cannot either; only one with more is scanned (``nesting``), and refused deeper than
     ``ARROW_DEPTH``. (A shallower table's depth ``arrow_read`` checks.)"""
-    long = (docs[i] for i in np.flatnonzero(lengths > SAFE_DEPTH))
+    long = (docs[i] for i in np.flatnonzero(lengths > SAFE_DEPTH).tolist())
     deep = [d for d in long if len(d.translate(None, _NOT_OPENERS)) > SAFE_DEPTH]
     return not deep or nesting(b"\n".join(deep)) <= ARROW_DEPTH
 
