@@ -73,9 +73,10 @@ INGEST = Listing(
                           numeric column)
     --delimiter CHAR      CSV field delimiter, e.g. ';' or tab (default: read from the header
                           line)
-    --max-record-size SIZE  longest JSON line or broker message, e.g. 512KiB, 4MiB, 2MB or bytes
-                          (default {DEFAULTS.max_record_size}): a longer one is a malformed dead
-                          letter that keeps its first 4 KiB (a file's line is read no further)
+    --max-record-size SIZE  longest JSON-lines line or JSON message, e.g. 512KiB, 4MiB, 2MB or
+                          bytes (default {DEFAULTS.max_record_size}): a longer one is a malformed
+                          dead letter that keeps its first 4 KiB (a file's line is read no
+                          further)
     --partitions N        capture partitions, fixed at creation (default 4)
     --views FILE          TOML view definitions (default: per-minute stats of every series)
     --force               read inputs again even if their content is already in the capture
