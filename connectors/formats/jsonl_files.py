@@ -131,7 +131,7 @@ def _fallback(
             continue
         try:
             if isinstance(line, _Cut):
-                raise RecordError(f"over the record cap of {max_bytes:,} bytes {CAP_OPTION}")
+                raise RecordError(f"longer than the record cap of {max_bytes:,} bytes {CAP_OPTION}")
             obj = parse(line)
             if not isinstance(obj, dict):
                 raise RecordError(f"a line holds a JSON object, not {kind(obj)}")

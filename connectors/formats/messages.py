@@ -118,7 +118,7 @@ def _records_of(
     """One message's records (every value as text, as JSON-lines fallbacks read it), and its
     refused parts as (element, why, raw)."""
     if len(body) > cap:
-        why = f"{len(body):,} bytes, over the record cap of {cap:,} bytes {CAP_OPTION}"
+        why = f"{len(body):,} bytes, longer than the record cap of {cap:,} {CAP_OPTION}"
         return [], [(0, *refused(body, why))]
     try:
         doc = parse(body)

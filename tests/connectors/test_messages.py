@@ -120,7 +120,7 @@ POISON: dict[str, tuple[bytes, str]] = {
     "deep_objects": (b'{"a":' * 50_000 + b"1" + b"}" * 50_000, "nested too deeply"),
     "hidden_depth": (b'{"source":"d","value":' + HIDDEN + b"}", "nested too deeply"),
     "not_utf8": (b'{"source":"s\xff\xfe","time":1,"value":2}', "not UTF-8"),
-    "huge": (b'{"source":"h","value":"' + b"x" * (40 << 20) + b'"}', "over the record cap"),
+    "huge": (b'{"source":"h","value":"' + b"x" * (40 << 20) + b'"}', "longer than the record cap"),
     "key_twice": (b'{"source":"k","value":1,"value":2}', "key 'value' given twice"),
     "lone_surrogate": (b'{"source":"\\ud800","value":1}', "lone surrogate"),
     "broken": (b'{"source":"b","value":', "not JSON"),
@@ -210,7 +210,7 @@ def test_the_record_cap_is_the_specs_and_refuses_only_what_is_longer() -> None:
     batch = decode([msg(sized(2048)), msg(sized(2049))], "json", spec, origin="x", offset=0)
     assert batch.table.num_rows == 1
     assert batch.rejects.column("message").to_pylist() == [
-        "message on obs.lab.probe1: 2,049 bytes, over the record cap of 2,048 bytes "
+        "message on obs.lab.probe1: 2,049 bytes, longer than the record cap of 2,048 "
         "(--max-record-size)"
     ]
     # A JSON line the same (its line end not counted), whatever ends it or follows it.
@@ -218,7 +218,7 @@ def test_the_record_cap_is_the_specs_and_refuses_only_what_is_longer() -> None:
     tables, bad = read_jsonl(data, max_bytes=2048)
     assert sum(t.num_rows for t in tables) == 2
     assert [(line, message) for line, message, _ in bad] == [
-        (2, "over the record cap of 2,048 bytes (--max-record-size)")
+        (2, "longer than the record cap of 2,048 bytes (--max-record-size)")
     ]
 
 

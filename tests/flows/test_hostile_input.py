@@ -177,7 +177,7 @@ POISON_LINES: dict[str, tuple[bytes, str]] = {
     "not_utf8": (b'{"source":"s\xff\xfe","time":1,"value":2}', "not UTF-8"),
     "huge": (
         b'{"source":"h","time":1,"value":1,"note":"' + b"x" * (40 << 20) + b'"}',
-        "over the record cap of 1,048,576 bytes (--max-record-size)",
+        "longer than the record cap of 1,048,576 bytes (--max-record-size)",
     ),
     "key_twice": (b'{"source":"k","time":1,"value":1,"value":2}', "key 'value' given twice"),
     "lone_surrogate": (b'{"source":"\\udc00","time":1,"value":1}', "lone surrogate"),
@@ -258,7 +258,7 @@ def test_the_record_cap_is_an_option_and_a_larger_one_reads_the_file_again(
     s = json.loads(summary.read_text())
     assert (s["accepted"], s["rejected_by_reason"]) == (2, {"malformed": 1})
     (message,) = table_frame(store / "deadletter")["message"]
-    assert message == "line 2: over the record cap of 1,024 bytes (--max-record-size)"
+    assert message == "line 2: longer than the record cap of 1,024 bytes (--max-record-size)"
     again = ingest(*args, "--max-record-size", "1024")
     assert again.returncode == 0, again.stderr
     assert "already" in again.stderr  # (skipped: the same options captured it)

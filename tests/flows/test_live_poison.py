@@ -88,7 +88,7 @@ def expected_dead(topic: str, bodies: dict[str, bytes]) -> dict[str, str]:
     return {
         "deep": f"message on {topic}: nested too deeply",
         "not_utf8": f"message on {topic}: not UTF-8 (byte 12: invalid start byte)",
-        "huge": f"message on {topic}: {size:,} bytes, over the record cap of {CAP:,} bytes "
+        "huge": f"message on {topic}: {size:,} bytes, longer than the record cap of {CAP:,} "
         "(--max-record-size)",
         "array": f"element 2 of message on {topic}: a reading is a JSON object, not a number",
     }
