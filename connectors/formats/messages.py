@@ -232,6 +232,8 @@ def _decode_json_columnar(bodies: list[bytes], cap: int) -> tuple[pa.Table, np.n
     if len(lists) != len(bodies) or not pa.types.is_struct(lists.type.value_type):
         return None
     records = pc.list_flatten(lists)
+    if records.null_count:  # a null element: no reading (Arrow would make a row of nulls)
+        return None
     which = pc.list_parent_indices(lists).to_numpy()
     return pa.Table.from_struct_array(records), which.astype(np.int64)
 

@@ -189,6 +189,13 @@ def test_an_array_with_bad_elements_gives_its_good_readings_and_a_dead_letter_pe
     assert [d["raw"][:8] for d in dead] == ["7", '"x"', "[[[[[[[[", '{"source']
     assert "not a number" in dead[0]["message"]
     assert "not a string" in dead[1]["message"]
+    # A null element, in a batch of arrays Arrow's reader would take whole: the same.
+    bodies = [msg([good(1), None]), msg([good(2)])]
+    batch = decode(bodies, "json", InputSpec(), origin="x", offset=0)
+    assert batch.table.num_rows == 2
+    assert batch.rejects.column("message").to_pylist() == [
+        "element 2 of message on obs.lab.probe1: a reading is a JSON object, not null"
+    ]
     # An array whose elements parse, one of them not an object: the same, without re-parsing.
     batch = decode(
         [msg([good(1), 7, good(2)], topic="obs.a")], "json", InputSpec(), origin="x", offset=0
