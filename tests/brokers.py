@@ -41,7 +41,8 @@ def _accepts(port: int) -> bool:
 
 
 class NatsServer(_ChildServer):
-    """``nats-server -js`` on 127.0.0.1; its port is kept across restarts."""
+    """``nats-server -js`` on 127.0.0.1; its port is kept across restarts. ``max_payload``
+    raises the largest message it takes (1 MB by default; nats-server allows 64 MB)."""
 
     _name = "nats-server"
 
@@ -52,11 +53,13 @@ class NatsServer(_ChildServer):
         user: str | None = None,
         password: str | None = None,
         startup_timeout: float = 30.0,
+        max_payload: int | None = None,
     ) -> None:
         super().__init__(startup_timeout, stop_timeout=10.0)
         self.data_dir = Path(data_dir)
         self.port: int | None = None
         self.user, self.password = user, password
+        self.max_payload = max_payload
 
     @property
     def url(self) -> str:
@@ -83,6 +86,12 @@ class NatsServer(_ChildServer):
         ]
         if self.user:  # (a test's throwaway secret: on a command line only here)
             argv += ["--user", self.user, "--pass", self.password or ""]
+        if self.max_payload:  # (no flag for it: a config file; a client's buffer holds 2 of them)
+            config = workdir / "nats.conf"
+            config.write_text(
+                f"max_payload: {self.max_payload}\nmax_pending: {4 * self.max_payload}\n"
+            )
+            argv += ["-c", str(config)]
         port = self.port
         self._launch(argv, {}, workdir, lambda: _accepts(port))
         return self
@@ -240,12 +249,20 @@ def mqtt_publish(
 
 class KafkaMock:
     """librdkafka's mock cluster, owned by a producer in this process (other processes reach it
-    at ``url``); it lives until ``stop()``. Topics are created on first use, 4 partitions."""
+    at ``url``); it lives until ``stop()``. Topics are created on first use, 4 partitions.
+    ``max_message_bytes`` raises the largest message its producer sends (1 MB by default).
 
-    def __init__(self) -> None:
+    A partition's log holds 5 MiB at most (``mpart->max_size = 1024 * 1024 * 5`` in librdkafka's
+    rdkafka_mock.c, no setting): past it the oldest messages are dropped, so a test keeps each
+    partition under that."""
+
+    def __init__(self, max_message_bytes: int | None = None) -> None:
         from confluent_kafka import Producer
 
-        self._owner = Producer({"test.mock.num.brokers": 1, "log_level": 0})
+        settings: dict[str, Any] = {"test.mock.num.brokers": 1, "log_level": 0}
+        if max_message_bytes:
+            settings["message.max.bytes"] = max_message_bytes
+        self._owner = Producer(settings)
         brokers = self._owner.list_topics(timeout=10).brokers.values()
         self.bootstrap = ",".join(f"{b.host}:{b.port}" for b in brokers)
 
@@ -257,17 +274,28 @@ class KafkaMock:
         """Publish and flush; with a ``key`` every message goes to one partition, in order
         (as bluesky-kafka publishes a RunEngine's documents)."""
         n = 0
+        failed: list[str] = []
+
+        def delivered(error: Any, _message: Any) -> None:
+            if error is not None:
+                failed.append(str(error))
+
         for topic, body, *headers in messages:
             while True:
                 try:
                     self._owner.produce(
-                        topic, body, key=key, headers=list(headers[0].items()) if headers else None
+                        topic,
+                        body,
+                        key=key,
+                        headers=list(headers[0].items()) if headers else None,
+                        on_delivery=delivered,
                     )
                     break
                 except BufferError:
                     self._owner.poll(0.1)
             n += 1
         assert self._owner.flush(60) == 0
+        assert not failed, f"not delivered: {failed[:3]}"
         return n
 
     def stop(self) -> None:

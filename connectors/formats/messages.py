@@ -19,7 +19,6 @@ never an error.
 
 from __future__ import annotations
 
-import io
 import json
 import re
 from collections.abc import Sequence
@@ -29,11 +28,22 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.json as pajson
 
 from obsflow.connectors.batch import RawBatch
 from obsflow.connectors.errors import ConfigError
-from obsflow.connectors.formats.jsonl_files import MAX_LINE_BYTES
+from obsflow.connectors.formats.jsonl_files import (
+    ARROW_ERRORS,
+    CAP_OPTION,
+    RecordError,
+    arrow_read,
+    arrow_safe,
+    as_record,
+    kind,
+    parse,
+    records_table,
+    refused,
+    utf8,
+)
 from obsflow.connectors.formats.schema import RECEIVED, TRACE, InputSpec
 from obsflow.connectors.sources.files import malformed
 
@@ -66,7 +76,10 @@ def decode(
 ) -> RawBatch:
     """The records of ``messages`` as one raw batch (see the module docstring)."""
     bodies = [m.body for m in messages]
-    table, which, bad = _decode_arrow(bodies) if fmt == "arrow" else _decode_json(bodies)
+    if fmt == "arrow":
+        table, which, bad = _decode_arrow(bodies)
+    else:
+        table, which, bad = _decode_json(bodies, spec.max_record_size)
     if table.num_rows:
         times = np.fromiter((m.time_ns for m in messages), np.int64, len(messages))
         table = table.append_column(
@@ -74,87 +87,194 @@ def decode(
         )
         table = _topic_fields(table, [m.topic for m in messages], which, spec)
         table = _header_fields(table, messages, which, spec)
-    lines = [(-1, f"message on {messages[i].topic}: {why}", text) for i, why, text in bad]
+    lines = [
+        (-1, f"{f'element {k} of ' if k else ''}message on {messages[i].topic}: {why}", raw)
+        for i, k, why, raw in bad
+    ]
     return RawBatch(origin, offset, table, malformed(origin, lines))
 
 
-def _decode_json(bodies: list[bytes]) -> tuple[pa.Table, np.ndarray, list[tuple[int, str, str]]]:
-    """(records, the message of each record, [(message, why, text)] of bad bodies)."""
-    fast = _decode_json_columnar(bodies)
+Refused = tuple[int, int, str, str]
+"""A dead letter of a batch: (message, its element (1-based; 0: the whole message), why, raw)."""
+
+
+def _decode_json(bodies: list[bytes], cap: int) -> tuple[pa.Table, np.ndarray, list[Refused]]:
+    """(records, the message of each record, what was refused)."""
+    fast = _decode_json_columnar(bodies, cap)
     if fast is not None:
         return fast[0], fast[1], []
-    records: list[dict[str, Any]] = []
+    records: list[dict[str, str | None]] = []
     which: list[int] = []
-    bad: list[tuple[int, str, str]] = []
+    bad: list[Refused] = []
     for i, body in enumerate(bodies):
-        text = body.decode("utf-8", errors="replace")
-        try:
-            if len(body) > MAX_LINE_BYTES:
-                raise ValueError(f"longer than {MAX_LINE_BYTES} bytes")
-            doc = json.loads(text)
-        except ValueError as exc:
-            bad.append((i, f"not JSON: {exc}"[:300], text[:4096]))
-            continue
-        if isinstance(doc, dict):
-            docs = [doc]
-        elif isinstance(doc, list) and all(isinstance(d, dict) for d in doc):
-            docs = doc
-        elif isinstance(doc, (int, float)) and not isinstance(doc, bool):
-            docs = [{"value": doc}]  # a bare number is the value
-        else:
-            why = "a message holds a reading object, an array of them, or a number"
-            bad.append((i, why, text[:4096]))
-            continue
-        for d in docs:  # every value as text, as JSON-lines fallbacks read it
-            records.append(
-                {k: v if v is None or isinstance(v, str) else json.dumps(v) for k, v in d.items()}
-            )
-            which.append(i)
-    names = list(dict.fromkeys(k for r in records for k in r))
-    table = pa.table({n: pa.array([r.get(n) for r in records], pa.string()) for n in names})
-    return table, np.asarray(which, np.int64), bad
+        got, refused_ = _records_of(body, cap)
+        records += got
+        which += [i] * len(got)
+        bad += [(i, *r) for r in refused_]
+    return records_table(records), np.asarray(which, np.int64), bad
 
 
-def _decode_json_columnar(bodies: list[bytes]) -> tuple[pa.Table, np.ndarray] | None:
-    """The usual batches in one Arrow call: every body one object (one record each), or every
-    body an array of objects (each wrapped as ``{"r": [...]}`` and flattened). None when the
-    batch is anything else, or Arrow cannot read it as one table (mixed types)."""
-    if not all(b"\n" not in b and len(b) <= MAX_LINE_BYTES for b in bodies):
-        return None
-    first = {b.lstrip()[:1] for b in bodies}
+def _records_of(
+    body: bytes, cap: int
+) -> tuple[list[dict[str, str | None]], list[tuple[int, str, str]]]:
+    """One message's records (every value as text, as JSON-lines fallbacks read it), and its
+    refused parts as (element, why, raw)."""
+    if len(body) > cap:
+        why = f"{len(body):,} bytes, longer than the record cap of {cap:,} {CAP_OPTION}"
+        return [], [(0, *refused(body, why))]
     try:
-        if first == {b"{"}:
-            table = pajson.read_json(io.BytesIO(b"\n".join(bodies)))
-            if table.num_rows != len(bodies):
-                return None
-            return table, np.arange(len(bodies))
-        if first == {b"["}:
-            wrapped = b"\n".join(b'{"r":' + b + b"}" for b in bodies)
-            lists = pajson.read_json(io.BytesIO(wrapped)).column("r").combine_chunks()
-            if len(lists) != len(bodies) or not pa.types.is_struct(lists.type.value_type):
-                return None
-            records = pc.list_flatten(lists)
-            which = pc.list_parent_indices(lists).to_numpy()
-            table = pa.Table.from_struct_array(records)
-            return table, which.astype(np.int64)
-    except (pa.ArrowInvalid, pa.ArrowNotImplementedError, KeyError):
+        doc = parse(body)
+    except RecordError as exc:
+        # An array too deep as a whole may be one element too deep among good ones.
+        spans = array_elements(body) if exc.deep else None
+        if spans is None:
+            return [], [(0, *refused(body, str(exc)))]
+        return _elements(body, spans)
+    if isinstance(doc, list):
+        return _elements(body, doc)
+    try:
+        if isinstance(doc, dict):
+            return [as_record(doc)], []
+        if isinstance(doc, (int, float)) and not isinstance(doc, bool):
+            return [{"value": json.dumps(doc)}], []  # a bare number is the value
+        raise RecordError(
+            f"a message holds a reading object, an array of them, or a number, not {kind(doc)}"
+        )
+    except RecordError as exc:
+        return [], [(0, *refused(body, str(exc)))]
+
+
+def _elements(
+    body: bytes, items: list[Any] | list[bytes]
+) -> tuple[list[dict[str, str | None]], list[tuple[int, str, str]]]:
+    """The records of an array message, element by element (parsed, or the texts
+    ``array_elements`` found): a bad element is a dead letter of its own."""
+    records: list[dict[str, str | None]] = []
+    bad: list[tuple[int, str, str]] = []
+    texts: list[bytes] | None = None
+    for k, item in enumerate(items, 1):
+        try:
+            element = parse(item) if isinstance(item, bytes) else item
+            if not isinstance(element, dict):
+                raise RecordError(f"a reading is a JSON object, not {kind(element)}")
+            records.append(as_record(element))
+        except RecordError as exc:
+            if texts is None:  # (the element's own text, for its dead letter)
+                texts = [i for i in items if isinstance(i, bytes)] or array_elements(body) or []
+            text = texts[k - 1] if len(texts) == len(items) else b""
+            bad.append((k, *refused(text, str(exc))))
+    return records, bad
+
+
+_TOKEN = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*(")?|[\[\]{},]', re.DOTALL)
+_PAIRS = {b"]": b"[", b"}": b"{"}
+
+
+def array_elements(doc: bytes) -> list[bytes] | None:
+    """The texts of a JSON array's elements, found without parsing them (one nested too deeply
+    for ``json`` is still one element), or None when ``doc`` is no array whose brackets and
+    strings close. Whatever else an element holds, its own parse finds."""
+    opening = re.match(rb"\s*\[", doc)
+    if opening is None:
         return None
+    out: list[bytes] = []
+    begin = opening.end()
+    stack: list[bytes] = []
+    for m in _TOKEN.finditer(doc, begin):
+        token = m.group()[:1]
+        if token == b'"':
+            if m.group(1) is None:
+                return None  # a string that does not close
+        elif token in b"[{":
+            stack.append(token)
+        elif token in b"]}":
+            if stack:
+                if stack.pop() != _PAIRS[token]:
+                    return None
+                continue
+            if token != b"]" or doc[m.end() :].strip():
+                return None
+            out.append(doc[begin : m.start()].strip())
+            return [] if out == [b""] else out
+        elif not stack:  # a comma between elements
+            out.append(doc[begin : m.start()].strip())
+            begin = m.end()
     return None
 
 
-def _decode_arrow(bodies: list[bytes]) -> tuple[pa.Table, np.ndarray, list[tuple[int, str, str]]]:
-    tables, which, bad = [], [], []
+def _decode_json_columnar(bodies: list[bytes], cap: int) -> tuple[pa.Table, np.ndarray] | None:
+    """The usual batches in one Arrow call: every body one object (one record each), or every
+    body an array of objects (each wrapped as ``{"r": [...]}`` and flattened). None when the
+    batch is anything else, holds a body Arrow must not see (longer than ``cap``, not UTF-8,
+    too deep: ``jsonl_files.arrow_safe``) or Arrow cannot read it as one table (mixed types).
+    The checks are passes over the batch in C, a Python step per body at most."""
+    lengths = np.fromiter(map(len, bodies), np.int64, len(bodies))
+    if not len(bodies) or lengths.min() == 0 or lengths.max() > cap:
+        return None
+    first = {b[:1] for b in bodies}
+    if not first <= {b"{", b"["}:  # (leading blanks, say)
+        first = {b.lstrip()[:1] for b in bodies}
+    if first == {b"{"}:
+        block = b"\n".join(bodies)
+    elif first == {b"["}:
+        block = b"\n".join(b'{"r":' + b + b"}" for b in bodies)
+    else:
+        return None
+    if not (utf8(block) and arrow_safe(bodies, lengths)):
+        return None
+    # A body holding a line end is two lines or more to Arrow: two rows, or an error.
+    table = arrow_read(block, int(lengths.max()) + 6)
+    if table is None:
+        return None
+    if first == {b"{"}:
+        return (table, np.arange(len(bodies))) if table.num_rows == len(bodies) else None
+    if table.column_names != ["r"]:
+        return None
+    lists = table.column("r").combine_chunks()
+    if len(lists) != len(bodies) or not pa.types.is_struct(lists.type.value_type):
+        return None
+    records = pc.list_flatten(lists)
+    if records.null_count:  # a null element: no reading (Arrow would make a row of nulls)
+        return None
+    which = pc.list_parent_indices(lists).to_numpy()
+    return pa.Table.from_struct_array(records), which.astype(np.int64)
+
+
+def _decode_arrow(bodies: list[bytes]) -> tuple[pa.Table, np.ndarray, list[Refused]]:
+    tables: list[pa.Table] = []
+    which: list[np.ndarray] = []
+    bad: list[Refused] = []
     for i, body in enumerate(bodies):
         try:
             t = pa.ipc.open_stream(pa.py_buffer(body)).read_all()
-        except (pa.ArrowInvalid, OSError) as exc:
-            bad.append((i, f"not an Arrow IPC stream: {exc}"[:300], body[:256].hex()))
+            t.validate(full=True)  # (a stream's offsets may point anywhere: checked, not trusted)
+            if len(set(t.column_names)) != t.num_columns:
+                raise pa.ArrowInvalid("a column name given twice")
+        # (pa.ArrowIOError is an OSError; a column name not UTF-8, a UnicodeDecodeError)
+        except (*ARROW_ERRORS, OSError, UnicodeDecodeError) as exc:
+            bad.append((i, 0, f"not an Arrow IPC stream: {exc}"[:300], body[:256].hex()))
             continue
         tables.append(t)
         which.append(np.full(t.num_rows, i, np.int64))
     if not tables:
         return pa.table({}), np.zeros(0, np.int64), bad
-    table = pa.concat_tables(tables, promote_options="permissive")
+    try:
+        table = pa.concat_tables(tables, promote_options="permissive")
+    except ARROW_ERRORS:
+        # Columns whose types no promotion unites (a string and a struct): the types of the
+        # first message to bring a column win, a message that conflicts is a dead letter.
+        schema, kept = tables[0].schema, [0]
+        for n in range(1, len(tables)):
+            try:
+                schema = pa.unify_schemas([schema, tables[n].schema], promote_options="permissive")
+            except ARROW_ERRORS as exc:
+                i = int(which[n][0]) if len(which[n]) else -1
+                why = f"its columns do not fit the batch's: {exc}"[:300]
+                bad.append((i, 0, why, bodies[i][:256].hex()))
+                continue
+            kept.append(n)
+        table = pa.concat_tables([tables[n] for n in kept], promote_options="permissive")
+        which = [which[n] for n in kept]
     return table, np.concatenate(which), bad
 
 

@@ -52,6 +52,8 @@ class _Rejector:
 
 def _raw_rows(table: pa.Table, rows: np.ndarray) -> list[str]:
     """JSON text of the given rows exactly as read (only used for rejected rows)."""
+    if not table.num_columns:  # (``{}`` lines: Arrow's take keeps no rows of no columns)
+        return ["{}"] * len(rows)
     picked = table.take(pa.array(rows, type=pa.int64()))
     if "payload" in picked.column_names:  # an array can be megabytes: keep the record readable
         picked = picked.drop_columns(["payload"])

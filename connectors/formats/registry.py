@@ -26,6 +26,7 @@ from obsflow.connectors.formats import (
     jsonl_files,
     parquet_files,
 )
+from obsflow.connectors.formats.schema import MAX_RECORD_BYTES
 
 # (file, batch_rows, delimiter) -> (table, [(line, why, text) of malformed lines]) per batch
 Reader = Callable[
@@ -39,7 +40,8 @@ Encoder = Callable[[pa.Table], bytes]
 class Format:
     """One format. ``extensions`` (lower case, with the dot; the first is the one messages
     name) choose it for a file; ``binary``: its cells may hold bytes (``payload_inline``),
-    where text formats get references."""
+    where text formats get references; ``capped(n)``: its reader, with a line of over ``n``
+    bytes a malformed line (``--max-record-size``)."""
 
     name: str
     extensions: tuple[str, ...] = ()
@@ -48,6 +50,7 @@ class Format:
     write: Writer | None = None
     encode: Encoder | None = None
     binary: bool = False
+    capped: Callable[[int], Reader] | None = None
 
 
 def written(write: Writer) -> Encoder:
@@ -87,6 +90,7 @@ FORMATS: dict[str, Format] = {
             read=jsonl_files.read,
             write=jsonl_files.write,
             encode=written(jsonl_files.write),
+            capped=jsonl_files.capped,
         ),
         Format("json", (), "application/json", encode=json_records.encode),
         Format("arrow", (), "application/vnd.apache.arrow.stream", encode=arrow_ipc.encode),
@@ -106,11 +110,14 @@ def format_of(url: str, use: Literal["read", "write"] = "read") -> Format:
     raise ConfigError(f"cannot tell the format of {url!r}: use {listed}")
 
 
-def reader_of(url: str) -> Reader:
-    """How to read the file ``url`` names, chosen by its extension."""
-    read = format_of(url, "read").read
-    assert read is not None
-    return read
+def reader_of(url: str, max_record_size: int = MAX_RECORD_BYTES) -> Reader:
+    """How to read the file ``url`` names, chosen by its extension; a text record longer than
+    ``max_record_size`` bytes is a malformed line (``--max-record-size``)."""
+    fmt = format_of(url, "read")
+    if fmt.capped is not None:
+        return fmt.capped(max_record_size)
+    assert fmt.read is not None
+    return fmt.read
 
 
 def encoder(name: str) -> Encoder:

@@ -8,6 +8,7 @@ are in ``formats.checks``, the column parsers they use in ``formats.parsing``).
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -83,6 +84,28 @@ PAYLOAD_INPUTS = (
 possibly one chunk of it (Pulsar-style: chunk_id, chunk_index, chunk_count)."""
 TIME_UNITS = {"ns": 1, "us": 1_000, "ms": 1_000_000, "s": 1_000_000_000}
 AUTO = "auto"  # the unit of epoch numbers, from their magnitude (``parsing.infer_epoch_unit``)
+MAX_RECORD_BYTES = 1 << 20
+"""The default cap on one record's text (a JSON line or message): a longer one is a
+``malformed`` dead letter, not parsed (``--max-record-size``)."""
+RECORD_BYTES_RANGE = (1 << 10, 1 << 30)  # the caps --max-record-size takes
+_SIZE = re.compile(r"(\d+)\s*(|b|kb|mb|gb|kib|mib|gib)", re.IGNORECASE)
+_UNITS = {"kb": 10**3, "mb": 10**6, "gb": 10**9, "kib": 1 << 10, "mib": 1 << 20, "gib": 1 << 30}
+
+
+def parse_size(size: int | str) -> int:
+    """Bytes from ``1MiB``, ``512KiB``, ``2MB`` or a number of bytes, within
+    ``RECORD_BYTES_RANGE``."""
+    n = size if isinstance(size, int) else None
+    if isinstance(size, str) and (m := _SIZE.fullmatch(size.strip())):
+        n = int(m.group(1)) * _UNITS.get(m.group(2).lower(), 1)
+    if n is None or isinstance(n, bool):
+        raise ConfigError(
+            f"--max-record-size {size!r}: a size such as 1MiB, 512KiB, 2MB or 65536 (bytes)"
+        )
+    low, high = RECORD_BYTES_RANGE
+    if not low <= n <= high:
+        raise ConfigError(f"--max-record-size {size!r}: between 1KiB and 1GiB")
+    return n
 
 
 @dataclass(frozen=True)
@@ -92,13 +115,15 @@ class InputSpec:
     ``mapping`` maps a reading field to the input column holding it (``source -> source_id``);
     ``time_unit`` is the unit of integer/float epoch times (``auto``: from their magnitude);
     ``channels`` picks the columns of a wide input that become channels (default: every
-    numeric one); ``delimiter`` splits CSV fields (default: sniffed from the header line).
+    numeric one); ``delimiter`` splits CSV fields (default: sniffed from the header line);
+    ``max_record_size`` caps one JSON line's or message's bytes (longer: ``malformed``).
     """
 
     mapping: Mapping[str, str] = field(default_factory=dict)
     time_unit: str = AUTO
     channels: tuple[str, ...] = ()
     delimiter: str | None = None
+    max_record_size: int = MAX_RECORD_BYTES
 
     def __post_init__(self) -> None:
         unknown = sorted(set(self.mapping) - {*FIELDS, TRACE})
@@ -118,6 +143,7 @@ class InputSpec:
                 f"--channels {','.join(self.channels)}: name the measurement columns, not the "
                 "source, time or seq column"
             )
+        parse_size(self.max_record_size)  # (refuses a cap out of range)
 
     def column(self, name: str) -> str:
         """Input column that holds reading field ``name``."""
@@ -133,6 +159,8 @@ class InputSpec:
             out["channels"] = list(self.channels)
         if self.delimiter:
             out["delimiter"] = self.delimiter
+        if self.max_record_size != MAX_RECORD_BYTES:  # (a larger cap reads refused lines)
+            out["max_record_size"] = self.max_record_size
         return out
 
     @classmethod
@@ -143,9 +171,11 @@ class InputSpec:
         *,
         channels: str | Sequence[str] | None = None,
         delimiter: str | None = None,
+        max_record_size: int | str = MAX_RECORD_BYTES,
     ) -> InputSpec:
         """Build from the CLI's ``--map source=source_id,time=event_time`` (or a dict),
-        ``--channels a,b`` (or a list) and ``--delimiter`` (``tab`` or ``\\t`` for a tab)."""
+        ``--channels a,b`` (or a list), ``--delimiter`` (``tab`` or ``\\t`` for a tab) and
+        ``--max-record-size`` (``1MiB``, or bytes)."""
         mapping: dict[str, str] = {}
         if isinstance(text, Mapping):
             mapping = dict(text)
@@ -163,4 +193,5 @@ class InputSpec:
             time_unit=time_unit or AUTO,
             channels=tuple(c.strip() for c in names if c.strip()),
             delimiter="\t" if delimiter in ("tab", "\\t") else delimiter,
+            max_record_size=parse_size(max_record_size),
         )

@@ -24,7 +24,7 @@ from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
 from obsflow.connectors.batch import DEFAULT_BATCH_ROWS, RawBatch
 from obsflow.connectors.errors import ConfigError, ObsflowError
 from obsflow.connectors.formats.registry import format_of, reader_of
-from obsflow.connectors.formats.schema import REJECT_SCHEMA
+from obsflow.connectors.formats.schema import MAX_RECORD_BYTES, REJECT_SCHEMA
 from obsflow.connectors.storage.backends import BACKENDS
 
 if TYPE_CHECKING:
@@ -58,11 +58,15 @@ def malformed(origin: str, lines: list[tuple[int, str, str]]) -> pa.Table:
 
 
 def raw_batches(
-    url: str, f: BinaryIO, batch_rows: int, delimiter: str | None
+    url: str,
+    f: BinaryIO,
+    batch_rows: int,
+    delimiter: str | None,
+    max_record_size: int = MAX_RECORD_BYTES,
 ) -> Iterator[RawBatch]:
     """A file of readings as raw batches: offsets count its parsed records."""
     parsed = 0
-    for table, bad in reader_of(url)(f, batch_rows, delimiter):
+    for table, bad in reader_of(url, max_record_size)(f, batch_rows, delimiter):
         yield RawBatch(url, parsed, table, malformed(url, bad))
         parsed += table.num_rows
 
@@ -75,6 +79,7 @@ class _FilePartition(StatefulSourcePartition[RawBatch, int]):
         delimiter: str | None,
         resume: int | None,
         bluesky: BlueskyInput | None = None,
+        max_record_size: int = MAX_RECORD_BYTES,
     ) -> None:
         self._url = url
         self._file = open_input(url)
@@ -82,7 +87,7 @@ class _FilePartition(StatefulSourcePartition[RawBatch, int]):
         self._batches = (
             bluesky.batches(url, self._file, batch_rows)
             if bluesky
-            else raw_batches(url, self._file, batch_rows, delimiter)
+            else raw_batches(url, self._file, batch_rows, delimiter, max_record_size)
         )
         self._pos = 0  # records emitted, malformed lines included: where a resume starts
         self._skip = resume or 0
@@ -129,7 +134,7 @@ class FileSource(FixedPartitionedSource[RawBatch, int]):
 
     Validates at once that every file has a known format; opens nothing until built. CSV
     files are split at ``delimiter``, or at the one their header line shows
-    (``csv_files.sniff_delimiter``).
+    (``csv_files.sniff_delimiter``); a JSON line over ``max_record_size`` bytes is malformed.
     With ``bluesky`` every file is a Bluesky document stream (``connectors.sources.bluesky.io``).
     """
 
@@ -140,6 +145,7 @@ class FileSource(FixedPartitionedSource[RawBatch, int]):
         batch_rows: int = DEFAULT_BATCH_ROWS,
         delimiter: str | None = None,
         bluesky: BlueskyInput | None = None,
+        max_record_size: int = MAX_RECORD_BYTES,
     ) -> None:
         if not urls:
             raise ConfigError("no input files given")
@@ -154,9 +160,17 @@ class FileSource(FixedPartitionedSource[RawBatch, int]):
         self.batch_rows = batch_rows
         self.delimiter = delimiter
         self.bluesky = bluesky
+        self.max_record_size = max_record_size
 
     def list_parts(self) -> list[str]:
         return self.urls
 
     def build_part(self, step_id: str, for_part: str, resume_state: int | None) -> _FilePartition:
-        return _FilePartition(for_part, self.batch_rows, self.delimiter, resume_state, self.bluesky)
+        return _FilePartition(
+            for_part,
+            self.batch_rows,
+            self.delimiter,
+            resume_state,
+            self.bluesky,
+            self.max_record_size,
+        )

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import argparse
 
-from obsflow.connectors.formats.schema import TIME_UNITS
+from obsflow.connectors.errors import ConfigError
+from obsflow.connectors.formats.schema import TIME_UNITS, parse_size
 from obsflow.flows.cli.options import (
     Help,
     Listing,
@@ -72,6 +73,10 @@ INGEST = Listing(
                           numeric column)
     --delimiter CHAR      CSV field delimiter, e.g. ';' or tab (default: read from the header
                           line)
+    --max-record-size SIZE  longest JSON-lines line or JSON message, e.g. 512KiB, 4MiB, 2MB or
+                          bytes (default {DEFAULTS.max_record_size}): a longer one is a malformed
+                          dead letter that keeps its first 4 KiB (a file's line is read no
+                          further)
     --partitions N        capture partitions, fixed at creation (default 4)
     --views FILE          TOML view definitions (default: per-minute stats of every series)
     --force               read inputs again even if their content is already in the capture
@@ -137,6 +142,7 @@ def _ingest(sub: Subparsers) -> None:
     add("--time-unit", default=DEFAULTS.time_unit, choices=["auto", *TIME_UNITS])
     add("--channels")
     add("--delimiter")
+    add("--max-record-size", type=record_size, default=DEFAULTS.max_record_size)
     add("--partitions", type=int)
     add_parallel(sp)
     add("--views")
@@ -162,6 +168,15 @@ def _ingest(sub: Subparsers) -> None:
     add_live("--max-batch", type=int, default=50_000)
     add_live("--idle-timeout")
     add_live("--stop-when-idle")
+
+
+def record_size(text: str) -> str:
+    """``--max-record-size``, checked as the command line is read (a usage error)."""
+    try:
+        parse_size(text)
+    except ConfigError as exc:
+        raise argparse.ArgumentTypeError(str(exc).removeprefix("--max-record-size ")) from None
+    return text
 
 
 REPLAY = Listing(

@@ -43,7 +43,7 @@ from obsflow.connectors.datasets.capture import (
 from obsflow.connectors.datasets.views import check_view, view_base, view_doc
 from obsflow.connectors.errors import ConfigError
 from obsflow.connectors.formats.normalize import normalize
-from obsflow.connectors.formats.schema import MAX_CONTEXT_CHARS, TRACE, InputSpec
+from obsflow.connectors.formats.schema import MAX_CONTEXT_CHARS, MAX_RECORD_BYTES, TRACE, InputSpec
 from obsflow.connectors.ids import check_name
 from obsflow.connectors.payloads.format import INLINE_LIMIT
 from obsflow.connectors.payloads.offload import PayloadStore
@@ -193,12 +193,14 @@ class IngestConfig:
         for name in ("fingerprints", "root_map", "positions"):
             if name in options:
                 options[name] = tuple(tuple(x) for x in options[name])
-        if any(k in options for k in ("map", "time_unit", "channels", "delimiter")):
+        spec_keys = ("map", "time_unit", "channels", "delimiter", "max_record_size")
+        if any(k in options for k in spec_keys):
             options["spec"] = InputSpec.parse_map(
                 options.pop("map", None),
                 options.pop("time_unit", None),
                 channels=options.pop("channels", None),
                 delimiter=options.pop("delimiter", None),
+                max_record_size=options.pop("max_record_size", MAX_RECORD_BYTES),
             )
         return cls(**options)
 
@@ -212,6 +214,7 @@ class IngestConfig:
             time_unit=self.spec.time_unit,
             channels=list(self.spec.channels),
             delimiter=self.spec.delimiter,
+            max_record_size=self.spec.max_record_size,
             views=None if self.views is None else [v.definition for v in self.views],
             features=list(self.features),
             fingerprints=[list(x) for x in self.fingerprints],
@@ -228,6 +231,7 @@ def source_for(
     batch_rows: int = DEFAULT_BATCH_ROWS,
     delimiter: str | None = None,
     bluesky: BlueskyInput | None = None,
+    max_record_size: int = MAX_RECORD_BYTES,
 ) -> Source[RawBatch]:
     """A simulator for one ``sim://`` URL, else a file source over all inputs."""
     urls = list(inputs)
@@ -236,7 +240,13 @@ def source_for(
         if len(urls) != 1 or bluesky:
             raise ConfigError("a sim:// input cannot be combined with other inputs or formats")
         return SimSource(sims[0])
-    return FileSource(urls, batch_rows=batch_rows, delimiter=delimiter, bluesky=bluesky)
+    return FileSource(
+        urls,
+        batch_rows=batch_rows,
+        delimiter=delimiter,
+        bluesky=bluesky,
+        max_record_size=max_record_size,
+    )
 
 
 # -- per-batch logic (pure; tested without Bytewax) -----------------------------------------
@@ -452,7 +462,10 @@ def dataflow(config: IngestConfig, wiring: Wiring = DEFAULT_WIRING) -> Dataflow:
 def _source(config: IngestConfig, store: Store) -> Source[RawBatch]:
     """The run's input: its files, a simulation, or a Bluesky run's documents."""
     spec = config.spec
-    return source_for(config.inputs, config.batch_rows, spec.delimiter, config.bluesky_input(store))
+    bluesky = config.bluesky_input(store)
+    return source_for(
+        config.inputs, config.batch_rows, spec.delimiter, bluesky, spec.max_record_size
+    )
 
 
 def _view(

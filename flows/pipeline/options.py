@@ -34,6 +34,7 @@ class IngestOptions:
     time_unit: str = "auto"
     channels: str | Sequence[str] | None = None  # a wide input's channel columns
     delimiter: str | None = None  # CSV
+    max_record_size: int | str = "1MiB"  # a longer JSON line or message is malformed
     partitions: int | None = None  # a new capture's (default 4)
     lateness: str | None = None  # overrides the views' lateness
     dedup_horizon: str = f"{DEFAULT_HORIZON // (60 * 10**9)}m"
@@ -56,7 +57,11 @@ class IngestOptions:
             store=store,
             capture=self.capture,
             spec=InputSpec.parse_map(
-                self.map, self.time_unit, channels=self.channels, delimiter=self.delimiter
+                self.map,
+                self.time_unit,
+                channels=self.channels,
+                delimiter=self.delimiter,
+                max_record_size=self.max_record_size,
             ),
             partitions=self.partitions,
             batch_rows=self.batch_rows,

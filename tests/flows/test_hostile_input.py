@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
+import pytest
 
+from obsflow.connectors.formats.jsonl_files import RAW_BYTES, raw_bytes
 from obsflow.flows.cli.main import main
 from tests.delta import table_frame
 
@@ -154,3 +158,119 @@ def test_every_bad_record_is_a_dead_letter_with_its_reason(tmp_path: Path) -> No
     after = {p for p in tmp_path.rglob("*") if p.is_file()}
     outside = {p for p in after - before if store not in p.parents and p != summary}
     assert outside == set()
+
+
+# -- poison lines through the command (issue 30) -------------------------------------------------
+
+OBSFLOW = str(Path(sys.executable).parent / "obsflow")
+T_LINE = 1_700_000_000
+
+
+def deep(levels: int) -> bytes:
+    return b"[" * levels + b"]" * levels
+
+
+POISON_LINES: dict[str, tuple[bytes, str]] = {
+    # name: (line, what its dead letter's message says)
+    "deep": (b'{"source":"d","time":1,"value":' + deep(3_000) + b"}", "nested too deeply"),
+    "deep_for_arrow": (b'{"source":"d","value":' + deep(100_000) + b"}", "nested too deeply"),
+    "not_utf8": (b'{"source":"s\xff\xfe","time":1,"value":2}', "not UTF-8"),
+    "huge": (
+        b'{"source":"h","time":1,"value":1,"note":"' + b"x" * (40 << 20) + b'"}',
+        "longer than the record cap of 1,048,576 bytes (--max-record-size)",
+    ),
+    "key_twice": (b'{"source":"k","time":1,"value":1,"value":2}', "key 'value' given twice"),
+    "lone_surrogate": (b'{"source":"\\udc00","time":1,"value":1}', "lone surrogate"),
+}
+
+
+def good_line(i: int) -> bytes:
+    return json.dumps({"source": f"g{i % 7}", "time": T_LINE + i, "value": i + 0.5}).encode()
+
+
+def ingest(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([OBSFLOW, "ingest", *args], capture_output=True, text=True, timeout=300)
+
+
+@pytest.mark.integration
+def test_poison_lines_are_malformed_dead_letters_and_every_good_line_is_captured(
+    tmp_path: Path,
+) -> None:
+    """Each poison line between 19 good ones, through ``obsflow ingest`` in a child process:
+    the run goes on (exit 0), each poison a malformed dead letter naming its line and why, with
+    its bytes (4 KiB of them at most), every good line captured, and the counts add up."""
+    path = tmp_path / "poison.jsonl"
+    where: dict[str, int] = {}  # poison -> its line number
+    lines: list[bytes] = []
+    for k, (name, (line, _)) in enumerate(POISON_LINES.items()):
+        lines += [good_line(19 * k + i) for i in range(9)]
+        where[name] = len(lines) + 1
+        lines.append(line)
+        lines += [good_line(19 * k + i) for i in range(9, 19)]
+    path.write_bytes(b"\n".join(lines) + b"\n")
+    goods = [json.loads(good_line(i)) for i in range(19 * len(POISON_LINES))]
+    store, summary = tmp_path / "store", tmp_path / "summary.json"
+    done = ingest(str(path), "--store", str(store), "--summary", str(summary), "-q")
+    assert done.returncode == 0, done.stderr
+    assert "Traceback" not in done.stderr
+    s = json.loads(summary.read_text())
+    assert (s["input"], s["accepted"], s["rejected"], s["duplicates"]) == (
+        len(lines),
+        len(goods),
+        len(POISON_LINES),
+        0,
+    )
+    assert s["rejected_by_reason"] == {"malformed": len(POISON_LINES)}
+    dead = table_frame(store / "deadletter")
+    by_line = {
+        int(m.split(":")[0].removeprefix("line ")): (m, raw)
+        for m, raw in zip(dead["message"], dead["raw"], strict=True)
+    }
+    assert sorted(by_line) == sorted(where.values())
+    for name, (line, why) in POISON_LINES.items():
+        message, raw = by_line[where[name]]
+        assert why in message, (name, message)
+        assert len(raw.encode()) <= RAW_BYTES
+        if name == "not_utf8":
+            assert raw_bytes(raw) == line  # escaped, and the message says how
+            assert "escaped" in message
+        else:
+            assert raw == line[:RAW_BYTES].decode()
+    cap = table_frame(store / "captures" / "default")
+    got = sorted(zip(cap["source"], cap["value"], strict=True))
+    assert got == sorted((g["source"], g["value"]) for g in goods)
+
+
+@pytest.mark.integration
+def test_the_record_cap_is_an_option_and_a_larger_one_reads_the_file_again(
+    tmp_path: Path,
+) -> None:
+    """``--max-record-size``: a 2 KiB line is malformed under a 1KiB cap; the same command
+    again skips the file; a larger cap reads it again and captures only that line (the rest
+    are duplicates). A size that is none is a usage error in one line."""
+    path = tmp_path / "long.jsonl"
+    long = json.dumps({"source": "l", "time": T_LINE, "value": 1.5, "note": "n" * 2000})
+    path.write_text("\n".join([good_line(1).decode(), long, good_line(2).decode()]) + "\n")
+    store, summary = tmp_path / "store", tmp_path / "summary.json"
+    args = [str(path), "--store", str(store), "--summary", str(summary), "-q"]
+    done = ingest(*args, "--max-record-size", "1KiB")
+    assert done.returncode == 0, done.stderr
+    s = json.loads(summary.read_text())
+    assert (s["accepted"], s["rejected_by_reason"]) == (2, {"malformed": 1})
+    (message,) = table_frame(store / "deadletter")["message"]
+    assert message == "line 2: longer than the record cap of 1,024 bytes (--max-record-size)"
+    again = ingest(*args, "--max-record-size", "1024")
+    assert again.returncode == 0, again.stderr
+    assert "already" in again.stderr  # (skipped: the same options captured it)
+    larger = ingest(*args, "--max-record-size", "4KiB")
+    assert larger.returncode == 0, larger.stderr
+    s = json.loads(summary.read_text())
+    assert (s["accepted"], s["rejected"], s["duplicates"]) == (1, 0, 2)
+    cap = table_frame(store / "captures" / "default")
+    assert sorted(cap["source"]) == ["g1", "g2", "l"]
+    bad = ingest(*args, "--max-record-size", "lots")
+    assert bad.returncode == 2
+    assert bad.stderr.splitlines()[-1] == (
+        "obsflow ingest: error: argument --max-record-size: 'lots': a size such as 1MiB, "
+        "512KiB, 2MB or 65536 (bytes)"
+    )
