@@ -99,8 +99,7 @@ class Store:
         except FileNotFoundError:
             where = self._endpoint[0] or "AWS"
             raise StoreError(
-                f"no bucket {bucket!r} at {where}: create it, or check --store and "
-                "AWS_ENDPOINT_URL"
+                f"no bucket {bucket!r} at {where}: create it, or check --store and AWS_ENDPOINT_URL"
             ) from None
         except PermissionError:
             pass  # (allowed to use its objects, not to ask about the bucket: fine)
