@@ -243,12 +243,13 @@ class NatsClient:
         slower than the ack wait) was committed already: acknowledged, dropped."""
         out = []
         for m in msgs:
-            seq = m.metadata.sequence.stream
+            seq, ts = _stream_seq_and_time(m.reply)
             if seq < self._next[key]:
                 await m.ack()
                 continue
             self._next[key] = seq + 1
-            out.append(_message(m, (key, seq)))
+            headers = text_headers((m.headers or {}).items())
+            out.append(Message(m.data, m.subject, ts, m, headers, (key, seq)))
         return out
 
     async def _wait_out(self, exc: BaseException) -> None:
@@ -296,13 +297,15 @@ def _durable(consumer: str, topic: str) -> str:
     return f"{consumer}_{re.sub(r'[^A-Za-z0-9_-]', '_', topic)}"[:64]
 
 
-def _message(m: Any, position: tuple[str, int]) -> Message:
-    """A JetStream message: its time is the stream's (ns, in the ack subject), so it is the
-    same when the message is delivered again; its position its stream sequence."""
-    tokens = m.reply.split(".")
-    ts = int(tokens[7] if len(tokens) == 9 else tokens[9])
-    headers = text_headers((m.headers or {}).items())
-    return Message(m.data, m.subject, ts, m, headers, position)
+def _stream_seq_and_time(reply: str) -> tuple[int, int]:
+    """A JetStream message's stream sequence (its position) and the stream's time of it (ns:
+    the same when the message is delivered again), from its ack subject
+    (``$JS.ACK.<stream>.<consumer>.<delivered>.<seq>.<cseq>.<ns>.<pending>``, or with domain
+    and account hash after ``ACK``: 12 tokens) — read directly, not through nats-py's metadata
+    objects, for every message."""
+    tokens = reply.split(".")
+    at = 5 if len(tokens) == 9 else 7
+    return int(tokens[at]), int(tokens[at + 2])
 
 
 class NatsPublisher:
