@@ -309,7 +309,8 @@ def _header_fields(
         return table.append_column(name, headed)
     i = table.schema.get_field_index(name)
     own = table.column(i)
-    if not (pa.types.is_string(own.type) or pa.types.is_integer(own.type)):
+    text = pa.types.is_string(own.type) or pa.types.is_large_string(own.type)
+    if not (text or pa.types.is_string_view(own.type) or pa.types.is_integer(own.type)):
         return table  # (not text: normalize says so for each record)
     return table.set_column(i, name, pc.coalesce(own.cast(pa.string()), headed))
 

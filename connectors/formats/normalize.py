@@ -61,11 +61,24 @@ def _raw_rows(table: pa.Table, rows: np.ndarray) -> list[str]:
 
 
 def _decoded(table: pa.Table, keep: Sequence[str]) -> pa.Table:
-    """Dictionary-encoded columns (as Parquet text is read) as plain arrays, but ``keep``."""
+    """Dictionary-encoded columns (as Parquet text is read) as plain arrays, but ``keep``;
+    text of every kind Arrow has — ``large_string`` (what pandas 3 writes), ``string_view``
+    (what pyarrow writes on request), either inside a dictionary — as ``string``, the one kind
+    the checks read."""
     for i, f in enumerate(table.schema):
-        if pa.types.is_dictionary(f.type) and f.name not in keep:
-            table = table.set_column(i, f.name, table.column(i).cast(f.type.value_type))
+        kind = f.type
+        if pa.types.is_dictionary(kind):
+            values = pa.string() if _other_text(kind.value_type) else kind.value_type
+            target = pa.dictionary(kind.index_type, values) if f.name in keep else values
+        else:
+            target = pa.string() if _other_text(kind) else kind
+        if target != kind:
+            table = table.set_column(i, f.name, table.column(i).cast(target))
     return table
+
+
+def _other_text(kind: pa.DataType) -> bool:
+    return bool(pa.types.is_large_string(kind) or pa.types.is_string_view(kind))
 
 
 def _batch(table: pa.Table, spec: InputSpec) -> tuple[Batch, np.ndarray | None]:

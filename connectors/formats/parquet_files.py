@@ -20,7 +20,11 @@ def read(
     # Text as dictionary arrays: ids repeat, and come out of the file's own dictionary pages
     # without a string per row (``schema.normalize`` decodes the other text columns).
     md = pq.read_metadata(f)
-    text = [c.name for c in md.schema.to_arrow_schema() if pa.types.is_string(c.type)]
+    text = [
+        c.name
+        for c in md.schema.to_arrow_schema()
+        if pa.types.is_string(c.type) or pa.types.is_large_string(c.type)  # (pandas 3's)
+    ]
     pf = pq.ParquetFile(f, pre_buffer=False, read_dictionary=text, metadata=md)
     raw_bytes = sum(md.row_group(g).total_byte_size for g in range(md.num_row_groups))
     if md.num_rows and raw_bytes > MAX_BATCH_BYTES:  # wide rows (payloads): fewer per batch

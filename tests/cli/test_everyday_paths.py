@@ -13,6 +13,8 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 
 from obsflow.connectors.datasets import reads
@@ -151,3 +153,48 @@ def test_a_file_overlapping_the_capture_says_duplicates_not_nothing_accepted(
     assert "nothing was accepted" not in done.stderr
     assert "400 input = 0 accepted + 1 rejected + 399 duplicates" in done.stderr
     assert "rejected conflict: 1" in done.stderr
+
+
+TEXT_KINDS = {
+    "string": lambda a: a,
+    "large_string": lambda a: a.cast(pa.large_string()),  # what pandas 3 writes
+    "string_view": lambda a: a.cast(pa.string_view()),  # what pyarrow writes on request
+    "dictionary": lambda a: a.cast(pa.large_string()).dictionary_encode(),
+}
+
+
+@pytest.mark.parametrize("kind", sorted(TEXT_KINDS))
+def test_every_text_column_is_text_in_each_arrow_kind(kind: str, tmp_path: Path) -> None:
+    """Item 2: a Parquet file written by pandas 3 (text as large_string) with a trace_id column
+    had every traced record rejected "trace_id is not text". Every column that takes text —
+    source, channel, time as ISO text, value as text, trace id — in each of the four
+    kinds Arrow has for text."""
+    n = 300
+    times = pd.date_range("2026-01-01", periods=n, freq="s", tz="UTC")
+    frame = pd.DataFrame(
+        {
+            "source": [f"s{i % 3}" for i in range(n)],
+            "channel": ["temp", "rh"] * (n // 2),
+            "time": times.strftime("%Y-%m-%dT%H:%M:%SZ"),
+            "value": [f"{i / 4}" for i in range(n)],
+            "trace_id": [f"t{i}" if i % 7 == 0 else None for i in range(n)],
+        }
+    )
+    make = TEXT_KINDS[kind]
+    table = pa.table({c: make(pa.array(frame[c], pa.string())) for c in frame.columns})
+    data = tmp_path / "in.parquet"
+    pq.write_table(table, data)
+    stored = pq.read_schema(data).field("trace_id").type  # (the kind the file keeps)
+    assert pa.types.is_dictionary(stored) if kind == "dictionary" else stored == table[0].type
+    store = tmp_path / "store"
+    done = obsflow("ingest", str(data), "--store", str(store), "-q")
+    assert done.returncode == 0, done.stderr
+    columns = ["source", "channel", "time", "value", "trace_id"]
+    got = reads.read_capture(Store(str(store)), "default", columns=columns).to_pandas()
+    assert len(got) == n
+    assert reads.read_deadletters(Store(str(store))).num_rows == 0
+    got = got.sort_values("time").reset_index(drop=True)
+    assert list(got["source"]) == list(frame["source"])
+    assert list(got["channel"]) == list(frame["channel"])
+    assert list(got["value"]) == [i / 4 for i in range(n)]
+    assert list(got["trace_id"].where(got["trace_id"].notna(), None)) == list(frame["trace_id"])
