@@ -82,6 +82,10 @@ def to_utc(value: object, what: str = "time") -> pd.Timestamp:
     return ts.tz_localize("UTC") if ts.tzinfo is None else ts.tz_convert("UTC")
 
 
+EPOCH_TEXT = r"^(?P<whole>-?[0-9]{1,19})(?:\.(?P<fraction>[0-9]*))?$"
+"""An epoch number as text: up to 19 digits, a decimal fraction allowed."""
+
+
 def parse_time(text: object, what: str) -> int | None:
     """ISO-8601 (naive = UTC) to ns since the epoch; None stays None."""
     return None if text is None else int(to_utc(text, what).value)
@@ -110,12 +114,18 @@ def parse_times(column: pa.ChunkedArray, time_unit: str) -> tuple[np.ndarray, np
         raw = column.cast(pa.int64()).fill_null(0).to_numpy()
         return _scale_to_ns(raw, known, TIME_UNITS[time_unit])
     if pa.types.is_floating(typ):
-        f = column.cast(pa.float64()).fill_null(np.nan).to_numpy() * TIME_UNITS[time_unit]
-        ok = np.isfinite(f) & (np.abs(f) < 9.2e18)
-        return np.where(ok, np.round(np.where(ok, f, 0.0)), 0).astype(np.int64), ok
+        # Whole units and their fraction apart: seconds x 1e9 in float64 would round the ns
+        # (1754006400.25 s is exact in a double; its product with 1e9 is not).
+        f = column.cast(pa.float64()).fill_null(np.nan).to_numpy()
+        unit = TIME_UNITS[time_unit]
+        ok = np.isfinite(f) & (np.abs(f) * unit < 9.2e18)
+        f = np.where(ok, f, 0.0)
+        whole = np.floor(f)
+        ns = whole.astype(np.int64) * unit + np.round((f - whole) * unit).astype(np.int64)
+        return np.where(ok, ns, 0), ok
     if pa.types.is_string(typ) or pa.types.is_large_string(typ):
         column = pc.utf8_trim_whitespace(column.cast(pa.string()))
-        digits = np_bool(pc.match_substring_regex(column, r"^-?[0-9]{1,19}$"))
+        digits = np_bool(pc.match_substring_regex(column, EPOCH_TEXT))
         import pandas as pd
 
         series = pd.Series(column.to_numpy(zero_copy_only=False), dtype=object)
@@ -125,8 +135,8 @@ def parse_times(column: pa.ChunkedArray, time_unit: str) -> tuple[np.ndarray, np
         unit = parsed.dt.unit  # pandas may pick s/ms/us/ns resolution
         known = ~parsed.isna().to_numpy()
         ns, ok = _scale_to_ns(_as_int(parsed), known, TIME_UNITS[unit])
-        if digits.any():  # text epochs, as CSV and JSON hold them
-            eps, eps_ok = _scale_to_ns(*_digits_to_int(column, digits), TIME_UNITS[time_unit])
+        if digits.any():  # text epochs, as CSV and JSON hold them (pandas writes "….0")
+            eps, eps_ok = _text_epochs(column, digits, TIME_UNITS[time_unit])
             ns, ok = np.where(digits, eps, ns), np.where(digits, eps_ok, ok)
         return ns, ok
     return np.zeros(n, dtype=np.int64), np.zeros(n, dtype=bool)
@@ -142,7 +152,7 @@ def infer_epoch_unit(column: pa.ChunkedArray) -> tuple[str | None, np.ndarray]:
         mag = np.abs(column.cast(pa.float64(), safe=False).fill_null(np.nan).to_numpy())
     elif pa.types.is_string(typ) or pa.types.is_large_string(typ):
         text = pc.utf8_trim_whitespace(column.cast(pa.string()))
-        digits = np_bool(pc.match_substring_regex(text, r"^-?[0-9]{1,19}$"))
+        digits = np_bool(pc.match_substring_regex(text, EPOCH_TEXT))
         if not digits.any():  # ISO text, the usual case: nothing to infer
             return None, np.zeros(n, dtype=bool)
         mag = np.full(n, np.nan)
@@ -161,6 +171,25 @@ def _as_int(parsed: pd.Series) -> np.ndarray:
     """Epoch integers (in the series' own unit) of a tz-aware datetime series; NaT -> 0."""
     values = parsed.dt.tz_localize(None).to_numpy()
     return np.where(parsed.isna().to_numpy(), 0, values.view(np.int64))
+
+
+def _text_epochs(column: pa.Array, digits: np.ndarray, unit: int) -> tuple[np.ndarray, np.ndarray]:
+    """Exact ns of epoch texts in ``unit`` (ns per unit), a decimal fraction allowed: the
+    whole part through ``_digits_to_int``, the fraction's digits as an integer of ns (digits
+    past the ns are dropped)."""
+    text = pc.if_else(pa.array(digits), column, "0")
+    if isinstance(text, pa.ChunkedArray):
+        text = text.combine_chunks()
+    parts = pc.extract_regex(text, EPOCH_TEXT)
+    whole, fraction = pc.struct_field(parts, "whole"), pc.struct_field(parts, "fraction")
+    ns, ok = _scale_to_ns(*_digits_to_int(whole, digits), unit)
+    places = len(str(unit)) - 1  # digits of a fraction of the unit that are whole ns
+    if places and pc.any(pc.greater(pc.utf8_length(fraction), 0)).as_py():
+        padded = pc.utf8_rpad(fraction, places, "0")
+        part = pc.utf8_slice_codeunits(padded, 0, places).cast(pa.int64()).to_numpy()
+        negative = np_bool(pc.starts_with(whole, "-"))
+        ns = np.where(ok, ns + np.where(negative, -part, part), 0)
+    return ns, ok
 
 
 def _digits_to_int(column: pa.Array, digits: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -198,3 +198,24 @@ def test_every_text_column_is_text_in_each_arrow_kind(kind: str, tmp_path: Path)
     assert list(got["channel"]) == list(frame["channel"])
     assert list(got["value"]) == [i / 4 for i in range(n)]
     assert list(got["trace_id"].where(got["trace_id"].notna(), None)) == list(frame["trace_id"])
+
+
+@pytest.mark.parametrize("unit", ["s", "auto"])
+def test_epoch_seconds_with_a_decimal_point_are_exact(unit: str, tmp_path: Path) -> None:
+    """Item 3: epoch seconds with a decimal point in CSV (``1754006400.5``, and ``….0`` as pandas
+    writes whole floats) were rejected even with ``--time-unit s``; float epochs lost precision
+    (``1754006400.25`` became ``…00.249999872``: seconds x 1e9 in float64)."""
+    seconds = [1754006400.0, 1754006400.5, 1754006400.25, 1754006401.125, 1754006402.0]
+    frame = pd.DataFrame({"source": "a", "time": seconds, "value": range(len(seconds))})
+    text, floats = tmp_path / "epochs.csv", tmp_path / "epochs.parquet"
+    frame.to_csv(text, index=False)  # pandas writes 1754006400.0
+    assert "1754006400.0," in text.read_text()
+    frame.to_parquet(floats)  # float64 seconds
+    want = [round(s * 4) * 250_000_000 for s in seconds]  # (quarter seconds: exact)
+    want[3] = 1754006401_125_000_000
+    for data in (text, floats):
+        store = tmp_path / f"store-{data.suffix[1:]}"
+        done = obsflow("ingest", str(data), "--store", str(store), "--time-unit", unit, "-q")
+        assert done.returncode == 0, done.stderr
+        got = reads.read_capture(Store(str(store)), "default", columns=["time", "value"])
+        assert got.column("time").cast(pa.int64()).to_pylist() == sorted(want), data
