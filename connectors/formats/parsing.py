@@ -117,11 +117,11 @@ def parse_times(column: pa.ChunkedArray, time_unit: str) -> tuple[np.ndarray, np
         # Whole units and their fraction apart: seconds x 1e9 in float64 would round the ns
         # (1754006400.25 s is exact in a double; its product with 1e9 is not).
         f = column.cast(pa.float64()).fill_null(np.nan).to_numpy()
-        unit = TIME_UNITS[time_unit]
-        ok = np.isfinite(f) & (np.abs(f) * unit < 9.2e18)
+        scale = TIME_UNITS[time_unit]
+        ok = np.isfinite(f) & (np.abs(f) * scale < 9.2e18)
         f = np.where(ok, f, 0.0)
         whole = np.floor(f)
-        ns = whole.astype(np.int64) * unit + np.round((f - whole) * unit).astype(np.int64)
+        ns = whole.astype(np.int64) * scale + np.round((f - whole) * scale).astype(np.int64)
         return np.where(ok, ns, 0), ok
     if pa.types.is_string(typ) or pa.types.is_large_string(typ):
         column = pc.utf8_trim_whitespace(column.cast(pa.string()))

@@ -221,11 +221,16 @@ def run_live(
                 break
         else:
             result.stopped = "stopped"
-    except SessionLostError as exc:
+    except Exception as exc:
+        lost = exc  # (a cycle's commit raises it inside the dataflow: Bytewax wraps it)
+        while lost is not None and not isinstance(lost, SessionLostError):
+            lost = lost.__cause__  # type: ignore[assignment]
+        if lost is None:
+            raise
         _, holder = sessions.holder_of(store, ingest.capture)
         by = f" (now {holder.describe(time.time_ns())})" if holder else ""
         raise SessionLostError(
-            f"{exc}{by}: live session {result.session} stops; its messages come to the new one"
+            f"{lost}{by}: live session {result.session} stops; its messages come to the new one"
         ) from None
     finally:
         result.seconds = clock() - started
