@@ -6,6 +6,10 @@ so ``except ValueError`` keeps working for callers that do not know obsflow.
 
 from __future__ import annotations
 
+from typing import TypeVar
+
+E = TypeVar("E", bound=BaseException)
+
 
 class ObsflowError(Exception):
     """Root of every error obsflow raises on purpose."""
@@ -33,3 +37,12 @@ class StoreUnreachableError(StoreError):
 
 class CaptureExistsError(StoreError, FileExistsError):
     """A capture exists with settings that differ from the ones asked for."""
+
+
+def cause_of(exc: BaseException, kind: type[E] | tuple[type[E], ...]) -> E | None:
+    """``exc`` or the first of its causes that is a ``kind`` (None: none is): Bytewax wraps
+    what a step raises in errors of its own."""
+    found: BaseException | None = exc
+    while found is not None and not isinstance(found, kind):
+        found = found.__cause__
+    return found

@@ -16,7 +16,7 @@ import sys
 import traceback
 from collections.abc import Sequence
 
-from obsflow.connectors.errors import ObsflowError
+from obsflow.connectors.errors import ObsflowError, cause_of
 from obsflow.flows.cli import (
     bluesky,
     capture,
@@ -99,9 +99,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as exc:
         # Errors inside a running dataflow come back wrapped by Bytewax: report our own (and
         # Ctrl-C, which Bytewax wraps too).
-        cause = exc.__cause__
-        while cause is not None and not isinstance(cause, ObsflowError | KeyboardInterrupt):
-            cause = cause.__cause__
+        cause = cause_of(exc, (ObsflowError, KeyboardInterrupt))
         if cause is None:
             raise
         if isinstance(cause, KeyboardInterrupt):

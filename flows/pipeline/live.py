@@ -37,7 +37,7 @@ from obsflow.connectors.batch import RawBatch
 from obsflow.connectors.datasets import sessions
 from obsflow.connectors.datasets.capture import new_run_id, planned_capture
 from obsflow.connectors.datasets.views import list_views
-from obsflow.connectors.errors import ConfigError
+from obsflow.connectors.errors import ConfigError, cause_of
 from obsflow.connectors.formats.messages import Message, check_format, decode
 from obsflow.connectors.sources.bluesky.io import raw_batch
 from obsflow.connectors.sources.brokers import BrokerClient
@@ -222,9 +222,7 @@ def run_live(
         else:
             result.stopped = "stopped"
     except Exception as exc:
-        lost = exc  # (a cycle's commit raises it inside the dataflow: Bytewax wraps it)
-        while lost is not None and not isinstance(lost, SessionLostError):
-            lost = lost.__cause__  # type: ignore[assignment]
+        lost = cause_of(exc, SessionLostError)  # (a cycle's commit raises it in the dataflow)
         if lost is None:
             raise
         _, holder = sessions.holder_of(store, ingest.capture)

@@ -97,7 +97,13 @@ def start_broker(kind: str, tmp_path: Path) -> NatsServer | MosquittoServer | Ka
 
 @contextlib.contextmanager
 def running(kind: str, tmp_path: Path) -> Iterator[Broker]:
-    server = start_broker(kind, tmp_path / "broker")
+    with served(kind, start_broker(kind, tmp_path / "broker")) as b:
+        yield b
+
+
+@contextlib.contextmanager
+def served(kind: str, server: NatsServer | MosquittoServer | KafkaMock) -> Iterator[Broker]:
+    """A started broker under test (a JetStream stream made first), stopped at the end."""
     try:
         b = Broker(kind, server)
         if kind == "nats":

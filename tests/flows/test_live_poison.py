@@ -30,7 +30,7 @@ from obsflow.connectors.datasets import reads
 from obsflow.connectors.formats.jsonl_files import RAW_BYTES, raw_bytes
 from obsflow.connectors.storage.store import Store
 from tests.brokers import KafkaMock, MosquittoServer, NatsServer, publish
-from tests.flows.test_live import OBSFLOW, Broker, live_ingest
+from tests.flows.test_live import OBSFLOW, Broker, live_ingest, served
 
 pytestmark = pytest.mark.integration  # servers, brokers, child processes (tests/conftest.py)
 
@@ -50,13 +50,8 @@ def carrying_big_messages(kind: str, tmp_path: Path) -> Iterator[Broker]:
         server = MosquittoServer(tmp_path / "mosquitto").start()  # (no limit by default)
     else:
         server = KafkaMock(max_message_bytes=8 * MiB)
-    try:
-        broker = Broker(kind, server)
-        if kind == "nats":
-            broker.publish([])  # the stream, before anyone reads it
+    with served(kind, server) as broker:
         yield broker
-    finally:
-        server.stop()
 
 
 @pytest.fixture(params=["nats", "mqtt", "kafka"])
