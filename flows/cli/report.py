@@ -122,7 +122,11 @@ def format_summary(summary: dict[str, Any], store: Store) -> str:
             if "seconds" in summary
             else "  "
         )
-        + f"commit #{summary.get('commit')} of capture {summary.get('capture')!r}",
+        + (
+            f"commit #{summary['commit']} of capture {summary.get('capture')!r}"
+            if summary.get("commit") is not None
+            else f"capture {summary.get('capture')!r} was not created: no reading was accepted"
+        ),
     ]
     records = summary.get("records") or summary["input"]
     if summary.get("derived") or records != summary["input"]:

@@ -17,6 +17,8 @@ capture='demo', run_id='r1')" -w 2`` (give every process the same ``run_id``).
 from __future__ import annotations
 
 import json
+import os
+import stat
 from collections.abc import Iterable
 from dataclasses import dataclass, field, fields, replace
 from typing import Any, ClassVar
@@ -41,15 +43,16 @@ from obsflow.connectors.datasets.capture import (
     planned_capture,
 )
 from obsflow.connectors.datasets.views import check_view, view_base, view_doc
-from obsflow.connectors.errors import ConfigError
+from obsflow.connectors.errors import ConfigError, ObsflowError
 from obsflow.connectors.formats.normalize import normalize
+from obsflow.connectors.formats.registry import format_of
 from obsflow.connectors.formats.schema import MAX_CONTEXT_CHARS, MAX_RECORD_BYTES, TRACE, InputSpec
 from obsflow.connectors.ids import check_name
 from obsflow.connectors.payloads.format import INLINE_LIMIT
 from obsflow.connectors.payloads.offload import PayloadStore
 from obsflow.connectors.sources.bluesky.documents import SETTLED
 from obsflow.connectors.sources.bluesky.io import BlueskyInput, stored_documents
-from obsflow.connectors.sources.files import FileSource
+from obsflow.connectors.sources.files import FileSource, open_input, raw_batches
 from obsflow.connectors.sources.simulator import SimSource
 from obsflow.connectors.storage import layout
 from obsflow.connectors.storage.store import DEFAULT_STORE, Store
@@ -154,6 +157,9 @@ class IngestConfig:
         )
         if config.inputs:
             planned_views(store, config)  # refuses a bad view before it begins
+            if self.format is None:
+                for url in config.inputs:
+                    check_columns_first(url, self.spec)
         return config, skipped
 
     def idle(self) -> bool:
@@ -247,6 +253,36 @@ def source_for(
         bluesky=bluesky,
         max_record_size=max_record_size,
     )
+
+
+FIXED_COLUMNS = ("csv", "parquet")
+"""Formats whose columns are known before the records are read (CSV's header, the schema)."""
+
+
+def check_columns_first(url: str, spec: InputSpec, rows: int = 64) -> None:
+    """Refuse, before anything is read or written, a column named by ``--map`` or
+    ``--channels`` that an input does not have — for formats whose columns are fixed
+    (``FIXED_COLUMNS``; a JSON-lines record has its own). An input that cannot be read at
+    all is left to the run, which says so in its own words."""
+    named = {**{f"--map {f}={c}": c for f, c in spec.mapping.items()}}
+    named.update({f"--channels {c}": c for c in spec.channels})
+    if not named or url.startswith("sim://") or format_of(url).name not in FIXED_COLUMNS:
+        return
+    local = url.removeprefix("file://")
+    if "://" not in local and not (os.path.exists(local) and stat.S_ISREG(os.stat(local).st_mode)):
+        return
+    try:
+        with open_input(url) as f:
+            first = next(iter(raw_batches(url, f, rows, spec.delimiter, spec.max_record_size)))
+    except (OSError, ValueError, StopIteration, ObsflowError):
+        return
+    have = first.table.column_names
+    for option, column in named.items():
+        if column not in have:
+            raise ConfigError(
+                f"{url}: {option} names no column of it (columns: {', '.join(have) or 'none'})"
+                " — nothing was read"
+            )
 
 
 # -- per-batch logic (pure; tested without Bytewax) -----------------------------------------
