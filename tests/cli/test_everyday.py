@@ -79,8 +79,11 @@ def test_a_header_only_file_is_an_empty_run_not_an_error(
     )
     assert code == 0, err
     doc = json.loads(summary.read_text())
-    assert (doc["input"], doc["accepted"], doc["rejected"], doc["commit"]) == (0, 0, 0, 1)
+    assert (doc["input"], doc["accepted"], doc["rejected"], doc["commit"]) == (0, 0, 0, None)
     assert "without" not in err  # no "ended without committing"
+    # (a run that accepted nothing creates no capture: the next run into it makes it)
+    assert "capture 'c' was not created: no reading was accepted" in err
+    assert not (tmp_path / "store" / "captures" / "c").exists()
 
 
 def test_replay_of_a_capture_that_does_not_exist_names_the_capture(
@@ -422,7 +425,8 @@ def test_channels_picks_columns_of_a_wide_file_and_delimiter_overrides_the_sniff
     store = str(tmp_path / "s")
     base = ["ingest", str(path), "--store", store, "-q", "--map", "source=station,time=timestamp"]
     code, err = run(capsys, *base, "--capture", "sniffed")
-    assert code == 1
+    assert code == 2  # (refused before it is read: the columns --map names are not there)
+    assert "--map source=station names no column of it" in err
     code, err = run(
         capsys, *base, "--capture", "wx", "--delimiter", ";", "--channels", "temp_c,rh_pct"
     )
@@ -436,8 +440,10 @@ def test_channels_picks_columns_of_a_wide_file_and_delimiter_overrides_the_sniff
 
     # A column --channels names that the file does not have: said, with the columns it has.
     code, err = run(capsys, *base, "--capture", "wx2", "--delimiter", ";", "--channels", "temp")
-    assert code == 1
-    assert "no column 'temp' for --channels (columns: timestamp, station, temp_c, rh_pct" in err
+    assert code == 2
+    assert (
+        "--channels temp names no column of it (columns: timestamp, station, temp_c, rh_pct" in err
+    )
     # A delimiter of two characters is a usage error before anything is read.
     code, err = run(capsys, *base, "--capture", "wx3", "--delimiter", ";;")
     assert code == 2
