@@ -25,7 +25,12 @@ import pyarrow.compute as pc
 import pyarrow.dataset as ds
 
 from obsflow.connectors.algorithms.partitions import partitions_of
-from obsflow.connectors.datasets.capture import list_captures, no_version, open_capture
+from obsflow.connectors.datasets.capture import (
+    capture_snapshot,
+    list_captures,
+    no_version,
+    open_capture,
+)
 from obsflow.connectors.datasets.views import read_view_doc, view_head
 from obsflow.connectors.errors import ConfigError, StoreError
 from obsflow.connectors.formats.parsing import to_utc
@@ -158,7 +163,7 @@ def capture_files_read(
     as_of: AsOf = None,
 ) -> list[FileEntry]:
     """The capture files a read of ``sources`` in ``[start, until)`` opens."""
-    snap = version(store, layout.capture_dir(name), name, as_of)
+    snap = capture_snapshot(store, name, as_of=as_of)  # (None too if dropped by then)
     if snap is None:
         raise no_version(store, name, as_of)
     return _pick(snap, _partitions(store, name, _list(sources)), start, until)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import fields, replace
@@ -469,4 +470,35 @@ def cmd_bluesky_export(args: argparse.Namespace) -> int:
     )
     for why, n in done["left_out"].items():
         say(f"  left out: {n:,} readings ({why})")
+    return 0
+
+
+def cmd_drop(args: argparse.Namespace) -> int:
+    """``obsflow capture drop`` / ``views drop``: asks for the name again unless ``--yes``."""
+    from obsflow.flows.pipeline.dropping import drop_capture, drop_view
+
+    store = Store(args.store)
+    check_layout(store)
+    kind = "capture" if args.command == "capture" else "view"
+    if not args.yes:
+        sys.stderr.write(f"drop {kind} {args.name!r}? type its name again to confirm: ")
+        sys.stderr.flush()
+        answer = sys.stdin.readline().strip()
+        if answer != args.name:
+            said = f"{answer!r} is not {args.name!r}" if answer else "no name was typed"
+            raise ConfigError(f"{said}: nothing was dropped (--yes drops without asking)")
+    if kind == "capture":
+        done = drop_capture(store, args.name)
+        also = f" and its views {', '.join(done.views)}" if done.views else ""
+        say(
+            f"capture {args.name!r} ({plural(done.readings, 'reading')}){also} dropped by "
+            f"commit #{done.commit}; --as-of {done.commit - 1} reads them until a vacuum "
+            f"(obsflow capture compact {args.name})"
+        )
+    else:
+        done = drop_view(store, args.name)
+        say(
+            f"view {args.name!r} dropped by commit #{done.commit} of capture {done.capture!r}; "
+            f"runs of {done.capture!r} no longer build it"
+        )
     return 0

@@ -20,6 +20,7 @@ from obsflow.connectors.datasets.capture import (
     CAPTURE_STORED,
     CaptureMeta,
     StateRef,
+    capture_snapshot,
     input_fingerprint,
 )
 from obsflow.connectors.datasets.views import ViewBase, view_base, view_description
@@ -134,15 +135,18 @@ class Finish:
 
     def _creates_nothing(self, files: dict[str, list[DataFile]]) -> bool:
         """Whether this run would create its capture holding nothing: an ingest into a new
-        capture that accepted no reading and kept no document (a live session's commit
+        (or dropped) capture that accepted no reading and kept no document (a live session's commit
         records its broker positions, so it always commits)."""
         return (
             self.kind == "ingest"
-            and self.base == 0
             and not files.get(layout.capture_dir(self.capture))
             and layout.documents_dir(self.capture) not in files
             and not self.positions
             and self.fence is None
+            and (
+                self.base == 0
+                or capture_snapshot(Store(self.store), self.capture, as_of=self.base) is None
+            )
         )
 
     def _letters_only(

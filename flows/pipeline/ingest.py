@@ -401,7 +401,12 @@ def planned_views(
     data: a replay builds it). ``lateness`` applies to all of them. The capture is taken as
     of the run's base, if it has one (a run loses to one that committed since, at its commit).
     """
-    exists = capture_exists(store, config.capture) if config.base is None else config.base > 0
+    exists = capture_exists(store, config.capture)
+    if config.base is not None:  # (as of the run's base: a dropped capture is new again)
+        exists = (
+            config.base > 0
+            and capture_snapshot(store, config.capture, as_of=config.base) is not None
+        )
     if not exists:
         views = config.views if config.views is not None else default_views(config.capture)
     else:
