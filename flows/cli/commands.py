@@ -32,6 +32,7 @@ from obsflow.connectors.sources.brokers import (
     publisher,
 )
 from obsflow.connectors.sources.simulator import SimSpec, generate
+from obsflow.connectors.storage import layout, tables
 from obsflow.connectors.storage.commits import commit_at, parse_as_of
 from obsflow.connectors.storage.compaction import compact, vacuum
 from obsflow.connectors.storage.migrate import check_layout, migrate
@@ -370,7 +371,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
 def cmd_compact(args: argparse.Namespace) -> int:
     store = Store(args.store)
     check_layout(store)
-    open_capture(store, args.name)
+    if not tables.exists(store, layout.capture_dir(args.name)):  # (a dropped one: vacuumed)
+        open_capture(store, args.name)  # (raises: no such capture, with those there are)
     retain = parse_duration_ns(args.retain) / 3.6e12
     result = compact(store, args.name, new_run_id(), target_rows=args.target_rows)
     if result.version is None:

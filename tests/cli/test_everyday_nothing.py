@@ -156,6 +156,11 @@ def test_capture_drop_takes_one_capture_and_its_views_and_time_travel_still_read
     old = pl.read_delta(str(store / "captures" / "wx"), version=0)
     assert old.height == 60
     assert pl.read_delta(str(store / "captures" / "wx")).height == 0
+    # a vacuum of the dropped capture (retention 1h: too young yet) keeps them
+    kept = obsflow("capture", "compact", "wx", "--retain", "1h", "--store", str(store))
+    assert kept.returncode == 0, kept.stderr
+    assert "vacuum deleted 0 files" in kept.stderr
+    assert pl.read_delta(str(store / "captures" / "wx"), version=0).height == 60
 
     # The name starts afresh: the same file is ingested again (not skipped, no duplicates),
     # with the default view (the dropped views are not built again unless asked for).
