@@ -97,7 +97,10 @@ class Batch:
 
 
 def _stands_in(batch: Batch, name: str) -> bool:
-    """Whether a missing field's column is not needed: a broker's receipt time is the time."""
+    """Whether a missing field's column is not needed: a broker's receipt time is the time;
+    readings that carry a payload (an array) need no value."""
+    if name == "value":
+        return "payload" in batch.table.column_names
     return name == "time" and batch.received is not None
 
 

@@ -106,7 +106,8 @@ def ingest_config(args: argparse.Namespace, inputs: tuple[str, ...]) -> ingest.I
     # (an option not given is None here: the default is IngestOptions')
     given = {f.name: getattr(args, f.name) for f in fields(IngestOptions)}
     given = {k: v for k, v in given.items() if v is not None}
-    given["views"] = load_views(args.views) if args.views else None  # (a file, not text)
+    views = load_views(args.views, capture=args.capture) if args.views else None  # (a file)
+    given["views"] = views
     return IngestOptions(**given).config(inputs, args.store, progress=not args.quiet)
 
 
@@ -195,7 +196,11 @@ def cmd_replay(args: argparse.Namespace) -> int:
     store = Store(args.store)
     check_layout(store)
     open_capture(store, args.capture)  # a missing capture is the first thing to say
-    views = load_views(args.views) if args.views else stored_views(store, args.capture)
+    views = (
+        load_views(args.views, capture=args.capture)
+        if args.views
+        else stored_views(store, args.capture)
+    )
     config = replay.ReplayConfig(
         capture=args.capture,
         views=with_lateness(views, lateness_ns(args.lateness)),

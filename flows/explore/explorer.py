@@ -43,7 +43,7 @@ from obsflow.connectors.datasets.views import list_views, read_view_doc
 from obsflow.connectors.errors import ConfigError
 from obsflow.connectors.formats.parsing import to_utc
 from obsflow.connectors.formats.schema import CONTEXT_FIELDS, READING_SCHEMA, TRACE
-from obsflow.connectors.payloads.format import PAYLOAD_SCHEMA, Payload, PayloadRef
+from obsflow.connectors.payloads.format import PAYLOAD_SCHEMA, Payload, PayloadRef, PayloadRefError
 from obsflow.connectors.payloads.offload import PayloadStore
 from obsflow.connectors.sources.bluesky import io as bluesky_io
 from obsflow.connectors.storage import layout
@@ -123,6 +123,11 @@ def utc(value: TimeLike, what: str = "time") -> pd.Timestamp:
 def _payload_item(item: Payload | PayloadRef | Mapping[str, Any] | pd.Series) -> Any:
     """A row of a DataFrame as the mapping ``PayloadStore.fetch`` takes (pandas turns integer
     columns with nulls into floats; references need them as integers)."""
+    if isinstance(item, pd.Series | Mapping) and "payload_sha256" not in item:
+        raise PayloadRefError(
+            "this row has no payload columns: read the frame with payloads=True "
+            "(e.g. ex.capture(name, payloads=True)), then pass one of its rows"
+        )
     if isinstance(item, pd.Series):
         row = item.to_dict()
         for key in _PAYLOAD_INTS:

@@ -193,7 +193,7 @@ class IngestConfig:
         for name in ("inputs", "features", "external_roots"):
             if name in options:
                 options[name] = tuple(options[name])
-        options["views"] = views_option(options.get("views"))
+        options["views"] = views_option(options.get("views"), options.get("capture", "default"))
         if options.get("fence") is not None:
             options["fence"] = tuple(options["fence"])
         for name in ("fingerprints", "root_map", "positions"):
