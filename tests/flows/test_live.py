@@ -234,6 +234,16 @@ def wait_for(predicate: Any, timeout: float, what: str) -> None:
         time.sleep(0.05)
 
 
+# MQTT and Kafka are killed five times over in test_live_resume.py: here only NATS in `make test`.
+@pytest.mark.parametrize(
+    "broker",
+    [
+        "nats",
+        pytest.param("mqtt", marks=pytest.mark.slow),
+        pytest.param("kafka", marks=pytest.mark.slow),
+    ],
+    indirect=True,
+)
 def test_killed_twice_the_capture_holds_each_published_reading_once_and_views_equal_pandas(
     broker: Broker, tmp_path: Path
 ) -> None:
