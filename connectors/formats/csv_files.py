@@ -98,8 +98,7 @@ def _header(f: BinaryIO, max_bytes: int) -> tuple[bytes, int]:
         header = f.readline(max_bytes + 1)
         if len(header) > max_bytes and not header.endswith(b"\n"):
             raise pa.ArrowInvalid(
-                f"its header line is longer than the record cap of {max_bytes:,} bytes "
-                f"{CAP_OPTION}"
+                f"its header line is longer than the record cap of {max_bytes:,} bytes {CAP_OPTION}"
             )
         line_no += 1
         if not header or header.strip():
@@ -147,13 +146,15 @@ def _skip_line(f: BinaryIO) -> bytes:
 def _refuse(
     block: bytes, first: int, max_bytes: int
 ) -> tuple[bytes, list[tuple[int, str, str]], int]:
-    """A block of whole lines with those longer than ``max_bytes`` or not UTF-8 emptied;
-    the lines refused (line, why, raw text); how many lines the block has. Found in whole
-    arrays: only a refused line is looked at by itself."""
+    """A block of whole lines with those longer than ``max_bytes`` or not UTF-8 emptied
+    (nothing when no line is left with text); the lines refused (line, why, raw text); how
+    many lines the block has. Found in whole arrays: only a refused line is looked at by
+    itself."""
     ends = np.flatnonzero(np.frombuffer(block, np.uint8) == 10)
     starts = np.concatenate(([0], ends[:-1] + 1))
+    lengths = ends - starts
     refused_lines: dict[int, tuple[str, str]] = {}
-    for i in np.flatnonzero(ends - starts > max_bytes).tolist():
+    for i in np.flatnonzero(lengths > max_bytes).tolist():
         refused_lines[i] = _too_long(block[starts[i] : ends[i]], max_bytes)
     if not utf8(block):
         for i in _not_utf8(block, starts, ends, 0, len(ends)):
@@ -162,8 +163,14 @@ def _refuse(
                 exc = _decode_error(line)
                 why = f"not UTF-8 (byte {exc.start:,}: {exc.reason})"
                 refused_lines[i] = refused(line, why, line=True)
-    if not refused_lines:
-        return block, [], len(ends)
+    if refused_lines:
+        lengths[list(refused_lines)] = 0
+    longest = int(lengths.max(initial=0))
+    if longest == 0 or (longest == 1 and not block.strip(b"\r\n")):  # (Arrow: "Empty CSV file")
+        block = b""
+    if not refused_lines or not block:
+        out = [(first + i, why, raw) for i, (why, raw) in sorted(refused_lines.items())]
+        return block, out, len(ends)
     pieces, at = [], 0
     for i in sorted(refused_lines):
         pieces.append(block[at : starts[i]])
@@ -203,7 +210,7 @@ def _parse(
     """A block of lines (none refused) as a table of text columns, and its rows of the wrong
     number of fields as (line, why, text)."""
     invalid: list[tuple[int, str, str]] = []
-    if len(block) == block.count(b"\n") + block.count(b"\r"):  # (Arrow: "Empty CSV file")
+    if not block:  # (no line with text: ``_refuse``)
         return pa.Table.from_arrays([pa.array([], pa.string())] * len(names), names), invalid
 
     def on_invalid(row: Any) -> str:
@@ -216,18 +223,22 @@ def _parse(
         )
         return "skip"
 
-    table = pacsv.read_csv(
+    reader = pacsv.open_csv(  # (faster than read_csv, which prepares for threads)
         io.BytesIO(block),
         read_options=pacsv.ReadOptions(
-            use_threads=False, column_names=names, block_size=max(len(block), 1 << 20) + 1
+            use_threads=False, column_names=names, block_size=len(block) + 1
         ),
         parse_options=pacsv.ParseOptions(delimiter=delimiter, invalid_row_handler=on_invalid),
         # Every column as text: the normalizer parses per row, so one odd value cannot
-        # make the reader fail or change the type of the whole column.
+        # make the reader fail or change the type of the whole column. Only an empty cell is
+        # null (no value); "NaN", "NA" or "null" is text: a missing value, written.
         convert_options=pacsv.ConvertOptions(
-            column_types={n: pa.string() for n in names}, strings_can_be_null=True
+            column_types={n: pa.string() for n in names},
+            strings_can_be_null=True,
+            null_values=[""],
         ),
     )
+    table = reader.read_all()
     if invalid:  # the reader numbers the lines it did not skip as empty: the file's numbers
         ends = np.flatnonzero(np.frombuffer(block, np.uint8) == 10)
         starts = np.concatenate(([0], ends[:-1] + 1))

@@ -167,7 +167,8 @@ class FileSource(FixedPartitionedSource[RawBatch, int]):
 
     Validates at once that every file has a known format; opens nothing until built. CSV
     files are split at ``delimiter``, or at the one their header line shows
-    (``csv_files.sniff_delimiter``); a JSON line over ``max_record_size`` bytes is malformed.
+    (``csv_files.sniff_delimiter``); a JSON or CSV line over ``max_record_size`` bytes is
+    malformed.
     With ``bluesky`` every file is a Bluesky document stream (``connectors.sources.bluesky.io``).
     """
 
