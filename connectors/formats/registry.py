@@ -82,6 +82,7 @@ FORMATS: dict[str, Format] = {
             read=csv_files.read,
             write=csv_files.write,
             encode=written(csv_files.write),
+            capped=csv_files.capped,
         ),
         Format(
             "jsonl",

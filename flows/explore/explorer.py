@@ -398,6 +398,7 @@ class Explorer:
         channels: str | Sequence[str] | None = DEFAULTS.channels,
         delimiter: str | None = DEFAULTS.delimiter,
         max_record_size: int | str = DEFAULTS.max_record_size,
+        decimal: str = DEFAULTS.decimal,
         partitions: int | None = DEFAULTS.partitions,
         lateness: str | None = DEFAULTS.lateness,
         dedup_horizon: str = DEFAULTS.dedup_horizon,
@@ -420,8 +421,8 @@ class Explorer:
         ``<capture>_1m`` into a new capture. Views already built from the capture are always
         built too, so that none falls behind it. ``map`` names input columns
         (``"source=source_id,time=event_time"``); ``channels`` picks the columns of a wide
-        input, ``delimiter`` splits CSV fields, ``max_record_size`` (``"1MiB"`` or bytes) caps
-        a JSON line (all as on the command line). With
+        input, ``delimiter`` splits CSV fields, ``decimal`` ``","`` reads ``21,5``,
+        ``max_record_size`` (``"1MiB"`` or bytes) caps a line (all as on the command line). With
         ``format="bluesky"`` every input is a Bluesky document stream; ``root_map`` relocates
         its external files (old prefix -> new), missing ones waited for ``external_wait``.
         ``features`` derives scalar channels from each payload (``mean``, ``sum``, ...).
@@ -434,6 +435,7 @@ class Explorer:
             channels=channels,
             delimiter=delimiter,
             max_record_size=max_record_size,
+            decimal=decimal,
             partitions=partitions,
             lateness=lateness,
             dedup_horizon=dedup_horizon,

@@ -199,7 +199,7 @@ class IngestConfig:
         for name in ("fingerprints", "root_map", "positions"):
             if name in options:
                 options[name] = tuple(tuple(x) for x in options[name])
-        spec_keys = ("map", "time_unit", "channels", "delimiter", "max_record_size")
+        spec_keys = ("map", "time_unit", "channels", "delimiter", "max_record_size", "decimal")
         if any(k in options for k in spec_keys):
             options["spec"] = InputSpec.parse_map(
                 options.pop("map", None),
@@ -207,6 +207,7 @@ class IngestConfig:
                 channels=options.pop("channels", None),
                 delimiter=options.pop("delimiter", None),
                 max_record_size=options.pop("max_record_size", MAX_RECORD_BYTES),
+                decimal=options.pop("decimal", None),
             )
         return cls(**options)
 
@@ -221,6 +222,7 @@ class IngestConfig:
             channels=list(self.spec.channels),
             delimiter=self.spec.delimiter,
             max_record_size=self.spec.max_record_size,
+            decimal=self.spec.decimal,
             views=None if self.views is None else [v.definition for v in self.views],
             features=list(self.features),
             fingerprints=[list(x) for x in self.fingerprints],
