@@ -42,14 +42,16 @@ from obsflow.connectors.datasets.capture import (
 )
 from obsflow.connectors.datasets.views import check_view, view_base, view_doc
 from obsflow.connectors.errors import ConfigError
+from obsflow.connectors.formats import parquet_files
 from obsflow.connectors.formats.normalize import normalize
+from obsflow.connectors.formats.registry import format_of
 from obsflow.connectors.formats.schema import MAX_CONTEXT_CHARS, MAX_RECORD_BYTES, TRACE, InputSpec
 from obsflow.connectors.ids import check_name
 from obsflow.connectors.payloads.format import INLINE_LIMIT
 from obsflow.connectors.payloads.offload import PayloadStore
 from obsflow.connectors.sources.bluesky.documents import SETTLED
 from obsflow.connectors.sources.bluesky.io import BlueskyInput, stored_documents
-from obsflow.connectors.sources.files import FileSource
+from obsflow.connectors.sources.files import FileSource, open_input
 from obsflow.connectors.sources.simulator import SimSource
 from obsflow.connectors.storage import layout
 from obsflow.connectors.storage.store import DEFAULT_STORE, Store
@@ -149,6 +151,8 @@ class IngestConfig:
                 skipped.append((url, str(record.get("run"))))
             else:
                 todo.append(url)
+        if not self.format:
+            refuse_unreadable(todo)
         config = replace(
             self, inputs=tuple(todo), fingerprints=tuple((u, fingerprints[u]) for u in todo)
         )
@@ -224,6 +228,22 @@ class IngestConfig:
             external_roots=list(self.external_roots),
         )
         return out
+
+
+def refuse_unreadable(urls: Iterable[str]) -> None:
+    """``ConfigError`` for an input that is no file of its format at all, before a run reads
+    any (a refusal, not a run that fails after others were read): a Parquet file without a
+    footer. (A file whose footer reads but whose pages are corrupt fails the run.)"""
+    for url in urls:
+        if format_of(url).name != "parquet":
+            continue
+        with open_input(url) as f:
+            why = parquet_files.unreadable(f)
+        if why is not None:
+            raise ConfigError(
+                f"{url} is not a Parquet file ({why.rstrip('.')}): was it copied whole, and "
+                "is it Parquet? (a file's extension chooses how it is read)"
+            )
 
 
 def source_for(

@@ -253,4 +253,7 @@ def test_cli_errors_are_one_line_and_exit_2(
     (tmp_path / "more.csv").mkdir()  # a folder, as a shell's glob gives it
     assert main(["ingest", str(tmp_path / "more.csv"), "--store", str(tmp_path)]) == 2
     assert "more.csv' is a folder, not a file" in capsys.readouterr().err
+    (tmp_path / "cut.parquet").write_bytes(b"PAR1")  # a copy cut short: no footer
+    assert main(["ingest", str(tmp_path / "cut.parquet"), "--store", str(tmp_path)]) == 2
+    assert "cut.parquet is not a Parquet file (" in capsys.readouterr().err
     assert main(["capture", "info", "nope", "--store", str(tmp_path)]) == 2
