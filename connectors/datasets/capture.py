@@ -556,6 +556,10 @@ def input_fingerprint(url: str) -> str:
                 h.update(chunk)
     except FileNotFoundError:
         raise ConfigError(f"input {url!r} does not exist") from None
+    except IsADirectoryError:
+        raise ConfigError(
+            f"input {url!r} is a folder, not a file: name the files in it (FOLDER/*.parquet)"
+        ) from None
     return h.hexdigest()
 
 

@@ -42,5 +42,15 @@ def read(
         yield pa.Table.from_batches(held), []
 
 
+def unreadable(f: BinaryIO) -> str | None:
+    """Why ``f`` is no Parquet file at all — no footer Arrow can read: empty, cut short by a
+    copy, another format under a Parquet name — or None. (Its pages are read only by the run.)"""
+    try:
+        pq.read_metadata(f)
+    except (pa.ArrowInvalid, OSError) as exc:  # (a footer that fails to decode: OSError)
+        return str(exc)
+    return None
+
+
 def write(table: pa.Table, out: BinaryIO) -> None:
     pq.write_table(table, out)

@@ -44,6 +44,7 @@ from obsflow.connectors.datasets.capture import (
 )
 from obsflow.connectors.datasets.views import check_view, view_base, view_doc
 from obsflow.connectors.errors import ConfigError, ObsflowError
+from obsflow.connectors.formats import parquet_files
 from obsflow.connectors.formats.normalize import normalize
 from obsflow.connectors.formats.registry import format_of
 from obsflow.connectors.formats.schema import MAX_CONTEXT_CHARS, MAX_RECORD_BYTES, TRACE, InputSpec
@@ -152,6 +153,8 @@ class IngestConfig:
                 skipped.append((url, str(record.get("run"))))
             else:
                 todo.append(url)
+        if not self.format:
+            refuse_unreadable(todo)
         config = replace(
             self, inputs=tuple(todo), fingerprints=tuple((u, fingerprints[u]) for u in todo)
         )
@@ -232,6 +235,22 @@ class IngestConfig:
             external_roots=list(self.external_roots),
         )
         return out
+
+
+def refuse_unreadable(urls: Iterable[str]) -> None:
+    """``ConfigError`` for an input that is no file of its format at all, before a run reads
+    any (a refusal, not a run that fails after others were read): a Parquet file without a
+    footer. (A file whose footer reads but whose pages are corrupt fails the run.)"""
+    for url in urls:
+        if format_of(url).name != "parquet":
+            continue
+        with open_input(url) as f:
+            why = parquet_files.unreadable(f)
+        if why is not None:
+            raise ConfigError(
+                f"{url} is not a Parquet file ({why.rstrip('.')}): was it copied whole, and "
+                "is it Parquet? (a file's extension chooses how it is read)"
+            )
 
 
 def source_for(

@@ -323,10 +323,11 @@ def test_a_file_that_is_not_what_its_extension_says_is_one_line_without_a_panic(
         env={**os.environ, "RUST_BACKTRACE": "1"},
         timeout=120,
     )
-    assert proc.returncode == 1
+    assert proc.returncode == 2  # (refused before the run reads anything)
     assert proc.stderr.splitlines() == [
-        f"obsflow: error: cannot read {bad} as parquet: Parquet magic bytes not found in footer. "
-        "Either the file is corrupted or this is not a parquet file."
+        f"obsflow: error: {bad} is not a Parquet file (Parquet magic bytes not found in footer. "
+        "Either the file is corrupted or this is not a parquet file): was it copied whole, and "
+        "is it Parquet? (a file's extension chooses how it is read)"
     ]
 
 

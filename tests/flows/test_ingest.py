@@ -250,4 +250,10 @@ def test_cli_errors_are_one_line_and_exit_2(
     assert "capture name '../up'" in capsys.readouterr().err
     assert main(["ingest", str(tmp_path / "nope.csv"), "--store", str(tmp_path)]) == 2
     assert "nope.csv' does not exist" in capsys.readouterr().err
+    (tmp_path / "more.csv").mkdir()  # a folder, as a shell's glob gives it
+    assert main(["ingest", str(tmp_path / "more.csv"), "--store", str(tmp_path)]) == 2
+    assert "more.csv' is a folder, not a file" in capsys.readouterr().err
+    (tmp_path / "cut.parquet").write_bytes(b"PAR1")  # a copy cut short: no footer
+    assert main(["ingest", str(tmp_path / "cut.parquet"), "--store", str(tmp_path)]) == 2
+    assert "cut.parquet is not a Parquet file (" in capsys.readouterr().err
     assert main(["capture", "info", "nope", "--store", str(tmp_path)]) == 2
