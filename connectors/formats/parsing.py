@@ -275,8 +275,11 @@ def parse_seq(column: pa.ChunkedArray) -> tuple[pa.Array, np.ndarray]:
     if pa.types.is_integer(column.type):
         known = ~np.asarray(column.is_null().to_numpy(zero_copy_only=False), dtype=bool)
         if pa.types.is_unsigned_integer(column.type):
-            known &= ~np_bool(pc.greater(column, _I64_MAX))
-        raw = pc.if_else(pa.array(known), column, 0).cast(pa.int64(), safe=False).to_numpy()
+            # (against a uint64 scalar: a Python int would be cast to the column's type... or
+            # the column to int64, which fails on 2**64 - 1)
+            known &= ~np_bool(pc.greater(column, pa.scalar(_I64_MAX, pa.uint64())))
+        zero = pa.scalar(0, column.type)  # (a Python 0 would cast a uint64 column to int64)
+        raw = pc.if_else(pa.array(known), column, zero).cast(pa.int64(), safe=False).to_numpy()
         bad = ~known | (raw < 0)
         return pa.array(np.where(bad, 0, raw)), bad
     s, bad = parse_float(column)

@@ -46,7 +46,7 @@ from obsflow.connectors.datasets.views import check_view, view_base, view_doc
 from obsflow.connectors.errors import ConfigError, ObsflowError
 from obsflow.connectors.formats import parquet_files
 from obsflow.connectors.formats.normalize import normalize
-from obsflow.connectors.formats.registry import format_of
+from obsflow.connectors.formats.registry import format_of, not_text
 from obsflow.connectors.formats.schema import MAX_CONTEXT_CHARS, MAX_RECORD_BYTES, TRACE, InputSpec
 from obsflow.connectors.ids import check_name
 from obsflow.connectors.payloads.format import INLINE_LIMIT
@@ -240,17 +240,24 @@ class IngestConfig:
 def refuse_unreadable(urls: Iterable[str]) -> None:
     """``ConfigError`` for an input that is no file of its format at all, before a run reads
     any (a refusal, not a run that fails after others were read): a Parquet file without a
-    footer. (A file whose footer reads but whose pages are corrupt fails the run.)"""
+    footer; a CSV or JSON-lines file that is no UTF-8 text (``registry.not_text``). (A file
+    whose footer reads but whose pages are corrupt: its records are dead letters.)"""
     for url in urls:
-        if format_of(url).name != "parquet":
+        name = format_of(url).name
+        if name not in ("parquet", "csv", "jsonl"):
             continue
         with open_input(url) as f:
-            why = parquet_files.unreadable(f)
+            if name == "parquet":
+                why = parquet_files.unreadable(f)
+                if why is not None:
+                    raise ConfigError(
+                        f"{url} is not a Parquet file ({why.rstrip('.')}): was it copied "
+                        "whole, and is it Parquet? (a file's extension chooses how it is read)"
+                    )
+                continue
+            why = not_text(url, f.read(1 << 16))
         if why is not None:
-            raise ConfigError(
-                f"{url} is not a Parquet file ({why.rstrip('.')}): was it copied whole, and "
-                "is it Parquet? (a file's extension chooses how it is read)"
-            )
+            raise ConfigError(f"{url} cannot be read as {name}: {why}")
 
 
 def source_for(
