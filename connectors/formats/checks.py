@@ -153,9 +153,13 @@ def check_columns(batch: Batch) -> Checked:
 
 
 def _invalid_ids(name: str, ids: pa.DictionaryArray) -> Rejected:
-    """Rows whose id is not in the id charset or is too long (or empty)."""
-    message = f"{name} id must match [A-Za-z0-9._:-]{{1,128}}"
-    return Rejected(~np_bool(valid_ids(ids)), "bad_id", message)
+    """Rows whose id is not in the id charset or is too long (or empty), each message naming
+    its id (ids become paths and keys: only these characters, ASCII)."""
+    bad = ~np_bool(valid_ids(ids))
+    rule = f"{name} id must match [A-Za-z0-9._:-]{{1,128}} (ASCII; --map picks another column)"
+    return Rejected(
+        bad, "bad_id", each(bad, pa.chunked_array([ids]), lambda v: f"{rule}: {sample(v)}")
+    )
 
 
 def check_source(batch: Batch) -> Checked:

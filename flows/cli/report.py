@@ -188,7 +188,7 @@ def format_summary(summary: dict[str, Any], store: Store) -> str:
     return "\n".join(lines)
 
 
-SAMPLED = ("bad_time", "bad_value")
+SAMPLED = ("bad_time", "bad_value", "bad_id")
 """Reasons whose first dead letter a summary shows: their messages name the value and what
 would be read."""
 
