@@ -491,12 +491,15 @@ def cmd_drop(args: argparse.Namespace) -> int:
         sys.stderr.write(f"drop {kind} {args.name!r}? type its name again to confirm: ")
         sys.stderr.flush()
         answer = sys.stdin.readline().strip()
+        if not sys.stdin.isatty():  # (a terminal echoes the typed line end; a pipe does not)
+            sys.stderr.write("\n")
         if answer != args.name:
             said = f"{answer!r} is not {args.name!r}" if answer else "no name was typed"
             raise ConfigError(f"{said}: nothing was dropped (--yes drops without asking)")
     if kind == "capture":
         done = drop_capture(store, args.name)
-        also = f" and its views {', '.join(done.views)}" if done.views else ""
+        views = "view" if len(done.views) == 1 else "views"
+        also = f" and its {views} {', '.join(done.views)}" if done.views else ""
         say(
             f"capture {args.name!r} ({plural(done.readings, 'reading')}){also} dropped by "
             f"commit #{done.commit}; --as-of {done.commit - 1} reads them until a vacuum "

@@ -138,7 +138,7 @@ def test_capture_drop_takes_one_capture_and_its_views_and_time_travel_still_read
 
     done = run_stdin(["capture", "drop", "wx", "--store", str(store)], "wx\n")
     assert done.returncode == 0, done.stderr
-    assert "capture 'wx' (60 readings) and its views hourly dropped by commit #2" in done.stderr
+    assert "capture 'wx' (60 readings) and its view hourly dropped by commit #2" in done.stderr
     listed = obsflow("capture", "list", "--store", str(store))
     assert "wx" not in listed.stdout
     assert "sea" in listed.stdout
