@@ -289,15 +289,18 @@ def read_view(
 
 
 def view_doc_as_of(store: Store, name: str, as_of: AsOf) -> dict[str, Any]:
-    """A view's definition document as of ``as_of`` (the latest: None)."""
-    doc = read_view_doc(store, name)
-    if as_of is None:
-        return doc
-    snap = version(store, layout.view_dir(name), doc.get("capture"), as_of)
+    """A view's definition document as of ``as_of`` (the latest: None) — of a view dropped
+    since, too (``views drop``: time travel reads it until a vacuum)."""
+    latest = tables.snapshot(store, layout.view_dir(name))
+    if as_of is None or latest is None:
+        return read_view_doc(store, name)  # (raises: no such view, with those there are)
+    snap = version(store, latest.table, latest.description.get("capture"), as_of)
     if snap is None:
         raise StoreError(f"view {name!r} did not exist then (--as-of {as_of})")
     head = view_head(store, name, version=snap.version)
-    return head.doc if head is not None and head.doc else doc
+    if head is not None and head.doc:
+        return head.doc
+    return read_view_doc(store, name)
 
 
 def read_late(

@@ -153,6 +153,10 @@ def test_capture_drop_takes_one_capture_and_its_views_and_time_travel_still_read
     then = obsflow("capture", "info", "wx", "--as-of", "1", "--json", "--store", str(store))
     assert then.returncode == 0, then.stderr
     assert json.loads(then.stdout)["rows"] == 60
+    hourly = obsflow("views", "show", "hourly", "--as-of", "1", "-o", str(tmp_path / "h.csv"),
+                     "--store", str(store))  # fmt: skip
+    assert hourly.returncode == 0, hourly.stderr
+    assert pd.read_csv(tmp_path / "h.csv")["count"].sum() == 60
     old = pl.read_delta(str(store / "captures" / "wx"), version=0)
     assert old.height == 60
     assert pl.read_delta(str(store / "captures" / "wx")).height == 0
