@@ -38,14 +38,13 @@ _KINDS = (
     (stat.S_ISBLK, "block device"),
     (stat.S_ISFIFO, "FIFO"),
     (stat.S_ISSOCK, "socket"),
-    (stat.S_ISDIR, "directory"),
 )
 
 
 def check_regular(url: str) -> None:
     """Refuse a local input that is no regular file (after symlinks): a device such as
     ``/dev/zero`` has no end to read or hash, and opening a FIFO waits for a writer. Other
-    URLs (and a path that does not exist: its opening says so) pass."""
+    URLs (and a path that does not exist or is a folder: its opening says so) pass."""
     scheme, sep, rest = url.partition("://")
     if sep and scheme != "file":
         return
@@ -53,7 +52,7 @@ def check_regular(url: str) -> None:
         mode = os.stat(rest if sep else url).st_mode
     except OSError:
         return
-    if stat.S_ISREG(mode):
+    if stat.S_ISREG(mode) or stat.S_ISDIR(mode):  # a folder: its opening says what to do
         return
     kind = next((name for test, name in _KINDS if test(mode)), "special file")
     raise ConfigError(

@@ -243,6 +243,8 @@ def refuse_unreadable(urls: Iterable[str]) -> None:
     footer; a CSV or JSON-lines file that is no UTF-8 text (``registry.not_text``). (A file
     whose footer reads but whose pages are corrupt: its records are dead letters.)"""
     for url in urls:
+        if url.startswith("sim://"):
+            continue
         name = format_of(url).name
         if name not in ("parquet", "csv", "jsonl"):
             continue

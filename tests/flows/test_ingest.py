@@ -104,16 +104,16 @@ def test_bad_ids_and_times_are_counted_and_kept_not_fatal(tmp_path: Path) -> Non
         == 0
     )
     s = json.loads(summary.read_text())
-    assert (s["input"], s["accepted"], s["rejected"]) == (6, 3, 3)
+    assert (s["input"], s["accepted"], s["rejected"]) == (6, 2, 4)
     assert s["input"] == s["accepted"] + s["rejected"] + s["duplicates"]
-    assert s["rejected_by_reason"] == {"bad_id": 2, "bad_time": 1}
+    assert s["rejected_by_reason"] == {"bad_id": 2, "bad_time": 1, "missing_field": 1}
     dead = read_dir(store / "deadletter")
-    assert sorted(dead["reason"]) == ["bad_id", "bad_id", "bad_time"]
+    assert sorted(dead["reason"]) == ["bad_id", "bad_id", "bad_time", "missing_field"]
     assert set(dead["origin"]) == {str(csv)}
-    assert {json.loads(r)["source"] for r in dead["raw"]} == {"../escape", "good-1", None}
+    assert {json.loads(r)["source"] for r in dead["raw"]} == {"../escape", "good-1", "good-2", None}
     assert not (store / "captures" / "c" / "..").resolve().joinpath("escape").exists()
     cap = read_dir(store / "captures" / "c")
-    assert sorted(cap["value"].fillna(-1)) == [-1.0, 1.0, 4.0]  # empty value = missing, kept
+    assert sorted(cap["value"]) == [1.0, 4.0]  # an empty value is missing: a dead letter
 
 
 def test_one_and_two_workers_write_the_same_capture(tmp_path: Path) -> None:
