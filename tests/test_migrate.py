@@ -7,6 +7,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import re
 import shutil
 from pathlib import Path
 from typing import Any
@@ -138,8 +139,12 @@ def test_a_migrated_store_takes_new_runs_and_migrating_again_changes_nothing(
     views = str(FIXTURE / "inputs" / "views.toml")
     fresh = str(tmp_path / "fresh")
     for name in ("a.csv", "b.csv"):
-        csv = str(FIXTURE / "inputs" / name)
-        assert main(["ingest", csv, "--store", fresh, "--capture", "wx", "--views", views]) == 0
+        # Layout 1 captured an empty value as NaN; today it is a missing_field dead letter,
+        # and the text NaN is NaN: the fresh store gets the same readings from that text.
+        csv = tmp_path / name
+        csv.write_text(re.sub(r",$", ",NaN", (FIXTURE / "inputs" / name).read_text(), flags=re.M))
+        argv = ["ingest", str(csv), "--store", fresh, "--capture", "wx", "--views", views]
+        assert main(argv) == 0
     assert main(["replay", "--store", str(old_store), "--capture", "wx", "--views", views]) == 0
     lineage = ["run", "view_hash"]
     for name in ("wx_1m", "wx_sess"):

@@ -62,10 +62,23 @@ class CaptureMeta:
         return {"kind": "capture", **self.__dict__}
 
 
+DROPPED = "obsflow.dropped"
+"""The Delta txn application id whose number is the capture's commit that dropped it
+(``obsflow capture drop``): a capture whose last commit is that one holds nothing and is no
+capture to anyone but time travel, until a run into its name commits again."""
+
+
+def dropped(snap: Snapshot, name: str) -> bool:
+    """Whether this version of capture ``name``'s table is one of a dropped capture."""
+    at = snap.txn(DROPPED)
+    return at > 0 and at == snap.txn(name)
+
+
 def capture_snapshot(store: Store, name: str, *, as_of: Any = None) -> Snapshot | None:
     """A version of the capture's table — the latest, or ``as_of`` a commit number of the
-    capture or a time — None if there is none."""
-    return snapshot_as_of(store, layout.capture_dir(name), name, as_of)
+    capture or a time — None if there is none (or the capture was dropped by then)."""
+    snap = snapshot_as_of(store, layout.capture_dir(name), name, as_of)
+    return None if snap is None or dropped(snap, name) else snap
 
 
 def open_capture(store: Store, name: str, snap: Snapshot | None = None) -> CaptureMeta:
@@ -93,14 +106,17 @@ def no_version(store: Store, name: str, as_of: Any) -> StoreError:
 
 
 def capture_exists(store: Store, name: str) -> bool:
-    return tables.exists(store, layout.capture_dir(name))
+    """Whether capture ``name`` is there (a dropped one is not)."""
+    snap = tables.snapshot(store, layout.capture_dir(name))
+    return snap is not None and not dropped(snap, name)
 
 
 def planned_capture(store: Store, name: str, partitions: int | None) -> CaptureMeta:
     """The capture a run writes: the existing one (its partition count is fixed), or a new one
     with ``partitions`` (default 4), created when the run commits."""
-    if capture_exists(store, name):
-        meta = open_capture(store, name)
+    snap = tables.snapshot(store, layout.capture_dir(name))
+    if snap is not None:  # (a dropped capture's name keeps its table, so its partitions)
+        meta = open_capture(store, name, snap)
         if partitions is not None and partitions != meta.partitions:
             raise CaptureExistsError(
                 f"capture {name!r} has {meta.partitions} partitions, not {partitions}; "
@@ -114,7 +130,12 @@ def planned_capture(store: Store, name: str, partitions: int | None) -> CaptureM
 
 
 def list_captures(store: Store) -> list[str]:
-    return [n for n in store.listdir("captures") if store.exists(f"captures/{n}/{tables.LOG_DIR}")]
+    """The store's captures (not those dropped)."""
+    return [
+        n
+        for n in store.listdir("captures")
+        if store.exists(f"captures/{n}/{tables.LOG_DIR}") and capture_exists(store, n)
+    ]
 
 
 @dataclass(frozen=True)
@@ -535,6 +556,10 @@ def input_fingerprint(url: str) -> str:
                 h.update(chunk)
     except FileNotFoundError:
         raise ConfigError(f"input {url!r} does not exist") from None
+    except IsADirectoryError:
+        raise ConfigError(
+            f"input {url!r} is a folder, not a file: name the files in it (FOLDER/*.parquet)"
+        ) from None
     return h.hexdigest()
 
 

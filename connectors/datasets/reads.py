@@ -25,7 +25,12 @@ import pyarrow.compute as pc
 import pyarrow.dataset as ds
 
 from obsflow.connectors.algorithms.partitions import partitions_of
-from obsflow.connectors.datasets.capture import list_captures, no_version, open_capture
+from obsflow.connectors.datasets.capture import (
+    capture_snapshot,
+    list_captures,
+    no_version,
+    open_capture,
+)
 from obsflow.connectors.datasets.views import read_view_doc, view_head
 from obsflow.connectors.errors import ConfigError, StoreError
 from obsflow.connectors.formats.parsing import to_utc
@@ -158,7 +163,7 @@ def capture_files_read(
     as_of: AsOf = None,
 ) -> list[FileEntry]:
     """The capture files a read of ``sources`` in ``[start, until)`` opens."""
-    snap = version(store, layout.capture_dir(name), name, as_of)
+    snap = capture_snapshot(store, name, as_of=as_of)  # (None too if dropped by then)
     if snap is None:
         raise no_version(store, name, as_of)
     return _pick(snap, _partitions(store, name, _list(sources)), start, until)
@@ -284,15 +289,18 @@ def read_view(
 
 
 def view_doc_as_of(store: Store, name: str, as_of: AsOf) -> dict[str, Any]:
-    """A view's definition document as of ``as_of`` (the latest: None)."""
-    doc = read_view_doc(store, name)
-    if as_of is None:
-        return doc
-    snap = version(store, layout.view_dir(name), doc.get("capture"), as_of)
+    """A view's definition document as of ``as_of`` (the latest: None) — of a view dropped
+    since, too (``views drop``: time travel reads it until a vacuum)."""
+    latest = tables.snapshot(store, layout.view_dir(name))
+    if as_of is None or latest is None:
+        return read_view_doc(store, name)  # (raises: no such view, with those there are)
+    snap = version(store, latest.table, latest.description.get("capture"), as_of)
     if snap is None:
         raise StoreError(f"view {name!r} did not exist then (--as-of {as_of})")
     head = view_head(store, name, version=snap.version)
-    return head.doc if head is not None and head.doc else doc
+    if head is not None and head.doc:
+        return head.doc
+    return read_view_doc(store, name)
 
 
 def read_late(

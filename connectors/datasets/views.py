@@ -117,6 +117,12 @@ def check_view(store: Store, doc: dict[str, Any]) -> bool:
             f"view {doc['name']!r} exists with definition {old.get('hash')} over capture "
             f"{old.get('capture')!r}; this run defines {doc['hash']} over {doc['capture']!r}. "
             "Replay the capture to rebuild it (obsflow replay) or use a new view name"
+            + (
+                " (view names are the store's: a views file serving several captures names "
+                'its views with {capture}, e.g. name = "{capture}_hourly")'
+                if old.get("capture") != doc["capture"]
+                else ""
+            )
         )
     return True
 

@@ -8,6 +8,7 @@ the batch. Whole-batch problems (a missing or duplicated column) come first, so 
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, NamedTuple
@@ -17,13 +18,14 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from obsflow.connectors.formats.parsing import (
+    DECIMAL_COMMA,
     as_ids,
     infer_epoch_unit,
     looks_like_values,
     np_bool,
-    parse_float,
     parse_seq,
     parse_times,
+    parse_values,
 )
 from obsflow.connectors.formats.schema import (
     AUTO,
@@ -42,11 +44,35 @@ from obsflow.connectors.ids import valid_ids
 
 
 class Rejected(NamedTuple):
-    """Rows a check rejects (a boolean mask), their reason code and its message."""
+    """Rows a check rejects (a boolean mask), their reason code and its message: one for
+    every row, or each row's own (an array of ``rows``' length: ``each``)."""
 
     rows: np.ndarray
     reason: str
-    message: str
+    message: str | np.ndarray
+
+
+def each(bad: np.ndarray, column: pa.ChunkedArray, say: Callable[[Any], str]) -> np.ndarray:
+    """Each rejected row's message, naming its own value (``say(value)``): only the rows of
+    ``bad`` are looked at."""
+    out = np.full(len(bad), "", dtype=object)
+    rows = np.flatnonzero(bad)
+    if rows.size:
+        taken = column.take(pa.array(rows, pa.int64()))
+        try:
+            values = taken.to_pylist()
+        except (ValueError, OverflowError):  # (a time Python's datetime cannot hold)
+            values = [f"{v} ({taken.type})" for v in taken.cast(pa.int64()).to_pylist()]
+        out[rows] = [say(v) for v in values]
+    return out
+
+
+def sample(value: Any) -> str:
+    """A value as a message shows it: text quoted (its first 60 characters), a number as
+    written."""
+    if isinstance(value, str):
+        return repr(value if len(value) <= 60 else value[:60] + "...")
+    return str(value)
 
 
 class Checked(NamedTuple):
@@ -97,7 +123,10 @@ class Batch:
 
 
 def _stands_in(batch: Batch, name: str) -> bool:
-    """Whether a missing field's column is not needed: a broker's receipt time is the time."""
+    """Whether a missing field's column is not needed: a broker's receipt time is the time;
+    readings that carry a payload (an array) need no value."""
+    if name == "value":
+        return "payload" in batch.table.column_names
     return name == "time" and batch.received is not None
 
 
@@ -124,9 +153,13 @@ def check_columns(batch: Batch) -> Checked:
 
 
 def _invalid_ids(name: str, ids: pa.DictionaryArray) -> Rejected:
-    """Rows whose id is not in the id charset or is too long (or empty)."""
-    message = f"{name} id must match [A-Za-z0-9._:-]{{1,128}}"
-    return Rejected(~np_bool(valid_ids(ids)), "bad_id", message)
+    """Rows whose id is not in the id charset or is too long (or empty), each message naming
+    its id (ids become paths and keys: only these characters, ASCII)."""
+    bad = ~np_bool(valid_ids(ids))
+    rule = f"{name} id must match [A-Za-z0-9._:-]{{1,128}} (ASCII; --map picks another column)"
+    return Rejected(
+        bad, "bad_id", each(bad, pa.chunked_array([ids]), lambda v: f"{rule}: {sample(v)}")
+    )
 
 
 def check_source(batch: Batch) -> Checked:
@@ -163,26 +196,30 @@ def check_channel(batch: Batch) -> Checked:
     return Checked({"channel": ids}, tuple(found))
 
 
+UNIT_NAMES = {"s": "seconds", "ms": "milliseconds", "us": "microseconds", "ns": "nanoseconds"}
+TIME_FORMATS = (
+    "use ISO 8601 (2026-01-01T00:00:00Z, or +01:00; naive is UTC) or an epoch number in s, ms, "
+    "us or ns (--time-unit)"
+)
+"""What a time may be written as: said by every ``bad_time`` message."""
+
+
 def check_time(batch: Batch) -> Checked:
     """Event times as timestamp[ns, UTC] from any supported column; a record without one
-    takes its broker's receipt time. Epoch numbers of another magnitude than the rest are
-    rejected when the unit is inferred."""
+    takes its broker's receipt time. When the unit is inferred, epoch numbers of another
+    magnitude than most of the column's, and 0 or negative ones, are rejected: each says
+    why, with its value."""
     col, received, n = batch.field("time"), batch.received, batch.n
     times, ok = np.zeros(n, dtype=np.int64), np.zeros(n, dtype=bool)
     rejects, epoch_unit = [], None
     if col is not None:
         unit: str | None = batch.spec.time_unit
         if unit == AUTO:
-            unit, odd = infer_epoch_unit(col)
+            unit, odd, placeholder = infer_epoch_unit(col)
             epoch_unit = unit
-            rejects.append(
-                Rejected(
-                    odd,
-                    "bad_time",
-                    f"an epoch time of another magnitude than the rest (read as {unit}); "
-                    "give --time-unit",
-                )
-            )
+            says = _placeholder(unit)
+            rejects.append(Rejected(placeholder, "bad_time", each(placeholder, col, says)))
+            rejects.append(Rejected(odd, "bad_time", each(odd, col, _odd(unit))))
         times, ok = parse_times(col, unit or "ns")
     if received is not None:  # a record without a time has its broker's
         absent = (
@@ -190,11 +227,35 @@ def check_time(batch: Batch) -> Checked:
         )
         times = np.where(absent, received.cast(pa.int64()).to_numpy(), times)
         ok |= absent
-    if col is not None or received is not None:
-        message = "time is missing, unparseable or outside the ns range"
-        rejects.append(Rejected(~ok, "bad_time", message))
+    if col is not None:
+        rejects.append(Rejected(~ok, "bad_time", each(~ok, col, _no_time)))
     column = pa.array(times, type=pa.int64()).cast(TIME_TYPE)
     return Checked({"time": column}, tuple(rejects), epoch_unit)
+
+
+def _placeholder(unit: str | None) -> Callable[[Any], str]:
+    read = f"no time to read in {UNIT_NAMES[unit]} (the unit" if unit else "no time (no unit"
+    return lambda value: (
+        f"epoch time {sample(value)} is 0 or negative: {read} --time-unit auto finds in this "
+        "column's epoch times) but a placeholder; give --time-unit s (or its unit) to read it "
+        "as given"
+    )
+
+
+def _odd(unit: str | None) -> Callable[[Any], str]:
+    return lambda value: (
+        f"epoch time {sample(value)} is of another magnitude than the rest (read as {unit}); "
+        "give --time-unit"
+    )
+
+
+def _no_time(value: Any) -> str:
+    if value is None or (isinstance(value, str) and not value.strip()):
+        return f"time is missing: every record needs one; {TIME_FORMATS}"
+    return (
+        f"time {sample(value)} is not a time obsflow reads, or outside its range (1677-09-21 "
+        f"to 2262-04-11); {TIME_FORMATS}"
+    )
 
 
 def check_context(batch: Batch) -> Checked:
@@ -221,14 +282,44 @@ def check_context(batch: Batch) -> Checked:
     return Checked(columns, tuple(rejects))
 
 
+MISSING_VALUE = (
+    "value is missing (no value, null or an empty cell): every reading needs one; a missing "
+    "value written as NaN is kept as one"
+)
+
+
 def check_value(batch: Batch) -> Checked:
-    """Values as float64: NaN where missing; unparseable text and ±inf are rejected."""
-    col = batch.field("value")
+    """Values as float64. A record without one (null, an empty cell) is rejected, but one
+    that carries a payload; a value written NaN is a missing value, kept as NaN; unparseable
+    text and ±inf are rejected, each with its value (and a decimal comma said so)."""
+    col, decimal = batch.field("value"), batch.spec.decimal
     if col is None:
         return Checked({"value": pa.array(np.full(batch.n, np.nan), type=pa.float64())})
-    values, bad = parse_float(col)
+    values, bad, missing = parse_values(col, decimal)
+    for name in ("payload", "chunk_id"):  # (a payload's reading may have no scalar value)
+        carried, _problem = batch.lookup(name)
+        if carried is not None and missing.any():
+            missing &= np_bool(carried.is_null())
     column = pa.array(values, type=pa.float64(), from_pandas=False)
-    return Checked({"value": column}, (Rejected(bad, "bad_value", "value is not a finite number"),))
+    return Checked(
+        {"value": column},
+        (
+            Rejected(missing, "missing_field", MISSING_VALUE),
+            Rejected(bad, "bad_value", each(bad, col, _bad_value(decimal))),
+        ),
+    )
+
+
+def _bad_value(decimal: str) -> Callable[[Any], str]:
+    def say(value: Any) -> str:
+        why = f"value is not a finite number: {sample(value)}"
+        if decimal == "," and isinstance(value, str) and "." in value:
+            return f"{why} (--decimal , says a comma marks the fraction)"
+        if decimal == "." and isinstance(value, str) and re.match(DECIMAL_COMMA, value):
+            return f"{why} (written with a decimal comma: --decimal , reads it)"
+        return why
+
+    return say
 
 
 def check_seq(batch: Batch) -> Checked:

@@ -70,7 +70,12 @@ def read(
 ) -> Iterator[tuple[pa.Table, list[tuple[int, str, str]]]]:
     """A JSON-lines file as tables of ``batch_rows`` lines each, with its lines that hold no
     record as (line, why, raw text); a line longer than ``max_bytes`` (its line end not
-    counted) is one of them."""
+    counted) is one of them. A file that is one JSON array (``.json`` as pandas'
+    ``to_json(orient="records")`` or ``json.dump(rows, f, indent=2)`` write it) is read as
+    its elements, each a line."""
+    elements = _array_file(f)
+    if elements is not None:
+        f = io.BytesIO(b"\n".join(elements))
     line_no = 1
     while True:
         lines, cut = _take_lines(f, batch_rows, max_bytes)
@@ -79,6 +84,37 @@ def read(
         table = None if cut else _arrow_table(lines)
         yield (table, []) if table is not None else _fallback(lines, line_no, max_bytes)
         line_no += len(lines)
+
+
+MAX_ARRAY_FILE = 256 << 20
+"""A file that is one JSON array is parsed whole, up to this size (JSON lines have no limit)."""
+
+
+def _array_file(f: BinaryIO) -> list[bytes] | None:
+    """The elements of a file that is one JSON array of records, each as one line of JSON;
+    None (the file rewound) for anything else — JSON lines, or an array that is not valid,
+    whose lines are then refused one by one as they are read."""
+    if not f.seekable():
+        return None
+    start = f.tell()
+    head = f.read(4096).lstrip()
+    if not head.startswith(b"["):
+        f.seek(start)
+        return None
+    f.seek(start)
+    doc = f.read(MAX_ARRAY_FILE + 1)
+    try:
+        if len(doc) > MAX_ARRAY_FILE:
+            raise RecordError("too large to read whole")
+        array = parse(doc)
+    except RecordError:
+        f.seek(start)
+        return None
+    if not isinstance(array, list):
+        f.seek(start)
+        return None
+    # (one element per line, as JSON lines: each then read, checked and refused alone)
+    return [json.dumps(e, ensure_ascii=False, allow_nan=True).encode() for e in array]
 
 
 def capped(

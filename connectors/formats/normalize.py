@@ -33,20 +33,20 @@ class Normalized:
 
 
 class _Rejector:
-    """Collects per-row reason codes; the first reason found for a row wins, and the first
-    message given for a reason code is that code's message for the whole batch."""
+    """Collects per-row reason codes and messages; the first reason found for a row wins."""
 
     def __init__(self, n: int) -> None:
         self.ok = np.ones(n, dtype=bool)
         self.reason = np.full(n, "", dtype=object)
-        self.detail: dict[str, str] = {}
+        self.message = np.full(n, "", dtype=object)
 
     def reject(self, found: Rejected) -> None:
         bad, reason, what = found
         new = bad & self.ok
         if new.any():
             self.reason[new] = reason
-            self.detail.setdefault(reason, what)
+            # (one message for every row, or each row's own: ``Rejected.message``)
+            self.message[new] = what if isinstance(what, str) else what[new]
             self.ok &= ~bad
 
 
@@ -104,7 +104,7 @@ def _rejects(table: pa.Table, rej: _Rejector, rows: np.ndarray, origin: str) -> 
             "origin": pa.array([origin] * bad_rows.size, pa.string()),
             "row": pa.array(rows[bad_rows], pa.int64()),
             "reason": pa.array(reasons.tolist(), pa.string()),
-            "message": pa.array([rej.detail[r] for r in reasons], pa.string()),
+            "message": pa.array(rej.message[bad_rows].tolist(), pa.string()),
             "raw": pa.array(_raw_rows(table, bad_rows), pa.string()),
         },
         schema=REJECT_SCHEMA,

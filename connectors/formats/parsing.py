@@ -142,29 +142,36 @@ def parse_times(column: pa.ChunkedArray, time_unit: str) -> tuple[np.ndarray, np
     return np.zeros(n, dtype=np.int64), np.zeros(n, dtype=bool)
 
 
-def infer_epoch_unit(column: pa.ChunkedArray) -> tuple[str | None, np.ndarray]:
-    """The unit of a time column's epoch numbers from their magnitude — below 1e11 seconds,
-    1e14 milliseconds, 1e17 microseconds, else nanoseconds, so any time from 1973 to 5138
-    reads right — and the rows whose magnitude says another unit than most of the column's
-    (those are ``bad_time``). ``(None, none)`` when it holds no epoch number."""
+def infer_epoch_unit(column: pa.ChunkedArray) -> tuple[str | None, np.ndarray, np.ndarray]:
+    """The unit of a time column's epoch numbers from the magnitude of most of its positive
+    ones — below 1e11 seconds, 1e14 milliseconds, 1e17 microseconds, else nanoseconds, so any
+    time from 1973 to 5138 reads right — and two masks of rows that are ``bad_time`` for it:
+    those of another magnitude than that, and 0 or negative numbers (placeholders such as 0
+    and -1 more often than times before 1970: they have no magnitude to tell a unit, and do
+    not vote). ``(None, none, none)`` when it holds no epoch number."""
     typ, n = column.type, len(column)
+    none = np.zeros(n, dtype=bool)
     if pa.types.is_integer(typ) or pa.types.is_floating(typ):  # (only the magnitude matters)
-        mag = np.abs(column.cast(pa.float64(), safe=False).fill_null(np.nan).to_numpy())
+        number = column.cast(pa.float64(), safe=False).fill_null(np.nan).to_numpy()
     elif pa.types.is_string(typ) or pa.types.is_large_string(typ):
         text = pc.utf8_trim_whitespace(column.cast(pa.string()))
         digits = np_bool(pc.match_substring_regex(text, EPOCH_TEXT))
         if not digits.any():  # ISO text, the usual case: nothing to infer
-            return None, np.zeros(n, dtype=bool)
-        mag = np.full(n, np.nan)
-        mag[digits] = np.abs(text.filter(pa.array(digits)).cast(pa.float64()).to_numpy())
+            return None, none, none
+        number = np.full(n, np.nan)
+        number[digits] = text.filter(pa.array(digits)).cast(pa.float64()).to_numpy()
     else:
-        return None, np.zeros(n, dtype=bool)
-    known = np.isfinite(mag)
+        return None, none, none
+    known = np.isfinite(number)
     if not known.any():
-        return None, np.zeros(n, dtype=bool)
-    magnitude = np.digitize(np.where(known, mag, 0.0), _MAGNITUDES)
-    most = int(np.bincount(magnitude[known], minlength=len(_BY_MAGNITUDE)).argmax())
-    return _BY_MAGNITUDE[most], known & (magnitude != most)
+        return None, none, none
+    placeholder = known & (number <= 0)
+    voting = known & ~placeholder
+    if not voting.any():
+        return None, none, placeholder
+    magnitude = np.digitize(np.where(voting, number, 0.0), _MAGNITUDES)
+    most = int(np.bincount(magnitude[voting], minlength=len(_BY_MAGNITUDE)).argmax())
+    return _BY_MAGNITUDE[most], voting & (magnitude != most), placeholder
 
 
 def _as_int(parsed: pd.Series) -> np.ndarray:
@@ -210,20 +217,46 @@ def _digits_to_int(column: pa.Array, digits: np.ndarray) -> tuple[np.ndarray, np
     return np.where(neg, -value, value), ok
 
 
-def parse_float(column: pa.ChunkedArray) -> tuple[np.ndarray, np.ndarray]:
-    """Values as float64 and a mask of rows whose value is unusable (unparseable or ±inf)."""
+MISSING_TEXT = pa.array(
+    [
+        *("nan", "-nan", "null", "none", "na", "n/a", "#n/a", "#na", "#n/a n/a"),
+        *("-1.#ind", "1.#ind", "-1.#qnan", "1.#qnan"),
+    ]
+)
+"""How a missing value is written as text (lower case; Arrow's CSV reader's null values and
+pandas' ``None``): a value NaN, not a bad one."""
+DECIMAL_COMMA = r"^\s*[-+]?[0-9]+,[0-9]+\s*$"
+"""A number written with a decimal comma (``21,5``), as European exports write them."""
+
+
+def parse_float(column: pa.ChunkedArray, decimal: str = ".") -> tuple[np.ndarray, np.ndarray]:
+    """Values as float64 and a mask of rows whose value is unusable (unparseable or ±inf);
+    text with ``decimal`` ``","`` has a decimal comma (``21,5``; a point is then unusable)."""
+    values, bad, _absent = parse_values(column, decimal)
+    return values, bad
+
+
+def parse_values(
+    column: pa.ChunkedArray, decimal: str = "."
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``parse_float``, and a mask of the rows that hold no value at all: null, or text of
+    nothing but spaces (an empty CSV cell). A value written NaN (a float, or ``MISSING_TEXT``)
+    is one: a missing value, written."""
     typ = column.type
     n = len(column)
     if pa.types.is_floating(typ) or pa.types.is_integer(typ) or pa.types.is_decimal(typ):
+        absent = np_bool(column.is_null())
         values = column.cast(pa.float64()).fill_null(np.nan).to_numpy()
-        return values, np.isinf(values)
+        return values, np.isinf(values), absent
     if pa.types.is_null(typ):
-        return np.full(n, np.nan), np.zeros(n, dtype=bool)
+        return np.full(n, np.nan), np.zeros(n, dtype=bool), np.ones(n, dtype=bool)
     if pa.types.is_string(typ) or pa.types.is_large_string(typ):
         text = pc.utf8_trim_whitespace(column)
-        blank = np_bool(pc.equal(text, "")) | np.asarray(
-            text.is_null().to_numpy(zero_copy_only=False), dtype=bool
-        )
+        blank = np_bool(pc.equal(text, "")) | np_bool(text.is_null())
+        pointed = np.zeros(n, dtype=bool)
+        if decimal == ",":
+            pointed = np_bool(pc.match_substring(text, "."))
+            text = pc.replace_substring(text, ",", ".")
         import pandas as pd
 
         series = pd.Series(text.to_numpy(zero_copy_only=False), dtype=object)
@@ -231,10 +264,10 @@ def parse_float(column: pa.ChunkedArray) -> tuple[np.ndarray, np.ndarray]:
             dtype=np.float64, na_value=np.nan
         )
         lowered = pc.ascii_lower(text)
-        spelled_nan = np_bool(pc.is_in(lowered, pa.array(["nan", "null", "none", "na"])))
-        bad = (np.isnan(values) & ~blank & ~spelled_nan) | np.isinf(values)
-        return values, bad
-    return np.full(n, np.nan), np.ones(n, dtype=bool)
+        spelled_nan = np_bool(pc.is_in(lowered, MISSING_TEXT))
+        bad = (np.isnan(values) & ~blank & ~spelled_nan) | np.isinf(values) | pointed
+        return np.where(pointed, np.nan, values), bad, blank
+    return np.full(n, np.nan), np.ones(n, dtype=bool), np_bool(column.is_null())
 
 
 def parse_seq(column: pa.ChunkedArray) -> tuple[pa.Array, np.ndarray]:
@@ -242,8 +275,11 @@ def parse_seq(column: pa.ChunkedArray) -> tuple[pa.Array, np.ndarray]:
     if pa.types.is_integer(column.type):
         known = ~np.asarray(column.is_null().to_numpy(zero_copy_only=False), dtype=bool)
         if pa.types.is_unsigned_integer(column.type):
-            known &= ~np_bool(pc.greater(column, _I64_MAX))
-        raw = pc.if_else(pa.array(known), column, 0).cast(pa.int64(), safe=False).to_numpy()
+            # (against a uint64 scalar: a Python int would be cast to the column's type... or
+            # the column to int64, which fails on 2**64 - 1)
+            known &= ~np_bool(pc.greater(column, pa.scalar(_I64_MAX, pa.uint64())))
+        zero = pa.scalar(0, column.type)  # (a Python 0 would cast a uint64 column to int64)
+        raw = pc.if_else(pa.array(known), column, zero).cast(pa.int64(), safe=False).to_numpy()
         bad = ~known | (raw < 0)
         return pa.array(np.where(bad, 0, raw)), bad
     s, bad = parse_float(column)

@@ -10,6 +10,7 @@ names they offer (``serve`` json, csv, arrow; ``sql`` csv, json, parquet).
 
 from __future__ import annotations
 
+import codecs
 import io
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -82,6 +83,7 @@ FORMATS: dict[str, Format] = {
             read=csv_files.read,
             write=csv_files.write,
             encode=written(csv_files.write),
+            capped=csv_files.capped,
         ),
         Format(
             "jsonl",
@@ -108,6 +110,49 @@ def format_of(url: str, use: Literal["read", "write"] = "read") -> Format:
     first = [f.extensions[0] for f in able]
     listed = ", ".join(first[:-1]) + " or " + first[-1] if len(first) > 1 else "".join(first)
     raise ConfigError(f"cannot tell the format of {url!r}: use {listed}")
+
+
+_MAGIC = (
+    (b"\xff\xfe\x00\x00", "UTF-32 text: save it as UTF-8 (iconv -f UTF-32 -t UTF-8)"),
+    (b"\x00\x00\xfe\xff", "UTF-32 text: save it as UTF-8 (iconv -f UTF-32 -t UTF-8)"),
+    (b"\xff\xfe", "UTF-16 text: save it as UTF-8 (iconv -f UTF-16 -t UTF-8)"),
+    (b"\xfe\xff", "UTF-16 text: save it as UTF-8 (iconv -f UTF-16 -t UTF-8)"),
+    (b"\x1f\x8b", "gzip-compressed: decompress it first (gunzip)"),
+    (b"\x28\xb5\x2f\xfd", "zstd-compressed: decompress it first (unzstd)"),
+    (b"BZh", "bzip2-compressed: decompress it first (bunzip2)"),
+    (b"\xfd7zXZ\x00", "xz-compressed: decompress it first (unxz)"),
+    (b"PK\x03\x04", "a zip archive: unpack it first"),
+    (b"PAR1", "a Parquet file: name it .parquet"),
+    (b"\x89PNG", "a PNG image, not data"),
+    (b"\xff\xd8\xff", "a JPEG image, not data"),
+    (b"%PDF", "a PDF document, not data"),
+    (b"\x89HDF", "an HDF5 file: export it as Parquet or CSV"),
+)
+
+
+def not_text(url: str, head: bytes) -> str | None:
+    """Why an input of a text format (CSV, JSON lines) is no UTF-8 text at all, from its
+    first bytes — another encoding, compressed, binary — or None. Only what makes every record
+    unreadable: a CSV's header line (which every row needs) must be text; a bad line further on
+    is that line's dead letter."""
+    fmt = format_of(url)
+    if fmt.name not in ("csv", "jsonl"):
+        return None
+    for magic, what in _MAGIC:
+        if head.startswith(magic):
+            return f"it is {what}"
+    if fmt.name == "csv":
+        first = head.removeprefix(b"\xef\xbb\xbf").split(b"\n", 1)[0]
+        if b"\x00" in first:
+            return "its header line holds NUL bytes: it is binary, not CSV text"
+        try:  # (not final: the head may end inside a character)
+            codecs.getincrementaldecoder("utf-8")().decode(first, final=b"\n" in head)
+        except UnicodeDecodeError as exc:
+            return (
+                f"its header line is not UTF-8 text (byte {exc.start}: {exc.reason}); save it "
+                "as UTF-8 (iconv -f LATIN1 -t UTF-8, or pandas' to_csv(encoding='utf-8'))"
+            )
+    return None
 
 
 def reader_of(url: str, max_record_size: int = MAX_RECORD_BYTES) -> Reader:

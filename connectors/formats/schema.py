@@ -87,6 +87,7 @@ AUTO = "auto"  # the unit of epoch numbers, from their magnitude (``parsing.infe
 MAX_RECORD_BYTES = 1 << 20
 """The default cap on one record's text (a JSON line or message): a longer one is a
 ``malformed`` dead letter, not parsed (``--max-record-size``)."""
+DECIMAL_MARKS = (".", ",")  # --decimal: how numbers written as text mark their fraction
 RECORD_BYTES_RANGE = (1 << 10, 1 << 30)  # the caps --max-record-size takes
 _SIZE = re.compile(r"(\d+)\s*(|b|kb|mb|gb|kib|mib|gib)", re.IGNORECASE)
 _UNITS = {"kb": 10**3, "mb": 10**6, "gb": 10**9, "kib": 1 << 10, "mib": 1 << 20, "gib": 1 << 30}
@@ -116,7 +117,9 @@ class InputSpec:
     ``time_unit`` is the unit of integer/float epoch times (``auto``: from their magnitude);
     ``channels`` picks the columns of a wide input that become channels (default: every
     numeric one); ``delimiter`` splits CSV fields (default: sniffed from the header line);
-    ``max_record_size`` caps one JSON line's or message's bytes (longer: ``malformed``).
+    ``max_record_size`` caps one line's (JSON lines, CSV) or message's bytes (longer:
+    ``malformed``); ``decimal`` is the decimal mark of numbers written as text (``","``:
+    ``21,5``, as European CSV exports write them).
     """
 
     mapping: Mapping[str, str] = field(default_factory=dict)
@@ -124,6 +127,7 @@ class InputSpec:
     channels: tuple[str, ...] = ()
     delimiter: str | None = None
     max_record_size: int = MAX_RECORD_BYTES
+    decimal: str = "."
 
     def __post_init__(self) -> None:
         unknown = sorted(set(self.mapping) - {*FIELDS, TRACE})
@@ -136,6 +140,12 @@ class InputSpec:
         if self.delimiter is not None and (len(self.delimiter) != 1 or self.delimiter in '"\r\n'):
             raise ConfigError(
                 f"--delimiter {self.delimiter!r}: one character, such as , ; | or tab"
+            )
+        if self.decimal not in DECIMAL_MARKS:
+            raise ConfigError(f"--decimal {self.decimal!r}: the decimal mark is . or ,")
+        if self.decimal == "," and self.delimiter == ",":
+            raise ConfigError(
+                "--decimal , needs another CSV --delimiter than the comma (e.g. ';' or tab)"
             )
         keys = {self.column(f) for f in ("source", "time", "seq")}
         if any(c in keys or not c for c in self.channels):
@@ -161,6 +171,8 @@ class InputSpec:
             out["delimiter"] = self.delimiter
         if self.max_record_size != MAX_RECORD_BYTES:  # (a larger cap reads refused lines)
             out["max_record_size"] = self.max_record_size
+        if self.decimal != ".":
+            out["decimal"] = self.decimal
         return out
 
     @classmethod
@@ -172,10 +184,11 @@ class InputSpec:
         channels: str | Sequence[str] | None = None,
         delimiter: str | None = None,
         max_record_size: int | str = MAX_RECORD_BYTES,
+        decimal: str | None = None,
     ) -> InputSpec:
         """Build from the CLI's ``--map source=source_id,time=event_time`` (or a dict),
-        ``--channels a,b`` (or a list), ``--delimiter`` (``tab`` or ``\\t`` for a tab) and
-        ``--max-record-size`` (``1MiB``, or bytes)."""
+        ``--channels a,b`` (or a list), ``--delimiter`` (``tab`` or ``\\t`` for a tab),
+        ``--max-record-size`` (``1MiB``, or bytes) and ``--decimal`` (``.`` or ``,``)."""
         mapping: dict[str, str] = {}
         if isinstance(text, Mapping):
             mapping = dict(text)
@@ -194,4 +207,5 @@ class InputSpec:
             channels=tuple(c.strip() for c in names if c.strip()),
             delimiter="\t" if delimiter in ("tab", "\\t") else delimiter,
             max_record_size=parse_size(max_record_size),
+            decimal=decimal or ".",
         )

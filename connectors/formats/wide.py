@@ -53,7 +53,7 @@ def melt(table: pa.Table, spec: InputSpec, columns: list[str]) -> tuple[pa.Table
     parts, records = [], []
     for name in columns:
         col = table.column(name)
-        values, bad = parse_float(col)
+        values, bad = parse_float(col, spec.decimal)
         if not (~np.isnan(values) & ~bad).any():
             continue  # not one number in this batch: a text (or empty) column, not a channel
         idx = np.flatnonzero(~np.isnan(values) | bad)  # cells holding a number, or bad text

@@ -13,6 +13,8 @@ whole column's type; a line that cannot be parsed at all becomes a ``malformed``
 
 from __future__ import annotations
 
+import os
+import stat
 from collections.abc import Iterator
 from datetime import datetime
 from typing import TYPE_CHECKING, BinaryIO
@@ -31,8 +33,38 @@ if TYPE_CHECKING:
     from obsflow.connectors.sources.bluesky.io import BlueskyInput
 
 
+_KINDS = (
+    (stat.S_ISCHR, "character device"),
+    (stat.S_ISBLK, "block device"),
+    (stat.S_ISFIFO, "FIFO"),
+    (stat.S_ISSOCK, "socket"),
+)
+
+
+def check_regular(url: str) -> None:
+    """Refuse a local input that is no regular file (after symlinks): a device such as
+    ``/dev/zero`` has no end to read or hash, and opening a FIFO waits for a writer. Other
+    URLs (and a path that does not exist or is a folder: its opening says so) pass."""
+    scheme, sep, rest = url.partition("://")
+    if sep and scheme != "file":
+        return
+    try:
+        mode = os.stat(rest if sep else url).st_mode
+    except OSError:
+        return
+    if stat.S_ISREG(mode) or stat.S_ISDIR(mode):  # a folder: its opening says what to do
+        return
+    kind = next((name for test, name in _KINDS if test(mode)), "special file")
+    raise ConfigError(
+        f"input {url!r} is a {kind}, not a regular file: obsflow reads files (copy what it "
+        "holds into one)"
+    )
+
+
 def open_input(url: str) -> BinaryIO:
-    """Open an input URL for binary reading with the same backends as the store."""
+    """Open an input URL for binary reading with the same backends as the store; a local
+    input must be a regular file (``check_regular``)."""
+    check_regular(url)
     scheme, sep, rest = url.partition("://")
     if sep and scheme in BACKENDS:
         fs, path = BACKENDS[scheme](rest)
@@ -134,7 +166,8 @@ class FileSource(FixedPartitionedSource[RawBatch, int]):
 
     Validates at once that every file has a known format; opens nothing until built. CSV
     files are split at ``delimiter``, or at the one their header line shows
-    (``csv_files.sniff_delimiter``); a JSON line over ``max_record_size`` bytes is malformed.
+    (``csv_files.sniff_delimiter``); a JSON or CSV line over ``max_record_size`` bytes is
+    malformed.
     With ``bluesky`` every file is a Bluesky document stream (``connectors.sources.bluesky.io``).
     """
 
@@ -151,8 +184,9 @@ class FileSource(FixedPartitionedSource[RawBatch, int]):
             raise ConfigError("no input files given")
         if len(set(urls)) != len(urls):
             raise ConfigError("an input file is listed twice")
-        if bluesky is None:
-            for url in urls:
+        for url in urls:
+            check_regular(url)
+            if bluesky is None:
                 format_of(url)
         if batch_rows < 1:
             raise ConfigError(f"batch_rows must be positive, not {batch_rows}")

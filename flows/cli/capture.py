@@ -14,7 +14,8 @@ HELP = {
   obsflow capture show buoy --source b01 --channel sst -o b01.parquet
   obsflow capture verify buoy
   obsflow capture compact live
-  obsflow capture archive buoy --before 2025-01-01 --to s3://cold-bucket/obs""",
+  obsflow capture archive buoy --before 2025-01-01 --to s3://cold-bucket/obs
+  obsflow capture drop test1                         (asks for the name again, or --yes)""",
     ),
 }
 
@@ -84,3 +85,11 @@ def add_parser(sub: Subparsers) -> None:
         metavar="URL",
         help="the archive store: a folder or s3://bucket/prefix",
     )
+    ap = capture.action(
+        "drop",
+        "take a capture and its views away, in one commit: no listing or read shows them, "
+        "time travel (--as-of) reads them until a vacuum (capture compact); dead letters stay",
+        lazy("commands", "cmd_drop"),
+        named="the capture",
+    )
+    ap.add_argument("--yes", action="store_true", help="do not ask for the name again")

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import fields, replace
@@ -31,6 +32,7 @@ from obsflow.connectors.sources.brokers import (
     publisher,
 )
 from obsflow.connectors.sources.simulator import SimSpec, generate
+from obsflow.connectors.storage import layout, tables
 from obsflow.connectors.storage.commits import commit_at, parse_as_of
 from obsflow.connectors.storage.compaction import compact, vacuum
 from obsflow.connectors.storage.migrate import check_layout, migrate
@@ -104,7 +106,8 @@ def ingest_config(args: argparse.Namespace, inputs: tuple[str, ...]) -> ingest.I
     # (an option not given is None here: the default is IngestOptions')
     given = {f.name: getattr(args, f.name) for f in fields(IngestOptions)}
     given = {k: v for k, v in given.items() if v is not None}
-    given["views"] = load_views(args.views) if args.views else None  # (a file, not text)
+    views = load_views(args.views, capture=args.capture) if args.views else None  # (a file)
+    given["views"] = views
     return IngestOptions(**given).config(inputs, args.store, progress=not args.quiet)
 
 
@@ -193,7 +196,11 @@ def cmd_replay(args: argparse.Namespace) -> int:
     store = Store(args.store)
     check_layout(store)
     open_capture(store, args.capture)  # a missing capture is the first thing to say
-    views = load_views(args.views) if args.views else stored_views(store, args.capture)
+    views = (
+        load_views(args.views, capture=args.capture)
+        if args.views
+        else stored_views(store, args.capture)
+    )
     config = replay.ReplayConfig(
         capture=args.capture,
         views=with_lateness(views, lateness_ns(args.lateness)),
@@ -369,7 +376,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
 def cmd_compact(args: argparse.Namespace) -> int:
     store = Store(args.store)
     check_layout(store)
-    open_capture(store, args.name)
+    if not tables.exists(store, layout.capture_dir(args.name)):  # (a dropped one: vacuumed)
+        open_capture(store, args.name)  # (raises: no such capture, with those there are)
     retain = parse_duration_ns(args.retain) / 3.6e12
     result = compact(store, args.name, new_run_id(), target_rows=args.target_rows)
     if result.version is None:
@@ -469,4 +477,38 @@ def cmd_bluesky_export(args: argparse.Namespace) -> int:
     )
     for why, n in done["left_out"].items():
         say(f"  left out: {n:,} readings ({why})")
+    return 0
+
+
+def cmd_drop(args: argparse.Namespace) -> int:
+    """``obsflow capture drop`` / ``views drop``: asks for the name again unless ``--yes``."""
+    from obsflow.flows.pipeline.dropping import drop_capture, drop_view
+
+    store = Store(args.store)
+    check_layout(store)
+    kind = "capture" if args.command == "capture" else "view"
+    if not args.yes:
+        sys.stderr.write(f"drop {kind} {args.name!r}? type its name again to confirm: ")
+        sys.stderr.flush()
+        answer = sys.stdin.readline().strip()
+        if not sys.stdin.isatty():  # (a terminal echoes the typed line end; a pipe does not)
+            sys.stderr.write("\n")
+        if answer != args.name:
+            said = f"{answer!r} is not {args.name!r}" if answer else "no name was typed"
+            raise ConfigError(f"{said}: nothing was dropped (--yes drops without asking)")
+    if kind == "capture":
+        done = drop_capture(store, args.name)
+        views = "view" if len(done.views) == 1 else "views"
+        also = f" and its {views} {', '.join(done.views)}" if done.views else ""
+        say(
+            f"capture {args.name!r} ({plural(done.readings, 'reading')}){also} dropped by "
+            f"commit #{done.commit}; --as-of {done.commit - 1} reads them until a vacuum "
+            f"(obsflow capture compact {args.name})"
+        )
+    else:
+        done = drop_view(store, args.name)
+        say(
+            f"view {args.name!r} dropped by commit #{done.commit} of capture {done.capture!r}; "
+            f"runs of {done.capture!r} no longer build it"
+        )
     return 0

@@ -30,6 +30,7 @@ HELP = {
   obsflow ingest wx.csv --capture wx --map source=station,time=timestamp,value=temp_c
   obsflow ingest wide.csv --capture wx --map source=station,time=timestamp --channels t,rh
   obsflow ingest logger.txt.csv --delimiter tab --time-unit s --views views.toml
+  obsflow ingest wetter.csv --decimal , --capture wx      (21,5 and ; between fields)
   obsflow ingest nats://127.0.0.1:4222 --topic obs.> --consumer lab --capture live
   obsflow ingest --format bluesky scan.jsonl --capture beamline --root-map /old/data=/mnt/data
   obsflow ingest kafka://127.0.0.1:9092 --format bluesky --topic bs --consumer o --capture bl""",
@@ -73,10 +74,12 @@ INGEST = Listing(
                           numeric column)
     --delimiter CHAR      CSV field delimiter, e.g. ';' or tab (default: read from the header
                           line)
-    --max-record-size SIZE  longest JSON-lines line or JSON message, e.g. 512KiB, 4MiB, 2MB or
-                          bytes (default {DEFAULTS.max_record_size}): a longer one is a malformed
-                          dead letter that keeps its first 4 KiB (a file's line is read no
-                          further)
+    --decimal MARK        decimal mark of numbers written as text: . (default) or , for 21,5
+                          (a decimal-comma CSV, with another --delimiter)
+    --max-record-size SIZE  longest line (JSON lines, CSV) or JSON message, e.g. 512KiB,
+                          4MiB, 2MB or bytes (default {DEFAULTS.max_record_size}): a longer one
+                          is a malformed dead letter that keeps its first 4 KiB (a file's line
+                          is read no further)
     --partitions N        capture partitions, fixed at creation (default 4)
     --views FILE          TOML view definitions (default: per-minute stats of every series)
     --force               read inputs again even if their content is already in the capture
@@ -142,6 +145,7 @@ def _ingest(sub: Subparsers) -> None:
     add("--time-unit", default=DEFAULTS.time_unit, choices=["auto", *TIME_UNITS])
     add("--channels")
     add("--delimiter")
+    add("--decimal", choices=[".", ","])
     add("--max-record-size", type=record_size, default=DEFAULTS.max_record_size)
     add("--partitions", type=int)
     add_parallel(sp)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import tempfile
 import traceback
 from collections.abc import Sequence
 
@@ -80,6 +81,23 @@ INTERRUPTED = (
 )
 
 
+def internal_error(exc: BaseException) -> int:
+    """An error obsflow did not expect (a bug): one line naming it and a file holding the
+    traceback to report, not the traceback itself (``OBSFLOW_TRACEBACK=1`` prints it)."""
+    if os.environ.get("OBSFLOW_TRACEBACK"):
+        traceback.print_exception(exc)
+    with tempfile.NamedTemporaryFile(
+        "w", prefix="obsflow-traceback-", suffix=".txt", delete=False
+    ) as f:
+        traceback.print_exception(exc, file=f)
+    what = " ".join(f"{type(exc).__name__}: {exc}".split())[:300]
+    print(
+        f"obsflow: internal error: {what} — a bug in obsflow: please report it with {f.name}",
+        file=sys.stderr,
+    )
+    return 1
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = parser().parse_args(argv)
     try:
@@ -101,7 +119,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         # Ctrl-C, which Bytewax wraps too).
         cause = cause_of(exc, (ObsflowError, KeyboardInterrupt))
         if cause is None:
-            raise
+            return internal_error(exc)
         if isinstance(cause, KeyboardInterrupt):
             print(INTERRUPTED, file=sys.stderr)
             return 130

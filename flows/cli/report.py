@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import pyarrow as pa
 import pyarrow.compute as pc
 
 from obsflow.connectors.storage.store import Store
@@ -70,6 +71,8 @@ def nothing_accepted(store: Store, summary: dict[str, Any]) -> str:
         )
     elif looks_like_a_document(first):
         lines.append("  these look like Bluesky documents: add --format bluesky")
+    if decimal_comma(sample):
+        lines.append("  the values are written with a decimal comma (21,5): add --decimal ,")
     columns = [str(c) for c in first] if isinstance(first, dict) else []
     hint = suggest_map(columns)
     if columns:
@@ -77,6 +80,17 @@ def nothing_accepted(store: Store, summary: dict[str, Any]) -> str:
         lines.append(f"  columns are {', '.join(columns)}{tip}")
     lines.append(f"  dead letters: obsflow deadletters show --run {summary['run']}")
     return "\n".join(lines)
+
+
+DECIMAL_HINT = "(written with a decimal comma: --decimal , reads it)"  # (checks._bad_value)
+
+
+def decimal_comma(sample: pa.Table) -> bool:
+    """Whether every ``bad_value`` among a run's first dead letters is a number written with a
+    decimal comma (its message says so)."""
+    values = sample.filter(pc.equal(sample.column("reason"), "bad_value")).column("message")
+    said = pc.ends_with(values, DECIMAL_HINT)
+    return len(values) > 0 and bool(pc.all(said).as_py())
 
 
 def looks_like_a_document(record: Any) -> bool:
@@ -122,7 +136,11 @@ def format_summary(summary: dict[str, Any], store: Store) -> str:
             if "seconds" in summary
             else "  "
         )
-        + f"commit #{summary.get('commit')} of capture {summary.get('capture')!r}",
+        + (
+            f"commit #{summary['commit']} of capture {summary.get('capture')!r}"
+            if summary.get("commit") is not None
+            else f"capture {summary.get('capture')!r} was not created: no reading was accepted"
+        ),
     ]
     records = summary.get("records") or summary["input"]
     if summary.get("derived") or records != summary["input"]:
@@ -135,8 +153,11 @@ def format_summary(summary: dict[str, Any], store: Store) -> str:
                 else ""
             )
         )
+    samples = examples(store, summary)
     for reason, n in summary.get("rejected_by_reason", {}).items():
         lines.append(f"  rejected {reason}: {n:,}")
+        if reason in samples:
+            lines.append(f"    e.g. {samples[reason]}")
     units = {"s": "seconds", "ms": "milliseconds", "us": "microseconds", "ns": "nanoseconds"}
     for unit in summary.get("epoch_units", {}):
         lines.append(
@@ -165,6 +186,29 @@ def format_summary(summary: dict[str, Any], store: Store) -> str:
         )
     lines.append(f"  summary: {store.uri('runs/' + run + '.json')}")
     return "\n".join(lines)
+
+
+SAMPLED = ("bad_time", "bad_value", "bad_id")
+"""Reasons whose first dead letter a summary shows: their messages name the value and what
+would be read."""
+
+
+def examples(store: Store, summary: dict[str, Any]) -> dict[str, str]:
+    """The first dead letter of each ``SAMPLED`` reason a run has, as ``record R of FILE:
+    message`` (from the run's first dead-letter file)."""
+    if not set(SAMPLED) & set(summary.get("rejected_by_reason", {})):
+        return {}
+    from obsflow.connectors.datasets.reads import first_deadletters  # (pandas, via pyarrow.dataset)
+
+    out: dict[str, str] = {}
+    for letter in first_deadletters(store, summary["run"]).to_pylist():
+        reason = letter["reason"]
+        if reason in SAMPLED and reason not in out:
+            where = Path(str(letter["origin"])).name
+            if letter["row"] is not None:
+                where = f"record {letter['row']:,} of {where}"
+            out[reason] = f"{where}: {letter['message']}"
+    return out
 
 
 def plural(n: int, word: str) -> str:

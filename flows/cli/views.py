@@ -12,7 +12,8 @@ HELP = {
   obsflow views list
   obsflow views show buoy_1m --source b01 --from 2026-01-01 --limit 20
   obsflow views show buoy_1m --final -o buoy_1m.csv
-  obsflow views close buoy_1m --until 2026-01-02     (the data is complete up to then)""",
+  obsflow views close buoy_1m --until 2026-01-02     (the data is complete up to then)
+  obsflow views drop buoy_1m                         (asks for the name again, or --yes)""",
     ),
 }
 
@@ -41,3 +42,11 @@ def add_parser(sub: Subparsers) -> None:
     )
     ap.add_argument("--source", action="append", help="only this source's windows (repeatable)")
     ap.add_argument("--until", metavar="TIME", help="only windows ending at or before TIME")
+    ap = views.action(
+        "drop",
+        "take a view away (its capture's runs stop building it), in one commit; time travel "
+        "reads it until a vacuum (capture compact)",
+        lazy("commands", "cmd_drop"),
+        named="the view",
+    )
+    ap.add_argument("--yes", action="store_true", help="do not ask for the name again")

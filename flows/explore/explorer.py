@@ -43,7 +43,7 @@ from obsflow.connectors.datasets.views import list_views, read_view_doc
 from obsflow.connectors.errors import ConfigError
 from obsflow.connectors.formats.parsing import to_utc
 from obsflow.connectors.formats.schema import CONTEXT_FIELDS, READING_SCHEMA, TRACE
-from obsflow.connectors.payloads.format import PAYLOAD_SCHEMA, Payload, PayloadRef
+from obsflow.connectors.payloads.format import PAYLOAD_SCHEMA, Payload, PayloadRef, PayloadRefError
 from obsflow.connectors.payloads.offload import PayloadStore
 from obsflow.connectors.sources.bluesky import io as bluesky_io
 from obsflow.connectors.storage import layout
@@ -123,6 +123,11 @@ def utc(value: TimeLike, what: str = "time") -> pd.Timestamp:
 def _payload_item(item: Payload | PayloadRef | Mapping[str, Any] | pd.Series) -> Any:
     """A row of a DataFrame as the mapping ``PayloadStore.fetch`` takes (pandas turns integer
     columns with nulls into floats; references need them as integers)."""
+    if isinstance(item, pd.Series | Mapping) and "payload_sha256" not in item:
+        raise PayloadRefError(
+            "this row has no payload columns: read the frame with payloads=True "
+            "(e.g. ex.capture(name, payloads=True)), then pass one of its rows"
+        )
     if isinstance(item, pd.Series):
         row = item.to_dict()
         for key in _PAYLOAD_INTS:
@@ -393,6 +398,7 @@ class Explorer:
         channels: str | Sequence[str] | None = DEFAULTS.channels,
         delimiter: str | None = DEFAULTS.delimiter,
         max_record_size: int | str = DEFAULTS.max_record_size,
+        decimal: str = DEFAULTS.decimal,
         partitions: int | None = DEFAULTS.partitions,
         lateness: str | None = DEFAULTS.lateness,
         dedup_horizon: str = DEFAULTS.dedup_horizon,
@@ -415,8 +421,8 @@ class Explorer:
         ``<capture>_1m`` into a new capture. Views already built from the capture are always
         built too, so that none falls behind it. ``map`` names input columns
         (``"source=source_id,time=event_time"``); ``channels`` picks the columns of a wide
-        input, ``delimiter`` splits CSV fields, ``max_record_size`` (``"1MiB"`` or bytes) caps
-        a JSON line (all as on the command line). With
+        input, ``delimiter`` splits CSV fields, ``decimal`` ``","`` reads ``21,5``,
+        ``max_record_size`` (``"1MiB"`` or bytes) caps a line (all as on the command line). With
         ``format="bluesky"`` every input is a Bluesky document stream; ``root_map`` relocates
         its external files (old prefix -> new), missing ones waited for ``external_wait``.
         ``features`` derives scalar channels from each payload (``mean``, ``sum``, ...).
@@ -429,6 +435,7 @@ class Explorer:
             channels=channels,
             delimiter=delimiter,
             max_record_size=max_record_size,
+            decimal=decimal,
             partitions=partitions,
             lateness=lateness,
             dedup_horizon=dedup_horizon,

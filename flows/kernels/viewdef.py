@@ -142,8 +142,15 @@ class ViewDef:
         return cls(name, kind, size, step, gap, lateness, tuple(aggs))
 
 
-def parse_views(text: str, *, origin: str = "views file") -> tuple[ViewDef, ...]:
-    """Parse a TOML document with ``[[view]]`` tables."""
+CAPTURE_NAME = "{capture}"
+"""In a view's name in a views file: the capture's name, so that one file serves every capture
+(view names are the store's: a view is built from one capture)."""
+
+
+def parse_views(
+    text: str, *, origin: str = "views file", capture: str | None = None
+) -> tuple[ViewDef, ...]:
+    """Parse a TOML document with ``[[view]]`` tables (``{capture}`` in a name: ``capture``)."""
     try:
         doc = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
@@ -154,27 +161,37 @@ def parse_views(text: str, *, origin: str = "views file") -> tuple[ViewDef, ...]
     raw = doc.get("view", [])
     if not isinstance(raw, list) or not raw:
         raise ConfigError(f"{origin} defines no [[view]]")
-    views = tuple(ViewDef.from_dict(v) for v in raw)
+    views = tuple(ViewDef.from_dict(_named(v, capture, origin)) for v in raw)
     names = [v.name for v in views]
     if len(set(names)) != len(names):
         raise ConfigError(f"{origin}: view names must be unique, got {names}")
     return views
 
 
-def load_views(path: str | Path) -> tuple[ViewDef, ...]:
+def _named(raw: Any, capture: str | None, origin: str) -> Any:
+    """A view's table with ``{capture}`` in its name replaced by the capture's name."""
+    name = raw.get("name") if isinstance(raw, dict) else None
+    if not isinstance(name, str) or CAPTURE_NAME not in name:
+        return raw
+    if capture is None:
+        raise ConfigError(f"{origin}: view {name!r} names {CAPTURE_NAME}, but no capture is given")
+    return {**raw, "name": name.replace(CAPTURE_NAME, capture)}
+
+
+def load_views(path: str | Path, *, capture: str | None = None) -> tuple[ViewDef, ...]:
     p = Path(path)
     if not p.is_file():
         raise ConfigError(f"views file {str(p)!r} does not exist")
-    return parse_views(p.read_text(), origin=str(p))
+    return parse_views(p.read_text(), origin=str(p), capture=capture)
 
 
-def views_option(value: object) -> tuple[ViewDef, ...] | None:
+def views_option(value: object, capture: str | None = None) -> tuple[ViewDef, ...] | None:
     """Views given to ``build_flow``: a TOML path, definitions (dicts, as ``ViewDef.definition``
     gives them) or ``ViewDef`` objects; None stays None."""
     if value is None:
         return None
     if isinstance(value, str | Path):
-        return load_views(value)
+        return load_views(value, capture=capture)
     if not isinstance(value, list | tuple):
         raise ConfigError(f"views must be a TOML path or a list of definitions, not {value!r}")
     return tuple(v if isinstance(v, ViewDef) else ViewDef.from_definition(v) for v in value)

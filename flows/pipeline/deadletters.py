@@ -27,9 +27,9 @@ from typing import Any
 import pyarrow as pa
 
 from obsflow.connectors.batch import DEFAULT_BATCH_ROWS
-from obsflow.connectors.datasets.capture import open_capture
+from obsflow.connectors.datasets.capture import capture_exists, list_captures
 from obsflow.connectors.datasets.reads import check_reason, deadletter_captures, read_deadletters
-from obsflow.connectors.errors import ConfigError
+from obsflow.connectors.errors import ConfigError, StoreError
 from obsflow.connectors.formats.schema import InputSpec
 from obsflow.connectors.sources.files import raw_batches
 from obsflow.connectors.storage import layout, table_writes
@@ -80,8 +80,16 @@ def retry(
             f"run {run} is a run of capture {owner!r}, not {config.capture!r}: its dead "
             f"letters are retried with --capture {owner}"
         )
-    if config.capture not in owners.values():
-        open_capture(store, config.capture)  # (a name that is no capture: say which are)
+    if config.capture not in owners.values() and not capture_exists(store, config.capture):
+        # (a name that is no capture: say which are, and which have dead letters only — runs
+        # that accepted nothing create no capture)
+        held = list_captures(store)
+        only = sorted(set(owners.values()) - set(held))
+        raise StoreError(
+            f"no capture {config.capture!r} in {store.uri()} (captures: "
+            f"{', '.join(held) or 'none'}"
+            + (f"; dead letters only: {', '.join(only)})" if only else ")")
+        )
     dead = read_deadletters(store, run=run, reason=reason, capture=config.capture, unresolved=True)
     out = RetryResult(retried=dead.num_rows)
     if not dead.num_rows:

@@ -20,11 +20,12 @@ from obsflow.connectors.datasets.capture import (
     CAPTURE_STORED,
     CaptureMeta,
     StateRef,
+    capture_snapshot,
     input_fingerprint,
 )
 from obsflow.connectors.datasets.views import ViewBase, view_base, view_description
 from obsflow.connectors.errors import StoreError
-from obsflow.connectors.storage import commits, layout, tables
+from obsflow.connectors.storage import commits, layout, table_writes, tables
 from obsflow.connectors.storage.commits import Commit, Intent
 from obsflow.connectors.storage.store import Store
 from obsflow.connectors.storage.tables import DataFile, TableChange
@@ -74,6 +75,8 @@ class Finish:
         n = self.base + 1
         files, states = _outputs(counts)
         capture_table = layout.capture_dir(self.capture)
+        if self._creates_nothing(files):
+            return self._letters_only(store, counts, files)
         _check_commit(files.get(capture_table, ()), n)
         previous = (
             commits.last_commit(store, capture_table, self.capture, self.base)
@@ -128,6 +131,39 @@ class Finish:
         except (commits.ConcurrentWriterError, commits.SessionLostError):
             discard(store, intent)  # (this run's own files: nobody will ever commit them)
             raise
+        return doc
+
+    def _creates_nothing(self, files: dict[str, list[DataFile]]) -> bool:
+        """Whether this run would create its capture holding nothing: an ingest into a new
+        (or dropped) capture that accepted no reading and kept no document (a live session's commit
+        records its broker positions, so it always commits)."""
+        return (
+            self.kind == "ingest"
+            and not files.get(layout.capture_dir(self.capture))
+            and layout.documents_dir(self.capture) not in files
+            and not self.positions
+            and self.fence is None
+            and (
+                self.base == 0
+                or capture_snapshot(Store(self.store), self.capture, as_of=self.base) is None
+            )
+        )
+
+    def _letters_only(
+        self, store: Store, counts: Counts, files: dict[str, list[DataFile]]
+    ) -> dict[str, Any]:
+        """A run that accepted nothing into a capture that does not exist: it creates neither
+        the capture nor its views (the corrected run defines them), but keeps its dead letters
+        as the capture's (their commit names the run and the capture) and its summary."""
+        store.create_json(layout.LAYOUT_DOC, {"layout": layout.LAYOUT})
+        for change in self._log_changes(store, files):
+            change.info = {"run": self.run, "kind": self.kind, **change.info}
+            table_writes.commit(store, change, app=self.capture, n=None)
+        store.delete(layout.capture_state_dir(self.capture, self.run), recursive=True)
+        for doc in self.views:
+            store.delete(layout.view_state_dir(doc["name"], self.run), recursive=True)
+        doc = self.summary(counts, store, None)
+        store.write_json(layout.run_summary(self.run), doc)
         return doc
 
     def _log_changes(self, store: Store, files: dict[str, list[DataFile]]) -> list[TableChange]:

@@ -17,6 +17,8 @@ capture='demo', run_id='r1')" -w 2`` (give every process the same ``run_id``).
 from __future__ import annotations
 
 import json
+import os
+import stat
 from collections.abc import Iterable
 from dataclasses import dataclass, field, fields, replace
 from typing import Any, ClassVar
@@ -41,15 +43,17 @@ from obsflow.connectors.datasets.capture import (
     planned_capture,
 )
 from obsflow.connectors.datasets.views import check_view, view_base, view_doc
-from obsflow.connectors.errors import ConfigError
+from obsflow.connectors.errors import ConfigError, ObsflowError
+from obsflow.connectors.formats import parquet_files
 from obsflow.connectors.formats.normalize import normalize
+from obsflow.connectors.formats.registry import format_of, not_text
 from obsflow.connectors.formats.schema import MAX_CONTEXT_CHARS, MAX_RECORD_BYTES, TRACE, InputSpec
 from obsflow.connectors.ids import check_name
 from obsflow.connectors.payloads.format import INLINE_LIMIT
 from obsflow.connectors.payloads.offload import PayloadStore
 from obsflow.connectors.sources.bluesky.documents import SETTLED
 from obsflow.connectors.sources.bluesky.io import BlueskyInput, stored_documents
-from obsflow.connectors.sources.files import FileSource
+from obsflow.connectors.sources.files import FileSource, open_input, raw_batches
 from obsflow.connectors.sources.simulator import SimSource
 from obsflow.connectors.storage import layout
 from obsflow.connectors.storage.store import DEFAULT_STORE, Store
@@ -149,11 +153,16 @@ class IngestConfig:
                 skipped.append((url, str(record.get("run"))))
             else:
                 todo.append(url)
+        if not self.format:
+            refuse_unreadable(todo)
         config = replace(
             self, inputs=tuple(todo), fingerprints=tuple((u, fingerprints[u]) for u in todo)
         )
         if config.inputs:
             planned_views(store, config)  # refuses a bad view before it begins
+            if self.format is None:
+                for url in config.inputs:
+                    check_columns_first(url, self.spec)
         return config, skipped
 
     def idle(self) -> bool:
@@ -187,13 +196,13 @@ class IngestConfig:
         for name in ("inputs", "features", "external_roots"):
             if name in options:
                 options[name] = tuple(options[name])
-        options["views"] = views_option(options.get("views"))
+        options["views"] = views_option(options.get("views"), options.get("capture", "default"))
         if options.get("fence") is not None:
             options["fence"] = tuple(options["fence"])
         for name in ("fingerprints", "root_map", "positions"):
             if name in options:
                 options[name] = tuple(tuple(x) for x in options[name])
-        spec_keys = ("map", "time_unit", "channels", "delimiter", "max_record_size")
+        spec_keys = ("map", "time_unit", "channels", "delimiter", "max_record_size", "decimal")
         if any(k in options for k in spec_keys):
             options["spec"] = InputSpec.parse_map(
                 options.pop("map", None),
@@ -201,6 +210,7 @@ class IngestConfig:
                 channels=options.pop("channels", None),
                 delimiter=options.pop("delimiter", None),
                 max_record_size=options.pop("max_record_size", MAX_RECORD_BYTES),
+                decimal=options.pop("decimal", None),
             )
         return cls(**options)
 
@@ -215,6 +225,7 @@ class IngestConfig:
             channels=list(self.spec.channels),
             delimiter=self.spec.delimiter,
             max_record_size=self.spec.max_record_size,
+            decimal=self.spec.decimal,
             views=None if self.views is None else [v.definition for v in self.views],
             features=list(self.features),
             fingerprints=[list(x) for x in self.fingerprints],
@@ -224,6 +235,31 @@ class IngestConfig:
             external_roots=list(self.external_roots),
         )
         return out
+
+
+def refuse_unreadable(urls: Iterable[str]) -> None:
+    """``ConfigError`` for an input that is no file of its format at all, before a run reads
+    any (a refusal, not a run that fails after others were read): a Parquet file without a
+    footer; a CSV or JSON-lines file that is no UTF-8 text (``registry.not_text``). (A file
+    whose footer reads but whose pages are corrupt: its records are dead letters.)"""
+    for url in urls:
+        if url.startswith("sim://"):
+            continue
+        name = format_of(url).name
+        if name not in ("parquet", "csv", "jsonl"):
+            continue
+        with open_input(url) as f:
+            if name == "parquet":
+                why = parquet_files.unreadable(f)
+                if why is not None:
+                    raise ConfigError(
+                        f"{url} is not a Parquet file ({why.rstrip('.')}): was it copied "
+                        "whole, and is it Parquet? (a file's extension chooses how it is read)"
+                    )
+                continue
+            why = not_text(url, f.read(1 << 16))
+        if why is not None:
+            raise ConfigError(f"{url} cannot be read as {name}: {why}")
 
 
 def source_for(
@@ -247,6 +283,36 @@ def source_for(
         bluesky=bluesky,
         max_record_size=max_record_size,
     )
+
+
+FIXED_COLUMNS = ("csv", "parquet")
+"""Formats whose columns are known before the records are read (CSV's header, the schema)."""
+
+
+def check_columns_first(url: str, spec: InputSpec, rows: int = 64) -> None:
+    """Refuse, before anything is read or written, a column named by ``--map`` or
+    ``--channels`` that an input does not have — for formats whose columns are fixed
+    (``FIXED_COLUMNS``; a JSON-lines record has its own). An input that cannot be read at
+    all is left to the run, which says so in its own words."""
+    named = {**{f"--map {f}={c}": c for f, c in spec.mapping.items()}}
+    named.update({f"--channels {c}": c for c in spec.channels})
+    if not named or url.startswith("sim://") or format_of(url).name not in FIXED_COLUMNS:
+        return
+    local = url.removeprefix("file://")
+    if "://" not in local and not (os.path.exists(local) and stat.S_ISREG(os.stat(local).st_mode)):
+        return
+    try:
+        with open_input(url) as f:
+            first = next(iter(raw_batches(url, f, rows, spec.delimiter, spec.max_record_size)))
+    except (OSError, ValueError, StopIteration, ObsflowError):
+        return
+    have = first.table.column_names
+    for option, column in named.items():
+        if column not in have:
+            raise ConfigError(
+                f"{url}: {option} names no column of it (columns: {', '.join(have) or 'none'})"
+                " — nothing was read"
+            )
 
 
 # -- per-batch logic (pure; tested without Bytewax) -----------------------------------------
@@ -365,7 +431,12 @@ def planned_views(
     data: a replay builds it). ``lateness`` applies to all of them. The capture is taken as
     of the run's base, if it has one (a run loses to one that committed since, at its commit).
     """
-    exists = capture_exists(store, config.capture) if config.base is None else config.base > 0
+    exists = capture_exists(store, config.capture)
+    if config.base is not None:  # (as of the run's base: a dropped capture is new again)
+        exists = (
+            config.base > 0
+            and capture_snapshot(store, config.capture, as_of=config.base) is not None
+        )
     if not exists:
         views = config.views if config.views is not None else default_views(config.capture)
     else:

@@ -34,7 +34,8 @@ class IngestOptions:
     time_unit: str = "auto"
     channels: str | Sequence[str] | None = None  # a wide input's channel columns
     delimiter: str | None = None  # CSV
-    max_record_size: int | str = "1MiB"  # a longer JSON line or message is malformed
+    max_record_size: int | str = "1MiB"  # a longer line (JSON lines, CSV) or message is malformed
+    decimal: str = "."  # the decimal mark of numbers written as text: "," reads 21,5
     partitions: int | None = None  # a new capture's (default 4)
     lateness: str | None = None  # overrides the views' lateness
     dedup_horizon: str = f"{DEFAULT_HORIZON // (60 * 10**9)}m"
@@ -62,6 +63,7 @@ class IngestOptions:
                 channels=self.channels,
                 delimiter=self.delimiter,
                 max_record_size=self.max_record_size,
+                decimal=self.decimal,
             ),
             partitions=self.partitions,
             batch_rows=self.batch_rows,

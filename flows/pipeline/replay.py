@@ -109,7 +109,8 @@ class ReplayConfig:
             check_name(self.as_name, kind="view name")
             if len(self.views) != 1:
                 raise ConfigError(
-                    f"--as names one view, but {len(self.views)} are replayed: {names}"
+                    f"--as names one view, but {len(self.views)} are replayed "
+                    f"({', '.join(names)}): give --views a file holding only the one to slice"
                 )
         self.spec  # noqa: B018 - the times and the slice are checked before anything runs
 
@@ -133,7 +134,7 @@ class ReplayConfig:
         """A config from ``build_flow``'s keyword arguments (``views`` may be a TOML path and
         defaults to the views already built from the capture)."""
         check_cluster_run_id(options)
-        views = views_option(options.get("views"))
+        views = views_option(options.get("views"), options.get("capture"))
         if views is None:
             views = stored_views(Store(options.get("store", DEFAULT_STORE)), options["capture"])
         options["views"] = views

@@ -79,8 +79,11 @@ def test_a_header_only_file_is_an_empty_run_not_an_error(
     )
     assert code == 0, err
     doc = json.loads(summary.read_text())
-    assert (doc["input"], doc["accepted"], doc["rejected"], doc["commit"]) == (0, 0, 0, 1)
+    assert (doc["input"], doc["accepted"], doc["rejected"], doc["commit"]) == (0, 0, 0, None)
     assert "without" not in err  # no "ended without committing"
+    # (a run that accepted nothing creates no capture: the next run into it makes it)
+    assert "capture 'c' was not created: no reading was accepted" in err
+    assert not (tmp_path / "store" / "captures" / "c").exists()
 
 
 def test_replay_of_a_capture_that_does_not_exist_names_the_capture(
@@ -320,10 +323,11 @@ def test_a_file_that_is_not_what_its_extension_says_is_one_line_without_a_panic(
         env={**os.environ, "RUST_BACKTRACE": "1"},
         timeout=120,
     )
-    assert proc.returncode == 1
+    assert proc.returncode == 2  # (refused before the run reads anything)
     assert proc.stderr.splitlines() == [
-        f"obsflow: error: cannot read {bad} as parquet: Parquet magic bytes not found in footer. "
-        "Either the file is corrupted or this is not a parquet file."
+        f"obsflow: error: {bad} is not a Parquet file (Parquet magic bytes not found in footer. "
+        "Either the file is corrupted or this is not a parquet file): was it copied whole, and "
+        "is it Parquet? (a file's extension chooses how it is read)"
     ]
 
 
@@ -422,7 +426,8 @@ def test_channels_picks_columns_of_a_wide_file_and_delimiter_overrides_the_sniff
     store = str(tmp_path / "s")
     base = ["ingest", str(path), "--store", store, "-q", "--map", "source=station,time=timestamp"]
     code, err = run(capsys, *base, "--capture", "sniffed")
-    assert code == 1
+    assert code == 2  # (refused before it is read: the columns --map names are not there)
+    assert "--map source=station names no column of it" in err
     code, err = run(
         capsys, *base, "--capture", "wx", "--delimiter", ";", "--channels", "temp_c,rh_pct"
     )
@@ -436,8 +441,10 @@ def test_channels_picks_columns_of_a_wide_file_and_delimiter_overrides_the_sniff
 
     # A column --channels names that the file does not have: said, with the columns it has.
     code, err = run(capsys, *base, "--capture", "wx2", "--delimiter", ";", "--channels", "temp")
-    assert code == 1
-    assert "no column 'temp' for --channels (columns: timestamp, station, temp_c, rh_pct" in err
+    assert code == 2
+    assert (
+        "--channels temp names no column of it (columns: timestamp, station, temp_c, rh_pct" in err
+    )
     # A delimiter of two characters is a usage error before anything is read.
     code, err = run(capsys, *base, "--capture", "wx3", "--delimiter", ";;")
     assert code == 2
@@ -465,7 +472,7 @@ def test_dead_letter_rows_index_records_and_malformed_text_names_its_line(
     assert run(capsys, "ingest", str(csv), str(jsonl), "--store", store, "-q")[0] == 0
     dead = reads.read_deadletters(Store(store)).to_pandas()
     got = {
-        (Path(o).name, None if pd.isna(r) else int(r), reason, m.split(":")[0])
+        (Path(o).name, None if pd.isna(r) else int(r), reason, m.split(";")[0].split(":")[0])
         for o, r, reason, m in zip(
             dead["origin"], dead["row"], dead["reason"], dead["message"], strict=True
         )
@@ -474,7 +481,13 @@ def test_dead_letter_rows_index_records_and_malformed_text_names_its_line(
         ("m.csv", None, "malformed", "line 3"),
         ("m.csv", 1, "bad_value", "value is not a finite number"),
         ("m.jsonl", None, "malformed", "line 2"),
-        ("m.jsonl", 1, "bad_time", "time is missing, unparseable or outside the ns range"),
+        (
+            "m.jsonl",
+            1,
+            "bad_time",
+            "time 'never' is not a time obsflow reads, or outside its range (1677-09-21 to "
+            "2262-04-11)",
+        ),
     }
     # The record index is the row pandas gives the file (which skips what it cannot parse).
     assert pd.read_csv(csv, on_bad_lines="skip").iloc[1]["value"] == "x"

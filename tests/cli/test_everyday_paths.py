@@ -76,8 +76,10 @@ def test_ctrl_c_in_a_file_ingest_says_one_line_and_commits_nothing(tmp_path: Pat
     assert reads.read_capture(Store(str(store)), "default").num_rows == rows
 
 
-def test_a_corrupt_parquet_page_is_one_line_not_an_os_error(tmp_path: Path) -> None:
-    """Item 8: a Parquet file corrupt inside (its footer intact) raised an uncaught OSError."""
+def test_a_corrupt_parquet_row_group_is_dead_letters_and_the_rest_is_read(tmp_path: Path) -> None:
+    """Item 8: a Parquet file corrupt inside (its footer intact) raised an uncaught OSError;
+    then it failed the whole run. Now the records of a row group that cannot be read are
+    ``malformed`` dead letters (the footer counts them) and the other row groups are read."""
     good = tmp_path / "good.parquet"
     frame = pd.DataFrame(
         {
@@ -86,15 +88,30 @@ def test_a_corrupt_parquet_page_is_one_line_not_an_os_error(tmp_path: Path) -> N
             "value": np.arange(100.0),
         }
     )
-    frame.to_parquet(good)
+    frame.to_parquet(good, row_group_size=40)  # row groups of 40, 40 and 20 records
     data = bytearray(good.read_bytes())
-    for i in range(200, len(data) - 600):  # the pages and the start of the footer's metadata
-        data[i] ^= 0x5A
+    group = pq.ParquetFile(good).metadata.row_group(1)
+    for c in range(group.num_columns):  # the pages of the second row group
+        chunk = group.column(c)
+        first = chunk.dictionary_page_offset or chunk.data_page_offset
+        for i in range(first + 8, first + chunk.total_compressed_size):
+            data[i] ^= 0x5A
     bad = tmp_path / "bad.parquet"
     bad.write_bytes(bytes(data))
-    done = obsflow("ingest", str(bad), "--store", str(tmp_path / "store"))
-    assert done.returncode == 1  # (a run that failed; 2 is a refusal before it ran)
-    assert one_line(done.stderr).startswith(f"obsflow: error: cannot read {bad} as parquet: ")
+    store = tmp_path / "store"
+    done = obsflow("ingest", str(bad), "--store", str(store))
+    assert "Traceback" not in done.stderr
+    assert done.returncode == 0, done.stderr
+    assert "100 input = 60 accepted + 40 rejected + 0 duplicates" in done.stderr
+    assert "rejected malformed: 40" in done.stderr
+    got = reads.read_capture(Store(str(store)), "default").column("value").to_pylist()
+    assert got == [*range(40), *range(80, 100)]
+    dead = reads.read_deadletters(Store(str(store)))
+    assert (
+        dead.column("message")
+        .to_pylist()[0]
+        .startswith("record 40 (0-based): row group 1 cannot be read")
+    )
 
 
 def test_a_missing_bucket_is_said_once_by_every_command(s3_env: str, tmp_path: Path) -> None:
@@ -219,3 +236,23 @@ def test_epoch_seconds_with_a_decimal_point_are_exact(unit: str, tmp_path: Path)
         assert done.returncode == 0, done.stderr
         got = reads.read_capture(Store(str(store)), "default", columns=["time", "value"])
         assert got.column("time").cast(pa.int64()).to_pylist() == sorted(want), data
+
+
+def test_an_error_obsflow_did_not_expect_is_one_line_and_a_file_to_report(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """The corpus found a uint64 ``seq`` of 2**64-1 raising from deep in pyarrow: a bug,
+    printed as a 40-line traceback. A bug is now one line naming it, and a file to report."""
+    from obsflow.flows.cli.main import internal_error
+
+    try:
+        raise ValueError("Integer value 18446744073709551615 not in range")
+    except ValueError as exc:
+        code = internal_error(exc)
+    assert code == 1
+    line = one_line(capsys.readouterr().err)
+    assert line.startswith("obsflow: internal error: ValueError: Integer value 1844")
+    report = Path(line.rsplit(" ", 1)[1])
+    assert "Traceback" in report.read_text()
+    assert "raise ValueError" in report.read_text()
+    report.unlink()

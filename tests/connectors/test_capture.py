@@ -116,7 +116,9 @@ def test_partition_count_is_fixed_at_creation(tmp_path: Path) -> None:
     with pytest.raises(StoreError, match="no capture"):
         open_capture(store, "c")
     assert planned_capture(store, "c", 3).partitions == 3
-    commit(store, "r0", partitions=3)  # a run that captured nothing creates the table
+    w = writer(store, "r0", target_rows=3)
+    w.append(readings(["a"]))
+    commit(store, "r0", close(w), partitions=3)  # the run's commit creates the table
     assert open_capture(store, "c").partitions == 3
     with pytest.raises(CaptureExistsError, match="has 3 partitions, not 5"):
         planned_capture(store, "c", 5)

@@ -28,7 +28,7 @@ def test_valid_table_passes_through_unchanged() -> None:
             "source": ["buoy-1", "buoy.2:a"],
             "time": pa.array([0, 1_700_000_000_000_000_000], pa.timestamp("ns", "UTC")),
             "channel": ["temp", "temp"],
-            "value": [1.5, None],
+            "value": [1.5, float("nan")],
             "seq": [7, 8],
         }
     )
@@ -37,7 +37,8 @@ def test_valid_table_passes_through_unchanged() -> None:
     assert r.readings.schema.names == READING_SCHEMA.names
     assert r.readings.column("seq").to_pylist() == [7, 8]
     assert r.readings.column("time").cast(pa.int64()).to_pylist() == [0, 1_700_000_000_000_000_000]
-    assert np.isnan(r.readings.column("value")[1].as_py())  # null and NaN both mean missing
+    # NaN is a missing value, kept (a null is no value at all: missing_field, below)
+    assert np.isnan(r.readings.column("value")[1].as_py())
 
 
 def test_channel_defaults_to_value_and_seq_is_left_for_the_capture() -> None:
@@ -61,6 +62,9 @@ def test_channel_defaults_to_value_and_seq_is_left_for_the_capture() -> None:
         ({"time": "99999-01-01"}, "bad_time"),
         ({"value": "abc"}, "bad_value"),
         ({"value": "inf"}, "bad_value"),
+        ({"value": None}, "missing_field"),
+        ({"value": ""}, "missing_field"),
+        ({"value": "  "}, "missing_field"),
         ({"seq": "-1"}, "bad_seq"),
         ({"seq": "1.5"}, "bad_seq"),
     ],

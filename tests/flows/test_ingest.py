@@ -104,16 +104,16 @@ def test_bad_ids_and_times_are_counted_and_kept_not_fatal(tmp_path: Path) -> Non
         == 0
     )
     s = json.loads(summary.read_text())
-    assert (s["input"], s["accepted"], s["rejected"]) == (6, 3, 3)
+    assert (s["input"], s["accepted"], s["rejected"]) == (6, 2, 4)
     assert s["input"] == s["accepted"] + s["rejected"] + s["duplicates"]
-    assert s["rejected_by_reason"] == {"bad_id": 2, "bad_time": 1}
+    assert s["rejected_by_reason"] == {"bad_id": 2, "bad_time": 1, "missing_field": 1}
     dead = read_dir(store / "deadletter")
-    assert sorted(dead["reason"]) == ["bad_id", "bad_id", "bad_time"]
+    assert sorted(dead["reason"]) == ["bad_id", "bad_id", "bad_time", "missing_field"]
     assert set(dead["origin"]) == {str(csv)}
-    assert {json.loads(r)["source"] for r in dead["raw"]} == {"../escape", "good-1", None}
+    assert {json.loads(r)["source"] for r in dead["raw"]} == {"../escape", "good-1", "good-2", None}
     assert not (store / "captures" / "c" / "..").resolve().joinpath("escape").exists()
     cap = read_dir(store / "captures" / "c")
-    assert sorted(cap["value"].fillna(-1)) == [-1.0, 1.0, 4.0]  # empty value = missing, kept
+    assert sorted(cap["value"]) == [1.0, 4.0]  # an empty value is missing: a dead letter
 
 
 def test_one_and_two_workers_write_the_same_capture(tmp_path: Path) -> None:
@@ -250,4 +250,10 @@ def test_cli_errors_are_one_line_and_exit_2(
     assert "capture name '../up'" in capsys.readouterr().err
     assert main(["ingest", str(tmp_path / "nope.csv"), "--store", str(tmp_path)]) == 2
     assert "nope.csv' does not exist" in capsys.readouterr().err
+    (tmp_path / "more.csv").mkdir()  # a folder, as a shell's glob gives it
+    assert main(["ingest", str(tmp_path / "more.csv"), "--store", str(tmp_path)]) == 2
+    assert "more.csv' is a folder, not a file" in capsys.readouterr().err
+    (tmp_path / "cut.parquet").write_bytes(b"PAR1")  # a copy cut short: no footer
+    assert main(["ingest", str(tmp_path / "cut.parquet"), "--store", str(tmp_path)]) == 2
+    assert "cut.parquet is not a Parquet file (" in capsys.readouterr().err
     assert main(["capture", "info", "nope", "--store", str(tmp_path)]) == 2

@@ -42,7 +42,7 @@ MIXED_CSV = (
     "beta,2024-01-01T00:00:04Z,2.6,temp,extra\n"  # malformed: one field too many
     ",2024-01-01T00:00:05Z,4.0,temp\n"  # bad_id (empty)
     "gamma,1704067206000000000,3.1,pressure\n"  # epoch ns
-    "alpha,2024-01-01T00:00:07Z,,temp\n"  # missing value: kept
+    "alpha,2024-01-01T00:00:07Z,,temp\n"  # missing_field (no value)
     "beta,2024-01-01T00:00:08Z,2.7,pre/ssure\n"  # bad_id (channel)
 )
 
@@ -79,7 +79,7 @@ def make_case(kind: str, tmp_path: Path) -> Case:
         return Case(BUOY, ("--map", BUOY_MAP, "--views", str(views)), 19_225, 1)
     csv = tmp_path / "mixed.csv"
     csv.write_text(MIXED_CSV)
-    return Case(csv, (), 5, 6)
+    return Case(csv, (), 4, 7)
 
 
 def ingest(case: Case, store: str, capture: str, summary: Path) -> dict[str, Any]:
@@ -184,6 +184,7 @@ def test_mixed_csv_rejects_are_kept_with_reasons_in_s3(s3_env: str, tmp_path: Pa
         "bad_time": 1,
         "bad_value": 1,
         "malformed": 1,
+        "missing_field": 1,
     }
     dead = dead_letters(Store(url))
     assert set(dead["origin"]) == {str(case.path)}
@@ -194,13 +195,14 @@ def test_mixed_csv_rejects_are_kept_with_reasons_in_s3(s3_env: str, tmp_path: Pa
         "bad_time",
         "bad_value",
         "malformed",
+        "missing_field",
     ]
     malformed = dead[dead["reason"] == "malformed"]
     assert malformed["raw"].str.contains("extra").all()
     raws = {json.loads(r).get("source") for r in dead[dead["reason"] != "malformed"]["raw"]}
-    assert raws == {"../escape", "gamma", None, "beta"}
+    assert raws == {"../escape", "gamma", None, "beta", "alpha"}
     cap = read_capture(Store(url), "mixed").to_pandas()
-    assert sorted(cap["source"]) == ["alpha", "alpha", "alpha", "beta", "gamma"]
+    assert sorted(cap["source"]) == ["alpha", "alpha", "beta", "gamma"]
     # Nothing was written outside the store prefix (the bad id did not become a path).
     bucket_objects = Store(f"s3://{s3_env}").walk_files()
     assert all(p.startswith("obsflow/") for p in bucket_objects)

@@ -168,7 +168,7 @@ def test_a_view_with_another_definition_is_refused(
 ) -> None:
     for i, (size, code) in enumerate((("10s", 0), ("20s", 2))):
         csv = tmp_path / f"{i}.csv"  # new data each time: a known input would be skipped
-        csv.write_text(f"source,time,value\ns,{i},1\n")
+        csv.write_text(f"source,time,value\ns,2024-01-01T00:00:0{i}Z,1\n")
         views = tmp_path / "v.toml"
         views.write_text(f'[[view]]\nname = "v"\nsize = "{size}"\n')
         assert (
