@@ -178,7 +178,7 @@ class InputSpec:
     @classmethod
     def parse_map(
         cls,
-        text: str | Mapping[str, str] | None,
+        text: str | Sequence[str] | Mapping[str, str] | None,
         time_unit: str | None = AUTO,
         *,
         channels: str | Sequence[str] | None = None,
@@ -186,21 +186,29 @@ class InputSpec:
         max_record_size: int | str = MAX_RECORD_BYTES,
         decimal: str | None = None,
     ) -> InputSpec:
-        """Build from the CLI's ``--map source=source_id,time=event_time`` (or a dict),
-        ``--channels a,b`` (or a list), ``--delimiter`` (``tab`` or ``\\t`` for a tab),
+        """Build from the CLI's ``--map source=source_id,time=event_time`` (given once, or
+        several times: a list; or a dict), ``--channels a,b`` (or a list, each item maybe a
+        comma list), ``--delimiter`` (``tab`` or ``\\t`` for a tab),
         ``--max-record-size`` (``1MiB``, or bytes) and ``--decimal`` (``.`` or ``,``)."""
         mapping: dict[str, str] = {}
         if isinstance(text, Mapping):
             mapping = dict(text)
             text = None
+        elif text is not None and not isinstance(text, str):
+            text = ",".join(text)  # --map given several times: all of them
         for part in (text or "").split(","):
             if not part.strip():
                 continue
             target, sep, src = part.partition("=")
             if not sep or not target.strip() or not src.strip():
                 raise ConfigError(f"--map entry {part!r} is not field=column")
-            mapping[target.strip()] = src.strip()
-        names = channels.split(",") if isinstance(channels, str) else channels or ()
+            target, src = target.strip(), src.strip()
+            if mapping.get(target, src) != src:
+                raise ConfigError(f"--map names two columns for {target}: {mapping[target]}, {src}")
+            mapping[target] = src
+        if channels is not None and not isinstance(channels, str):
+            channels = ",".join(channels)
+        names = channels.split(",") if channels else ()
         return cls(
             mapping=mapping,
             time_unit=time_unit or AUTO,

@@ -48,7 +48,7 @@ def add_parser(sub: Subparsers) -> None:
     )
     ap.add_argument("--run", help="only the dead letters of this run (of that capture)")
     ap.add_argument("--reason", help="only those of this reason code (missing_field, ...)")
-    ap.add_argument("--map", help="field=column pairs, as for ingest")
+    ap.add_argument("--map", action="append", help="field=column pairs, as for ingest")
     ap.add_argument("--time-unit", default=None, help="unit of epoch times, as for ingest")
     ap.add_argument("--channels", help="columns of a wide record that are channels, as for ingest")
     ap.add_argument("-q", "--quiet", action="store_true", help="print only errors")

@@ -67,7 +67,8 @@ def add_parser(sub: Subparsers) -> None:
 INGEST = Listing(
     f"""
     --capture NAME        capture name (default: {DEFAULTS.capture})
-    --map OLD=NEW,...     rename input columns: source=source_id,time=event_time
+    --map FIELD=COL,...   the input columns of obsflow's fields: source=source_id,time=event_time
+                          (repeatable: --map source=station --map value=temp)
     --time-unit           unit of integer epoch times (default auto: from their magnitude, and
                           said)
     --channels COL,COL    wide input: only these columns become channels (default: every
@@ -141,9 +142,9 @@ def _ingest(sub: Subparsers) -> None:
     )
     add = INGEST.on(sp)
     add("--capture", default=DEFAULTS.capture)
-    add("--map")
+    add("--map", action="append")
     add("--time-unit", default=DEFAULTS.time_unit, choices=["auto", *TIME_UNITS])
-    add("--channels")
+    add("--channels", action="append")
     add("--delimiter")
     add("--decimal", choices=[".", ","])
     add("--max-record-size", type=record_size, default=DEFAULTS.max_record_size)

@@ -103,6 +103,26 @@ def test_a_wrong_map_is_refused_before_the_file_is_read(kind: str, tmp_path: Pat
     assert captured(store, "default") == readings_of(wx)
 
 
+def test_map_given_once_per_field_takes_them_all_and_a_field_mapped_twice_is_refused(
+    tmp_path: Path,
+) -> None:
+    """Found trying it as a new user: ``--map source=station --map value=temp_c`` kept only
+    the last, so every record was a missing_field dead letter though the command named the
+    source column. Every ``--map`` counts (as for ``retry``); one field given two columns is
+    refused before anything is read."""
+    wx = station_file(tmp_path / "wx.csv", ["w0", "w1"], 30, 1.0)
+    store = tmp_path / "store"
+    split = ["--map", "source=station", "--map", "value=temp_c"]
+    done = obsflow("ingest", str(wx), *split, "--store", str(store), "-q")
+    assert done.returncode == 0, done.stderr
+    assert captured(store, "default") == readings_of(wx)
+    twice = obsflow("ingest", str(wx), "--map", "source=station", "--map", "source=time")
+    assert twice.returncode == 2
+    assert twice.stderr.splitlines() == [
+        "obsflow: error: --map names two columns for source: station, time"
+    ]
+
+
 def run_stdin(argv: list[str], answer: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [OBSFLOW, *argv], input=answer, capture_output=True, text=True, timeout=300, check=False
