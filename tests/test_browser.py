@@ -315,11 +315,13 @@ CHARTS = """() => [...document.querySelectorAll("#charts figure")].map(f => ({
   series: f.dataset.series, drawn: JSON.parse(f.dataset.drawn || "null"),
   bands: JSON.parse(f.dataset.bands || "[]"), y: f.dataset.yLabel, x: f.dataset.xLabel,
   ticks: JSON.parse(f.dataset.xTicks || "[]")}))"""
+DRAWN = """() => document.querySelector("#charts figure") &&
+  !document.querySelector("#charts figure:not([data-x-ticks])")"""  # every chart drawn
 
 
 def all_charts(page: Page) -> list[list[dict[str, Any]]]:
     """Each page of charts: what each chart draws, as the page reports it from uPlot."""
-    page.locator("#charts figure[data-x-ticks]").first.wait_for(timeout=10_000)
+    page.wait_for_function(DRAWN, timeout=10_000)
     first = page.locator("#pager button", has_text="previous")
     while first.is_enabled():
         first.click()
@@ -384,6 +386,12 @@ def test_the_page_draws_every_series_with_labelled_axes_in_utc(
             "[...document.querySelectorAll('#latest tbody tr')].map(r => r.offsetHeight)"
         )
         assert max(heights) < 1.5 * min(heights), heights
+
+        # Many series: a filter by name narrows them to one page.
+        page.fill("#filter", "/ p")
+        (only_p,) = all_charts(page)
+        assert [c["series"] for c in only_p] == [s for s in series if s.endswith(" / p")]
+        page.fill("#filter", "")
 
         # Another aggregate: the view's own list; no band around a max.
         options = page.locator("#aggregate option").all_text_contents()

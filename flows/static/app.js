@@ -95,7 +95,7 @@ const zoneName = () => (zone.utc ? "UTC" : LOCAL_ZONE);
 
 const rows = new Map();
 const charts = new Map(); // series -> {plot, figure}
-const state = { name: "", listing: null, value: "mean", page: 0, filter: "" };
+const state = { name: "", listing: null, listed: false, value: "mean", page: 0, filter: "" };
 
 const keyOf = (r) => `${r.source}\u0000${r.channel}\u0000${r.window_start}`;
 const seriesOf = (r) => `${r.source} / ${r.channel}`;
@@ -156,7 +156,7 @@ function render() {
     }
   }
   const grid = document.getElementById("charts");
-  for (const s of shown) {
+  for (const s of state.listed ? shown : []) {  // (labels and band need the view's definition)
     const c = chart(s, bySeries.get(s));
     grid.appendChild(c.figure); // (moved into page order)
   }
@@ -349,6 +349,11 @@ function controls() {
     state.page += 1;
     render();
   };
+  onresize = () => {
+    for (const c of charts.values()) {
+      c.plot.setSize({ width: Math.max(240, c.figure.clientWidth), height: 190 });
+    }
+  };
   document.getElementById("filter").oninput = (e) => {
     state.filter = e.target.value;
     state.page = 0;
@@ -392,12 +397,17 @@ function view() {
   document.getElementById("title").textContent = name;
   document.title = `obsflow · ${name}`;
   const received = []; // [event type, id, rows]: what came, in order (tests read it)
-  getJSON("/api/views").then((views) => {
-    state.listing = views.find((x) => x.name === name) || null;
-    if (state.listing && !aggregates().includes("mean")) state.value = aggregates()[0];
-    controls();
-    redraw();
-  });
+  getJSON("/api/views")
+    .then((views) => {
+      state.listing = views.find((x) => x.name === name) || null;
+      if (state.listing && !aggregates().includes("mean")) state.value = aggregates()[0];
+    })
+    .catch((e) => console.warn(`obsflow: no view definition (${e.message}): charting mean`))
+    .finally(() => {
+      state.listed = true;
+      controls();
+      redraw();
+    });
   controls();
   const status = document.getElementById("status");
   const url = `/api/views/${encodeURIComponent(name)}/events${location.search}`;
