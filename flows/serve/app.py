@@ -39,6 +39,8 @@ STATIC = {  # file name -> media type: nothing else is served from the package
     "app.css": "text/css",
     "index.html": "text/html",
     "view.html": "text/html",
+    "feed.js": "text/javascript",
+    "favicon.svg": "image/svg+xml",
 }
 
 Endpoint = Callable[[Request], Awaitable[Response]]
@@ -59,6 +61,10 @@ class App:
             Route("/", self.page),
             Route("/views/{name}", self.page),
             Route("/static/{file}", self.static),
+            Route(
+                "/favicon.ico",
+                lambda _: Response(static_bytes("favicon.svg"), media_type="image/svg+xml"),
+            ),
             Route("/api/captures", threaded(self.captures)),
             Route("/api/views", threaded(self.views)),
             Route("/api/captures/{name}", threaded(self.capture)),

@@ -2,12 +2,15 @@
 "use strict";
 
 const TIME = (s) => Date.parse(s.slice(0, 23) + "Z") / 1000; // ISO (ns) -> epoch seconds
+const PER_PAGE = 12; // charts per page of the grid
+const p2 = (n) => String(n).padStart(2, "0");
 
 function cell(tr, text, cls) {
   const td = document.createElement("td");
   td.textContent = text;
   if (cls) td.className = cls;
   tr.appendChild(td);
+  return td;
 }
 
 async function getJSON(url) {
@@ -47,28 +50,89 @@ async function index() {
   }
 }
 
-// The view page: one EventSource carries every series; rows are kept by window key, so an
-// event that repeats a row (a provisional row becoming final) replaces it.
+// -- time: one formatter for the axes' ticks and the table, in UTC or the browser's zone ------
+
+const zone = { utc: true };
+const LOCAL_ZONE = Intl.DateTimeFormat().resolvedOptions().timeZone || "local";
+
+function fields(t) {
+  const d = new Date(Math.round(t * 1000));
+  return zone.utc
+    ? [d.getUTCFullYear(), d.getUTCMonth() + 1, d.getUTCDate(), d.getUTCHours(), d.getUTCMinutes(), d.getUTCSeconds(), d.getUTCMilliseconds()]
+    : [d.getFullYear(), d.getMonth() + 1, d.getDate(), d.getHours(), d.getMinutes(), d.getSeconds(), d.getMilliseconds()];
+}
+
+function dateText(t) {
+  const [y, mo, d] = fields(t);
+  return `${y}-${p2(mo)}-${p2(d)}`;
+}
+
+// A tick's text: as precise as the step between ticks (incr, seconds) needs, 24-hour; the
+// date under the first tick and under the first tick of each new day.
+function tickText(t, incr, prev) {
+  const [, , , h, mi, s, ms] = fields(t);
+  if (incr >= 86400) return dateText(t);
+  let text = incr >= 60 ? `${p2(h)}:${p2(mi)}` : `${p2(h)}:${p2(mi)}:${p2(s)}`;
+  if (incr < 1) text += "." + String(ms).padStart(3, "0");
+  return prev == null || dateText(prev) !== dateText(t) ? `${text}\n${dateText(t)}` : text;
+}
+
+// A table's time: date and second, and the fraction only when there is one (ns timestamps
+// no longer wrap); the full ISO text stays in the <time> element's datetime and title.
+function timeText(iso) {
+  const frac = (iso.match(/\.(\d+)/) || ["", ""])[1].replace(/0+$/, "");
+  const [y, mo, d, h, mi, s] = fields(TIME(iso));
+  const text = `${y}-${p2(mo)}-${p2(d)} ${p2(h)}:${p2(mi)}:${p2(s)}`;
+  return frac ? `${text}.${frac}` : text;
+}
+
+const zoneName = () => (zone.utc ? "UTC" : LOCAL_ZONE);
+
+// -- the view page -----------------------------------------------------------------------
+// Rows are kept by window key, so an event that repeats a row (a provisional row becoming
+// final) replaces it. The events come from the SharedWorker's one stream (feed.js), or from
+// the tab's own EventSource where there is no SharedWorker.
+
 const rows = new Map();
-const charts = new Map();
-let value = "mean";
+const charts = new Map(); // series -> {plot, figure}
+const state = { name: "", listing: null, listed: false, value: "mean", page: 0, filter: "" };
 
-function keyOf(r) {
-  return `${r.source}\u0000${r.channel}\u0000${r.window_start}`;
-}
-
-function seriesOf(r) {
-  return `${r.source} / ${r.channel}`;
-}
+const keyOf = (r) => `${r.source}\u0000${r.channel}\u0000${r.window_start}`;
+const seriesOf = (r) => `${r.source} / ${r.channel}`;
 
 function apply(msg) {
   if (msg.reset) rows.clear();
   for (const r of msg.rows) rows.set(keyOf(r), r);
 }
 
+function aggregates() {
+  return state.listing ? state.listing.definition.aggregates : [];
+}
+
+// The unit of a channel, if the view listing gives one ({"units": {channel: unit}}); the
+// captures record none yet, and none is made up.
+function unitOf(channel) {
+  const unit = state.listing?.units?.[channel];
+  if (!unit || state.value === "count") return "";
+  return state.value === "var" ? ` (${unit})²` : ` (${unit})`;
+}
+
+const hasBand = () =>
+  state.value === "mean" && aggregates().includes("min") && aggregates().includes("max");
+
+let scheduled = false;
+function schedule() {
+  if (scheduled) return;
+  scheduled = true;
+  requestAnimationFrame(() => {
+    scheduled = false;
+    render();
+  });
+}
+
 function render() {
   const all = [...rows.values()];
-  document.getElementById("count").textContent = all.length;
+  document.getElementById("count").textContent = all.length.toLocaleString();
   document.getElementById("provisional").textContent = all.filter((r) => !r.final).length;
   const bySeries = new Map();
   for (const r of all) {
@@ -76,59 +140,135 @@ function render() {
     if (!bySeries.has(s)) bySeries.set(s, []);
     bySeries.get(s).push(r);
   }
-  const box = document.getElementById("series");
-  for (const s of [...bySeries.keys()].sort()) {
-    if (box.querySelector(`input[value="${CSS.escape(s)}"]`)) continue;
-    const label = document.createElement("label");
-    const input = document.createElement("input");
-    input.type = "checkbox";
-    input.value = s;
-    input.checked = box.querySelectorAll("input").length < 4; // the first few, charted
-    input.addEventListener("change", render);
-    label.appendChild(input);
-    label.appendChild(document.createTextNode(" " + s));
-    box.appendChild(label);
-  }
-  const shown = new Set([...box.querySelectorAll("input:checked")].map((i) => i.value));
-  for (const [s, chart] of charts) {
-    if (!shown.has(s)) {
-      chart.destroy();
-      charts.get(s)?.root?.remove();
+  const needle = state.filter.toLowerCase();
+  const names = [...bySeries.keys()].sort().filter((s) => s.toLowerCase().includes(needle));
+  const pages = Math.max(1, Math.ceil(names.length / PER_PAGE));
+  state.page = Math.min(state.page, pages - 1);
+  const shown = names.slice(state.page * PER_PAGE, (state.page + 1) * PER_PAGE);
+  pager(names.length, pages, bySeries.size);
+  document.getElementById("band-note").hidden = !hasBand();
+
+  for (const [s, c] of charts) {
+    if (!shown.includes(s)) {
+      c.plot.destroy();
+      c.figure.remove();
       charts.delete(s);
     }
   }
-  for (const s of shown) chart(s, bySeries.get(s) || []);
+  const grid = document.getElementById("charts");
+  for (const s of state.listed ? shown : []) {  // (labels and band need the view's definition)
+    const c = chart(s, bySeries.get(s));
+    grid.appendChild(c.figure); // (moved into page order)
+  }
   latest(all);
 }
 
-function chart(name, series) {
+function pager(n, pages, total) {
+  const first = n ? state.page * PER_PAGE + 1 : 0;
+  const last = Math.min(n, (state.page + 1) * PER_PAGE);
+  const of = n === total ? `${n}` : `${n} (of ${total})`;
+  document.getElementById("page-info").textContent =
+    `series ${first}–${last} of ${of} · page ${state.page + 1} of ${pages}`;
+  document.getElementById("prev").disabled = state.page === 0;
+  document.getElementById("next").disabled = state.page >= pages - 1;
+}
+
+function chartData(series) {
   series.sort((a, b) => (a.window_start < b.window_start ? -1 : 1));
-  const xs = series.map((r) => TIME(r.window_start));
-  const final = series.map((r) => (r.final ? r[value] : null));
-  const open = series.map((r) => (r.final ? null : r[value]));
-  const data = [xs, final, open];
+  const v = state.value;
+  const data = [
+    series.map((r) => TIME(r.window_start)),
+    series.map((r) => (r.final ? r[v] : null)),
+    series.map((r) => (r.final ? null : r[v])),
+  ];
+  if (hasBand()) data.push(series.map((r) => r.min), series.map((r) => r.max));
+  return data;
+}
+
+function chart(name, series) {
+  const data = chartData(series);
   if (charts.has(name)) {
-    charts.get(name).setData(data);
-    return;
+    charts.get(name).plot.setData(data);
+    return charts.get(name);
   }
-  const div = document.createElement("div");
-  document.getElementById("charts").appendChild(div);
+  const channel = name.slice(name.indexOf(" / ") + 3);
+  const yLabel = `${state.value} · ${channel}${unitOf(channel)}`;
+  const xLabel = `time (${zoneName()})`;
+  const figure = document.createElement("figure");
+  figure.className = "chart";
+  figure.dataset.series = name;
+  const caption = document.createElement("figcaption");
+  caption.textContent = name;
+  figure.appendChild(caption);
+  const box = document.createElement("div");
+  box.setAttribute("role", "img");
+  box.setAttribute("aria-label", `${name}: ${yLabel} against ${xLabel}`);
+  figure.appendChild(box);
+  document.getElementById("charts").appendChild(figure);
+
+  const v = state.value;
+  const seriesOpts = [
+    {},
+    { label: `${v} (final)`, stroke: "#1f5fa8", width: 1.5 },
+    {
+      label: `${v} (open window)`,
+      stroke: "#d98200",
+      width: 0,
+      points: { show: true, size: 6, fill: "#d98200" },
+    },
+  ];
+  const bands = [];
+  if (hasBand()) {
+    const edge = { stroke: "rgba(31, 95, 168, 0.35)", width: 0.5, points: { show: false } };
+    seriesOpts.push({ label: "min", ...edge }, { label: "max", ...edge });
+    bands.push({ series: [4, 3], fill: "rgba(31, 95, 168, 0.12)" });
+  }
   const opts = {
-    title: name,
-    width: Math.min(900, window.innerWidth - 60),
-    height: 220,
-    series: [
-      {},
-      { label: `${value} (final)`, stroke: "#1f5fa8", width: 1.5 },
+    width: Math.max(240, box.clientWidth || figure.clientWidth || 320),
+    height: 190,
+    tzDate: zone.utc ? (ts) => uPlot.tzDate(new Date(ts * 1e3), "Etc/UTC") : undefined,
+    scales: { x: { time: true } },
+    series: seriesOpts,
+    bands,
+    legend: { show: false },
+    axes: [
       {
-        label: `${value} (open window)`,
-        stroke: "#d98200",
-        width: 0,
-        points: { show: true, size: 7, fill: "#d98200" },
+        label: xLabel,
+        labelSize: 20,
+        size: 44,
+        values: (u, splits, axis, space, incr) =>
+          splits.map((t, i) => (t == null ? null : tickText(t, incr, i ? splits[i - 1] : null))),
       },
+      { label: yLabel, labelSize: 20, size: 56 },
     ],
+    hooks: { draw: [(u) => expose(u, figure)] },
   };
-  charts.set(name, new uPlot(opts, data, div));
+  const c = { plot: new uPlot(opts, data, box), figure };
+  charts.set(name, c);
+  return c;
+}
+
+// What a chart draws, as uPlot drew it (its series, axis labels, tick positions and texts),
+// in the figure's data attributes: a test compares them with the API's series and UTC ticks.
+function expose(u, figure) {
+  const x = u.axes[0];
+  const ticks = (x._splits || []).map((t, i) => [t, x._values ? x._values[i] : null]);
+  figure.dataset.drawn = JSON.stringify(u.series.slice(1).filter((s) => s.show).map((s) => s.label));
+  figure.dataset.bands = JSON.stringify(
+    (u.bands || []).map((b) => b.series.map((i) => u.series[i].label)),
+  );
+  figure.dataset.xLabel = x.label;
+  figure.dataset.yLabel = u.axes[1].label;
+  figure.dataset.xTicks = JSON.stringify(ticks.filter(([, text]) => text != null));
+}
+
+function redraw() {
+  for (const c of charts.values()) {
+    c.plot.destroy();
+    c.figure.remove();
+  }
+  charts.clear();
+  render();
 }
 
 function latest(all) {
@@ -137,13 +277,14 @@ function latest(all) {
     .slice()
     .sort((a, b) => (a.window_start < b.window_start ? 1 : -1))
     .slice(0, 20);
-  const columns = newest.length ? Object.keys(newest[0]).filter((c) => c !== "view_hash") : [];
+  const columns = ["source", "channel", "window_start", ...aggregates(), "final", "run"];
   const head = table.querySelector("thead");
   head.replaceChildren();
   const htr = document.createElement("tr");
   for (const c of columns) {
     const th = document.createElement("th");
-    th.textContent = c;
+    th.scope = "col";
+    th.textContent = c === "window_start" ? `window (${zoneName()})` : c;
     htr.appendChild(th);
   }
   head.appendChild(htr);
@@ -154,9 +295,21 @@ function latest(all) {
     if (!r.final) tr.className = "provisional";
     for (const c of columns) {
       const v = r[c];
-      const num = typeof v === "number";
-      const text = !num ? String(v) : Number.isInteger(v) ? v.toLocaleString() : v.toPrecision(6);
-      cell(tr, text, num ? "num" : "");
+      if (c === "window_start") {
+        const time = document.createElement("time");
+        time.dateTime = v;
+        time.title = v;
+        time.textContent = timeText(v);
+        cell(tr, "").appendChild(time);
+      } else if (c === "final") {
+        cell(tr, v ? "final" : "open");
+      } else if (c === "run") {
+        cell(tr, String(v ?? "").slice(-6), "run").title = v ?? "";
+      } else {
+        const num = typeof v === "number";
+        const text = v == null ? "" : !num ? String(v) : Number.isInteger(v) ? v.toLocaleString() : v.toPrecision(6);
+        cell(tr, text, num ? "num" : "");
+      }
     }
     body.appendChild(tr);
   }
@@ -173,39 +326,112 @@ async function counts(name) {
   }
 }
 
-function view() {
-  const name = decodeURIComponent(location.pathname.split("/").pop());
-  document.getElementById("title").textContent = name;
-  document.title = `obsflow · ${name}`;
-  getJSON("/api/views").then((views) => {
-    const v = views.find((x) => x.name === name);
-    if (v && !v.definition.aggregates.includes("mean")) value = v.definition.aggregates[0];
-  });
-  const status = document.getElementById("status");
-  const source = new EventSource(`/api/views/${encodeURIComponent(name)}/events${location.search}`);
-  let pending = false;
-  const received = []; // [event type, id, rows]: what came, in order (tests read it)
-  const onRows = (e) => {
-    const msg = JSON.parse(e.data);
-    received.push([e.type, e.lastEventId, msg.rows.length]);
-    apply(msg);
-    if (e.lastEventId) document.getElementById("position").textContent = e.lastEventId;
-    if (!pending) {
-      pending = true;
-      requestAnimationFrame(() => {
-        pending = false;
-        render();
-      });
+function controls() {
+  const select = document.getElementById("aggregate");
+  select.replaceChildren();
+  for (const a of aggregates()) select.add(new Option(a, a, false, a === state.value));
+  select.onchange = () => {
+    state.value = select.value;
+    redraw();
+  };
+  for (const input of document.querySelectorAll("input[name=zone]")) {
+    input.checked = (input.value === "utc") === zone.utc;
+    input.onchange = () => {
+      zone.utc = input.value === "utc";
+      redraw();
+    };
+  }
+  document.getElementById("prev").onclick = () => {
+    state.page -= 1;
+    render();
+  };
+  document.getElementById("next").onclick = () => {
+    state.page += 1;
+    render();
+  };
+  onresize = () => {
+    for (const c of charts.values()) {
+      c.plot.setSize({ width: Math.max(240, c.figure.clientWidth), height: 190 });
     }
   };
-  source.addEventListener("snapshot", onRows);
-  source.addEventListener("rows", (e) => {
-    onRows(e);
-    counts(name);
-  });
-  source.onopen = () => (status.textContent = "live");
-  source.onerror = () => (status.textContent = "reconnecting…");
+  document.getElementById("filter").oninput = (e) => {
+    state.filter = e.target.value;
+    state.page = 0;
+    render();
+  };
+}
+
+// The stream: one EventSource for every tab through the SharedWorker, or this tab's own.
+function follow(url, onEvent, onStatus) {
+  if (typeof SharedWorker === "function") {
+    try {
+      const worker = new SharedWorker("/static/feed.js", { name: "obsflow-feed-1" });
+      worker.port.onmessage = (m) => {
+        const msg = m.data;
+        if (msg.type === "event") onEvent(msg.kind, msg.id, msg.data);
+        else if (msg.type === "status") onStatus(msg.state, msg.tabs);
+        else if (msg.type === "error") console.error(`obsflow feed worker: ${msg.message}`);
+      };
+      worker.port.postMessage({ type: "follow", url });
+      addEventListener("pagehide", () => worker.port.postMessage({ type: "leave" }));
+      addEventListener("pageshow", (e) => {
+        if (e.persisted) worker.port.postMessage({ type: "follow", url }); // back from bfcache
+      });
+      return "shared-worker";
+    } catch (e) {
+      /* no worker here (a sandboxed frame, a blocked script): this tab's own stream */
+    }
+  }
+  const source = new EventSource(url);
+  const on = (e) => onEvent(e.type, e.lastEventId, e.data);
+  source.addEventListener("snapshot", on);
+  source.addEventListener("rows", on);
+  source.onopen = () => onStatus("live", 1);
+  source.onerror = () => onStatus("reconnecting…", 1);
+  return "per-tab";
+}
+
+function view() {
+  const name = decodeURIComponent(location.pathname.split("/").pop());
+  state.name = name;
+  document.getElementById("title").textContent = name;
+  document.title = `obsflow · ${name}`;
+  const received = []; // [event type, id, rows]: what came, in order (tests read it)
+  getJSON("/api/views")
+    .then((views) => {
+      state.listing = views.find((x) => x.name === name) || null;
+      if (state.listing && !aggregates().includes("mean")) state.value = aggregates()[0];
+    })
+    .catch((e) => console.warn(`obsflow: no view definition (${e.message}): charting mean`))
+    .finally(() => {
+      state.listed = true;
+      controls();
+      redraw();
+    });
+  controls();
+  const status = document.getElementById("status");
+  const url = `/api/views/${encodeURIComponent(name)}/events${location.search}`;
+  const transport = follow(
+    url,
+    (kind, id, data) => {
+      const msg = JSON.parse(data);
+      received.push([kind, id, msg.rows.length]);
+      apply(msg);
+      if (id) document.getElementById("position").textContent = id;
+      if (kind === "rows") counts(name);
+      schedule();
+    },
+    (text, tabs) => {
+      status.textContent = text;
+      document.getElementById("tabs").textContent =
+        transport === "per-tab"
+          ? "this tab's own connection"
+          : `one connection for ${tabs} tab${tabs === 1 ? "" : "s"}`;
+    },
+  );
+  document.body.dataset.transport = transport;
   counts(name);
+  window.obsflowTransport = transport;
   window.obsflowRows = () => [...rows.values()]; // for tests and the console
   window.obsflowReceived = () => received.slice();
 }
