@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import io
 import json
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any, BinaryIO
 
 import numpy as np
@@ -76,19 +76,6 @@ def read(
             pending, rows, bad = [], 0, []
     if pending or bad:
         yield (pa.concat_tables(pending) if pending else pa.table({})), sorted(bad)
-
-
-def capped(
-    max_bytes: int,
-) -> Callable[[BinaryIO, int, str | None], Iterator[tuple[pa.Table, list[tuple[int, str, str]]]]]:
-    """``read`` with a record cap of ``max_bytes`` (the registry's ``Format.capped``)."""
-
-    def read_capped(
-        f: BinaryIO, batch_rows: int, delimiter: str | None = None
-    ) -> Iterator[tuple[pa.Table, list[tuple[int, str, str]]]]:
-        return read(f, batch_rows, delimiter, max_bytes=max_bytes)
-
-    return read_capped
 
 
 def _header(f: BinaryIO, max_bytes: int) -> tuple[bytes, int]:

@@ -24,7 +24,7 @@ import codecs
 import io
 import json
 import re
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any, BinaryIO
 
 import numpy as np
@@ -115,19 +115,6 @@ def _array_file(f: BinaryIO) -> list[bytes] | None:
         return None
     # (one element per line, as JSON lines: each then read, checked and refused alone)
     return [json.dumps(e, ensure_ascii=False, allow_nan=True).encode() for e in array]
-
-
-def capped(
-    max_bytes: int,
-) -> Callable[[BinaryIO, int, str | None], Iterator[tuple[pa.Table, list[tuple[int, str, str]]]]]:
-    """``read`` with a record cap of ``max_bytes`` (the registry's ``Format.capped``)."""
-
-    def read_capped(
-        f: BinaryIO, batch_rows: int, delimiter: str | None = None
-    ) -> Iterator[tuple[pa.Table, list[tuple[int, str, str]]]]:
-        return read(f, batch_rows, delimiter, max_bytes=max_bytes)
-
-    return read_capped
 
 
 def _arrow_table(lines: list[bytes]) -> pa.Table | None:

@@ -11,11 +11,12 @@ names they offer (``serve`` json, csv, arrow; ``sql`` csv, json, parquet).
 from __future__ import annotations
 
 import codecs
+import functools
 import io
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO, Literal
+from typing import BinaryIO, Literal, Protocol
 
 import pyarrow as pa
 
@@ -34,6 +35,16 @@ Reader = Callable[
     [BinaryIO, int, str | None], Iterator[tuple[pa.Table, list[tuple[int, str, str]]]]
 ]
 Writer = Callable[[pa.Table, BinaryIO], None]
+
+
+class CappedReader(Protocol):
+    """A ``Reader`` that also takes a record cap: a line of over ``max_bytes`` is malformed."""
+
+    def __call__(
+        self, f: BinaryIO, batch_rows: int, delimiter: str | None = None, *, max_bytes: int
+    ) -> Iterator[tuple[pa.Table, list[tuple[int, str, str]]]]: ...
+
+
 Encoder = Callable[[pa.Table], bytes]
 
 
@@ -41,8 +52,8 @@ Encoder = Callable[[pa.Table], bytes]
 class Format:
     """One format. ``extensions`` (lower case, with the dot; the first is the one messages
     name) choose it for a file; ``binary``: its cells may hold bytes (``payload_inline``),
-    where text formats get references; ``capped(n)``: its reader, with a line of over ``n``
-    bytes a malformed line (``--max-record-size``)."""
+    where text formats get references; ``capped``: its reader again, as one that takes a
+    record cap (``--max-record-size``)."""
 
     name: str
     extensions: tuple[str, ...] = ()
@@ -51,7 +62,7 @@ class Format:
     write: Writer | None = None
     encode: Encoder | None = None
     binary: bool = False
-    capped: Callable[[int], Reader] | None = None
+    capped: CappedReader | None = None
 
 
 def written(write: Writer) -> Encoder:
@@ -83,7 +94,7 @@ FORMATS: dict[str, Format] = {
             read=csv_files.read,
             write=csv_files.write,
             encode=written(csv_files.write),
-            capped=csv_files.capped,
+            capped=csv_files.read,
         ),
         Format(
             "jsonl",
@@ -92,7 +103,7 @@ FORMATS: dict[str, Format] = {
             read=jsonl_files.read,
             write=jsonl_files.write,
             encode=written(jsonl_files.write),
-            capped=jsonl_files.capped,
+            capped=jsonl_files.read,
         ),
         Format("json", (), "application/json", encode=json_records.encode),
         Format("arrow", (), "application/vnd.apache.arrow.stream", encode=arrow_ipc.encode),
@@ -159,9 +170,9 @@ def reader_of(url: str, max_record_size: int = MAX_RECORD_BYTES) -> Reader:
     """How to read the file ``url`` names, chosen by its extension; a text record longer than
     ``max_record_size`` bytes is a malformed line (``--max-record-size``)."""
     fmt = format_of(url, "read")
-    if fmt.capped is not None:
-        return fmt.capped(max_record_size)
     assert fmt.read is not None
+    if fmt.capped is not None:
+        return functools.partial(fmt.capped, max_bytes=max_record_size)
     return fmt.read
 
 
