@@ -11,7 +11,6 @@ from dataclasses import replace
 from importlib import resources
 from typing import Any
 
-import pyarrow as pa
 from sse_starlette.sse import EventSourceResponse
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
@@ -22,6 +21,7 @@ from starlette.routing import Route
 
 from obsflow.connectors.datasets import reads
 from obsflow.connectors.datasets.capture import capture_info, list_captures
+from obsflow.connectors.datasets.pages import Paged
 from obsflow.connectors.datasets.views import list_views
 from obsflow.connectors.formats.schema import READING_SCHEMA, TRACE
 from obsflow.connectors.storage.store import Store
@@ -132,27 +132,30 @@ class App:
         if name not in list_captures(self.store):
             raise NotFoundError(f"no capture {name!r}")
 
-        def read(f: Filters) -> pa.Table:
+        def paged(f: Filters) -> Paged:
             select = f.selection
             if f.traces:  # (asked for by trace id, each reading shows its own)
                 select = replace(select, columns=[*READING_SCHEMA.names, TRACE])
-            return reads.read_capture(
+            return reads.paged_capture(
                 self.store, name, select, filter=reads.trace_filter(f.trace_ids)
             )
 
-        return table_response(request, read)
+        return table_response(request, self.store, paged)
 
     def view(self, request: Request) -> Response:
         name = request.path_params["name"]
         view_capture(self.store, name)
-        return table_response(request, lambda f: reads.read_view(self.store, name, f.selection))
+        return table_response(
+            request, self.store, lambda f: reads.paged_view(self.store, name, f.selection)
+        )
 
     def late(self, request: Request) -> Response:
         name = request.path_params["name"]
         view_capture(self.store, name)
         return table_response(
             request,
-            lambda f: reads.read_late(self.store, name, f.selection, trace_ids=f.trace_ids),
+            self.store,
+            lambda f: reads.paged_late(self.store, name, f.selection, trace_ids=f.trace_ids),
         )
 
     def deadletters(self, request: Request) -> Response:
@@ -162,7 +165,8 @@ class App:
             checked(run_id, "run id")
         return table_response(
             request,
-            lambda f: reads.read_deadletters(
+            self.store,
+            lambda f: reads.paged_deadletters(
                 self.store, run=run_id, reason=reason, trace_ids=f.trace_ids
             ),
         )
