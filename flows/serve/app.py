@@ -25,7 +25,7 @@ from obsflow.connectors.datasets.pages import Paged
 from obsflow.connectors.datasets.views import list_views
 from obsflow.connectors.formats.schema import READING_SCHEMA, TRACE
 from obsflow.connectors.storage.store import Store
-from obsflow.flows.serve.auth import TokenMiddleware
+from obsflow.flows.serve.auth import HostGuard, OriginGuard, TokenMiddleware
 from obsflow.flows.serve.config import ServeConfig
 from obsflow.flows.serve.encoding import json_response, table_response
 from obsflow.flows.serve.errors import ERRORS, NotFoundError, checked, view_capture
@@ -71,15 +71,19 @@ class App:
         ]
 
     def starlette(self) -> Starlette:
-        """The Starlette app: the routes, the token guard outermost, CORS if asked for."""
-        middleware = []
-        if self.config.token:
-            middleware.append(Middleware(TokenMiddleware, token=self.config.token))
+        """The Starlette app: the routes behind the guards (Host, Origin; CORS if asked for;
+        the token), outermost first."""
+        middleware = [
+            Middleware(HostGuard, names=self.config.host_names()),
+            Middleware(OriginGuard, origins=self.config.cors_origins),
+        ]
         if self.config.cors_origins:
             origins = list(self.config.cors_origins)
             middleware.append(
                 Middleware(CORSMiddleware, allow_origins=origins, allow_methods=["GET"])
             )
+        if self.config.token:
+            middleware.append(Middleware(TokenMiddleware, token=self.config.token))
         handlers = {kind: error_handler(status, text) for kind, (status, text) in ERRORS.items()}
         return Starlette(
             routes=self.routes(),
