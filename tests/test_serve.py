@@ -493,7 +493,7 @@ def test_a_stalled_client_slows_nobody_and_is_dropped(tmp_path: Path) -> None:
         stalled.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
         stalled.connect(("127.0.0.1", int(base.rsplit(":", 1)[1])))
         stalled.sendall(
-            b"GET /api/views/v1s/events HTTP/1.1\r\nHost: t\r\nLast-Event-ID: 1\r\n\r\n"
+            b"GET /api/views/v1s/events HTTP/1.1\r\nHost: 127.0.0.1\r\nLast-Event-ID: 1\r\n\r\n"
         )
 
         def read() -> None:
