@@ -144,7 +144,15 @@ def _file_rows(
         group = fragment.subset(row_group_ids=[rg.id])
         at = lo
         batch_rows = min(BATCH_ROWS, max(need, 1024))
-        for batch in group.to_batches(schema=stored, columns=projection, batch_size=batch_rows):
+        # (no read-ahead: a page stops early, and what is decoded ahead is memory held)
+        scan = group.to_batches(
+            schema=stored,
+            columns=projection,
+            batch_size=batch_rows,
+            batch_readahead=0,
+            fragment_readahead=0,
+        )
+        for batch in scan:
             n = batch.num_rows
             table = pa.Table.from_batches([batch])
             skip = max(first - at, 0)
