@@ -80,7 +80,12 @@ class App:
         if self.config.cors_origins:
             origins = list(self.config.cors_origins)
             middleware.append(
-                Middleware(CORSMiddleware, allow_origins=origins, allow_methods=["GET"])
+                Middleware(
+                    CORSMiddleware,
+                    allow_origins=origins,
+                    allow_methods=["GET"],
+                    expose_headers=["Link"],  # (the next page: a page of that origin reads it)
+                )
             )
         if self.config.token:
             middleware.append(Middleware(TokenMiddleware, token=self.config.token))
