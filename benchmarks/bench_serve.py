@@ -235,8 +235,10 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def obsflow(*args: str, log: Path, **kw: Any) -> subprocess.Popen[bytes]:
-    return subprocess.Popen([str(BIN / "obsflow"), *args], stderr=log.open("w"), **kw)
+def obsflow(
+    *args: str, log: Path, exe: Path = BIN / "obsflow", **kw: Any
+) -> subprocess.Popen[bytes]:
+    return subprocess.Popen([str(exe), *args], stderr=log.open("w"), **kw)
 
 
 def wait_for(check: Any, what: str, timeout: float = 60) -> Any:
@@ -293,12 +295,11 @@ def subscribers(base: str) -> int:
     return int(status.get("feeds", {}).get(VIEW, {}).get("subscribers", -1))
 
 
-def run(a: Any, work: Path) -> dict[str, Any]:
+def run(a: Any, work: Path, trees: dict[str, Path]) -> dict[str, dict[str, Any]]:
+    """One live ingest served by each tree's server at once (its own clients each)."""
     nats = NatsServer(work / "js").start()
     store = work / "store"
     (work / "views.toml").write_text(VIEWS)
-    port = free_port()
-    base = f"http://127.0.0.1:{port}"
     procs: list[subprocess.Popen[Any]] = []
     try:
         topic = "load.sim"
@@ -319,31 +320,52 @@ def run(a: Any, work: Path) -> dict[str, Any]:
         procs.append(ingest)
         st = Store(str(store))
         wait_for(lambda: commits.head(st, CAPTURE) >= 1, "the first commit")
-        server = obsflow(
-            "serve", "--store", str(store), "--port", str(port), log=work / "serve.log"
-        )
-        procs.append(server)
-        wait_for(lambda: get_json(f"{base}/api/views"), "the server")
+        servers: dict[str, Any] = {}
+        for name, exe in trees.items():  # (each tree's server, both on the same store)
+            sport = free_port()
+            sbase = f"http://127.0.0.1:{sport}"
+            proc = obsflow(
+                *("serve", "--store", str(store), "--port", str(sport)),
+                log=work / f"serve-{name}.log",
+                exe=exe,
+            )
+            procs.append(proc)
+            servers[name] = {"proc": proc, "port": sport, "base": sbase}
+        for srv in servers.values():
+            wait_for(lambda srv=srv: get_json(f"{srv['base']}/api/views"), "the server")
         # The baseline first: the clients polling, while the readings flow.
-        cpu0 = cpu_seconds(server.pid)
-        pollers = client_procs("--poll", a, base, [str(a.full), str(a.sources), str(a.poll)])
-        polled = [result_of(p) for p in pollers]
-        poll_cpu = cpu_seconds(server.pid) - cpu0
+        for srv in servers.values():
+            srv["cpu0"] = cpu_seconds(srv["proc"].pid)
+            extra = [str(a.full), str(a.sources), str(a.poll)]
+            srv["pollers"] = client_procs("--poll", a, srv["base"], extra)
+        for srv in servers.values():
+            srv["polled"] = [result_of(p) for p in srv["pollers"]]
+            srv["poll_cpu"] = cpu_seconds(srv["proc"].pid) - srv["cpu0"]
         # Then the same clients following the view's events, and one stalled client.
-        sampler = Sampler(server.pid)
-        sampler.start()
-        cpu0 = cpu_seconds(server.pid)
-        clients = client_procs("--clients", a, base, [str(store), str(a.full), str(a.sources)])
-        for c in clients:
-            assert c.stdout is not None
-            c.stdout.readline()  # "connecting"
-        stalled = stalled_client(port)
-        wait_for(lambda: subscribers(base) == a.clients + 1, "every subscription", 120)
+        for srv in servers.values():
+            srv["sampler"] = Sampler(srv["proc"].pid)
+            srv["sampler"].start()
+            srv["cpu0"] = cpu_seconds(srv["proc"].pid)
+            extra = [str(store), str(a.full), str(a.sources)]
+            srv["clients"] = client_procs("--clients", a, srv["base"], extra)
+        for srv in servers.values():
+            for c in srv["clients"]:
+                assert c.stdout is not None
+                c.stdout.readline()  # "connecting"
+            srv["stalled"] = stalled_client(srv["port"])
+        for srv in servers.values():
+            wait_for(
+                lambda srv=srv: subscribers(srv["base"]) == a.clients + 1,
+                "every subscription",
+                120,
+            )
         connected = time.time()
-        dropped_at = None
+        for srv in servers.values():
+            srv["dropped_at"] = None
         while sim.poll() is None:
-            if dropped_at is None and subscribers(base) == a.clients:
-                dropped_at = time.time()
+            for srv in servers.values():
+                if srv["dropped_at"] is None and subscribers(srv["base"]) == a.clients:
+                    srv["dropped_at"] = time.time()
             time.sleep(0.2)
         if sim.returncode:
             raise SystemExit(f"simulate failed: {(work / 'simulate.log').read_text()}")
@@ -351,11 +373,12 @@ def run(a: Any, work: Path) -> dict[str, Any]:
             raise SystemExit(f"ingest failed: {(work / 'ingest.log').read_text()}")
         log = commits.read_log(st, CAPTURE)
         final = log[-1].n
-        results = [result_of(c, f"{final}\n") for c in clients]
-        sampler.stopped.set()
-        cpu = cpu_seconds(server.pid) - cpu0
-        peak = status_mib(server.pid, "VmHWM")
-        stalled.close()
+        for srv in servers.values():
+            srv["results"] = [result_of(c, f"{final}\n") for c in srv["clients"]]
+            srv["sampler"].stopped.set()
+            srv["cpu"] = cpu_seconds(srv["proc"].pid) - srv["cpu0"]
+            srv["peak"] = status_mib(srv["proc"].pid, "VmHWM")
+            srv["stalled"].close()
     finally:
         for p in procs:
             if p.poll() is None:
@@ -366,6 +389,17 @@ def run(a: Any, work: Path) -> dict[str, Any]:
             p.kill()
         nats.stop()
     created = {e.n: pd.Timestamp(e.created).timestamp() for e in log}
+    shared = {
+        "readings": reads.read_capture(st, CAPTURE, columns=["source"]).num_rows,
+        "commits": len(log),
+        "view_rows": reads.read_view(st, VIEW, columns=["source"]).num_rows,
+    }
+    return {name: {**shared, **measured(srv, created, connected)} for name, srv in servers.items()}
+
+
+def measured(srv: dict[str, Any], created: dict[int, float], connected: float) -> dict[str, Any]:
+    """One server's numbers, from its clients' arrivals and its samples."""
+    results = srv["results"]
     rows = [c for r in results for c in r["clients"]]
     delays = np.array(
         [t - created[int(n)] for c in rows for n, t in c["arrivals"].items()], dtype=float
@@ -380,24 +414,20 @@ def run(a: Any, work: Path) -> dict[str, Any]:
         ],
         dtype=float,
     )
-    rss = sampler.samples
+    final = max(created)
     return {
-        "readings": reads.read_capture(st, CAPTURE, columns=["source"]).num_rows,
-        "commits": len(log),
-        "view_rows": reads.read_view(st, VIEW, columns=["source"]).num_rows,
         "clients": rows,
         "errors": [e for r in results for e in r["errors"]],
         "timed_out": sum(r["timed_out"] for r in results),
         "delays": delays,
         "steady": steady,
-        "rss": rss,
-        "peak_rss": peak,
-        "cpu": cpu,
+        "rss": srv["sampler"].samples,
+        "peak_rss": srv["peak"],
+        "cpu": srv["cpu"],
         "sse_span": created[final] - connected,
-        "dropped_after": None if dropped_at is None else dropped_at - connected,
-        "poll": polled,
-        "poll_span": a.poll,
-        "poll_cpu": poll_cpu,
+        "dropped_after": None if srv["dropped_at"] is None else srv["dropped_at"] - connected,
+        "poll": srv["polled"],
+        "poll_cpu": srv["poll_cpu"],
     }
 
 
@@ -423,15 +453,38 @@ def main() -> None:
     p.add_argument("--sources", type=int, default=200)
     p.add_argument("--rate", type=float, default=100.0, help="Hz per source")
     p.add_argument("--poll", type=float, default=20.0, help="seconds of the polling baseline")
+    p.add_argument(
+        "--before",
+        metavar="DIR",
+        help="another checkout (its own .venv): its server runs too, on the same live ingest",
+    )
     a = p.parse_args()
+    trees = {"after": BIN / "obsflow"}
+    if a.before:
+        exe = Path(a.before) / ".venv" / "bin" / "obsflow"
+        if not exe.exists():
+            raise SystemExit(f"--before: no {exe} (make -s .venv/.installed there)")
+        trees = {"before": exe, **trees}
+    print(
+        f"ran: {' '.join(sys.argv[1:]) or '(defaults)'}; servers: "
+        + ", ".join(f"{n} {e}" for n, e in trees.items())
+    )
     work = Path(tempfile.mkdtemp(prefix="obsflow-bench-serve-"))
     try:
-        r = run(a, work)
+        r = run(a, work, trees)
     except BaseException:
         print(f"(logs kept in {work})")
         raise
     shutil.rmtree(work, ignore_errors=True)
-    report(a, r)
+    failed = False
+    for name, result in r.items():
+        print(f"\n== {name} ==")
+        try:
+            report(a, result)
+        except SystemExit:
+            failed = True
+    if failed:
+        raise SystemExit(1)
 
 
 def report(a: Any, r: dict[str, Any]) -> None:
@@ -470,7 +523,7 @@ def report(a: Any, r: dict[str, Any]) -> None:
     polled = r["poll"]
     print(
         f"baseline, the same {a.clients} clients polling the API every second for their "
-        f"series' last 10 s, for {r['poll_span']:.0f} s:\n"
+        f"series' last 10 s, for {a.poll:.0f} s:\n"
         f"  {sum(x['requests'] for x in polled):,} requests, "
         f"{sum(x['bytes'] for x in polled) / 2**20:,.1f} MiB, server CPU {r['poll_cpu']:,.1f} s"
     )

@@ -31,6 +31,7 @@ from obsflow.connectors.datasets.capture import (
     no_version,
     open_capture,
 )
+from obsflow.connectors.datasets.pages import Paged
 from obsflow.connectors.datasets.views import read_view_doc, view_head
 from obsflow.connectors.errors import ConfigError, StoreError
 from obsflow.connectors.formats.parsing import to_utc
@@ -484,3 +485,83 @@ def trace_filter(trace_ids: Sequence[str] | None) -> ds.Expression | None:
 
 def _list(values: Sequence[str] | None) -> list[str] | None:
     return None if values is None else list(values)
+
+
+# -- the same reads a page at a time (``pages``: the web app's row endpoints) -----------------
+
+
+def paged_capture(
+    store: Store, name: str, select: Selection, *, filter: ds.Expression | None = None
+) -> Paged:
+    """``read_capture(store, name, select, filter=filter)``, read a page at a time."""
+    if select.columns is None:
+        select = replace(select, columns=list(READING_SCHEMA.names))
+    schema = layout.CAPTURE_TABLE_SCHEMA
+    _columns(schema, select.columns, CAPTURE_KEYS)  # (an unknown column: the error now)
+    parts = _partitions(store, name, _list(select.sources))
+    return Paged(
+        layout.capture_dir(name),
+        schema,
+        CAPTURE_KEYS,
+        lambda snap: _pick(snap, parts, select.start, select.until),
+        select.columns,
+        _all([row_filter(select), filter]),
+    )
+
+
+def paged_view(store: Store, name: str, select: Selection) -> Paged:
+    """``read_view(store, name, select)``, read a page at a time."""
+    doc = read_view_doc(store, name)
+    schema = layout.view_schema(doc["definition"]["aggregates"])
+    _columns(schema, select.columns, VIEW_KEYS)
+    parts = _partitions(store, doc.get("capture"), _list(select.sources))
+    return Paged(
+        layout.view_dir(name),
+        schema,
+        VIEW_KEYS,
+        lambda snap: _pick(snap, parts),
+        select.columns,
+        row_filter(select, "window_start"),
+    )
+
+
+def paged_late(
+    store: Store, view: str, select: Selection, *, trace_ids: Sequence[str] | None = None
+) -> Paged:
+    """``read_late(store, view, select, trace_ids=trace_ids)``, read a page at a time."""
+    table = layout.late_dir(view)
+    return Paged(
+        table,
+        layout.LATE_SCHEMA,
+        ("run", *CAPTURE_KEYS),
+        lambda snap: _pick(snap, None),
+        select.columns,
+        _all([row_filter(select), trace_filter(trace_ids)]),
+    )
+
+
+def paged_deadletters(
+    store: Store,
+    *,
+    run: str | None = None,
+    reason: str | None = None,
+    trace_ids: Sequence[str] | None = None,
+) -> Paged:
+    """``read_deadletters(store, run=run, reason=reason, trace_ids=trace_ids)``, read a page
+    at a time."""
+    check_reason(store, reason)
+    table = layout.DEADLETTER_DIR
+    return Paged(
+        table,
+        layout.DEADLETTER_SCHEMA,
+        ("run", "origin", "row"),
+        lambda snap: _run_files(_pick(snap, None), table, run),
+        None,
+        _all(
+            [
+                pc.field("reason") == reason if reason else None,
+                trace_filter(trace_ids),
+                None if run is None else pc.field("run") == run,
+            ]
+        ),
+    )

@@ -453,6 +453,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         token=serve.read_token(args.token_file),
         poll=args.poll,
         cors_origins=tuple(args.cors_origin),
+        allow_hosts=tuple(args.allow_host),
     )
     sock = serve.listening_socket(args.host, args.port)
     host = f"[{args.host}]" if ":" in args.host else args.host

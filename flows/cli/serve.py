@@ -32,6 +32,14 @@ def add_parser(sub: Subparsers) -> None:
         help="let pages of this origin read the API (repeatable; default: none)",
     )
     sp.add_argument(
+        "--allow-host",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="answer requests sent to this host name too (repeatable; default: addresses, "
+        "localhost and, beyond loopback, the machine's own names)",
+    )
+    sp.add_argument(
         "--poll",
         type=float,
         default=0.5,

@@ -11,7 +11,6 @@ from dataclasses import replace
 from importlib import resources
 from typing import Any
 
-import pyarrow as pa
 from sse_starlette.sse import EventSourceResponse
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
@@ -22,10 +21,11 @@ from starlette.routing import Route
 
 from obsflow.connectors.datasets import reads
 from obsflow.connectors.datasets.capture import capture_info, list_captures
+from obsflow.connectors.datasets.pages import Paged
 from obsflow.connectors.datasets.views import list_views
 from obsflow.connectors.formats.schema import READING_SCHEMA, TRACE
 from obsflow.connectors.storage.store import Store
-from obsflow.flows.serve.auth import TokenMiddleware
+from obsflow.flows.serve.auth import HostGuard, OriginGuard, TokenMiddleware
 from obsflow.flows.serve.config import ServeConfig
 from obsflow.flows.serve.encoding import json_response, table_response
 from obsflow.flows.serve.errors import ERRORS, NotFoundError, checked, view_capture
@@ -77,15 +77,24 @@ class App:
         ]
 
     def starlette(self) -> Starlette:
-        """The Starlette app: the routes, the token guard outermost, CORS if asked for."""
-        middleware = []
-        if self.config.token:
-            middleware.append(Middleware(TokenMiddleware, token=self.config.token))
+        """The Starlette app: the routes behind the guards (Host, Origin; CORS if asked for;
+        the token), outermost first."""
+        middleware = [
+            Middleware(HostGuard, names=self.config.host_names()),
+            Middleware(OriginGuard, origins=self.config.cors_origins),
+        ]
         if self.config.cors_origins:
             origins = list(self.config.cors_origins)
             middleware.append(
-                Middleware(CORSMiddleware, allow_origins=origins, allow_methods=["GET"])
+                Middleware(
+                    CORSMiddleware,
+                    allow_origins=origins,
+                    allow_methods=["GET"],
+                    expose_headers=["Link"],  # (the next page: a page of that origin reads it)
+                )
             )
+        if self.config.token:
+            middleware.append(Middleware(TokenMiddleware, token=self.config.token))
         handlers = {kind: error_handler(status, text) for kind, (status, text) in ERRORS.items()}
         return Starlette(
             routes=self.routes(),
@@ -138,27 +147,30 @@ class App:
         if name not in list_captures(self.store):
             raise NotFoundError(f"no capture {name!r}")
 
-        def read(f: Filters) -> pa.Table:
+        def paged(f: Filters) -> Paged:
             select = f.selection
             if f.traces:  # (asked for by trace id, each reading shows its own)
                 select = replace(select, columns=[*READING_SCHEMA.names, TRACE])
-            return reads.read_capture(
+            return reads.paged_capture(
                 self.store, name, select, filter=reads.trace_filter(f.trace_ids)
             )
 
-        return table_response(request, read)
+        return table_response(request, self.store, paged)
 
     def view(self, request: Request) -> Response:
         name = request.path_params["name"]
         view_capture(self.store, name)
-        return table_response(request, lambda f: reads.read_view(self.store, name, f.selection))
+        return table_response(
+            request, self.store, lambda f: reads.paged_view(self.store, name, f.selection)
+        )
 
     def late(self, request: Request) -> Response:
         name = request.path_params["name"]
         view_capture(self.store, name)
         return table_response(
             request,
-            lambda f: reads.read_late(self.store, name, f.selection, trace_ids=f.trace_ids),
+            self.store,
+            lambda f: reads.paged_late(self.store, name, f.selection, trace_ids=f.trace_ids),
         )
 
     def deadletters(self, request: Request) -> Response:
@@ -168,7 +180,8 @@ class App:
             checked(run_id, "run id")
         return table_response(
             request,
-            lambda f: reads.read_deadletters(
+            self.store,
+            lambda f: reads.paged_deadletters(
                 self.store, run=run_id, reason=reason, trace_ids=f.trace_ids
             ),
         )

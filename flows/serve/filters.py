@@ -14,7 +14,8 @@ from obsflow.connectors.errors import ConfigError
 from obsflow.connectors.formats.json_records import json_array
 from obsflow.connectors.formats.parsing import to_utc
 
-MAX_LIMIT = 1_000_000
+DEFAULT_LIMIT = 10_000  # rows of a response that names no limit
+MAX_LIMIT = 1_000_000  # rows of one response at most (more: follow its next link)
 
 
 @dataclass(frozen=True)
@@ -34,7 +35,12 @@ class Filters:
         except ValueError:
             raise ConfigError(f"limit={limit!r} is not a whole number") from None
         if n is not None and not 0 <= n <= MAX_LIMIT:
-            raise ConfigError(f"limit must be between 0 and {MAX_LIMIT:,}")
+            raise ConfigError(
+                f"limit={n} is too many: at most {MAX_LIMIT:,} rows a response — follow its "
+                "next link for more"
+                if n > MAX_LIMIT
+                else "limit must be 0 or more"
+            )
         for key in ("from", "until"):
             value = query.get(key)
             if value:
