@@ -17,6 +17,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.dataset as ds
@@ -160,7 +161,9 @@ def _file_rows(
             if skip >= n:
                 continue
             table = table.slice(skip)
-            rows = pa.array(range(at - n + skip, at), pa.int64())  # (each row's row in the file)
+            rows = pa.array(
+                np.arange(at - n + skip, at, dtype=np.int64)
+            )  # (each row's row in the file)
             if paged.filter is not None:
                 keep = pc.fill_null(table.column(KEEP), False)
                 table, rows = table.filter(keep).drop_columns([KEEP]), rows.filter(keep)
