@@ -51,7 +51,7 @@ def test_ctrl_c_in_a_file_ingest_says_one_line_and_commits_nothing(tmp_path: Pat
     """Item 7: Ctrl-C in a file ingest printed a 30-line traceback (Bytewax wraps the
     KeyboardInterrupt)."""
     big = tmp_path / "big.csv"
-    made = obsflow("simulate", str(big), "--sources", "20", "--rate", "500", "--duration", "200s")
+    made = obsflow("simulate", str(big), "--sources", "20", "--rate", "500", "--duration", "100s")
     assert made.returncode == 0, made.stderr
     rows = sum(1 for _ in big.open()) - 1
     store = tmp_path / "store"
