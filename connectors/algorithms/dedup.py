@@ -300,7 +300,8 @@ class Deduper:
         sc, cc = used // width, used % width
         codes = (src[sc] << 32) | np.where(cc == 0, 0, chan[np.maximum(cc - 1, 0)] + 1)
         small = np.uint16 if used.size <= 1 << 16 else np.int32  # radix sort when it fits
-        value = table.column("value").combine_chunks().fill_null(np.nan).to_numpy()
+        v = table.column("value").combine_chunks()
+        value = (v.fill_null(np.nan) if v.null_count else v).to_numpy()
         return local.astype(small), key, t, chan[c_codes], value, self._space_ids(codes)
 
     # -- checking --------------------------------------------------------------------------
