@@ -102,6 +102,17 @@ def _same_content(
     return same
 
 
+def _same_buffers(a: pa.Array, b: pa.Array) -> bool:
+    """Whether two arrays are views of the very same memory (so equal)."""
+    return (
+        len(a) == len(b)
+        and a.type == b.type
+        and a.offset == b.offset
+        and [x.address if x else 0 for x in a.buffers()]
+        == [x.address if x else 0 for x in b.buffers()]
+    )
+
+
 def _identity(space: np.ndarray, key: np.ndarray) -> np.ndarray:
     return mix(key.view(np.uint64) ^ mix(space.astype(np.uint64) ^ _SEQ_SALT))
 
@@ -212,6 +223,7 @@ class Deduper:
     forgot: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
     chunks: list[_Chunk] = field(default_factory=list)
     max_chunks: int = MAX_CHUNKS
+    _seen: dict[str, tuple[pa.Array, np.ndarray]] = field(default_factory=dict, repr=False)
 
     def __len__(self) -> int:
         """Identities held in memory."""
@@ -237,6 +249,17 @@ class Deduper:
     def _ids(self, which: str, names: pa.Array) -> np.ndarray:
         """The number of each of ``names`` among the known sources or channels (new ones are
         added)."""
+        # Batches of one input share its dictionaries (partitions keep the whole one): map a
+        # dictionary once, not once per batch. (The cache holds the array, so its buffers
+        # cannot be freed and their addresses reused by another.)
+        cached = self._seen.get(which)
+        if cached is not None and _same_buffers(cached[0], names):
+            return cached[1]
+        ids = self._map(which, names)
+        self._seen[which] = (names, ids)
+        return ids
+
+    def _map(self, which: str, names: pa.Array) -> np.ndarray:
         known: pa.Array = getattr(self, which)
         names = names.cast(pa.string())
         at = pc.index_in(names, value_set=known)
