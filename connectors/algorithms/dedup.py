@@ -102,17 +102,6 @@ def _same_content(
     return same
 
 
-def _same_buffers(a: pa.Array, b: pa.Array) -> bool:
-    """Whether two arrays are views of the very same memory (so equal)."""
-    return (
-        len(a) == len(b)
-        and a.type == b.type
-        and a.offset == b.offset
-        and [x.address if x else 0 for x in a.buffers()]
-        == [x.address if x else 0 for x in b.buffers()]
-    )
-
-
 def _identity(space: np.ndarray, key: np.ndarray) -> np.ndarray:
     return mix(key.view(np.uint64) ^ mix(space.astype(np.uint64) ^ _SEQ_SALT))
 
@@ -250,10 +239,9 @@ class Deduper:
         """The number of each of ``names`` among the known sources or channels (new ones are
         added)."""
         # Batches of one input share its dictionaries (partitions keep the whole one): map a
-        # dictionary once, not once per batch. (The cache holds the array, so its buffers
-        # cannot be freed and their addresses reused by another.)
+        # dictionary once, not once per batch (comparing it is a memcmp; mapping, a hash each).
         cached = self._seen.get(which)
-        if cached is not None and _same_buffers(cached[0], names):
+        if cached is not None and (cached[0] is names or cached[0].equals(names)):
             return cached[1]
         ids = self._map(which, names)
         self._seen[which] = (names, ids)
