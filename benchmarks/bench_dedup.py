@@ -1,4 +1,19 @@
-"""Duplicates older than the dedup memory: what finding them in the capture costs.
+"""Dedup: the kernel old vs new, the state a run leaves, and (``--archive``) duplicates
+older than the dedup memory.
+
+Default part, on two inputs of the same size (``--readings``, 4 M): 16 series (8 sources x 2
+channels) and 100,000 series (50,000 x 2), each series' readings 20 ms apart, seq numbered
+per source, rows in event-time order:
+
+- kernel: the dedup kernel of this tree against the one of ``--before`` (a git revision,
+  loaded from ``git show``), fed the same 256 Ki-row batches of one partition, rounds
+  interleaved, medians: readings/s, and the state each would save (Parquet bytes of
+  ``to_table()``);
+- end to end: ``obsflow ingest`` (no views) with dedup on vs ``--dedup-horizon 0``, whole
+  processes interleaved, medians; and the dedup state that run left against the capture's bytes
+  (goal: <= 5 %).
+
+``--archive`` (the part below, as before):
 
 A capture of 20 M readings holds a 1 M-reading file F (8 instruments x 2 channels at 50 Hz).
 Later readings, 13 hours of event time on, move every series far beyond the in-memory dedup
@@ -13,13 +28,17 @@ round on a fresh copy of the same 19 M-reading base capture, each in its own chi
 It prints seconds, readings/s and peak RSS of both, and checks that the second run added 0
 readings and counted 1 M duplicates. No views, so the numbers are the capture side's.
 
-Run: ``.venv/bin/python benchmarks/bench_dedup.py [--base 19M] [--file 1M] [--repeat 3]``.
+Run: ``.venv/bin/python benchmarks/bench_dedup.py [--readings 4000000] [--rounds 3]
+[--before REV]`` or ``... --archive [--base 19M] [--file 1M] [--repeat 3]``.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import shutil
+import statistics
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -29,6 +48,140 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import OUT, emit, peak_rss_mb, rss_mb, run_child, write_readings
 
 GOAL = 1.5  # the second ingest may cost at most this times the first
+STATE_GOAL = 0.05  # the dedup state a run leaves, as a fraction of the capture's bytes
+BATCH = 1 << 18  # rows per batch, as ingest reads them
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def series_input(path: Path, readings: int, series: int) -> Path:
+    """``readings`` readings of ``series`` series (two channels per source), 20 ms apart per
+    series, seq numbered per source, in event-time order (written once, then reused)."""
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    if path.exists() and pq.ParquetFile(path).metadata.num_rows == readings:
+        return path
+    i = np.arange(readings)
+    k, s = i // series, i % series
+    names = pa.array([f"src{j:05d}" for j in range(series // 2)])
+    table = pa.table(
+        {
+            "source": pa.DictionaryArray.from_arrays(pa.array(s // 2, pa.int32()), names),
+            "seq": k * 2 + s % 2,
+            "time": pa.array(1_780_000_000 * 10**9 + k * 20_000_000, pa.timestamp("ns", "UTC")),
+            "channel": pa.DictionaryArray.from_arrays(
+                pa.array(s % 2, pa.int32()), pa.array(["temp", "pres"])
+            ),
+            "value": np.random.default_rng(series).normal(size=readings),
+        }
+    )
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pq.write_table(table, path.with_suffix(".tmp"))
+    path.with_suffix(".tmp").replace(path)
+    return path
+
+
+def old_kernel(rev: str) -> Any:
+    """The dedup module of git revision ``rev`` of this repository."""
+    text = subprocess.run(
+        ["git", "show", f"{rev}:connectors/algorithms/dedup.py"],
+        cwd=ROOT,
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout
+    spec = importlib.util.spec_from_loader("old_dedup", loader=None)
+    assert spec is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["old_dedup"] = module  # (dataclasses look their module up)
+    exec(compile(text, f"{rev}:dedup.py", "exec"), module.__dict__)  # our own history
+    return module
+
+
+def kernel_round(kind: Any, batches: list[Any]) -> tuple[float, int, int]:
+    """(seconds, readings accepted, state bytes) of one Deduper over ``batches``."""
+    from obsflow.connectors.storage.parquet import parquet_bytes
+
+    d = kind()
+    accepted = 0
+    started = time.perf_counter()
+    for b in batches:
+        accepted += int(d.check(b)[0].sum())
+    seconds = time.perf_counter() - started
+    return seconds, accepted, len(parquet_bytes(d.to_table()))
+
+
+def kernels(inputs: dict[str, Path], rounds: int, before: str) -> None:
+    import pyarrow.parquet as pq
+
+    from obsflow.connectors.algorithms import dedup
+    from obsflow.connectors.algorithms.partitions import encode_ids
+
+    old = old_kernel(before)
+    print(
+        f"\nkernel: this tree vs {before}, one partition, {BATCH:,}-row batches, median of "
+        f"{rounds} interleaved rounds"
+    )
+    print(f"{'input':<16}{'kernel':<8}{'readings/s':>14}{'seconds':>9}{'state bytes':>14}")
+    for name, path in inputs.items():
+        table = encode_ids(pq.read_table(path))
+        batches = [table.slice(o, BATCH) for o in range(0, table.num_rows, BATCH)]
+        got: dict[str, list[tuple[float, int, int]]] = {"old": [], "new": []}
+        for _ in range(rounds):
+            got["old"].append(kernel_round(old.Deduper, batches))
+            got["new"].append(kernel_round(dedup.Deduper, batches))
+        for k, runs in got.items():
+            sec = statistics.median(r[0] for r in runs)
+            assert all(r[1] == table.num_rows for r in runs), "every reading is new"
+            print(f"{name:<16}{k:<8}{table.num_rows / sec:>14,.0f}{sec:>9.3f}{runs[0][2]:>14,}")
+        ratio = statistics.median(r[0] for r in got["old"]) / statistics.median(
+            r[0] for r in got["new"]
+        )
+        print(f"{name:<16}new is {ratio:.1f}x the old kernel's throughput")
+
+
+def dir_bytes(path: Path, pattern: str) -> int:
+    return sum(f.stat().st_size for f in path.glob(pattern) if f.is_file())
+
+
+def end_to_end(inputs: dict[str, Path], rounds: int) -> bool:
+    """``obsflow ingest`` with dedup on vs off, interleaved; the state against the capture."""
+    exe = str(Path(sys.executable).parent / "obsflow")
+    ok = True
+    print(f"\nend to end: obsflow ingest (no views), median of {rounds} interleaved rounds")
+    print(
+        f"{'input':<16}{'dedup on':>10}{'horizon 0':>11}{'on/off':>8}"
+        f"{'capture':>14}{'dedup state':>13}{'state/capture':>15}"
+    )
+    for name, path in inputs.items():
+        secs: dict[str, list[float]] = {"on": [], "off": []}
+        sizes = (0, 0)
+        for _ in range(rounds):
+            for mode in ("on", "off"):
+                store = OUT / f"store-dedup-e2e-{mode}"
+                shutil.rmtree(store, ignore_errors=True)
+                extra = ["--dedup-horizon", "0"] if mode == "off" else []
+                cmd = [exe, "ingest", str(path), "--store", str(store), "--capture", "c", "-q"]
+                started = time.perf_counter()
+                subprocess.run([*cmd, *extra], check=True)
+                secs[mode].append(time.perf_counter() - started)
+                if mode == "on":
+                    sizes = (
+                        dir_bytes(store / "captures" / "c", "part-*/*.parquet"),
+                        dir_bytes(store / "_obsflow" / "captures" / "c" / "state", "*/*.dedup*"),
+                    )
+        on, off = statistics.median(secs["on"]), statistics.median(secs["off"])
+        share = sizes[1] / sizes[0]
+        ok &= share <= STATE_GOAL
+        print(
+            f"{name:<16}{on:>9.2f}s{off:>10.2f}s{on / off:>7.2f}x{sizes[0]:>14,}"
+            f"{sizes[1]:>13,}{share:>14.2%}"
+        )
+    for mode in ("on", "off"):
+        shutil.rmtree(OUT / f"store-dedup-e2e-{mode}", ignore_errors=True)
+    print(f"goal: dedup state <= {STATE_GOAL:.0%} of the capture: {'MET' if ok else 'NOT MET'}")
+    return ok
 
 
 def child_ingest(path: str, store: str, force: bool) -> dict[str, Any]:
@@ -52,6 +205,11 @@ def count(text: str) -> int:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--archive", action="store_true", help="the old-duplicates part")
+    p.add_argument("--readings", type=int, default=4_000_000)
+    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--before", default="65ecb70", help="git revision of the old kernel")
+    p.add_argument("--skip-kernel", action="store_true")
     p.add_argument("--base", default="19M", help="readings in the capture before F (19M)")
     p.add_argument("--file", default="1M", help="readings in F (1M)")
     p.add_argument("--repeat", type=int, default=3)
@@ -62,6 +220,18 @@ def main() -> None:
     args = p.parse_args()
     if args.child:
         emit(child_ingest(args.path, args.store, args.force))
+        return
+    if not args.archive:
+        inputs = {
+            f"{n:,} series": series_input(
+                OUT / f"dedup-series-{n}-{args.readings}.parquet", args.readings, n
+            )
+            for n in (16, 100_000)
+        }
+        if not args.skip_kernel:
+            kernels(inputs, args.rounds, args.before)
+        if not end_to_end(inputs, args.rounds):
+            sys.exit(1)
         return
 
     n_base, n_file = count(args.base), count(args.file)

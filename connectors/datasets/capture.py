@@ -160,8 +160,6 @@ class WriterState:
     written: list[DataFile] = field(default_factory=list)  # files not reported yet
 
 
-MAX_DEDUP_DELTAS = 64
-"""Deltas of a partition's dedup memory saved before the whole memory is saved again."""
 MAX_KEPT_MEMORIES = 64
 """Partitions whose dedup memory this process keeps after writing it (see ``_MEMORY``)."""
 _MEMORY: dict[tuple[str, str, int], tuple[str, Deduper]] = {}
@@ -179,35 +177,29 @@ memory grew with the length of the input until that overlap set in (``bench_memo
 
 @dataclass(frozen=True)
 class SavedDedup:
-    """How a partition's dedup memory is saved: a whole memory (``.dedup.parquet`` in run
-    ``base``'s folder, of ``base_rows`` identities) plus the deltas of the runs after it
-    (``.dedup-delta.parquet`` in each of their folders)."""
+    """Where a partition's dedup state is saved: ``ranges`` names the run whose folder holds
+    ``.dedup-ranges.parquet`` (one range per key space). States written before ranges name a
+    whole memory (``.dedup.parquet`` in run ``base``'s folder) plus the deltas of the runs
+    after it (``.dedup-delta.parquet``); they are still read, and reduced to their ranges."""
 
+    ranges: str | None = None
     base: str | None = None
-    base_rows: int = 0
     deltas: tuple[str, ...] = ()
-    delta_rows: int = 0
 
     @classmethod
     def of(cls, state: dict[str, Any]) -> SavedDedup:
         doc = state.get("dedup", {})
-        return cls(
-            doc.get("base"),
-            int(doc.get("base_rows", 0)),
-            tuple(map(str, doc.get("deltas", ()))),
-            int(doc.get("delta_rows", 0)),
-        )
+        return cls(doc.get("ranges"), doc.get("base"), tuple(map(str, doc.get("deltas", ()))))
 
     def to_json(self) -> dict[str, Any]:
-        return {
-            "base": self.base,
-            "base_rows": self.base_rows,
-            "deltas": list(self.deltas),
-            "delta_rows": self.delta_rows,
-        }
+        if self.ranges is None and self.base is not None:  # (an old state, carried on)
+            return {"base": self.base, "deltas": list(self.deltas)}
+        return {"ranges": self.ranges}
 
     @property
     def runs(self) -> tuple[str, ...]:
+        if self.ranges is not None:
+            return (self.ranges,)
         return (*((self.base,) if self.base else ()), *self.deltas)
 
 
@@ -273,27 +265,27 @@ class PartitionWriter:
 
     def _load_dedup(self, horizon: int, written_by: str) -> Deduper:
         """The dedup memory the capture's last commit left: kept in this process if this
-        process wrote it (a live session's next cycle), else its saved state and deltas."""
+        process wrote it (a live session's next cycle), else its saved ranges (or, from a state
+        of the format before ranges, the identities it lists, reduced to ranges)."""
         with _MEMORY_LOCK:
             kept = _MEMORY.pop((self.store.url, self.capture, self.part), None)
         if kept is not None and kept[0] == written_by and kept[1].horizon == horizon:
-            dedup = kept[1]
-        elif horizon <= 0:
+            return kept[1]
+        saved = self._saved
+        if horizon <= 0:
             return Deduper(horizon=horizon)
-        else:
-            saved = self._saved
-            tables_ = []
-            if saved.base:
-                tables_.append(self.store.read_parquet(self._base(saved.base)))
-            tables_ += [self.store.read_parquet(self._delta(run)) for run in saved.deltas]
-            dedup = (
-                Deduper.from_table(pa.concat_tables(tables_), horizon)
-                if tables_
-                else Deduper(horizon=horizon)
-            )
-        # A delta is worth saving while the deltas are smaller than the saved state.
-        dedup.keep_journal(max(0, self._saved.base_rows - self._saved.delta_rows))
-        return dedup
+        if saved.ranges is not None:
+            return Deduper.from_table(self.store.read_parquet(self._ranges(saved.ranges)), horizon)
+        tables_ = []
+        if saved.base:
+            tables_.append(self.store.read_parquet(self._base(saved.base)))
+        tables_ += [self.store.read_parquet(self._delta(run)) for run in saved.deltas]
+        if not tables_:
+            return Deduper(horizon=horizon)
+        return Deduper.from_table(pa.concat_tables(tables_, promote_options="permissive"), horizon)
+
+    def _ranges(self, run: str) -> str:
+        return layout.capture_state(self.capture, run, self.part, ".dedup-ranges.parquet")
 
     def _base(self, run: str) -> str:
         return layout.capture_state(self.capture, run, self.part, ".dedup.parquet")
@@ -331,27 +323,19 @@ class PartitionWriter:
         return Appended(rows, conflicts, table.num_rows - n_accept - n_conflict, origins)
 
     def _dedup(self, readings: pa.Table) -> tuple[np.ndarray, np.ndarray]:
-        """(accept, conflict): against the dedup memory and, for readings older than it,
+        """(accept, conflict): against the dedup memory and, for keys it may have forgotten,
         against the committed capture itself (``connectors.datasets.dedup_index``)."""
-        dedup = self.state.dedup
-        old = dedup.older_than_memory(readings)
-        if not old.any():
-            return dedup.check(readings)
+        return self.state.dedup.check(readings, self._in_capture)
+
+    def _in_capture(self, readings: pa.Table) -> tuple[np.ndarray, np.ndarray]:
+        """(duplicate, conflict) masks of readings the partition's committed files hold."""
         if self._archive is None:
             files = self._files
             if files is None:
                 snap = capture_snapshot(self.store, self.capture)
                 files = [] if snap is None else snap.under(layout.part_name(self.part) + "/")
             self._archive = Archive(self.store, files)
-        at = np.flatnonzero(old)
-        dup, clash = self._archive.check(readings.filter(pa.array(old)))
-        accept = np.zeros(readings.num_rows, bool)
-        conflict = np.zeros(readings.num_rows, bool)
-        conflict[at[clash]] = True
-        rest = np.ones(readings.num_rows, bool)
-        rest[at[dup | clash]] = False
-        accept[rest], conflict[rest] = dedup.check(readings.filter(pa.array(rest)))
-        return accept, conflict
+        return self._archive.check(readings)
 
     def _file(self, chunk: int) -> str:
         return layout.capture_file(self.capture, self.part, self.state.run_id, chunk)
@@ -399,28 +383,15 @@ class PartitionWriter:
         return out
 
     def close(self) -> StateRef:
-        """Flush, and save the seq numbers and dedup memory for the next run in this run's
-        folder: the identities remembered in this run as a delta while the deltas stay smaller
-        than the last whole memory saved (so a cycle of a live session saves what it added,
-        not the whole memory), else the whole memory. The memory is also kept in this process
-        for the next cycle. Returns where the partition's state now is."""
+        """Flush, and save the seq numbers and the dedup ranges (one per key space: a small
+        fraction of the capture) for the next run in this run's folder. The memory is also
+        kept in this process for the next cycle. Returns where the partition's state now is."""
         self.flush()
         self.wait()
         dedup, saved, run = self.state.dedup, self._saved, self.state.run_id
-        if dedup.horizon > 0:
-            delta = dedup.journal_table()
-            if delta is not None and len(saved.deltas) < MAX_DEDUP_DELTAS:
-                if delta.num_rows:
-                    self.store.write_parquet(self._delta(run), delta)
-                    saved = SavedDedup(
-                        saved.base,
-                        saved.base_rows,
-                        (*saved.deltas, run),
-                        saved.delta_rows + delta.num_rows,
-                    )
-            else:
-                self.store.write_parquet(self._base(run), dedup.to_table())
-                saved = SavedDedup(base=run, base_rows=len(dedup))
+        if dedup.horizon > 0:  # (with dedup off, the state before stays as it was)
+            self.store.write_parquet(self._ranges(run), dedup.to_table())
+            saved = SavedDedup(ranges=run)
         self.store.write_json(
             layout.capture_state(self.capture, run, self.part, ".json"),
             {"next_seq": self.state.next_seq, "run": run, "dedup": saved.to_json()},

@@ -16,7 +16,7 @@ Spark or Trino read it as one; obsflow's own bookkeeping lives under ``_obsflow/
     _obsflow/resolved/<run>/part-0000-000000.parquet   table: dead letters a retry captured
     _obsflow/captures/<capture>/intents/<run>.json     a run's commit, until it is complete
     _obsflow/captures/<capture>/state/<run>/part-0003.json          next seq numbers, dedup
-    _obsflow/captures/<capture>/state/<run>/part-0003.dedup*.parquet   dedup memory
+    _obsflow/captures/<capture>/state/<run>/part-0003.dedup*.parquet   dedup key ranges
     _obsflow/captures/<capture>/inputs/<sha256>.json   inputs committed runs captured
     _obsflow/views/<view>/state/<run>/part-0003.<table>.parquet   open windows, watermarks
     _obsflow/cluster/<run>.json               a cluster run's prepared options
@@ -309,8 +309,9 @@ def _state_dir(meta_dir: str, run: str | None) -> str:
 
 
 def capture_state(capture: str, run: str, part: int, suffix: str) -> str:
-    """Per-partition bookkeeping a run left: ``.json`` (next seq, dedup), ``.dedup.parquet``
-    (the whole dedup memory), ``.dedup-delta.parquet`` (identities it added)."""
+    """Per-partition bookkeeping a run left: ``.json`` (next seq, dedup), ``.dedup-ranges.parquet``
+    (one key range per key space); before ranges, ``.dedup.parquet`` (a whole dedup memory) and
+    ``.dedup-delta.parquet`` (identities a run added), still read."""
     return f"{capture_state_dir(capture, run)}/{part_name(part)}{suffix}"
 
 

@@ -1,7 +1,7 @@
-"""How a capture partition's dedup memory is saved between runs: a whole state now and then,
-a delta of the identities each run added in between, and — in a live session — the memory kept
-in the process for the next cycle. Whatever the path, the next run remembers exactly what an
-uninterrupted memory would, so duplicates are found exactly as the oracle says."""
+"""How a capture partition's dedup memory is saved between runs: one range per key space in
+the run's folder, and — in a live session — the memory kept in the process for the next cycle.
+Whatever the path, duplicates are found exactly as the oracle says: what memory does not hold
+the capture itself answers. A state saved in the format before ranges is still read."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ import pytest
 from obsflow.connectors.algorithms.dedup import Deduper
 from obsflow.connectors.batch import RawBatch
 from obsflow.connectors.datasets import capture as capture_mod
-from obsflow.connectors.datasets.capture import MAX_DEDUP_DELTAS, PartitionWriter, new_run_id
+from obsflow.connectors.datasets.capture import PartitionWriter, new_run_id
 from obsflow.connectors.storage import commits, layout
 from obsflow.connectors.storage.store import Store
 from obsflow.flows.pipeline import jobs
@@ -53,12 +53,8 @@ def memories(store: Store) -> dict[int, Deduper]:
 
 
 def same_memory(a: Deduper, b: Deduper) -> None:
-    assert sorted(a.spaces) == sorted(b.spaces)
-    for name, keys in a.spaces.items():
-        other = b.spaces[name]
-        assert np.array_equal(keys.keys, other.keys), name
-        assert np.array_equal(keys.contents, other.contents), name
-        assert np.array_equal(keys.times, other.times), name
+    """The same ranges per key space (what a run saves; identities are the capture's)."""
+    assert a.to_table().equals(b.to_table())
 
 
 HORIZON = 120 * 10**9  # 2 minutes: the 45 runs below span 15, so memory is pruned as it goes
@@ -72,7 +68,7 @@ def test_deltas_whole_states_and_kept_memories_remember_what_an_unbroken_memory_
     minutes back (beyond the 2-minute horizon: only the capture can tell). With
     ``restart_every``, the process memory is dropped before every 7th run, as a new process
     would start. Every run's duplicates are as many as were re-sent; the saved state loads into
-    the memory the session kept."""
+    the ranges of the memory the session kept, one row per key space."""
     store = str(tmp_path / "store")
     rng = np.random.default_rng(5)
     runs: list[pa.Table] = []
@@ -109,12 +105,64 @@ def test_deltas_whole_states_and_kept_memories_remember_what_an_unbroken_memory_
         assert head is not None
         runs = head.state[part]
         state = st.read_json(layout.capture_state("c", runs[0], part, ".json"))
-        deltas = state["dedup"]["deltas"]
-        assert 0 < len(deltas) <= MAX_DEDUP_DELTAS  # deltas in use: not the whole state each run
-        assert set(runs) == {state["run"], state["dedup"]["base"], *deltas}
-        for run in deltas:
-            assert st.exists(layout.capture_state("c", run, part, ".dedup-delta.parquet"))
+        assert runs == [state["run"]]
+        assert state["dedup"] == {"ranges": state["run"]}
+        ranges = st.read_parquet(layout.capture_state("c", runs[0], part, ".dedup-ranges.parquet"))
+        assert ranges.num_rows == len(set(ranges["source"].to_pylist()))  # one per series
     # Only the state folders the last commit refers to are left: each commit drops the ones
     # it superseded.
     folders = set(st.listdir(layout.capture_state_dir("c")))
     assert folders == commits.state_runs(head.state)
+
+
+def test_a_state_saved_before_ranges_is_read_and_replaced(tmp_path: Path) -> None:
+    """A partition state in the format before ranges (a whole memory of identities plus
+    deltas) is read as the ranges it covers: readings sent again are still duplicates (and a
+    changed one a conflict), new ones are accepted, and the run saves ranges instead."""
+    store = str(tmp_path / "store")
+    first = pa.table(
+        {
+            "source": [f"s{j % 4}" for j in range(40)],
+            "seq": pa.array(range(40), pa.int64()),
+            "time": pa.array([T0 + j * 10**9 for j in range(40)], pa.int64()),
+            "value": [float(j) for j in range(40)],
+        }
+    )
+    assert ingest(store, first, HORIZON)["accepted"] == 40
+    st = Store(store)
+    head = commits.last_commit(st, "captures/c", "c")
+    assert head is not None
+    for part, runs in head.state.items():
+        # Rewrite the partition's state as the old format would have left it.
+        rel = layout.capture_state("c", runs[0], part, ".json")
+        doc = st.read_json(rel)
+        ranges = st.read_parquet(layout.capture_state("c", runs[0], part, ".dedup-ranges.parquet"))
+        st.delete(layout.capture_state("c", runs[0], part, ".dedup-ranges.parquet"))
+        mine = first.filter(pa.compute.is_in(first["source"], ranges["source"]))
+        n = mine.num_rows
+        old = pa.table(
+            {
+                "source": mine["source"],
+                "space": pa.array(["#seq"] * n),
+                "key": mine["seq"],
+                "content": pa.array(np.arange(n, dtype=np.uint64)),
+                "time": mine["time"],
+            }
+        )
+        half = n // 2
+        st.write_parquet(layout.capture_state("c", runs[0], part, ".dedup.parquet"), old[:half])
+        st.write_parquet(
+            layout.capture_state("c", runs[0], part, ".dedup-delta.parquet"), old[half:]
+        )
+        doc["dedup"] = {"base": runs[0], "base_rows": half, "deltas": [runs[0]], "delta_rows": n}
+        st.write_json(rel, doc)
+    capture_mod._MEMORY.clear()
+    changed = first.slice(3, 1).set_column(3, "value", pa.array([-1.0]))
+    new = first.slice(36).set_column(1, "seq", pa.array(range(40, 44), pa.int64()))
+    summary = ingest(store, pa.concat_tables([first.slice(0, 20), changed, new]), HORIZON)
+    assert (summary["accepted"], summary["duplicates"], summary["rejected"]) == (4, 20, 1)
+    head = commits.last_commit(st, "captures/c", "c")
+    assert head is not None
+    for part, runs in head.state.items():
+        state = st.read_json(layout.capture_state("c", runs[0], part, ".json"))
+        assert state["dedup"] == {"ranges": runs[0]}

@@ -146,12 +146,12 @@ def compare_with_local(case: Case, s3_url: str, tmp_path: Path) -> None:
         if rel.endswith(".json"):  # next seq per source (and the run that wrote it)
             r, lo = remote.read_json(rel_s3), local.read_json(rel)
             assert (r.pop("run"), lo.pop("run")) == (s_s3["run"], s_local["run"])
-            assert (r["dedup"].pop("base"), lo["dedup"].pop("base")) == (
+            assert (r["dedup"].pop("ranges"), lo["dedup"].pop("ranges")) == (
                 s_s3["run"],
                 s_local["run"],
             )
             assert r == lo
-        else:  # the dedup memory
+        else:  # the dedup ranges
             assert remote.read_parquet(rel_s3).equals(local.read_parquet(rel))
 
     # The same views, row for row (final and provisional), but for the run that wrote them.
