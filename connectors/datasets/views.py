@@ -372,7 +372,10 @@ class SegmentWriter:
             return {}
         starts = rows.column("window_start").cast(pa.int64()).to_numpy()
         seg = np.floor_divide(starts, self.span) * self.span
-        return {int(s): rows.filter(pa.array(seg == s)) for s in np.unique(seg)}
+        segments = np.unique(seg)
+        if segments.size == 1:  # (no copy: many series' rows of one segment can be large)
+            return {int(segments[0]): rows}
+        return {int(s): rows.filter(pa.array(seg == s)) for s in segments}
 
     def _current(self, seg: int) -> pa.Table:
         if seg in self.state.staged:

@@ -14,6 +14,7 @@ from dataclasses import dataclass, fields
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 I64_MIN = np.iinfo(np.int64).min
 I64_MAX = np.iinfo(np.int64).max
@@ -55,6 +56,12 @@ class Partials:
         )
 
     @staticmethod
+    def concat_all(parts: list[Partials]) -> Partials:
+        return Partials(
+            *(np.concatenate([getattr(p, f.name) for p in parts]) for f in fields(Partials))
+        )
+
+    @staticmethod
     def empty() -> Partials:
         i, f = np.zeros(0, np.int64), np.zeros(0, np.float64)
         return Partials(i, i, i, i, i, f, f, f, f, f, i, i, f, i, i, f, i, i)
@@ -74,6 +81,35 @@ class Partials:
                 for f in fields(Partials)
             )
         )
+
+
+def constant_fields(need: frozenset[str]) -> dict[str, float]:
+    """Fields that hold the same placeholder in every partial when a view needs none of what
+    they carry (``reduce_runs`` sets them, ``reduce_groups`` keeps them): not worth storing."""
+    nan = float("nan")
+    out: dict[str, float] = {}
+    if "first_last" not in need:
+        out.update(ft=I64_MAX, fs=0, fv=nan, lt=I64_MIN, ls=0, lv=nan)
+    if "max" not in need:
+        out["vmax"] = nan
+    if not need & {"min", "moments"}:
+        out["vmin"] = nan
+    if "moments" not in need:
+        out.update(ref=0.0, mu=0.0, m2=0.0)
+    return out
+
+
+def order_by(*keys: np.ndarray) -> np.ndarray:
+    """Indices sorting by ``keys[0]``, then ``keys[1]``, ... (stable: ties keep their order).
+
+    Arrow's multi-key sort, measured 1.5-7x faster than ``np.lexsort`` on these arrays (keys
+    already grouped by the first one sort fastest)."""
+    if keys[0].size < 2:
+        return np.arange(keys[0].size)
+    table = pa.table({str(i): k for i, k in enumerate(keys)})
+    names = [(str(i), "ascending") for i in range(len(keys))]
+    out: np.ndarray = pc.sort_indices(table, names).to_numpy().astype(np.int64)
+    return out
 
 
 def reduce_runs(
@@ -103,7 +139,7 @@ def reduce_runs(
         same = np.repeat(np.arange(g), lens)
         tied = (t[1:] == t[:-1]) & (seq[1:] < seq[:-1]) & (same[1:] == same[:-1])
         if tied.any():  # order runs by (time, seq); stable, so exact ties keep arrival order
-            perm = np.lexsort((seq, t, same))
+            perm = order_by(same, t, seq)
             t, seq, v, ok = t[perm], seq[perm], v[perm], ok[perm]
     n = lens.astype(np.int64) if all_ok else np.add.reduceat(ok, starts, dtype=np.int64)
     nan, zero = np.full(g, np.nan), np.zeros(g)
@@ -215,8 +251,8 @@ def reduce_groups(p: Partials, group: np.ndarray, n_groups: int, *, first_last: 
     )
     if first_last:
         ends = np.r_[starts[1:], len(q)] - 1
-        f = np.lexsort((q.fs, q.ft, g))[starts]  # smallest (time, seq) per group
-        la = np.lexsort((q.ls, q.lt, g))[ends]  # largest (time, seq) per group
+        f = order_by(g, q.ft, q.fs)[starts]  # smallest (time, seq) per group
+        la = order_by(g, q.lt, q.ls)[ends]  # largest (time, seq) per group
         out.ft, out.fs, out.fv = q.ft[f], q.fs[f], q.fv[f]
         out.lt, out.ls, out.lv = q.lt[la], q.ls[la], q.lv[la]
     assert len(out) == n_groups
@@ -227,7 +263,7 @@ def group_by_window(sid: np.ndarray, start: np.ndarray) -> tuple[np.ndarray, int
     """Dense group numbers of (series, window start) pairs, ordered by (series, start)."""
     if sid.size == 0:
         return np.zeros(0, np.int64), 0
-    order = np.lexsort((start, sid))
+    order = order_by(sid, start)
     s, w = sid[order], start[order]
     brk = np.r_[True, (s[1:] != s[:-1]) | (w[1:] != w[:-1])]
     g = np.empty(sid.size, dtype=np.int64)
@@ -274,7 +310,7 @@ def group_sessions(
     """Group intervals [start, tmax] of each series into sessions (less than ``gap`` apart)."""
     if sid.size == 0:
         return np.zeros(0, np.int64), 0
-    order = np.lexsort((start, sid))
+    order = order_by(sid, start)
     s, st, tm = sid[order], start[order], tmax[order]
     new_series = np.r_[True, s[1:] != s[:-1]]
     reach = running_max(tm, new_series)  # latest time so far in the series

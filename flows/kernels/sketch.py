@@ -22,6 +22,8 @@ from dataclasses import dataclass
 import numpy as np
 import pyarrow as pa
 
+from obsflow.flows.kernels.partials import order_by
+
 CAP = 2048
 EXACT = -(2**20)  # the level of a window that still holds exact values
 
@@ -89,8 +91,21 @@ class Sketches:
             np.concatenate([a.level, b.level]),
         )
 
+    @staticmethod
+    def concat_all(parts: list[Sketches]) -> Sketches:
+        """Windows of each part numbered after those of the parts before it."""
+        offsets = np.cumsum([0] + [s.level.size for s in parts])[:-1]
+        return Sketches(
+            np.concatenate([s.row + o for s, o in zip(parts, offsets, strict=True)]),
+            np.concatenate([s.val for s in parts]),
+            np.concatenate([s.count for s in parts]),
+            np.concatenate([s.level for s in parts]),
+        )
+
     def select(self, keep_rows: np.ndarray) -> Sketches:
         """Only the windows flagged in ``keep_rows``, renumbered 0..k-1 in order."""
+        if self.level.size == 0:  # (a view without quantiles keeps no sketches)
+            return self
         new_index = np.cumsum(keep_rows) - 1
         mask = keep_rows[self.row]
         return Sketches(
@@ -123,7 +138,7 @@ class Sketches:
         return Sketches(out.row, val, out.count, level)._merge_equal()
 
     def _merge_equal(self) -> Sketches:
-        order = np.lexsort((self.val, self.row))
+        order = order_by(self.row, self.val)
         row, val = self.row[order], self.val[order]
         starts = np.flatnonzero(np.r_[True, (row[1:] != row[:-1]) | (val[1:] != val[:-1])])
         return Sketches(

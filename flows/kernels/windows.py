@@ -23,10 +23,18 @@ run that lands in the same windows (a series x step bucket, fanned out to the bu
 windows; a run of readings less than a gap apart for sessions); those few partials are merged
 with the open windows (``flows.kernels.partials``). The result never depends on how readings are cut
 into batches.
+
+Only the *hot* open windows are merged with each batch. A window the watermark itself has passed
+(final at the run's end, or when the hold passes it) moves to the *shelf*
+(``flows.kernels.shelf``), which a batch touches only when one of its readings comes back to a
+shelved window's series (later than the lateness, inside the hold): those windows are taken
+back for the merge. So in-order data costs per batch what the batch's own windows cost, however
+many windows the hold keeps open; which set a window is in never changes a row.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -37,13 +45,17 @@ from obsflow.flows.kernels.partials import (
     I64_MAX,
     I64_MIN,
     Partials,
+    constant_fields,
     group_by_window,
     group_sessions,
+    order_by,
     reduce_groups,
     reduce_runs,
     rising,
     segment_keys,
 )
+from obsflow.flows.kernels.series import SeriesIndex
+from obsflow.flows.kernels.shelf import Shelf
 from obsflow.flows.kernels.sketch import Sketches
 from obsflow.flows.kernels.viewdef import ViewDef
 
@@ -51,7 +63,6 @@ HOLD_WINDOWS = 1024
 """Inside a run, windows stay open until the watermark passes them by this many windows (step
 or gap) more than the lateness: the disorder one input may have without late readings."""
 NO_TIME = I64_MIN  # "nothing seen yet": before any time (durations are subtracted by _minus)
-PAIR_TABLE_MAX = 1 << 14  # largest (sources × channels) dictionary product mapped by a table
 
 
 @dataclass(frozen=True)
@@ -117,6 +128,10 @@ class FixedWindows:
         """The watermark at which each window may become final."""
         return p.end
 
+    def behind(self, p: Partials, cut: np.ndarray) -> np.ndarray:
+        """Fresh partials that may merge with a shelved window (finality time <= ``cut``)."""
+        return p.end <= cut
+
 
 @dataclass(frozen=True)
 class Sessions:
@@ -154,6 +169,11 @@ class Sessions:
 
     def final_time(self, p: Partials) -> np.ndarray:
         return p.end + self.gap
+
+    def behind(self, p: Partials, cut: np.ndarray) -> np.ndarray:
+        # A shelved session ends (tmax + gap) at most a gap before ``cut``: a run joins it only
+        # by starting before its end.
+        return p.start < cut
 
 
 Policy = FixedWindows | Sessions
@@ -201,12 +221,14 @@ class WindowKernel:
     def __init__(self, view: ViewDef) -> None:
         self.view = view
         self.policy = policy_for(view)
-        self.series: dict[tuple[str, str], int] = {}
-        self.names: list[tuple[str, str]] = []
+        self.ids = SeriesIndex()
         self.maxt = np.zeros(0, dtype=np.int64)  # largest event time seen, per series
         self.frontier = np.zeros(0, dtype=np.int64)  # windows final up to here, per series
-        self.open = Partials.empty()
+        # Open windows: hot ones (merged with each batch) and shelved ones (past the watermark,
+        # not final until the hold or the run's end passes them), each with its sketches.
+        self.hot = Partials.empty()
         self.sketch = Sketches.empty()
+        self.shelved_to = np.zeros(0, dtype=np.int64)  # per series: shelved windows end by here
         aggs = set(view.aggregates)
         self._first_last = bool({"first", "last"} & aggs)
         self._quantiles = view.quantiles
@@ -217,65 +239,38 @@ class WindowKernel:
             | ({"moments"} if aggs & {"sum", "mean", "std", "var"} else set())
             | ({"spread"} if aggs & {"std", "var"} else set())
         )
-        # Series ids of the last batch's dictionaries: entry s·|channels| + c is the id of
-        # (source s, channel c), -1 until seen. Batches usually repeat the same dictionaries.
-        self._dicts: tuple[pa.Array, pa.Array] | None = None
-        self._pair_sid = np.zeros(0, dtype=np.int32)
+        self.shelf = Shelf(self.policy.final_time, constant_fields(self._need))
 
     # series bookkeeping ----------------------------------------------------------------------
 
+    @property
+    def names(self) -> list[tuple[str, str]]:
+        """(source, channel) of every series, by series id."""
+        return self.ids.names()
+
+    @property
+    def open(self) -> Partials:
+        """Every open window (hot and shelved)."""
+        return self._open()[0]
+
+    def _open(self) -> tuple[Partials, Sketches]:
+        p, s = self.shelf.all()
+        if not len(p):
+            return self.hot, self.sketch
+        return Partials.concat(self.hot, p), Sketches.concat(self.sketch, s)
+
     def _series_ids(self, source: pa.ChunkedArray, channel: pa.ChunkedArray) -> np.ndarray:
-        src, ch = encoded(source), encoded(channel)
-        width = max(len(ch.dictionary), 1)
-        size = max(len(src.dictionary), 1) * width
-        # (source, channel) pair codes; int32 when they fit a table, to halve the copies
-        pair: np.ndarray = np.multiply(
-            src.indices.to_numpy(zero_copy_only=False),
-            width,
-            dtype=np.int32 if size <= PAIR_TABLE_MAX else np.int64,
-        )
-        pair += ch.indices.to_numpy(zero_copy_only=False)
-        cached = self._dicts
-        if (
-            cached is None
-            or not cached[0].equals(src.dictionary)
-            or not cached[1].equals(ch.dictionary)
-        ):
-            self._dicts = None
-            if size > PAIR_TABLE_MAX:  # too many combinations for a table: look up each pair
-                uniq, inverse = np.unique(pair, return_inverse=True)
-                ids = self._lookup(uniq, src.dictionary, ch.dictionary, width)
-                return ids[inverse.ravel()]
-            channels, get = ch.dictionary.to_pylist(), self.series.get
-            known = [get((s, c), -1) for s in src.dictionary.to_pylist() for c in channels]
-            self._pair_sid = np.array(known, dtype=np.int32)
-            self._dicts = (src.dictionary, ch.dictionary)
-        sid: np.ndarray = self._pair_sid[pair]
-        missing = sid < 0
-        if missing.any():  # series first seen in this batch
-            codes = np.unique(pair[missing])
-            self._pair_sid[codes] = self._lookup(codes, src.dictionary, ch.dictionary, width)
-            sid = self._pair_sid[pair]
+        sid = self.ids.ids(encoded(source), encoded(channel))
+        self._grow()
         return sid
 
-    def _lookup(
-        self, codes: np.ndarray, sources: pa.Array, channels: pa.Array, width: int
-    ) -> np.ndarray:
-        """Series ids of pair codes (ascending, so new series are numbered in code order)."""
-        s_names, c_names = sources.to_pylist(), channels.to_pylist()
-        ids = np.empty(codes.size, dtype=np.int64)
-        for i, code in enumerate(codes.tolist()):
-            ids[i] = self._series_id((s_names[code // width], c_names[code % width]))
-        return ids
-
-    def _series_id(self, key: tuple[str, str]) -> int:
-        sid = self.series.get(key)
-        if sid is None:
-            sid = self.series[key] = len(self.names)
-            self.names.append(key)
-            self.maxt = np.r_[self.maxt, NO_TIME]
-            self.frontier = np.r_[self.frontier, NO_TIME]
-        return sid
+    def _grow(self) -> None:
+        """Per-series arrays sized to the series known (one concatenation per batch)."""
+        n = len(self.ids)
+        for name in ("maxt", "frontier", "shelved_to"):
+            a = getattr(self, name)
+            if a.size < n:
+                setattr(self, name, np.concatenate([a, np.full(n - a.size, NO_TIME, np.int64)]))
 
     def watermark(self) -> np.ndarray:
         """Per series: largest event time seen minus the lateness."""
@@ -317,7 +312,7 @@ class WindowKernel:
                 more, more_sketch = self._singles(sid[a], t[a], seq[a], val[a], wm[a])
                 self._merge(Partials.concat(runs, more), Sketches.concat(sketch, more_sketch))
         held = np.maximum(self.frontier, _minus(self.maxt, self._lag))
-        return self._take_final(self.policy.final_time(self.open) <= held[self.open.sid]), late_rows
+        return self._take_final(held), late_rows
 
     def _watermark_at(self, sid: np.ndarray, seen: np.ndarray) -> np.ndarray:
         """What decides finality at each reading's arrival: the frontier, or the series'
@@ -334,7 +329,7 @@ class WindowKernel:
         if in_order and sid.min() == sid.max():
             return None, t  # in time order: the running max is the time itself
         # A stable sort by series keeps arrival order within each; narrow keys sort by radix.
-        key = sid.astype(np.uint16) if len(self.names) <= 1 << 16 else sid
+        key = sid.astype(np.uint16) if len(self.ids) <= 1 << 16 else sid
         order = np.argsort(key, kind="stable")
         if in_order:
             return order, t
@@ -394,12 +389,37 @@ class WindowKernel:
         return one, Sketches.of_values(np.arange(rows.size), x[rows], rows.size)
 
     def _merge(self, fresh: Partials, sketch: Sketches) -> None:
-        both = Partials.concat(self.open, fresh)
+        """Merge fresh partials into the hot windows (and, for series a reading came back to,
+        their shelved ones); then shelve the windows the watermark has passed."""
+        hot, hot_sketch = self.hot, self.sketch
+        behind = self.policy.behind(fresh, self.shelved_to[fresh.sid])
+        if len(self.shelf) and behind.any():  # rare: readings later than the lateness
+            series = np.zeros(len(self.ids), bool)
+            series[fresh.sid[behind]] = True
+            back, back_sketch = self.shelf.pull(series)
+            if len(back):  # in (series, start) order, as the open windows always were
+                hot = Partials.concat(hot, back)
+                hot_sketch = Sketches.concat(hot_sketch, back_sketch)
+                order = order_by(hot.sid, hot.start)
+                hot = hot.take(order)
+                if self._quantiles:
+                    where = np.empty_like(order)
+                    where[order] = np.arange(order.size)
+                    hot_sketch = hot_sketch.remap(where, order.size)
+        both = Partials.concat(hot, fresh)
         group, n = self.policy.group(both)
-        self.open = reduce_groups(both, group, n, first_last=self._first_last)
-        self.policy.settle(self.open)
+        merged = reduce_groups(both, group, n, first_last=self._first_last)
+        self.policy.settle(merged)
+        merged_sketch = Sketches.empty()
         if self._quantiles:
-            self.sketch = Sketches.concat(self.sketch, sketch).remap(group, n)
+            merged_sketch = Sketches.concat(hot_sketch, sketch).remap(group, n)
+        cut = self.watermark()
+        ripe = self.policy.final_time(merged) <= cut[merged.sid]
+        self.shelved_to = cut
+        if ripe.any():
+            self.shelf.add(merged.take(ripe), merged_sketch.select(ripe))
+            merged, merged_sketch = merged.take(~ripe), merged_sketch.select(~ripe)
+        self.hot, self.sketch = merged, merged_sketch
 
     # finality ------------------------------------------------------------------------------------
 
@@ -407,69 +427,78 @@ class WindowKernel:
         """End of a run: windows whose finality time the watermark has passed become final
         (the frontier moves to the watermark); rows of those windows."""
         self.frontier = np.maximum(self.frontier, self.watermark())
-        return self._take_final(self.policy.final_time(self.open) <= self.frontier[self.open.sid])
+        return self._take_final(self.frontier)
 
     def close(self, series: np.ndarray | None = None, until: int | None = None) -> pa.Table:
         """Declare the data of some series (a boolean mask over series ids; None: all)
         complete up to ``until``: their watermark is taken to be ``until``; without it every
         open window of theirs becomes final. Rows of the windows now final."""
-        chosen = np.ones(len(self.names), bool) if series is None else series
+        chosen = np.ones(len(self.ids), bool) if series is None else series
         if until is None:
             cut = self.frontier.copy()
-            np.maximum.at(cut, self.open.sid, self.policy.final_time(self.open))
+            for p in (self.hot, self.shelf.all()[0]):
+                np.maximum.at(cut, p.sid, self.policy.final_time(p))
         else:
-            cut = np.full(len(self.names), until, np.int64)
+            cut = np.full(len(self.ids), until, np.int64)
         self.frontier = np.where(chosen, np.maximum(self.frontier, cut), self.frontier)
-        return self._take_final(self.policy.final_time(self.open) <= self.frontier[self.open.sid])
+        return self._take_final(self.frontier)
 
-    def _take_final(self, final: np.ndarray) -> pa.Table:
-        if not final.any():
+    def _take_final(self, upto: np.ndarray) -> pa.Table:
+        """Rows of the open windows whose finality time is at or before ``upto`` of their
+        series; those windows are closed."""
+        final = self.policy.final_time(self.hot) <= upto[self.hot.sid]
+        shelved, shelved_sketch = self.shelf.take_final(upto)
+        if not final.any() and not len(shelved):
             return self._rows(Partials.empty(), Sketches.empty())
-        done = self.open.take(final)
-        done_sketch = self.sketch.select(final) if self._quantiles else Sketches.empty()
-        self.open = self.open.take(~final)
-        if self._quantiles:
-            self.sketch = self.sketch.select(~final)
+        if not final.any():  # (the hot windows stay as they are: no copies)
+            return self._rows(shelved, shelved_sketch)
+        done = Partials.concat(self.hot.take(final), shelved)
+        done_sketch = Sketches.concat(self.sketch.select(final), shelved_sketch)
+        self.hot, self.sketch = self.hot.take(~final), self.sketch.select(~final)
         return self._rows(done, done_sketch)
 
     def open_rows(self) -> pa.Table:
         """Rows of the windows still open, as they stand (provisional rows)."""
-        return self._rows(self.open, self.sketch)
+        return self._rows(*self._open())
 
     # output ----------------------------------------------------------------------------------
 
     def _rows(self, p: Partials, sketch: Sketches) -> pa.Table:
         """View rows in canonical order (series, window start)."""
-        order = np.lexsort((p.start, p.sid))
+        order = order_by(p.sid, p.start)
         n = p.n[order]
-        sids = pa.array(p.sid[order], pa.int64())
+        sids = p.sid[order]
         cols: dict[str, pa.Array] = {
-            "source": pa.array([s for s, _ in self.names], pa.string()).take(sids),
-            "channel": pa.array([c for _, c in self.names], pa.string()).take(sids),
+            "source": self.ids.source_names(sids),
+            "channel": self.ids.channel_names(sids),
             "window_start": pa.array(p.start[order]).cast(TIME_TYPE),
             "window_end": pa.array(p.end[order]).cast(TIME_TYPE),
         }
         smin, smax = p.smin[order], p.smax[order]
         empty, few = n == 0, n < 2
-        with np.errstate(invalid="ignore", divide="ignore"):
-            var = p.m2[order] / (n - 1)
-        ref, mu = p.ref[order], p.mu[order]
-        values = {
-            "sum": (ref * n + mu * n, None),
-            "mean": (ref + mu, empty),
-            "min": (p.vmin[order], empty),
-            "max": (p.vmax[order], empty),
+
+        def var() -> np.ndarray:
+            with np.errstate(invalid="ignore", divide="ignore"):
+                out: np.ndarray = p.m2[order] / (n - 1)
+            return out
+
+        # Computed only for the aggregates the view has (no work or memory for the others).
+        values: dict[str, tuple[Callable[[], np.ndarray], np.ndarray | None]] = {
+            "sum": (lambda: p.ref[order] * n + p.mu[order] * n, None),
+            "mean": (lambda: p.ref[order] + p.mu[order], empty),
+            "min": (lambda: p.vmin[order], empty),
+            "max": (lambda: p.vmax[order], empty),
             "var": (var, few),
-            "std": (np.sqrt(np.maximum(var, 0.0)), few),
-            "first": (p.fv[order], empty),
-            "last": (p.lv[order], empty),
+            "std": (lambda: np.sqrt(np.maximum(var(), 0.0)), few),
+            "first": (lambda: p.fv[order], empty),
+            "last": (lambda: p.lv[order], empty),
         }
         for agg in self.view.aggregates:
             if agg == "count":
                 cols[agg] = pa.array(n, pa.int64())
             elif agg in values:
                 data, mask = values[agg]
-                cols[agg] = pa.array(data, pa.float64(), mask=mask)
+                cols[agg] = pa.array(data(), pa.float64(), mask=mask)
             else:
                 q = sketch.quantiles(self._quantiles[agg])[order]
                 cols[agg] = pa.array(q, pa.float64(), mask=empty)
@@ -482,17 +511,25 @@ class WindowKernel:
 
     def state(self) -> dict[str, pa.Table]:
         """Everything needed to continue exactly: series, open windows, quantile entries."""
+        every = np.arange(len(self.ids))
+        # Open windows in (series, start) order, as one merged set: the shelf is not saved.
+        p, sketch = self._open()
+        order = order_by(p.sid, p.start)
+        if self._quantiles and order.size:
+            where = np.empty_like(order)
+            where[order] = np.arange(order.size)
+            sketch = sketch.remap(where, order.size)
         return {
             "series": pa.table(
                 {
-                    "source": pa.array([s for s, _ in self.names], pa.string()),
-                    "channel": pa.array([c for _, c in self.names], pa.string()),
+                    "source": self.ids.source_names(every),
+                    "channel": self.ids.channel_names(every),
                     "maxt": pa.array(self.maxt, pa.int64()),
                     "frontier": pa.array(self.frontier, pa.int64()),
                 }
             ),
-            "open": self.open.to_table(),
-            "sketch": self.sketch.to_table(),
+            "open": p.take(order).to_table(),
+            "sketch": sketch.to_table(),
         }
 
     @classmethod
@@ -500,17 +537,13 @@ class WindowKernel:
         """A kernel continuing where ``state()`` was taken (tables that are missing: empty)."""
         kernel = cls(view)
         series = tables.get("series")
-        if series is not None:
-            for src, ch in zip(
-                series.column("source").to_pylist(),
-                series.column("channel").to_pylist(),
-                strict=True,
-            ):
-                kernel._series_id((src, ch))
+        if series is not None and series.num_rows:
+            kernel.ids.add(_array(series.column("source")), _array(series.column("channel")))
             kernel.maxt = series.column("maxt").to_numpy().copy()
             kernel.frontier = series.column("frontier").to_numpy().copy()
-        if "open" in tables:
-            kernel.open = Partials.from_table(tables["open"])
+            kernel._grow()
+        if "open" in tables:  # all hot: the first batch shelves what the watermark passed
+            kernel.hot = Partials.from_table(tables["open"])
         if "sketch" in tables and kernel._quantiles:
-            kernel.sketch = Sketches.from_table(tables["sketch"], len(kernel.open))
+            kernel.sketch = Sketches.from_table(tables["sketch"], len(kernel.hot))
         return kernel

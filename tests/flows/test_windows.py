@@ -20,11 +20,12 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
 from obsflow.connectors.formats.schema import TIME_TYPE
 from obsflow.connectors.storage.parquet import parquet_bytes
+from obsflow.flows.kernels import series as series_ids
 from obsflow.flows.kernels import windows
 from obsflow.flows.kernels.partials import running_max
 from obsflow.flows.kernels.viewdef import ViewDef
@@ -457,7 +458,11 @@ def test_a_hopping_reading_after_some_of_its_windows_joins_only_the_open_ones(ho
         assert by_start.loc[MS].tolist() == [4, 10.0, 3.0]  # (time, seq) tie: first to arrive
 
 
-def test_batches_with_more_source_channel_combinations_than_the_id_table() -> None:
+@pytest.mark.parametrize("table_max", [series_ids.PAIR_TABLE_MAX, 1000])
+def test_batches_with_more_source_channel_combinations_than_the_id_table(
+    table_max: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(series_ids, "PAIR_TABLE_MAX", table_max)  # (1000: pairs looked up)
     rng = np.random.default_rng(2)
     n = 600
     df = pd.DataFrame(
@@ -555,3 +560,58 @@ def test_running_max_restarts_at_each_segment() -> None:
             best = v if s else max(best, v)
             want.append(best)
         assert running_max(values_, new).tolist() == want
+
+
+# -- many series ---------------------------------------------------------------------------------
+
+MANY_SOURCES = 50_000  # x 2 channels: 100,000 series
+
+
+@st.composite
+def many_series(draw: st.DrawFn) -> pd.DataFrame:
+    """100,000 series, 1-3 readings each over a few 1 ms windows, in time order but for some
+    that arrive late (beyond any lateness drawn), interleaved as instruments would send them."""
+    rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
+    per = rng.integers(1, 4, 2 * MANY_SOURCES)
+    sid = np.repeat(np.arange(2 * MANY_SOURCES), per)
+    t = rng.integers(0, 6 * MS, sid.size)
+    df = pd.DataFrame(
+        {
+            "source": np.char.add("s", (sid // 2).astype(str)),
+            "channel": np.where(sid % 2 == 0, "x", "y"),
+            "time": t,
+            "value": rng.normal(0, 1, sid.size).round(2),  # (ties: quantiles see equal values)
+        }
+    )
+    df.loc[rng.random(sid.size) < 0.01, "value"] = np.nan
+    arrival = t + np.where(rng.random(sid.size) < 0.02, 3 * MS, 0)  # some readings come late
+    df = df.iloc[np.argsort(arrival, kind="stable")].reset_index(drop=True)
+    df["seq"] = df.groupby("source").cumcount()
+    return df
+
+
+@given(df=many_series(), data=st.data())
+@settings(  # (few examples, each a whole data set: shrinking a seed is of no use)
+    examples(3), phases=[Phase.explicit, Phase.reuse, Phase.generate]
+)
+def test_a_hundred_thousand_series_give_the_oracle_rows_and_late_readings(
+    df: pd.DataFrame, data: st.DataObject
+) -> None:
+    # Many series, so every batch holds most of them: new series numbered in bulk, windows
+    # shelved (past the watermark) for most series at once, readings coming back to shelved
+    # windows of a few, the hold (0, 2 or the default) making shelved windows final in a run.
+    view = ViewDef(
+        "v",
+        "tumbling",
+        size=MS,
+        lateness=data.draw(st.sampled_from([0, MS])),
+        aggregates=("count", "mean", "std", "min", "first", "last", "p50", "p90"),
+    )
+    n = len(df)
+    runs = data.draw(st.lists(st.integers(1, n - 1), max_size=2))
+    cuts = data.draw(st.lists(st.integers(1, n - 1), min_size=2, max_size=5))
+    plan = plan_of(n, runs, cuts)
+    if data.draw(st.booleans()):
+        plan.insert(data.draw(st.integers(1, len(plan) - 1)), ("restore",))
+    driver = Driver(view, df, data.draw(st.sampled_from([0, 2, windows.HOLD_WINDOWS])))
+    driver.play(plan, close=False)  # (checked at each run's end; the oracle's close is slow)
