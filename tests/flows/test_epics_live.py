@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -21,7 +22,7 @@ import pandas as pd
 import pytest
 
 from obsflow.connectors.datasets import reads
-from obsflow.connectors.datasets.channels import read_channels
+from obsflow.connectors.datasets.channels import read_channels, read_gaps
 from obsflow.connectors.payloads.offload import PayloadStore
 from obsflow.connectors.storage import commits
 from obsflow.connectors.storage.store import Store
@@ -181,3 +182,53 @@ def test_twenty_pvs_at_100_hz_for_a_minute_are_captured_once(protocol: str, tmp_
         store, summary = run_session(ioc, tmp_path)
     source = f"127.0.0.1:{ioc.ports[0]}" if protocol == "ca" else "pva"
     check_exactly_once(ioc, store, summary, source)
+
+
+def test_an_ioc_restart_and_a_killed_session_leave_reported_gaps_only(tmp_path: Path) -> None:
+    """The IOC restarted mid-run, then the session SIGKILLed and run again: nothing is
+    captured twice, and every logged update missing from the capture was posted within a
+    gap the sessions reported (a PV's disconnect, or no session running)."""
+    ioc = Ioc("ca", tmp_path / "ioc.log", scalars=3, rate=50, waveform_size=1000, duration=12)
+    store = tmp_path / "store"
+    args = session(ioc, store, tmp_path, "-q")
+    with ioc:
+        first = obsflow(ioc, *args)  # (until killed: through the IOC's restart)
+        try:
+            wait_for(lambda: monitoring_all(store, len(ioc.pvs) - 1), 60, "no first values")
+            ioc.begin()
+            rows = len(captured(store))
+            wait_for(lambda: len(captured(store)) > rows + 300, 60, "no updates")
+            ioc.stop()  # (SIGTERM: the log holds every update it posted)
+            ioc.start()  # the same ports; it posts at once (its go file exists)
+            restarted = len(captured(store))
+            wait_for(lambda: len(captured(store)) > restarted + 300, 90, "no reconnect")
+        finally:
+            os.kill(first.pid, signal.SIGKILL)
+            first.communicate()
+        summary = tmp_path / "summary.json"
+        second = obsflow(ioc, *args, "--stop-when-idle", "4s", "--summary", str(summary))
+        _, err = second.communicate(timeout=300)
+        assert second.returncode == 0, err
+
+    log = read_log(ioc.log).rename(columns={"pv": "channel"})
+    got = captured(store)
+    assert not got.duplicated(["channel", "time"]).any()
+    keys = set(zip(log["channel"], log["time"], strict=True))
+    assert set(zip(got["channel"], got["time"], strict=True)) <= keys  # nothing not posted
+
+    gaps = read_gaps(Store(str(store)), "pvs")
+    kinds = {g["kind"] for g in gaps}
+    assert kinds == {"disconnected", "no session"}, gaps
+    for pv in ("P:s0", "P:s1", "P:s2", "P:wf", "P:mode"):  # the restart, for each PV
+        assert any(g["kind"] == "disconnected" and g["pv"] == pv and g["until"] for g in gaps)
+    assert json.loads(summary.read_text())["gaps"][0]["kind"] == "no session"
+
+    def ns(text: str | None) -> int:
+        return int(pd.Timestamp(text).value) if text else 2**62
+
+    windows = [(g.get("pv"), ns(g["since"]), ns(g["until"])) for g in gaps]
+    have = set(zip(got["channel"], got["time"], strict=True))
+    missing = log[[k not in have for k in zip(log["channel"], log["time"], strict=True)]]
+    assert len(missing), "the kill and the restart lost nothing: the test shows nothing"
+    for channel, t in zip(missing["channel"], missing["time"], strict=True):
+        assert any(pv in (None, channel) and a <= t <= b for pv, a, b in windows), (channel, t)
