@@ -277,7 +277,7 @@ class EpicsSession:
 
     def disconnected(self, pv: int) -> None:
         with self._lock:
-            if pv in self._ever and pv not in self._down:
+            if pv in self._ever and pv not in self._down and self.pvs[pv].name not in self.refused:
                 last = int(self.updates.last_time[pv])
                 self._down[pv] = {
                     "pv": self.pvs[pv].name,
