@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -234,3 +235,46 @@ def test_an_ioc_restart_and_a_killed_session_leave_reported_gaps_only(tmp_path: 
     assert len(missing), "the kill and the restart lost nothing: the test shows nothing"
     for channel, t in zip(missing["channel"], missing["time"], strict=True):
         assert any(pv in (None, channel) and a <= t <= b for pv, a, b in windows), (channel, t)
+
+
+BEFORE_ALARMS = Path(__file__).parents[1] / "fixtures" / "capture_before_alarms" / "store"
+
+
+def test_a_capture_from_before_the_alarm_columns_gets_an_epics_sessions_alarms(
+    tmp_path: Path,
+) -> None:
+    """A capture written before ``alarm_severity``/``alarm_status`` existed, continued by an
+    EPICS session: the table gains both columns, and the session's readings have their
+    alarms (obsflow and Polars read them; the older readings read null)."""
+    import polars as pl
+
+    store = tmp_path / "store"
+    shutil.copytree(BEFORE_ALARMS, store)
+    before = len(captured(store))
+    ioc = Ioc("ca", tmp_path / "ioc.log", scalars=1, rate=50, waveform_size=10, duration=2)
+    url = "ca://" + ",".join(p for p in ioc.pvs if p != "P:name")
+    args = ["ingest", url, "--store", str(store), "--capture", "pvs", "-q"]
+    with ioc:
+        proc = obsflow(ioc, *args, "--stop-when-idle", "3s")
+        try:
+            wait_for(lambda: commits.head(Store(str(store)), "pvs") > 1, 60, "no first values")
+            ioc.begin()
+            _, err = proc.communicate(timeout=120)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+    assert proc.returncode == 0, err
+
+    log = read_log(ioc.log)
+    got = captured(store)
+    epics = got[got["source"] != "ioc-old"].sort_values(["channel", "time"])
+    assert len(got) == before + len(log)
+    want = log.sort_values(["pv", "time"])
+    assert list(epics["alarm_severity"]) == [SEVERITY[s] for s in want["severity"]]
+    assert "MINOR" in set(epics["alarm_severity"])
+    folder = store / "captures" / "pvs"
+    frame = pl.read_delta(str(folder))
+    assert frame.filter(pl.col("source") == "ioc-old")["alarm_severity"].null_count() == before
+    theirs = frame.filter(pl.col("source") != "ioc-old").sort("channel", "time_ns")
+    assert theirs["alarm_severity"].to_list() == list(epics["alarm_severity"])
+    assert theirs["alarm_status"].to_list() == list(epics["alarm_status"])
