@@ -42,12 +42,29 @@ def record_gaps(store: Store, capture: str, session: str, gaps: list[dict[str, A
     store.write_json(f"{_dir(capture)}/gaps/{session}.json", {"session": session, "gaps": gaps})
 
 
-def read_gaps(store: Store, capture: str) -> list[dict[str, Any]]:
-    """Every recorded gap of the capture's sessions, by start time."""
+def read_gaps(store: Store, capture: str, *, limit: int | None = None) -> list[dict[str, Any]]:
+    """The recorded gaps of the capture's sessions, by start time: all, or the newest
+    ``limit`` (reading the newest sessions' documents only: session ids sort by time)."""
     rel = f"{_dir(capture)}/gaps"
+    names = sorted((n for n in store.listdir(rel) if n.endswith(".json")), reverse=True)
     out: list[dict[str, Any]] = []
-    for name in store.listdir(rel):
-        if name.endswith(".json"):
-            doc = store.read_json(f"{rel}/{name}")
-            out += [{**g, "session": doc["session"]} for g in doc.get("gaps", [])]
-    return sorted(out, key=lambda g: str(g.get("since")))
+    for name in names:
+        if limit is not None and len(out) >= limit:
+            break
+        doc = store.read_json(f"{rel}/{name}")
+        out += [{**g, "session": doc["session"]} for g in doc.get("gaps", [])]
+    out.sort(key=lambda g: str(g.get("since")))
+    return out if limit is None else out[len(out) - limit :]
+
+
+def display(channels: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """What a chart of these channels can use: ``units`` (channel -> unit, where one is
+    given) and ``limits`` (channel -> ``[low, high]`` display limits, where set: EPICS's
+    0..0 means none), each only when some channel has it."""
+    units = {c: str(m["units"]) for c, m in channels.items() if m.get("units")}
+    limits = {}
+    for c, m in channels.items():
+        low, high = m.get("display_low"), m.get("display_high")
+        if isinstance(low, int | float) and isinstance(high, int | float) and low < high:
+            limits[c] = [float(low), float(high)]
+    return {k: v for k, v in (("units", units), ("limits", limits)) if v}

@@ -210,7 +210,7 @@ def cmd_live(args: argparse.Namespace, store: Store) -> int:
             say(f"  PV {pv} refused: {why}")
         for gap in result.gaps:
             what = gap.get("pv") or "every PV"
-            until = gap["until"] or "the end"
+            until = gap["until"] + (" (the session's end)" if gap.get("open") else "")
             say(f"  gap ({gap['kind']}): {what} from {gap['since']} until {until}")
         for view, n in sorted(c.late.items()):
             if n:

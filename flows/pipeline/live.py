@@ -282,12 +282,16 @@ class Monitor:
             for g in client.gaps()
         ]
         self.closed += new
+        # (saved at the session's end: still disconnected then, so until its end — what
+        # follows is the next session's "no session" gap)
+        end = iso(time.time_ns())
         open_ = [
             {
                 **g,
                 "kind": "disconnected",
                 "since": iso(g["since"]),
-                "until": None,
+                "until": end,
+                "open": True,
                 "last_update": iso(g.get("last_update")),
             }
             for g in client.open_gaps()
