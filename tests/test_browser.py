@@ -257,6 +257,7 @@ def test_without_shared_worker_each_tab_follows_the_view_on_its_own(
         after = view_rows(store)
         (run,) = set(after["run"]) - set(before["run"])
         wait_for_run(tabs, run, int((after["run"] == run).sum()), 10)
+        ctx.close()  # (before the server stops: a request still in flight would log an error)
 
 
 T0 = pd.Timestamp("2026-06-01T00:00:00Z")

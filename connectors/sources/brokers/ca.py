@@ -108,6 +108,7 @@ class CaClient(EpicsSession):
 
     def _on_update(self, sub: Any, response: Any) -> None:
         i = self.index[sub.pv.name]
+        self.resumed(i)
         md = response.metadata
         stamp = md.stamp
         t = (stamp.secondsSinceEpoch + EPICS_EPOCH) * 1_000_000_000 + stamp.nanoSeconds

@@ -270,10 +270,17 @@ class EpicsSession:
     def connected(self, pv: int) -> None:
         with self._lock:
             self._ever.add(pv)
-            gap = self._down.pop(pv, None)
-            if gap is not None:
-                gap["until"] = time.time_ns()
-                self._gaps.append(gap)
+
+    def resumed(self, pv: int) -> None:
+        """A monitor update came: a disconnect's gap ends here, not at the reconnect (what
+        the IOC posts between the reconnect and the monitor's new subscription is lost; the
+        PV's current value, re-sent on subscribing, is its first update)."""
+        if pv in self._down:  # (cheap test first: this runs for every update)
+            with self._lock:
+                gap = self._down.pop(pv, None)
+                if gap is not None:
+                    gap["until"] = time.time_ns()
+                    self._gaps.append(gap)
 
     def disconnected(self, pv: int) -> None:
         with self._lock:

@@ -72,6 +72,7 @@ class PvaClient(EpicsSession):
             self.connected(i)
             self._kind[i] = self._classify(i, value)
             self._any.set()
+        self.resumed(i)
         kind = self._kind[i]
         if kind is None:
             return
