@@ -257,6 +257,7 @@ def test_without_shared_worker_each_tab_follows_the_view_on_its_own(
         after = view_rows(store)
         (run,) = set(after["run"]) - set(before["run"])
         wait_for_run(tabs, run, int((after["run"] == run).sum()), 10)
+        ctx.close()  # (before the server stops: a request still in flight would log an error)
 
 
 T0 = pd.Timestamp("2026-06-01T00:00:00Z")
@@ -430,3 +431,105 @@ def test_the_page_draws_every_series_with_labelled_axes_in_utc(
         labels = {c["series"]: c["y"] for p in all_charts(page) for c in p}
         assert labels["s00 / t"] == "mean · t (K)"
         assert labels["s00 / p"] == "mean · p"  # none given: none invented
+
+
+GAP_VIEW = '[[view]]\nname = "pv_1s"\nsize = "1s"\naggregates = ["count", "mean", "min", "max"]\n'
+GAPS = """() => [...document.querySelectorAll("#charts figure")].map(f => ({
+  series: f.dataset.series, y: f.dataset.yLabel, gaps: JSON.parse(f.dataset.gaps || "null"),
+  yRange: JSON.parse(f.dataset.yRange || "null")}))"""
+
+
+def epoch_ms(iso: str) -> float:
+    """An ISO time as the page reads it: epoch seconds, to the millisecond."""
+    return pd.Timestamp(iso).value // 1_000_000 / 1000
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")
+def test_the_page_shades_the_gaps_an_epics_session_recorded_and_shows_units(
+    tmp_path: Path, pages: Pages
+) -> None:
+    """A CA IOC restarted under a live session (a disconnect of each PV), then a second
+    session (the time between: no session): the page shades each disconnect on its
+    channel's charts and the time with no session on every chart, lists them in UTC, and
+    labels the y-axis with the PV's unit (its display limits within the y range)."""
+    from obsflow.connectors.datasets.channels import read_gaps
+    from obsflow.connectors.datasets.reads import read_capture
+    from obsflow.connectors.storage.store import Store
+    from tests.epics_iocs import Ioc
+    from tests.flows.test_epics_live import obsflow, wait_for
+
+    store, views = tmp_path / "store", tmp_path / "views.toml"
+    views.write_text(GAP_VIEW)
+    s = Store(str(store))
+    ioc = Ioc("ca", tmp_path / "ioc.log", scalars=1, rate=20, waveform_size=10, duration=3)
+    args = ["ingest", "ca://P:s0,P:mode", "--store", str(store), "--capture", "pvs", "-q"]
+    args += ["--views", str(views)]
+
+    def rows() -> int:
+        return (
+            read_capture(s, "pvs", columns=["time"]).num_rows
+            if (store / "captures").exists()
+            else 0
+        )
+
+    def reconnected() -> bool:
+        done = [g for g in read_gaps(s, "pvs") if g["kind"] == "disconnected" and g["until"]]
+        return {g["channel"] for g in done} == {"P:s0", "P:mode"}
+
+    with ioc:
+        first = obsflow(ioc, *args)
+        try:
+            wait_for(lambda: rows() >= 2, 60, "no first values")
+            ioc.begin()
+            wait_for(lambda: rows() > 20, 60, "no updates")
+            ioc.stop()
+            ioc.start()  # (it posts again at once, for 3 s)
+            wait_for(reconnected, 90, "no reconnect")
+            first.terminate()  # (SIGTERM: the session ends after its cycle)
+            _, err = first.communicate(timeout=60)
+            assert first.returncode == 0, err
+            second = obsflow(ioc, *args, "--stop-when-idle", "1s")
+            _, err = second.communicate(timeout=120)
+            assert second.returncode == 0, err
+        finally:
+            for proc in (first, locals().get("second")):
+                if proc is not None and proc.poll() is None:
+                    proc.kill()
+    gaps = read_gaps(s, "pvs")
+    assert {g["kind"] for g in gaps} == {"disconnected", "no session"}, gaps
+
+    def expected(channel: str) -> list[list[Any]]:
+        return [
+            [g["kind"], epoch_ms(g.get("last_update") or g["since"]), epoch_ms(g["until"])]
+            for g in gaps
+            if g.get("channel") in (None, channel)
+        ]
+
+    with serving(store) as base:
+        page = pages.context().new_page()
+        page.goto(f"{base}/views/pv_1s")
+        page.wait_for_function(
+            "() => document.querySelectorAll('#charts figure[data-gaps]').length === 2"
+            " && document.querySelectorAll('#gaps li').length > 0",
+            timeout=20_000,
+        )
+        charts = {c["series"].split(" / ")[1]: c for c in page.evaluate(GAPS)}
+        assert set(charts) == {"P:s0", "P:mode"}
+        for channel, c in charts.items():
+            drawn = sorted(c["gaps"])
+            want = sorted(expected(channel))
+            assert [d[0] for d in drawn] == [w[0] for w in want], (channel, drawn, want)
+            for d, w in zip(drawn, want, strict=True):
+                assert d[1:] == pytest.approx(w[1:], abs=2e-3), (channel, d, w)
+        assert charts["P:s0"]["y"] == "mean · P:s0 (mm)"
+        assert charts["P:mode"]["y"] == "mean · P:mode"  # an enum: no unit
+        low, high = charts["P:s0"]["yRange"]
+        assert low <= -10  # the IOC's display limits (-10..10) are within the y range
+        assert high >= 10
+        items = page.locator("#gaps li")
+        assert items.count() == len(gaps)
+        texts = items.all_text_contents()
+        assert sum("no session" in t for t in texts) == 1
+        assert all("UTC" in t for t in texts), texts
+        SHOTS.mkdir(parents=True, exist_ok=True)
+        page.screenshot(path=str(SHOTS / "view-gaps.png"), full_page=True)

@@ -12,6 +12,7 @@ import contextlib
 import io
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -28,6 +29,7 @@ import pyarrow as pa
 import pyarrow.csv as pacsv
 import pytest
 
+from obsflow.connectors.datasets.channels import read_gaps, record_channels, record_gaps
 from obsflow.connectors.storage import commits
 from obsflow.connectors.storage.store import Store
 from obsflow.flows.explore.explorer import Explorer, open_store
@@ -369,6 +371,7 @@ ROUTES = [
     "/api/captures",
     "/api/views/v1s",
     "/api/captures/obs",
+    "/api/captures/obs/gaps",
     "/api/views/v1s/late",
     "/api/views/v1s/events",
     "/api/deadletters",
@@ -417,6 +420,9 @@ def test_a_token_guards_every_route_and_names_cannot_leave_the_store(store: Path
             "/api/captures/..%2Fviews",
             "/api/views/nope/events",
             "/api/captures/bad%20name!",
+            "/api/captures/bad%20name!/gaps",
+            "/api/captures/nope/gaps",
+            "/api/captures/..%2F_obsflow/gaps",
             "/api/views/bad%20name!/late",
             "/api/deadletters?run=..%2F..",
             "/static/..%2Fserve.py",
@@ -588,3 +594,58 @@ def test_a_subscriber_too_far_behind_is_dropped_and_its_stream_ends() -> None:
         return await asyncio.wait_for(reader, 5)
 
     assert asyncio.run(waiting_reader_then_huge_event()) is None
+
+
+def test_the_view_listing_gives_units_and_limits_and_a_capture_serves_its_gaps(
+    store: Path, tmp_path: Path
+) -> None:
+    """What a live EPICS session records beside the readings (``channels.json`` and
+    ``gaps/<session>.json``, written here by the functions the session uses), served: the
+    channels' units and display limits in ``/api/views``, the gaps at
+    ``/api/captures/NAME/gaps`` (the newest ``limit``, by start)."""
+    copy = tmp_path / "store"
+    shutil.copytree(store, copy)
+    s = Store(str(copy))
+    record_channels(
+        s,
+        "obs",
+        {
+            "t": {"pv": "T", "units": "degC", "display_low": -5.0, "display_high": 50.0},
+            "p": {"pv": "P", "units": "", "display_low": 0.0, "display_high": 0.0},
+        },
+    )
+    record_gaps(
+        s,
+        "obs",
+        "20260601T000000Z-aaaaaa",
+        [{"kind": "no session", "since": "2026-06-01T00:01:00Z", "until": "2026-06-01T00:02:00Z"}],
+    )
+    disconnect = {"kind": "disconnected", "pv": "T", "channel": "t", "last_update": None}
+    record_gaps(
+        s,
+        "obs",
+        "20260601T000500Z-bbbbbb",
+        [
+            {**disconnect, "since": "2026-06-01T00:05:00Z", "until": "2026-06-01T00:05:09Z"},
+            {**disconnect, "since": "2026-06-01T00:07:00Z", "until": None},
+        ],
+    )
+    with serving(copy) as base:
+        (listing,) = httpx.get(f"{base}/api/views", timeout=10).json()
+        assert listing["units"] == {"t": "degC"}  # none given for p: none invented
+        assert listing["limits"] == {"t": [-5.0, 50.0]}  # 0..0: EPICS's "not set"
+
+        gaps = httpx.get(f"{base}/api/captures/obs/gaps", timeout=10)
+        assert gaps.status_code == 200
+        assert gaps.json() == read_gaps(s, "obs")
+        assert [g["since"][14:16] for g in gaps.json()] == ["01", "05", "07"]
+        newest = httpx.get(f"{base}/api/captures/obs/gaps", params={"limit": 2}, timeout=10)
+        assert newest.json() == gaps.json()[1:]
+        for bad in ("0", "x", "100001"):
+            r = httpx.get(f"{base}/api/captures/obs/gaps", params={"limit": bad}, timeout=10)
+            assert r.status_code == 400, bad
+            assert "limit" in r.text
+    with serving(store) as base:  # a capture no live session wrote: no units, no gaps
+        (listing,) = httpx.get(f"{base}/api/views", timeout=10).json()
+        assert set(listing) == {"name", "capture", "definition"}
+        assert httpx.get(f"{base}/api/captures/obs/gaps", timeout=10).json() == []

@@ -3,6 +3,7 @@ a plain ``**/*.parquet`` glob may not (it also sees files no version holds)."""
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import duckdb
@@ -123,3 +124,33 @@ def test_late_and_dead_letter_tables_read_as_tables_too(store: Path) -> None:
     dead = pl.scan_delta(str(store / "deadletter")).collect()
     assert dead.height == 3
     assert set(dead["reason"]) == {"bad_time"}
+
+
+BEFORE_ALARMS = Path(__file__).parent / "fixtures" / "capture_before_alarms"
+
+
+def test_a_capture_from_before_the_alarm_columns_gains_them_with_its_next_readings(
+    tmp_path: Path,
+) -> None:
+    """A capture whose table predates ``alarm_severity``/``alarm_status``: readings that
+    have them are appended with them, and every reader sees them (null for the old rows)."""
+    store = tmp_path / "store"
+    shutil.copytree(BEFORE_ALARMS / "store", store)
+    new = tmp_path / "alarms.csv"
+    new.write_text(
+        "source,channel,time,value,alarm_severity,alarm_status\n"
+        "ioc,P:s0,2026-01-02T00:00:00Z,1.5,MINOR,HIGH\n"
+        "ioc,P:s0,2026-01-02T00:00:01Z,2.5,NO_ALARM,NO_ALARM\n"
+    )
+    assert main(["ingest", str(new), "--store", str(store), "--capture", "pvs", "-q"]) == 0
+
+    folder = store / "captures" / "pvs"
+    names = DeltaTable(str(folder)).schema().to_arrow().names
+    assert {"alarm_severity", "alarm_status"} <= set(names)
+    frame = pl.read_delta(str(folder)).sort("time")
+    assert frame.height == 24 + 2
+    assert frame["alarm_severity"].to_list() == [None] * 24 + ["MINOR", "NO_ALARM"]
+    assert frame["alarm_status"].to_list()[-2:] == ["HIGH", "NO_ALARM"]
+    ours = reads.read_capture(Store(str(store)), "pvs", columns=["source", "alarm_severity"])
+    by_source = pl.from_arrow(ours).group_by("source").agg("alarm_severity").sort("source")
+    assert by_source.rows() == [("ioc", ["MINOR", "NO_ALARM"]), ("ioc-old", [None] * 24)]

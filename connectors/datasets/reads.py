@@ -362,7 +362,7 @@ def deadletter_captures(store: Store) -> dict[str, str]:
         doc = entry.get("obsflow") or {}
         if "run" in doc and "app" in doc:
             out.setdefault(str(doc["run"]), str(doc["app"]))
-        else:
+        elif "columns_added" not in doc:  # (a schema's commit names no run)
             migrated = True
     if migrated:
         for capture in list_captures(store):

@@ -57,11 +57,14 @@ DOCUMENT_SCHEMA = pa.schema(
 the document as JSON."""
 
 TRACE = "trace_id"
-CONTEXT_FIELDS = ("run_uid", "stream", "descriptor", TRACE)
+ALARM_FIELDS = ("alarm_severity", "alarm_status")
+"""A control system's alarm state of a reading, as text (EPICS: ``NO_ALARM``, ``MINOR``,
+``MAJOR``, ``INVALID``; a status such as ``HIHI``, ``LINK`` or a PV Access alarm message)."""
+CONTEXT_FIELDS = ("run_uid", "stream", "descriptor", TRACE, *ALARM_FIELDS)
 """Optional context of a reading, kept with it in the capture (null where the input has none):
-the Bluesky run, stream and event descriptor it came from, and a trace id that follows one
+the Bluesky run, stream and event descriptor it came from, a trace id that follows one
 request or instrument session through every output (a ``trace_id`` field, ``--map
-trace_id=COLUMN``, or a broker message's header of that name)."""
+trace_id=COLUMN``, or a broker message's header of that name), and its alarm state."""
 CONTEXT_SCHEMA = pa.schema([pa.field(name, pa.string()) for name in CONTEXT_FIELDS])
 MAX_CONTEXT_CHARS = 256
 

@@ -40,6 +40,8 @@ from obsflow.connectors.storage.tables import (
 )
 
 if TYPE_CHECKING:
+    from deltalake import DeltaTable
+
     from obsflow.connectors.storage.store import Store
 
 
@@ -260,8 +262,11 @@ class _Commit:
                 "nothing of the run was committed to it — run the command again"
             )
         dl = self.dl
-        # An append keeps the table's own schema (a run never changes it; one written by an
-        # earlier obsflow may differ in what it says of nulls); a rebuild may bring a new one.
+        # An append keeps the table's own schema (one written by an earlier obsflow may differ
+        # in what it says of nulls), grown first by the nullable columns it lacks; a rebuild
+        # may bring a new one.
+        if not change.overwrite and self._grow(dt):
+            return None  # (the table has the columns now: check it again, then append)
         schema = self.schema if change.overwrite else dt.schema()
         actions: list[Any] = [
             *self.adds,
@@ -288,6 +293,35 @@ class _Commit:
             if not _lost(exc):
                 raise
             return None  # another commit took that version: look again
+        return True
+
+    def _grow(self, dt: DeltaTable) -> bool:
+        """Add to the table the nullable columns of the change's files it lacks (a capture
+        from before a column existed, such as ``alarm_severity``), in a commit of their own
+        (Delta: a ``metaData`` action; obsflow's history skips it: it has no number). Old
+        files read null there. False: nothing to add."""
+        store, table = self.store, self.change.table
+        have = set(store.call_table("read", table, lambda: dt.schema().to_arrow().names))
+        new = [f for f in self.schema.fields if f.name not in have and f.nullable]
+        if not new:
+            return False
+        names = [f.name for f in new]
+        props = self.dl.CommitProperties(
+            custom_metadata={"obsflow": {"app": self.app, "columns_added": names}},
+            max_commit_retries=0,
+        )
+        try:
+            store.call_table(
+                "commit",
+                table,
+                lambda: dt.alter.add_columns(new, commit_properties=props),
+                retry=False,
+            )
+        except StoreUnreachableError:
+            pass  # it may have landed or not: look at the table again
+        except StoreError as exc:
+            if not _lost(exc):  # (lost: another commit came first, perhaps with them)
+                raise
         return True
 
     def _create(self) -> bool | None:

@@ -25,12 +25,14 @@ from obsflow.connectors.formats.schema import InputSpec
 from obsflow.connectors.ids import check_name
 from obsflow.connectors.sources.bluesky.io import BlueskyInput
 from obsflow.connectors.sources.brokers import (
+    SCHEMES,
     BrokerClient,
     BrokerURL,
     connect,
     is_broker_url,
     publisher,
 )
+from obsflow.connectors.sources.brokers.epics import read_pv_file
 from obsflow.connectors.sources.simulator import SimSpec, generate
 from obsflow.connectors.storage import layout, tables
 from obsflow.connectors.storage.commits import commit_at, parse_as_of
@@ -61,9 +63,10 @@ def cmd_ingest(args: argparse.Namespace) -> int:
     check_name(args.capture, kind="capture name")
     if any(is_broker_url(u) for u in args.inputs):
         return cmd_live(args, store)
-    if args.topic or args.consumer or args.wait:
+    if args.topic or args.consumer or args.wait or args.pvs or args.source:
         raise ConfigError(
-            "--topic, --consumer and --wait are for a broker URL (nats://, mqtt://, ...)"
+            "--topic, --consumer, --wait, --pvs and --source are for a broker URL (nats://, "
+            "mqtt://, ca://, ...)"
         )
     if args.format not in (None, "bluesky"):
         raise ConfigError(
@@ -123,9 +126,23 @@ def cmd_live(args: argparse.Namespace, store: Store) -> int:
             "--recovery and --force are for files: a live ingest resumes from the broker "
             "(messages not yet acknowledged come again) — run the same command"
         )
-    if not args.topic or not args.consumer:
-        raise ConfigError("a live ingest needs --topic T (repeatable) and --consumer NAME")
-    url = str(BrokerURL.parse(args.inputs[0]))
+    broker = BrokerURL.parse(args.inputs[0])
+    epics = SCHEMES[broker.scheme].names
+    if epics:  # PVs: in the URL and --pvs; read as the Arrow batches the client builds
+        if args.topic or args.consumer or args.stream or args.format not in (None, "arrow"):
+            raise ConfigError(
+                f"{broker.scheme}:// takes PV names (in the URL, --pvs FILE), not --topic, "
+                "--consumer, --stream or --format"
+            )
+        topics = read_pv_file(args.pvs) if args.pvs else []
+        args.format, consumer = "arrow", "epics"
+    else:
+        if args.pvs or args.source:
+            raise ConfigError("--pvs and --source are for ca:// and pva:// (EPICS PVs)")
+        if not args.topic or not args.consumer:
+            raise ConfigError("a live ingest needs --topic T (repeatable) and --consumer NAME")
+        topics, consumer = args.topic, args.consumer
+    url = str(broker)
     seconds = {
         k: None if getattr(args, k) is None else parse_duration_ns(getattr(args, k)) / 1e9
         for k in ("flush_interval", "idle_timeout", "stop_when_idle")
@@ -144,11 +161,12 @@ def cmd_live(args: argparse.Namespace, store: Store) -> int:
     def client(positions: Callable[[str], int]) -> BrokerClient:
         return connect(
             url,
-            args.topic,
-            args.consumer,
+            topics,
+            consumer,
             stream=args.stream,
             max_in_flight=in_flight,
             positions=positions,
+            source=args.source,
         )
 
     progress = None if args.quiet else Progress("live", None)
@@ -175,6 +193,8 @@ def cmd_live(args: argparse.Namespace, store: Store) -> int:
     span = f"commits #{commits_[0]}..#{commits_[-1]}" if commits_ else "no commit"
     if args.summary:
         doc = {**summary_dict(c, capture=args.capture, mode="live"), "cycles": result.cycles}
+        if epics:
+            doc |= {"gaps": result.gaps, "refused": result.refused}
         Path(args.summary).write_text(json.dumps(doc, indent=2, sort_keys=True) + "\n")
     if not args.quiet:
         ok = "adds up" if c.balanced else "DOES NOT ADD UP"
@@ -186,6 +206,12 @@ def cmd_live(args: argparse.Namespace, store: Store) -> int:
         )
         for reason, n in sorted(c.reasons.items()):
             say(f"  rejected {reason}: {n:,} (obsflow deadletters show --reason {reason})")
+        for pv, why in sorted(result.refused.items()):
+            say(f"  PV {pv} refused: {why}")
+        for gap in result.gaps:
+            what = gap.get("pv") or "every PV"
+            until = gap["until"] + (" (the session's end)" if gap.get("open") else "")
+            say(f"  gap ({gap['kind']}): {what} from {gap['since']} until {until}")
         for view, n in sorted(c.late.items()):
             if n:
                 say(f"  view {view}: {plural(n, 'late reading')} (obsflow late show {view})")

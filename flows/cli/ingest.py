@@ -33,7 +33,9 @@ HELP = {
   obsflow ingest wetter.csv --decimal , --capture wx      (21,5 and ; between fields)
   obsflow ingest nats://127.0.0.1:4222 --topic obs.> --consumer lab --capture live
   obsflow ingest --format bluesky scan.jsonl --capture beamline --root-map /old/data=/mnt/data
-  obsflow ingest kafka://127.0.0.1:9092 --format bluesky --topic bs --consumer o --capture bl""",
+  obsflow ingest kafka://127.0.0.1:9092 --format bluesky --topic bs --consumer o --capture bl
+  obsflow ingest ca://BL1:temp,BL1:wf --capture beamline      # EPICS Channel Access monitors
+  obsflow ingest pva:// --pvs pvs.txt --capture beamline       # PV Access, PVs from a file""",
         description="ingest files or a sim:// URL into a capture\n\n"
         "Files are long format: columns source, time, value and optionally channel and seq\n"
         "(--map names other columns), or wide: source, time and one numeric column per\n"
@@ -126,9 +128,14 @@ LIVE = Listing(
                           (wall time; recorded, so a replay closes them too)
     --stop-when-idle DURATION  end the session after this long without a message (default: run
                           until stopped)
+    --pvs FILE            ca:// and pva:// (EPICS): more PVs, one 'PV [CHANNEL]' a line (CHANNEL:
+                          the channel id of a PV whose name is none, e.g. with braces)
+    --source NAME         ca:// and pva://: the source id of every reading (default: the IOC's
+                          host:port for ca://, pva for pva://)
     """,
     title="live ingest from a broker (INPUT is nats://, mqtt://, mqtts:// or kafka://host:port; "
-    "credentials from the environment)",
+    "credentials from the environment), or from EPICS PVs (INPUT is ca://PV,PV or pva://PV,PV; "
+    "the IOCs from EPICS_CA_ADDR_LIST / EPICS_PVA_ADDR_LIST)",
 )
 
 
@@ -173,6 +180,8 @@ def _ingest(sub: Subparsers) -> None:
     add_live("--max-batch", type=int, default=50_000)
     add_live("--idle-timeout")
     add_live("--stop-when-idle")
+    add_live("--pvs")
+    add_live("--source")
 
 
 def record_size(text: str) -> str:

@@ -36,16 +36,20 @@ from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
 from obsflow.connectors.batch import RawBatch
 from obsflow.connectors.datasets import sessions
 from obsflow.connectors.datasets.capture import new_run_id, planned_capture
+from obsflow.connectors.datasets.channels import iso, record_channels, record_gaps
+from obsflow.connectors.datasets.reads import read_capture
 from obsflow.connectors.datasets.views import list_views
 from obsflow.connectors.errors import ConfigError, cause_of
 from obsflow.connectors.formats.messages import Message, check_format, decode
 from obsflow.connectors.sources.bluesky.io import raw_batch
-from obsflow.connectors.sources.brokers import BrokerClient
+from obsflow.connectors.sources.brokers import BrokerClient, Monitoring
 from obsflow.connectors.storage.commits import (
     ConcurrentWriterError,
     SessionLostError,
     finish_pending,
+    last_commit,
 )
+from obsflow.connectors.storage.layout import COMMIT, capture_dir
 from obsflow.connectors.storage.migrate import check_layout
 from obsflow.connectors.storage.store import Store
 from obsflow.connectors.waiting import poll
@@ -101,6 +105,10 @@ class LiveResult:
     closes: list[dict[str, Any]] = field(default_factory=list)  # idle closing commits
     stopped: str = ""
     seconds: float = 0.0
+    # A client without a broker queue (EPICS, ``Monitoring``): what it could not see, and why
+    # it refused what it did not capture.
+    gaps: list[dict[str, Any]] = field(default_factory=list)
+    refused: dict[str, str] = field(default_factory=dict)
 
     @property
     def balanced(self) -> bool:
@@ -179,9 +187,12 @@ def run_live(
     # holds (the runs and descriptors of committed cycles, and of earlier sessions).
     bluesky = ingest.bluesky_input(store)
     documents = bluesky.stream() if bluesky else None
+    monitor = Monitor(store, ingest.capture, result) if isinstance(client, Monitoring) else None
     try:
         while not stop.is_set():
             messages = client.fetch(config.max_messages, config.flush_interval)
+            if monitor is not None:
+                monitor.observe(client)  # type: ignore[arg-type]
             if held.lost.is_set():  # (its commits would be refused: stop before trying)
                 raise SessionLostError(
                     f"capture {ingest.capture!r} was taken over by another live session"
@@ -232,9 +243,70 @@ def run_live(
         ) from None
     finally:
         result.seconds = clock() - started
+        if monitor is not None:
+            with contextlib.suppress(Exception):  # (what the session did counts more)
+                monitor.observe(client, last=True)  # type: ignore[arg-type]
         client.close()
         held.release()
     return result
+
+
+class Monitor:
+    """Keeps what a ``Monitoring`` client tells: gaps (in the result and the store, where
+    the page reads them), channel metadata (the store), refusals (the result). A session
+    that follows another starts with a gap: what the IOCs posted in between is gone."""
+
+    def __init__(self, store: Store, capture: str, result: LiveResult) -> None:
+        self.store, self.capture, self.result = store, capture, result
+        self.channels: dict[str, dict[str, Any]] = {}
+        self.closed: list[dict[str, Any]] = []
+        before = last_commit(store, capture_dir(capture), capture)
+        if before is not None:
+            # From the last reading committed (what a killed session held past it is gone).
+            times = read_capture(
+                store, capture, columns=["time"], filter=pc.field(COMMIT) == before.n
+            )
+            since = iso(pc.max(times.column("time")).value) if times.num_rows else before.created
+            self.closed.append({"kind": "no session", "since": since, "until": iso(time.time_ns())})
+            self._save([])
+
+    def observe(self, client: Monitoring, *, last: bool = False) -> None:
+        new = [
+            {
+                **g,
+                "kind": "disconnected",
+                "since": iso(g["since"]),
+                "until": iso(g["until"]),
+                "last_update": iso(g.get("last_update")),
+            }
+            for g in client.gaps()
+        ]
+        self.closed += new
+        # (saved at the session's end: still disconnected then, so until its end — what
+        # follows is the next session's "no session" gap)
+        end = iso(time.time_ns())
+        open_ = [
+            {
+                **g,
+                "kind": "disconnected",
+                "since": iso(g["since"]),
+                "until": end,
+                "open": True,
+                "last_update": iso(g.get("last_update")),
+            }
+            for g in client.open_gaps()
+        ]
+        if new or (last and open_):
+            self._save(open_ if last else [])
+        channels = client.channels()
+        if channels != self.channels:
+            record_channels(self.store, self.capture, channels)
+            self.channels = channels
+        self.result.refused = client.refusals()
+
+    def _save(self, open_: list[dict[str, Any]]) -> None:
+        self.result.gaps = self.closed + open_
+        record_gaps(self.store, self.capture, self.result.session, self.result.gaps)
 
 
 def positions_after(messages: list[Message]) -> tuple[tuple[str, int], ...]:

@@ -21,8 +21,10 @@ from starlette.routing import Route
 
 from obsflow.connectors.datasets import reads
 from obsflow.connectors.datasets.capture import capture_info, list_captures
+from obsflow.connectors.datasets.channels import display, read_channels, read_gaps
 from obsflow.connectors.datasets.pages import Paged
 from obsflow.connectors.datasets.views import list_views
+from obsflow.connectors.errors import ConfigError
 from obsflow.connectors.formats.schema import READING_SCHEMA, TRACE
 from obsflow.connectors.storage.store import Store
 from obsflow.flows.serve.auth import HostGuard, OriginGuard, TokenMiddleware
@@ -42,6 +44,8 @@ STATIC = {  # file name -> media type: nothing else is served from the package
     "feed.js": "text/javascript",
     "favicon.svg": "image/svg+xml",
 }
+
+MAX_GAPS = 10_000  # gaps a response holds at most (the newest)
 
 Endpoint = Callable[[Request], Awaitable[Response]]
 
@@ -68,6 +72,7 @@ class App:
             Route("/api/captures", threaded(self.captures)),
             Route("/api/views", threaded(self.views)),
             Route("/api/captures/{name}", threaded(self.capture)),
+            Route("/api/captures/{name}/gaps", threaded(self.gaps)),
             Route("/api/views/{name}", threaded(self.view)),
             Route("/api/views/{name}/late", threaded(self.late)),
             Route("/api/views/{name}/events", self.events),
@@ -139,13 +144,20 @@ class App:
         return json_response([dict(capture_info(self.store, n).__dict__) for n in names])
 
     def views(self, request: Request) -> Response:
+        """Each view's name, capture and definition, and its capture's channel ``units``
+        and display ``limits`` when a live source recorded them (``channels.display``)."""
         keys = ("name", "capture", "definition")
-        return json_response([{k: m[k] for k in keys} for m in list_views(self.store)])
+        shown: dict[str, dict[str, Any]] = {}  # capture -> its channels' units and limits
+        out = []
+        for m in list_views(self.store):
+            capture = m["capture"]
+            if capture not in shown:
+                shown[capture] = display(read_channels(self.store, capture))
+            out.append({**{k: m[k] for k in keys}, **shown[capture]})
+        return json_response(out)
 
     def capture(self, request: Request) -> Response:
-        name = checked(request.path_params["name"], "capture name")
-        if name not in list_captures(self.store):
-            raise NotFoundError(f"no capture {name!r}")
+        name = self.capture_name(request)
 
         def paged(f: Filters) -> Paged:
             select = f.selection
@@ -156,6 +168,22 @@ class App:
             )
 
         return table_response(request, self.store, paged)
+
+    def gaps(self, request: Request) -> Response:
+        """The gaps the capture's live sessions recorded (disconnects, time no session ran),
+        by start: the newest ``limit`` (default and at most ``MAX_GAPS``)."""
+        name = self.capture_name(request)
+        text = request.query_params.get("limit") or str(MAX_GAPS)
+        if not text.isdigit() or not 0 < int(text) <= MAX_GAPS:
+            raise ConfigError(f"limit={text[:20]!r}: give a whole number 1..{MAX_GAPS}")
+        return json_response(read_gaps(self.store, name, limit=int(text)))
+
+    def capture_name(self, request: Request) -> str:
+        """The request's capture name, checked before it becomes a path; one the store has."""
+        name = checked(request.path_params["name"], "capture name")
+        if name not in list_captures(self.store):
+            raise NotFoundError(f"no capture {name!r}")
+        return name
 
     def view(self, request: Request) -> Response:
         name = request.path_params["name"]

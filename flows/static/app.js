@@ -109,12 +109,104 @@ function aggregates() {
   return state.listing ? state.listing.definition.aggregates : [];
 }
 
-// The unit of a channel, if the view listing gives one ({"units": {channel: unit}}); the
-// captures record none yet, and none is made up.
+// The unit of a channel, if the view listing gives one ({"units": {channel: unit}}: what a
+// live EPICS session recorded); none is made up.
 function unitOf(channel) {
   const unit = state.listing?.units?.[channel];
   if (!unit || state.value === "count") return "";
   return state.value === "var" ? ` (${unit})²` : ` (${unit})`;
+}
+
+// The display limits of a channel ([low, high]), if the listing gives them: a hint for the
+// y range of aggregates in the channel's unit (never clipping the data).
+function limitsOf(channel) {
+  const lim = state.listing?.limits?.[channel];
+  return lim && ["count", "std", "var"].indexOf(state.value) < 0 ? lim : null;
+}
+
+// -- gaps: time a live session could not see (GET /api/captures/NAME/gaps) -----------------
+// A PV's disconnect is its channel's, from the PV's last update received (what the IOC sent
+// after it never arrived) until the reconnect, or now while it lasts; time no session ran is
+// every channel's.
+
+const gaps = { list: [], fetched: 0 };
+const GAP_FILL = "rgba(190, 40, 40, 0.14)";
+
+function gapRange(g) {
+  return [TIME(g.last_update || g.since), g.until ? TIME(g.until) : Date.now() / 1000];
+}
+
+const gapsOf = (channel) => gaps.list.filter((g) => !g.channel || g.channel === channel);
+
+// The x range: the data's, widened to the gaps that touch it (a gap after the last window
+// shows where the data stops).
+function xRange(meta, lo, hi) {
+  if (lo == null || hi == null) return [lo, hi];
+  const end = Math.max(hi, meta.end);
+  for (const g of gapsOf(meta.channel)) {
+    const [a, b] = gapRange(g);
+    if (a <= end && b >= lo) {
+      lo = Math.min(lo, a);
+      hi = Math.max(hi, b);
+    }
+  }
+  return lo === hi ? [lo - 1, hi + 1] : [lo, hi];
+}
+
+// Shade the channel's gaps under the series (at least 2 px: a short gap stays visible).
+function shade(u, meta) {
+  const { left, top, width, height } = u.bbox;
+  const drawn = [];
+  u.ctx.save();
+  u.ctx.fillStyle = GAP_FILL;
+  for (const g of gapsOf(meta.channel)) {
+    const [a, b] = gapRange(g);
+    if (b < u.scales.x.min || a > u.scales.x.max) continue;
+    const x0 = Math.max(left, u.valToPos(a, "x", true));
+    const x1 = Math.min(left + width, u.valToPos(b, "x", true));
+    u.ctx.fillRect(x0, top, Math.max(2, x1 - x0), height);
+    drawn.push([g.kind, a, b]);
+  }
+  u.ctx.restore();
+  meta.drawn = drawn;
+}
+
+async function loadGaps() {
+  const capture = state.listing?.capture;
+  if (!capture || Date.now() - gaps.fetched < 5000) return;
+  gaps.fetched = Date.now();
+  try {
+    const list = await getJSON(`/api/captures/${encodeURIComponent(capture)}/gaps`);
+    if (JSON.stringify(list) === JSON.stringify(gaps.list)) return;
+    gaps.list = list;
+  } catch (e) {
+    console.warn(`obsflow: no gaps (${e.message})`);
+    return;
+  }
+  listGaps();
+  for (const c of charts.values()) c.plot.setData(c.plot.data); // (ranges and shading anew)
+}
+
+// The gaps as a short list, newest last, in the page's time zone.
+function listGaps() {
+  const box = document.getElementById("gaps");
+  const ul = box.querySelector("ul");
+  ul.replaceChildren();
+  for (const g of gaps.list.slice(-20)) {
+    const li = document.createElement("li");
+    const [a, b] = gapRange(g);
+    const what = g.kind === "disconnected" ? `${g.pv || g.channel} disconnected` : g.kind;
+    const from = timeText(g.last_update || g.since);
+    const until = g.until ? timeText(g.until) : "now";
+    li.textContent = `${what} ${from} – ${until} ${zoneName()}`;
+    li.title = `since ${g.since}${g.last_update ? `, last update ${g.last_update}` : ""}`;
+    Object.assign(li.dataset, { kind: g.kind, from: a, until: b, channel: g.channel || "" });
+    ul.appendChild(li);
+  }
+  const more = gaps.list.length > 20 ? ` (the last 20 of ${gaps.list.length})` : "";
+  document.getElementById("gaps-title").textContent = `gaps${more}`;
+  box.hidden = gaps.list.length === 0;
+  document.getElementById("gap-note").hidden = gaps.list.length === 0;
 }
 
 const hasBand = () =>
@@ -187,11 +279,15 @@ function chartData(series) {
 
 function chart(name, series) {
   const data = chartData(series);
+  const end = Math.max(...series.map((r) => TIME(r.window_end || r.window_start)));
   if (charts.has(name)) {
+    charts.get(name).meta.end = end;
     charts.get(name).plot.setData(data);
     return charts.get(name);
   }
   const channel = name.slice(name.indexOf(" / ") + 3);
+  const meta = { channel, end, drawn: [] };
+  const limits = limitsOf(channel);
   const yLabel = `${state.value} · ${channel}${unitOf(channel)}`;
   const xLabel = `time (${zoneName()})`;
   const figure = document.createElement("figure");
@@ -227,7 +323,15 @@ function chart(name, series) {
     width: Math.max(240, box.clientWidth || figure.clientWidth || 320),
     height: 190,
     tzDate: zone.utc ? (ts) => uPlot.tzDate(new Date(ts * 1e3), "Etc/UTC") : undefined,
-    scales: { x: { time: true } },
+    scales: {
+      x: { time: true, range: (u, lo, hi) => xRange(meta, lo, hi) },
+      ...(limits && {
+        y: {
+          range: (u, lo, hi) =>
+            lo == null ? [...limits] : [Math.min(lo, limits[0]), Math.max(hi, limits[1])],
+        },
+      }),
+    },
     series: seriesOpts,
     bands,
     legend: { show: false },
@@ -241,16 +345,16 @@ function chart(name, series) {
       },
       { label: yLabel, labelSize: 20, size: 56 },
     ],
-    hooks: { draw: [(u) => expose(u, figure)] },
+    hooks: { drawClear: [(u) => shade(u, meta)], draw: [(u) => expose(u, figure, meta)] },
   };
-  const c = { plot: new uPlot(opts, data, box), figure };
+  const c = { plot: new uPlot(opts, data, box), figure, meta };
   charts.set(name, c);
   return c;
 }
 
 // What a chart draws, as uPlot drew it (its series, axis labels, tick positions and texts),
 // in the figure's data attributes: a test compares them with the API's series and UTC ticks.
-function expose(u, figure) {
+function expose(u, figure, meta) {
   const x = u.axes[0];
   const ticks = (x._splits || []).map((t, i) => [t, x._values ? x._values[i] : null]);
   figure.dataset.drawn = JSON.stringify(u.series.slice(1).filter((s) => s.show).map((s) => s.label));
@@ -260,6 +364,8 @@ function expose(u, figure) {
   figure.dataset.xLabel = x.label;
   figure.dataset.yLabel = u.axes[1].label;
   figure.dataset.xTicks = JSON.stringify(ticks.filter(([, text]) => text != null));
+  figure.dataset.gaps = JSON.stringify(meta.drawn); // [kind, from, until] (epoch s), shaded
+  figure.dataset.yRange = JSON.stringify([u.scales.y.min, u.scales.y.max]);
 }
 
 function redraw() {
@@ -338,6 +444,7 @@ function controls() {
     input.checked = (input.value === "utc") === zone.utc;
     input.onchange = () => {
       zone.utc = input.value === "utc";
+      listGaps();
       redraw();
     };
   }
@@ -407,6 +514,7 @@ function view() {
       state.listed = true;
       controls();
       redraw();
+      loadGaps();
     });
   controls();
   const status = document.getElementById("status");
@@ -418,7 +526,10 @@ function view() {
       received.push([kind, id, msg.rows.length]);
       apply(msg);
       if (id) document.getElementById("position").textContent = id;
-      if (kind === "rows") counts(name);
+      if (kind === "rows") {
+        counts(name);
+        loadGaps();
+      }
       schedule();
     },
     (text, tabs) => {

@@ -213,7 +213,7 @@ def test_an_unregistered_scheme_is_no_broker_url() -> None:
     with pytest.raises(ConfigError) as refused:
         BrokerURL.parse("fake://memory")
     assert str(refused.value) == (
-        "fake:// is no broker URL: use nats://, mqtt://, mqtts://, kafka://"
+        "fake:// is no broker URL: use nats://, mqtt://, mqtts://, kafka://, ca://, pva://"
     )
 
 

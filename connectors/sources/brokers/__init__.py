@@ -21,6 +21,10 @@ library with its package for the install hint. A new protocol is one module and 
 - ``kafka://host:port[,host:port]``: every partition of the topics, keyed
   ``kafka:<topic>:<partition>``, offsets also committed to the group ``consumer``
   (``kafka.KafkaClient``).
+- ``ca://PV[,PV]`` and ``pva://PV[,PV]``: EPICS Channel Access and PV Access monitors of
+  process variables; the URL names PVs (the IOCs come from the EPICS environment), more come
+  as ``topics`` (``--pvs FILE``); no positions, no consumer (``epics``, ``ca.CaClient``,
+  ``pva.PvaClient``).
 
 Back-pressure: ``max_in_flight`` bounds the messages delivered and not yet acknowledged (NATS
 ``max_ack_pending``, MQTT ``ReceiveMaximum``); a Kafka consumer prefetches at most
@@ -41,11 +45,12 @@ import importlib
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 from urllib.parse import urlsplit
 
 from obsflow.connectors.errors import ConfigError, ObsflowError
 from obsflow.connectors.formats.messages import Message
+from obsflow.connectors.ids import check_id
 
 CONSUMER_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 
@@ -72,6 +77,22 @@ class BrokerClient(Protocol):
     def close(self) -> None: ...
 
 
+@runtime_checkable
+class Monitoring(Protocol):
+    """What a client without a broker queue (EPICS) tells besides messages: gaps in what it
+    saw, the channels' metadata, and what it refuses to capture."""
+
+    def gaps(self) -> list[dict[str, Any]]:
+        """Gaps closed since the last call (``since``/``until``: ns since the epoch)."""
+        ...
+
+    def open_gaps(self) -> list[dict[str, Any]]: ...
+
+    def channels(self) -> dict[str, dict[str, Any]]: ...
+
+    def refusals(self) -> dict[str, str]: ...
+
+
 class BrokerPublisher(Protocol):
     """What ``obsflow simulate --to`` needs from a broker."""
 
@@ -86,12 +107,17 @@ class BrokerPublisher(Protocol):
 class BrokerURL:
     scheme: str
     hosts: tuple[tuple[str, int], ...]
+    names: tuple[str, ...] = ()  # what the URL names instead of hosts (EPICS: PVs)
 
     @classmethod
     def parse(cls, url: str) -> BrokerURL:
         """``scheme://host:port[,host:port]``: no credentials, path or query (credentials come
-        from the environment)."""
+        from the environment); ``ca://PV[,PV]``, ``pva://PV[,PV]``: PV names (may be none,
+        with ``--pvs``)."""
         scheme, sep, rest = url.partition("://")
+        if sep and scheme in SCHEMES and SCHEMES[scheme].names:
+            # (PV names hold ':' and '@' may be in one: they are names, never credentials)
+            return cls(scheme, (), tuple(n for n in rest.split(",") if n))
         if "@" in rest:  # checked first: no error message may echo what the URL holds
             raise ConfigError(
                 "credentials in a broker URL are refused (they would end up in logs and "
@@ -114,6 +140,8 @@ class BrokerURL:
         return cls(scheme, tuple(hosts))
 
     def __str__(self) -> str:
+        if SCHEMES[self.scheme].names:
+            return f"{self.scheme}://" + ",".join(self.names)
         return f"{self.scheme}://" + ",".join(f"{h}:{p}" for h, p in self.hosts)
 
 
@@ -130,6 +158,7 @@ class Subscription:
     max_in_flight: int = 100_000
     # Where the capture stands on a source partition: key -> the next position (0: none).
     positions: Callable[[str], int] = field(default=lambda _key: 0, compare=False)
+    source: str | None = None  # the source id of every reading (EPICS; None: the IOC)
 
     def describe(self, kind: str) -> str:
         """A client's repr: where and what it reads (never a credential)."""
@@ -152,6 +181,8 @@ class Scheme:
     port: int  # the default port
     library: str | None = None
     package: str | None = None
+    extra: str = "live"  # the obsflow extra that installs ``package``
+    names: bool = False  # the URL names what to read (PVs), not hosts; no consumer
 
 
 SCHEMES: dict[str, Scheme] = {
@@ -165,6 +196,8 @@ SCHEMES: dict[str, Scheme] = {
     "kafka": Scheme(
         ".kafka:KafkaClient", ".kafka:KafkaPublisher", 9092, "confluent_kafka", "confluent-kafka"
     ),
+    "ca": Scheme(".ca:CaClient", None, 5064, "caproto", "caproto", "epics", names=True),
+    "pva": Scheme(".pva:PvaClient", None, 5075, "p4p", "p4p", "epics", names=True),
 }
 
 
@@ -186,14 +219,24 @@ def connect(
     stream: str | None = None,
     max_in_flight: int = 100_000,
     positions: Callable[[str], int] = lambda _key: 0,
+    source: str | None = None,
 ) -> BrokerClient:
     """A client for ``url`` (see the module docstring)."""
     broker = BrokerURL.parse(url)
-    if not topics:
-        raise ConfigError(f"{broker.scheme}:// needs --topic")
-    check_consumer(consumer)
+    if SCHEMES[broker.scheme].names:  # the URL's names, then the others (--pvs)
+        topics = [*broker.names, *topics]
+        if not topics:
+            raise ConfigError(
+                f"{broker.scheme}:// needs PV names: {broker.scheme}://PV,PV or --pvs"
+            )
+    else:
+        if not topics:
+            raise ConfigError(f"{broker.scheme}:// needs --topic")
+        check_consumer(consumer)
+    if source is not None:
+        check_id(source, kind="--source")
     factory: ClientFactory = _load(SCHEMES[broker.scheme].client)
-    sub = Subscription(broker, tuple(topics), consumer, stream, max_in_flight, positions)
+    sub = Subscription(broker, tuple(topics), consumer, stream, max_in_flight, positions, source)
     return factory(sub)
 
 
@@ -224,5 +267,5 @@ def client_library(scheme: str) -> Any:
         return importlib.import_module(entry.library)
     except ImportError:
         raise ConfigError(
-            f"{scheme}:// needs the {entry.package} package: pip install 'obsflow[live]'"
+            f"{scheme}:// needs the {entry.package} package: pip install 'obsflow[{entry.extra}]'"
         ) from None
