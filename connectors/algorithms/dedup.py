@@ -132,6 +132,8 @@ class _Chunk:
             order = np.argsort(h)
             self.index = (h[order], order)
         hashes, order = self.index
+        if not hashes.size:  # (a batch that added nothing: found nowhere)
+            return np.full(space.shape, -1, np.int64)
         pos = np.minimum(np.searchsorted(hashes, _identity(space, key)), hashes.size - 1)
         row = order[pos]
         hit = (self.space[row] == space) & (self.key[row] == key)  # exact, not the hash

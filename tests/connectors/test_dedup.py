@@ -255,3 +255,15 @@ def test_zero_horizon_turns_dedup_off() -> None:
     d = Deduper(horizon=0)
     accept, _ = d.check(table([("a", 1, 0, "x", 1.0), ("a", 1, 0, "x", 1.0)]))
     assert accept.tolist() == [True, True]
+
+
+def test_a_batch_of_nothing_new_leaves_an_empty_chunk_that_later_repeats_pass_over() -> None:
+    """Found by re-ingesting a Bluesky export: a batch that accepted nothing made a chunk of
+    no rows, and the next repeat's look-up in it raised IndexError."""
+    capture = Capture()
+    d = Deduper()
+    rows: list[Row] = [("a", k, k * 10, "x", float(k)) for k in range(10)]
+    capture.commit(rows, d.check(table(rows), capture.lookup)[0])
+    assert label(*d.check(table(rows), capture.lookup)) == ["duplicate"] * 10
+    again = [rows[3], ("a", 4, 40, "x", 9.0)]
+    assert label(*d.check(table(again), capture.lookup)) == ["duplicate", "conflict"]
