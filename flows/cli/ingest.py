@@ -34,8 +34,8 @@ HELP = {
   obsflow ingest nats://127.0.0.1:4222 --topic obs.> --consumer lab --capture live
   obsflow ingest --format bluesky scan.jsonl --capture beamline --root-map /old/data=/mnt/data
   obsflow ingest kafka://127.0.0.1:9092 --format bluesky --topic bs --consumer o --capture bl
-  obsflow ingest ca://BL1:temp,BL1:wf --capture beamline      # EPICS Channel Access monitors
-  obsflow ingest pva:// --pvs pvs.txt --capture beamline       # PV Access, PVs from a file""",
+  obsflow ingest ca://BL1:temp,BL1:wf --capture beamline  (EPICS Channel Access monitors)
+  obsflow ingest pva:// --pvs pvs.txt --capture beamline  (PV Access, the PVs listed in a file)""",
         description="ingest files or a sim:// URL into a capture\n\n"
         "Files are long format: columns source, time, value and optionally channel and seq\n"
         "(--map names other columns), or wide: source, time and one numeric column per\n"

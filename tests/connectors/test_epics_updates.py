@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
@@ -13,7 +14,7 @@ from obsflow.connectors.sources.brokers import BrokerURL, connect
 from obsflow.connectors.sources.brokers.epics import PV, Updates, parse_pvs, read_pv_file
 
 
-def test_pv_names_are_channels_or_get_one_and_globs_are_refused(tmp_path) -> None:
+def test_pv_names_are_channels_or_get_one_and_globs_are_refused(tmp_path: Path) -> None:
     url = BrokerURL.parse("ca://BL1:temp,BL1:wf")
     assert url.names == ("BL1:temp", "BL1:wf")
     assert str(url) == "ca://BL1:temp,BL1:wf"

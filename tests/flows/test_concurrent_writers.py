@@ -185,9 +185,10 @@ def test_a_writer_stopped_while_another_commits_commits_nothing_stale(
 @pytest.mark.parametrize(
     ("where", "trials"),
     [
-        ("local", 20),
-        ("s3", 5),
-        # 20 on moto take minutes (an ingest there takes ~2 s): the slow tier runs them
+        ("local", 10),
+        ("s3", 4),
+        # 20 trials each take minutes (an ingest on moto ~2 s): the slow tier runs them
+        pytest.param("local", 20, marks=pytest.mark.slow),
         pytest.param("s3", 20, marks=pytest.mark.slow),
     ],
 )

@@ -170,7 +170,7 @@ def check_exactly_once(ioc: Ioc, store: Path, summary: dict[str, Any], source: s
 def test_every_posted_update_is_captured_once_with_the_iocs_time(
     protocol: str, tmp_path: Path
 ) -> None:
-    with Ioc(protocol, tmp_path / "ioc.log", scalars=4, rate=100, duration=10) as ioc:
+    with Ioc(protocol, tmp_path / "ioc.log", scalars=4, rate=100, duration=6) as ioc:
         store, summary = run_session(ioc, tmp_path)
     source = f"127.0.0.1:{ioc.ports[0]}" if protocol == "ca" else "pva"
     check_exactly_once(ioc, store, summary, source)
